@@ -80,6 +80,8 @@ def requantize(acc: np.ndarray, multiplier: np.ndarray | int, shift: np.ndarray 
     multiplier = np.asarray(multiplier, dtype=np.int64)
     if np.any(multiplier < 0) or np.any(multiplier >= (1 << MULTIPLIER_BITS)):
         raise ValueError(f"multiplier must be in 0..2^{MULTIPLIER_BITS}-1")
+    if np.any(np.asarray(shift) < 1):
+        raise ValueError(f"requantize: shift must be in 1..{MAX_SHIFT}")
     if np.any(np.abs(acc) > (1 << 31)):
         raise ValueError("requantize: accumulator does not fit in 32 bits")
     return saturate(round_shift(acc * multiplier, shift), out_bits)

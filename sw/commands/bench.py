@@ -1,0 +1,98 @@
+"""``vitaccel bench``: measured performance and accuracy, printed as JSON.
+
+Each benchmark is a module ``vitaccel.sim.bench.<name>`` with
+``run(config, *, simulator, quick, progress) -> list[dict]``; cycle counts in its records
+come from RTL simulation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from vitaccel.hw.spec.config import load_config
+from vitaccel.sim.runner import SIMULATORS, simulator_available
+from vitaccel.sw.commands import UserError
+
+BENCHMARKS = {
+    "gemm": "matrix engine: DeiT-S GEMM shapes, cycles and utilisation in RTL",
+    "nonlinear": "softmax / GELU / LayerNorm: error against float and cycles per row in RTL",
+    "sparse": "top-k engine and sparse attention: cycles against density in RTL",
+    "pruning": "pruned models: accuracy, executed MACs and cycles per pruning method",
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    lines = "\n".join(f"  {name:<10} {text}" for name, text in BENCHMARKS.items())
+    parser = subparsers.add_parser(
+        "bench", help="run a benchmark and print its measurements",
+        description=f"Run a benchmark. Cycles are measured in RTL simulation, never estimated.\n\n"
+                    f"benchmarks:\n{lines}\n  all        every benchmark above",
+        epilog="examples:\n  vitaccel bench gemm --config tiny --json\n"
+               "  vitaccel bench nonlinear --config tiny --quick",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("benchmark", choices=[*BENCHMARKS, "all"])
+    parser.add_argument("--config", default="tiny", metavar="NAME|FILE", help="preset or JSON file (default: tiny)")
+    parser.add_argument("--sim", default="verilator", choices=SIMULATORS, help="RTL simulator (default: verilator)")
+    parser.add_argument("--quick", action="store_true", help="small shapes: seconds instead of minutes")
+    parser.add_argument("--json", action="store_true", help="print only the JSON list on stdout")
+    parser.set_defaults(func=run)
+
+
+def _load(name: str):
+    try:
+        return importlib.import_module(f"vitaccel.sim.bench.{name}")
+    except ModuleNotFoundError as err:
+        if err.name == f"vitaccel.sim.bench.{name}":
+            raise UserError(f"benchmark {name!r} is not available in this build") from None
+        raise
+
+
+def run(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    reason = simulator_available(args.sim)
+    if reason:
+        raise UserError(reason)
+    names = list(BENCHMARKS) if args.benchmark == "all" else [args.benchmark]
+    modules = {name: _load(name) for name in names} if args.benchmark != "all" else {}
+    if args.benchmark == "all":
+        for name in names:
+            try:
+                modules[name] = _load(name)
+            except UserError as err:
+                print(f"skipping: {err}", file=sys.stderr)
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    records: list[dict] = []
+    with Progress(TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True), transient=args.json) as bar:
+        for name, module in modules.items():
+            task = bar.add_task(name, total=1.0)
+
+            def progress(description: str, fraction: float, task=task, name=name) -> None:
+                bar.update(task, description=f"{name}: {description}", completed=fraction)
+
+            for record in module.run(config, simulator=args.sim, quick=args.quick, progress=progress):
+                records.append({"benchmark": name, **record} if args.benchmark == "all" else record)
+            bar.update(task, completed=1.0)
+    if args.json:
+        print(json.dumps(records, indent=2))
+    else:
+        from rich.console import Console as _Console
+        from rich.table import Table
+
+        table = Table(title=f"vitaccel bench {args.benchmark} --config {config.name}")
+        keys = sorted({key for record in records for key in record}, key=lambda k: (k != "name", k))
+        for key in keys:
+            table.add_column(key)
+        for record in records:
+            table.add_row(*(_fmt(record.get(key, "")) for key in keys))
+        _Console().print(table)
+    return 0
+
+
+def _fmt(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
