@@ -1,0 +1,133 @@
+"""Planning: config x cases x seeds x simulator -> independent, picklable tasks."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from vitaccel.hw.spec.config import AccelConfig
+from vitaccel.sim.regress.registry import (CASES, CaseSpec, CaseUnavailable, CaseVariant,
+                                           case_names, resolve_runner, variants)
+
+__all__ = ["Task", "NotRun", "Plan", "make_plan", "reproduce_command"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One case, one seed, one simulator: everything a worker needs, nothing it must share.
+
+    The config travels as a plain dict so a worker on another machine rebuilds the same
+    design from it (and caches the build under its own hash).
+    """
+
+    case: str
+    module: str
+    function: str
+    args: tuple[Any, ...]
+    params: Mapping[str, Any]
+    seed: int
+    simulator: str
+    quick: bool
+    config: Mapping[str, Any]
+    config_source: str
+
+    @property
+    def reproduce(self) -> str:
+        return reproduce_command(self.config_source, self.case, self.seed, self.simulator, self.quick)
+
+
+@dataclass(frozen=True)
+class NotRun:
+    """A case that was selected but cannot run here, and why."""
+
+    case: str
+    status: str  # "unavailable" (module not built) or "disabled" (config has no such unit)
+    reason: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"name": self.case, "status": self.status, "reason": self.reason}
+
+
+@dataclass
+class Plan:
+    config: AccelConfig
+    simulator: str
+    seeds: list[int]
+    quick: bool
+    tasks: list[Task] = field(default_factory=list)
+    not_run: list[NotRun] = field(default_factory=list)
+
+
+def reproduce_command(config_source: str, case: str, seed: int, simulator: str, quick: bool) -> str:
+    """The command that runs exactly this case with this seed, and nothing else."""
+    words = ["vitaccel", "regress", "--config", config_source, "--case", case,
+             "--seed", str(seed), "--sim", simulator]
+    if quick:
+        words.append("--quick")  # the case runner's ``quick`` flag changes what it checks
+    return shlex.join(words)
+
+
+def _select(selection: str | None, *, quick: bool, cases: tuple[CaseSpec, ...]) -> list[CaseVariant]:
+    if selection is None:
+        return variants(quick=quick, cases=cases)
+    chosen = [v for v in variants(quick=quick, cases=cases) if selection in (v.name, v.spec.name)]
+    if not chosen:  # a variant of the other mode, named exactly (from a reproduce command)
+        chosen = [v for v in variants(quick=not quick, cases=cases) if v.name == selection]
+    if not chosen:
+        raise ValueError(f"unknown case {selection!r}: use one of {', '.join(case_names(cases))}")
+    return chosen[:1] if chosen[0].name == selection else chosen
+
+
+def make_plan(config: AccelConfig, *, config_source: str, simulator: str, seeds: list[int],
+              quick: bool, case: str | None = None,
+              cases: tuple[CaseSpec, ...] | None = None) -> Plan:
+    """Expand the registry into tasks for ``config``.
+
+    Parameters
+    ----------
+    config : AccelConfig
+        The design to verify.
+    config_source : str
+        What the user named it by (preset or file), used in reproduce commands.
+    simulator : str
+        ``verilator`` or ``icarus``.
+    seeds : list of int
+        Every selected case runs once per seed.
+    quick : bool
+        Use the registry's quick parameter sets.
+    case : str, optional
+        A case name (all its parameter sets) or a variant name (exactly that one).
+    cases : tuple of CaseSpec, optional
+        Registry to use instead of :data:`CASES`.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``case`` or an empty seed list.
+    """
+    if not seeds:
+        raise ValueError("seeds: need at least one seed")
+    table = CASES if cases is None else cases
+    plan = Plan(config=config, simulator=simulator, seeds=list(seeds), quick=quick)
+    config_dict = config.to_dict()
+    for variant in _select(case, quick=quick, cases=table):
+        disabled = variant.spec.disabled_reason(config)
+        if disabled:
+            plan.not_run.append(NotRun(variant.name, "disabled", disabled))
+            continue
+        try:
+            resolve_runner(variant.spec.module, variant.spec.function)
+        except CaseUnavailable as err:
+            plan.not_run.append(NotRun(variant.name, "unavailable", str(err)))
+            continue
+        # A case module that exists but fails to import is not "unavailable": it runs and
+        # fails with the import error, so a broken unit never disappears from the report.
+        except Exception:  # noqa: BLE001 - reported by the task itself
+            pass
+        for seed in seeds:
+            plan.tasks.append(Task(case=variant.name, module=variant.spec.module,
+                                   function=variant.spec.function, args=variant.spec.args,
+                                   params=dict(variant.params), seed=seed, simulator=simulator,
+                                   quick=quick, config=config_dict, config_source=config_source))
+    return plan
