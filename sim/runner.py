@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import xml.etree.ElementTree as ET
@@ -33,7 +34,7 @@ from typing import Any, Iterator, Mapping
 __all__ = [
     "SIMULATORS", "PARAMS_ENV", "OUTPUT_ENV", "SimulatorMissing", "SimulationFailed",
     "CaseResult", "SimResult", "emit_verilog", "simulator_available", "run_testbench",
-    "tb_params", "write_tb_output", "build_root",
+    "tb_params", "write_tb_output", "build_root", "icarus_time_zero_fix",
 ]
 
 SIMULATORS = ("verilator", "icarus")
@@ -92,6 +93,22 @@ def emit_verilog(component: Any, name: str) -> str:
     from amaranth.back import verilog
 
     return verilog.convert(component, name=name, emit_src=False)
+
+
+_YOSYS_TRIGGER = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+ ) = 0;$", re.M)
+
+
+def icarus_time_zero_fix(verilog: str) -> str:
+    """Make Icarus evaluate every ``always @*`` block once at start-up.
+
+    Yosys puts ``if (\\$auto$...dump_module$1 ) begin end`` into each combinational block so
+    that an event on that register runs them all at time 0; Icarus applies the
+    declaration's ``= 0`` before the blocks wait, so no event happens, and a block whose
+    inputs are constant until much later (a ``done`` pulse gated by an idle channel) stays
+    X and poisons registers. Setting the register to 1 after 1 ns (inside reset) fixes it.
+    """
+    return _YOSYS_TRIGGER.sub(lambda m: f"{m.group(1)}reg {m.group(2)} = 0;\n"
+                              f"{m.group(1)}initial #1 {m.group(2)} = 1;", verilog)
 
 
 def _verilator_bin_dir() -> Path | None:
@@ -227,7 +244,7 @@ def run_testbench(
         with _locked(build):
             source = build / f"{toplevel}.v"
             if not (build / ".built").exists():
-                source.write_text(verilog)
+                source.write_text(icarus_time_zero_fix(verilog) if simulator == "icarus" else verilog)
                 build_args = ["-Wno-fatal", "-Wno-WIDTH"] if simulator == "verilator" else []
                 if simulator == "verilator" and waves:
                     build_args.append("--trace-fst")

@@ -8,7 +8,6 @@ the cocotb testbench (``vitaccel.sim.cocotb.tb_axi``) both compare against them.
 from __future__ import annotations
 
 import random
-import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -103,22 +102,6 @@ def lite_top(register_map=None):
     return FlatPortsWrapper(regs, prefixes={"bus": "s_axi_control"})
 
 
-_YOSYS_TRIGGER = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+ ) = 0;$", re.M)
-
-
-def icarus_time_zero_fix(verilog: str) -> str:
-    """Make Icarus evaluate every ``always @*`` block once at start-up.
-
-    Yosys puts ``if (\\$auto$...dump_module$1 ) begin end`` into each combinational block so
-    that an event on that register runs them all at time 0; Icarus applies the
-    declaration's ``= 0`` before the blocks wait, so no event happens, and a block whose
-    inputs are constant until much later (a ``done`` pulse gated by an idle channel) stays
-    X and poisons registers. Setting the register to 1 after 1 ns (inside reset) fixes it.
-    """
-    return _YOSYS_TRIGGER.sub(lambda m: f"{m.group(1)}reg {m.group(2)} = 0;\n"
-                              f"{m.group(1)}initial #1 {m.group(2)} = 1;", verilog)
-
-
 def _descriptor_fields(top) -> dict[str, list[int]]:
     """``{field: [bit offset, width]}`` of the DMA's descriptor port (packed in the Verilog)."""
     layout = top.inner.rd_desc.payload.shape()
@@ -128,10 +111,7 @@ def _descriptor_fields(top) -> dict[str, list[int]]:
 def _run(top, name: str, testcase: str, *, simulator: str, params: dict[str, Any], seed: int):
     from vitaccel.sim.runner import emit_verilog, run_testbench
 
-    verilog = emit_verilog(top, name)
-    if simulator == "icarus":
-        verilog = icarus_time_zero_fix(verilog)
-    return run_testbench(verilog=verilog, toplevel=name,
+    return run_testbench(verilog=emit_verilog(top, name), toplevel=name,
                          test_module="vitaccel.sim.cocotb.tb_axi", testcase=testcase,
                          simulator=simulator, params=params, seed=seed, check=False)
 

@@ -110,7 +110,7 @@ def test_standin_copy_through_registers_icarus():
 def test_icarus_time_zero_fix_finds_yosys_trigger(standin_verilog):
     """Without it Icarus leaves idle combinational outputs X (see icarus_time_zero_fix); if a
     yosys update renames the trigger register, this fails instead of the fix going silent."""
-    from vitaccel.sim.cases.axi import icarus_time_zero_fix
+    from vitaccel.sim.runner import icarus_time_zero_fix
 
     fixed = icarus_time_zero_fix(standin_verilog)
     triggers = re.findall(r"reg \\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+  = 0;", standin_verilog)
