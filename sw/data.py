@@ -1,0 +1,80 @@
+"""Evaluation data: scikit-learn's digits with a fixed split, and fixed images for DeiT.
+
+Everything here is deterministic (fixed seeds) so that accuracy figures are reproducible and
+the compiler, the golden machine and the tests see the same images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Dataset", "digits", "generated_images", "DIGITS_MEAN", "DIGITS_STD", "images_for"]
+
+#: Seed of the digits train/test split (never change: published accuracies depend on it).
+DIGITS_SPLIT_SEED = 0
+#: Fraction of the 1797 digits images held out for testing.
+DIGITS_TEST_FRACTION = 0.25
+#: Pixel normalisation of digits (raw pixels are 0..16): ``(x / 16 - mean) / std``.
+DIGITS_MEAN = 0.5
+DIGITS_STD = 0.5
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Float images ``[N, C, H, W]`` (normalised) and integer labels (or None)."""
+
+    images: np.ndarray
+    labels: np.ndarray | None
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def digits(split: str = "test") -> Dataset:
+    """scikit-learn's 8x8 digits as ``[N, 1, 8, 8]`` float32, normalised to about [-1, 1].
+
+    The split is fixed: a seeded permutation, the first 25 % is ``"test"``, the rest ``"train"``.
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    from sklearn.datasets import load_digits
+
+    raw = load_digits()
+    images = ((raw.images / 16.0 - DIGITS_MEAN) / DIGITS_STD).astype(np.float32)[:, None]
+    order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(images))
+    n_test = int(round(len(images) * DIGITS_TEST_FRACTION))
+    chosen = order[:n_test] if split == "test" else order[n_test:]
+    return Dataset(images=images[chosen], labels=raw.target[chosen].astype(np.int64))
+
+
+def generated_images(count: int, shape: tuple[int, int, int] = (3, 224, 224), *,
+                     seed: int = 0) -> Dataset:
+    """``count`` deterministic smooth random images (no labels) for models without a data set.
+
+    Low-frequency noise (bilinearly upsampled 7x7 Gaussian) plus a little pixel noise, roughly
+    unit variance like normalised natural images, so activations have realistic ranges.
+    """
+    if count < 1:
+        raise ValueError(f"count must be positive, got {count}")
+    import torch
+    import torch.nn.functional as F
+
+    generator = torch.Generator().manual_seed(seed)
+    c, h, w = shape
+    coarse = torch.randn(count, c, 7, 7, generator=generator)
+    smooth = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+    noise = 0.1 * torch.randn(count, c, h, w, generator=generator)
+    return Dataset(images=(smooth + noise).numpy().astype(np.float32), labels=None)
+
+
+def images_for(input_shape: tuple[int, int, int], count: int | None = None, *,
+               split: str = "test") -> Dataset:
+    """The evaluation images for a model: digits for ``1x8x8`` inputs, generated otherwise."""
+    if tuple(input_shape) == (1, 8, 8):
+        data = digits(split)
+        if count is not None:
+            data = Dataset(data.images[:count], data.labels[:count])
+        return data
+    return generated_images(count or 8, tuple(input_shape), seed=0 if split == "test" else 1)

@@ -1,0 +1,124 @@
+"""The model zoo: DeiT shapes, the shipped digits-vit, and user models from ``file.py:function``."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from vitaccel.sw.commands import UserError
+from vitaccel.sw.models.vit import VisionTransformer
+from vitaccel.sw.torch_util import torch_threads
+
+__all__ = ["ZOO", "get_model", "zoo_names", "build_digits_vit", "DIGITS_CHECKPOINT"]
+
+#: Seed of random initialisation when no weights are given (reproducible random DeiTs).
+INIT_SEED = 0
+#: The trained digits-vit shipped in the package (``vitaccel train digits-vit`` rewrites it).
+DIGITS_CHECKPOINT = Path(__file__).with_name("digits_vit.pt")
+
+
+def build_digits_vit() -> VisionTransformer:
+    """Small ViT for 8x8 digits: 2x2 patches -> 16 tokens + CLS, dim 64, 4 blocks, 4 heads."""
+    return VisionTransformer(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=64,
+                             depth=4, num_heads=4, mlp_ratio=2.0)
+
+
+def _deit(dim: int, heads: int) -> Callable[[], VisionTransformer]:
+    return lambda: VisionTransformer(img_size=224, patch_size=16, in_chans=3, num_classes=1000,
+                                     embed_dim=dim, depth=12, num_heads=heads, mlp_ratio=4.0)
+
+
+#: Name -> constructor of the untrained module (REFERENCE.md section 2 shapes).
+ZOO: dict[str, Callable[[], nn.Module]] = {
+    "deit-tiny": _deit(192, 3),
+    "deit-small": _deit(384, 6),
+    "deit-base": _deit(768, 12),
+    "digits-vit": build_digits_vit,
+}
+
+
+def zoo_names() -> list[str]:
+    return sorted(ZOO)
+
+
+def _load_weights(model: nn.Module, weights: str | Path) -> None:
+    path = Path(weights)
+    if not path.is_file():
+        raise UserError(f"weights file {str(path)!r} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a corrupt file
+        raise UserError(f"cannot read weights {str(path)!r}: {err}") from None
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]  # timm/DeiT release checkpoints wrap the state dict
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        raise UserError(f"weights {str(path)!r} do not fit the model: {str(err).splitlines()[0]}") from None
+
+
+def _from_file(spec: str) -> tuple[nn.Module, tuple[int, int, int]]:
+    file_name, _, function_name = spec.rpartition(":")
+    path = Path(file_name)
+    if not path.is_file():
+        raise UserError(f"model file {file_name!r} does not exist")
+    module_spec = importlib.util.spec_from_file_location(f"vitaccel_user_model_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except Exception as err:
+        raise UserError(f"cannot import {file_name!r}: {type(err).__name__}: {err}") from None
+    function = getattr(module, function_name, None)
+    if not callable(function):
+        raise UserError(f"{file_name!r} has no function {function_name!r}")
+    result = function()
+    shape = (3, 224, 224)
+    if isinstance(result, tuple):
+        if len(result) != 2:
+            raise UserError(f"{spec} must return a module or (module, input_shape)")
+        result, shape = result
+    if not isinstance(result, nn.Module):
+        raise UserError(f"{spec} returned {type(result).__name__}, not a torch.nn.Module")
+    shape = tuple(int(d) for d in shape)
+    if len(shape) == 4 and shape[0] == 1:
+        shape = shape[1:]
+    if len(shape) != 3:
+        raise UserError(f"{spec}: input shape must be (channels, height, width), got {shape}")
+    return result, shape
+
+
+def get_model(name_or_path: str, weights: str | Path | None = None) -> tuple[nn.Module, tuple[int, int, int]]:
+    """The model called ``name_or_path`` in eval mode, and its input shape ``(C, H, W)``.
+
+    Parameters
+    ----------
+    name_or_path : str
+        A zoo name (:func:`zoo_names`) or ``path/to/file.py:function``; the function returns
+        the module, or ``(module, input_shape)`` if the input is not ``3x224x224``.
+    weights : path, optional
+        A state dict (timm/DeiT names for the zoo ViTs). Without it, zoo models get a seeded
+        random initialisation, except ``digits-vit`` which loads its shipped checkpoint.
+    """
+    if ":" in name_or_path and name_or_path.rpartition(":")[0].endswith(".py"):
+        model, shape = _from_file(name_or_path)
+    elif name_or_path in ZOO:
+        torch.manual_seed(INIT_SEED)
+        with torch_threads(1):
+            model = ZOO[name_or_path]()
+        shape = model.input_shape
+        if weights is None and name_or_path == "digits-vit":
+            if not DIGITS_CHECKPOINT.is_file():
+                raise UserError("digits-vit has no checkpoint: run `vitaccel train digits-vit` first")
+            weights = DIGITS_CHECKPOINT
+    else:
+        raise UserError(f"unknown model {name_or_path!r}: expected one of {', '.join(zoo_names())} "
+                        "or path/to/file.py:function")
+    if weights is not None:
+        _load_weights(model, weights)
+    return model.eval(), shape
