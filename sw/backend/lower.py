@@ -1,0 +1,448 @@
+"""Lowering of a :class:`~vitaccel.sw.qgraph.QGraph` to instructions.
+
+Every operation reads its inputs from DDR and writes its output to DDR, tiled to the config's
+buffers, through the double-buffered :class:`~vitaccel.sw.backend.emitter.Pipeline` (loads of
+the next tile overlap compute of this one and stores of the previous one). Operations are
+separated by a pipeline barrier because their data flows through DDR.
+
+Layout operations become strided views of DDR (no instructions) where the DMA's row strides
+can read them, and LOAD/STORE copies through the vector buffer otherwise.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from vitaccel.hw.spec import isa
+from vitaccel.hw.spec.config import AccelConfig
+from vitaccel.hw.spec.isa import Buffer, Instruction, Opcode
+from vitaccel.sw.backend.emitter import Pipeline, ProgramBuilder
+from vitaccel.sw.backend.memory import DdrAllocator, TensorView, align
+from vitaccel.sw.backend.tiling import MAX_COLS, MAX_ROWS, SlotPlan, Tiler, blocks
+from vitaccel.sw.qgraph import QGraph, QOp
+
+__all__ = ["BackendError", "Lowering", "LayerRecord"]
+
+class BackendError(ValueError):
+    """The back end cannot map an operation; the message names the op and its source."""
+
+
+@dataclass
+class LayerRecord:
+    """One QGraph op in the manifest's per-layer table."""
+
+    name: str
+    kind: str
+    shape: list[int]
+    macs: int = 0
+    first_instruction: int = 0
+    instructions: int = 0
+    source: str = ""
+
+
+def _load(buffer: Buffer, sram_addr: int, view: TensorView, rows: int, row_bytes: int,
+          row_stride: int, sram_stride: int | None = None) -> Instruction:
+    return Instruction(Opcode.LOAD, buffer=buffer, sram_addr=sram_addr, dram_addr=view.base, rows=rows,
+                       row_bytes=row_bytes, dram_stride=row_stride,
+                       sram_stride=row_bytes if sram_stride is None else sram_stride)
+
+
+def _store(buffer: Buffer, sram_addr: int, base: int, rows: int, row_bytes: int, row_stride: int) -> Instruction:
+    return Instruction(Opcode.STORE, buffer=buffer, sram_addr=sram_addr, dram_addr=base, rows=rows,
+                       row_bytes=row_bytes, dram_stride=row_stride, sram_stride=row_bytes)
+
+
+def _block(view: TensorView, index: tuple[int, ...]) -> TensorView:
+    """The 2-D block at ``index`` of the leading axes; 1-D views become one row."""
+    if len(view.shape) == 1:
+        return TensorView(view.base, (1, view.shape[0]), (0, view.strides[0]), view.dtype)
+    for i in index:
+        view = view.index(0, i)
+    return view
+
+
+class Lowering:
+    """Lower one QGraph for one config into a :class:`ProgramBuilder` and a DDR image.
+
+    After :meth:`run`: ``builder`` holds the program, ``ddr_image`` the initial DDR bytes
+    (constants), ``ddr_size`` the bytes the program needs, ``views`` every tensor's DDR view,
+    ``layers`` the per-op table. With ``reuse_ddr`` (the default) an activation's DDR block is
+    reused once no later operation reads it, so after a run only constants, inputs and outputs
+    still hold their values; ``reuse_ddr=False`` keeps every tensor (for debugging).
+    """
+
+    def __init__(self, qgraph: QGraph, config: AccelConfig, *, reuse_ddr: bool = True) -> None:
+        isa.check_config(config)
+        self.reuse_ddr = reuse_ddr
+        self.graph = qgraph
+        self.config = config
+        self.builder = ProgramBuilder()
+        self.pipeline = Pipeline(self.builder)
+        self.tiler = Tiler(config)
+        self.alloc = DdrAllocator()
+        self.views: dict[str, TensorView] = {}
+        self.init: list[tuple[int, bytes]] = []
+        self.layers: list[LayerRecord] = []
+        self.op_constants: dict[tuple[str, str], int] = {}
+        self.ddr_image = np.zeros(0, dtype=np.uint8)
+        self.ddr_size = 0
+
+    # -- DDR -----------------------------------------------------------------------------------
+
+    def _constant(self, name: str, values: np.ndarray) -> int:
+        data = np.ascontiguousarray(values).tobytes()
+        addr = self.alloc.allocate(name, len(data), permanent=True)
+        self.init.append((addr, data))
+        return addr
+
+    def _new_tensor(self, name: str, *, permanent: bool = False) -> TensorView:
+        tensor = self.graph.tensors[name]
+        nbytes = int(np.prod(tensor.shape)) * np.dtype(tensor.numpy_dtype).itemsize
+        return TensorView.contiguous(self.alloc.allocate(name, nbytes, permanent=permanent), tensor.shape,
+                                     tensor.dtype)
+
+    def _release_dead(self, done: int) -> None:
+        """Free activation blocks that no operation after op ``done`` reads (graph outputs stay)."""
+        live: set[int] = set()
+        for name, view in self.views.items():
+            if self.last_use.get(name, -1) > done or name in self.graph.outputs:
+                owner = self.alloc.owner(view.base)
+                if owner is not None:
+                    live.add(owner)
+        for start in self.alloc.activations():
+            if start not in live:
+                self.alloc.free(start)
+
+    # -- driver --------------------------------------------------------------------------------
+
+    def run(self, progress: Any = None) -> "Lowering":
+        g = self.graph
+        # Linear weights and biases are stored in the engine's own layout (transposed weights,
+        # packed parameter blocks) by _op_linear; other constants are stored as they are.
+        engine_only = {name for op in g.ops if op.kind == "linear" for name in op.inputs[1:3]}
+        engine_only -= {name for op in g.ops if op.kind != "linear" for name in op.inputs}
+        engine_only -= {name for op in g.ops if op.kind == "linear" for name in op.inputs[:1] + op.inputs[3:]}
+        for name, value in g.constants.items():
+            if name in engine_only:
+                continue
+            tensor = g.tensors[name]
+            self.views[name] = TensorView.contiguous(self._constant(name, value.astype(tensor.numpy_dtype)),
+                                                     tensor.shape, tensor.dtype)
+        for name in g.inputs:
+            self.views[name] = self._new_tensor(name, permanent=True)
+        self.last_use = {name: index for index, op in enumerate(g.ops) for name in op.inputs}
+        total = len(g.ops)
+        for number, op in enumerate(g.ops):
+            self.builder.tag = op.output
+            first = len(self.builder.instructions)
+            record = LayerRecord(op.output, op.kind, list(g.tensors[op.output].shape), source=op.source)
+            handler = getattr(self, f"_op_{op.kind}", None)
+            if handler is None:
+                raise BackendError(f"{op!r}: the back end does not support {op.kind!r} ({op.source or 'no source'})")
+            try:
+                handler(op, record)
+            except ValueError as err:
+                if isinstance(err, BackendError):
+                    raise
+                raise BackendError(f"{op!r} ({op.source or 'no source'}): {err}") from None
+            self.pipeline.barrier()
+            if self.reuse_ddr:
+                self._release_dead(number)
+            record.first_instruction = first
+            record.instructions = len(self.builder.instructions) - first
+            self.layers.append(record)
+            if progress is not None:
+                progress(f"lowering {op.kind}", (number + 1) / total)
+        self.builder.tag = "outputs"
+        for name in g.outputs:
+            if not self.views[name].is_contiguous():
+                out = self._new_tensor(name)
+                self._copy(self.views[name], out)
+                self.pipeline.barrier()
+                self.views[name] = out
+        self.pipeline.finish()
+        self.ddr_size = align(self.alloc.size)
+        image_end = max((addr + len(data) for addr, data in self.init), default=0)
+        self.ddr_image = np.zeros(align(image_end), dtype=np.uint8)
+        for addr, data in self.init:
+            self.ddr_image[addr:addr + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        return self
+
+    def _input(self, name: str) -> TensorView:
+        """A view of tensor ``name`` whose rows are dense (copied if they are not)."""
+        view = self.views[name]
+        if view.rows_contiguous():
+            return view
+        dense = TensorView.contiguous(self.alloc.allocate(name + ".dense", view.nbytes), view.shape, view.dtype)
+        self._copy(view, dense)
+        self.pipeline.barrier()
+        self.views[name] = dense
+        return dense
+
+    def _slot(self) -> SlotPlan:
+        return SlotPlan(self.config, self.pipeline.slot)
+
+    # -- GEMMs -----------------------------------------------------------------------------------
+
+    def _gemm_tiles(self, op: QOp, record: LayerRecord, a: TensorView, b: TensorView, b_transposed: bool,
+                    out: TensorView, params_addr: int | None, requant: bool, unsigned_a: bool) -> None:
+        """Tile ``out[M, N] = a[M, K] @ B`` (B stored [N, K] if ``b_transposed`` else [K, N])."""
+        m_total, k = a.shape
+        n_total = out.shape[1]
+        if k > self.config.max_k:
+            raise BackendError(f"{op!r}: K={k} exceeds max_k={self.config.max_k} ({op.source})")
+        out_bytes = 1 if requant else 4
+        out_buf = Buffer.VECTOR if requant else Buffer.ACC
+        m_tile, n_tile = self.tiler.gemm_tile(m_total, k, n_total, requant=requant,
+                                              has_params=params_addr is not None)
+        if m_tile <= 0 or n_tile <= 0:
+            raise BackendError(f"{op!r}: a tile of K={k} does not fit the {self.config.name} buffers ({op.source})")
+        for n0 in range(0, n_total, n_tile):
+            nt = min(n_tile, n_total - n0)
+            for m0 in range(0, m_total, m_tile):
+                mt = min(m_tile, m_total - m0)
+                slot = self._slot()
+                a_addr = slot.take(Buffer.INPUT, mt * k)
+                b_addr = slot.take(Buffer.WEIGHT, nt * k)
+                loads = [_load(Buffer.INPUT, a_addr, a.slice(0, m0, m0 + mt), mt, k * a.itemsize, a.strides[0])]
+                if b_transposed:
+                    loads.append(_load(Buffer.WEIGHT, b_addr, b.slice(0, n0, n0 + nt), nt, k, b.strides[0]))
+                else:
+                    loads.append(_load(Buffer.WEIGHT, b_addr, b.slice(1, n0, n0 + nt), k, nt, b.strides[0]))
+                param_addr = 0
+                if params_addr is not None:
+                    param_addr = slot.take(Buffer.ACC, 12 * nt)
+                    loads.append(Instruction(Opcode.LOAD, buffer=Buffer.ACC, sram_addr=param_addr,
+                                             dram_addr=params_addr + 4 * n0, rows=3, row_bytes=4 * nt,
+                                             dram_stride=4 * n_total, sram_stride=4 * nt))
+                out_addr = slot.take(out_buf, mt * nt * out_bytes)
+                gemm = Instruction(Opcode.GEMM, requant=int(requant), bias=int(requant), unsigned_a=int(unsigned_a),
+                                   b_transposed=int(b_transposed), m=mt, k=k, n=nt, a_addr=a_addr, b_addr=b_addr,
+                                   acc_addr=0 if requant else out_addr, out_addr=out_addr if requant else 0,
+                                   param_addr=param_addr)
+                store = _store(out_buf, out_addr, out.slice(0, m0, m0 + mt).base + n0 * out.strides[1],
+                               mt, nt * out_bytes, out.strides[0])
+                self.pipeline.tile(loads, [gemm], [store])
+                record.macs += mt * k * nt
+
+    def _op_linear(self, op: QOp, record: LayerRecord) -> None:
+        if len(op.inputs) == 4:
+            raise BackendError(f"{op!r}: linear with a fused residual is not supported by the back end "
+                               f"({op.source})")
+        x = self._input(op.inputs[0])
+        weight = self.graph.constants[op.inputs[1]]  # [K, N]
+        bias = self.graph.constants[op.inputs[2]]
+        w_addr = self._constant(op.output + ".weight_t", np.ascontiguousarray(weight.T).astype(np.int8))
+        n, k = weight.shape[1], weight.shape[0]
+        w_view = TensorView.contiguous(w_addr, (n, k), "int8")
+        p_addr = self._constant(op.output + ".params",
+                                isa.pack_gemm_params(bias, op.attrs["multiplier"], op.attrs["shift"]))
+        out = self._new_tensor(op.output)
+        self.views[op.output] = out
+        x2 = x if len(x.shape) == 2 else x.reshape((int(np.prod(x.shape[:-1])), x.shape[-1]))
+        if x2 is None:
+            raise BackendError(f"{op!r}: input layout not supported ({op.source})")
+        self._gemm_tiles(op, record, x2, w_view, True, out.reshape((x2.shape[0], n)), p_addr, True, False)
+
+    def _op_matmul(self, op: QOp, record: LayerRecord) -> None:
+        a = self._input(op.inputs[0])
+        b = self._input(op.inputs[1])
+        transpose_b = bool(op.attrs.get("transpose_b"))
+        requant = bool(op.attrs.get("requant"))
+        out = self._new_tensor(op.output)
+        self.views[op.output] = out
+        n = out.shape[-1]
+        p_addr = None
+        if requant:
+            p_addr = self._constant(op.output + ".params", isa.pack_gemm_params(
+                np.zeros(n, np.int64), np.full(n, int(op.attrs["multiplier"])), np.full(n, int(op.attrs["shift"]))))
+        unsigned_a = self.graph.tensors[op.inputs[0]].dtype == "uint8"
+        for index in blocks(out.shape):
+            self._gemm_tiles(op, record, _block(a, index), _block(b, index), transpose_b, _block(out, index),
+                             p_addr, requant, unsigned_a)
+
+    # -- vector unit -----------------------------------------------------------------------------
+
+    def _rowwise(self, op: QOp, opcode: Opcode, sources: list[TensorView], src_buf: Buffer, src_bytes: int,
+                 params_addr: int | None, param_words: int, out_dtype: str, record: LayerRecord,
+                 prologue: tuple[list[Instruction], list[Instruction]] | None = None) -> None:
+        out = self._new_tensor(op.output)
+        self.views[op.output] = out
+        if prologue is not None:
+            self.pipeline.tile(prologue[0], prologue[1], [])
+        cols = out.shape[-1]
+        if cols > MAX_COLS:
+            raise ValueError(f"rows of {cols} elements exceed the vector unit's {MAX_COLS}")
+        per_row = {src_buf: len(sources) * cols * src_bytes}
+        per_row[Buffer.VECTOR] = per_row.get(Buffer.VECTOR, 0) + cols
+        fixed = {Buffer.ACC: 4 * param_words}
+        for index, r0, rows in self.tiler.row_tiles(out.shape, per_row, fixed):
+            slot = self._slot()
+            loads, src_addrs = [], []
+            for src in sources:
+                block = _block(src, index).slice(0, r0, r0 + rows)
+                addr = slot.take(src_buf, rows * cols * src_bytes)
+                loads.append(_load(src_buf, addr, block, rows, cols * src_bytes, block.strides[0]))
+                src_addrs.append(addr)
+            fields: dict[str, int] = {"rows": rows, "cols": cols, "src_addr": src_addrs[0]}
+            if len(src_addrs) > 1:
+                fields["src2_addr"] = src_addrs[1]
+            if params_addr is not None:
+                fields["param_addr"] = slot.take(Buffer.ACC, 4 * param_words)
+                loads.append(Instruction(Opcode.LOAD, buffer=Buffer.ACC, sram_addr=fields["param_addr"],
+                                         dram_addr=params_addr, rows=1, row_bytes=4 * param_words,
+                                         dram_stride=4 * param_words, sram_stride=4 * param_words))
+            out_bytes = np.dtype(out_dtype).itemsize
+            dst = src_addrs[0] if src_buf is Buffer.VECTOR else slot.take(Buffer.VECTOR, rows * cols * out_bytes)
+            fields["dst_addr"] = dst
+            block = _block(out, index).slice(0, r0, r0 + rows)
+            store = _store(Buffer.VECTOR, dst, block.base, rows, cols * out_bytes, block.strides[0])
+            self.pipeline.tile(loads, [Instruction(opcode, **fields)], [store])
+
+    def _op_softmax(self, op: QOp, record: LayerRecord) -> None:
+        words = isa.pack_softmax_params(op.attrs["params"])
+        p_addr = self._constant(op.output + ".params", words)
+        self._rowwise(op, Opcode.SOFTMAX, [self._input(op.inputs[0])], Buffer.ACC, 4, p_addr, words.size,
+                      "uint8", record)
+
+    def _op_gelu(self, op: QOp, record: LayerRecord) -> None:
+        table = np.asarray(op.attrs["table"]).astype(np.int8)
+        t_addr = self._constant(op.output + ".gelu_table", table)
+        slot = self._slot()
+        v_addr = slot.take(Buffer.VECTOR, table.size)
+        load = Instruction(Opcode.LOAD, buffer=Buffer.VECTOR, sram_addr=v_addr, dram_addr=t_addr, rows=1,
+                           row_bytes=table.size, dram_stride=table.size, sram_stride=table.size)
+        lut = Instruction(Opcode.LUT_LOAD, lut=isa.LutId.GELU, offset=0, count=table.size, src_addr=v_addr)
+        self._rowwise(op, Opcode.GELU, [self._input(op.inputs[0])], Buffer.VECTOR, 1, None, 0, "int8", record,
+                      prologue=([load], [lut]))
+
+    def _op_layernorm(self, op: QOp, record: LayerRecord) -> None:
+        words = isa.pack_layernorm_params(op.attrs["params"])
+        p_addr = self._constant(op.output + ".params", words)
+        self._rowwise(op, Opcode.LAYERNORM, [self._input(op.inputs[0])], Buffer.VECTOR, 1, p_addr, words.size,
+                      "int8", record)
+
+    def _op_add(self, op: QOp, record: LayerRecord) -> None:
+        words = isa.pack_add_params(op.attrs["params"])
+        p_addr = self._constant(op.output + ".params", words)
+        self._rowwise(op, Opcode.ADD, [self._input(op.inputs[0]), self._input(op.inputs[1])], Buffer.VECTOR, 1,
+                      p_addr, words.size, "int8", record)
+
+    # -- layout ----------------------------------------------------------------------------------
+
+    def _copy(self, src: TensorView, dst: TensorView) -> None:
+        """Copy ``src`` into ``dst`` (same shape) with LOAD/STORE pairs through the vector buffer."""
+        if src.shape != dst.shape:
+            raise AssertionError(f"copy of {src.shape} into {dst.shape}")
+        isz = src.itemsize
+        if len(src.shape) == 1:
+            src = TensorView(src.base, (1,) + src.shape, (0,) + src.strides, src.dtype)
+            dst = TensorView(dst.base, (1,) + dst.shape, (0,) + dst.strides, dst.dtype)
+        cap = SlotPlan(self.config, 0).capacity[Buffer.VECTOR]
+        # (src offset, src row stride, dst offset, dst row stride, rows, row bytes, element bytes)
+        pieces: list[tuple[int, int, int, int, int, int, int]] = []
+        if src.strides[-1] == isz and dst.strides[-1] == isz:
+            # Rows along the longest non-last axis; iterate the others.
+            axes = list(range(len(src.shape) - 1))
+            row_axis = max(axes, key=lambda ax: src.shape[ax])
+            others = [ax for ax in axes if ax != row_axis]
+            for index in itertools.product(*(range(src.shape[ax]) for ax in others)):
+                s_off = src.base + sum(i * src.strides[ax] for i, ax in zip(index, others))
+                d_off = dst.base + sum(i * dst.strides[ax] for i, ax in zip(index, others))
+                rows, row_bytes = src.shape[row_axis], src.shape[-1] * isz
+                step = max(1, min(rows, cap // max(row_bytes, 1), MAX_ROWS))
+                for r0 in range(0, rows, step):
+                    r = min(step, rows - r0)
+                    pieces.append((s_off + r0 * src.strides[row_axis], src.strides[row_axis],
+                                   d_off + r0 * dst.strides[row_axis], dst.strides[row_axis], r, row_bytes, row_bytes))
+        else:
+            # Element-granular gather: one DMA per destination row (rows of one element each).
+            axes = list(range(len(src.shape) - 1))
+            for index in itertools.product(*(range(src.shape[ax]) for ax in axes)):
+                s_off = src.base + sum(i * src.strides[ax] for i, ax in zip(index, axes))
+                d_off = dst.base + sum(i * dst.strides[ax] for i, ax in zip(index, axes))
+                pieces.append((s_off, src.strides[-1], d_off, dst.strides[-1], src.shape[-1], isz, isz))
+        tile_loads: list[Instruction] = []
+        tile_stores: list[Instruction] = []
+        slot = self._slot()
+        for s_off, s_stride, d_off, d_stride, rows, row_bytes, unit in pieces:
+            nbytes = rows * row_bytes
+            try:
+                addr = slot.take(Buffer.VECTOR, nbytes)
+            except ValueError:
+                if not tile_loads:
+                    raise
+                self.pipeline.tile(tile_loads, [], tile_stores)
+                tile_loads, tile_stores = [], []
+                slot = self._slot()
+                addr = slot.take(Buffer.VECTOR, nbytes)
+            tile_loads.append(Instruction(Opcode.LOAD, buffer=Buffer.VECTOR, sram_addr=addr, dram_addr=s_off,
+                                          rows=rows, row_bytes=row_bytes, dram_stride=s_stride, sram_stride=row_bytes))
+            tile_stores.append(Instruction(Opcode.STORE, buffer=Buffer.VECTOR, sram_addr=addr, dram_addr=d_off,
+                                           rows=rows, row_bytes=row_bytes, dram_stride=d_stride, sram_stride=row_bytes))
+        if tile_loads:
+            self.pipeline.tile(tile_loads, [], tile_stores)
+
+    def _op_im2col(self, op: QOp, record: LayerRecord) -> None:
+        x = self.views[op.inputs[0]]
+        c, h, w = x.shape
+        p = op.attrs["patch"]
+        sc, sh, sw = x.strides
+        patches = TensorView(x.base, (h // p, w // p, c, p, p), (p * sh, p * sw, sc, sh, sw), x.dtype)
+        out = self._new_tensor(op.output)
+        self._copy(patches, TensorView.contiguous(out.base, patches.shape, out.dtype))
+        self.views[op.output] = out
+
+    def _view_or_copy(self, op: QOp, view: TensorView | None, fallback: TensorView, shape: tuple[int, ...]) -> None:
+        if view is None:
+            dense = TensorView.contiguous(self.alloc.allocate(op.output + ".dense", fallback.nbytes),
+                                          fallback.shape, fallback.dtype)
+            self._copy(fallback, dense)
+            view = dense.reshape(shape)
+        self.views[op.output] = view
+
+    def _op_reshape(self, op: QOp, record: LayerRecord) -> None:
+        x = self.views[op.inputs[0]]
+        shape = tuple(op.attrs["shape"])
+        self._view_or_copy(op, x.reshape(shape), x, shape)
+
+    def _op_split_heads(self, op: QOp, record: LayerRecord) -> None:
+        x = self.views[op.inputs[0]]
+        t, width = x.shape
+        heads, chunks = op.attrs["num_heads"], op.attrs.get("chunks", 1)
+        d = width // (heads * chunks)
+        split = x.reshape((t, chunks, heads, d))
+        if split is None:
+            x = self._input(op.inputs[0])
+            split = TensorView(x.base, (t, chunks, heads, d),
+                               (x.strides[0], heads * d * x.itemsize, d * x.itemsize, x.itemsize), x.dtype)
+        self.views[op.output] = split.index(1, op.attrs.get("index", 0)).transpose((1, 0, 2))
+
+    def _op_merge_heads(self, op: QOp, record: LayerRecord) -> None:
+        x = self.views[op.inputs[0]]
+        heads, t, d = x.shape
+        moved = x.transpose((1, 0, 2))
+        self._view_or_copy(op, moved.reshape((t, heads * d)), moved, (t, heads * d))
+
+    def _op_transpose(self, op: QOp, record: LayerRecord) -> None:
+        self.views[op.output] = self.views[op.inputs[0]].transpose(tuple(op.attrs["perm"]))
+
+    def _op_concat(self, op: QOp, record: LayerRecord) -> None:
+        out = self._new_tensor(op.output)
+        axis, offset = op.attrs["axis"], 0
+        for name in op.inputs:
+            part = self.views[name]
+            self._copy(part, out.slice(axis, offset, offset + part.shape[axis]))
+            offset += part.shape[axis]
+        self.views[op.output] = out
+
+    def _op_slice(self, op: QOp, record: LayerRecord) -> None:
+        self.views[op.output] = self.views[op.inputs[0]].slice(op.attrs["axis"], op.attrs["start"], op.attrs["stop"])
+
+    def _op_select_token(self, op: QOp, record: LayerRecord) -> None:
+        index = op.attrs["index"]
+        self.views[op.output] = self.views[op.inputs[0]].slice(0, index, index + 1)

@@ -1,0 +1,45 @@
+"""``vitaccel compile MODEL --config NAME -o DIR``: quantize and compile a ViT."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "compile", help="compile a PyTorch ViT into an accelerator program",
+        description="Capture MODEL, quantize it to int8 with calibration images, tile and schedule it for "
+                    "the config, and write program.bin, ddr.bin, manifest.json and program.lst to DIR.",
+        epilog="examples:\n  vitaccel compile digits-vit --config tiny -o out/digits\n"
+               "  vitaccel compile deit-small --config zcu102 --weights deit_small.pth -o out/deit-s\n"
+               "  vitaccel compile my_model.py:build --config tiny -o out/mine",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", metavar="MODEL", help="zoo name (digits-vit, deit-tiny, deit-small, deit-base) "
+                                                       "or path/to/file.py:function")
+    parser.add_argument("--config", default="tiny", metavar="NAME|FILE", help="preset or JSON file (default: tiny)")
+    parser.add_argument("--weights", metavar="FILE", help="state dict with timm/DeiT parameter names")
+    parser.add_argument("--calib", type=int, default=None, metavar="N", help="calibration images (default: 32, or 4 for 224x224 models)")
+    parser.add_argument("--method", default="minmax", choices=("minmax", "percentile"),
+                        help="activation range observer (default: minmax)")
+    parser.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vitaccel.sw.compile import compile_model
+
+    console = Console(stderr=True)
+    with Progress(TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+                  TimeElapsedColumn(), console=console, disable=args.quiet, transient=False) as bar:
+        task = bar.add_task("compiling", total=1.0)
+        program = compile_model(args.model, args.config, args.output, weights=args.weights, calib=args.calib,
+                                method=args.method,
+                                progress=lambda text, fraction: bar.update(task, description=text, completed=fraction))
+    m = program.manifest
+    console.print(f"wrote {args.output}: {m['instructions']} instructions, {m['macs'] / 1e6:.1f} MMAC per image, "
+                  f"DDR {m['ddr_size'] / 2**20:.1f} MiB, compiled in {m['compile_seconds']:.1f} s")
+    return 0
