@@ -1,0 +1,175 @@
+"""Bit-accurate golden kernels of the non-linear units: softmax, GELU, LayerNorm, residual add.
+
+Every kernel is vectorised NumPy over any leading shape (rows along the last axis), uses
+only integer arithmetic in ``int64``, the tables of :mod:`vitaccel.hw.spec.luts`, the
+parameters of :mod:`vitaccel.hw.spec.nonlinear` and the one rounding/saturation rule of
+:mod:`vitaccel.hw.spec.numerics`. The hardware in :mod:`vitaccel.hw.nonlinear` computes the
+same integers step by step; the helpers :func:`exp2_neg`, :func:`reciprocal` and
+:func:`inv_sqrt` are the stages it shares with other units (sparse attention).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vitaccel.hw.spec.luts import (EXP_ZERO_SHIFT, RECIP_FRAC_BITS,
+                                   RECIP_MANTISSA_FRAC_BITS, RSQRT_FRAC_BITS,
+                                   RSQRT_MANTISSA_FRAC_BITS, exp2_table, reciprocal_table,
+                                   rsqrt_table)
+from vitaccel.hw.spec.nonlinear import (LAYERNORM_NORM_FRAC_BITS, SOFTMAX_DIFF_BITS,
+                                        SOFTMAX_OUTPUT_BITS, AddParams, GeluInt16Params,
+                                        LayerNormParams, SoftmaxParams)
+from vitaccel.hw.spec.numerics import int_range, round_shift, saturate
+
+__all__ = ["softmax", "gelu", "gelu_int16", "layernorm", "add", "exp2_neg", "reciprocal",
+           "inv_sqrt", "leading_one", "normalize"]
+
+
+def _as_int(x: np.ndarray, bits: int, name: str) -> np.ndarray:
+    arr = np.asarray(x)
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{name}: must be an integer array, got dtype {arr.dtype}")
+    arr = arr.astype(np.int64)
+    lo, hi = int_range(bits)
+    if arr.size and (arr.min() < lo or arr.max() > hi):
+        raise ValueError(f"{name}: values must fit in signed {bits} bits ({lo}..{hi})")
+    return arr
+
+
+def leading_one(x: np.ndarray) -> np.ndarray:
+    """``floor(log2(x))`` of positive integers below ``2^53`` (a priority encoder)."""
+    x = np.asarray(x, dtype=np.int64)
+    if np.any(x <= 0):
+        raise ValueError("leading_one: values must be positive")
+    return (np.frexp(x.astype(np.float64))[1] - 1).astype(np.int64)
+
+
+def normalize(x: np.ndarray, exponent: np.ndarray, frac_bits: int) -> np.ndarray:
+    """``x * 2^(frac_bits - exponent)``: a right shift rounds (round half up), a left shift is exact."""
+    x = np.asarray(x, dtype=np.int64)
+    shift = np.asarray(exponent, dtype=np.int64) - frac_bits
+    return np.where(shift >= 0, round_shift(x, np.maximum(shift, 0)),
+                    np.left_shift(x, np.maximum(-shift, 0)))
+
+
+def exp2_neg(t: np.ndarray, lut_bits: int) -> np.ndarray:
+    """``2^(-t / 2^lut_bits)`` in Q1.EXP_FRAC_BITS for non-negative fixed-point ``t``.
+
+    The fractional bits of ``t`` index :func:`~vitaccel.hw.spec.luts.exp2_table`, the integer
+    part is a rounding right shift; shifts of ``EXP_ZERO_SHIFT`` or more give exactly 0.
+    """
+    t = np.asarray(t, dtype=np.int64)
+    table = exp2_table(lut_bits)
+    whole = t >> lut_bits
+    value = table[t & ((1 << lut_bits) - 1)]
+    return np.where(whole >= EXP_ZERO_SHIFT, 0, round_shift(value, np.minimum(whole, EXP_ZERO_SHIFT)))
+
+
+def reciprocal(s: np.ndarray, lut_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(y, k)`` with ``y ~ 2^(RECIP_FRAC_BITS + k) / s`` for positive ``s``: table + one Newton step.
+
+    ``k = floor(log2 s)``; ``m = s / 2^k`` in Q1.RECIP_MANTISSA_FRAC_BITS; the seed
+    ``y0 = table[top lut_bits bits of m after its leading one]``; Newton:
+    ``y = y0 (2 - m y0)`` with each product rounded back to its format.
+    """
+    k = leading_one(s)
+    mb, y_bits = RECIP_MANTISSA_FRAC_BITS, RECIP_FRAC_BITS
+    m = normalize(s, k, mb)
+    index = np.minimum((m >> (mb - lut_bits)) - (1 << lut_bits), (1 << lut_bits) - 1)
+    y0 = reciprocal_table(lut_bits)[index]
+    error = (1 << (y_bits + 1)) - round_shift(m * y0, mb)
+    return round_shift(y0 * error, y_bits), k
+
+
+def inv_sqrt(v: np.ndarray, lut_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(y, k)`` with ``y ~ 2^(RSQRT_FRAC_BITS + k) / sqrt(v)`` for positive ``v``.
+
+    ``k = floor(log2 v) // 2``; ``m = v / 4^k`` in Q2.RSQRT_MANTISSA_FRAC_BITS; seed from the top
+    ``lut_bits`` bits of ``m``; Newton: ``y = y0 (3 - m y0^2) / 2``, products rounded.
+    """
+    k = leading_one(v) >> 1
+    mb, y_bits = RSQRT_MANTISSA_FRAC_BITS, RSQRT_FRAC_BITS
+    m = normalize(v, 2 * k, mb)
+    index = np.minimum(m >> (mb + 2 - lut_bits), (1 << lut_bits) - 1)
+    y0 = rsqrt_table(lut_bits)[index]
+    square = round_shift(y0 * y0, y_bits)
+    error = 3 * (1 << y_bits) - round_shift(m * square, mb)
+    return round_shift(y0 * error, y_bits + 1), k
+
+
+def softmax(scores: np.ndarray, params: SoftmaxParams, mask: np.ndarray | None = None) -> np.ndarray:
+    """Softmax of int32 ``scores`` along the last axis as ``uint8`` probabilities (scale 1/256).
+
+    Parameters
+    ----------
+    scores : int array
+        Values within int32; real value ``score * input_scale`` (see ``softmax_params``).
+    params : SoftmaxParams
+    mask : bool array, optional
+        Same shape as ``scores``. Masked-out entries take no part in the max or the sum and
+        output 0; a row with no entry outputs zeros. ``None`` means all entries take part.
+    """
+    s = _as_int(scores, 32, "scores")
+    if mask is None:
+        valid = np.ones(s.shape, dtype=bool)
+    else:
+        valid = np.asarray(mask)
+        if valid.dtype != bool or valid.shape != s.shape:
+            raise ValueError(f"mask: must be a bool array of shape {s.shape}, got {valid.dtype} {valid.shape}")
+    lo, _ = int_range(32)
+    row_max = np.max(np.where(valid, s, lo), axis=-1, keepdims=True)
+    diff = np.minimum(row_max - s, (1 << SOFTMAX_DIFF_BITS) - 1)
+    exponent = round_shift(np.where(valid, diff, 0) * params.multiplier, params.shift)
+    e = np.where(valid, exp2_neg(exponent, params.exp_lut_bits), 0)
+    total = np.sum(e, axis=-1, keepdims=True)
+    y, k = reciprocal(np.maximum(total, 1), params.recip_lut_bits)
+    out = round_shift(e * y, RECIP_FRAC_BITS + k - SOFTMAX_OUTPUT_BITS)
+    out = np.where(total > 0, saturate(out, SOFTMAX_OUTPUT_BITS, signed=False), 0)
+    return out.astype(np.uint8)
+
+
+def gelu(x: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """int8 GELU: ``table[code of x]`` with the 256-entry table of ``gelu_table``."""
+    x = _as_int(x, 8, "x")
+    table = np.asarray(table)
+    if table.shape != (256,):
+        raise ValueError(f"table: must have 256 entries, got shape {table.shape}")
+    table = _as_int(table, 8, "table")
+    return table[x & 0xFF].astype(np.int8)
+
+
+def gelu_int16(x: np.ndarray, params: GeluInt16Params) -> np.ndarray:
+    """I-BERT integer GELU of int16 ``x`` as int16 (see ``GeluInt16Params``)."""
+    q = _as_int(x, 16, "x")
+    clipped = np.minimum(np.abs(q), params.clip)
+    q_erf = np.sign(q) * ((clipped + params.q_b) ** 2 + params.q_c)
+    product = -q * (q_erf + params.q_one)
+    return saturate(round_shift(product * params.multiplier, params.shift), 16).astype(np.int16)
+
+
+def layernorm(x: np.ndarray, params: LayerNormParams) -> np.ndarray:
+    """LayerNorm of int8 ``x`` over its last axis (``params.channels`` long) as int8.
+
+    Integer statistics ``Sx``, ``Sxx``; ``V = n Sxx - Sx^2 + eps_term`` (at least 1); inverse
+    square root by :func:`inv_sqrt`; see ``LayerNormParams`` for the remaining steps.
+    """
+    x = _as_int(x, 8, "x")
+    n = params.channels
+    if x.ndim == 0 or x.shape[-1] != n:
+        raise ValueError(f"x: last axis must have {n} channels, got shape {x.shape}")
+    sum_x = np.sum(x, axis=-1, keepdims=True)
+    sum_xx = np.sum(x * x, axis=-1, keepdims=True)
+    variance = np.maximum(n * sum_xx - sum_x * sum_x + params.eps_term, 1)
+    y, k = inv_sqrt(variance, params.rsqrt_lut_bits)
+    z = round_shift((n * x - sum_x) * y, RSQRT_FRAC_BITS + k - LAYERNORM_NORM_FRAC_BITS)
+    gamma = np.asarray(params.gamma, dtype=np.int64)
+    beta = np.asarray(params.beta, dtype=np.int64)
+    return saturate(round_shift(z * gamma + beta, params.out_shift), 8).astype(np.int8)
+
+
+def add(a: np.ndarray, b: np.ndarray, params: AddParams) -> np.ndarray:
+    """Residual add of int8 ``a`` and ``b`` (different scales) into int8."""
+    a = _as_int(a, 8, "a")
+    b = _as_int(b, 8, "b")
+    total = a * params.a_multiplier + b * params.b_multiplier
+    return saturate(round_shift(total, params.shift), 8).astype(np.int8)
