@@ -108,6 +108,9 @@ CASES: tuple[CaseSpec, ...] = (
              quick=_sizes({"tokens": 8, "head_dim": 4, "density": 0.5, "mask_kind": "random"}),
              full=_sizes({"tokens": 8, "head_dim": 4, "density": 0.5, "mask_kind": "random"},
                          {"tokens": 16, "head_dim": 8, "density": 0.25, "mask_kind": "random"})),
+    CaseSpec("axi_dma", "vitaccel.sim.cases.axi", "run_dma_case",
+             quick=_sizes({"transfers": 6}), full=_sizes({"transfers": 24}, {"transfers": 48, "backpressure": 0.7})),
+    CaseSpec("axi_lite", "vitaccel.sim.cases.axi", "run_lite_case", quick=_sizes({}), full=_sizes({})),
 )
 
 

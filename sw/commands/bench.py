@@ -20,6 +20,7 @@ BENCHMARKS = {
     "gemm": "matrix engine: DeiT-S GEMM shapes, cycles and utilisation in RTL",
     "nonlinear": "softmax / GELU / LayerNorm: error against float and cycles per row in RTL",
     "sparse": "top-k engine and sparse attention: cycles against density in RTL",
+    "dma": "AXI DMA: read/write throughput in bytes per cycle, with and without back-pressure",
     "pruning": "pruned models: accuracy, executed MACs and cycles per pruning method",
 }
 
