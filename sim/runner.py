@@ -224,7 +224,8 @@ def run_testbench(
     seed : int, optional
         cocotb's random seed.
     waves : bool
-        Dump waveforms (VCD for Verilator, FST for Icarus) into the test directory.
+        Dump waveforms into the test directory: VCD from Verilator (its FST writer needs
+        lz4 headers this project does not install), FST from Icarus.
     build_dir : Path, optional
         Overrides the cache location.
     check : bool
@@ -246,10 +247,8 @@ def run_testbench(
             if not (build / ".built").exists():
                 source.write_text(icarus_time_zero_fix(verilog) if simulator == "icarus" else verilog)
                 build_args = ["-Wno-fatal", "-Wno-WIDTH"] if simulator == "verilator" else []
-                if simulator == "verilator" and waves:
-                    build_args.append("--trace-fst")
                 runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=build,
-                             build_args=build_args, waves=waves and simulator == "icarus",
+                             build_args=build_args, waves=waves,
                              timescale=("1ns", "1ps"), log_file=build / "build.log")
                 (build / ".built").write_text("ok")
             runner.build_dir = build
@@ -272,7 +271,8 @@ def run_testbench(
         tail = log.read_text(errors="replace")[-2000:] if log.exists() else "(no log)"
         raise SimulationFailed(f"{simulator}: the simulation produced no results; log tail:\n{tail}")
     output = json.loads(output_file.read_text()) if output_file.exists() else {}
-    wave_file = next(iter(sorted(test_dir.glob("*.fst")) + sorted(test_dir.glob("*.vcd"))), None)
+    # Verilator dumps into the test directory, Icarus into the build directory.
+    wave_file = next(iter(sorted(test_dir.glob("*.vcd")) + sorted(build.glob("*.fst"))), None) if waves else None
     result = SimResult(simulator=simulator, cases=cases, output=output, build_dir=build, waves=wave_file)
     return result.raise_on_failure() if check else result
 

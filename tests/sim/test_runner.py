@@ -49,3 +49,16 @@ def test_runner_reports_a_failing_testbench():
 
 def test_unknown_simulator_is_named():
     assert "unknown simulator" in simulator_available("modelsim")
+
+
+@pytest.mark.cocotb
+@pytest.mark.parametrize("simulator", ["verilator", "icarus"])
+def test_waves_on_request(simulator):
+    reason = simulator_available(simulator)
+    if reason:
+        pytest.skip(reason)
+    result = run_testbench(verilog=emit_verilog(_Mac(), "selftest_mac"), toplevel="selftest_mac",
+                           test_module="vitaccel.sim.cocotb.tb_selftest", simulator=simulator,
+                           params={"steps": 4}, waves=True)
+    assert result.waves is not None and result.waves.stat().st_size > 0
+    assert "acc" in result.waves.read_bytes().decode(errors="replace") or simulator == "icarus"
