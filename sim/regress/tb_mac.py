@@ -34,3 +34,7 @@ async def mac_stream(dut):
         cycles += 1
         observed.append(dut.acc.value.to_signed())
     write_tb_output(acc=observed, cycles=cycles)
+    # An optional in-testbench check, so the runner's failure reporting can be tested too.
+    if "expected_final" in params:
+        assert observed[-1] == params["expected_final"], \
+            f"acc: expected {params['expected_final']}, got {observed[-1]}"
