@@ -1,0 +1,319 @@
+"""Whole-accelerator cases: programs run in RTL (cocotb) and on the golden machine.
+
+:func:`run_program_case` builds a list of programs (random token-synchronised DMA programs,
+hand-written bad programs, random instruction words), runs them in order on one golden
+machine and, through ``vitaccel.sim.cocotb.tb_accel``, on the emitted Verilog with a
+random-back-pressure ``AxiRam``; then compares per program the final DDR image (runs that
+end in FINISH), the status register, and the error code and pc.
+
+Where the hardware legitimately differs from the golden machine the program says so:
+``expect_code`` fixes the hardware's error code (WATCHDOG has no golden counterpart; opcodes
+in :data:`~vitaccel.hw.accel.core.UNSUPPORTED_OPCODES` stop with INVALID_OPERAND).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vitaccel.hw.spec import isa
+from vitaccel.hw.spec.config import AccelConfig
+from vitaccel.hw.spec.isa import Buffer, Instruction, Opcode, Queue, encode
+from vitaccel.hw.spec.regmap import ErrorCode
+
+__all__ = ["Program", "random_dma_program", "gelu_program", "default_programs", "bad_programs", "random_word_programs", "golden_outcomes",
+           "run_program_case", "STATUS_DONE", "STATUS_ERROR"]
+
+STATUS_DONE, STATUS_ERROR = 0b010, 0b100
+_DDR_BASE = 0x0
+_PROGRAM_ADDR = 0x20000
+_RAM_BYTES = 0x40000
+
+
+@dataclass
+class Program:
+    """One program for both machines. ``expect_code``: the hardware's error code when it
+    deliberately differs from the golden machine's (then only the code is compared)."""
+
+    name: str
+    words: list[int]
+    ddr: np.ndarray
+    watchdog: int = 0
+    expect_code: ErrorCode | None = None
+    golden: dict[str, Any] = field(default_factory=dict)
+
+
+def _dma(opcode: Opcode, **fields: Any) -> Instruction:
+    return Instruction(opcode, **fields)
+
+
+def random_dma_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, rounds: int,
+                       transfers: int, max_row_bytes: int = 80, max_rows: int = 4) -> list[int]:
+    """Rounds of LOADs -> compute SYNC -> STOREs, chained by tokens, ending in FINISH.
+
+    Rows, strides, buffer offsets and DDR addresses are random (any byte alignment); each
+    round's loads wait for the previous round's stores, as a double-buffered program would.
+    """
+    program: list[Instruction] = []
+
+    def region(limit: int, rows: int, row_bytes: int, stride: int) -> int:
+        span = (rows - 1) * stride + row_bytes
+        return rng.randrange(0, limit - span + 1)
+
+    for r in range(rounds):
+        for kind in (Opcode.LOAD, Opcode.STORE):
+            count = rng.randint(1, transfers)
+            for i in range(count):
+                buffer = rng.choice(list(Buffer))
+                rows, row_bytes = rng.randint(1, max_rows), rng.randint(1, max_row_bytes)
+                dram_stride = row_bytes + rng.randint(0, 40) if kind is Opcode.STORE else rng.randint(0, 200)
+                sram_stride = row_bytes + rng.randint(0, 40) if kind is Opcode.LOAD else rng.randint(0, 200)
+                size = isa.buffer_bytes(config, buffer)
+                sram_byte = region(min(size, 4096), rows, row_bytes, sram_stride)
+                sram_addr = sram_byte // isa.ADDR_UNIT
+                flags: dict[str, int] = {}
+                if kind is Opcode.LOAD:
+                    flags["pop_next"] = int(i == 0 and r > 0)
+                    flags["push_next"] = int(i == count - 1)
+                else:
+                    flags["pop_prev"] = int(i == 0)
+                    flags["push_prev"] = int(i == count - 1)
+                program.append(_dma(kind, buffer=buffer, sram_addr=sram_addr,
+                                    dram_addr=region(ddr_size, rows, row_bytes, dram_stride), rows=rows,
+                                    row_bytes=row_bytes, dram_stride=dram_stride, sram_stride=sram_stride,
+                                    **flags))
+            if kind is Opcode.LOAD:
+                program.append(Instruction(Opcode.SYNC, queue=Queue.COMPUTE, pop_prev=1, push_next=1))
+        last = r == rounds - 1
+        program.append(Instruction(Opcode.FINISH, pop_next=1) if last else
+                       Instruction(Opcode.SYNC, queue=Queue.COMPUTE, pop_next=1, push_prev=1))
+    return [encode(instr) for instr in program]
+
+
+def gelu_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, rows: int, cols: int,
+                 lut_offset: int = 0, lut_count: int = isa.GELU_LUT_ENTRIES) -> list[int]:
+    """LOAD a GELU table and activations, LUT_LOAD (``lut_count`` entries from ``lut_offset``),
+    GELU, STORE the result: one program through all three queues."""
+    n = rows * cols
+    table_at, x_at, y_at = 0, rng.randrange(16, 32), rng.randrange(64, 96)   # VECTOR units
+    table_ddr = rng.randrange(0, ddr_size - isa.GELU_LUT_ENTRIES)
+    x_ddr, y_ddr = rng.randrange(0, ddr_size - n), rng.randrange(0, ddr_size - n)
+
+    def dma(opcode: Opcode, sram: int, dram: int, nbytes: int, **flags: int) -> Instruction:
+        return Instruction(opcode, buffer=Buffer.VECTOR, sram_addr=sram, dram_addr=dram, rows=1,
+                           row_bytes=nbytes, dram_stride=nbytes, sram_stride=nbytes, **flags)
+
+    program = [
+        dma(Opcode.LOAD, table_at, table_ddr, isa.GELU_LUT_ENTRIES),
+        dma(Opcode.LOAD, x_at, x_ddr, n, push_next=1),
+        Instruction(Opcode.LUT_LOAD, lut=isa.LutId.GELU, offset=lut_offset, count=lut_count,
+                    src_addr=table_at + lut_offset // isa.ADDR_UNIT, pop_prev=1),
+        Instruction(Opcode.GELU, rows=rows, cols=cols, src_addr=x_at, dst_addr=y_at, push_next=1),
+        dma(Opcode.STORE, y_at, y_ddr, n, pop_prev=1, push_prev=1),
+        Instruction(Opcode.FINISH, pop_next=1),
+    ]
+    return [encode(instr) for instr in program]
+
+
+def bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
+    """Hand-written programs that must each stop with a specific error."""
+    from vitaccel.hw.accel import UNSUPPORTED_OPCODES
+
+    def load(**kw: Any) -> int:
+        base = dict(buffer=Buffer.VECTOR, sram_addr=0, dram_addr=0, rows=1, row_bytes=16, dram_stride=16,
+                    sram_stride=16)
+        return encode(Instruction(Opcode.LOAD, **{**base, **kw}))
+
+    def store(**kw: Any) -> int:
+        base = dict(buffer=Buffer.VECTOR, sram_addr=0, dram_addr=0, rows=1, row_bytes=16, dram_stride=16,
+                    sram_stride=16)
+        return encode(Instruction(Opcode.STORE, **{**base, **kw}))
+
+    finish = encode(Instruction(Opcode.FINISH))
+    # FINISH must wait for the store queue (golden: FINISH with work queued is an error).
+    finish_after_store = encode(Instruction(Opcode.FINISH, pop_next=1))
+    vector_bytes = isa.buffer_bytes(config, Buffer.VECTOR)
+    reserved = isa.LAYOUTS[Opcode.SYNC]["reserved"].offset
+    cases = [
+        ("zero word", [load(), 0, finish], None),
+        ("unknown opcode 63", [63, finish], None),
+        ("reserved bit", [load(), finish | (1 << (isa.INSTRUCTION_BITS - 1))], None),
+        ("SYNC reserved bit", [encode(Instruction(Opcode.SYNC, queue=Queue.COMPUTE)) | (1 << reserved), finish], None),
+        ("invalid queue enum", [encode(Instruction(Opcode.SYNC, queue=Queue.COMPUTE)) | (3 << isa.LAYOUTS[Opcode.SYNC]["queue"].offset), finish], None),
+        ("load flag on store queue", [store() | (1 << isa.LAYOUTS[Opcode.STORE]["push_next"].offset), finish], None),
+        ("ddr out of range", [load(dram_addr=ddr_size - 8), finish], None),
+        ("ddr stride out of range", [load(rows=3, dram_stride=ddr_size // 2), finish], None),
+        ("sram out of range", [store(sram_addr=vector_bytes // 16 - 1, row_bytes=17, push_prev=1),
+                               finish_after_store], None),
+        ("load sram stride overlap", [load(rows=2, sram_stride=8), finish], None),
+        ("store dram stride overlap", [store(rows=2, dram_stride=15, push_prev=1), finish_after_store], None),
+        ("deadlock", [encode(Instruction(Opcode.SYNC, queue=Queue.COMPUTE, pop_prev=1)), finish], None),
+        ("finish with store waiting", [load(push_next=1), encode(Instruction(Opcode.SYNC, queue=Queue.COMPUTE, pop_prev=1)),
+                            encode(Instruction(Opcode.SYNC, queue=Queue.STORE, pop_prev=1)), finish], None),
+        ("missing finish", [load(), load(dram_addr=64)], None),
+        ("finish before store", [finish, store()], None),
+        ("empty transfers then finish", [load(rows=0), store(row_bytes=0, push_prev=1), finish_after_store], None),
+        ("store then finish", [store(push_prev=1), finish_after_store], None),
+        ("circular wait", [load(pop_next=1, push_next=1),
+                           encode(Instruction(Opcode.SYNC, queue=Queue.COMPUTE, pop_prev=1, push_prev=1)),
+                           finish], None),
+        ("unsupported gemm", [encode(Instruction(Opcode.GEMM, m=1, k=1, n=1)), finish], ErrorCode.INVALID_OPERAND),
+        *((f"unsupported {op.name.lower()}", [encode(Instruction(op)), finish], ErrorCode.INVALID_OPERAND)
+          for op in UNSUPPORTED_OPCODES if op is not Opcode.GEMM),
+        ("lut_load past the table", [encode(Instruction(Opcode.LUT_LOAD, offset=200, count=57)), finish], None),
+        ("lut_load source out of range", [encode(Instruction(Opcode.LUT_LOAD, count=17,
+                                                             src_addr=vector_bytes // 16 - 1)), finish], None),
+        ("gelu destination out of range", [encode(Instruction(Opcode.GELU, rows=2, cols=9, src_addr=0,
+                                                              dst_addr=vector_bytes // 16 - 1)), finish], None),
+    ]
+    out = [Program(name, words, np.zeros(ddr_size, np.uint8), expect_code=code) for name, words, code in cases]
+    big = [load(rows=ddr_size // 256, row_bytes=256, dram_stride=256, sram_stride=256, push_next=1),
+           encode(Instruction(Opcode.FINISH, pop_prev=1))]
+    out.append(Program("watchdog", big, np.zeros(ddr_size, np.uint8), watchdog=40,
+                       expect_code=ErrorCode.WATCHDOG))
+    return out
+
+
+def random_word_programs(rng: random.Random, ddr_size: int, count: int) -> list[Program]:
+    """Programs of random 128-bit words, and valid programs with one random bit flipped."""
+    out = []
+    for i in range(count):
+        words = [rng.getrandbits(isa.INSTRUCTION_BITS) for _ in range(rng.randint(1, 4))]
+        out.append(Program(f"random words {i}", words, np.zeros(ddr_size, np.uint8)))
+    return out
+
+
+def golden_outcomes(config: AccelConfig, programs: list[Program]) -> None:
+    """Run ``programs`` in order on one golden machine; fill each ``golden`` record."""
+    from vitaccel.sim.golden.machine import GoldenMachine, MachineError
+
+    machine = GoldenMachine(config)
+    for program in programs:
+        ddr = program.ddr.copy()
+        try:
+            machine.run(program.words, ddr)
+            program.golden = {"code": ErrorCode.NONE, "pc": None, "ddr": ddr}
+        except MachineError as err:
+            program.golden = {"code": err.code, "pc": err.pc, "ddr": None, "message": str(err)}
+
+
+def _compare(program: Program, record: dict[str, Any]) -> list[str]:
+    """Differences between the RTL's record and the golden (or expected) outcome."""
+    problems = []
+    if not record["interrupt"]:
+        return [f"no interrupt within {record['waited']} cycles (hang)"]
+    code = ErrorCode(record["error_code"])
+    want = program.expect_code if program.expect_code is not None else program.golden["code"]
+    if code is not want:
+        problems.append(f"error code {code.name}, expected {want.name} ({program.golden.get('message', 'golden ok')})")
+    status = STATUS_DONE if want is ErrorCode.NONE else STATUS_ERROR
+    if record["status"] != status:
+        problems.append(f"status {record['status']:#05b}, expected {status:#05b}")
+    if program.expect_code is None and want is not ErrorCode.NONE and program.golden["pc"] is not None \
+            and record["error_pc"] != program.golden["pc"]:
+        problems.append(f"error pc {record['error_pc']}, golden {program.golden['pc']}")
+    if want is ErrorCode.NONE:
+        got = np.frombuffer(bytes.fromhex(record["ddr"]), np.uint8)
+        diff = np.flatnonzero(got != program.golden["ddr"])
+        if diff.size:
+            pos = int(diff[0])
+            problems.append(f"DDR differs at {diff.size} bytes, first {pos:#x}: "
+                            f"rtl {got[pos]:#04x} golden {program.golden['ddr'][pos]:#04x}")
+        if record["total_cycles"] <= 0 or record["instructions_retired"] != len(program.words):
+            problems.append(f"counters: cycles {record['total_cycles']}, retired "
+                            f"{record['instructions_retired']} of {len(program.words)}")
+    return problems
+
+
+def default_programs(config: AccelConfig, *, seed: int, quick: bool, ddr_size: int = 4096) -> list[Program]:
+    """Valid random DMA programs first (buffers persist between runs), then bad programs,
+    then random words."""
+    rng = random.Random(seed)
+    programs = []
+    for i in range(2 if quick else 6):
+        ddr = np.frombuffer(rng.randbytes(ddr_size), np.uint8).copy()
+        words = random_dma_program(rng, config, ddr_size, rounds=1 if quick and i == 0 else 2,
+                                   transfers=2 if quick else 3)
+        programs.append(Program(f"dma program {i}", words, ddr))
+    for i, (rows, cols, offset, count) in enumerate([(3, 7, 0, 256), (2, 40, 32, 100)][:1 if quick else 2]):
+        ddr = np.frombuffer(rng.randbytes(ddr_size), np.uint8).copy()
+        words = gelu_program(rng, config, ddr_size, rows=rows, cols=cols, lut_offset=offset, lut_count=count)
+        programs.append(Program(f"gelu program {i}", words, ddr))
+    programs += bad_programs(config, ddr_size)
+    programs += random_word_programs(rng, ddr_size, 4 if quick else 16)
+    return programs
+
+
+def run_program_case(config: AccelConfig, *, seed: int = 0, simulator: str = "verilator",
+                     program_dir: str | Path | None = None, words: list[int] | None = None,
+                     ddr: np.ndarray | None = None, quick: bool = False, backpressure: float = 0.3,
+                     max_latency: int = 4, max_cycles: int = 200_000, program_offset: int = 0) -> dict[str, Any]:
+    """Programs on the RTL and on the golden machine, compared (see the module docstring).
+
+    Parameters
+    ----------
+    program_dir : path, optional
+        A compiled program directory (``sw.program.load_program``) to run once.
+    words, ddr : optional
+        One program and its DDR image to run (instead of the default suite).
+    program_offset : int
+        Bytes added to the program's DDR address (not a multiple of 16: unaligned fetch).
+
+    Returns
+    -------
+    dict
+        ``passed``, ``programs`` (per program: name, code, cycles, problems), ``mismatches``.
+    """
+    from vitaccel.hw.accel import ACCEL_TOP_NAME, accelerator_top
+    from vitaccel.sim.runner import emit_verilog, run_testbench
+
+    if program_dir is not None:
+        from vitaccel.sw.program import load_program
+
+        compiled = load_program(program_dir)
+        programs = [Program(Path(program_dir).name, list(compiled.words), compiled.fresh_ddr())]
+    elif words is not None:
+        if ddr is None:
+            raise ValueError("run_program_case: words needs its ddr image")
+        programs = [Program("program", list(words), np.asarray(ddr, np.uint8).copy())]
+    else:
+        programs = default_programs(config, seed=seed, quick=quick)
+    golden_outcomes(config, programs)
+    biggest = max(p.ddr.size for p in programs)
+    if biggest > _PROGRAM_ADDR - _DDR_BASE:
+        raise ValueError(f"DDR image of {biggest} bytes does not fit below the program at {_PROGRAM_ADDR:#x}")
+    if not 0 <= program_offset < 4096:
+        raise ValueError(f"program_offset must be in 0..4095, got {program_offset}")
+    ram_bytes = max(_RAM_BYTES, _PROGRAM_ADDR + program_offset + 16 * max(len(p.words) for p in programs))
+    with tempfile.TemporaryDirectory(prefix="vitaccel-accel-") as tmp:
+        case_file, result_file = Path(tmp) / "case.json", Path(tmp) / "result.json"
+        case_file.write_text(json.dumps({
+            "seed": seed, "ram_bytes": ram_bytes, "backpressure": backpressure, "max_latency": max_latency,
+            "ddr_base": _DDR_BASE, "program_addr": _PROGRAM_ADDR + program_offset, "max_cycles": max_cycles,
+            "programs": [{"name": p.name, "words": [f"{w:x}" for w in p.words], "ddr": p.ddr.tobytes().hex(),
+                          "watchdog": p.watchdog} for p in programs]}))
+        run_testbench(verilog=emit_verilog(accelerator_top(config), ACCEL_TOP_NAME), toplevel=ACCEL_TOP_NAME,
+                      test_module="vitaccel.sim.cocotb.tb_accel", simulator=simulator,
+                      params={"case_file": str(case_file), "result_file": str(result_file)}, seed=seed)
+        records = json.loads(result_file.read_text())
+    summary, mismatches = [], []
+    for program, record in zip(programs, records):
+        problems = _compare(program, record)
+        entry = {**{k: record[k] for k in record if k not in ("ddr", "name")},
+                 "name": program.name, "instructions": len(program.words),
+                 "error_code": ErrorCode(record["error_code"]).name, "error_pc": record["error_pc"],
+                 "golden_code": program.golden["code"].name, "problems": problems}
+        summary.append(entry)
+        if problems:
+            mismatches.append({"name": program.name, "problems": problems})
+    if len(records) < len(programs):
+        mismatches.append({"name": programs[len(records)].name if records else programs[0].name,
+                           "problems": ["testbench stopped early"]})
+    return {"passed": not mismatches, "config": config.name, "simulator": simulator, "seed": seed,
+            "programs": summary, "mismatches": mismatches}

@@ -1,0 +1,229 @@
+"""The accelerator core in Amaranth's simulator: decoder legality against ``isa.decode``,
+and whole programs (AXI DDR model + AXI4-Lite host in Python) against the golden machine."""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from vitaccel.hw.accel import AcceleratorCore, InstructionChecker
+from vitaccel.hw.spec import isa
+from vitaccel.hw.spec.config import PRESETS, ConfigError
+from vitaccel.hw.spec.isa import Buffer, Instruction, Opcode, Queue, encode
+from vitaccel.hw.spec.regmap import ErrorCode, register
+from vitaccel.sim.cases.accel import Program, bad_programs, gelu_program, golden_outcomes, random_dma_program
+
+TINY = PRESETS["tiny"]
+pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+
+
+def _edge_words(rng: random.Random) -> list[int]:
+    """Valid words of every opcode, each with one random bit flipped, and random words."""
+    words = []
+    for opcode in Opcode:
+        for queue in (Queue if opcode is Opcode.SYNC else [None]):
+            fields = {"queue": queue} if queue is not None else {}
+            word = encode(Instruction(opcode, **fields))
+            words.append(word)
+            for _ in range(12):
+                words.append(word ^ (1 << rng.randrange(isa.INSTRUCTION_BITS)))
+    words += [rng.getrandbits(isa.INSTRUCTION_BITS) for _ in range(150)]
+    words += [0, (1 << isa.INSTRUCTION_BITS) - 1]
+    return words
+
+
+def test_checker_agrees_with_isa_decode():
+    rng = random.Random(7)
+    words = _edge_words(rng)
+    checker = InstructionChecker()
+    seen = {True: 0, False: 0}
+
+    async def bench(ctx):
+        for word in words:
+            ctx.set(checker.word, word)
+            try:
+                instr = isa.decode(word)
+            except isa.IllegalInstruction:
+                instr = None
+            legal = bool(ctx.get(checker.legal))
+            assert legal == (instr is not None), f"word {word:#034x}: hardware legal={legal}"
+            if instr is not None:
+                assert ctx.get(checker.queue) == instr.queue, f"word {word:#034x}: queue"
+            seen[legal] += 1
+
+    sim = Simulator(checker)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen[True] > 20 and seen[False] > 100, seen
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_rejects_bad_configs():
+    with pytest.raises(TypeError, match="AccelConfig"):
+        AcceleratorCore({"name": "tiny"})
+    with pytest.raises(ConfigError, match="dma_data_width 256"):
+        AcceleratorCore(dataclasses.replace(TINY, dma_data_width=256))
+
+
+# -- whole core with Python bus models -------------------------------------------------------
+
+class _Harness:
+    """Drives ``AcceleratorCore``: a zero-latency AXI4 memory and an AXI4-Lite host."""
+
+    PROGRAM_ADDR = 0x8000
+
+    def __init__(self, ctx, core, ram: bytearray):
+        self.ctx, self.core, self.ram = ctx, core, ram
+        self.lanes = core.config.dma_data_width // 8
+        self.reads: list[list[tuple[int, bool]]] = []
+        self.writes: list[list[int]] = []   # [addr, beats left]
+        self.bresp = 0
+        self.cycles = 0
+
+    async def cycle(self) -> None:
+        ctx, bus, lanes = self.ctx, self.core.memory, self.lanes
+        ctx.set(bus.arready, 1)
+        ctx.set(bus.awready, 1)
+        ctx.set(bus.wready, bool(self.writes))
+        beat = self.reads[0][0] if self.reads else None
+        ctx.set(bus.rvalid, beat is not None)
+        if beat is not None:
+            ctx.set(bus.rdata, beat[0])
+            ctx.set(bus.rlast, beat[1])
+        ctx.set(bus.bvalid, self.bresp > 0)
+        ar = ctx.get(bus.arvalid) and (ctx.get(bus.araddr), ctx.get(bus.arlen))
+        aw = ctx.get(bus.awvalid) and (ctx.get(bus.awaddr), ctx.get(bus.awlen))
+        r_fire = beat is not None and ctx.get(bus.rready)
+        w = self.writes and ctx.get(bus.wvalid) and (ctx.get(bus.wdata), ctx.get(bus.wstrb))
+        b_fire = self.bresp > 0 and ctx.get(bus.bready)
+        await ctx.tick()
+        self.cycles += 1
+        if r_fire:
+            self.reads[0].pop(0)
+            if not self.reads[0]:
+                self.reads.pop(0)
+        if ar:
+            addr, length = ar
+            self.reads.append([(int.from_bytes(self.ram[addr + i * lanes:addr + (i + 1) * lanes], "little"),
+                                i == length) for i in range(length + 1)])
+        if w:
+            data, strobe = w
+            burst = self.writes[0]
+            for lane in range(lanes):
+                if strobe >> lane & 1:
+                    self.ram[burst[0] + lane] = (data >> (8 * lane)) & 0xFF
+            burst[0] += lanes
+            burst[1] -= 1
+            if burst[1] == 0:
+                self.writes.pop(0)
+                self.bresp += 1
+        if aw:
+            self.writes.append([aw[0], aw[1] + 1])
+        if b_fire:
+            self.bresp -= 1
+
+    async def write(self, name: str, value: int) -> None:
+        ctx, bus = self.ctx, self.core.control
+        ctx.set(bus.awaddr, register(name).offset)
+        ctx.set(bus.wdata, value)
+        ctx.set(bus.wstrb, 0xF)
+        ctx.set(bus.awvalid, 1)
+        ctx.set(bus.wvalid, 1)
+        ctx.set(bus.bready, 1)
+        aw_done = w_done = False
+        while not (aw_done and w_done):
+            aw_now, w_now = ctx.get(bus.awready), ctx.get(bus.wready)
+            await self.cycle()
+            aw_done, w_done = aw_done or aw_now, w_done or w_now
+            ctx.set(bus.awvalid, not aw_done)
+            ctx.set(bus.wvalid, not w_done)
+        while not ctx.get(bus.bvalid):
+            await self.cycle()
+        await self.cycle()
+        ctx.set(bus.bready, 0)
+
+    async def read(self, name: str) -> int:
+        ctx, bus = self.ctx, self.core.control
+        ctx.set(bus.araddr, register(name).offset)
+        ctx.set(bus.arvalid, 1)
+        ctx.set(bus.rready, 1)
+        while not ctx.get(bus.arready):
+            await self.cycle()
+        await self.cycle()
+        ctx.set(bus.arvalid, 0)
+        while not ctx.get(bus.rvalid):
+            await self.cycle()
+        value = ctx.get(bus.rdata)
+        await self.cycle()
+        ctx.set(bus.rready, 0)
+        return value
+
+    async def run(self, words: list[int], ddr_size: int, max_cycles: int) -> dict:
+        self.ram[self.PROGRAM_ADDR:self.PROGRAM_ADDR + 16 * len(words)] = b"".join(
+            w.to_bytes(16, "little") for w in words)
+        for name, value in (("PROGRAM_ADDR_LO", self.PROGRAM_ADDR), ("PROGRAM_LENGTH", len(words)),
+                            ("DDR_BASE_LO", 0), ("DDR_SIZE", ddr_size), ("INTERRUPT_ENABLE", 0b11),
+                            ("CONTROL", 1)):
+            await self.write(name, value)
+        start = self.cycles
+        while not self.ctx.get(self.core.interrupt):
+            assert self.cycles - start < max_cycles, "no interrupt: the core hangs"
+            await self.cycle()
+        out = {name: await self.read(name) for name in ("STATUS", "ERROR_CODE", "ERROR_PC",
+                                                         "INSTRUCTIONS_RETIRED_LO", "TOTAL_CYCLES_LO")}
+        await self.write("INTERRUPT_STATUS", 0b11)
+        return out
+
+
+def _simulate(programs: list[Program], ddr_size: int) -> list[tuple[dict, bytes]]:
+    core = AcceleratorCore(TINY)
+    ram = bytearray(0x10000)
+    results = []
+
+    async def bench(ctx):
+        harness = _Harness(ctx, core, ram)
+        for program in programs:
+            ram[:ddr_size] = program.ddr.tobytes()
+            out = await harness.run(program.words, ddr_size, max_cycles=40_000)
+            results.append((out, bytes(ram[:ddr_size])))
+        print(f"{harness.cycles} cycles")
+
+    sim = Simulator(core)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return results
+
+
+def test_programs_match_golden_machine():
+    rng = random.Random(3)
+    ddr_size = 1024
+    dma = [Program(f"dma {i}", random_dma_program(rng, TINY, ddr_size, rounds=1, transfers=2, max_row_bytes=40,
+                                                   max_rows=3),
+                   np.frombuffer(rng.randbytes(ddr_size), np.uint8).copy()) for i in range(2)]
+    dma.append(Program("gelu", gelu_program(rng, TINY, ddr_size, rows=2, cols=5, lut_offset=16, lut_count=240),
+                       np.frombuffer(rng.randbytes(ddr_size), np.uint8).copy()))
+    wanted = ("zero word", "lut_load past the table", "ddr out of range", "store dram stride overlap", "circular wait", "missing finish",
+              "unsupported gemm")
+    bad = [p for p in bad_programs(TINY, ddr_size) if p.name in wanted]
+    assert len(bad) == len(wanted)
+    programs = dma + bad
+    golden_outcomes(TINY, programs)
+    results = _simulate(programs, ddr_size)
+    assert len(results) == len(programs)
+    for program, (out, ddr) in zip(programs, results):
+        want = program.expect_code if program.expect_code is not None else program.golden["code"]
+        assert ErrorCode(out["ERROR_CODE"]) is want, program.name
+        if want is ErrorCode.NONE:
+            assert out["STATUS"] == 0b010, program.name
+            assert ddr == program.golden["ddr"].tobytes(), f"{program.name}: DDR differs from the golden machine"
+            assert out["INSTRUCTIONS_RETIRED_LO"] == len(program.words)
+            assert out["TOTAL_CYCLES_LO"] > 0
+        else:
+            assert out["STATUS"] == 0b100, program.name
+            if program.expect_code is None and program.golden["pc"] is not None:
+                assert out["ERROR_PC"] == program.golden["pc"], program.name
