@@ -16,36 +16,16 @@ import random
 import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, RisingEdge
-from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
+from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 
 from vitaccel.hw.spec.regmap import register
+from vitaccel.sim.cocotb.axi_models import stressed_ram
 from vitaccel.sim.runner import tb_params, write_tb_output
 
 #: Counters read back after every program.
 COUNTERS = ("TOTAL_CYCLES", "BUSY_CYCLES_LOAD", "BUSY_CYCLES_COMPUTE", "BUSY_CYCLES_STORE",
             "STALL_CYCLES_LOAD", "STALL_CYCLES_COMPUTE", "STALL_CYCLES_STORE", "DMA_READ_BYTES",
             "DMA_WRITE_BYTES", "INSTRUCTIONS_RETIRED")
-
-
-def _pauses(rng: random.Random, probability: float):
-    while True:
-        yield rng.random() < probability
-
-
-def _ram(dut, rng: random.Random, size: int, backpressure: float, max_latency: int) -> AxiRam:
-    ram = AxiRam(AxiBus.from_prefix(dut, "m_axi"), dut.clk, dut.rst, size=size)
-    for channel in (ram.write_if.aw_channel, ram.write_if.w_channel, ram.write_if.b_channel,
-                    ram.read_if.ar_channel, ram.read_if.r_channel):
-        channel.set_pause_generator(_pauses(rng, backpressure))
-    plain_read = ram.read_if._read
-
-    async def slow_read(address, length):
-        if max_latency:
-            await ClockCycles(dut.clk, rng.randint(0, max_latency))
-        return await plain_read(address, length)
-
-    ram.read_if._read = slow_read
-    return ram
 
 
 @cocotb.test()
@@ -57,7 +37,8 @@ async def accel_programs(dut):
     rng = random.Random(case["seed"])
     cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
     dut.rst.value = 1
-    ram = _ram(dut, rng, case["ram_bytes"], case["backpressure"], case["max_latency"])
+    ram = stressed_ram(dut, rng, size=case["ram_bytes"], backpressure=case["backpressure"],
+                       max_latency=case["max_latency"])
     host = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axi_control"), dut.clk, dut.rst)
     await ClockCycles(dut.clk, 3)
     dut.rst.value = 0

@@ -13,10 +13,11 @@ import random
 import cocotb
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, FallingEdge, ReadOnly, RisingEdge, with_timeout
-from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
+from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 
 from vitaccel.hw.axi.signatures import AXI_RESP_OKAY, AXI_RESP_SLVERR
 from vitaccel.sim.cases.axi import Transfer, gather, pack_words, random_transfers, scatter
+from vitaccel.sim.cocotb.axi_models import stressed_ram
 from vitaccel.sim.runner import tb_params, write_tb_output
 
 RAM_BYTES = 1 << 16
@@ -32,11 +33,6 @@ ERROR_BASE = 0xF000                                  # reads at or above answer 
 
 async def _next_cycle(dut) -> None:
     await FallingEdge(dut.clk)
-
-
-def _pauses(rng: random.Random, probability: float):
-    while True:
-        yield rng.random() < probability
 
 
 def _start_in_reset(dut) -> None:
@@ -61,32 +57,6 @@ class _Cycles:
         while True:
             await RisingEdge(dut.clk)
             self.count += 1
-
-
-def _ram(dut, rng: random.Random, *, backpressure: float, max_latency: int) -> AxiRam:
-    ram = AxiRam(AxiBus.from_prefix(dut, "m_axi"), dut.clk, dut.rst, size=RAM_BYTES)
-    for channel in (ram.write_if.aw_channel, ram.write_if.w_channel, ram.write_if.b_channel,
-                    ram.read_if.ar_channel, ram.read_if.r_channel):
-        channel.set_pause_generator(_pauses(rng, backpressure))
-    plain_read = ram.read_if._read
-
-    async def slow_read(address, length):
-        if max_latency:
-            await ClockCycles(dut.clk, rng.randint(0, max_latency))
-        if address >= ERROR_BASE:
-            raise ValueError("address in the error window")   # AxiRam answers SLVERR
-        return await plain_read(address, length)
-
-    plain_write = ram.write_if._write
-
-    async def checked_write(address, data):
-        if address >= ERROR_BASE:
-            raise ValueError("address in the error window")   # AxiRam answers SLVERR
-        await plain_write(address, data)
-
-    ram.read_if._read = slow_read
-    ram.write_if._write = checked_write
-    return ram
 
 
 def _pack_desc(t: Transfer, fields: dict[str, list[int]]) -> int:
@@ -174,7 +144,7 @@ async def dma_random_transfers(dut):
     lanes = p["lane_bytes"]
     _idle_inputs(dut)
     _start_in_reset(dut)
-    ram = _ram(dut, rng, backpressure=p["backpressure"], max_latency=p["max_latency"])
+    ram = stressed_ram(dut, rng, size=RAM_BYTES, error_base=ERROR_BASE, backpressure=p["backpressure"], max_latency=p["max_latency"])
     await _release(dut)
     image = rng.randbytes(RAM_BYTES)
     ram.write(0, image)
@@ -251,7 +221,7 @@ async def dma_throughput(dut):
     lanes, total = p["lane_bytes"], p["total_bytes"]
     _idle_inputs(dut)
     _start_in_reset(dut)
-    ram = _ram(dut, rng, backpressure=p["backpressure"], max_latency=0)
+    ram = stressed_ram(dut, rng, size=RAM_BYTES, error_base=ERROR_BASE, backpressure=p["backpressure"], max_latency=0)
     await _release(dut)
     image = rng.randbytes(RAM_BYTES)
     ram.write(0, image)
@@ -371,7 +341,7 @@ async def standin_copy(dut):
     p = tb_params()
     rng = random.Random(p["seed"])
     _start_in_reset(dut)
-    ram = _ram(dut, rng, backpressure=p["backpressure"], max_latency=p["max_latency"])
+    ram = stressed_ram(dut, rng, size=RAM_BYTES, error_base=ERROR_BASE, backpressure=p["backpressure"], max_latency=p["max_latency"])
     image = rng.randbytes(RAM_BYTES)
     ram.write(0, image)
     host = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axi_control"), dut.clk, dut.rst)
