@@ -21,3 +21,12 @@ def pytest_runtest_makereport(item, call):
     if any(word in reason.lower() for word in _SIMULATOR_WORDS):
         report.outcome = "failed"
         report.longrepr = f"simulator required in CI but missing: {reason}"
+
+
+# CI explores the same property-test examples on every run, so a red CI is reproducible
+# and never a roll of the dice; developers' runs keep exploring new examples.
+from hypothesis import settings as _hypothesis_settings  # noqa: E402
+
+_hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI") or os.environ.get("VITACCEL_REQUIRE_SIMULATORS") == "1":
+    _hypothesis_settings.load_profile("ci")
