@@ -17,13 +17,14 @@ Run of a program (``CONTROL.start``):
 The on-chip buffers are :class:`amaranth.lib.memory.Memory` instances 16 bytes
 (``isa.ADDR_UNIT``) wide with byte write enables, ``isa.buffer_bytes`` deep. The load and
 store paths move one byte per cycle (any alignment and stride). The compute queue executes
-SYNC, FINISH, LUT_LOAD and GELU (through the non-linear unit's ``Gelu``); the other compute
-opcodes are not implemented yet and stop with ``INVALID_OPERAND`` (:data:`UNSUPPORTED_OPCODES`).
+SYNC, FINISH, LUT_LOAD, GELU (through the non-linear unit's ``Gelu``) and requantizing GEMMs
+(through the matrix engine, :mod:`vitaccel.hw.accel.gemm`); the other compute opcodes are not
+implemented yet and stop with ``INVALID_OPERAND`` (:data:`UNSUPPORTED_OPCODES`).
 """
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal
+from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal, Value
 from amaranth.hdl import unsigned
 from amaranth.lib import fifo, wiring
 from amaranth.lib.memory import Memory
@@ -38,6 +39,7 @@ from vitaccel.hw.spec.isa import ADDR_UNIT, Buffer, Opcode, Queue
 from vitaccel.hw.spec.regmap import ErrorCode
 
 from .decode import InstructionChecker, field_slice
+from .gemm import GemmController, engine_supported
 
 __all__ = ["AcceleratorCore", "accelerator_top", "ACCEL_TOP_NAME", "IMPLEMENTED_OPCODES", "UNSUPPORTED_OPCODES",
            "QUEUE_DEPTH"]
@@ -47,7 +49,11 @@ ACCEL_TOP_NAME = "vitaccel_top"
 #: may not run more than this many instructions ahead in one queue of a queue it waits for.
 QUEUE_DEPTH = 32
 #: Opcodes the controller decodes but cannot execute yet: they stop with INVALID_OPERAND.
-IMPLEMENTED_OPCODES = (Opcode.LOAD, Opcode.STORE, Opcode.SYNC, Opcode.FINISH, Opcode.LUT_LOAD, Opcode.GELU)
+#: GEMM runs on the matrix engine when it requantizes (``requant``; ``bias``, ``residual``,
+#: ``unsigned_a``, ``b_transposed`` any); ``accumulate`` or raw int32 output (no ``requant``)
+#: stop with INVALID_OPERAND (see :mod:`vitaccel.hw.accel.gemm`).
+IMPLEMENTED_OPCODES = (Opcode.LOAD, Opcode.STORE, Opcode.SYNC, Opcode.FINISH, Opcode.LUT_LOAD, Opcode.GELU,
+                       Opcode.GEMM)
 UNSUPPORTED_OPCODES = tuple(op for op in Opcode if op not in IMPLEMENTED_OPCODES)
 _ADDR_WIDTH = 40          # the ZCU102's DDR and PL apertures
 _PC_WIDTH = 32
@@ -95,8 +101,9 @@ class _QueuePort:
 
 
 class _VectorPorts:
-    """The compute unit's use of the VECTOR buffer's ports; it has priority, and the load
-    (write) and store (read) paths wait in the cycles it takes a port."""
+    """The compute unit's use of the buffers' ports: VECTOR read and write, and the read
+    ports of the other buffers (GEMM operands and parameters). The compute unit has
+    priority; the load (write) and store (read) paths wait in the cycles it takes a port."""
 
     def __init__(self):
         self.read = Signal(name="compute_vector_read")
@@ -104,6 +111,18 @@ class _VectorPorts:
         self.write = Signal(name="compute_vector_write")
         self.write_addr = Signal(24, name="compute_vector_write_addr")    # byte address
         self.write_data = Signal(8, name="compute_vector_write_data")
+        #: (read enable, byte address) of every buffer's read port, VECTOR included.
+        self.reads = {buffer: (Signal(name=f"compute_{buffer.name.lower()}_read"),
+                               Signal(24, name=f"compute_{buffer.name.lower()}_read_addr"))
+                      for buffer in Buffer if buffer is not Buffer.VECTOR}
+        self.reads[Buffer.VECTOR] = (self.read, self.read_addr)
+
+    def reading(self, buffer_bits) -> Value:
+        """1 if the compute unit takes the read port of the buffer ``buffer_bits`` selects."""
+        result = Value.cast(0)
+        for buffer, (read, _) in self.reads.items():
+            result = result | (read & (buffer_bits == buffer.value))
+        return result
 
 
 class AcceleratorCore(wiring.Component):
@@ -440,8 +459,9 @@ class AcceleratorCore(wiring.Component):
 
     def _compute_unit(self, m: Module, port: _QueuePort, opcode_bits, others_drained, finished,
                       reads, writes, vector: _VectorPorts) -> None:
-        """SYNC, FINISH, LUT_LOAD and GELU (one byte per cycle through the non-linear unit's
-        ``Gelu``, lane 0); any other opcode stops with INVALID_OPERAND."""
+        """SYNC, FINISH, LUT_LOAD, GELU (one byte per cycle through the non-linear unit's
+        ``Gelu``, lane 0) and GEMM (:class:`~vitaccel.hw.accel.gemm.GemmController`); any other
+        opcode stops with INVALID_OPERAND."""
         config = self.config
         vector_bytes = isa.buffer_bytes(config, Buffer.VECTOR)
         gelu = None
@@ -449,6 +469,18 @@ class AcceleratorCore(wiring.Component):
             from vitaccel.hw.nonlinear.units import Gelu
 
             m.submodules.gelu = gelu = Gelu(config=config)
+        gemm = None
+        if engine_supported(config) is None:
+            m.submodules.gemm = gemm = GemmController(config=config)
+            m.d.comb += gemm.word.eq(port.word)
+            for buffer, (compute_read, compute_addr) in vector.reads.items():
+                gemm_read, gemm_addr, gemm_data = gemm.read_port(buffer)
+                m.d.comb += gemm_data.eq(reads[buffer].data)
+                with m.If(gemm_read):
+                    m.d.comb += [compute_read.eq(1), compute_addr.eq(gemm_addr)]
+            with m.If(gemm.vector_write):
+                m.d.comb += [vector.write.eq(1), vector.write_addr.eq(gemm.vector_write_addr),
+                             vector.write_data.eq(gemm.vector_write_data)]
         rows, cols = port.field(Opcode.GELU, "rows"), port.field(Opcode.GELU, "cols")
         src, dst = port.field(Opcode.GELU, "src_addr"), port.field(Opcode.GELU, "dst_addr")
         lut_offset, lut_count = port.field(Opcode.LUT_LOAD, "offset"), port.field(Opcode.LUT_LOAD, "count")
@@ -491,6 +523,9 @@ class AcceleratorCore(wiring.Component):
                     m.next = "LUT_CHECK"
                 with m.Elif((opcode_bits == Opcode.GELU) & (gelu is not None)):
                     m.next = "GELU_CHECK"
+                with m.Elif((opcode_bits == Opcode.GEMM) & (gemm is not None)):
+                    m.d.comb += gemm.start.eq(1)
+                    m.next = "GEMM_RUN"
                 with m.Else():
                     m.d.comb += fail(ErrorCode.INVALID_OPERAND)
                     m.next = "IDLE"
@@ -521,6 +556,14 @@ class AcceleratorCore(wiring.Component):
                     m.next = "IDLE"
                 with m.Else():
                     m.next = "LUT_READ"
+            if gemm is not None:
+                with m.State("GEMM_RUN"):
+                    with m.If(gemm.error):
+                        m.d.comb += fail(gemm.error_code)
+                        m.next = "IDLE"
+                    with m.Elif(gemm.done):
+                        m.d.comb += port.complete.eq(1)
+                        m.next = "IDLE"
             with m.State("GELU_CHECK"):
                 m.d.sync += index.eq(0)
                 with m.If(gelu_src_out | gelu_dst_out):
@@ -684,7 +727,8 @@ class AcceleratorCore(wiring.Component):
         read_lane = Signal(_LANE_BITS)
         m.d.comb += byte_addr.eq(row_base + col)
         for buffer, read in reads.items():
-            address = Mux(vector.read, vector.read_addr, byte_addr) if buffer is Buffer.VECTOR else byte_addr
+            compute_read, compute_addr = vector.reads[buffer]
+            address = Mux(compute_read, compute_addr, byte_addr)
             m.d.comb += read.addr.eq(address[_LANE_BITS:])
         read_data = Signal(_UNIT_BITS)
         with m.Switch(f["buffer"]):
@@ -698,7 +742,7 @@ class AcceleratorCore(wiring.Component):
                              desc_valid.eq(1), out.eq(0), out_lane.eq(0), out_last.eq(0)])
             with m.State("READ"):      # buffer address is presented; the byte arrives next cycle
                 m.d.comb += active.eq(1)
-                with m.If(~(vector.read & (f["buffer"] == Buffer.VECTOR.value))):
+                with m.If(~vector.reading(f["buffer"])):
                     m.d.sync += read_lane.eq(byte_addr[:_LANE_BITS])
                     m.next = "CAPTURE"
             with m.State("CAPTURE"):

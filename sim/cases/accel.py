@@ -27,7 +27,7 @@ from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.hw.spec.isa import Buffer, Instruction, Opcode, Queue, encode
 from vitaccel.hw.spec.regmap import ErrorCode
 
-__all__ = ["Program", "random_dma_program", "gelu_program", "default_programs", "bad_programs", "random_word_programs", "golden_outcomes",
+__all__ = ["Program", "random_dma_program", "gelu_program", "gemm_program", "default_programs", "bad_programs", "random_word_programs", "golden_outcomes",
            "run_program_case", "STATUS_DONE", "STATUS_ERROR"]
 
 STATUS_DONE, STATUS_ERROR = 0b010, 0b100
@@ -121,6 +121,61 @@ def gelu_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, rows
     return [encode(instr) for instr in program]
 
 
+def gemm_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, m: int, k: int, n: int,
+                 bias: bool = True, residual: bool = False, unsigned_a: bool = False, b_transposed: bool = False,
+                 extreme: bool = False) -> tuple[list[int], np.ndarray]:
+    """LOAD A (INPUT), B (WEIGHT), a parameter block (ACC) and, with ``residual``, the
+    residual (VECTOR); one requantizing GEMM; STORE the int8 result. Returns (words, DDR).
+
+    ``extreme`` fills A and B with their range limits (-128 / 127, or 0 / 255 for an
+    unsigned A) so that accumulators and outputs saturate; otherwise values are random and
+    the per-channel scales keep most outputs inside int8.
+    """
+    a_lo, a_hi = (0, 255) if unsigned_a else (-128, 127)
+    if extreme:
+        a = rng.choice([a_lo, a_hi]) * np.ones((m, k), np.int64)
+        a[rng.randrange(m), :] = a_hi if a[0, 0] == a_lo else a_lo
+        b = np.array([[rng.choice([-128, 127]) for _ in range(n)] for _ in range(k)], np.int64)
+    else:
+        a = np.array([[rng.randint(a_lo, a_hi) for _ in range(k)] for _ in range(m)], np.int64)
+        b = np.array([[rng.randint(-128, 127) for _ in range(n)] for _ in range(k)], np.int64)
+    b_stored = b.T if b_transposed else b
+    biases = [rng.randint(-(1 << 14), 1 << 14) for _ in range(n)]
+    multipliers = [rng.randrange(1 << 30, 1 << 31) for _ in range(n)]
+    shifts = [rng.randrange(36, 44) for _ in range(n)]
+    params = np.array(biases + multipliers + shifts, "<i4")
+    res = np.array([[rng.randint(-128, 127) for _ in range(n)] for _ in range(m)], np.int64)
+    chunks = [a.astype(np.uint8 if unsigned_a else np.int8).tobytes(), b_stored.astype(np.int8).tobytes(),
+              params.tobytes(), res.astype(np.int8).tobytes()]
+    if sum(map(len, chunks)) + m * n > ddr_size:
+        raise ValueError(f"GEMM {m}x{k}x{n} does not fit a {ddr_size}-byte DDR")
+    ddr = np.frombuffer(rng.randbytes(ddr_size), np.uint8).copy()
+    at, offsets = 0, []
+    for chunk in chunks:
+        ddr[at:at + len(chunk)] = np.frombuffer(chunk, np.uint8)
+        offsets.append(at)
+        at += len(chunk)
+    a_at, b_at, p_at, out_at = rng.randrange(0, 4), rng.randrange(0, 4), rng.randrange(0, 4), rng.randrange(0, 4)
+
+    def dma(opcode: Opcode, buffer: Buffer, sram: int, dram: int, nbytes: int, **flags: int) -> Instruction:
+        return Instruction(opcode, buffer=buffer, sram_addr=sram, dram_addr=dram, rows=1, row_bytes=nbytes,
+                           dram_stride=nbytes, sram_stride=nbytes, **flags)
+
+    transfers = [(Buffer.INPUT, a_at, 0), (Buffer.WEIGHT, b_at, 1), (Buffer.ACC, p_at, 2)]
+    if residual:
+        transfers.append((Buffer.VECTOR, out_at, 3))
+    # The last LOAD hands the compute queue its token: LOADs retire in order.
+    program = [dma(Opcode.LOAD, buffer, sram, offsets[i], len(chunks[i]), push_next=int(j == len(transfers) - 1))
+               for j, (buffer, sram, i) in enumerate(transfers)] + [
+        Instruction(Opcode.GEMM, m=m, k=k, n=n, requant=1, bias=int(bias), residual=int(residual),
+                    unsigned_a=int(unsigned_a), b_transposed=int(b_transposed), a_addr=a_at, b_addr=b_at,
+                    param_addr=p_at, out_addr=out_at, pop_prev=1, push_next=1),
+        dma(Opcode.STORE, Buffer.VECTOR, out_at, at, m * n, pop_prev=1, push_prev=1),
+        Instruction(Opcode.FINISH, pop_next=1),
+    ]
+    return [encode(instr) for instr in program], ddr
+
+
 def bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
     """Hand-written programs that must each stop with a specific error."""
     from vitaccel.hw.accel import UNSUPPORTED_OPCODES
@@ -163,7 +218,18 @@ def bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
         ("circular wait", [load(pop_next=1, push_next=1),
                            encode(Instruction(Opcode.SYNC, queue=Queue.COMPUTE, pop_prev=1, push_prev=1)),
                            finish], None),
+        # GEMM without requant (raw int32 to ACC) or with accumulate: the engine cannot.
         ("unsupported gemm", [encode(Instruction(Opcode.GEMM, m=1, k=1, n=1)), finish], ErrorCode.INVALID_OPERAND),
+        ("gemm accumulate", [encode(Instruction(Opcode.GEMM, m=1, k=1, n=1, requant=1, accumulate=1)), finish],
+         ErrorCode.INVALID_OPERAND),
+        ("gemm a out of range", [encode(Instruction(Opcode.GEMM, m=2, k=16, n=1, requant=1,
+                                                    a_addr=isa.buffer_bytes(config, Buffer.INPUT) // 16 - 1)),
+                                 finish], None),
+        ("gemm residual without requant", [encode(Instruction(Opcode.GEMM, m=1, k=1, n=1, residual=1)), finish],
+         None),
+        ("gemm zero k", [encode(Instruction(Opcode.GEMM, m=1, k=0, n=1, requant=1)), finish], None),
+        ("gemm output out of range", [encode(Instruction(Opcode.GEMM, m=4, k=1, n=5, requant=1, bias=1,
+                                                         out_addr=vector_bytes // 16 - 1)), finish], None),
         *((f"unsupported {op.name.lower()}", [encode(Instruction(op)), finish], ErrorCode.INVALID_OPERAND)
           for op in UNSUPPORTED_OPCODES if op is not Opcode.GEMM),
         ("lut_load past the table", [encode(Instruction(Opcode.LUT_LOAD, offset=200, count=57)), finish], None),
@@ -173,6 +239,13 @@ def bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
                                                               dst_addr=vector_bytes // 16 - 1)), finish], None),
     ]
     out = [Program(name, words, np.zeros(ddr_size, np.uint8), expect_code=code) for name, words, code in cases]
+    # Parameter values the golden requantize rejects: a negative multiplier, a zero shift.
+    params_from_ddr = [load(buffer=Buffer.ACC, row_bytes=12, dram_stride=12, sram_stride=12, push_next=1),
+                       encode(Instruction(Opcode.GEMM, m=1, k=1, n=1, requant=1, pop_prev=1)), finish]
+    for name, multiplier, shift in (("gemm negative multiplier", -1, 5), ("gemm zero shift", 1 << 30, 0)):
+        ddr = np.zeros(ddr_size, np.uint8)
+        ddr[:12] = np.frombuffer(np.array([0, multiplier, shift], "<i4").tobytes(), np.uint8)
+        out.append(Program(name, params_from_ddr, ddr))
     big = [load(rows=ddr_size // 256, row_bytes=256, dram_stride=256, sram_stride=256, push_next=1),
            encode(Instruction(Opcode.FINISH, pop_prev=1))]
     out.append(Program("watchdog", big, np.zeros(ddr_size, np.uint8), watchdog=40,
@@ -245,6 +318,13 @@ def default_programs(config: AccelConfig, *, seed: int, quick: bool, ddr_size: i
         ddr = np.frombuffer(rng.randbytes(ddr_size), np.uint8).copy()
         words = gelu_program(rng, config, ddr_size, rows=rows, cols=cols, lut_offset=offset, lut_count=count)
         programs.append(Program(f"gelu program {i}", words, ddr))
+    # Requantizing GEMMs on the matrix engine: shapes off the tile grid, residual and
+    # unsigned A, a transposed B with saturating range limits.
+    gemms = [(5, 7, 6, dict(bias=True, unsigned_a=True, residual=True)),
+             (3, 16, 9, dict(bias=True, b_transposed=True, extreme=True))]
+    for m, k, n, flags in gemms[:1 if quick else 2]:
+        words, ddr = gemm_program(rng, config, ddr_size, m=m, k=k, n=n, **flags)
+        programs.append(Program(f"gemm {m}x{k}x{n}", words, ddr))
     programs += bad_programs(config, ddr_size)
     programs += random_word_programs(rng, ddr_size, 4 if quick else 16)
     return programs

@@ -15,7 +15,8 @@ from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.config import PRESETS, ConfigError
 from vitaccel.hw.spec.isa import Buffer, Instruction, Opcode, Queue, encode
 from vitaccel.hw.spec.regmap import ErrorCode, register
-from vitaccel.sim.cases.accel import Program, bad_programs, gelu_program, golden_outcomes, random_dma_program
+from vitaccel.sim.cases.accel import (Program, bad_programs, gelu_program, gemm_program, golden_outcomes,
+                                     random_dma_program)
 
 TINY = PRESETS["tiny"]
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
@@ -179,8 +180,8 @@ class _Harness:
         return out
 
 
-def _simulate(programs: list[Program], ddr_size: int) -> list[tuple[dict, bytes]]:
-    core = AcceleratorCore(TINY)
+def _simulate(programs: list[Program], ddr_size: int, config=TINY) -> list[tuple[dict, bytes]]:
+    core = AcceleratorCore(config)
     ram = bytearray(0x10000)
     results = []
 
@@ -208,7 +209,8 @@ def test_programs_match_golden_machine():
     dma.append(Program("gelu", gelu_program(rng, TINY, ddr_size, rows=2, cols=5, lut_offset=16, lut_count=240),
                        np.frombuffer(rng.randbytes(ddr_size), np.uint8).copy()))
     wanted = ("zero word", "lut_load past the table", "ddr out of range", "store dram stride overlap", "circular wait", "missing finish",
-              "unsupported gemm")
+              "unsupported gemm", "gemm accumulate", "gemm a out of range", "gemm residual without requant",
+              "gemm zero k", "gemm output out of range", "gemm negative multiplier", "gemm zero shift")
     bad = [p for p in bad_programs(TINY, ddr_size) if p.name in wanted]
     assert len(bad) == len(wanted)
     programs = dma + bad
@@ -227,3 +229,44 @@ def test_programs_match_golden_machine():
             assert out["STATUS"] == 0b100, program.name
             if program.expect_code is None and program.golden["pc"] is not None:
                 assert out["ERROR_PC"] == program.golden["pc"], program.name
+
+
+# -- GEMM on the matrix engine ----------------------------------------------------------------
+
+#: (m, k, n, flags): tile multiples and not (tiny: 4x4 tiles, block size 2), every flag the
+#: compiler uses, and range limits that saturate.
+GEMM_CASES = [
+    (5, 7, 6, dict(bias=True)),
+    (3, 9, 5, dict(bias=True, b_transposed=True)),
+    (6, 4, 9, dict(bias=False, unsigned_a=True, residual=True)),
+    (4, 16, 4, dict(bias=True, b_transposed=True, extreme=True)),
+    (2, 3, 8, dict(bias=True, unsigned_a=True, residual=True, extreme=True)),
+]
+
+
+#: A weight scratchpad of 1 KiB holds 4 tiles of a k=64 panel: n=20 (5 tiles) needs two B
+#: blocks, the second one partial.
+SMALL_SPAD = dataclasses.replace(TINY, name="tiny-small-spad", max_k=64, weight_spad_kib=1, input_spad_kib=1)
+
+
+@pytest.mark.parametrize("config, cases", [(TINY, GEMM_CASES), (SMALL_SPAD, [(5, 64, 20, dict(bias=True))])],
+                         ids=["tiny", "two-blocks"])
+def test_gemm_programs_match_golden_machine(config, cases):
+    rng = random.Random(11)
+    ddr_size = 4096
+    programs = []
+    for m, k, n, flags in cases:
+        words, ddr = gemm_program(rng, config, ddr_size, m=m, k=k, n=n, **flags)
+        programs.append(Program(f"gemm {m}x{k}x{n} {sorted(flags)}", words, ddr))
+    golden_outcomes(config, programs)
+    results = _simulate(programs, ddr_size, config)
+    saturated = 0
+    for program, (out, ddr) in zip(programs, results):
+        assert program.golden["code"] is ErrorCode.NONE, program.golden
+        assert ErrorCode(out["ERROR_CODE"]) is ErrorCode.NONE, program.name
+        assert out["STATUS"] == 0b010, program.name
+        want = program.golden["ddr"].tobytes()
+        assert ddr == want, f"{program.name}: DDR differs from the golden machine"
+        result = np.frombuffer(want, np.int8)
+        saturated += int(np.count_nonzero((result == -128) | (result == 127)))
+    assert saturated > 0   # outputs reached the int8 limits (the extreme cases saturate)
