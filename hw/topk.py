@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 
-from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, Value, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -43,7 +43,7 @@ def topk_result_layout(lanes: int, max_tokens: int) -> data.StructLayout:
     })
 
 
-def popcount(bits: list) -> "Value":
+def popcount(bits: list) -> Value:
     """Number of set bits among single-bit values (an adder tree)."""
     values = list(bits)
     if not values:

@@ -8,7 +8,7 @@ width and enum value comes from ``isa.LAYOUTS``, so hardware and spec cannot dri
 
 from __future__ import annotations
 
-from amaranth import Module, Signal, Value
+from amaranth import Module, Value
 from amaranth.lib import enum, wiring
 from amaranth.lib.wiring import In, Out
 

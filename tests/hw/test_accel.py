@@ -13,7 +13,7 @@ from amaranth.sim import Simulator
 from vitaccel.hw.accel import AcceleratorCore, InstructionChecker
 from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.config import PRESETS, ConfigError
-from vitaccel.hw.spec.isa import Buffer, Instruction, Opcode, Queue, encode
+from vitaccel.hw.spec.isa import Instruction, Opcode, Queue, encode
 from vitaccel.hw.spec.regmap import ErrorCode, register
 from vitaccel.sim.cases.accel import (Program, bad_programs, gelu_program, gemm_program, golden_outcomes,
                                      random_dma_program)

@@ -1,7 +1,6 @@
 """The back end: compiled digits-vit is bit-exact with the layer-by-layer reference on the
 golden machine, for every tensor; views, tiling limits and token scheduling checked."""
 
-import itertools
 
 import numpy as np
 import pytest

@@ -11,7 +11,6 @@ import torch
 from vitaccel.hw.spec.config import PRESETS
 from vitaccel.hw.spec.nonlinear import SOFTMAX_OUTPUT_SCALE
 from vitaccel.sw import data
-from vitaccel.sw.models.vit import VisionTransformer
 from vitaccel.sw.models.zoo import get_model
 from vitaccel.sw.quantize import MinMaxObserver, PercentileObserver, make_observer, quantize_model
 from vitaccel.sw.reference import quantize_images, run_reference
