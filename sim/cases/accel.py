@@ -397,3 +397,15 @@ def run_program_case(config: AccelConfig, *, seed: int = 0, simulator: str = "ve
                            "problems": ["testbench stopped early"]})
     return {"passed": not mismatches, "config": config.name, "simulator": simulator, "seed": seed,
             "programs": summary, "mismatches": mismatches}
+
+
+def run_regress_case(config: AccelConfig, *, seed: int = 0, simulator: str = "verilator",
+                     quick: bool = False) -> dict[str, Any]:
+    """:func:`run_program_case` on the default program suite, in the regression runner's terms:
+    ``cycles`` (TOTAL_CYCLES counters) summed over the programs, ``mismatch`` the first program
+    that differs."""
+    outcome = run_program_case(config, seed=seed, simulator=simulator, quick=quick)
+    cycles = sum(int(program.get("total_cycles", 0) or 0) for program in outcome["programs"])
+    return {"passed": outcome["passed"], "cycles": cycles,
+            "mismatch": outcome["mismatches"][0] if outcome["mismatches"] else None,
+            "programs": len(outcome["programs"])}

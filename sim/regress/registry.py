@@ -111,6 +111,8 @@ CASES: tuple[CaseSpec, ...] = (
     CaseSpec("axi_dma", "vitaccel.sim.cases.axi", "run_dma_case",
              quick=_sizes({"transfers": 6}), full=_sizes({"transfers": 24}, {"transfers": 48, "backpressure": 0.7})),
     CaseSpec("axi_lite", "vitaccel.sim.cases.axi", "run_lite_case", quick=_sizes({}), full=_sizes({})),
+    # Whole-accelerator programs (DMA, GEMM, GELU, bad programs) against the golden machine.
+    CaseSpec("accelerator", "vitaccel.sim.cases.accel", "run_regress_case", quick=_sizes({}), full=_sizes({})),
 )
 
 
