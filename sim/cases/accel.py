@@ -8,11 +8,13 @@ end in FINISH), the status register, and the error code and pc.
 
 Where the hardware legitimately differs from the golden machine the program says so:
 ``expect_code`` fixes the hardware's error code (WATCHDOG has no golden counterpart; opcodes
-in :data:`~vitaccel.hw.accel.core.UNSUPPORTED_OPCODES` stop with INVALID_OPERAND).
+in :data:`~vitaccel.hw.accel.core.UNSUPPORTED_OPCODES` stop with INVALID_OPERAND, and so do
+parameters a unit is not built for, such as another LAYERNORM table width).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import tempfile
@@ -25,9 +27,10 @@ import numpy as np
 from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.hw.spec.isa import Buffer, Instruction, Opcode, Queue, encode
+from vitaccel.hw.spec.nonlinear import AddParams
 from vitaccel.hw.spec.regmap import ErrorCode
 
-__all__ = ["Program", "random_dma_program", "gelu_program", "gemm_program", "default_programs", "bad_programs", "random_word_programs", "golden_outcomes",
+__all__ = ["Program", "random_dma_program", "gelu_program", "add_program", "layernorm_program", "gemm_program", "default_programs", "bad_programs", "random_word_programs", "golden_outcomes",
            "run_program_case", "STATUS_DONE", "STATUS_ERROR"]
 
 STATUS_DONE, STATUS_ERROR = 0b010, 0b100
@@ -119,6 +122,94 @@ def gelu_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, rows
         Instruction(Opcode.FINISH, pop_next=1),
     ]
     return [encode(instr) for instr in program]
+
+
+def add_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, rows: int, cols: int,
+                a_multiplier: int, b_multiplier: int, shift: int, in_place: bool = False,
+                extreme: bool = False) -> tuple[list[int], np.ndarray]:
+    """LOAD two int8 matrices (VECTOR) and an AddParams block (ACC), ADD, STORE the result.
+    Returns (words, DDR). ``in_place`` writes the sum over the first source; ``extreme``
+    makes one row of each source the range limits -128 / 127 (so that sums saturate)."""
+    n = rows * cols
+    a = np.array([rng.randint(-128, 127) for _ in range(n)], np.int64)
+    b = np.array([rng.randint(-128, 127) for _ in range(n)], np.int64)
+    if extreme:
+        a[:cols], b[:cols] = [rng.choice([-128, 127]) for _ in range(cols)], [rng.choice([-128, 127]) for _ in range(cols)]
+        a[0], b[0] = -128, -128
+    params = isa.pack_add_params(AddParams(a_multiplier, b_multiplier, shift)).astype("<i4")
+    chunks = [a.astype(np.int8).tobytes(), b.astype(np.int8).tobytes(), params.tobytes()]
+    if sum(map(len, chunks)) + n > ddr_size:
+        raise ValueError(f"ADD of {rows}x{cols} does not fit a {ddr_size}-byte DDR")
+    ddr = np.frombuffer(rng.randbytes(ddr_size), np.uint8).copy()
+    at, offsets = 0, []
+    for chunk in chunks:
+        ddr[at:at + len(chunk)] = np.frombuffer(chunk, np.uint8)
+        offsets.append(at)
+        at += len(chunk)
+    units = -(-n // isa.ADDR_UNIT)
+    a_at = rng.randrange(0, 4)
+    b_at = a_at + units + rng.randrange(0, 3)
+    out_at = a_at if in_place else b_at + units + rng.randrange(0, 3)
+    p_at = rng.randrange(0, 4)
+
+    def dma(opcode: Opcode, buffer: Buffer, sram: int, dram: int, nbytes: int, **flags: int) -> Instruction:
+        return Instruction(opcode, buffer=buffer, sram_addr=sram, dram_addr=dram, rows=1, row_bytes=nbytes,
+                           dram_stride=nbytes, sram_stride=nbytes, **flags)
+
+    program = [
+        dma(Opcode.LOAD, Buffer.VECTOR, a_at, offsets[0], n),
+        dma(Opcode.LOAD, Buffer.VECTOR, b_at, offsets[1], n),
+        dma(Opcode.LOAD, Buffer.ACC, p_at, offsets[2], len(chunks[2]), push_next=1),
+        Instruction(Opcode.ADD, rows=rows, cols=cols, src_addr=a_at, src2_addr=b_at, dst_addr=out_at,
+                    param_addr=p_at, pop_prev=1, push_next=1),
+        dma(Opcode.STORE, Buffer.VECTOR, out_at, at, n, pop_prev=1, push_prev=1),
+        Instruction(Opcode.FINISH, pop_next=1),
+    ]
+    return [encode(instr) for instr in program], ddr
+
+
+def layernorm_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, rows: int, cols: int,
+                      out_scale: float, extreme: bool = False) -> tuple[list[int], np.ndarray]:
+    """LOAD int8 rows (VECTOR) and a LayerNorm parameter block (random gamma / beta folded by
+    ``layernorm_params`` for the config's table, ACC), LAYERNORM in place, STORE. A small
+    ``out_scale`` saturates; ``extreme`` makes the first row -128 / 127 only (and the second,
+    if any, constant: zero variance)."""
+    from vitaccel.hw.spec.nonlinear import layernorm_params
+
+    n = rows * cols
+    x = np.array([rng.randint(-128, 127) for _ in range(n)], np.int64).reshape(rows, cols)
+    if extreme:
+        x[0] = [rng.choice([-128, 127]) for _ in range(cols)]
+        if rows > 1:
+            x[1] = rng.randint(-128, 127)
+    gamma = np.array([rng.uniform(-2, 2) for _ in range(cols)])
+    beta = np.array([rng.uniform(-1, 1) for _ in range(cols)])
+    params = isa.pack_layernorm_params(layernorm_params(0.05, gamma, beta, out_scale, 1e-5,
+                                                        rsqrt_lut_bits=config.rsqrt_lut_bits)).astype("<i4")
+    chunks = [x.astype(np.int8).tobytes(), params.tobytes()]
+    if sum(map(len, chunks)) > ddr_size:
+        raise ValueError(f"LAYERNORM of {rows}x{cols} does not fit a {ddr_size}-byte DDR")
+    ddr = np.frombuffer(rng.randbytes(ddr_size), np.uint8).copy()
+    at, offsets = 0, []
+    for chunk in chunks:
+        ddr[at:at + len(chunk)] = np.frombuffer(chunk, np.uint8)
+        offsets.append(at)
+        at += len(chunk)
+    x_at, p_at = rng.randrange(0, 4), rng.randrange(0, 4)
+
+    def dma(opcode: Opcode, buffer: Buffer, sram: int, dram: int, nbytes: int, **flags: int) -> Instruction:
+        return Instruction(opcode, buffer=buffer, sram_addr=sram, dram_addr=dram, rows=1, row_bytes=nbytes,
+                           dram_stride=nbytes, sram_stride=nbytes, **flags)
+
+    program = [
+        dma(Opcode.LOAD, Buffer.VECTOR, x_at, offsets[0], n),
+        dma(Opcode.LOAD, Buffer.ACC, p_at, offsets[1], len(chunks[1]), push_next=1),
+        Instruction(Opcode.LAYERNORM, rows=rows, cols=cols, src_addr=x_at, dst_addr=x_at, param_addr=p_at,
+                    pop_prev=1, push_next=1),
+        dma(Opcode.STORE, Buffer.VECTOR, x_at, offsets[0], n, pop_prev=1, push_prev=1),
+        Instruction(Opcode.FINISH, pop_next=1),
+    ]
+    return [encode(instr) for instr in program], ddr
 
 
 def gemm_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, m: int, k: int, n: int,
@@ -246,6 +337,45 @@ def bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
         ddr = np.zeros(ddr_size, np.uint8)
         ddr[:12] = np.frombuffer(np.array([0, multiplier, shift], "<i4").tobytes(), np.uint8)
         out.append(Program(name, params_from_ddr, ddr))
+    # ADD: a shift the rounding rule rejects, an empty ADD (whose parameter block, at ACC
+    # unit 0, the programs after it use), then operand checks in the golden machine's order.
+    for name, unit, shift in (("add shift too large", 1, 63), ("add empty", 0, 62)):
+        ddr = np.zeros(ddr_size, np.uint8)
+        ddr[:12] = np.frombuffer(isa.pack_add_params(AddParams(3, 5, shift)).astype("<i4").tobytes(), np.uint8)
+        out.append(Program(name, [load(buffer=Buffer.ACC, sram_addr=unit, row_bytes=12, dram_stride=12,
+                                       sram_stride=12, push_next=1),
+                                  encode(Instruction(Opcode.ADD, rows=0, cols=5, param_addr=unit, pop_prev=1)),
+                                  finish], ddr))
+    acc_units = isa.buffer_bytes(config, Buffer.ACC) // 16
+    add_cases = [("add source2 out of range", dict(rows=2, cols=9, src2_addr=vector_bytes // 16 - 1,
+                                                   param_addr=acc_units)),
+                 ("add params out of range", dict(rows=1, cols=4, param_addr=acc_units)),
+                 ("add destination out of range", dict(rows=3, cols=6, dst_addr=vector_bytes // 16 - 1))]
+    for name, fields in add_cases:
+        out.append(Program(name, [encode(Instruction(Opcode.ADD, **fields)), finish], np.zeros(ddr_size, np.uint8)))
+    # LAYERNORM: a 4-channel parameter block at ACC unit 4, variants of it.
+    from vitaccel.hw.spec.nonlinear import layernorm_params
+
+    ln = layernorm_params(0.05, np.array([1.0, -0.5, 2.0, 0.25]), np.array([0.1, 0.0, -0.3, 0.2]), 0.02,
+                          rsqrt_lut_bits=config.rsqrt_lut_bits)
+    layernorm_cases = [  # (name, params, instruction fields, hardware code where it may differ)
+        ("layernorm channels differ", ln, dict(rows=1, cols=5), None),
+        ("layernorm source out of range", ln, dict(rows=5, cols=4, src_addr=vector_bytes // 16 - 1), None),
+        ("layernorm out_shift too large", dataclasses.replace(ln, out_shift=63), dict(rows=1, cols=4), None),
+        ("layernorm other rsqrt table", dataclasses.replace(ln, rsqrt_lut_bits=config.rsqrt_lut_bits + 1),
+         dict(rows=1, cols=4), ErrorCode.INVALID_OPERAND),
+        ("layernorm destination out of range", ln, dict(rows=5, cols=4, dst_addr=vector_bytes // 16 - 1), None),
+        ("layernorm gamma too wide", dataclasses.replace(ln, gamma=(1 << 17, *ln.gamma[1:])), dict(rows=1, cols=4),
+         ErrorCode.INVALID_OPERAND),
+    ]
+    for name, params, fields, code in layernorm_cases:
+        ddr = np.zeros(ddr_size, np.uint8)
+        block = isa.pack_layernorm_params(params).astype("<i4").tobytes()
+        ddr[:len(block)] = np.frombuffer(block, np.uint8)
+        out.append(Program(name, [load(buffer=Buffer.ACC, sram_addr=4, row_bytes=len(block), dram_stride=len(block),
+                                       sram_stride=len(block), push_next=1),
+                                  encode(Instruction(Opcode.LAYERNORM, param_addr=4, pop_prev=1, **fields)), finish],
+                           ddr, expect_code=code))
     big = [load(rows=ddr_size // 256, row_bytes=256, dram_stride=256, sram_stride=256, push_next=1),
            encode(Instruction(Opcode.FINISH, pop_prev=1))]
     out.append(Program("watchdog", big, np.zeros(ddr_size, np.uint8), watchdog=40,
@@ -325,6 +455,19 @@ def default_programs(config: AccelConfig, *, seed: int, quick: bool, ddr_size: i
     for m, k, n, flags in gemms[:1 if quick else 2]:
         words, ddr = gemm_program(rng, config, ddr_size, m=m, k=k, n=n, **flags)
         programs.append(Program(f"gemm {m}x{k}x{n}", words, ddr))
+    # Residual ADDs in the controller: a saturating one with the widest multipliers, in place.
+    adds = [(3, 11, 23000, 17000, 15, dict()),
+            (2, 9, (1 << 32) - 1, (1 << 31) + 5, 38, dict(in_place=True, extreme=True))]
+    for rows, cols, a_mult, b_mult, shift, flags in adds[:1 if quick else 2]:
+        words, ddr = add_program(rng, config, ddr_size, rows=rows, cols=cols, a_multiplier=a_mult,
+                                 b_multiplier=b_mult, shift=shift, **flags)
+        programs.append(Program(f"add {rows}x{cols}", words, ddr))
+    # LAYERNORM through the non-linear unit (when the config has it), in place.
+    layernorms = [(2, 6, 0.02, False), (3, 9, 0.002, True)] if config.has_layernorm else []
+    for rows, cols, out_scale, extreme in layernorms[:1 if quick else 2]:
+        words, ddr = layernorm_program(rng, config, ddr_size, rows=rows, cols=cols, out_scale=out_scale,
+                                       extreme=extreme)
+        programs.append(Program(f"layernorm {rows}x{cols}", words, ddr))
     programs += bad_programs(config, ddr_size)
     programs += random_word_programs(rng, ddr_size, 4 if quick else 16)
     return programs

@@ -15,8 +15,8 @@ from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.config import PRESETS, ConfigError
 from vitaccel.hw.spec.isa import Instruction, Opcode, Queue, encode
 from vitaccel.hw.spec.regmap import ErrorCode, register
-from vitaccel.sim.cases.accel import (Program, bad_programs, gelu_program, gemm_program, golden_outcomes,
-                                     random_dma_program)
+from vitaccel.sim.cases.accel import (Program, add_program, bad_programs, gelu_program, gemm_program,
+                                     golden_outcomes, layernorm_program, random_dma_program)
 
 TINY = PRESETS["tiny"]
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
@@ -270,3 +270,85 @@ def test_gemm_programs_match_golden_machine(config, cases):
         result = np.frombuffer(want, np.int8)
         saturated += int(np.count_nonzero((result == -128) | (result == 127)))
     assert saturated > 0   # outputs reached the int8 limits (the extreme cases saturate)
+
+
+# -- ADD in the controller ---------------------------------------------------------------------
+
+#: (rows, cols, a_multiplier, b_multiplier, shift, flags): typical scales, multipliers of
+#: 2^32 - 1 (the word's range), shift 0 (no rounding) and 62, in place, saturating sums.
+ADD_CASES = [
+    (2, 7, 23000, 17000, 15, dict()),
+    (3, 5, 1, 1, 0, dict(extreme=True)),
+    (1, 19, (1 << 32) - 1, (1 << 31) + 5, 38, dict(in_place=True, extreme=True)),
+    (2, 3, (1 << 32) - 1, (1 << 32) - 1, 62, dict()),
+    (4, 4, 3 << 20, 5 << 19, 21, dict(extreme=True)),
+]
+ADD_BAD = ("add shift too large", "add empty", "add source2 out of range", "add params out of range",
+           "add destination out of range")
+
+
+def test_add_programs_match_golden_machine():
+    rng = random.Random(5)
+    ddr_size = 1024
+    programs = []
+    for rows, cols, a_mult, b_mult, shift, flags in ADD_CASES:
+        words, ddr = add_program(rng, TINY, ddr_size, rows=rows, cols=cols, a_multiplier=a_mult,
+                                 b_multiplier=b_mult, shift=shift, **flags)
+        programs.append(Program(f"add {rows}x{cols} shift {shift} {sorted(flags)}", words, ddr))
+    bad = [p for p in bad_programs(TINY, ddr_size) if p.name in ADD_BAD]
+    assert len(bad) == len(ADD_BAD)
+    programs += bad
+    golden_outcomes(TINY, programs)
+    assert {p.golden["code"] for p in bad} == {ErrorCode.NONE, ErrorCode.INVALID_OPERAND,
+                                                ErrorCode.ADDRESS_OUT_OF_RANGE}
+    results = _simulate(programs, ddr_size)
+    saturated = 0
+    for program, (out, ddr) in zip(programs, results):
+        want = program.golden["code"]
+        assert ErrorCode(out["ERROR_CODE"]) is want, program.name
+        if want is ErrorCode.NONE:
+            assert out["STATUS"] == 0b010, program.name
+            assert ddr == program.golden["ddr"].tobytes(), f"{program.name}: DDR differs from the golden machine"
+            stored = program.golden["ddr"] != program.ddr   # the ADD's output bytes (most of them)
+            result = program.golden["ddr"][stored].view(np.int8)
+            saturated += int(np.count_nonzero((result == -128) | (result == 127)))
+        else:
+            assert out["STATUS"] == 0b100, program.name
+            assert out["ERROR_PC"] == program.golden["pc"], program.name
+    assert saturated > 0
+
+
+# -- LAYERNORM through the non-linear unit's LayerNorm ------------------------------------------
+
+#: (rows, cols, out_scale, extreme): rows off the lane grid (tiny: 4 lanes), a saturating
+#: output scale with range-limit and constant rows.
+LAYERNORM_CASES = [(2, 6, 0.02, False), (3, 9, 0.002, True), (1, 4, 0.05, False)]
+
+
+def test_layernorm_programs_match_golden_machine():
+    rng = random.Random(13)
+    ddr_size = 1024
+    programs = []
+    for rows, cols, out_scale, extreme in LAYERNORM_CASES:
+        words, ddr = layernorm_program(rng, TINY, ddr_size, rows=rows, cols=cols, out_scale=out_scale,
+                                       extreme=extreme)
+        programs.append(Program(f"layernorm {rows}x{cols} extreme={extreme}", words, ddr))
+    bad = [p for p in bad_programs(TINY, ddr_size) if p.name.startswith("layernorm ")]
+    assert len(bad) == 6
+    golden_outcomes(TINY, programs + bad)
+    results = _simulate(programs + bad, ddr_size)
+    saturated = 0
+    for program, (out, ddr) in zip(programs, results):
+        assert program.golden["code"] is ErrorCode.NONE, program.golden
+        assert ErrorCode(out["ERROR_CODE"]) is ErrorCode.NONE, program.name
+        assert out["STATUS"] == 0b010, program.name
+        assert ddr == program.golden["ddr"].tobytes(), f"{program.name}: DDR differs from the golden machine"
+        result = program.golden["ddr"][program.golden["ddr"] != program.ddr].view(np.int8)
+        saturated += int(np.count_nonzero((result == -128) | (result == 127)))
+    assert saturated > 0
+    for program, (out, _) in zip(bad, results[len(programs):]):
+        want = program.expect_code if program.expect_code is not None else program.golden["code"]
+        assert want is not ErrorCode.NONE and ErrorCode(out["ERROR_CODE"]) is want, program.name
+        assert out["STATUS"] == 0b100, program.name
+        if program.expect_code is None:
+            assert out["ERROR_PC"] == program.golden["pc"], program.name
