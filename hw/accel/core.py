@@ -18,16 +18,16 @@ The on-chip buffers are :class:`amaranth.lib.memory.Memory` instances 16 bytes
 (``isa.ADDR_UNIT``) wide with byte write enables, ``isa.buffer_bytes`` deep. The load and store
 paths move one byte per cycle (any alignment and stride). The compute queue executes SYNC,
 FINISH, LUT_LOAD, GELU and LAYERNORM (through the non-linear unit's ``Gelu`` and
-``LayerNorm``), ADD (elementwise, in the controller) and requantizing GEMMs (through the matrix
-engine, :mod:`vitaccel.hw.accel.gemm`); the other compute opcodes are not implemented yet and
-stop with ``INVALID_OPERAND`` (:data:`UNSUPPORTED_OPCODES`).
+``LayerNorm``), SOFTMAX (``Softmax``), ADD (elementwise, in the controller) and requantizing
+GEMMs (through the matrix engine, :mod:`vitaccel.hw.accel.gemm`); the other compute opcodes are
+not implemented yet and stop with ``INVALID_OPERAND`` (:data:`UNSUPPORTED_OPCODES`).
 """
 
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal, Value
 from amaranth.hdl import signed, unsigned
-from amaranth.lib import fifo, wiring
+from amaranth.lib import data, fifo, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import Out
 
@@ -54,7 +54,7 @@ QUEUE_DEPTH = 32
 #: ``unsigned_a``, ``b_transposed`` any); ``accumulate`` or raw int32 output (no ``requant``)
 #: stop with INVALID_OPERAND (see :mod:`vitaccel.hw.accel.gemm`).
 IMPLEMENTED_OPCODES = (Opcode.LOAD, Opcode.STORE, Opcode.SYNC, Opcode.FINISH, Opcode.LUT_LOAD, Opcode.GELU,
-                       Opcode.GEMM, Opcode.ADD, Opcode.LAYERNORM)
+                       Opcode.GEMM, Opcode.ADD, Opcode.SOFTMAX, Opcode.LAYERNORM)
 UNSUPPORTED_OPCODES = tuple(op for op in Opcode if op not in IMPLEMENTED_OPCODES)
 _ADDR_WIDTH = 40          # the ZCU102's DDR and PL apertures
 _PC_WIDTH = 32
@@ -461,9 +461,9 @@ class AcceleratorCore(wiring.Component):
     def _compute_unit(self, m: Module, port: _QueuePort, opcode_bits, others_drained, finished,
                       reads, writes, vector: _VectorPorts) -> None:
         """SYNC, FINISH, LUT_LOAD, GELU (one byte per cycle through the non-linear unit's ``Gelu``,
-        lane 0), ADD (:meth:`_add_states`), LAYERNORM (:meth:`_layernorm_states`) and GEMM
-        (:class:`~vitaccel.hw.accel.gemm.GemmController`); any other opcode stops with
-        INVALID_OPERAND."""
+        lane 0), ADD (:meth:`_add_states`), LAYERNORM (:meth:`_layernorm_states`), SOFTMAX
+        (:meth:`_softmax_states`) and GEMM (:class:`~vitaccel.hw.accel.gemm.GemmController`); any
+        other opcode stops with INVALID_OPERAND."""
         config = self.config
         vector_bytes = isa.buffer_bytes(config, Buffer.VECTOR)
         gelu = None
@@ -497,7 +497,7 @@ class AcceleratorCore(wiring.Component):
             lut_range_bad.eq(lut_offset + lut_count > isa.GELU_LUT_ENTRIES),
             lut_src_out.eq(lut_src * ADDR_UNIT + lut_count > vector_bytes),
         ]
-        # ADD and LAYERNORM (same operand layout as GELU): second source, parameter block.
+        # ADD, LAYERNORM, SOFTMAX (same operand layout as GELU): second source, parameter block.
         src2, param = port.field(Opcode.ADD, "src2_addr"), port.field(Opcode.ADD, "param_addr")
         acc_bytes = isa.buffer_bytes(config, Buffer.ACC)
         add_src2_out, add_param_out = Signal(), Signal()
@@ -513,6 +513,16 @@ class AcceleratorCore(wiring.Component):
             from vitaccel.hw.nonlinear.units import LayerNorm
 
             m.submodules.layernorm = layernorm = LayerNorm(config=config)
+        softmax = None
+        if config.has_softmax:
+            from vitaccel.hw.nonlinear.units import Softmax
+
+            m.submodules.softmax = softmax = Softmax(config=config)
+        softmax_src_out, softmax_param_out = Signal(), Signal()
+        m.d.sync += [
+            softmax_src_out.eq(src * ADDR_UNIT + rows * cols * 4 > acc_bytes),
+            softmax_param_out.eq(param * ADDR_UNIT + 4 * isa.SOFTMAX_PARAM_WORDS > acc_bytes),
+        ]
         index = Signal(25)
         read_lane = Signal(_LANE_BITS)
         byte = reads[Buffer.VECTOR].data.word_select(read_lane, 8)
@@ -545,6 +555,8 @@ class AcceleratorCore(wiring.Component):
                     m.next = "ADD_CHECK"
                 with m.Elif((opcode_bits == Opcode.LAYERNORM) & (layernorm is not None)):
                     m.next = "LAYERNORM_CHECK"
+                with m.Elif((opcode_bits == Opcode.SOFTMAX) & (softmax is not None)):
+                    m.next = "SOFTMAX_CHECK"
                 with m.Elif((opcode_bits == Opcode.GEMM) & (gemm is not None)):
                     m.d.comb += gemm.start.eq(1)
                     m.next = "GEMM_RUN"
@@ -628,6 +640,9 @@ class AcceleratorCore(wiring.Component):
                 self._layernorm_states(m, port, fail, layernorm, index, elements, reads, vector,
                                        header_out=layernorm_header_out, block_out=layernorm_block_out,
                                        src_out=gelu_src_out, dst_out=gelu_dst_out)
+            if softmax is not None:
+                self._softmax_states(m, port, fail, softmax, index, elements, reads, vector,
+                                     src_out=softmax_src_out, param_out=softmax_param_out, dst_out=gelu_dst_out)
         write = writes[Buffer.VECTOR]
         with m.If(vector.write):
             m.d.comb += [write.addr.eq(vector.write_addr[_LANE_BITS:]),
@@ -704,6 +719,66 @@ class AcceleratorCore(wiring.Component):
                 m.next = "IDLE"
             with m.Else():
                 m.next = "ADD_READ_A"
+
+    def _softmax_states(self, m: Module, port: _QueuePort, fail, softmax, index: Signal, elements: Signal,
+                        reads, vector: _VectorPorts, *, src_out, param_out, dst_out) -> None:
+        """FSM states of SOFTMAX through the non-linear unit's ``Softmax``, one row at a time:
+        gather the row's int32 scores from ACC (one per cycle) into beats of ``vector_lanes``,
+        then write the row's uint8 probabilities to VECTOR (one byte per cycle).
+
+        Checks in the golden machine's order: scores and parameter block out of ACC
+        (ADDRESS_OUT_OF_RANGE); a shift above ``MAX_SHIFT`` (INVALID_OPERAND as in the golden
+        kernel) and what the unit is not built for (INVALID_OPERAND where the golden machine
+        may succeed): table widths other than the config's, a multiplier of more than
+        ``SOFTMAX_MULT_BITS`` bits, rows longer than ``max_tokens``; then the destination."""
+        from vitaccel.hw.nonlinear.arith import SHIFT_BITS
+        from vitaccel.hw.spec.nonlinear import SOFTMAX_MULT_BITS
+        from vitaccel.hw.spec.numerics import MAX_SHIFT
+
+        config, lanes = self.config, softmax.lanes
+        cols = port.field(Opcode.SOFTMAX, "cols")
+        src, dst = port.field(Opcode.SOFTMAX, "src_addr"), port.field(Opcode.SOFTMAX, "dst_addr")
+        param = port.field(Opcode.SOFTMAX, "param_addr")
+        acc_read, acc_addr = vector.reads[Buffer.ACC]
+        multiplier, shift, exp_bits, recip_bits = (Signal(32, name=f"softmax_{n}") for n in
+                                                    ("multiplier", "shift", "exp_bits", "recip_bits"))
+        m.d.comb += [softmax.length.eq(cols), softmax.multiplier.eq(multiplier),
+                     softmax.shift.eq(shift[:SHIFT_BITS])]
+        beat = Signal(data.ArrayLayout(signed(32), lanes))
+        m.d.comb += [softmax.i.payload.scores.eq(beat), softmax.i.payload.mask.eq((1 << lanes) - 1)]
+        stream_reset = self._row_stream_states(m, "SOFTMAX", port, softmax, beat, index, elements, cols,
+                                               read=vector.reads[Buffer.ACC], read_data=reads[Buffer.ACC].data,
+                                               element_bits=32, src=src, dst=dst, vector=vector)
+
+        with m.State("SOFTMAX_CHECK"):
+            m.d.sync += stream_reset
+            with m.If(src_out | param_out):
+                m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                m.next = "IDLE"
+            with m.Else():
+                m.next = "SOFTMAX_PARAMS"
+        with m.State("SOFTMAX_PARAMS"):
+            m.d.comb += [acc_read.eq(1), acc_addr.eq(param * ADDR_UNIT)]
+            m.next = "SOFTMAX_PARAMS_TAKE"
+        with m.State("SOFTMAX_PARAMS_TAKE"):   # isa.pack_softmax_params order, one ACC row
+            row = reads[Buffer.ACC].data
+            m.d.sync += [multiplier.eq(row[0:32]), shift.eq(row[32:64]), exp_bits.eq(row[64:96]),
+                         recip_bits.eq(row[96:128])]
+            m.next = "SOFTMAX_PARAMS_CHECK"
+        with m.State("SOFTMAX_PARAMS_CHECK"):
+            unbuilt = ((exp_bits != config.exp_lut_bits) | (recip_bits != config.recip_lut_bits)
+                       | (multiplier >= 1 << SOFTMAX_MULT_BITS) | (cols > config.max_tokens))
+            with m.If((shift > MAX_SHIFT) | unbuilt):
+                m.d.comb += fail(ErrorCode.INVALID_OPERAND)
+                m.next = "IDLE"
+            with m.Elif(dst_out):
+                m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                m.next = "IDLE"
+            with m.Elif(elements == 0):
+                m.d.comb += port.complete.eq(1)
+                m.next = "IDLE"
+            with m.Else():
+                m.next = "SOFTMAX_READ"
 
     def _layernorm_states(self, m: Module, port: _QueuePort, fail, layernorm, index: Signal, elements: Signal,
                           reads, vector: _VectorPorts, *, header_out, block_out, src_out, dst_out) -> None:

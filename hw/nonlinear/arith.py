@@ -8,7 +8,7 @@ reuses :class:`ExpStage` and :class:`Reciprocal`.
 
 from __future__ import annotations
 
-from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -35,6 +35,9 @@ def round_shift(value, amount):
 def saturate(value, bits: int, signed_out: bool = True):
     """Clamp ``value`` to a ``bits``-wide signed (or unsigned) range: the one saturation rule."""
     lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed_out else (0, (1 << bits) - 1)
+    value = Value.cast(value)
+    if not value.shape().signed and lo <= 0:
+        return Mux(value > hi, hi, value)  # an unsigned value is never below lo: no dead compare
     return Mux(value > hi, hi, Mux(value < lo, lo, value))
 
 

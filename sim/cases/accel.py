@@ -30,7 +30,7 @@ from vitaccel.hw.spec.isa import Buffer, Instruction, Opcode, Queue, encode
 from vitaccel.hw.spec.nonlinear import AddParams
 from vitaccel.hw.spec.regmap import ErrorCode
 
-__all__ = ["Program", "random_dma_program", "gelu_program", "add_program", "layernorm_program", "gemm_program", "default_programs", "bad_programs", "random_word_programs", "golden_outcomes",
+__all__ = ["Program", "random_dma_program", "gelu_program", "add_program", "softmax_program", "layernorm_program", "gemm_program", "default_programs", "bad_programs", "random_word_programs", "golden_outcomes",
            "run_program_case", "STATUS_DONE", "STATUS_ERROR"]
 
 STATUS_DONE, STATUS_ERROR = 0b010, 0b100
@@ -162,6 +162,49 @@ def add_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, rows:
         dma(Opcode.LOAD, Buffer.ACC, p_at, offsets[2], len(chunks[2]), push_next=1),
         Instruction(Opcode.ADD, rows=rows, cols=cols, src_addr=a_at, src2_addr=b_at, dst_addr=out_at,
                     param_addr=p_at, pop_prev=1, push_next=1),
+        dma(Opcode.STORE, Buffer.VECTOR, out_at, at, n, pop_prev=1, push_prev=1),
+        Instruction(Opcode.FINISH, pop_next=1),
+    ]
+    return [encode(instr) for instr in program], ddr
+
+
+def softmax_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, rows: int, cols: int,
+                    input_scale: float, spread: int, extreme: bool = False) -> tuple[list[int], np.ndarray]:
+    """LOAD int32 scores and a SoftmaxParams block (``softmax_params(input_scale)`` for the
+    config's tables) into ACC, SOFTMAX into VECTOR, STORE the uint8 probabilities.
+    Scores are random within ``±spread``; ``extreme`` puts the int32 limits in the first row
+    (saturated differences, a probability of 1)."""
+    from vitaccel.hw.spec.nonlinear import softmax_params
+
+    n = rows * cols
+    scores = np.array([rng.randint(-spread, spread) for _ in range(n)], np.int64)
+    if extreme:
+        scores[:cols] = -(1 << 31)
+        scores[rng.randrange(cols)] = (1 << 31) - 1
+    params = isa.pack_softmax_params(softmax_params(input_scale, exp_lut_bits=config.exp_lut_bits,
+                                                    recip_lut_bits=config.recip_lut_bits)).astype("<i4")
+    chunks = [scores.astype("<i4").tobytes(), params.tobytes()]
+    if sum(map(len, chunks)) + n > ddr_size:
+        raise ValueError(f"SOFTMAX of {rows}x{cols} does not fit a {ddr_size}-byte DDR")
+    ddr = np.frombuffer(rng.randbytes(ddr_size), np.uint8).copy()
+    at, offsets = 0, []
+    for chunk in chunks:
+        ddr[at:at + len(chunk)] = np.frombuffer(chunk, np.uint8)
+        offsets.append(at)
+        at += len(chunk)
+    s_at = rng.randrange(0, 4)
+    p_at = s_at + -(-4 * n // isa.ADDR_UNIT) + rng.randrange(0, 3)
+    out_at = rng.randrange(0, 4)
+
+    def dma(opcode: Opcode, buffer: Buffer, sram: int, dram: int, nbytes: int, **flags: int) -> Instruction:
+        return Instruction(opcode, buffer=buffer, sram_addr=sram, dram_addr=dram, rows=1, row_bytes=nbytes,
+                           dram_stride=nbytes, sram_stride=nbytes, **flags)
+
+    program = [
+        dma(Opcode.LOAD, Buffer.ACC, s_at, offsets[0], len(chunks[0])),
+        dma(Opcode.LOAD, Buffer.ACC, p_at, offsets[1], len(chunks[1]), push_next=1),
+        Instruction(Opcode.SOFTMAX, rows=rows, cols=cols, src_addr=s_at, dst_addr=out_at, param_addr=p_at,
+                    pop_prev=1, push_next=1),
         dma(Opcode.STORE, Buffer.VECTOR, out_at, at, n, pop_prev=1, push_prev=1),
         Instruction(Opcode.FINISH, pop_next=1),
     ]
@@ -353,6 +396,24 @@ def bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
                  ("add destination out of range", dict(rows=3, cols=6, dst_addr=vector_bytes // 16 - 1))]
     for name, fields in add_cases:
         out.append(Program(name, [encode(Instruction(Opcode.ADD, **fields)), finish], np.zeros(ddr_size, np.uint8)))
+    # SOFTMAX: a parameter block at ACC unit 2 with the config's tables, variants of it.
+    from vitaccel.hw.spec.nonlinear import softmax_params
+
+    good = softmax_params(0.01, exp_lut_bits=config.exp_lut_bits, recip_lut_bits=config.recip_lut_bits)
+    softmax_cases = [  # (name, params, instruction fields, hardware code where it may differ)
+        ("softmax shift too large", dataclasses.replace(good, shift=63), dict(rows=1, cols=4), None),
+        ("softmax other exp table", dataclasses.replace(good, exp_lut_bits=config.exp_lut_bits + 1),
+         dict(rows=1, cols=4), ErrorCode.INVALID_OPERAND),
+        ("softmax row too long", good, dict(rows=1, cols=config.max_tokens + 1), ErrorCode.INVALID_OPERAND),
+        ("softmax destination out of range", good, dict(rows=2, cols=9, dst_addr=vector_bytes // 16 - 1), None),
+        ("softmax scores out of range", good, dict(rows=2, cols=9, src_addr=acc_units - 4), None),
+    ]
+    for name, params, fields, code in softmax_cases:
+        ddr = np.zeros(ddr_size, np.uint8)
+        ddr[:16] = np.frombuffer(isa.pack_softmax_params(params).astype("<i4").tobytes(), np.uint8)
+        out.append(Program(name, [load(buffer=Buffer.ACC, sram_addr=2, push_next=1),
+                                  encode(Instruction(Opcode.SOFTMAX, param_addr=2, pop_prev=1, **fields)), finish],
+                           ddr, expect_code=code))
     # LAYERNORM: a 4-channel parameter block at ACC unit 4, variants of it.
     from vitaccel.hw.spec.nonlinear import layernorm_params
 
@@ -462,6 +523,13 @@ def default_programs(config: AccelConfig, *, seed: int, quick: bool, ddr_size: i
         words, ddr = add_program(rng, config, ddr_size, rows=rows, cols=cols, a_multiplier=a_mult,
                                  b_multiplier=b_mult, shift=shift, **flags)
         programs.append(Program(f"add {rows}x{cols}", words, ddr))
+    # SOFTMAX through the non-linear unit (when the config has it): a row off the lane grid,
+    # and int32 limits.
+    softmaxes = [(2, 7, 0.01, 500, False), (3, 5, 0.002, 3000, True)] if config.has_softmax else []
+    for rows, cols, scale, spread, extreme in softmaxes[:1 if quick else 2]:
+        words, ddr = softmax_program(rng, config, ddr_size, rows=rows, cols=cols, input_scale=scale,
+                                     spread=spread, extreme=extreme)
+        programs.append(Program(f"softmax {rows}x{cols}", words, ddr))
     # LAYERNORM through the non-linear unit (when the config has it), in place.
     layernorms = [(2, 6, 0.02, False), (3, 9, 0.002, True)] if config.has_layernorm else []
     for rows, cols, out_scale, extreme in layernorms[:1 if quick else 2]:

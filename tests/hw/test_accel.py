@@ -15,8 +15,9 @@ from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.config import PRESETS, ConfigError
 from vitaccel.hw.spec.isa import Instruction, Opcode, Queue, encode
 from vitaccel.hw.spec.regmap import ErrorCode, register
-from vitaccel.sim.cases.accel import (Program, add_program, bad_programs, gelu_program, gemm_program,
-                                     golden_outcomes, layernorm_program, random_dma_program)
+from vitaccel.sim.cases.accel import (Program, add_program, bad_programs, gelu_program, layernorm_program,
+                                     softmax_program, gemm_program, golden_outcomes,
+                                     random_dma_program)
 
 TINY = PRESETS["tiny"]
 pytestmark = pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
@@ -316,6 +317,41 @@ def test_add_programs_match_golden_machine():
             assert out["STATUS"] == 0b100, program.name
             assert out["ERROR_PC"] == program.golden["pc"], program.name
     assert saturated > 0
+
+
+# -- SOFTMAX through the non-linear unit's Softmax ----------------------------------------------
+
+#: (rows, cols, input_scale, spread, extreme): rows shorter and longer than a beat (tiny: 4
+#: lanes), int32 limits (saturated differences).
+SOFTMAX_CASES = [(2, 5, 0.01, 500, False), (3, 4, 0.002, 3000, True), (1, 13, 0.05, 100, False)]
+
+
+def test_softmax_programs_match_golden_machine():
+    rng = random.Random(9)
+    ddr_size = 1024
+    programs = []
+    for rows, cols, scale, spread, extreme in SOFTMAX_CASES:
+        words, ddr = softmax_program(rng, TINY, ddr_size, rows=rows, cols=cols, input_scale=scale,
+                                     spread=spread, extreme=extreme)
+        programs.append(Program(f"softmax {rows}x{cols} extreme={extreme}", words, ddr))
+    bad = [p for p in bad_programs(TINY, ddr_size) if p.name.startswith("softmax ")]
+    assert len(bad) == 5
+    golden_outcomes(TINY, programs + bad)
+    results = _simulate(programs + bad, ddr_size)
+    for program, (out, _) in zip(bad, results[len(programs):]):
+        want = program.expect_code if program.expect_code is not None else program.golden["code"]
+        assert want is not ErrorCode.NONE and ErrorCode(out["ERROR_CODE"]) is want, program.name
+        assert out["STATUS"] == 0b100, program.name
+        if program.expect_code is None:
+            assert out["ERROR_PC"] == program.golden["pc"], program.name
+    ones = 0
+    for program, (out, ddr) in zip(programs, results):
+        assert program.golden["code"] is ErrorCode.NONE, program.golden
+        assert ErrorCode(out["ERROR_CODE"]) is ErrorCode.NONE, program.name
+        assert out["STATUS"] == 0b010, program.name
+        assert ddr == program.golden["ddr"].tobytes(), f"{program.name}: DDR differs from the golden machine"
+        ones += int(np.count_nonzero(program.golden["ddr"][program.golden["ddr"] != program.ddr] == 255))
+    assert ones > 0   # the extreme row's winner saturates the uint8 output
 
 
 # -- LAYERNORM through the non-linear unit's LayerNorm ------------------------------------------
