@@ -124,6 +124,24 @@ def gelu_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, rows
     return [encode(instr) for instr in program]
 
 
+
+def _ddr_image(rng: random.Random, ddr_size: int, chunks: list[bytes], *, reserve: int,
+               what: str) -> tuple[np.ndarray, list[int], int]:
+    """A random DDR image with ``chunks`` laid out back to back from address 0, their offsets, and
+    the first address after them (where the program's output goes).
+
+    ``reserve`` bytes must stay free beyond them (for the program's outputs).
+    """
+    if sum(map(len, chunks)) + reserve > ddr_size:
+        raise ValueError(f"{what} does not fit a {ddr_size}-byte DDR")
+    ddr = np.frombuffer(rng.randbytes(ddr_size), np.uint8).copy()
+    at, offsets = 0, []
+    for chunk in chunks:
+        ddr[at:at + len(chunk)] = np.frombuffer(chunk, np.uint8)
+        offsets.append(at)
+        at += len(chunk)
+    return ddr, offsets, at
+
 def add_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, rows: int, cols: int,
                 a_multiplier: int, b_multiplier: int, shift: int, in_place: bool = False,
                 extreme: bool = False) -> tuple[list[int], np.ndarray]:
@@ -138,14 +156,7 @@ def add_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, rows:
         a[0], b[0] = -128, -128
     params = isa.pack_add_params(AddParams(a_multiplier, b_multiplier, shift)).astype("<i4")
     chunks = [a.astype(np.int8).tobytes(), b.astype(np.int8).tobytes(), params.tobytes()]
-    if sum(map(len, chunks)) + n > ddr_size:
-        raise ValueError(f"ADD of {rows}x{cols} does not fit a {ddr_size}-byte DDR")
-    ddr = np.frombuffer(rng.randbytes(ddr_size), np.uint8).copy()
-    at, offsets = 0, []
-    for chunk in chunks:
-        ddr[at:at + len(chunk)] = np.frombuffer(chunk, np.uint8)
-        offsets.append(at)
-        at += len(chunk)
+    ddr, offsets, free_at = _ddr_image(rng, ddr_size, chunks, reserve=n, what=f"ADD of {rows}x{cols}")
     units = -(-n // isa.ADDR_UNIT)
     a_at = rng.randrange(0, 4)
     b_at = a_at + units + rng.randrange(0, 3)
@@ -162,7 +173,7 @@ def add_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, rows:
         dma(Opcode.LOAD, Buffer.ACC, p_at, offsets[2], len(chunks[2]), push_next=1),
         Instruction(Opcode.ADD, rows=rows, cols=cols, src_addr=a_at, src2_addr=b_at, dst_addr=out_at,
                     param_addr=p_at, pop_prev=1, push_next=1),
-        dma(Opcode.STORE, Buffer.VECTOR, out_at, at, n, pop_prev=1, push_prev=1),
+        dma(Opcode.STORE, Buffer.VECTOR, out_at, free_at, n, pop_prev=1, push_prev=1),
         Instruction(Opcode.FINISH, pop_next=1),
     ]
     return [encode(instr) for instr in program], ddr
@@ -184,14 +195,7 @@ def softmax_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, r
     params = isa.pack_softmax_params(softmax_params(input_scale, exp_lut_bits=config.exp_lut_bits,
                                                     recip_lut_bits=config.recip_lut_bits)).astype("<i4")
     chunks = [scores.astype("<i4").tobytes(), params.tobytes()]
-    if sum(map(len, chunks)) + n > ddr_size:
-        raise ValueError(f"SOFTMAX of {rows}x{cols} does not fit a {ddr_size}-byte DDR")
-    ddr = np.frombuffer(rng.randbytes(ddr_size), np.uint8).copy()
-    at, offsets = 0, []
-    for chunk in chunks:
-        ddr[at:at + len(chunk)] = np.frombuffer(chunk, np.uint8)
-        offsets.append(at)
-        at += len(chunk)
+    ddr, offsets, free_at = _ddr_image(rng, ddr_size, chunks, reserve=n, what=f"SOFTMAX of {rows}x{cols}")
     s_at = rng.randrange(0, 4)
     p_at = s_at + -(-4 * n // isa.ADDR_UNIT) + rng.randrange(0, 3)
     out_at = rng.randrange(0, 4)
@@ -205,7 +209,7 @@ def softmax_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, r
         dma(Opcode.LOAD, Buffer.ACC, p_at, offsets[1], len(chunks[1]), push_next=1),
         Instruction(Opcode.SOFTMAX, rows=rows, cols=cols, src_addr=s_at, dst_addr=out_at, param_addr=p_at,
                     pop_prev=1, push_next=1),
-        dma(Opcode.STORE, Buffer.VECTOR, out_at, at, n, pop_prev=1, push_prev=1),
+        dma(Opcode.STORE, Buffer.VECTOR, out_at, free_at, n, pop_prev=1, push_prev=1),
         Instruction(Opcode.FINISH, pop_next=1),
     ]
     return [encode(instr) for instr in program], ddr
@@ -230,14 +234,7 @@ def layernorm_program(rng: random.Random, config: AccelConfig, ddr_size: int, *,
     params = isa.pack_layernorm_params(layernorm_params(0.05, gamma, beta, out_scale, 1e-5,
                                                         rsqrt_lut_bits=config.rsqrt_lut_bits)).astype("<i4")
     chunks = [x.astype(np.int8).tobytes(), params.tobytes()]
-    if sum(map(len, chunks)) > ddr_size:
-        raise ValueError(f"LAYERNORM of {rows}x{cols} does not fit a {ddr_size}-byte DDR")
-    ddr = np.frombuffer(rng.randbytes(ddr_size), np.uint8).copy()
-    at, offsets = 0, []
-    for chunk in chunks:
-        ddr[at:at + len(chunk)] = np.frombuffer(chunk, np.uint8)
-        offsets.append(at)
-        at += len(chunk)
+    ddr, offsets, _ = _ddr_image(rng, ddr_size, chunks, reserve=0, what=f"LAYERNORM of {rows}x{cols}")
     x_at, p_at = rng.randrange(0, 4), rng.randrange(0, 4)
 
     def dma(opcode: Opcode, buffer: Buffer, sram: int, dram: int, nbytes: int, **flags: int) -> Instruction:
@@ -281,14 +278,7 @@ def gemm_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, m: i
     res = np.array([[rng.randint(-128, 127) for _ in range(n)] for _ in range(m)], np.int64)
     chunks = [a.astype(np.uint8 if unsigned_a else np.int8).tobytes(), b_stored.astype(np.int8).tobytes(),
               params.tobytes(), res.astype(np.int8).tobytes()]
-    if sum(map(len, chunks)) + m * n > ddr_size:
-        raise ValueError(f"GEMM {m}x{k}x{n} does not fit a {ddr_size}-byte DDR")
-    ddr = np.frombuffer(rng.randbytes(ddr_size), np.uint8).copy()
-    at, offsets = 0, []
-    for chunk in chunks:
-        ddr[at:at + len(chunk)] = np.frombuffer(chunk, np.uint8)
-        offsets.append(at)
-        at += len(chunk)
+    ddr, offsets, free_at = _ddr_image(rng, ddr_size, chunks, reserve=m * n, what=f"GEMM {m}x{k}x{n}")
     a_at, b_at, p_at, out_at = rng.randrange(0, 4), rng.randrange(0, 4), rng.randrange(0, 4), rng.randrange(0, 4)
 
     def dma(opcode: Opcode, buffer: Buffer, sram: int, dram: int, nbytes: int, **flags: int) -> Instruction:
@@ -304,7 +294,7 @@ def gemm_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, m: i
         Instruction(Opcode.GEMM, m=m, k=k, n=n, requant=1, bias=int(bias), residual=int(residual),
                     unsigned_a=int(unsigned_a), b_transposed=int(b_transposed), a_addr=a_at, b_addr=b_at,
                     param_addr=p_at, out_addr=out_at, pop_prev=1, push_next=1),
-        dma(Opcode.STORE, Buffer.VECTOR, out_at, at, m * n, pop_prev=1, push_prev=1),
+        dma(Opcode.STORE, Buffer.VECTOR, out_at, free_at, m * n, pop_prev=1, push_prev=1),
         Instruction(Opcode.FINISH, pop_next=1),
     ]
     return [encode(instr) for instr in program], ddr

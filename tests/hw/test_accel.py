@@ -38,6 +38,16 @@ def _edge_words(rng: random.Random) -> list[int]:
     return words
 
 
+def _assert_bad_programs_stop(bad: list, results: list) -> None:
+    """Each bad program ended with its expected error code (and the golden machine's pc)."""
+    for program, (out, _) in zip(bad, results, strict=True):
+        want = program.expect_code if program.expect_code is not None else program.golden["code"]
+        assert want is not ErrorCode.NONE and ErrorCode(out["ERROR_CODE"]) is want, program.name
+        assert out["STATUS"] == 0b100, program.name
+        if program.expect_code is None:
+            assert out["ERROR_PC"] == program.golden["pc"], program.name
+
+
 def test_checker_agrees_with_isa_decode():
     rng = random.Random(7)
     words = _edge_words(rng)
@@ -338,12 +348,7 @@ def test_softmax_programs_match_golden_machine():
     assert len(bad) == 5
     golden_outcomes(TINY, programs + bad)
     results = _simulate(programs + bad, ddr_size)
-    for program, (out, _) in zip(bad, results[len(programs):]):
-        want = program.expect_code if program.expect_code is not None else program.golden["code"]
-        assert want is not ErrorCode.NONE and ErrorCode(out["ERROR_CODE"]) is want, program.name
-        assert out["STATUS"] == 0b100, program.name
-        if program.expect_code is None:
-            assert out["ERROR_PC"] == program.golden["pc"], program.name
+    _assert_bad_programs_stop(bad, results[len(programs):])
     ones = 0
     for program, (out, ddr) in zip(programs, results):
         assert program.golden["code"] is ErrorCode.NONE, program.golden
@@ -382,9 +387,4 @@ def test_layernorm_programs_match_golden_machine():
         result = program.golden["ddr"][program.golden["ddr"] != program.ddr].view(np.int8)
         saturated += int(np.count_nonzero((result == -128) | (result == 127)))
     assert saturated > 0
-    for program, (out, _) in zip(bad, results[len(programs):]):
-        want = program.expect_code if program.expect_code is not None else program.golden["code"]
-        assert want is not ErrorCode.NONE and ErrorCode(out["ERROR_CODE"]) is want, program.name
-        assert out["STATUS"] == 0b100, program.name
-        if program.expect_code is None:
-            assert out["ERROR_PC"] == program.golden["pc"], program.name
+    _assert_bad_programs_stop(bad, results[len(programs):])
