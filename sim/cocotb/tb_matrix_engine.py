@@ -27,8 +27,8 @@ from vitaccel.sim.runner import tb_params, write_tb_output
 CLOCK_NS = 10
 
 
-class StreamDriver:
-    """Writes ``words`` into the ready/valid stream ``name`` of ``dut``."""
+class _StreamEnd:
+    """The ``valid``/``ready``/``payload`` signals of the stream ``name`` and a stall generator."""
 
     def __init__(self, dut, name: str, rng: random.Random, stall_prob: float):
         self.clk = dut.clk
@@ -36,6 +36,13 @@ class StreamDriver:
         self.ready = getattr(dut, f"{name}__ready")
         self.payload = getattr(dut, f"{name}__payload")
         self.rng, self.stall_prob = rng, stall_prob
+
+
+class StreamDriver(_StreamEnd):
+    """Writes ``words`` into the ready/valid stream ``name`` of ``dut``."""
+
+    def __init__(self, dut, name: str, rng: random.Random, stall_prob: float):
+        super().__init__(dut, name, rng, stall_prob)
         self.first_handshake_ns: float | None = None
         self.valid.value = 0
 
@@ -57,15 +64,11 @@ class StreamDriver:
         self.valid.value = 0
 
 
-class StreamMonitor:
+class StreamMonitor(_StreamEnd):
     """Collects ``count`` beats from the output stream ``name``."""
 
     def __init__(self, dut, name: str, rng: random.Random, stall_prob: float):
-        self.clk = dut.clk
-        self.valid = getattr(dut, f"{name}__valid")
-        self.ready = getattr(dut, f"{name}__ready")
-        self.payload = getattr(dut, f"{name}__payload")
-        self.rng, self.stall_prob = rng, stall_prob
+        super().__init__(dut, name, rng, stall_prob)
         self.beats: list[int] = []
         self.last_handshake_ns = 0.0
         self.ready.value = int(stall_prob == 0)
