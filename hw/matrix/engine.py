@@ -51,7 +51,9 @@ class MatrixEngine(wiring.Component):
     the block grid computes on the current ones. The sequencer walks
     ``for block: for band: for tile in block: for k_word``; each finished tile is copied
     into the accumulator buffer and drained row by row through the post-processor into
-    ``output`` while the grid already computes the next tile. ``params`` supplies one word
+    ``output`` while the grid already computes the next tile; ``output_acc`` holds the same
+    row's raw accumulators (before bias) while ``output`` is valid, for raw int32 GEMMs
+    (their host still supplies a parameter word per tile). ``params`` supplies one word
     per tile, ``residual`` one row per output row (only if the command enables it). Every
     stream may stall at any cycle.
 
@@ -75,6 +77,7 @@ class MatrixEngine(wiring.Component):
             "params": In(stream.Signature(layouts.params)),
             "residual": In(stream.Signature(layouts.out_row)),
             "output": Out(stream.Signature(layouts.out_row)),
+            "output_acc": Out(layouts.accumulators.elem_shape),
             "busy": Out(1),
         })
 
@@ -186,7 +189,8 @@ class MatrixEngine(wiring.Component):
         m.d.comb += emit.eq(tile_ready & self.params.valid & (~cmd.residual | self.residual.valid)
                             & (~self.output.valid | self.output.ready))
         with m.If(emit):
-            m.d.sync += [self.output.payload.eq(post.result), self.output.valid.eq(1), drain_row.eq(drain_row + 1)]
+            m.d.sync += [self.output.payload.eq(post.result), self.output_acc.eq(post.acc),
+                         self.output.valid.eq(1), drain_row.eq(drain_row + 1)]
             m.d.comb += self.residual.ready.eq(cmd.residual)
             with m.If(drain_row == cfg.tile_rows - 1):
                 m.d.sync += [drain_row.eq(0), tile_ready.eq(0), tile_in_flight.eq(0)]

@@ -285,14 +285,24 @@ def residual_stream(plan: GemmPlan, residual: np.ndarray) -> list[int]:
     return pack_elements(np.stack(rows).reshape(-1, tc), plan.out_bits)
 
 
-def unpack_output(plan: GemmPlan, beats: list[int]) -> np.ndarray:
-    """The ``M x N`` int64 result from the engine's output rows (padding dropped)."""
-    tr, tc, bits = plan.tile_rows, plan.tile_cols, plan.out_bits
+def unpack_output(plan: GemmPlan, beats: list[int], *, bits: int | None = None) -> np.ndarray:
+    """The ``M x N`` int64 result from the engine's output rows (padding dropped).
+
+    ``bits`` is the width of one element of a row: the output width by default, the
+    accumulator width for the raw ``output_acc`` rows.
+    """
+    tr, tc = plan.tile_rows, plan.tile_cols
+    bits = plan.out_bits if bits is None else bits
     expected = len(output_tile_order(plan)) * tr
     if len(beats) != expected:
         raise ValueError(f"expected {expected} output rows, got {len(beats)}")
-    raw = np.frombuffer(b"".join(int(v).to_bytes(tc * bits // 8, "little") for v in beats),
-                        dtype="<i1" if bits == 8 else "<i2").astype(np.int64).reshape(-1, tr, tc)
+    if bits in (8, 16, 32, 64):
+        raw = np.frombuffer(b"".join(int(v).to_bytes(tc * bits // 8, "little") for v in beats),
+                            dtype=f"<i{bits // 8}").astype(np.int64).reshape(-1, tr, tc)
+    else:
+        mask = (1 << bits) - 1
+        fields = np.array([[(int(v) >> (col * bits)) & mask for col in range(tc)] for v in beats], dtype=object)
+        raw = np.where(fields >= 1 << (bits - 1), fields - (1 << bits), fields).astype(np.int64).reshape(-1, tr, tc)
     out = np.zeros((plan.m_tiles * tr, plan.n_tiles * tc), dtype=np.int64)
     for index, (band, col) in enumerate(output_tile_order(plan)):
         out[band * tr:(band + 1) * tr, col * tc:(col + 1) * tc] = raw[index]

@@ -29,8 +29,10 @@ INT16 = TINY.replace(name="int16", operand_width=16, acc_width=48, block_rows=1,
 SMALL_SPAD = TINY.replace(name="small_spad", weight_spad_kib=1, input_spad_kib=1, max_k=128)
 
 
-def simulate(config, case, *, stall_prob: float = 0.0, seed: int = 0, max_cycles: int = 200_000):
-    """Drive one case through the engine; returns (output matrix, cycles)."""
+def simulate(config, case, *, stall_prob: float = 0.0, seed: int = 0, max_cycles: int = 200_000,
+             raw: bool = False):
+    """Drive one case through the engine; returns the output matrix (with ``raw``: the
+    ``output_acc`` accumulators instead)."""
     dut = MatrixEngine(config)
     plan = case.plan
     streams = {
@@ -66,12 +68,12 @@ def simulate(config, case, *, stall_prob: float = 0.0, seed: int = 0, max_cycles
         cycles = 0
         while len(beats) < expected_rows:
             ctx.set(dut.output.ready, int(rng.random() >= stall_prob))
-            _, _, valid, ready, payload = await ctx.tick().sample(dut.output.valid, dut.output.ready,
-                                                           dut.output.payload.as_value())
+            _, _, valid, ready, payload, acc = await ctx.tick().sample(
+                dut.output.valid, dut.output.ready, dut.output.payload.as_value(), dut.output_acc.as_value())
             cycles += 1
             assert cycles < max_cycles, "engine produced too few outputs"
             if valid and ready:
-                beats.append(payload)
+                beats.append(acc if raw else payload)
         for _ in range(5):  # nothing more may come out
             ctx.set(dut.output.ready, 1)
             _, _, valid = await ctx.tick().sample(dut.output.valid)
@@ -83,7 +85,7 @@ def simulate(config, case, *, stall_prob: float = 0.0, seed: int = 0, max_cycles
         sim.add_testbench(make_stream_driver(name))
     sim.add_testbench(monitor)
     sim.run()
-    return unpack_output(plan, beats)
+    return unpack_output(plan, beats, bits=config.acc_width if raw else None)
 
 
 def check(config, *, seed, M, K, N, stall_prob=0.0, **kwargs):
@@ -108,6 +110,15 @@ def test_random_stalls_on_every_stream(config):
 def test_extremes_and_saturation():
     case = check(TINY, seed=5, M=6, K=12, N=8, extremes=True)
     assert {-128, 127} <= set(case.a.ravel()) and {-128, 127} <= set(np.unique(case.expected))
+
+
+@pytest.mark.parametrize("unsigned_a", [False, True])
+def test_raw_accumulators_bit_exact(unsigned_a):
+    """``output_acc`` carries the unbiased int32 accumulators (raw GEMMs), edges included."""
+    case = make_case(TINY, seed=7, M=6, K=11, N=9, unsigned_a=unsigned_a)
+    got = simulate(TINY, case, stall_prob=0.2, seed=7, raw=True)
+    expected = case.a.astype(np.int64) @ case.b.astype(np.int64)
+    assert first_mismatch(expected, got) is None, first_mismatch(expected, got)
 
 
 def test_unsigned_a_mode():
