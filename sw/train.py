@@ -13,7 +13,7 @@ from torch import nn
 from vitaccel.sw import data
 from vitaccel.sw.torch_util import torch_threads
 
-__all__ = ["train_digits_vit", "evaluate_float", "TRAIN_SEED", "DEFAULT_EPOCHS"]
+__all__ = ["train_digits_vit", "fit", "evaluate_float", "TRAIN_SEED", "DEFAULT_EPOCHS"]
 
 TRAIN_SEED = 0
 #: Epochs of `vitaccel train digits-vit` (about a minute on an idle CPU core).
@@ -68,7 +68,7 @@ def train_digits_vit(epochs: int = DEFAULT_EPOCHS, *, output: str | Path | None 
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps,
                                                    pct_start=0.1)
     with torch_threads(1):
-        _fit(model, images, labels, generator, optimiser, schedule, epochs, batch, progress)
+        fit(model, images, labels, generator, optimiser, schedule, epochs, batch, progress)
     model.eval()
     accuracy = evaluate_float(model, data.digits("test"))
     if output is not None:
@@ -77,7 +77,15 @@ def train_digits_vit(epochs: int = DEFAULT_EPOCHS, *, output: str | Path | None 
     return model, accuracy
 
 
-def _fit(model, images, labels, generator, optimiser, schedule, epochs, batch, progress) -> None:
+def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
+        optimiser: torch.optim.Optimizer, schedule: torch.optim.lr_scheduler.LRScheduler, epochs: int,
+        batch: int, progress: Callable[[int, int, float], None] | None = None) -> None:
+    """The training loop shared by :func:`train_digits_vit` and the pruning fine-tuner.
+
+    Per epoch: shuffled batches of ``batch`` images (order drawn from ``generator``), Gaussian
+    pixel noise (:func:`_augment`), label-smoothed cross entropy, one optimiser and one
+    schedule step per batch; ``progress(epoch, epochs, mean_loss)`` after each epoch.
+    """
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(images), generator=generator)

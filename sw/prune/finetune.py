@@ -1,6 +1,6 @@
 """A few epochs of fine-tuning of a pruned float model on the digits train split.
 
-The loop is :mod:`vitaccel.sw.train`'s (``_fit``: shuffled batches, one-pixel shift
+The loop is :mod:`vitaccel.sw.train`'s (``fit``: shuffled batches, one-pixel shift
 augmentation, label smoothing); this module only sets up a gentler optimiser for a trained
 model and keeps N:M masks fixed by re-applying them after every optimiser step.
 """
@@ -60,7 +60,7 @@ def finetune_digits(model: nn.Module, epochs: int = 5, *, masks: NMMasks | None 
         handle = masks.attach(model, optimiser) if masks is not None else None
         try:
             with torch_threads(1):
-                train._fit(model, images, labels, generator, optimiser, schedule, epochs, _BATCH, progress)
+                train.fit(model, images, labels, generator, optimiser, schedule, epochs, _BATCH, progress)
         finally:
             if handle is not None:
                 handle.remove()
