@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from vitaccel.hw.spec.config import AccelConfig, load_config
 from vitaccel.sw.commands import UserError
 from vitaccel.sw.program import CompiledProgram, write_program
 
-__all__ = ["compile_model", "default_calibration", "DEFAULT_CALIB", "DEFAULT_CALIB_LARGE"]
+__all__ = ["compile_model", "token_pruning_model", "default_calibration", "DEFAULT_CALIB", "DEFAULT_CALIB_LARGE"]
 
 #: Calibration images used when ``--calib`` is not given, for small inputs (digits-vit) ...
 DEFAULT_CALIB = 32
@@ -32,16 +32,56 @@ def _stage(progress: Progress | None, lo: float, hi: float) -> Progress | None:
     return lambda text, fraction: progress(text, lo + (hi - lo) * max(0.0, min(1.0, fraction)))
 
 
-def compile_model(model: str, config: str | AccelConfig, output: str | Path, *, weights: str | None = None,
-                  calib: int | None = None, method: str = "minmax",
-                  progress: Progress | None = None) -> CompiledProgram:
-    """Compile ``model`` (zoo name or ``file.py:function``) for ``config`` into ``output``.
+def token_pruning_model(net: Any, prune_tokens: str | float, points: Sequence[int] | None = None, *,
+                        package_token: bool = False) -> Any:
+    """``net`` wrapped in a :class:`~vitaccel.sw.prune.tokens.TokenPruningViT` for compilation.
+
+    ``prune_tokens`` is the keep ratio, or ``"KEEP[@P1,P2,...]"`` (the CLI's ``--prune-tokens``);
+    ``points`` the blocks after which to prune (default
+    :func:`~vitaccel.sw.prune.tokens.default_pruning_points`); ``package_token`` fuses the
+    pruned tokens into SPViT's package token. The wrapper shares ``net``'s parameters: weights
+    fine-tuned through pruning are ``wrapper.model.state_dict()``.
 
     Raises
     ------
     UserError
-        For an unknown model/config, an unsupported operator (named, with its source) or a
-        layer the back end cannot map.
+        For a malformed or out-of-range option or a model that is not a zoo ViT.
+    """
+    from vitaccel.sw.prune.tokens import TokenPruningViT, parse_token_pruning
+
+    if isinstance(net, TokenPruningViT):
+        raise UserError("the model already prunes tokens (a TokenPruningViT); do not ask for --prune-tokens again")
+    try:
+        if isinstance(prune_tokens, str):
+            keep, parsed = parse_token_pruning(prune_tokens)
+            if parsed is not None and points is not None:
+                raise ValueError(f"token pruning {prune_tokens!r}: points given twice (in the option and as points)")
+            points = parsed if points is None else points
+        else:
+            keep = float(prune_tokens)
+        return TokenPruningViT(net, keep=keep, points=points, package=package_token).eval()
+    except ValueError as err:
+        raise UserError(f"--prune-tokens: {err}") from None
+
+
+def compile_model(model: str, config: str | AccelConfig, output: str | Path, *, weights: str | None = None,
+                  calib: int | None = None, method: str = "minmax", prune_tokens: str | float | None = None,
+                  prune_points: Sequence[int] | None = None, package_token: bool = False,
+                  progress: Progress | None = None) -> CompiledProgram:
+    """Compile ``model`` (zoo name or ``file.py:function``) for ``config`` into ``output``.
+
+    With ``prune_tokens`` (a keep ratio, or ``"KEEP[@P1,P2,...]"``; ``prune_points`` and
+    ``package_token`` as in :func:`token_pruning_model`) the model is wrapped by
+    :func:`token_pruning_model` first: calibration and the program then run EViT token pruning
+    on the top-k engine after the pruning points, and every later layer is tiled, allocated
+    and counted at its reduced token count. ``weights`` are then the wrapped ViT's own
+    (``TokenPruningViT.model.state_dict()`` of a fine-tuned wrapper).
+
+    Raises
+    ------
+    UserError
+        For an unknown model/config, an unsupported operator (named, with its source), a
+        layer the back end cannot map, or a bad token-pruning option.
     """
     from vitaccel.sw.backend import BackendError, compile_qgraph
     from vitaccel.sw.data import images_for
@@ -55,14 +95,24 @@ def compile_model(model: str, config: str | AccelConfig, output: str | Path, *, 
     started = time.perf_counter()
     if progress:
         progress("loading model", 0.0)
+    if package_token and prune_tokens is None:
+        raise UserError("package_token needs token pruning (prune_tokens)")
+    if prune_points is not None and prune_tokens is None:
+        raise UserError("prune_points needs token pruning (prune_tokens)")
     net, shape = get_model(model, weights)
+    pruning: dict[str, Any] | None = None
+    if prune_tokens is not None:
+        net = token_pruning_model(net, prune_tokens, prune_points, package_token=package_token)
+        pruning = {"keep": [net.keep[p] for p in net.points], "points": list(net.points), "package": net.package,
+                   "tokens_per_block": net.token_counts(net.model.patch_embed.num_patches)}
     calib = default_calibration(shape) if calib is None else calib
     calib_images = images_for(shape, calib, split="train").images[:calib]
     try:
         qgraph = quantize_model(net, shape, calib_images, method, config=cfg, name=Path(model).name,
                                 progress=_stage(progress, 0.05, 0.7))
         meta = {"spec": model, "weights": str(Path(weights).resolve()) if weights else None,
-                "input_shape": list(shape), "calib_images": int(calib)}
+                "input_shape": list(shape), "calib_images": int(calib),
+                **({"token_pruning": pruning} if pruning is not None else {})}
         program = compile_qgraph(qgraph, cfg, progress=_stage(progress, 0.7, 0.95), meta=meta)
     except (BackendError, QGraphError) as err:
         raise UserError(str(err)) from None

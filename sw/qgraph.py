@@ -71,10 +71,34 @@ in order; ``...`` is any number of leading (head) dimensions.
     inputs ``[x [T, D]]``; attrs ``index`` -> ``x[index:index+1]`` of shape ``[1, D]``
     (the CLS output feeding the classifier head).
 ``gather_tokens``
-    inputs ``[x [T, D], indices int32 [k]]`` -> ``x[indices]`` of shape ``[k, D]`` (token
-    pruning: the indices come from the top-k engine).
+    inputs ``[x [T, D], indices uint16|int32 [k]]`` -> ``x[indices]`` of shape ``[k, D]`` (token
+    pruning: the indices come from ``topk``); every index must be below ``T``.
 
-Layout ops (``reshape`` .. ``gather_tokens``, ``im2col``) never change values or scales.
+Token pruning (EViT) between blocks is ``token_scores`` -> ``topk`` -> ``gather_tokens`` of the
+non-CLS tokens, then ``concat`` of the CLS token and the kept ones:
+
+``token_scores``
+    inputs ``[probs uint8 [H, T, T]]`` (a softmax output) -> uint16 ``[T - 1]``:
+    ``out[j] = sum(probs[h, 0, j + 1] for h in range(H))``, the attention CLS pays token
+    ``j + 1`` summed over heads. The sum is EViT's mean over heads times ``H``: the same ranking
+    (a positive factor orders like the mean, and the sum is exact where an integer mean would
+    round ties together). Needs ``H * 255 < 2**16`` (``H <= 257``). The scale is nominal
+    (the probabilities' scale: the scores only rank).
+``topk``
+    inputs ``[scores uint16 [n]]``; attrs ``k`` (``0 <= k <= n``) -> uint16 ``[k]``: the indices
+    of the ``k`` largest scores, ties to the lowest index, ascending
+    (``vitaccel.sim.golden.topk.topk``, the top-k engine's rule). Scale nominal (indices).
+
+``package_token``
+    inputs ``[x int8 [n, D], scores uint16 [n], kept uint16 [k]]`` -> int8 ``[1, D]`` at the
+    scale of ``x``: SPViT's package token (eq. 8) of the rows not in ``kept``, weighted by their
+    scores, ``vitaccel.sim.golden.topk.package_token(x, scores, pruned)`` (round half up; zero
+    when the pruned scores sum to zero). With it, pruning concatenates CLS, the kept tokens
+    and the package token.
+
+Layout ops (``reshape`` .. ``gather_tokens``, ``im2col``) never change values or scales, nor does
+``package_token`` change the scale; ``token_scores`` and ``topk`` produce tensors that only
+rank or index.
 """
 
 from __future__ import annotations
@@ -84,10 +108,10 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["QTensor", "QOp", "QGraph", "QGraphError", "OP_KINDS", "LAYOUT_KINDS", "DTYPES"]
+__all__ = ["QTensor", "QOp", "QGraph", "QGraphError", "OP_KINDS", "LAYOUT_KINDS", "DTYPES", "MAX_SCORE_HEADS"]
 
 #: Integer element types of quantized tensors, with their NumPy equivalents.
-DTYPES: dict[str, type] = {"int8": np.int8, "uint8": np.uint8, "int32": np.int32}
+DTYPES: dict[str, type] = {"int8": np.int8, "uint8": np.uint8, "uint16": np.uint16, "int32": np.int32}
 
 #: Ops that only move data (DMA strides); output scale equals input scale.
 LAYOUT_KINDS = frozenset({
@@ -95,7 +119,10 @@ LAYOUT_KINDS = frozenset({
     "select_token", "gather_tokens",
 })
 #: Every op kind a QGraph may contain (see the module docstring for semantics).
-OP_KINDS = frozenset({"linear", "matmul", "softmax", "gelu", "layernorm", "add"}) | LAYOUT_KINDS
+OP_KINDS = frozenset({"linear", "matmul", "softmax", "gelu", "layernorm", "add", "token_scores",
+                      "topk", "package_token"}) | LAYOUT_KINDS
+#: Heads whose uint8 CLS-row probabilities ``token_scores`` can sum into a uint16 score.
+MAX_SCORE_HEADS = 0xFFFF // 0xFF
 
 
 class QGraphError(ValueError):
@@ -210,13 +237,33 @@ def _expected_shape(op: QOp, shapes: list[tuple[int, ...]]) -> tuple[int, ...] |
             raise QGraphError(f"{op!r}: token {a['index']} outside {shapes[0][0]} tokens")
         return (1, shapes[0][1])
     if k == "gather_tokens":
+        if len(shapes[0]) != 2 or len(shapes[1]) != 1:
+            raise QGraphError(f"{op!r}: need x [T, D] and indices [k], got {shapes}")
         return (shapes[1][0], shapes[0][1])
+    if k == "token_scores":
+        if len(shapes[0]) != 3 or shapes[0][1] != shapes[0][2] or shapes[0][1] < 2:
+            raise QGraphError(f"{op!r}: need probabilities [H, T, T] with T >= 2, got {shapes[0]}")
+        if shapes[0][0] > MAX_SCORE_HEADS:
+            raise QGraphError(f"{op!r}: {shapes[0][0]} heads of uint8 probabilities can overflow a uint16 "
+                              f"score (at most {MAX_SCORE_HEADS} heads)")
+        return (shapes[0][1] - 1,)
+    if k == "topk":
+        kk = a.get("k")
+        if len(shapes[0]) != 1 or isinstance(kk, bool) or not isinstance(kk, (int, np.integer)) \
+                or not 0 <= kk <= shapes[0][0]:
+            raise QGraphError(f"{op!r}: need scores [n] and an integer k in 0..n, got {shapes[0]} and k={kk!r}")
+        return (int(kk),)
+    if k == "package_token":
+        (n, width), scores, kept = shapes
+        if scores != (n,) or len(kept) != 1 or kept[0] > n:
+            raise QGraphError(f"{op!r}: need x [n, D], scores [n] and at most n kept indices, got {shapes}")
+        return (1, width)
     return None
 
 
 #: Required output dtype per kind (None: same as the first input, or checked separately).
 _OUTPUT_DTYPE = {"linear": "int8", "softmax": "uint8", "gelu": "int8", "layernorm": "int8",
-                 "add": "int8"}
+                 "add": "int8", "token_scores": "uint16", "topk": "uint16", "package_token": "int8"}
 #: Required input dtypes per kind (a tuple of allowed dtypes per input position).
 _INPUT_DTYPES = {
     "linear": (("int8",), ("int8",), ("int32",), ("int8",)),
@@ -226,10 +273,14 @@ _INPUT_DTYPES = {
     "layernorm": (("int8",),),
     "add": (("int8",), ("int8",)),
     "im2col": (("int8",),),
-    "gather_tokens": (("int8", "uint8", "int32"), ("int32",)),
+    "gather_tokens": (("int8", "uint8", "int32"), ("uint16", "int32")),
+    "token_scores": (("uint8",),),
+    "topk": (("uint16",),),
+    "package_token": (("int8",), ("uint16",), ("uint16",)),
 }
 _ARITY = {"linear": (3, 4), "matmul": (2, 2), "softmax": (1, 1), "gelu": (1, 1),
-          "layernorm": (1, 1), "add": (2, 2), "gather_tokens": (2, 2), "concat": (1, 64)}
+          "layernorm": (1, 1), "add": (2, 2), "gather_tokens": (2, 2), "concat": (1, 64),
+          "package_token": (3, 3)}
 
 
 @dataclass
@@ -317,8 +368,9 @@ class QGraph:
             shape = _expected_shape(op, [t.shape for t in ins])
             if shape is not None and shape != out.shape:
                 raise QGraphError(f"{op!r}: output shape should be {shape}, tensor says {out.shape}")
-            if op.kind in LAYOUT_KINDS and not np.isclose(out.scale, ins[0].scale, rtol=1e-9):
-                raise QGraphError(f"{op!r}: a layout op must keep the scale ({ins[0].scale} -> {out.scale})")
+            if (op.kind in LAYOUT_KINDS or op.kind == "package_token") \
+                    and not np.isclose(out.scale, ins[0].scale, rtol=1e-9):
+                raise QGraphError(f"{op!r}: a {op.kind} op must keep the scale ({ins[0].scale} -> {out.scale})")
             if op.kind == "concat" and len({t.scale for t in ins}) != 1:
                 raise QGraphError(f"{op!r}: concatenated tensors must share one scale")
             if op.kind in ("linear",) and not (op.attrs["multiplier"].shape == op.attrs["shift"].shape

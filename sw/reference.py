@@ -10,7 +10,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from vitaccel.hw.spec.numerics import requantize
-from vitaccel.sim.golden import gemm, nonlinear
+from vitaccel.sim.golden import gemm, nonlinear, topk
 from vitaccel.sw.qgraph import QGraph, QGraphError, QOp
 
 __all__ = ["run_reference", "quantize_images", "OP_SEMANTICS"]
@@ -60,8 +60,28 @@ def _slice(op: QOp, x: np.ndarray) -> np.ndarray:
 
 
 def _gather_tokens(op: QOp, x: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    indices = np.broadcast_to(indices, (x.shape[0], indices.shape[-1]))
-    return np.take_along_axis(x, indices[:, :, None].astype(np.int64), axis=1)
+    indices = np.broadcast_to(indices, (x.shape[0], indices.shape[-1])).astype(np.int64)
+    if indices.size and (indices.min() < 0 or indices.max() >= x.shape[1]):
+        raise QGraphError(f"{op!r}: an index is outside the {x.shape[1]} tokens "
+                          f"(range {int(indices.min())}..{int(indices.max())})")
+    return np.take_along_axis(x, indices[:, :, None], axis=1)
+
+
+def _token_scores(op: QOp, probs: np.ndarray) -> np.ndarray:
+    # CLS row of every head, tokens 1..T-1, summed over heads (rank-equivalent to EViT's mean).
+    return probs[:, :, 0, 1:].astype(np.int64).sum(axis=1)
+
+
+def _package_token(op: QOp, x: np.ndarray, scores: np.ndarray, kept: np.ndarray) -> np.ndarray:
+    batch, n = x.shape[0], x.shape[1]
+    kept = np.broadcast_to(kept, (batch, kept.shape[-1]))
+    return np.stack([topk.package_token(x[b], scores[b], np.setdiff1d(np.arange(n), kept[b]))[None]
+                     for b in range(batch)])
+
+
+def _topk(op: QOp, scores: np.ndarray) -> np.ndarray:
+    k = op.attrs["k"]
+    return np.stack([topk.topk(row, k)[0] for row in scores]).reshape(len(scores), k)
 
 
 #: kind -> function(op, *inputs) on batched arrays (leading batch axis); see sw/qgraph.py.
@@ -81,6 +101,9 @@ OP_SEMANTICS: dict[str, Callable[..., np.ndarray]] = {
     "slice": _slice,
     "select_token": lambda op, x: x[:, op.attrs["index"]:op.attrs["index"] + 1],
     "gather_tokens": _gather_tokens,
+    "token_scores": _token_scores,
+    "topk": _topk,
+    "package_token": _package_token,
 }
 
 

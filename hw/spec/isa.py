@@ -85,6 +85,8 @@ class Opcode(enum.Enum, shape=unsigned(6)):
     SPARSE_ATTN = 11
     SYNC = 12
     FINISH = 13
+    GATHER = 14
+    PACKAGE = 15
 
 
 class Queue(enum.Enum, shape=unsigned(2)):
@@ -158,8 +160,10 @@ _BODIES: dict[Opcode, dict[str, Any]] = {
     Opcode.GELU: _VECTOR,
     Opcode.LAYERNORM: _VECTOR,
     Opcode.LUT_LOAD: {"lut": LutId, "offset": _u(12), "count": _u(13), "src_addr": _u(_SRAM_ADDR_BITS)},
+    # sum_rows comes after the original fields (bits that used to be reserved), so every word
+    # that was legal before keeps its meaning.
     Opcode.TOPK: {"rows": _u(12), "n": _u(13), "k": _u(13), "src_addr": _u(_SRAM_ADDR_BITS),
-                  "dst_addr": _u(_SRAM_ADDR_BITS)},
+                  "dst_addr": _u(_SRAM_ADDR_BITS), "sum_rows": _u(1)},
     Opcode.SPARSE_ATTN: {
         "m": _u(9), "n": _u(9), "d": _u(8), "q_addr": _u(_SRAM_ADDR_BITS), "k_addr": _u(_SRAM_ADDR_BITS),
         "v_addr": _u(_SRAM_ADDR_BITS), "mask_addr": _u(_SRAM_ADDR_BITS), "out_addr": _u(_SRAM_ADDR_BITS),
@@ -167,6 +171,11 @@ _BODIES: dict[Opcode, dict[str, Any]] = {
     },
     Opcode.SYNC: {"queue": Queue},
     Opcode.FINISH: {},
+    Opcode.GATHER: {"rows": _u(12), "cols": _u(13), "n": _u(13), "src_addr": _u(_SRAM_ADDR_BITS),
+                    "dst_addr": _u(_SRAM_ADDR_BITS), "index_addr": _u(_SRAM_ADDR_BITS)},
+    Opcode.PACKAGE: {"n": _u(13), "cols": _u(13), "k": _u(13), "heads": _u(9), "src_addr": _u(_SRAM_ADDR_BITS),
+                     "prob_addr": _u(_SRAM_ADDR_BITS), "index_addr": _u(_SRAM_ADDR_BITS),
+                     "dst_addr": _u(_SRAM_ADDR_BITS)},
 }
 
 
@@ -192,7 +201,7 @@ FAMILY: dict[Opcode, Family] = {
     Opcode.ADD: Family.VECTOR, Opcode.REQUANT: Family.VECTOR, Opcode.SOFTMAX: Family.VECTOR,
     Opcode.GELU: Family.VECTOR, Opcode.LAYERNORM: Family.VECTOR, Opcode.LUT_LOAD: Family.VECTOR,
     Opcode.TOPK: Family.TOPK, Opcode.SPARSE_ATTN: Family.SPARSE_ATTENTION, Opcode.SYNC: Family.SYNC,
-    Opcode.FINISH: Family.FINISH,
+    Opcode.FINISH: Family.FINISH, Opcode.GATHER: Family.TOPK, Opcode.PACKAGE: Family.TOPK,
 }
 #: The queue that executes each opcode (SYNC: the queue named in its ``queue`` field).
 QUEUE: dict[Opcode, Queue | None] = {
@@ -239,9 +248,14 @@ P = ACC[param_addr]: the encoded layernorm parameters (scalars, then gamma/beta 
 for i in range(rows): VECTOR[dst_addr][i, :cols] = layernorm(VECTOR[src_addr][i, :cols], P)""",
     Opcode.LUT_LOAD: """Write entries of a writable lookup table from the vector buffer.
 for e in range(count): LUT[lut][offset + e] = VECTOR[src_addr*16 + e]      # int8""",
-    Opcode.TOPK: """Top-k selection per row (ties broken by lowest index, kept indices ascending; topk.topk).
-scores are uint16 (TOPK_SCORE_BITS) rows x n at src_addr; indices are uint16 rows x k at dst_addr
-for i in range(rows): VECTOR[dst_addr][i, :k] = sorted(indices of the k largest of VECTOR[src_addr][i, :n])""",
+    Opcode.TOPK: """Top-k selection (ties broken by lowest index, kept indices ascending; topk.topk).
+Indices are uint16 (k per selection) at dst_addr; requires k <= n <= max_tokens.
+if not sum_rows:   # one selection per row of uint16 (TOPK_SCORE_BITS) scores, rows x n at src_addr
+    for i in range(rows): VECTOR[dst_addr][i, :k] = sorted(indices of the k largest of VECTOR[src_addr][i, :n])
+else:              # the front end first sums rows x n uint8 values column-wise (EViT's head mean,
+                   # up to the factor 1/rows); requires 1 <= rows <= 257 so a sum fits 16 bits
+    s[j] = sum(VECTOR[src_addr][i, j] for i in range(rows))       # uint8 in, uint16 sum
+    VECTOR[dst_addr][0, :k] = sorted(indices of the k largest of s[:n])""",
     Opcode.SPARSE_ATTN: """Masked (sparse) attention, score-stationary (attention.masked_attention).
 Q[m,d], K[n,d], V[n,d] int8 and mask[m,n] (uint8 0/1) in VECTOR (m == n);
 P = ACC[param_addr]: softmax parameters, out_multiplier, out_shift
@@ -253,6 +267,23 @@ for i in range(m):
 wait for the FIFOs in pop_*; pop them; push the FIFOs in push_*""",
     Opcode.FINISH: """End of program (compute queue). Other queues must be empty.
 raise done interrupt; stop fetching""",
+    Opcode.GATHER: """Row gather by an index list (token pruning: the rows TOPK kept), in the vector buffer;
+part of the top-k engine (needs has_topk). The source is n rows of cols bytes at src_addr,
+the index list rows uint16 at index_addr.
+for r in range(rows):
+    i = VECTOR[index_addr][r]                                  # uint16
+    if i >= n: error INVALID_OPERAND
+    VECTOR[dst_addr][r, :cols] = VECTOR[src_addr][i, :cols]     # cols bytes""",
+    Opcode.PACKAGE: """SPViT's package token (eq. 8) of the tokens TOPK pruned (topk.package_token); part of the
+top-k engine (needs has_topk). X: n rows x cols int8 at src_addr; probs: heads rows x n uint8 at
+prob_addr (summed like TOPK sum_rows); kept: k uint16 at index_addr; requires k <= n <= max_tokens,
+1 <= heads <= 257 and every kept index < n (else INVALID_OPERAND).
+m[j] = sum(probs[h, j] for h in range(heads))                  # uint16 keep scores
+pruned = [j for j in range(n) if j not in kept[:k]]
+total = sum(m[j] for j in pruned)
+for c in range(cols):
+    num = sum(X[j, c] * m[j] for j in pruned)                    # exact (48-bit) sum
+    VECTOR[dst_addr][0, c] = 0 if total == 0 else floor((2*num + total) / (2*total))  # round half up""",
 }
 
 

@@ -9,14 +9,18 @@ token, fine-tuned through the pruning). Every record has ``method``, ``parameter
 ``float_top1_before_finetune``, ``macs`` (executed per image, :func:`vitaccel.sw.prune.count_macs`)
 and ``macs_ratio`` (to dense).
 
-``int8_top1`` comes from the compile pipeline's quantizer and integer reference
-(:func:`vitaccel.sw.quantize.quantize_model`, :func:`vitaccel.sw.reference.run_reference`,
-calibrated like ``vitaccel compile``) for the methods whose model that pipeline accepts:
-dense, N:M (a dense model with zeros; the record also checks that the int8 weights compress
-to the N:M format) and heads (a smaller zoo-compatible model). Token-pruned models select
-tokens data-dependently, which the compiler cannot capture yet: their records have no
-``int8_top1``. No record has cycles: they need the sparse matrix engine and the compiler
-integration, and this benchmark reports no cycle count that was not measured in RTL.
+Every record also has ``int8_top1``, from the compile pipeline's quantizer and integer
+reference (:func:`vitaccel.sw.quantize.quantize_model`, :func:`vitaccel.sw.reference.run_reference`,
+calibrated like ``vitaccel compile``), which accepts the model of every method: dense, N:M (a dense model with zeros; the record also checks that the int8
+weights compress to the N:M format), heads (a smaller zoo-compatible model), ``tokens`` and
+``tokens+package`` (the fine-tuned :class:`~vitaccel.sw.prune.TokenPruningViT`, compiled like
+``vitaccel compile --prune-tokens [--package-token]``: calibration runs at the pruned token
+counts, and the integer pipeline selects tokens on the top-k engine from the uint8 attention
+probabilities summed over heads, and weights the package token by the same sums). The two
+token records also compile their QGraph and check the golden machine's logits against the
+integer reference on :data:`GOLDEN_CHECK_IMAGES` test images (``golden_bit_exact_images``).
+No record has cycles: they need the sparse matrix engine and the compiler integration, and
+this benchmark reports no cycle count that was not measured in RTL.
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ import numpy as np
 
 from vitaccel.hw.spec.config import AccelConfig
 
-__all__ = ["run", "FINETUNE_EPOCHS", "FINETUNE_LR", "QUICK_EPOCHS", "TOKEN_KEEP", "HEADS_KEPT", "CALIB_IMAGES_FOR_HEADS"]
+__all__ = ["run", "FINETUNE_EPOCHS", "FINETUNE_LR", "QUICK_EPOCHS", "TOKEN_KEEP", "HEADS_KEPT", "CALIB_IMAGES_FOR_HEADS",
+           "GOLDEN_CHECK_IMAGES"]
 
 #: Fine-tuning epochs per method (digits-vit: a few seconds per epoch on one busy core).
 FINETUNE_EPOCHS = {"nm-2:4": 10, "nm-1:4": 20, "heads": 10, "tokens": 20, "tokens+package": 20}
@@ -43,6 +48,8 @@ TOKEN_KEEP = 0.7
 HEADS_KEPT = 3
 #: Train images the loss-based head importance is measured on.
 CALIB_IMAGES_FOR_HEADS = 400
+#: Test images on which the compiled token-pruned program runs on the golden machine.
+GOLDEN_CHECK_IMAGES = 16
 
 
 def _int8_top1(model, shape, config: AccelConfig):
@@ -57,6 +64,22 @@ def _int8_top1(model, shape, config: AccelConfig):
     test = digits("test")
     [logits] = run_reference(qgraph, quantize_images(qgraph, test.images), keep_all=False).values()
     return float(np.mean(logits.reshape(len(test), -1).argmax(1) == test.labels)), qgraph
+
+
+def _golden_bit_exact(qgraph, config: AccelConfig, count: int) -> int:
+    """Compile ``qgraph``, run ``count`` test images on the golden machine, check its logits
+    against the integer reference; return ``count`` (RuntimeError on any difference)."""
+    from vitaccel.sw.backend import compile_qgraph
+    from vitaccel.sw.data import digits
+    from vitaccel.sw.device import GoldenDevice
+    from vitaccel.sw.reference import quantize_images, run_reference
+
+    images = quantize_images(qgraph, digits("test").images[:count])
+    got = GoldenDevice(compile_qgraph(qgraph, config)).infer_batch(images)
+    want = run_reference(qgraph, images, keep_all=False)[qgraph.outputs[0]]
+    if not np.array_equal(got, want):
+        raise RuntimeError("token-pruned program: the golden machine's logits differ from the integer reference")
+    return count
 
 
 def run(config: AccelConfig, *, simulator: str = "verilator", quick: bool = False,
@@ -128,8 +151,10 @@ def run(config: AccelConfig, *, simulator: str = "verilator", quick: bool = Fals
         wrapper = TokenPruningViT(copy.deepcopy(base), keep=TOKEN_KEEP, package=package)
         before = train.evaluate_float(wrapper, test)
         finetune_digits(wrapper, epochs(method), lr=FINETUNE_LR[method])
+        int8, qgraph = _int8_top1(wrapper, shape, config)
         record(method, {"keep": TOKEN_KEEP, "points": list(wrapper.points), "package": package},
-               wrapper, wrapper, before, epochs(method),
+               wrapper, wrapper, before, epochs(method), int8_top1=int8,
+               golden_bit_exact_images=_golden_bit_exact(qgraph, config, GOLDEN_CHECK_IMAGES),
                tokens_per_block=wrapper.token_counts(base.patch_embed.num_patches))
     if progress is not None:
         progress("done", 1.0)

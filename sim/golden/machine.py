@@ -128,7 +128,8 @@ class GoldenMachine:
             Opcode.LOAD: self._load, Opcode.STORE: self._store, Opcode.GEMM: self._gemm,
             Opcode.ADD: self._add, Opcode.REQUANT: self._requant, Opcode.SOFTMAX: self._softmax,
             Opcode.GELU: self._gelu, Opcode.LAYERNORM: self._layernorm, Opcode.LUT_LOAD: self._lut_load,
-            Opcode.TOPK: self._topk, Opcode.SPARSE_ATTN: self._sparse_attn,
+            Opcode.TOPK: self._topk, Opcode.SPARSE_ATTN: self._sparse_attn, Opcode.GATHER: self._gather,
+            Opcode.PACKAGE: self._package,
             Opcode.SYNC: lambda instr, pc: None, Opcode.FINISH: lambda instr, pc: None,
         }
         self.ddr = np.zeros(0, dtype=np.uint8)
@@ -381,6 +382,24 @@ class GoldenMachine:
 
     # -- top-k and sparse attention ------------------------------------------------------------
 
+    def _summed_scores(self, opcode: Opcode, addr: int, rows: int, n: int, pc: int) -> np.ndarray:
+        """The top-k engine's front end: ``rows`` uint8 rows of ``n`` at ``addr`` summed column-wise."""
+        from vitaccel.hw.spec.sparse import TOPK_SCORE_BITS
+
+        limit = ((1 << TOPK_SCORE_BITS) - 1) // 0xFF  # rows * 255 must fit a score
+        self._require(1 <= rows <= limit, f"{opcode.name}: summing needs 1 <= rows <= {limit} so that a column "
+                      f"sum of uint8 values fits {TOPK_SCORE_BITS} bits, got rows={rows}", pc)
+        return self._matrix(Buffer.VECTOR, addr, rows, n, np.uint8, pc).sum(axis=0, dtype=np.int64)
+
+    def _kept_indices(self, opcode: Opcode, addr: int, count: int, n: int, pc: int) -> np.ndarray:
+        """``count`` uint16 indices at ``addr``, each below ``n`` (INVALID_OPERAND otherwise)."""
+        indices = self._matrix(Buffer.VECTOR, addr, 1, count, np.uint16, pc)[0].astype(np.int64)
+        bad = np.flatnonzero(indices >= n)
+        if bad.size:
+            raise InvalidOperandError(f"{opcode.name}: index {int(indices[bad[0]])} (entry {int(bad[0])} at "
+                                      f"index_addr {addr}) is outside the {n} source rows", pc)
+        return indices
+
     def _topk(self, instr: Instruction, pc: int) -> None:
         from vitaccel.sim.golden import topk
 
@@ -388,10 +407,36 @@ class GoldenMachine:
         rows, n, k = instr.rows, instr.n, instr.k
         self._require(k <= n <= self.config.max_tokens,
                       f"TOPK: need k <= n <= max_tokens={self.config.max_tokens}, got k={k} n={n}", pc)
-        scores = self._matrix(Buffer.VECTOR, instr.src_addr, rows, n, np.uint16, pc)
-        out = self._matrix(Buffer.VECTOR, instr.dst_addr, rows, k, np.uint16, pc)
-        for row in range(rows):
+        if instr.sum_rows:
+            scores = self._summed_scores(instr.opcode, instr.src_addr, rows, n, pc)[None]
+        else:
+            scores = self._matrix(Buffer.VECTOR, instr.src_addr, rows, n, np.uint16, pc)
+        out = self._matrix(Buffer.VECTOR, instr.dst_addr, len(scores), k, np.uint16, pc)
+        for row in range(len(scores)):
             out[row] = self._nonlinear(instr.opcode, pc, lambda: topk.topk(scores[row], k)[0])
+
+    def _gather(self, instr: Instruction, pc: int) -> None:
+        self._require_unit("has_topk", instr.opcode, pc)
+        rows, cols, n = instr.rows, instr.cols, instr.n
+        source = self._matrix(Buffer.VECTOR, instr.src_addr, n, cols, np.uint8, pc)
+        indices = self._kept_indices(instr.opcode, instr.index_addr, rows, n, pc)
+        gathered = source[indices]  # a copy: the destination may overlap the source
+        self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.uint8, pc)[...] = gathered
+
+    def _package(self, instr: Instruction, pc: int) -> None:
+        from vitaccel.sim.golden import topk
+
+        self._require_unit("has_topk", instr.opcode, pc)
+        n, cols, k = instr.n, instr.cols, instr.k
+        self._require(k <= n <= self.config.max_tokens,
+                      f"PACKAGE: need k <= n <= max_tokens={self.config.max_tokens}, got k={k} n={n}", pc)
+        scores = self._summed_scores(instr.opcode, instr.prob_addr, instr.heads, n, pc)
+        x = self._matrix(Buffer.VECTOR, instr.src_addr, n, cols, np.int8, pc)
+        kept = self._kept_indices(instr.opcode, instr.index_addr, k, n, pc)
+        pruned = np.setdiff1d(np.arange(n), kept)
+        self.stats.macs += pruned.size * cols
+        y = self._nonlinear(instr.opcode, pc, lambda: topk.package_token(x, scores, pruned))
+        self._matrix(Buffer.VECTOR, instr.dst_addr, 1, cols, np.int8, pc)[...] = y
 
     def _sparse_attn(self, instr: Instruction, pc: int) -> None:
         from vitaccel.sim.golden import attention

@@ -7,6 +7,10 @@ separated by a pipeline barrier because their data flows through DDR.
 
 Layout operations become strided views of DDR (no instructions) where the DMA's row strides
 can read them, and LOAD/STORE copies through the vector buffer otherwise.
+
+Token pruning runs on the top-k engine: ``token_scores`` emits nothing (TOPK and PACKAGE sum
+the CLS rows of the attention probabilities over heads as they read them), ``topk`` is one
+TOPK, ``gather_tokens`` and ``package_token`` are GATHER / PACKAGE tiled by columns.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.hw.spec.isa import Buffer, Instruction, Opcode
 from vitaccel.sw.backend.emitter import Pipeline, ProgramBuilder
 from vitaccel.sw.backend.memory import DdrAllocator, TensorView, align
-from vitaccel.sw.backend.tiling import MAX_COLS, MAX_ROWS, SlotPlan, Tiler, blocks
+from vitaccel.sw.backend.tiling import (MAX_COLS, MAX_GATHER_BYTES, MAX_PACKAGE_COLS, MAX_ROWS, SlotPlan, Tiler,
+                                        blocks)
 from vitaccel.sw.qgraph import QGraph, QOp
 
 __all__ = ["BackendError", "Lowering", "LayerRecord"]
@@ -85,6 +90,9 @@ class Lowering:
         self.tiler = Tiler(config)
         self.alloc = DdrAllocator()
         self.views: dict[str, TensorView] = {}
+        # Tensors never written to DDR: token scores, which the top-k engine sums from the
+        # attention probabilities (TOPK sum_rows, PACKAGE) as it reads them; views of those rows.
+        self.deferred: dict[str, TensorView] = {}
         self.init: list[tuple[int, bytes]] = []
         self.layers: list[LayerRecord] = []
         self.op_constants: dict[tuple[str, str], int] = {}
@@ -108,7 +116,7 @@ class Lowering:
     def _release_dead(self, done: int) -> None:
         """Free activation blocks that no operation after op ``done`` reads (graph outputs stay)."""
         live: set[int] = set()
-        for name, view in self.views.items():
+        for name, view in itertools.chain(self.views.items(), self.deferred.items()):
             if self.last_use.get(name, -1) > done or name in self.graph.outputs:
                 owner = self.alloc.owner(view.base)
                 if owner is not None:
@@ -446,3 +454,102 @@ class Lowering:
     def _op_select_token(self, op: QOp, record: LayerRecord) -> None:
         index = op.attrs["index"]
         self.views[op.output] = self.views[op.inputs[0]].slice(0, index, index + 1)
+
+    # -- token pruning (top-k engine) -----------------------------------------------------------
+
+    def _require_topk(self, op: QOp) -> None:
+        if not self.config.has_topk:
+            raise BackendError(f"{op!r}: config {self.config.name!r} has no top-k engine (has_topk is false), "
+                               f"which token pruning needs ({op.source or 'no source'})")
+
+    def _op_token_scores(self, op: QOp, record: LayerRecord) -> None:
+        readers = self.graph.consumers(op.output)
+        positions = {"topk": [0], "package_token": [1]}  # where the engine reads scores
+        if op.output in self.graph.outputs or any(
+                [i for i, name in enumerate(reader.inputs) if name == op.output] != positions.get(reader.kind)
+                for reader in readers):
+            raise BackendError(f"{op!r}: token scores are summed inside the top-k engine (TOPK sum_rows, PACKAGE) "
+                               f"as it reads them, so only topk and package_token may read them "
+                               f"({op.source or 'no source'})")
+        probs = self._input(op.inputs[0])  # [H, T, T]
+        self.deferred[op.output] = probs.index(1, 0).slice(1, 1, probs.shape[2])  # CLS rows, tokens 1..T-1
+
+    def _op_topk(self, op: QOp, record: LayerRecord) -> None:
+        """One TOPK: over CLS-row probabilities summed across heads (``sum_rows``) when the scores
+        come from ``token_scores``, else over one row of uint16 scores."""
+        self._require_topk(op)
+        k = op.attrs["k"]
+        summed = op.inputs[0] in self.deferred
+        source = self.deferred[op.inputs[0]] if summed else _block(self._input(op.inputs[0]), ())
+        rows, n = source.shape
+        if n > self.config.max_tokens:
+            raise ValueError(f"{n} candidate tokens exceed the top-k engine's max_tokens={self.config.max_tokens}")
+        out = self._new_tensor(op.output)
+        self.views[op.output] = out
+        slot = self._slot()
+        src_addr = slot.take(Buffer.VECTOR, rows * n * source.itemsize)
+        dst_addr = slot.take(Buffer.VECTOR, 2 * k)
+        load = _load(Buffer.VECTOR, src_addr, source, rows, n * source.itemsize, source.strides[0])
+        select = Instruction(Opcode.TOPK, rows=rows, n=n, k=k, src_addr=src_addr, dst_addr=dst_addr,
+                             sum_rows=int(summed))
+        self.pipeline.tile([load], [select], [_store(Buffer.VECTOR, dst_addr, out.base, 1, 2 * k, 2 * k)])
+
+    def _op_gather_tokens(self, op: QOp, record: LayerRecord) -> None:
+        """GATHER tiled by columns: each tile holds the index list, every source row's columns
+        ``c0 .. c0 + w`` and the gathered rows' (so any token width fits the vector buffer)."""
+        self._require_topk(op)
+        if self.graph.tensors[op.inputs[1]].dtype != "uint16":
+            raise BackendError(f"{op!r}: the back end gathers by uint16 indices (a topk output), got "
+                               f"{self.graph.tensors[op.inputs[1]].dtype} ({op.source or 'no source'})")
+        x = self._input(op.inputs[0])
+        indices = _block(self._input(op.inputs[1]), ())
+        (n, width), k, itemsize = x.shape, indices.shape[1], x.itemsize
+        if max(n, k) > MAX_ROWS:
+            raise ValueError(f"a gather of {k} of {n} rows exceeds the {MAX_ROWS} rows a DMA moves")
+        out = self._new_tensor(op.output)
+        self.views[op.output] = out
+        cols = self.tiler.column_tile(align(2 * k), (n + k) * itemsize, width, MAX_GATHER_BYTES // itemsize, 2)
+        for c0 in range(0, width, cols):
+            w = min(cols, width - c0)
+            slot = self._slot()
+            i_addr = slot.take(Buffer.VECTOR, 2 * k)
+            s_addr = slot.take(Buffer.VECTOR, n * w * itemsize)
+            d_addr = slot.take(Buffer.VECTOR, k * w * itemsize)
+            loads = [_load(Buffer.VECTOR, i_addr, indices, 1, 2 * k, 2 * k),
+                     _load(Buffer.VECTOR, s_addr, x.slice(1, c0, c0 + w), n, w * itemsize, x.strides[0])]
+            gather = Instruction(Opcode.GATHER, rows=k, cols=w * itemsize, n=n, src_addr=s_addr, dst_addr=d_addr,
+                                 index_addr=i_addr)
+            self.pipeline.tile(loads, [gather], [_store(Buffer.VECTOR, d_addr, out.base + c0 * out.strides[1], k,
+                                                        w * itemsize, out.strides[0])])
+
+    def _op_package_token(self, op: QOp, record: LayerRecord) -> None:
+        """PACKAGE tiled by columns; its scores are the probability rows ``token_scores`` names,
+        summed by the engine's front end as for TOPK."""
+        self._require_topk(op)
+        rows = self.deferred.get(op.inputs[1])
+        if rows is None:
+            raise BackendError(f"{op!r}: the package weights must be token_scores (summed in the top-k engine) "
+                               f"({op.source or 'no source'})")
+        x = self._input(op.inputs[0])
+        kept = _block(self._input(op.inputs[2]), ())
+        (n, width), k, heads = x.shape, kept.shape[1], rows.shape[0]
+        if n > min(MAX_ROWS, self.config.max_tokens):
+            raise ValueError(f"{n} candidate tokens exceed the top-k engine's max_tokens={self.config.max_tokens}")
+        out = self._new_tensor(op.output)
+        self.views[op.output] = out
+        fixed = align(heads * n) + align(2 * k)
+        cols = self.tiler.column_tile(fixed, n + 1, width, MAX_PACKAGE_COLS, 2)
+        for c0 in range(0, width, cols):
+            w = min(cols, width - c0)
+            slot = self._slot()
+            p_addr = slot.take(Buffer.VECTOR, heads * n)
+            i_addr = slot.take(Buffer.VECTOR, 2 * k)
+            s_addr = slot.take(Buffer.VECTOR, n * w)
+            d_addr = slot.take(Buffer.VECTOR, w)
+            loads = [_load(Buffer.VECTOR, p_addr, rows, heads, n, rows.strides[0]),
+                     _load(Buffer.VECTOR, i_addr, kept, 1, 2 * k, 2 * k),
+                     _load(Buffer.VECTOR, s_addr, x.slice(1, c0, c0 + w), n, w, x.strides[0])]
+            package = Instruction(Opcode.PACKAGE, n=n, cols=w, k=k, heads=heads, src_addr=s_addr, prob_addr=p_addr,
+                                  index_addr=i_addr, dst_addr=d_addr)
+            self.pipeline.tile(loads, [package], [_store(Buffer.VECTOR, d_addr, out.base + c0, 1, w, w)])
+        record.macs += (n - k) * width  # one multiply-accumulate per pruned element

@@ -16,7 +16,8 @@ from vitaccel.hw.spec.isa import ADDR_UNIT, LAYOUTS, Buffer, Opcode
 from vitaccel.sw.backend.emitter import SLOTS
 from vitaccel.sw.backend.memory import align
 
-__all__ = ["SlotPlan", "Tiler", "blocks", "MAX_M", "MAX_N", "MAX_ROWS", "MAX_COLS"]
+__all__ = ["SlotPlan", "Tiler", "blocks", "MAX_M", "MAX_N", "MAX_ROWS", "MAX_COLS", "MAX_GATHER_BYTES",
+           "MAX_PACKAGE_COLS"]
 
 
 def _field_max(opcode: Opcode, name: str) -> int:
@@ -28,6 +29,9 @@ MAX_M = _field_max(Opcode.GEMM, "m")
 MAX_N = _field_max(Opcode.GEMM, "n")
 MAX_ROWS = min(_field_max(Opcode.SOFTMAX, "rows"), _field_max(Opcode.LOAD, "rows"))
 MAX_COLS = _field_max(Opcode.SOFTMAX, "cols")
+#: Largest row, in bytes, one GATHER moves, and the most columns of one PACKAGE.
+MAX_GATHER_BYTES = _field_max(Opcode.GATHER, "cols")
+MAX_PACKAGE_COLS = _field_max(Opcode.PACKAGE, "cols")
 
 
 class SlotPlan:
@@ -83,6 +87,17 @@ class Tiler:
                 return m_tile, n_tile
             m_tile //= 2
         return 0, 0
+
+    def column_tile(self, fixed: int, per_column: int, width: int, max_cols: int, regions: int) -> int:
+        """Columns per tile of an op tiled by columns (GATHER, PACKAGE): ``fixed`` bytes plus
+        ``per_column`` bytes per column, in ``regions`` separately aligned regions, must fit one
+        vector slot (ValueError if not even one column does)."""
+        room = self.capacity[Buffer.VECTOR] - fixed - regions * ADDR_UNIT
+        cols = min(width, max_cols, room // max(per_column, 1))
+        if cols <= 0:
+            raise ValueError(f"one column ({per_column} bytes, plus {fixed}) does not fit the {self.config.name} "
+                             "vector buffer")
+        return cols
 
     def row_tiles(self, shape: tuple[int, ...], bytes_per_row: dict[Buffer, int],
                   fixed: dict[Buffer, int]) -> Iterator[tuple[tuple[int, ...], int, int]]:

@@ -12,7 +12,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "the config, and write program.bin, ddr.bin, manifest.json and program.lst to DIR.",
         epilog="examples:\n  vitaccel compile digits-vit --config tiny -o out/digits\n"
                "  vitaccel compile deit-small --config zcu102 --weights deit_small.pth -o out/deit-s\n"
-               "  vitaccel compile my_model.py:build --config tiny -o out/mine",
+               "  vitaccel compile my_model.py:build --config tiny -o out/mine\n"
+               "  vitaccel compile digits-vit --prune-tokens 0.7@1,2,3 -o out/digits-pruned",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", metavar="MODEL", help="zoo name (digits-vit, deit-tiny, deit-small, deit-base) "
                                                        "or path/to/file.py:function")
@@ -21,6 +22,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--calib", type=int, default=None, metavar="N", help="calibration images (default: 32, or 4 for 224x224 models)")
     parser.add_argument("--method", default="minmax", choices=("minmax", "percentile"),
                         help="activation range observer (default: minmax)")
+    parser.add_argument("--prune-tokens", metavar="KEEP[@P1,P2,..]", default=None,
+                        help="EViT token pruning on the top-k engine: keep ratio KEEP of the non-CLS tokens "
+                             "after blocks P1, P2, .. (1-based; default: SPViT's points scaled to the depth, "
+                             "1,2,3 for 4 blocks), e.g. 0.7 or 0.7@1,2,3")
+    parser.add_argument("--package-token", action="store_true",
+                        help="with --prune-tokens: fuse the pruned tokens into one package token (SPViT)")
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -37,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
                   TimeElapsedColumn(), console=console, disable=args.quiet, transient=False) as bar:
         task = bar.add_task("compiling", total=1.0)
         program = compile_model(args.model, args.config, args.output, weights=args.weights, calib=args.calib,
-                                method=args.method,
+                                method=args.method, prune_tokens=args.prune_tokens,
+                                package_token=args.package_token,
                                 progress=lambda text, fraction: bar.update(task, description=text, completed=fraction))
     m = program.manifest
     console.print(f"wrote {args.output}: {m['instructions']} instructions, {m['macs'] / 1e6:.1f} MMAC per image, "

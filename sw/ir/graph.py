@@ -29,6 +29,8 @@ Node kinds and float semantics (``x``, ``w`` ... are the inputs in order)
 ``softmax``      softmax over the last axis.
 ``concat``       ``cat(inputs, dim=attrs["dim"])``.
 ``sdpa``         ``scaled_dot_product_attention(q, k, v, scale=attrs["scale"])`` (no mask).
+``prune_tokens`` EViT token pruning ``(x [B, T, D], probs [B, H, T, T]) -> [B, k + 1 (+ 1), D]``:
+                 ``vitaccel.sw.prune.tokens.prune_tokens(x, probs, attrs["k"], attrs["package"])``.
 """
 
 from __future__ import annotations
@@ -46,13 +48,14 @@ __all__ = ["Node", "Graph", "Ref", "IRError", "KINDS", "call_aten", "evaluate_no
 KINDS = frozenset({
     "input", "const", "aten", "getitem", "identity", "layout", "linear", "patch_linear",
     "conv_patch", "matmul", "scale", "add", "layernorm", "gelu", "softmax", "concat", "sdpa",
+    "prune_tokens",
 })
 #: Number of inputs per kind (min, max).
 _ARITY = {
     "input": (0, 0), "const": (0, 0), "getitem": (1, 1), "identity": (1, 1), "layout": (1, 1),
     "linear": (2, 3), "patch_linear": (2, 3), "conv_patch": (2, 3), "matmul": (2, 2),
     "scale": (1, 1), "add": (2, 2), "layernorm": (3, 3), "gelu": (1, 1), "softmax": (1, 1),
-    "concat": (1, 64), "sdpa": (3, 3), "aten": (0, 64),
+    "concat": (1, 64), "sdpa": (3, 3), "aten": (0, 64), "prune_tokens": (2, 2),
 }
 
 
@@ -314,4 +317,8 @@ def evaluate_node(node: Node, ins: list[Any], images: torch.Tensor | None, batch
         return torch.cat(parts, dim=a["dim"])
     if k == "sdpa":
         return F.scaled_dot_product_attention(ins[0], ins[1], ins[2], scale=a["scale"])
+    if k == "prune_tokens":
+        from vitaccel.sw.prune.tokens import prune_tokens
+
+        return prune_tokens(ins[0], ins[1], a["k"], a.get("package", False))
     raise IRError(f"{node!r}: cannot evaluate kind {k!r}")

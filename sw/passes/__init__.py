@@ -23,24 +23,25 @@ from .fold_scale import FoldScaleIntoMatmul
 from .fuse_qkv import FuseQKV
 from .lower_aten import LowerAten
 from .patch_embed import PatchEmbedToLinear
+from .token_pruning import LowerTokenPruning
 from .transpose_b import MatmulTransposeB
 
 __all__ = [
     "Pass", "PIPELINE", "run_pipeline", "check_supported", "lower_model", "FoldConstants",
     "LowerAten", "EliminateIdentity", "ComposeLayouts", "ExpandAttention",
     "FoldScaleIntoMatmul", "PatchEmbedToLinear", "MatmulTransposeB", "ClassifyLayouts",
-    "FuseQKV", "DeadCodeElimination", "CANONICAL_KINDS",
+    "FuseQKV", "DeadCodeElimination", "LowerTokenPruning", "CANONICAL_KINDS",
 ]
 
 #: The passes in order; the sequence is repeated until a fixed point.
 PIPELINE: tuple[Callable[[], Pass], ...] = (
-    FoldConstants, LowerAten, EliminateIdentity, ComposeLayouts, ExpandAttention,
+    FoldConstants, LowerAten, LowerTokenPruning, EliminateIdentity, ComposeLayouts, ExpandAttention,
     FoldScaleIntoMatmul, PatchEmbedToLinear, MatmulTransposeB, ClassifyLayouts, FuseQKV,
     DeadCodeElimination,
 )
 #: Kinds the quantizer accepts (everything else is reported as unsupported).
 CANONICAL_KINDS = frozenset({"input", "const", "layout", "linear", "patch_linear", "matmul",
-                             "add", "layernorm", "gelu", "softmax", "concat"})
+                             "add", "layernorm", "gelu", "softmax", "concat", "prune_tokens"})
 _MAX_ROUNDS = 8
 
 

@@ -12,6 +12,10 @@ With ``package=True`` the pruned tokens are fused into one package token appende
 kept ones (SPViT eq. 8): ``P = sum_i(x_i * m_i) / sum_i(m_i)`` over the pruned tokens, ``m_i``
 their CLS attention (zero if every weight is zero, as :func:`vitaccel.sim.golden.topk.package_token`).
 At the next pruning point the package token is a candidate like any other token.
+
+A pruning step is one PyTorch operator, ``vitaccel::prune_tokens`` (:func:`prune_tokens`), so
+``torch.export`` captures a :class:`TokenPruningViT` whole and the compiler
+(``vitaccel compile --prune-tokens``) maps each step onto the top-k engine.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from torch import nn
 from vitaccel.sim.golden.topk import topk
 from vitaccel.sw.prune.heads import attention_layers, attention_with_probs, head_dim_of
 
-__all__ = ["TokenPruningViT", "count_macs", "default_pruning_points", "kept_tokens", "select_tokens"]
+__all__ = ["TokenPruningViT", "count_macs", "default_pruning_points", "kept_tokens", "select_tokens",
+           "prune_tokens", "parse_token_pruning"]
 
 #: SPViT's selector positions for 12-block DeiTs, as fractions of the depth (3, 6, 9 of 12).
 _POINT_FRACTIONS = (0.25, 0.5, 0.75)
@@ -46,6 +51,29 @@ def kept_tokens(candidates: int, keep: float) -> int:
     return max(1, min(candidates, math.ceil(keep * candidates - 1e-9)))
 
 
+def parse_token_pruning(text: str) -> tuple[float, tuple[int, ...] | None]:
+    """Parse ``KEEP[@P1,P2,...]`` (``vitaccel compile --prune-tokens``): the keep ratio and the
+    pruning points (None: :func:`default_pruning_points`). Raises ValueError saying what is wrong."""
+    keep_text, _, points_text = str(text).strip().partition("@")
+    try:
+        keep = float(keep_text)
+    except ValueError:
+        raise ValueError(f"token pruning {text!r}: the keep ratio {keep_text!r} is not a number "
+                         "(expected KEEP[@P1,P2,...], e.g. 0.7@1,2,3)") from None
+    if not 0.0 < keep <= 1.0:
+        raise ValueError(f"token pruning {text!r}: the keep ratio must be in (0, 1], got {keep}")
+    if not points_text:
+        if "@" in str(text):
+            raise ValueError(f"token pruning {text!r}: no pruning points after '@'")
+        return keep, None
+    try:
+        points = tuple(int(p) for p in points_text.split(","))
+    except ValueError:
+        raise ValueError(f"token pruning {text!r}: pruning points must be block numbers separated by "
+                         f"commas, got {points_text!r}") from None
+    return keep, points
+
+
 def _order_preserving_ints(scores: torch.Tensor) -> np.ndarray:
     """Integers that order exactly like non-negative finite float scores (their float32 bits)."""
     values = scores.detach().to(torch.float32).cpu().numpy()
@@ -58,6 +86,74 @@ def select_tokens(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Per row of ``scores [B, n]``, the ``k`` kept positions in ascending order (top-k engine rule)."""
     codes = _order_preserving_ints(scores)
     return torch.from_numpy(np.stack([topk(row, k)[0] for row in codes])).to(scores.device)
+
+
+def _cls_attention(probs: torch.Tensor) -> torch.Tensor:
+    """EViT's token scores: the attention CLS pays tokens ``1..T-1``, mean over heads ``[B, T-1]``."""
+    return probs[:, :, 0, 1:].mean(dim=1)
+
+
+def _keep_rows(x: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """CLS and the non-CLS tokens at positions ``kept [B, k]`` (counted from token 1)."""
+    index = kept[:, :, None].expand(-1, -1, x.shape[2])
+    return torch.cat([x[:, :1], torch.gather(x[:, 1:], 1, index)], dim=1)
+
+
+def _pruned(x: torch.Tensor, cls_attention: torch.Tensor, k: int, package: bool) -> torch.Tensor:
+    """CLS, the ``k`` tokens with the highest ``cls_attention [B, T-1]`` and, with ``package``,
+    the package token of the others (SPViT eq. 8, weights ``cls_attention``)."""
+    kept = select_tokens(cls_attention, k)  # [B, k], ascending
+    parts = [_keep_rows(x, kept)]
+    if package:
+        rest = x[:, 1:]
+        pruned = torch.ones_like(cls_attention, dtype=torch.bool).scatter(1, kept, False)
+        weights = cls_attention * pruned  # m_i of the pruned tokens, 0 elsewhere
+        total = weights.sum(1, keepdim=True)
+        fused = (rest * weights[:, :, None]).sum(1, keepdim=True)
+        parts.append(torch.where(total[:, :, None] > 0, fused / total.clamp_min(1e-30)[:, :, None],
+                                 torch.zeros_like(fused)))
+    return torch.cat(parts, dim=1)
+
+
+@torch.library.custom_op("vitaccel::prune_tokens", mutates_args=())
+def prune_tokens(x: torch.Tensor, probs: torch.Tensor, k: int, package: bool = False) -> torch.Tensor:
+    """One EViT pruning step as a single operator ``torch.export`` keeps whole.
+
+    ``x [B, T, D]`` tokens (CLS first), ``probs [B, H, T, T]`` the block's attention
+    probabilities; returns ``[B, k + 1 (+ 1), D]``: CLS, the ``k`` tokens with the highest
+    mean-over-heads CLS attention in ascending token order (:func:`select_tokens`) and, with
+    ``package``, the package token. The compiler lowers it (``vitaccel.sw.passes.LowerTokenPruning``)
+    to the QGraph's ``token_scores`` -> ``topk`` -> ``gather_tokens`` (-> ``package_token``).
+    Without ``package`` gradients flow to ``x`` only: the selection itself is not
+    differentiable (as in EViT). With ``package`` the operator has no gradient
+    (:class:`TokenPruningViT` trains through its plain PyTorch form).
+    """
+    return _pruned(x, _cls_attention(probs), k, package)
+
+
+@prune_tokens.register_fake
+def _prune_tokens_fake(x: torch.Tensor, probs: torch.Tensor, k: int, package: bool = False) -> torch.Tensor:
+    return x.new_empty((x.shape[0], k + 1 + int(package), x.shape[2]))
+
+
+def _prune_tokens_setup(ctx, inputs, output) -> None:
+    x, probs, k, package = inputs
+    ctx.x_shape, ctx.k, ctx.package = x.shape, k, package
+    ctx.save_for_backward(probs)  # the selection is recomputed: setup also runs on traced tensors
+
+
+def _prune_tokens_backward(ctx, grad: torch.Tensor):
+    if ctx.package:
+        raise RuntimeError("vitaccel::prune_tokens with package=True has no gradient; train TokenPruningViT")
+    (probs,) = ctx.saved_tensors
+    kept = select_tokens(_cls_attention(probs), ctx.k)
+    grad_x = grad.new_zeros(ctx.x_shape)
+    grad_x[:, :1] = grad[:, :1]
+    grad_x[:, 1:].scatter_(1, kept[:, :, None].expand(-1, -1, grad.shape[2]), grad[:, 1:])  # kept are distinct
+    return grad_x, None, None, None
+
+
+prune_tokens.register_autograd(_prune_tokens_backward, setup_context=_prune_tokens_setup)
 
 
 class TokenPruningViT(nn.Module):
@@ -104,19 +200,15 @@ class TokenPruningViT(nn.Module):
         return counts
 
     def _prune(self, x: torch.Tensor, cls_attention: torch.Tensor, keep: float) -> torch.Tensor:
-        candidates = x.shape[1] - 1
-        kept = select_tokens(cls_attention, kept_tokens(candidates, keep))  # [B, k], ascending
-        rest = x[:, 1:]
-        index = kept[:, :, None].expand(-1, -1, x.shape[2])
-        parts = [x[:, :1], torch.gather(rest, 1, index)]
-        if self.package:
-            pruned = torch.ones_like(cls_attention, dtype=torch.bool).scatter(1, kept, False)
-            weights = cls_attention * pruned  # m_i of the pruned tokens, 0 elsewhere
-            total = weights.sum(1, keepdim=True)
-            fused = (rest * weights[:, :, None]).sum(1, keepdim=True)
-            parts.append(torch.where(total[:, :, None] > 0, fused / total.clamp_min(1e-30)[:, :, None],
-                                     torch.zeros_like(fused)))
-        return torch.cat(parts, dim=1)
+        """CLS, the kept tokens by ``cls_attention [B, T-1]`` and, with ``package``, the package token."""
+        return _pruned(x, cls_attention, kept_tokens(x.shape[1] - 1, keep), self.package)
+
+    def _prune_block(self, x: torch.Tensor, probs: torch.Tensor, keep: float) -> torch.Tensor:
+        # One operator when exporting (so that the compiler captures it) and without the package
+        # token (its gradient is defined); the package token trains through plain PyTorch ops.
+        if not self.package or torch.compiler.is_exporting():
+            return prune_tokens(x, probs, kept_tokens(x.shape[1] - 1, keep), self.package)
+        return self._prune(x, _cls_attention(probs), keep)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         model = self.model
@@ -129,7 +221,7 @@ class TokenPruningViT(nn.Module):
             attended, probs = attention_with_probs(block.attn, block.norm1(x))
             x = x + attended
             x = x + block.mlp(block.norm2(x))
-            x = self._prune(x, probs[:, :, 0, 1:].mean(dim=1), self.keep[index])
+            x = self._prune_block(x, probs, self.keep[index])
         return model.head(model.norm(x)[:, 0])
 
 

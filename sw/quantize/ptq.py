@@ -224,6 +224,34 @@ class _Builder:
         return self.emit(node, "matmul", [a, b], out, transpose_b=transpose_b, requant=True,
                          multiplier=q.multiplier, shift=q.shift)
 
+    def do_prune_tokens(self, node: Node) -> str:
+        """EViT pruning on the top-k engine: ``token_scores`` (CLS rows summed over heads, which
+        ranks like EViT's mean) -> ``topk`` -> ``gather_tokens`` of the non-CLS tokens, then the
+        CLS token is put back in front and, with ``package``, the ``package_token`` of the pruned
+        ones appended (weighted by the same scores). Values keep the input's scale."""
+        x = self.operand(node.inputs[0])
+        probs = self.operand(node.inputs[1])
+        if self.tensors[probs].dtype != "uint8" or len(self.tensors[probs].shape) != 3:
+            raise UnsupportedOperator("prune_tokens", node.source, "its scores are not attention probabilities")
+        source = self.tensors[x]
+        tokens, width = source.shape
+        k = node.attrs["k"]
+        scores = self.add_tensor(f"{node.name}.scores", (tokens - 1,), "uint16", self.tensors[probs].scale)
+        self.emit(node, "token_scores", [probs], scores)
+        kept = self.add_tensor(f"{node.name}.kept", (k,), "uint16", 1.0)
+        self.emit(node, "topk", [scores], kept, k=k)
+        cls, rest = (self.emit(node, "slice", [x], self.add_tensor(f"{node.name}.{label}", (stop - start, width),
+                                                                    source.dtype, source.scale),
+                               axis=0, start=start, stop=stop)
+                     for label, start, stop in (("cls", 0, 1), ("rest", 1, tokens)))
+        gathered = self.add_tensor(f"{node.name}.gathered", (k, width), source.dtype, source.scale)
+        parts = [cls, self.emit(node, "gather_tokens", [rest, kept], gathered)]
+        if node.attrs.get("package"):
+            package = self.add_tensor(f"{node.name}.package", (1, width), source.dtype, source.scale)
+            parts.append(self.emit(node, "package_token", [rest, scores, kept], package))
+        out = self.add_tensor(node.name, (k + len(parts) - 1, width), source.dtype, source.scale)
+        return self.emit(node, "concat", parts, out, axis=0)
+
     def do_layout(self, node: Node) -> str:
         x = self.operand(node.inputs[0])
         source = self.tensors[x]

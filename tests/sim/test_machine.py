@@ -237,6 +237,88 @@ def test_topk_matches_kernel_with_ties(k):
             np.testing.assert_array_equal(got[row], topk.topk(scores[row], k)[0])
 
 
+@pytest.mark.parametrize("rows", [1, 3, 257])
+def test_topk_sum_rows_selects_by_column_sums(rows):
+    n, k = 12, 5
+    probs = RNG.integers(250, 256, (rows, n)).astype(np.uint8)  # sums near the 16-bit limit, ties
+    ddr = Ddr()
+    p_addr, out_addr = ddr.put(probs), ddr.reserve(k * 2)
+    dst = -(-probs.size // ADDR_UNIT)
+    run(ddr, [load(Buffer.VECTOR, 0, p_addr, probs)],
+        [Instruction(Opcode.TOPK, rows=rows, n=n, k=k, src_addr=0, dst_addr=dst, sum_rows=1)],
+        [store(Buffer.VECTOR, dst, out_addr, 1, k * 2)])
+    want = topk.topk(probs.astype(np.int64).sum(0), k)[0]
+    np.testing.assert_array_equal(ddr.get(out_addr, (k,), np.uint16), want)
+
+
+def test_topk_sum_rows_rejects_sums_wider_than_a_score():
+    with pytest.raises(InvalidOperandError, match="rows <= 257"):
+        run(Ddr(64), [], [Instruction(Opcode.TOPK, rows=258, n=1, k=1, sum_rows=1)], [])
+    with pytest.raises(InvalidOperandError, match="got rows=0"):
+        run(Ddr(64), [], [Instruction(Opcode.TOPK, rows=0, n=1, k=1, sum_rows=1)], [])
+
+
+def test_gather_copies_indexed_rows():
+    n, cols = 9, 20
+    source = int8((n, cols))
+    indices = np.array([0, 3, 3, 8, 5], dtype=np.uint16)  # any order, repeats allowed
+    ddr = Ddr()
+    s_addr, i_addr, out_addr = ddr.put(source), ddr.put(indices), ddr.reserve(indices.size * cols)
+    run(ddr, [load(Buffer.VECTOR, 0, s_addr, source), load(Buffer.VECTOR, 20, i_addr, indices)],
+        [Instruction(Opcode.GATHER, rows=indices.size, cols=cols, n=n, src_addr=0, dst_addr=30, index_addr=20)],
+        [store(Buffer.VECTOR, 30, out_addr, indices.size, cols)])
+    np.testing.assert_array_equal(ddr.get(out_addr, (indices.size, cols), np.int8), source[indices])
+
+
+def test_gather_errors():
+    indices = np.array([1, 4], dtype=np.uint16)
+    ddr = Ddr()
+    i_addr = ddr.put(indices)
+    with pytest.raises(InvalidOperandError, match=r"GATHER: index 4 \(entry 1 .*outside the 4 source rows") as err:
+        run(ddr, [load(Buffer.VECTOR, 0, i_addr, indices)],
+            [Instruction(Opcode.GATHER, rows=2, cols=3, n=4, src_addr=1, dst_addr=2, index_addr=0)], [])
+    assert err.value.code is ErrorCode.INVALID_OPERAND
+    vector_units = isa.buffer_bytes(CONFIG, Buffer.VECTOR) // ADDR_UNIT
+    with pytest.raises(AddressError, match="VECTOR access"):
+        run(Ddr(64), [], [Instruction(Opcode.GATHER, rows=1, cols=32, n=1, src_addr=vector_units - 1)], [])
+    with pytest.raises(InvalidOperandError, match="has_topk"):
+        run(Ddr(64), [], [Instruction(Opcode.GATHER, rows=1, cols=1, n=1)], [], config=CONFIG.replace(
+            has_sparse_attention=False, has_topk=False))
+
+
+@pytest.mark.parametrize("zero_scores", [False, True])
+def test_package_fuses_the_pruned_rows(zero_scores):
+    n, cols, heads = 10, 24, 3
+    x = edge_int8((n, cols))
+    probs = RNG.integers(0, 256, (heads, n)).astype(np.uint8) * (not zero_scores)
+    kept = np.array([1, 4, 7], dtype=np.uint16)
+    ddr = Ddr()
+    addrs = [ddr.put(a) for a in (x, probs, kept)]
+    out_addr = ddr.reserve(cols)
+    run(ddr, [load(Buffer.VECTOR, 20 * i, addr, a) for i, (addr, a) in enumerate(zip(addrs, (x, probs, kept)))],
+        [Instruction(Opcode.PACKAGE, n=n, cols=cols, k=kept.size, heads=heads, src_addr=0, prob_addr=20,
+                     index_addr=40, dst_addr=60)],
+        [store(Buffer.VECTOR, 60, out_addr, 1, cols)])
+    pruned = np.setdiff1d(np.arange(n), kept)
+    want = topk.package_token(x, probs.astype(np.int64).sum(0), pruned)
+    np.testing.assert_array_equal(ddr.get(out_addr, (cols,), np.int8), want)
+    assert zero_scores == (not want.any())
+
+
+def test_package_errors():
+    kept = np.array([0, 9], dtype=np.uint16)
+    ddr = Ddr()
+    k_addr = ddr.put(kept)
+    with pytest.raises(InvalidOperandError, match=r"PACKAGE: index 9 \(entry 1 .*outside the 4 source rows"):
+        run(ddr, [load(Buffer.VECTOR, 0, k_addr, kept)],
+            [Instruction(Opcode.PACKAGE, n=4, cols=2, k=2, heads=1, src_addr=1, prob_addr=2, index_addr=0,
+                         dst_addr=3)], [])
+    with pytest.raises(InvalidOperandError, match="rows <= 257"):
+        run(Ddr(64), [], [Instruction(Opcode.PACKAGE, n=4, cols=2, k=2, heads=300)], [])
+    with pytest.raises(InvalidOperandError, match="k <= n"):
+        run(Ddr(64), [], [Instruction(Opcode.PACKAGE, n=2, cols=2, k=3, heads=1)], [])
+
+
 @pytest.mark.parametrize("density", [0.0, 0.3, 1.0])
 def test_sparse_attention_matches_kernel(density):
     n, d = 12, 8

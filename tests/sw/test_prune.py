@@ -336,7 +336,7 @@ def test_pruning_benchmark_quick_records():
     dense = records[0]
     for r in records:
         assert 0.0 <= r["float_top1"] <= 1.0 and r["macs"] > 0 and "cycles" not in r
-        assert ("int8_top1" in r) == (not r["method"].startswith("tokens"))
+        assert "int8_top1" in r
     by_method = {r["method"]: r for r in records}
     assert by_method["nm-2:4"]["macs"] < dense["macs"] and by_method["nm-2:4"]["compressed_layers"] == 16
     assert by_method["tokens"]["macs"] <= 0.75 * dense["macs"]
