@@ -18,9 +18,12 @@ The on-chip buffers are :class:`amaranth.lib.memory.Memory` instances 16 bytes
 (``isa.ADDR_UNIT``) wide with byte write enables, ``isa.buffer_bytes`` deep. The load and store
 paths move one byte per cycle (any alignment and stride). The compute queue executes SYNC,
 FINISH, LUT_LOAD, GELU and LAYERNORM (through the non-linear unit's ``Gelu`` and
-``LayerNorm``), SOFTMAX (``Softmax``), ADD (elementwise, in the controller) and requantizing
-GEMMs (through the matrix engine, :mod:`vitaccel.hw.accel.gemm`); the other compute opcodes are
-not implemented yet and stop with ``INVALID_OPERAND`` (:data:`UNSUPPORTED_OPCODES`).
+``LayerNorm``), SOFTMAX (``Softmax``), ADD (elementwise, in the controller) and GEMM
+(through the matrix engine, :mod:`vitaccel.hw.accel.gemm`): requantizing to int8 in VECTOR,
+or raw int32 to ACC (one element per cycle through the ACC write port, with ``accumulate``
+adding the ACC partials); only ``accumulate`` together with ``requant`` stops with
+``INVALID_OPERAND``. The other compute opcodes are not implemented yet and stop with
+``INVALID_OPERAND`` too (:data:`UNSUPPORTED_OPCODES`).
 """
 
 from __future__ import annotations
@@ -50,9 +53,8 @@ ACCEL_TOP_NAME = "vitaccel_top"
 #: may not run more than this many instructions ahead in one queue of a queue it waits for.
 QUEUE_DEPTH = 32
 #: Opcodes the controller decodes but cannot execute yet: they stop with INVALID_OPERAND.
-#: GEMM runs on the matrix engine when it requantizes (``requant``; ``bias``, ``residual``,
-#: ``unsigned_a``, ``b_transposed`` any); ``accumulate`` or raw int32 output (no ``requant``)
-#: stop with INVALID_OPERAND (see :mod:`vitaccel.hw.accel.gemm`).
+#: GEMM runs on the matrix engine with any flags except ``accumulate`` together with
+#: ``requant`` (INVALID_OPERAND; see :mod:`vitaccel.hw.accel.gemm`).
 IMPLEMENTED_OPCODES = (Opcode.LOAD, Opcode.STORE, Opcode.SYNC, Opcode.FINISH, Opcode.LUT_LOAD, Opcode.GELU,
                        Opcode.GEMM, Opcode.ADD, Opcode.SOFTMAX, Opcode.LAYERNORM)
 UNSUPPORTED_OPCODES = tuple(op for op in Opcode if op not in IMPLEMENTED_OPCODES)
@@ -102,9 +104,10 @@ class _QueuePort:
 
 
 class _VectorPorts:
-    """The compute unit's use of the buffers' ports: VECTOR read and write, and the read
-    ports of the other buffers (GEMM operands and parameters). The compute unit has
-    priority; the load (write) and store (read) paths wait in the cycles it takes a port."""
+    """The compute unit's use of the buffers' ports: VECTOR read and byte write, ACC int32
+    write (raw GEMM output), and the read ports of the other buffers (GEMM operands and
+    parameters). The compute unit has priority; the load (write) and store (read) paths
+    wait in the cycles it takes a port."""
 
     def __init__(self):
         self.read = Signal(name="compute_vector_read")
@@ -112,6 +115,9 @@ class _VectorPorts:
         self.write = Signal(name="compute_vector_write")
         self.write_addr = Signal(24, name="compute_vector_write_addr")    # byte address
         self.write_data = Signal(8, name="compute_vector_write_data")
+        self.acc_write = Signal(name="compute_acc_write")
+        self.acc_write_addr = Signal(24, name="compute_acc_write_addr")   # byte address, 4-aligned
+        self.acc_write_data = Signal(32, name="compute_acc_write_data")
         #: (read enable, byte address) of every buffer's read port, VECTOR included.
         self.reads = {buffer: (Signal(name=f"compute_{buffer.name.lower()}_read"),
                                Signal(24, name=f"compute_{buffer.name.lower()}_read_addr"))
@@ -124,6 +130,11 @@ class _VectorPorts:
         for buffer, (read, _) in self.reads.items():
             result = result | (read & (buffer_bits == buffer.value))
         return result
+
+    def writing(self, buffer_bits) -> Value:
+        """1 if the compute unit takes the write port of the buffer ``buffer_bits`` selects."""
+        return ((self.write & (buffer_bits == Buffer.VECTOR.value))
+                | (self.acc_write & (buffer_bits == Buffer.ACC.value)))
 
 
 class AcceleratorCore(wiring.Component):
@@ -462,8 +473,9 @@ class AcceleratorCore(wiring.Component):
                       reads, writes, vector: _VectorPorts) -> None:
         """SYNC, FINISH, LUT_LOAD, GELU (one byte per cycle through the non-linear unit's ``Gelu``,
         lane 0), ADD (:meth:`_add_states`), LAYERNORM (:meth:`_layernorm_states`), SOFTMAX
-        (:meth:`_softmax_states`) and GEMM (:class:`~vitaccel.hw.accel.gemm.GemmController`); any
-        other opcode stops with INVALID_OPERAND."""
+        (:meth:`_softmax_states`) and GEMM (:class:`~vitaccel.hw.accel.gemm.GemmController`, which
+        writes VECTOR bytes and ACC int32 elements through ``vector``); any other opcode stops
+        with INVALID_OPERAND."""
         config = self.config
         vector_bytes = isa.buffer_bytes(config, Buffer.VECTOR)
         gelu = None
@@ -483,6 +495,8 @@ class AcceleratorCore(wiring.Component):
             with m.If(gemm.vector_write):
                 m.d.comb += [vector.write.eq(1), vector.write_addr.eq(gemm.vector_write_addr),
                              vector.write_data.eq(gemm.vector_write_data)]
+            m.d.comb += [vector.acc_write.eq(gemm.acc_write), vector.acc_write_addr.eq(gemm.acc_write_addr),
+                         vector.acc_write_data.eq(gemm.acc_write_data)]
         rows, cols = port.field(Opcode.GELU, "rows"), port.field(Opcode.GELU, "cols")
         src, dst = port.field(Opcode.GELU, "src_addr"), port.field(Opcode.GELU, "dst_addr")
         lut_offset, lut_count = port.field(Opcode.LUT_LOAD, "offset"), port.field(Opcode.LUT_LOAD, "count")
@@ -648,6 +662,12 @@ class AcceleratorCore(wiring.Component):
             m.d.comb += [write.addr.eq(vector.write_addr[_LANE_BITS:]),
                          write.data.eq(vector.write_data.replicate(ADDR_UNIT)),
                          write.en.eq(1 << vector.write_addr[:_LANE_BITS])]
+        write = writes[Buffer.ACC]
+        word_lane = vector.acc_write_addr[2:_LANE_BITS]   # int32 lane of the 16-byte row
+        with m.If(vector.acc_write):
+            m.d.comb += [write.addr.eq(vector.acc_write_addr[_LANE_BITS:]),
+                         write.data.eq(vector.acc_write_data.replicate(ADDR_UNIT // 4)),
+                         write.en.eq(Cat(*((word_lane == lane).replicate(4) for lane in range(ADDR_UNIT // 4))))]
 
     def _add_states(self, m: Module, port: _QueuePort, fail, index: Signal, elements: Signal, reads,
                     vector: _VectorPorts, *, src_out, src2_out, param_out, dst_out) -> None:
@@ -1027,7 +1047,7 @@ class AcceleratorCore(wiring.Component):
                     m.next = "MOVE"
             with m.State("MOVE"):
                 m.d.comb += active.eq(1)
-                with m.If(word_valid & ~(vector.write & (f["buffer"] == Buffer.VECTOR.value))):
+                with m.If(word_valid & ~vector.writing(f["buffer"])):
                     for buffer, write in writes.items():
                         m.d.comb += [write.addr.eq(byte_addr[_LANE_BITS:]),
                                      write.data.eq(byte.replicate(isa.ADDR_UNIT)),

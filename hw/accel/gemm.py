@@ -5,10 +5,15 @@ on :class:`~vitaccel.hw.matrix.engine.MatrixEngine`:
 
 1. **Checks** in the golden machine's order (``GoldenMachine._gemm``): empty shape,
    ``k > max_k``, residual without requant (INVALID_OPERAND); A, B, ACC partials, parameter
-   block (ADDRESS_OUT_OF_RANGE); then what the engine cannot do -- ``accumulate`` (ACC
-   partials) or no ``requant`` (raw int32 output) -- INVALID_OPERAND; then the output
-   region (ADDRESS_OUT_OF_RANGE); then a scan of the parameter block's values (multiplier
-   outside 0..2^31-1, shift outside 1..MAX_SHIFT: INVALID_OPERAND, as ``requantize``).
+   block (ADDRESS_OUT_OF_RANGE); then what the engine cannot do -- ``accumulate`` together
+   with ``requant`` (the post-processor has no per-element addend) -- INVALID_OPERAND where
+   the golden machine runs it. A requantizing GEMM then checks its VECTOR output region
+   (ADDRESS_OUT_OF_RANGE) and scans the parameter block's values (multiplier outside
+   0..2^31-1, shift outside 1..MAX_SHIFT: INVALID_OPERAND, as ``requantize``). A raw GEMM
+   (no ``requant``) whose ACC output region is out of range stops with ADDRESS_OUT_OF_RANGE
+   at once if its sums cannot overflow int32 (no ``bias``, 32-bit accumulators); otherwise it
+   runs *dry* (nothing written) so that an overflow, which the golden machine checks first,
+   still wins.
 2. **Plan**: the engine's command word (:func:`vitaccel.hw.spec.matrix.plan_gemm`), with
    ``block_tiles`` / ``n_blocks`` computed by short iterations instead of dividers.
 3. **Run**: a *feeder* gathers A and B words byte by byte from INPUT / WEIGHT (zero padding,
@@ -18,15 +23,29 @@ on :class:`~vitaccel.hw.matrix.engine.MatrixEngine`:
    residual rows (VECTOR at ``out_addr``), and writes each output row's in-range bytes to
    VECTOR at ``out_addr``. Feeder and drain run concurrently, so the engine's double
    buffers never deadlock.
+4. **Raw int32 output** (no ``requant``): the drain takes the engine's ``output_acc`` row
+   (A @ B before bias), adds the tile's biases (``bias``) and, with ``accumulate``, the
+   row's ACC partials at ``acc_addr`` (gathered before the row, one int32 per cycle), and
+   writes one whole int32 element per cycle to ACC at ``acc_addr`` (``acc_write``, 4 byte
+   enables). A sum outside int32 stops the GEMM with INVALID_OPERAND when it ends (as the
+   golden machine's check); from that element on nothing more is written.
+
+Differences from the golden machine (programs that break them are malformed anyway): the
+parameter block is read per tile while outputs are written, so a raw GEMM whose ACC output
+overlaps its own bias block reads biases it already overwrote (the golden machine reads the
+block first); after an int32 overflow the ACC output region holds the elements drained
+before the overflowing one (the golden machine writes nothing).
 
 Every buffer is read through a synchronous read port (address this cycle, data the next);
 the controller drives ``<buffer>_read`` / ``<buffer>_read_addr`` (byte address) and
-receives the 16-byte word in ``<buffer>_read_data``; the core gives it priority.
+receives the 16-byte word in ``<buffer>_read_data``; the core gives it priority. Writes go
+through ``vector_write`` (one byte) and ``acc_write`` (one 4-byte-aligned int32), which the
+core also serves first.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal
+from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -132,7 +151,8 @@ class GemmController(wiring.Component):
         self.config = config
         members = {"word": In(isa.INSTRUCTION_BITS), "start": In(1), "done": Out(1), "error": Out(1),
                    "error_code": Out(ErrorCode),
-                   "vector_write": Out(1), "vector_write_addr": Out(_ADDR_BITS), "vector_write_data": Out(8)}
+                   "vector_write": Out(1), "vector_write_addr": Out(_ADDR_BITS), "vector_write_data": Out(8),
+                   "acc_write": Out(1), "acc_write_addr": Out(_ADDR_BITS), "acc_write_data": Out(32)}
         for buffer in READ_BUFFERS:
             name = buffer.name.lower()
             members[f"{name}_read"] = Out(1)
@@ -162,23 +182,26 @@ class GemmController(wiring.Component):
                                             "b_transposed")}
         a_base, b_base = f("a_addr") * ADDR_UNIT, f("b_addr") * ADDR_UNIT
         out_base, param_base = f("out_addr") * ADDR_UNIT, f("param_addr") * ADDR_UNIT
+        acc_base = f("acc_addr") * ADDR_UNIT
 
         # ---- checks (registered in CALC, tested in CHECK, golden order) ---------------------
         size = {buf: isa.buffer_bytes(cfg, buf) for buf in Buffer}
-        invalid_shape, a_out, b_out, acc_out, param_out, unsupported, out_out = (
+        invalid_shape, a_out, b_out, acc_out, param_out, unsupported, out_out, raw_out = (
             Signal(name=n) for n in ("invalid_shape", "a_out", "b_out", "acc_out", "param_out", "unsupported",
-                                     "out_out"))
+                                     "out_out", "raw_out"))
+        acc_region_out = acc_base + mm * nn * 4 > size[Buffer.ACC]   # partials / raw output (int32)
         k_words, m_tiles, n_tiles = Signal(16), Signal(16), Signal(16)
         m.d.sync += [
             invalid_shape.eq((mm == 0) | (kk == 0) | (nn == 0) | (kk > cfg.max_k)
                              | (flags["residual"] & ~flags["requant"])),
             a_out.eq(a_base + mm * kk > size[Buffer.INPUT]),
             b_out.eq(b_base + kk * nn > size[Buffer.WEIGHT]),
-            acc_out.eq(flags["accumulate"] & (f("acc_addr") * ADDR_UNIT + mm * nn * 4 > size[Buffer.ACC])),
+            acc_out.eq(flags["accumulate"] & acc_region_out),
             param_out.eq((flags["bias"] | flags["requant"])
                          & (param_base + nn * (3 * _PARAM_BYTES) > size[Buffer.ACC])),
-            unsupported.eq(flags["accumulate"] | ~flags["requant"]),
+            unsupported.eq(flags["accumulate"] & flags["requant"]),
             out_out.eq(out_base + mm * nn > size[Buffer.VECTOR]),
+            raw_out.eq(acc_region_out),
             k_words.eq(_ceil_div(kk, b)), m_tiles.eq(_ceil_div(mm, tr)), n_tiles.eq(_ceil_div(nn, tc)),
         ]
 
@@ -197,6 +220,11 @@ class GemmController(wiring.Component):
 
         def fail(code):
             return [self.error.eq(1), self.error_code.eq(code)]
+
+        # Raw GEMMs: a sum outside int32 (sticky until the end), a run that writes nothing.
+        overflow, dry = Signal(), Signal()
+        # Without bias, 32-bit accumulators (which hold any max_k-long A @ B) cannot overflow.
+        may_overflow = flags["bias"] | (cfg.acc_width > 32)
 
         # Parameter values: multipliers in 0..2^31-1, shifts in 1..MAX_SHIFT (int32 words).
         scan_index = Signal(16)
@@ -224,12 +252,19 @@ class GemmController(wiring.Component):
                 with m.Elif(unsupported):
                     m.d.comb += fail(ErrorCode.INVALID_OPERAND)
                     m.next = "IDLE"
-                with m.Elif(out_out):
+                with m.Elif(flags["requant"]):
+                    with m.If(out_out):
+                        m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.d.sync += [scan_index.eq(0), scan_captured.eq(0), dry.eq(0)]
+                        m.next = "SCAN_PARAMS"
+                with m.Elif(raw_out & ~may_overflow):
                     m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
                     m.next = "IDLE"
-                with m.Else():
-                    m.d.sync += [scan_index.eq(0), scan_captured.eq(0)]
-                    m.next = "SCAN_PARAMS"
+                with m.Else():   # raw: no parameter values to check
+                    m.d.sync += dry.eq(raw_out)
+                    m.next = "PLAN_TILES"
             with m.State("SCAN_PARAMS"):   # golden requantize rejects these before writing anything
                 m.d.comb += scan_read.eq(scan_index < 2 * nn)
                 m.d.sync += [scan_index.eq(scan_index + 1), scan_captured.eq(scan_read),
@@ -257,7 +292,12 @@ class GemmController(wiring.Component):
                     m.next = "RUN"
             with m.State("RUN"):
                 with m.If(feed_done & drain_done):
-                    m.d.comb += self.done.eq(1)
+                    with m.If(overflow):
+                        m.d.comb += fail(ErrorCode.INVALID_OPERAND)
+                    with m.Elif(dry):
+                        m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                    with m.Else():
+                        m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
 
         # ---- feeder: per block, its B words, then every band's A panel ----------------------
@@ -320,7 +360,7 @@ class GemmController(wiring.Component):
                                     with m.Else():
                                         m.next = "GATHER_B"
 
-        # ---- drain: parameter word per tile, residual row and output row per row ------------
+        # ---- drain: parameter word per tile, residual / partials row and output row per row --
         d_block, d_band, d_tile, d_row = Signal(16), Signal(16), Signal(16), Signal(range(max(tr, 2)))
         d_col = Signal(range(max(tc, 2)))
         d_col_base = (d_block * block_tiles + d_tile) * tc
@@ -329,11 +369,15 @@ class GemmController(wiring.Component):
         def locate_param(o, i):   # o = field (bias, multiplier, shift), i = lane
             col = d_col_base + i
             return (param_base + (o * nn + col) * _PARAM_BYTES,
-                    (col < nn) & ((o != 0) | flags["bias"]))
+                    (col < nn) & Mux(o == 0, flags["bias"], flags["requant"]))
 
         def locate_residual(o, i):
             col = d_col_base + i
             return out_base + d_row_abs * nn + col, (col < nn) & (d_row_abs < mm)
+
+        def locate_partial(o, i):
+            col = d_col_base + i
+            return acc_base + (d_row_abs * nn + col) * 4, (col < nn) & (d_row_abs < mm)
 
         acc_read, acc_addr, acc_data = self.read_port(Buffer.ACC)
         vec_read, vec_addr, vec_data = self.read_port(Buffer.VECTOR)
@@ -341,7 +385,10 @@ class GemmController(wiring.Component):
                            data=acc_data, locate=locate_param)
         residual = _Gatherer(m, "residual_gather", outer=1, inner=tc, elem_bits=8, data=vec_data,
                              locate=locate_residual)
-        m.d.comb += [acc_read.eq(params.read | scan_read), acc_addr.eq(Mux(scan_read, scan_addr, params.read_addr)),
+        partials = _Gatherer(m, "partial_gather", outer=1, inner=tc, elem_bits=32, data=acc_data,
+                             locate=locate_partial)
+        m.d.comb += [acc_read.eq(params.read | scan_read | partials.read),
+                     acc_addr.eq(Mux(scan_read, scan_addr, Mux(partials.read, partials.read_addr, params.read_addr))),
                      vec_read.eq(residual.read), vec_addr.eq(residual.read_addr),
                      engine.residual.payload.eq(residual.word)]
         param_word = engine.params.payload
@@ -354,38 +401,54 @@ class GemmController(wiring.Component):
         with m.If(engine.params.valid & engine.params.ready):
             m.d.sync += params_valid.eq(0)
         out_col = d_col_base + d_col
-        m.d.comb += [self.vector_write_addr.eq(out_base + d_row_abs * nn + out_col),
+        out_index = Signal(32)
+        out_in_range = (out_col < nn) & (d_row_abs < mm)
+        m.d.comb += [out_index.eq(d_row_abs * nn + out_col),
+                     self.vector_write_addr.eq(out_base + out_index),
                      self.vector_write_data.eq(engine.output.payload.as_value().word_select(d_col, 8))]
+        # Raw output: A @ B (+ bias) (+ partials), checked against int32 (golden order).
+        raw_sum = Signal(signed(cfg.acc_width + 2))
+        bias_lane = params.word.word_select(d_col, 32).as_signed()   # field 0: the biases
+        partial_lane = partials.word.word_select(d_col, 32).as_signed()
+        m.d.comb += [raw_sum.eq(engine.output_acc[d_col] + Mux(flags["bias"], bias_lane, 0)
+                                + Mux(flags["accumulate"], partial_lane, 0)),
+                     self.acc_write_addr.eq(acc_base + out_index * 4),
+                     self.acc_write_data.eq(raw_sum[:32])]
+        raw_overflows = (raw_sum < -(1 << 31)) | (raw_sum >= (1 << 31))
 
         with m.FSM(name="gemm_drain"):
             with m.State("IDLE"):
                 m.d.comb += drain_done.eq(1)
                 with m.If(drain_start):
-                    m.d.sync += [d_block.eq(0), d_band.eq(0), d_tile.eq(0), d_row.eq(0), params_valid.eq(0)]
+                    m.d.sync += [d_block.eq(0), d_band.eq(0), d_tile.eq(0), d_row.eq(0), params_valid.eq(0),
+                                 overflow.eq(0)]
                     m.next = "PARAMS"
-            with m.State("PARAMS"):
-                m.d.comb += params.start.eq(1)
+            with m.State("PARAMS"):   # a raw GEMM without bias reads none (the engine's word is unused)
+                m.d.comb += params.start.eq(flags["requant"] | flags["bias"])
                 m.next = "WAIT_PARAMS"
             with m.State("WAIT_PARAMS"):
                 with m.If(~params.busy):
                     m.d.sync += params_valid.eq(1)
                     m.next = "ROW"
-            with m.State("ROW"):
-                with m.If(flags["residual"]):
-                    m.d.comb += residual.start.eq(1)
-                    m.next = "WAIT_RESIDUAL"
+            with m.State("ROW"):   # residual (requant) and accumulate (raw) exclude each other
+                m.d.comb += [residual.start.eq(flags["residual"]), partials.start.eq(flags["accumulate"])]
+                with m.If(flags["residual"] | flags["accumulate"]):
+                    m.next = "WAIT_ROW"
                 with m.Else():
                     m.next = "OFFER"
-            with m.State("WAIT_RESIDUAL"):
-                with m.If(~residual.busy):
+            with m.State("WAIT_ROW"):
+                with m.If(~residual.busy & ~partials.busy):
                     m.next = "OFFER"
             with m.State("OFFER"):   # the engine emits when the tile is done; the row arrives next cycle
                 m.d.comb += engine.residual.valid.eq(flags["residual"])
                 with m.If(engine.output.valid):
                     m.d.sync += d_col.eq(0)
                     m.next = "WRITE"
-            with m.State("WRITE"):   # one byte per cycle; padding columns and rows are dropped
-                m.d.comb += self.vector_write.eq((out_col < nn) & (d_row_abs < mm))
+            with m.State("WRITE"):   # one element per cycle; padding columns and rows are dropped
+                m.d.comb += [self.vector_write.eq(out_in_range & flags["requant"]),
+                             self.acc_write.eq(out_in_range & ~flags["requant"] & ~dry & ~overflow & ~raw_overflows)]
+                with m.If(out_in_range & ~flags["requant"] & raw_overflows):
+                    m.d.sync += overflow.eq(1)
                 m.d.sync += d_col.eq(d_col + 1)
                 with m.If(d_col == tc - 1):
                     m.d.comb += engine.output.ready.eq(1)

@@ -9,7 +9,8 @@ end in FINISH), the status register, and the error code and pc.
 Where the hardware legitimately differs from the golden machine the program says so:
 ``expect_code`` fixes the hardware's error code (WATCHDOG has no golden counterpart; opcodes
 in :data:`~vitaccel.hw.accel.core.UNSUPPORTED_OPCODES` stop with INVALID_OPERAND, and so do
-parameters a unit is not built for, such as another LAYERNORM table width).
+parameters a unit is not built for, such as another LAYERNORM table width, and a GEMM with
+both ``accumulate`` and ``requant``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ __all__ = ["Program", "random_dma_program", "gelu_program", "add_program", "soft
 
 STATUS_DONE, STATUS_ERROR = 0b010, 0b100
 _DDR_BASE = 0x0
-_PROGRAM_ADDR = 0x20000
+_PROGRAM_ADDR = 0x20000   # the program goes here, or past a larger DDR image (4 KiB aligned)
 _RAM_BYTES = 0x40000
 
 
@@ -254,13 +255,18 @@ def layernorm_program(rng: random.Random, config: AccelConfig, ddr_size: int, *,
 
 def gemm_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, m: int, k: int, n: int,
                  bias: bool = True, residual: bool = False, unsigned_a: bool = False, b_transposed: bool = False,
-                 extreme: bool = False) -> tuple[list[int], np.ndarray]:
+                 extreme: bool = False, requant: bool = True, accumulate: bool = False,
+                 bias_limit: int = 1 << 14) -> tuple[list[int], np.ndarray]:
     """LOAD A (INPUT), B (WEIGHT), a parameter block (ACC) and, with ``residual``, the
-    residual (VECTOR); one requantizing GEMM; STORE the int8 result. Returns (words, DDR).
+    residual (VECTOR); one GEMM; STORE its result. Returns (words, DDR).
 
+    With ``requant`` the result is int8 in VECTOR. Without it the GEMM is raw: int32 sums
+    to ACC (after the parameter block), with ``accumulate`` added to random int32 partials
+    loaded there first (within ``±bias_limit``), and the STORE writes the int32 result.
     ``extreme`` fills A and B with their range limits (-128 / 127, or 0 / 255 for an
     unsigned A) so that accumulators and outputs saturate; otherwise values are random and
-    the per-channel scales keep most outputs inside int8.
+    the per-channel scales keep most outputs inside int8. Biases are random within
+    ``±bias_limit`` (their int32 limits with ``bias_limit=1 << 31``).
     """
     a_lo, a_hi = (0, 255) if unsigned_a else (-128, 127)
     if extreme:
@@ -271,15 +277,20 @@ def gemm_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, m: i
         a = np.array([[rng.randint(a_lo, a_hi) for _ in range(k)] for _ in range(m)], np.int64)
         b = np.array([[rng.randint(-128, 127) for _ in range(n)] for _ in range(k)], np.int64)
     b_stored = b.T if b_transposed else b
-    biases = [rng.randint(-(1 << 14), 1 << 14) for _ in range(n)]
+    biases = [rng.randint(-bias_limit, bias_limit - 1) for _ in range(n)]
     multipliers = [rng.randrange(1 << 30, 1 << 31) for _ in range(n)]
     shifts = [rng.randrange(36, 44) for _ in range(n)]
     params = np.array(biases + multipliers + shifts, "<i4")
     res = np.array([[rng.randint(-128, 127) for _ in range(n)] for _ in range(m)], np.int64)
+    partials = np.array([rng.randint(-bias_limit, bias_limit - 1) for _ in range(m * n if accumulate else 0)],
+                        "<i4")
     chunks = [a.astype(np.uint8 if unsigned_a else np.int8).tobytes(), b_stored.astype(np.int8).tobytes(),
-              params.tobytes(), res.astype(np.int8).tobytes()]
-    ddr, offsets, free_at = _ddr_image(rng, ddr_size, chunks, reserve=m * n, what=f"GEMM {m}x{k}x{n}")
+              params.tobytes(), res.astype(np.int8).tobytes(), partials.tobytes()]
+    out_bytes = m * n if requant else 4 * m * n
+    ddr, offsets, free_at = _ddr_image(rng, ddr_size, chunks, reserve=out_bytes, what=f"GEMM {m}x{k}x{n}")
     a_at, b_at, p_at, out_at = rng.randrange(0, 4), rng.randrange(0, 4), rng.randrange(0, 4), rng.randrange(0, 4)
+    # A raw output goes after the parameter block (which the hardware reads while writing it).
+    acc_at = 0 if requant else p_at + -(-len(chunks[2]) // isa.ADDR_UNIT) + rng.randrange(0, 3)
 
     def dma(opcode: Opcode, buffer: Buffer, sram: int, dram: int, nbytes: int, **flags: int) -> Instruction:
         return Instruction(opcode, buffer=buffer, sram_addr=sram, dram_addr=dram, rows=1, row_bytes=nbytes,
@@ -288,13 +299,17 @@ def gemm_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, m: i
     transfers = [(Buffer.INPUT, a_at, 0), (Buffer.WEIGHT, b_at, 1), (Buffer.ACC, p_at, 2)]
     if residual:
         transfers.append((Buffer.VECTOR, out_at, 3))
+    if accumulate:
+        transfers.append((Buffer.ACC, acc_at, 4))
     # The last LOAD hands the compute queue its token: LOADs retire in order.
+    out_buffer, out_unit = (Buffer.VECTOR, out_at) if requant else (Buffer.ACC, acc_at)
     program = [dma(Opcode.LOAD, buffer, sram, offsets[i], len(chunks[i]), push_next=int(j == len(transfers) - 1))
                for j, (buffer, sram, i) in enumerate(transfers)] + [
-        Instruction(Opcode.GEMM, m=m, k=k, n=n, requant=1, bias=int(bias), residual=int(residual),
-                    unsigned_a=int(unsigned_a), b_transposed=int(b_transposed), a_addr=a_at, b_addr=b_at,
-                    param_addr=p_at, out_addr=out_at, pop_prev=1, push_next=1),
-        dma(Opcode.STORE, Buffer.VECTOR, out_at, free_at, m * n, pop_prev=1, push_prev=1),
+        Instruction(Opcode.GEMM, m=m, k=k, n=n, requant=int(requant), accumulate=int(accumulate), bias=int(bias),
+                    residual=int(residual), unsigned_a=int(unsigned_a), b_transposed=int(b_transposed),
+                    a_addr=a_at, b_addr=b_at, param_addr=p_at, out_addr=out_at, acc_addr=acc_at,
+                    pop_prev=1, push_next=1),
+        dma(Opcode.STORE, out_buffer, out_unit, free_at, out_bytes, pop_prev=1, push_prev=1),
         Instruction(Opcode.FINISH, pop_next=1),
     ]
     return [encode(instr) for instr in program], ddr
@@ -318,6 +333,7 @@ def bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
     # FINISH must wait for the store queue (golden: FINISH with work queued is an error).
     finish_after_store = encode(Instruction(Opcode.FINISH, pop_next=1))
     vector_bytes = isa.buffer_bytes(config, Buffer.VECTOR)
+    acc_units = isa.buffer_bytes(config, Buffer.ACC) // 16
     reserved = isa.LAYOUTS[Opcode.SYNC]["reserved"].offset
     cases = [
         ("zero word", [load(), 0, finish], None),
@@ -342,10 +358,15 @@ def bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
         ("circular wait", [load(pop_next=1, push_next=1),
                            encode(Instruction(Opcode.SYNC, queue=Queue.COMPUTE, pop_prev=1, push_prev=1)),
                            finish], None),
-        # GEMM without requant (raw int32 to ACC) or with accumulate: the engine cannot.
-        ("unsupported gemm", [encode(Instruction(Opcode.GEMM, m=1, k=1, n=1)), finish], ErrorCode.INVALID_OPERAND),
+        # A raw GEMM of the zeros ACC holds at unit 0 (runs); accumulate with requant: the
+        # engine's post-processor cannot add partials (the golden machine runs it).
+        ("gemm raw", [encode(Instruction(Opcode.GEMM, m=1, k=1, n=1)), finish], None),
         ("gemm accumulate", [encode(Instruction(Opcode.GEMM, m=1, k=1, n=1, requant=1, accumulate=1)), finish],
          ErrorCode.INVALID_OPERAND),
+        ("gemm raw output out of range", [encode(Instruction(Opcode.GEMM, m=4, k=1, n=5, acc_addr=acc_units - 1)),
+                                          finish], None),
+        ("gemm partials out of range", [encode(Instruction(Opcode.GEMM, m=2, k=1, n=3, accumulate=1,
+                                                           acc_addr=acc_units - 1)), finish], None),
         ("gemm a out of range", [encode(Instruction(Opcode.GEMM, m=2, k=16, n=1, requant=1,
                                                     a_addr=isa.buffer_bytes(config, Buffer.INPUT) // 16 - 1)),
                                  finish], None),
@@ -370,6 +391,25 @@ def bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
         ddr = np.zeros(ddr_size, np.uint8)
         ddr[:12] = np.frombuffer(np.array([0, multiplier, shift], "<i4").tobytes(), np.uint8)
         out.append(Program(name, params_from_ddr, ddr))
+    # Raw GEMMs whose int32 sums overflow (A = 1 at DDR 0, B = 1 / -1 at DDR 16 / 32, the
+    # bias block at DDR 48, a partial at DDR 64): the golden machine checks the overflow
+    # before the output region, so an out-of-range output still reports INVALID_OPERAND.
+    raw_loads = [load(buffer=Buffer.INPUT), load(buffer=Buffer.WEIGHT, dram_addr=16),
+                 load(buffer=Buffer.WEIGHT, sram_addr=1, dram_addr=32),
+                 load(buffer=Buffer.ACC, dram_addr=48), load(buffer=Buffer.ACC, sram_addr=1, dram_addr=64, push_next=1)]
+    raw_cases = [  # (name, bias, partial, GEMM fields)
+        ("gemm raw bias overflow", (1 << 31) - 1, 0, dict(bias=1, acc_addr=2)),
+        ("gemm raw overflow, output out of range", (1 << 31) - 1, 0, dict(bias=1, acc_addr=acc_units)),
+        ("gemm raw output out of range, bias", 5, 0, dict(m=3, n=7, bias=1, acc_addr=acc_units - 1)),
+        ("gemm accumulate overflow", 0, -(1 << 31), dict(b_addr=1, accumulate=1, acc_addr=1)),
+    ]
+    for name, bias_value, partial, fields in raw_cases:
+        ddr = np.zeros(ddr_size, np.uint8)
+        ddr[0], ddr[16], ddr[32] = 1, 1, 0xFF
+        ddr[48:52] = np.frombuffer(np.array([bias_value], "<i4").tobytes(), np.uint8)
+        ddr[64:68] = np.frombuffer(np.array([partial], "<i4").tobytes(), np.uint8)
+        gemm = encode(Instruction(Opcode.GEMM, **{"m": 1, "k": 1, "n": 1, **fields}, pop_prev=1))
+        out.append(Program(name, [*raw_loads, gemm, finish], ddr))
     # ADD: a shift the rounding rule rejects, an empty ADD (whose parameter block, at ACC
     # unit 0, the programs after it use), then operand checks in the golden machine's order.
     for name, unit, shift in (("add shift too large", 1, 63), ("add empty", 0, 62)):
@@ -379,7 +419,6 @@ def bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
                                        sram_stride=12, push_next=1),
                                   encode(Instruction(Opcode.ADD, rows=0, cols=5, param_addr=unit, pop_prev=1)),
                                   finish], ddr))
-    acc_units = isa.buffer_bytes(config, Buffer.ACC) // 16
     add_cases = [("add source2 out of range", dict(rows=2, cols=9, src2_addr=vector_bytes // 16 - 1,
                                                    param_addr=acc_units)),
                  ("add params out of range", dict(rows=1, cols=4, param_addr=acc_units)),
@@ -506,6 +545,12 @@ def default_programs(config: AccelConfig, *, seed: int, quick: bool, ddr_size: i
     for m, k, n, flags in gemms[:1 if quick else 2]:
         words, ddr = gemm_program(rng, config, ddr_size, m=m, k=k, n=n, **flags)
         programs.append(Program(f"gemm {m}x{k}x{n}", words, ddr))
+    # Raw int32 GEMMs to ACC: bias and unsigned A; ACC partials, transposed B, range limits.
+    raw_gemms = [(5, 7, 6, dict(bias=True, unsigned_a=True)),
+                 (6, 5, 9, dict(bias=False, accumulate=True, b_transposed=True, extreme=True, bias_limit=1 << 30))]
+    for m, k, n, flags in raw_gemms[:1 if quick else 2]:
+        words, ddr = gemm_program(rng, config, ddr_size, m=m, k=k, n=n, requant=False, **flags)
+        programs.append(Program(f"raw gemm {m}x{k}x{n}", words, ddr))
     # Residual ADDs in the controller: a saturating one with the widest multipliers, in place.
     adds = [(3, 11, 23000, 17000, 15, dict()),
             (2, 9, (1 << 32) - 1, (1 << 31) + 5, 38, dict(in_place=True, extreme=True))]
@@ -534,7 +579,7 @@ def default_programs(config: AccelConfig, *, seed: int, quick: bool, ddr_size: i
 def run_program_case(config: AccelConfig, *, seed: int = 0, simulator: str = "verilator",
                      program_dir: str | Path | None = None, words: list[int] | None = None,
                      ddr: np.ndarray | None = None, quick: bool = False, backpressure: float = 0.3,
-                     max_latency: int = 4, max_cycles: int = 200_000, program_offset: int = 0) -> dict[str, Any]:
+                     max_latency: int = 4, max_cycles: int | None = None, program_offset: int = 0) -> dict[str, Any]:
     """Programs on the RTL and on the golden machine, compared (see the module docstring).
 
     Parameters
@@ -543,6 +588,10 @@ def run_program_case(config: AccelConfig, *, seed: int = 0, simulator: str = "ve
         A compiled program directory (``sw.program.load_program``) to run once.
     words, ddr : optional
         One program and its DDR image to run (instead of the default suite).
+    max_cycles : int, optional
+        Cycles to wait for each program's interrupt (then it counts as a hang); default
+        200 000 for the default suite, 10 000 000 for a given program (a compiled tiny
+        digits-vit takes about 0.9 M).
     program_offset : int
         Bytes added to the program's DDR address (not a multiple of 16: unaligned fetch).
 
@@ -565,18 +614,19 @@ def run_program_case(config: AccelConfig, *, seed: int = 0, simulator: str = "ve
         programs = [Program("program", list(words), np.asarray(ddr, np.uint8).copy())]
     else:
         programs = default_programs(config, seed=seed, quick=quick)
+    if max_cycles is None:
+        max_cycles = 200_000 if program_dir is None and words is None else 10_000_000
     golden_outcomes(config, programs)
     biggest = max(p.ddr.size for p in programs)
-    if biggest > _PROGRAM_ADDR - _DDR_BASE:
-        raise ValueError(f"DDR image of {biggest} bytes does not fit below the program at {_PROGRAM_ADDR:#x}")
+    program_addr = max(_PROGRAM_ADDR, -(-(_DDR_BASE + biggest) // 4096) * 4096)
     if not 0 <= program_offset < 4096:
         raise ValueError(f"program_offset must be in 0..4095, got {program_offset}")
-    ram_bytes = max(_RAM_BYTES, _PROGRAM_ADDR + program_offset + 16 * max(len(p.words) for p in programs))
+    ram_bytes = max(_RAM_BYTES, program_addr + program_offset + 16 * max(len(p.words) for p in programs))
     with tempfile.TemporaryDirectory(prefix="vitaccel-accel-") as tmp:
         case_file, result_file = Path(tmp) / "case.json", Path(tmp) / "result.json"
         case_file.write_text(json.dumps({
             "seed": seed, "ram_bytes": ram_bytes, "backpressure": backpressure, "max_latency": max_latency,
-            "ddr_base": _DDR_BASE, "program_addr": _PROGRAM_ADDR + program_offset, "max_cycles": max_cycles,
+            "ddr_base": _DDR_BASE, "program_addr": program_addr + program_offset, "max_cycles": max_cycles,
             "programs": [{"name": p.name, "words": [f"{w:x}" for w in p.words], "ddr": p.ddr.tobytes().hex(),
                           "watchdog": p.watchdog} for p in programs]}))
         run_testbench(verilog=emit_verilog(accelerator_top(config), ACCEL_TOP_NAME), toplevel=ACCEL_TOP_NAME,

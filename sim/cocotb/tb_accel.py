@@ -15,13 +15,15 @@ import random
 
 import cocotb
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, RisingEdge
+from cocotb.triggers import ClockCycles, First, RisingEdge, Timer
+from cocotb.utils import get_sim_time
 from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 
 from vitaccel.hw.spec.regmap import register
 from vitaccel.sim.cocotb.axi_models import stressed_ram
 from vitaccel.sim.runner import tb_params, write_tb_output
 
+_CLOCK_NS = 10   # testbench clock period
 #: Counters read back after every program.
 COUNTERS = ("TOTAL_CYCLES", "BUSY_CYCLES_LOAD", "BUSY_CYCLES_COMPUTE", "BUSY_CYCLES_STORE",
             "STALL_CYCLES_LOAD", "STALL_CYCLES_COMPUTE", "STALL_CYCLES_STORE", "DMA_READ_BYTES",
@@ -35,7 +37,7 @@ async def accel_programs(dut):
     with open(p["case_file"]) as handle:
         case = json.load(handle)
     rng = random.Random(case["seed"])
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    cocotb.start_soon(Clock(dut.clk, _CLOCK_NS, unit="ns").start())
     dut.rst.value = 1
     ram = stressed_ram(dut, rng, size=case["ram_bytes"], backpressure=case["backpressure"],
                        max_latency=case["max_latency"])
@@ -63,10 +65,12 @@ async def accel_programs(dut):
         await write("DDR_SIZE", len(program["ddr"]) // 2)
         await write("WATCHDOG_LIMIT", program.get("watchdog", 0))
         await write("CONTROL", 1)
-        waited = 0
-        while not dut.interrupt.value and waited < case["max_cycles"]:
+        # Wait in the simulator (no Python per cycle): long compiled programs run faster.
+        started = get_sim_time(unit="ns")
+        if not dut.interrupt.value:
+            await First(RisingEdge(dut.interrupt), Timer(case["max_cycles"] * _CLOCK_NS, unit="ns"))
             await RisingEdge(dut.clk)
-            waited += 1
+        waited = round((get_sim_time(unit="ns") - started) / _CLOCK_NS)
         record = {"name": program["name"], "interrupt": bool(dut.interrupt.value), "waited": waited,
                   "status": await read("STATUS"), "error_code": await read("ERROR_CODE"),
                   "error_pc": await read("ERROR_PC"), "interrupt_status": await read("INTERRUPT_STATUS")}

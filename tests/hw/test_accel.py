@@ -220,7 +220,7 @@ def test_programs_match_golden_machine():
     dma.append(Program("gelu", gelu_program(rng, TINY, ddr_size, rows=2, cols=5, lut_offset=16, lut_count=240),
                        np.frombuffer(rng.randbytes(ddr_size), np.uint8).copy()))
     wanted = ("zero word", "lut_load past the table", "ddr out of range", "store dram stride overlap", "circular wait", "missing finish",
-              "unsupported gemm", "gemm accumulate", "gemm a out of range", "gemm residual without requant",
+              "gemm raw", "gemm accumulate", "gemm a out of range", "gemm residual without requant",
               "gemm zero k", "gemm output out of range", "gemm negative multiplier", "gemm zero shift")
     bad = [p for p in bad_programs(TINY, ddr_size) if p.name in wanted]
     assert len(bad) == len(wanted)
@@ -253,6 +253,16 @@ GEMM_CASES = [
     (4, 16, 4, dict(bias=True, b_transposed=True, extreme=True)),
     (2, 3, 8, dict(bias=True, unsigned_a=True, residual=True, extreme=True)),
 ]
+#: Raw int32 GEMMs to ACC (no requant): with and without bias, unsigned A, transposed B,
+#: biases and partials near the int32 limits, ACC partials (accumulate).
+RAW_GEMM_CASES = [
+    (5, 7, 6, dict(requant=False, bias=True)),
+    (3, 9, 5, dict(requant=False, bias=False, unsigned_a=True, b_transposed=True)),
+    (4, 16, 4, dict(requant=False, bias=True, extreme=True, bias_limit=1 << 30)),
+    (6, 5, 9, dict(requant=False, bias=True, accumulate=True, extreme=True)),
+    (7, 3, 5, dict(requant=False, bias=False, accumulate=True, unsigned_a=True, b_transposed=True,
+                   bias_limit=1 << 30)),
+]
 
 
 #: A weight scratchpad of 1 KiB holds 4 tiles of a k=64 panel: n=20 (5 tiles) needs two B
@@ -260,8 +270,10 @@ GEMM_CASES = [
 SMALL_SPAD = dataclasses.replace(TINY, name="tiny-small-spad", max_k=64, weight_spad_kib=1, input_spad_kib=1)
 
 
-@pytest.mark.parametrize("config, cases", [(TINY, GEMM_CASES), (SMALL_SPAD, [(5, 64, 20, dict(bias=True))])],
-                         ids=["tiny", "two-blocks"])
+@pytest.mark.parametrize("config, cases", [
+    (TINY, GEMM_CASES), (TINY, RAW_GEMM_CASES),
+    (SMALL_SPAD, [(5, 64, 20, dict(bias=True)), (5, 64, 20, dict(requant=False, bias=True, accumulate=True))]),
+], ids=["tiny", "tiny-raw", "two-blocks"])
 def test_gemm_programs_match_golden_machine(config, cases):
     rng = random.Random(11)
     ddr_size = 4096
@@ -272,15 +284,40 @@ def test_gemm_programs_match_golden_machine(config, cases):
     golden_outcomes(config, programs)
     results = _simulate(programs, ddr_size, config)
     saturated = 0
-    for program, (out, ddr) in zip(programs, results):
+    for (m, k, n, flags), program, (out, ddr) in zip(cases, programs, results):
         assert program.golden["code"] is ErrorCode.NONE, program.golden
         assert ErrorCode(out["ERROR_CODE"]) is ErrorCode.NONE, program.name
         assert out["STATUS"] == 0b010, program.name
         want = program.golden["ddr"].tobytes()
         assert ddr == want, f"{program.name}: DDR differs from the golden machine"
-        result = np.frombuffer(want, np.int8)
-        saturated += int(np.count_nonzero((result == -128) | (result == 127)))
-    assert saturated > 0   # outputs reached the int8 limits (the extreme cases saturate)
+        store = isa.decode(program.words[-2])   # the result: int8, or int32 for a raw GEMM
+        assert store.opcode is Opcode.STORE
+        raw = not flags.get("requant", True)
+        stored = program.golden["ddr"][store.dram_addr:store.dram_addr + store.row_bytes]
+        result = stored.view("<i4" if raw else np.int8)
+        assert result.size == m * n
+        limit = np.iinfo(result.dtype)
+        saturated += int(np.count_nonzero((result == limit.min) | (result == limit.max)))
+        if raw and flags.get("bias_limit", 0) >= 1 << 30:   # the wide biases / partials reach high bits
+            assert np.abs(result.astype(np.int64)).max() >= 1 << 24, program.name
+    if cases is GEMM_CASES:
+        assert saturated > 0   # outputs reached the int8 limits (the extreme cases saturate)
+
+
+#: Raw GEMMs that must stop: outputs or partials out of ACC, int32 overflows (of a bias, of a
+#: partial, and with the output also out of range: the overflow wins, as in the golden machine).
+RAW_GEMM_BAD = ("gemm raw output out of range", "gemm partials out of range", "gemm raw bias overflow",
+                "gemm raw overflow, output out of range", "gemm raw output out of range, bias",
+                "gemm accumulate overflow")
+
+
+def test_raw_gemm_bad_programs_stop():
+    ddr_size = 1024
+    bad = [p for p in bad_programs(TINY, ddr_size) if p.name in RAW_GEMM_BAD]
+    assert len(bad) == len(RAW_GEMM_BAD)
+    golden_outcomes(TINY, bad)
+    assert {p.golden["code"] for p in bad} == {ErrorCode.INVALID_OPERAND, ErrorCode.ADDRESS_OUT_OF_RANGE}
+    _assert_bad_programs_stop(bad, _simulate(bad, ddr_size))
 
 
 # -- ADD in the controller ---------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The whole accelerator as emitted Verilog under cocotb: programs against the golden
-machine with random AXI back-pressure and read latency, bad programs, and ``vitaccel emit``."""
+machine with random AXI back-pressure and read latency, bad programs, a compiled ViT (slow),
+and ``vitaccel emit``."""
 
 from __future__ import annotations
 
@@ -42,6 +43,19 @@ def test_programs_bit_exact_icarus():
 @pytest.mark.parametrize("seed", [11, 12, 13])
 def test_programs_bit_exact_more_seeds(seed):
     _check(run_program_case(TINY, seed=seed, simulator="verilator", backpressure=0.5, max_latency=10))
+
+
+@pytest.mark.cocotb
+@pytest.mark.slow
+def test_compiled_vit_bit_exact_verilator(tmp_path):
+    """A compiled tiny digits-vit end to end (LOAD / STORE / SYNC, requantizing and raw
+    attention-score GEMMs, SOFTMAX, LAYERNORM, GELU, ADD): about 0.9 M cycles, minutes."""
+    from vitaccel.sw.compile import compile_model
+
+    compile_model("digits-vit", "tiny", tmp_path / "program", calib=4)
+    result = run_program_case(TINY, program_dir=tmp_path / "program", simulator="verilator", max_cycles=3_000_000)
+    assert result["passed"], json.dumps(result["mismatches"], indent=1)
+    assert [p["error_code"] for p in result["programs"]] == ["NONE"]
 
 
 def test_emit_tiny_package_lints_clean(tmp_path):
