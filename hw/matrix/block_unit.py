@@ -1,19 +1,23 @@
-"""One block unit: a ``b x b`` output block held stationary, ``b**3`` multipliers."""
+"""One block unit: a ``b x b`` output block held stationary, ``b**3`` multipliers (with an N:M
+non-zero selection stage in front of them when built for sparse weights)."""
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..spec.nm import check_nm, index_bits
 from .layouts import block_control_layout
 
 __all__ = ["BlockUnit", "block_operand_layouts"]
 
 
-def block_operand_layouts(block_size: int, a_width: int, b_width: int) -> tuple[data.ArrayLayout, data.ArrayLayout]:
-    """Layouts of one ``b x b`` A block (``[row][kk]``) and B block (``[kk][col]``)."""
-    a = data.ArrayLayout(data.ArrayLayout(signed(a_width), block_size), block_size)
+def block_operand_layouts(block_size: int, a_width: int, b_width: int,
+                          a_span: int | None = None) -> tuple[data.ArrayLayout, data.ArrayLayout]:
+    """Layouts of one A block (``[row][lane]``, ``b x a_span``, ``a_span = b`` by default) and
+    B block (``[kk][col]``, ``b x b``)."""
+    a = data.ArrayLayout(data.ArrayLayout(signed(a_width), a_span or block_size), block_size)
     b = data.ArrayLayout(data.ArrayLayout(signed(b_width), block_size), block_size)
     return a, b
 
@@ -27,6 +31,14 @@ class BlockUnit(wiring.Component):
     a grid of units has no long wires. On a ``last`` step the finished sums are copied into
     ``result`` (the accumulator buffer) while the next tile starts accumulating.
 
+    Built with ``nm = (N, M)``, the B block holds ``b`` compressed slots and ``meta_in``
+    (forwarded south with B as ``meta_out``) their in-group indices; the A block spans
+    ``b * M / N`` k's (``b / N`` groups of ``M``). The **selection stage** gives multiplier
+    ``(i, j, kk)`` the activation ``a[i][g * M + meta[kk][j]]`` of its slot's group
+    ``g = kk // N``: one M:1 multiplexer per multiplier, so every multiplier does useful
+    work on every step. (Dense steps use the same path: the engine lays the dense A word out
+    so that the index ``kk % N`` picks ``a[i][kk]``.)
+
     Parameters
     ----------
     block_size : int
@@ -35,34 +47,61 @@ class BlockUnit(wiring.Component):
         Signed operand widths.
     acc_width : int
         Signed accumulator width.
+    nm : tuple[int, int] or None
+        ``(N, M)`` of the sparse weights, ``N`` dividing ``block_size``; None: dense only.
     """
 
-    def __init__(self, *, block_size: int, a_width: int, b_width: int, acc_width: int):
+    def __init__(self, *, block_size: int, a_width: int, b_width: int, acc_width: int,
+                 nm: tuple[int, int] | None = None):
         for name, value in (("block_size", block_size), ("a_width", a_width), ("b_width", b_width),
                             ("acc_width", acc_width)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if acc_width < a_width + b_width:
             raise ValueError(f"acc_width={acc_width} cannot hold one {a_width}x{b_width}-bit product")
-        self.block_size = block_size
-        a_layout, b_layout = block_operand_layouts(block_size, a_width, b_width)
+        a_span = block_size
+        if nm is not None:
+            check_nm(*nm)
+            if block_size % nm[0]:
+                raise ValueError(f"nm: N={nm[0]} must divide block_size={block_size}")
+            a_span = block_size // nm[0] * nm[1]
+        self.block_size, self.nm = block_size, nm
+        a_layout, b_layout = block_operand_layouts(block_size, a_width, b_width, a_span)
         result = data.ArrayLayout(data.ArrayLayout(signed(acc_width), block_size), block_size)
-        super().__init__({
+        ports = {
             "a_in": In(a_layout), "b_in": In(b_layout), "ctl_in": In(block_control_layout()),
             "a_out": Out(a_layout), "b_out": Out(b_layout), "ctl_out": Out(block_control_layout()),
             "result": Out(result),
-        })
+        }
+        if nm is not None:
+            meta = data.ArrayLayout(data.ArrayLayout(unsigned(index_bits(nm[1])), block_size), block_size)
+            ports.update(meta_in=In(meta), meta_out=Out(meta))
+        super().__init__(ports)
+
+    def _operand(self, m: Module, i: int, j: int, kk: int):
+        """A operand of multiplier ``(i, j, kk)``: ``a[i][kk]``, or the selection stage's pick."""
+        if self.nm is None:
+            return self.a_in[i][kk]
+        n, group = self.nm
+        width = self.a_in.shape().elem_shape.elem_shape.width
+        start = kk // n * group * width
+        lanes = self.a_in[i].as_value()[start:start + group * width]
+        selected = Signal(self.a_in.shape().elem_shape.elem_shape, name=f"sel_{i}_{j}_{kk}")
+        m.d.comb += selected.eq(lanes.word_select(self.meta_in[kk][j], width))
+        return selected
 
     def elaborate(self, platform):
         m = Module()
         b = self.block_size
         m.d.sync += [self.a_out.eq(self.a_in), self.b_out.eq(self.b_in), self.ctl_out.eq(self.ctl_in)]
+        if self.nm is not None:
+            m.d.sync += self.meta_out.eq(self.meta_in)
         acc_shape = self.result.shape().elem_shape.elem_shape
         for i in range(b):
             for j in range(b):
                 acc = Signal(acc_shape, name=f"acc_{i}_{j}")
                 total = Signal(acc_shape, name=f"sum_{i}_{j}")
-                dot = sum(self.a_in[i][kk] * self.b_in[kk][j] for kk in range(b))
+                dot = sum(self._operand(m, i, j, kk) * self.b_in[kk][j] for kk in range(b))
                 m.d.comb += total.eq(Mux(self.ctl_in.first, 0, acc) + dot)
                 with m.If(self.ctl_in.valid):
                     m.d.sync += acc.eq(total)

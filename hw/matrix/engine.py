@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal
+import numpy as np
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..spec.config import AccelConfig
-from ..spec.matrix import a_half_words, b_half_words
+from ..spec.matrix import a_half_words, b_half_words, nm_words_per_step
+from ..spec.nm import pack_index_rows
 from .grid import BlockGrid
 from .layouts import EngineLayouts, block_control_layout
 from .postprocess import PostProcessor
@@ -57,6 +59,24 @@ class MatrixEngine(wiring.Component):
     per tile, ``residual`` one row per output row (only if the command enables it). Every
     stream may stall at any cycle.
 
+    **Sparse mode** (only built when ``config.nm_sparsity = (N, M)``; per command by its
+    ``nm`` bit, so dense GEMMs such as attention scores run on the same engine): B words hold
+    compressed k-slots, and each comes with a metadata word on ``b_meta`` (the two streams
+    handshake together). One sparse k-step needs ``S = b * M / N`` activations per row, i.e.
+    ``R = M / N`` ordinary A words. The A scratchpad is split into ``R`` banks of the
+    ordinary A word width, and A word ``i`` of a panel is stored in bank ``i % R`` at
+    ``i // R``: the loader, the ``a_load`` port and the scratchpad's total size are the same
+    in both modes (``a_load`` needs ``R`` beats per sparse step, which the double buffer
+    hides behind the ``block_tiles`` tiles that reuse a panel when there are ``R`` or more). A sparse step reads one row
+    of all banks (``S`` k's), a dense step one word from bank ``k % R``. We chose banks over
+    one ``S``-wide scratchpad word because the wide word would hold only ``b`` useful lanes
+    in dense mode, halving (2:4) the dense panel a scratchpad half holds, and over two reads
+    per step because that would halve the sparse issue rate. The grid's A input is ``S``
+    lanes wide: in dense mode the word's lane ``kk`` sits at ``(kk // N) * M + kk % N`` and
+    the metadata is the constant ``kk % N``, so the units' selection multiplexers (see
+    :class:`~vitaccel.hw.matrix.block_unit.BlockUnit`) serve both modes and the dense
+    products, hence results, are the same as on a dense-only engine.
+
     Parameters
     ----------
     config : AccelConfig
@@ -70,7 +90,7 @@ class MatrixEngine(wiring.Component):
         self.layouts = layouts = EngineLayouts(config)
         self.a_half_words = a_half_words(config)
         self.b_half_words = b_half_words(config)
-        super().__init__({
+        ports = {
             "command": In(stream.Signature(layouts.command)),
             "a_load": In(stream.Signature(layouts.a_word)),
             "b_load": In(stream.Signature(layouts.b_word)),
@@ -79,22 +99,38 @@ class MatrixEngine(wiring.Component):
             "output": Out(stream.Signature(layouts.out_row)),
             "output_acc": Out(layouts.accumulators.elem_shape),
             "busy": Out(1),
-        })
+        }
+        if layouts.meta_word is not None:
+            ports["b_meta"] = In(stream.Signature(layouts.meta_word))
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
         cfg, lay = self.config, self.layouts
-        m.submodules.a_spad = a_spad = memory.Memory(shape=lay.a_word, depth=2 * self.a_half_words, init=[])
+        nm = cfg.nm_sparsity
+        banks = nm_words_per_step(cfg)          # R: A words per sparse step
+        bank_bits = banks.bit_length() - 1      # R is a power of two
+        bank_half = self.a_half_words // banks  # words of one bank in one half
+        a_ports = []
+        for bank in range(banks):
+            spad = memory.Memory(shape=lay.a_word, depth=2 * bank_half, init=[])
+            m.submodules["a_spad" if banks == 1 else f"a_spad{bank}"] = spad
+            a_ports.append((spad.write_port(), spad.read_port()))
         m.submodules.b_spad = b_spad = memory.Memory(shape=lay.b_word, depth=2 * self.b_half_words, init=[])
         m.submodules.grid = grid = BlockGrid(cfg)
         m.submodules.post = post = PostProcessor(cfg)
-        a_write, a_read = a_spad.write_port(), a_spad.read_port()
         b_write, b_read = b_spad.write_port(), b_spad.read_port()
+        if nm is not None:
+            m.submodules.meta_spad = meta_spad = memory.Memory(shape=lay.meta_word, depth=2 * self.b_half_words,
+                                                               init=[])
+            meta_write, meta_read = meta_spad.write_port(), meta_spad.read_port()
 
         cmd = Signal(lay.command)
         active = Signal()
         m.d.comb += [self.busy.eq(active), self.command.ready.eq(~active)]
         last_k = cmd.k_words - 1
+        # A words per panel: R per k-step in sparse mode.
+        last_a = last_k if nm is None else Mux(cmd.nm, (cmd.k_words << bank_bits) - 1, last_k)
 
         def tiles_in_block(block):
             return Mux(block == cmd.n_blocks - 1, cmd.last_block_tiles, cmd.block_tiles)
@@ -104,15 +140,17 @@ class MatrixEngine(wiring.Component):
         # -- A loader: panels in order, every band once per B block -----------------------
         a_k, a_band, a_block, a_done = (Signal(16, name="a_k"), Signal(16, name="a_band"),
                                         Signal(16, name="a_block"), Signal(name="a_done"))
-        m.d.comb += [
-            self.a_load.ready.eq(active & ~a_done & a_buf.can_write),
-            a_write.addr.eq(Mux(a_buf.write_half, self.a_half_words, 0) + a_k),
-            a_write.data.eq(self.a_load.payload),
-            a_write.en.eq(self.a_load.valid & self.a_load.ready),
-        ]
+        m.d.comb += self.a_load.ready.eq(active & ~a_done & a_buf.can_write)
+        for bank, (a_write, _) in enumerate(a_ports):
+            write = self.a_load.valid & self.a_load.ready
+            m.d.comb += [
+                a_write.addr.eq(Mux(a_buf.write_half, bank_half, 0) + (a_k >> bank_bits)),
+                a_write.data.eq(self.a_load.payload),
+                a_write.en.eq(write & (a_k[:bank_bits] == bank) if bank_bits else write),
+            ]
         with m.If(self.a_load.valid & self.a_load.ready):
             m.d.sync += a_k.eq(a_k + 1)
-            with m.If(a_k == last_k):
+            with m.If(a_k == last_a):
                 m.d.sync += [a_k.eq(0), a_band.eq(a_band + 1)]
                 a_buf.filled(m)
                 with m.If(a_band == cmd.m_tiles - 1):
@@ -124,12 +162,22 @@ class MatrixEngine(wiring.Component):
         b_k, b_tile, b_block, b_ptr, b_done = (Signal(16, name="b_k"), Signal(16, name="b_tile"),
                                                Signal(16, name="b_block"), Signal(16, name="b_ptr"),
                                                Signal(name="b_done"))
+        b_can_load = active & ~b_done & b_buf.can_write
         m.d.comb += [
-            self.b_load.ready.eq(active & ~b_done & b_buf.can_write),
             b_write.addr.eq(Mux(b_buf.write_half, self.b_half_words, 0) + b_ptr),
             b_write.data.eq(self.b_load.payload),
             b_write.en.eq(self.b_load.valid & self.b_load.ready),
         ]
+        if nm is None:
+            m.d.comb += self.b_load.ready.eq(b_can_load)
+        else:  # a sparse B word and its metadata word are written together
+            m.d.comb += [
+                self.b_load.ready.eq(b_can_load & (~cmd.nm | self.b_meta.valid)),
+                self.b_meta.ready.eq(b_can_load & cmd.nm & self.b_load.valid),
+                meta_write.addr.eq(b_write.addr),
+                meta_write.data.eq(self.b_meta.payload),
+                meta_write.en.eq(b_write.en),
+            ]
         with m.If(self.b_load.valid & self.b_load.ready):
             m.d.sync += [b_k.eq(b_k + 1), b_ptr.eq(b_ptr + 1)]
             with m.If(b_k == last_k):
@@ -149,11 +197,16 @@ class MatrixEngine(wiring.Component):
         tile_in_flight = Signal()
         issue = Signal()
         step_is_last = c_k == last_k
+        # Sparse steps read row c_k of every bank, dense steps word c_k of bank c_k % R.
+        a_row = c_k if nm is None else Mux(cmd.nm, c_k, c_k >> bank_bits)
         m.d.comb += [
             issue.eq(active & ~c_done & a_buf.can_read & b_buf.can_read & ~(step_is_last & tile_in_flight)),
-            a_read.addr.eq(Mux(a_buf.read_half, self.a_half_words, 0) + c_k),
             b_read.addr.eq(Mux(b_buf.read_half, self.b_half_words, 0) + c_ptr),
         ]
+        for _, a_read in a_ports:
+            m.d.comb += a_read.addr.eq(Mux(a_buf.read_half, bank_half, 0) + a_row)
+        if nm is not None:
+            m.d.comb += meta_read.addr.eq(b_read.addr)
         ctl = Signal(block_control_layout())  # aligned with the scratchpads' read data
         m.d.sync += [ctl.valid.eq(issue), ctl.first.eq(c_k == 0), ctl.last.eq(step_is_last)]
         with m.If(issue):
@@ -170,10 +223,26 @@ class MatrixEngine(wiring.Component):
                             m.d.sync += c_done.eq(1)
 
         # A operands widen by one bit: sign-extended, or zero-extended in unsigned-A mode.
+        b = cfg.block_size
+        if nm is None:
+            lanes = {kk: a_ports[0][1].data for kk in range(b)}
+        else:
+            n, group = nm
+            dense_bank = Signal(bank_bits, name="dense_bank")  # aligned with the read data
+            m.d.sync += dense_bank.eq(c_k[:bank_bits])
+            dense_word = Signal(lay.a_word, name="dense_a")
+            m.d.comb += dense_word.eq(Cat(*[read.data for _, read in a_ports]).word_select(dense_bank, lay.a_word.size))
+            lanes = {lane: a_ports[lane // b][1].data for lane in range(lay.a_span)}
+            # Dense lane kk goes where the unit's index kk % N of group kk // N picks it.
+            placed = {kk // n * group + kk % n: kk for kk in range(b)}
+            dense_meta = pack_index_rows(np.tile(np.arange(b) % n, (cfg.tile_cols, 1)).T, group, rows_per_word=b)[0]
+            m.d.comb += grid.meta.eq(Mux(cmd.nm, meta_read.data, Const(dense_meta, lay.meta_word.size)))
         for row in range(cfg.tile_rows):
-            for kk in range(cfg.block_size):
-                raw = a_read.data[row][kk]
-                m.d.comb += grid.a[row][kk].eq(Mux(cmd.unsigned_a, raw, raw.as_signed()))
+            for lane in range(lay.a_span):
+                raw = lanes[lane][row][lane % b]
+                if nm is not None and lane in placed:
+                    raw = Mux(cmd.nm, raw, dense_word[row][placed[lane]])
+                m.d.comb += grid.a[row][lane].eq(Mux(cmd.unsigned_a, raw, raw.as_signed()))
         m.d.comb += [grid.b.eq(b_read.data), grid.ctl.eq(ctl)]
 
         # -- drain: accumulator buffer -> post-processor -> output register ----------------

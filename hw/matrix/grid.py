@@ -31,6 +31,9 @@ class BlockGrid(wiring.Component):
     of block column ``c`` by ``c`` cycles so that matching operands meet in unit ``(r, c)``
     ``r + c`` cycles after they enter. Control travels with A.
 
+    With ``nm_sparsity`` the grid also takes the metadata word (``meta``), which travels with
+    B; each unit's A block then spans one sparse step (see :class:`BlockUnit`).
+
     ``captured`` is high in the cycle the last unit (the one furthest from the feeder)
     stores a finished tile: from the next cycle all of ``result`` holds that tile.
     """
@@ -38,16 +41,26 @@ class BlockGrid(wiring.Component):
     def __init__(self, config: AccelConfig):
         self.config = config
         self.layouts = EngineLayouts(config)
-        super().__init__({
+        ports = {
             "a": In(self.layouts.a_operand), "b": In(self.layouts.b_word), "ctl": In(block_control_layout()),
             "result": Out(self.layouts.accumulators), "captured": Out(1),
-        })
+        }
+        if self.layouts.meta_word is not None:
+            ports["meta"] = In(self.layouts.meta_word)
+        super().__init__(ports)
+
+    def _columns(self, word, c: int):
+        """Block column ``c``'s ``b x b`` part of a ``[kk][col]`` word (B or metadata)."""
+        b = self.config.block_size
+        bits = word.shape().elem_shape.elem_shape.width
+        return Cat(*[word[kk].as_value()[c * b * bits:(c + 1) * b * bits] for kk in range(b)])
 
     def elaborate(self, platform):
         m = Module()
         cfg = self.config
         b, rows, cols, w = cfg.block_size, cfg.block_rows, cfg.block_cols, cfg.operand_width
-        units = [[BlockUnit(block_size=b, a_width=w + 1, b_width=w, acc_width=cfg.acc_width)
+        nm = cfg.nm_sparsity
+        units = [[BlockUnit(block_size=b, a_width=w + 1, b_width=w, acc_width=cfg.acc_width, nm=nm)
                   for _ in range(cols)] for _ in range(rows)]
         a_bits = self.a.as_value()
         block_a_bits = len(a_bits) // rows
@@ -62,10 +75,13 @@ class BlockGrid(wiring.Component):
                 else:
                     m.d.comb += [unit.a_in.eq(units[r][c - 1].a_out), unit.ctl_in.eq(units[r][c - 1].ctl_out)]
                 if r == 0:
-                    columns = Cat(*[self.b[kk].as_value()[c * b * w:(c + 1) * b * w] for kk in range(b)])
-                    m.d.comb += unit.b_in.eq(_delayed(m, columns, c, f"b_skew{c}"))
+                    m.d.comb += unit.b_in.eq(_delayed(m, self._columns(self.b, c), c, f"b_skew{c}"))
+                    if nm is not None:
+                        m.d.comb += unit.meta_in.eq(_delayed(m, self._columns(self.meta, c), c, f"meta_skew{c}"))
                 else:
                     m.d.comb += unit.b_in.eq(units[r - 1][c].b_out)
+                    if nm is not None:
+                        m.d.comb += unit.meta_in.eq(units[r - 1][c].meta_out)
                 for i in range(b):
                     for j in range(b):
                         m.d.comb += self.result[r * b + i][c * b + j].eq(unit.result[i][j])

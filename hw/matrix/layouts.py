@@ -6,7 +6,8 @@ from amaranth.hdl import signed, unsigned
 from amaranth.lib import data
 
 from ..spec.config import AccelConfig
-from ..spec.matrix import COMMAND_FIELDS, PARAM_FIELDS, check_engine_config
+from ..spec.matrix import COMMAND_FIELDS, PARAM_FIELDS, check_engine_config, nm_words_per_step
+from ..spec.nm import index_bits
 
 __all__ = ["EngineLayouts", "block_control_layout"]
 
@@ -22,8 +23,10 @@ class EngineLayouts:
     Attributes
     ----------
     a_word : A scratchpad word, raw operand bits, ``[row][kk]`` (``tile_rows x b``).
-    a_operand : the same word with each element widened to ``operand_width + 1`` signed bits.
+    a_operand : the grid's A input, ``[row][lane]``, each element widened to ``operand_width + 1``
+        signed bits: ``b`` lanes, or ``a_span = b * M / N`` (one sparse step) with ``nm_sparsity``.
     b_word : B scratchpad word, ``[kk][col]`` (``b x tile_cols``).
+    meta_word : with ``nm_sparsity``, a metadata word ``[kk][col]`` of in-group indices, else None.
     params : per-tile post-processing parameters, ``[col]`` of bias/multiplier/shift.
     out_row : one output (or residual) row, ``[col]`` signed ``operand_width``.
     accumulators : the ``tile_rows x tile_cols`` accumulator block, ``[row][col]``.
@@ -35,7 +38,11 @@ class EngineLayouts:
         w, b = config.operand_width, config.block_size
         self.operand_width = w
         self.a_word = data.ArrayLayout(data.ArrayLayout(unsigned(w), b), config.tile_rows)
-        self.a_operand = data.ArrayLayout(data.ArrayLayout(signed(w + 1), b), config.tile_rows)
+        self.nm = config.nm_sparsity
+        self.a_span = b * nm_words_per_step(config)
+        self.a_operand = data.ArrayLayout(data.ArrayLayout(signed(w + 1), self.a_span), config.tile_rows)
+        self.meta_word = None if self.nm is None else data.ArrayLayout(
+            data.ArrayLayout(unsigned(index_bits(self.nm[1])), config.tile_cols), b)
         self.b_word = data.ArrayLayout(data.ArrayLayout(signed(w), config.tile_cols), b)
         self.param_entry = data.StructLayout(
             {name: signed(bits) if is_signed else unsigned(bits) for name, bits, is_signed in PARAM_FIELDS})

@@ -20,6 +20,18 @@ Geometry (``tr = tile_rows``, ``tc = tile_cols``, ``b = block_size``):
 The host zero-pads A and B to whole tiles (M to ``tr``, N to ``tc``, K to ``b``); padded
 outputs are dropped by :func:`unpack_output`.
 
+**Sparse mode** (``config.nm_sparsity = (N, M)``, command field ``nm``; format of the
+compressed weights in :mod:`vitaccel.hw.spec.nm`). Each B word holds ``b`` compressed k-slots
+(rows of ``NMWeights.values``) x ``tc`` columns, laid out like a dense B word, and a
+**metadata word** travels with it on its own stream (``b`` x ``tc`` in-group indices,
+:func:`vitaccel.hw.spec.nm.pack_index_rows` with ``rows_per_word = b``). ``b`` slots are
+``b / N`` whole groups, so they meet the ``S = b * M / N`` consecutive original k's of one
+**sparse A step**; the host sends each sparse A step as ``R = M / N`` ordinary A words (its
+k's in chunks of ``b``), i.e. the A panel is packed exactly as in dense mode with K padded
+to ``k_words * S``. A GEMM takes ``k_words = ceil(ceil(K / M) * N / b)`` k-steps per tile
+instead of ``ceil(K / b)``. Sparse mode needs ``N`` a power of two dividing ``b``
+(:func:`check_engine_config`).
+
 Post-processing of an accumulator ``acc`` (the order the golden ``linear`` follows):
 ``sat32(acc + bias)`` -> ``requantize`` (round half up, saturate to out width) ->
 ``+ residual`` -> saturate.
@@ -33,13 +45,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from .config import AccelConfig, ConfigError
+from .nm import NMWeights, compress, pack_index_rows
 from .numerics import MAX_SHIFT, MULTIPLIER_BITS, int_range
 
 __all__ = [
     "BIAS_BITS", "SHIFT_BITS", "PARAM_FIELDS", "COMMAND_FIELDS", "GemmPlan", "plan_gemm",
     "a_half_words", "b_half_words", "check_engine_config", "pack_elements", "pack_fields",
     "a_panel_words", "a_stream", "b_stream", "param_stream", "residual_stream",
-    "output_tile_order", "unpack_output",
+    "output_tile_order", "unpack_output", "nm_words_per_step", "b_meta_stream",
 ]
 
 #: Width of the requantizer input: the biased accumulator is saturated to this many bits.
@@ -51,7 +64,8 @@ PARAM_FIELDS = (("bias", BIAS_BITS, True), ("multiplier", MULTIPLIER_BITS, False
                 ("shift", SHIFT_BITS, False))
 #: Command word fields, LSB first: (name, bits).
 COMMAND_FIELDS = (("k_words", 16), ("m_tiles", 16), ("n_blocks", 16), ("block_tiles", 16),
-                  ("last_block_tiles", 16), ("unsigned_a", 1), ("residual", 1))
+                  ("last_block_tiles", 16), ("unsigned_a", 1), ("residual", 1),
+                  ("nm", 1))
 
 
 def _word_bits(config: AccelConfig, elements: int) -> int:
@@ -68,11 +82,27 @@ def b_half_words(config: AccelConfig) -> int:
     return config.weight_spad_kib * 8192 // _word_bits(config, config.block_size * config.tile_cols)
 
 
+def nm_words_per_step(config: AccelConfig) -> int:
+    """``R = M / N``: A words per sparse k-step (1 without ``nm_sparsity``)."""
+    if config.nm_sparsity is None:
+        return 1
+    n, m = config.nm_sparsity
+    return m // n
+
+
+def _sparse_k_words(config: AccelConfig, K: int) -> int:
+    n, m = config.nm_sparsity
+    return math.ceil(math.ceil(K / m) * n / config.block_size)
+
+
 def check_engine_config(config: AccelConfig) -> None:
     """Raise :class:`ConfigError` if the matrix engine cannot be built for ``config``.
 
     The unsigned-A mode widens A by one bit, so the accumulator needs one bit more than
     :attr:`AccelConfig.min_acc_width`; both scratchpad halves must hold a ``max_k`` panel.
+    Sparse mode (``nm_sparsity``) needs ``N`` a power of two dividing ``block_size`` (a B word
+    then holds whole groups and a sparse step is a whole number of A words), the A half a
+    whole number of sparse steps, and a ``max_k`` sparse panel in one A half.
     """
     if config.acc_width < config.min_acc_width + 1:
         raise ConfigError(
@@ -82,6 +112,16 @@ def check_engine_config(config: AccelConfig) -> None:
     for name, words in (("input_spad_kib", a_half_words(config)), ("weight_spad_kib", b_half_words(config))):
         if words < k_words:
             raise ConfigError(f"{name}: one half holds {words} words, a max_k={config.max_k} panel needs {k_words}")
+    if config.nm_sparsity is not None:
+        n, m = config.nm_sparsity
+        if n & (n - 1) or config.block_size % n:
+            raise ConfigError(f"nm_sparsity: the matrix engine's sparse mode needs N a power of two dividing "
+                              f"block_size={config.block_size}, got {n}:{m}")
+        steps = nm_words_per_step(config)
+        panel = _sparse_k_words(config, config.max_k) * steps
+        if a_half_words(config) % steps or a_half_words(config) < panel:
+            raise ConfigError(f"input_spad_kib: one half holds {a_half_words(config)} A words, a max_k="
+                              f"{config.max_k} {n}:{m} panel needs {panel} (and a multiple of {steps})")
 
 
 @dataclass(frozen=True)
@@ -101,6 +141,18 @@ class GemmPlan:
     block_tiles: int
     unsigned_a: bool
     residual: bool
+    #: ``(N, M)`` for a sparse-mode GEMM (``k_words`` then counts compressed k-steps), else None.
+    nm: tuple[int, int] | None = None
+
+    @property
+    def a_words_per_step(self) -> int:
+        """A words per k-step: ``M / N`` in sparse mode, else 1."""
+        return 1 if self.nm is None else self.nm[1] // self.nm[0]
+
+    @property
+    def a_panel_len(self) -> int:
+        """A words of one band's panel."""
+        return self.k_words * self.a_words_per_step
 
     @property
     def n_blocks(self) -> int:
@@ -122,7 +174,7 @@ class GemmPlan:
     def command(self) -> dict[str, int]:
         return {"k_words": self.k_words, "m_tiles": self.m_tiles, "n_blocks": self.n_blocks,
                 "block_tiles": self.block_tiles, "last_block_tiles": self.last_block_tiles,
-                "unsigned_a": int(self.unsigned_a), "residual": int(self.residual)}
+                "unsigned_a": int(self.unsigned_a), "residual": int(self.residual), "nm": int(self.nm is not None)}
 
     def command_word(self) -> int:
         return pack_fields(self.command(), COMMAND_FIELDS)
@@ -134,14 +186,18 @@ class GemmPlan:
 
 
 def plan_gemm(config: AccelConfig, M: int, K: int, N: int, *, unsigned_a: bool = False,
-              residual: bool = False) -> GemmPlan:
+              residual: bool = False, nm: bool = False) -> GemmPlan:
     """Tile ``C[M x N] = A[M x K] B[K x N]`` for the engine of ``config``.
+
+    With ``nm=True`` the GEMM runs in sparse mode with ``config.nm_sparsity`` weights (``K``
+    is the dense reduction length; see the module docstring).
 
     Raises
     ------
     ValueError
-        If a dimension is not a positive integer, ``K`` exceeds ``config.max_k``, or a
-        count does not fit its command field.
+        If a dimension is not a positive integer, ``K`` exceeds ``config.max_k``, a
+        count does not fit its command field, or ``nm`` is asked of a config without
+        ``nm_sparsity``.
     """
     for name, value in (("M", M), ("K", K), ("N", N)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -149,15 +205,17 @@ def plan_gemm(config: AccelConfig, M: int, K: int, N: int, *, unsigned_a: bool =
     if K > config.max_k:
         raise ValueError(f"K={K} exceeds max_k={config.max_k} of config {config.name!r}")
     check_engine_config(config)
+    if nm and config.nm_sparsity is None:
+        raise ValueError(f"nm: config {config.name!r} has no nm_sparsity, its engine has no sparse mode")
     b = config.block_size
-    k_words = math.ceil(K / b)
+    k_words = _sparse_k_words(config, K) if nm else math.ceil(K / b)
     m_tiles = math.ceil(M / config.tile_rows)
     n_tiles = math.ceil(N / config.tile_cols)
     block_tiles = min(n_tiles, b_half_words(config) // k_words)
     plan = GemmPlan(M=int(M), K=int(K), N=int(N), tile_rows=config.tile_rows, tile_cols=config.tile_cols,
                     block_size=b, operand_width=config.operand_width, k_words=k_words, m_tiles=m_tiles,
                     n_tiles=n_tiles, block_tiles=block_tiles, unsigned_a=bool(unsigned_a),
-                    residual=bool(residual))
+                    residual=bool(residual), nm=config.nm_sparsity if nm else None)
     for name, bits in COMMAND_FIELDS:
         if plan.command()[name] >= 1 << bits:
             raise ValueError(f"{name}={plan.command()[name]} does not fit the {bits}-bit command field "
@@ -216,11 +274,11 @@ def a_panel_words(plan: GemmPlan, a: np.ndarray) -> list[list[int]]:
     if a.shape != (plan.M, plan.K):
         raise ValueError(f"A must have shape ({plan.M}, {plan.K}), got {a.shape}")
     _check_range("A", a, plan.operand_width, not plan.unsigned_a)
-    tr, b = plan.tile_rows, plan.block_size
-    padded = _padded(a, plan.m_tiles * tr, plan.k_words * b)
-    tiles = padded.reshape(plan.m_tiles, tr, plan.k_words, b).transpose(0, 2, 1, 3)
-    words = pack_elements(tiles.reshape(plan.m_tiles * plan.k_words, tr * b), plan.operand_width)
-    return [words[i * plan.k_words:(i + 1) * plan.k_words] for i in range(plan.m_tiles)]
+    tr, b, length = plan.tile_rows, plan.block_size, plan.a_panel_len
+    padded = _padded(a, plan.m_tiles * tr, length * b)
+    tiles = padded.reshape(plan.m_tiles, tr, length, b).transpose(0, 2, 1, 3)
+    words = pack_elements(tiles.reshape(plan.m_tiles * length, tr * b), plan.operand_width)
+    return [words[i * length:(i + 1) * length] for i in range(plan.m_tiles)]
 
 
 def a_stream(plan: GemmPlan, a: np.ndarray) -> list[int]:
@@ -230,16 +288,45 @@ def a_stream(plan: GemmPlan, a: np.ndarray) -> list[int]:
     return one_pass * plan.n_blocks
 
 
-def b_stream(plan: GemmPlan, b_matrix: np.ndarray) -> list[int]:
-    """The B words in load order: tile column by tile column, k-step by k-step."""
+def _b_tiles(plan: GemmPlan, rows: np.ndarray) -> np.ndarray:
+    """``rows[k_words * b (or fewer), N]`` as ``(n_tiles * k_words, b * tc)``, in load order."""
+    tc, b = plan.tile_cols, plan.block_size
+    padded = _padded(rows, plan.k_words * b, plan.n_tiles * tc)
+    tiles = padded.reshape(plan.k_words, b, plan.n_tiles, tc).transpose(2, 0, 1, 3)
+    return tiles.reshape(plan.n_tiles * plan.k_words, b * tc)
+
+
+def _nm_weights(plan: GemmPlan, b_matrix):
+    """The compressed weights of a sparse-mode plan, checked against it."""
+    n, m = plan.nm
+    nmw = b_matrix if isinstance(b_matrix, NMWeights) else compress(b_matrix, n, m)
+    if (nmw.n, nmw.m, nmw.k, nmw.columns) != (n, m, plan.K, plan.N):
+        raise ValueError(f"B: {nmw.n}:{nmw.m} weights of {nmw.k} x {nmw.columns} do not match the plan's "
+                         f"{n}:{m} K={plan.K} N={plan.N}")
+    return nmw
+
+
+def b_stream(plan: GemmPlan, b_matrix) -> list[int]:
+    """The B words in load order: tile column by tile column, k-step by k-step.
+
+    In sparse mode ``b_matrix`` is an :class:`~vitaccel.hw.spec.nm.NMWeights` (or a dense
+    N:M-sparse matrix, compressed here) and the words hold its compressed rows.
+    """
+    if plan.nm is not None:
+        return pack_elements(_b_tiles(plan, _nm_weights(plan, b_matrix).values), plan.operand_width)
     bm = np.asarray(b_matrix, dtype=np.int64)
     if bm.shape != (plan.K, plan.N):
         raise ValueError(f"B must have shape ({plan.K}, {plan.N}), got {bm.shape}")
     _check_range("B", bm, plan.operand_width, True)
-    tc, b = plan.tile_cols, plan.block_size
-    padded = _padded(bm, plan.k_words * b, plan.n_tiles * tc)
-    tiles = padded.reshape(plan.k_words, b, plan.n_tiles, tc).transpose(2, 0, 1, 3)
-    return pack_elements(tiles.reshape(plan.n_tiles * plan.k_words, b * tc), plan.operand_width)
+    return pack_elements(_b_tiles(plan, bm), plan.operand_width)
+
+
+def b_meta_stream(plan: GemmPlan, b_matrix) -> list[int]:
+    """Sparse mode: one metadata word per B word, same order (padded slots get index 0)."""
+    if plan.nm is None:
+        raise ValueError("b_meta_stream: the plan is not a sparse-mode (nm) GEMM")
+    indices = _b_tiles(plan, _nm_weights(plan, b_matrix).indices).reshape(-1, plan.tile_cols)
+    return pack_index_rows(indices, plan.nm[1], rows_per_word=plan.block_size)
 
 
 def output_tile_order(plan: GemmPlan) -> list[tuple[int, int]]:

@@ -1,5 +1,5 @@
 """The N:M compressed weight format: what the pruner emits, the golden kernel reads and the
-sparse matrix engine will load.
+matrix engine's sparse mode loads (streams: ``hw/spec/matrix.py``, ``b_stream``/``b_meta_stream``).
 
 A weight matrix ``W[K, N]`` (``K`` input rows, ``N`` output columns, the ``B`` operand of
 ``C = A @ W``) is **N:M sparse along K** when every *group* of ``M`` consecutive K-rows holds at

@@ -3,7 +3,9 @@
 :func:`make_case` draws the operands of one case from a seed (the cocotb testbench calls it
 with the same arguments, so host and testbench agree without shipping arrays);
 :func:`run_case` builds the engine for a config, runs ``sim/cocotb/tb_matrix_engine.py``
-under Verilator or Icarus and returns pass/fail, measured cycles and the first mismatch.
+under Verilator or Icarus and returns pass/fail, measured cycles and the first mismatch;
+:func:`simulate` runs cases in Amaranth's simulator instead. :func:`case_streams` is the one
+place that turns a case into the engine's input streams (both simulators use it).
 """
 
 from __future__ import annotations
@@ -16,11 +18,15 @@ from typing import Any
 import numpy as np
 
 from vitaccel.hw.spec.config import AccelConfig
-from vitaccel.hw.spec.matrix import GemmPlan, plan_gemm
+from vitaccel.hw.spec.matrix import (GemmPlan, a_stream, b_meta_stream, b_stream, param_stream, plan_gemm,
+                                     residual_stream)
+from vitaccel.hw.spec.nm import VALUE_BITS, NMWeights, compress
 from vitaccel.hw.spec.numerics import int_range, quantize_multiplier
 from vitaccel.sim.golden.gemm import linear
+from vitaccel.sim.golden.nm import nm_linear
 
-__all__ = ["GemmCase", "make_case", "first_mismatch", "engine_verilog", "run_case", "run_cases", "TOPLEVEL", "TB_MODULE"]
+__all__ = ["GemmCase", "make_case", "case_streams", "simulate", "first_mismatch", "engine_verilog", "run_case",
+           "run_cases", "TOPLEVEL", "TB_MODULE"]
 
 TOPLEVEL = "matrix_engine"
 TB_MODULE = "vitaccel.sim.cocotb.tb_matrix_engine"
@@ -38,6 +44,8 @@ class GemmCase:
     shift: np.ndarray
     residual: np.ndarray | None
     expected: np.ndarray
+    #: Sparse-mode cases: the compressed ``b`` (which is N:M sparse), else None.
+    weights: NMWeights | None = None
 
 
 def _edgy(rng: np.random.Generator, shape, lo: int, hi: int, edge_fraction: float) -> np.ndarray:
@@ -48,22 +56,40 @@ def _edgy(rng: np.random.Generator, shape, lo: int, hi: int, edge_fraction: floa
     return values
 
 
+def _nm_sparse(rng: np.random.Generator, b: np.ndarray, n: int, m: int, sparser: float) -> np.ndarray:
+    """``b`` with, in every group of ``m`` K-rows of every column, ``n`` random positions kept;
+    a fraction ``sparser`` of the kept entries is zeroed too (groups with fewer than ``n``)."""
+    k, cols = b.shape
+    groups = -(-k // m)
+    order = np.argsort(rng.random((groups, m, cols)), axis=1)[:, :n]
+    keep = np.zeros((groups, m, cols), dtype=bool)
+    np.put_along_axis(keep, order, True, axis=1)
+    keep = keep.reshape(-1, cols)[:k] & (rng.random((k, cols)) >= sparser)
+    return b * keep
+
+
 def make_case(config: AccelConfig, *, seed: int, M: int, K: int, N: int, unsigned_a: bool = False,
-              residual: bool = True, extremes: bool = False) -> GemmCase:
+              residual: bool = True, extremes: bool = False, nm: bool = False,
+              nm_sparser: float = 0.1) -> GemmCase:
     """A random GEMM for ``config`` drawn from ``seed``, with its golden result.
 
     Operands are uniform with 5 % range extremes (``extremes=True``: only extremes). The
     per-channel scales spread the outputs over the int range with some saturation; a few
     channels get tiny and huge scales and extreme biases so requantization saturates.
+    ``nm=True``: a sparse-mode GEMM; B is made ``config.nm_sparsity`` sparse (random kept
+    positions, a fraction ``nm_sparser`` of them zero as well), the expected output is the
+    golden :func:`~vitaccel.sim.golden.nm.nm_linear` on the compressed weights.
     """
-    plan = plan_gemm(config, M, K, N, unsigned_a=unsigned_a, residual=residual)
+    plan = plan_gemm(config, M, K, N, unsigned_a=unsigned_a, residual=residual, nm=nm)
     rng = np.random.default_rng(seed)
     w = config.operand_width
     a_lo, a_hi = int_range(w, signed=not unsigned_a)
-    b_lo, b_hi = int_range(w)
+    b_lo, b_hi = int_range(VALUE_BITS if nm else w)  # compressed weights are int8 (hw/spec/nm.py)
     edge = 1.0 if extremes else 0.05
     a = _edgy(rng, (M, K), a_lo, a_hi, edge)
     b = _edgy(rng, (K, N), b_lo, b_hi, edge)
+    if nm:
+        b = _nm_sparse(rng, b, *config.nm_sparsity, nm_sparser)
     out_hi = int_range(w)[1]
     typical = math.sqrt(K) * max(abs(a_lo), a_hi) * b_hi / 2
     scales = out_hi / typical * np.exp2(rng.uniform(-2.0, 1.5, size=N))
@@ -75,8 +101,108 @@ def make_case(config: AccelConfig, *, seed: int, M: int, K: int, N: int, unsigne
     bias[rng.random(N) < 0.05] = int_range(32)[1]
     bias[rng.random(N) < 0.05] = int_range(32)[0]
     res = _edgy(rng, (M, N), *int_range(w), 0.05) if residual else None
+    if nm:
+        weights = compress(b, *config.nm_sparsity)
+        expected = nm_linear(a, weights, bias, multiplier, shift, residual=res, out_bits=w)
+        return GemmCase(plan, a, b, bias, multiplier, shift, res, expected, weights)
     expected = linear(a, b, bias, multiplier, shift, residual=res, out_bits=w)
     return GemmCase(plan, a, b, bias, multiplier, shift, res, expected)
+
+
+def case_streams(case: GemmCase) -> dict[str, list[int]]:
+    """The words of every input stream of the engine for ``case``, by port name (``command``
+    first; ``residual`` only if enabled, ``b_meta`` only in sparse mode)."""
+    plan = case.plan
+    b_operand = case.b if case.weights is None else case.weights
+    streams = {"command": [plan.command_word()], "a_load": a_stream(plan, case.a),
+               "b_load": b_stream(plan, b_operand),
+               "params": param_stream(plan, case.bias, case.multiplier, case.shift)}
+    if plan.residual:
+        streams["residual"] = residual_stream(plan, case.residual)
+    if plan.nm is not None:
+        streams["b_meta"] = b_meta_stream(plan, b_operand)
+    return streams
+
+
+def simulate(config: AccelConfig, cases: list[GemmCase], *, stall_prob: float = 0.0, seed: int = 0,
+             raw: bool = False, max_cycles: int = 2_000_000) -> list[tuple[np.ndarray, int]]:
+    """Run ``cases`` back to back on the engine in Amaranth's simulator.
+
+    Every stream stalls with probability ``stall_prob`` per word / output cycle. Returns, per
+    case, the output matrix (``raw``: the ``output_acc`` accumulators) and its cycles, from
+    the cycle the command is accepted to the last output row's handshake.
+
+    Raises
+    ------
+    AssertionError
+        If the engine emits too few or extra output rows, or stays busy.
+    """
+    import random
+
+    from amaranth.sim import Simulator
+
+    from vitaccel.hw.matrix import MatrixEngine
+    from vitaccel.hw.spec.matrix import unpack_output
+
+    dut = MatrixEngine(config)
+    rng = random.Random(seed)
+    all_streams = [case_streams(case) for case in cases]
+    started: list[list[int]] = [[] for _ in cases]  # appended to once a case's command is taken
+    results: list[tuple[np.ndarray, int]] = []
+
+    async def put(ctx, port, words):
+        for word in words:
+            while stall_prob and rng.random() < stall_prob:
+                await ctx.tick()
+            ctx.set(port.valid, 1)
+            ctx.set(port.payload.as_value(), word)
+            await ctx.tick().until(port.ready)
+            ctx.set(port.valid, 0)
+
+    def driver(name):
+        async def run(ctx):
+            for index, streams in enumerate(all_streams):
+                if name != "command":
+                    while not started[index]:  # a case's operands follow its command
+                        await ctx.tick()
+                await put(ctx, getattr(dut, name), streams.get(name, []))
+                if name == "command":
+                    started[index].append(1)
+                    while len(results) <= index:  # next command once this GEMM is out
+                        await ctx.tick()
+        return run
+
+    async def monitor(ctx):
+        for index, case in enumerate(cases):
+            expected_rows = len(all_streams[index]["params"]) * case.plan.tile_rows
+            beats: list[int] = []
+            cycles = 0
+            while not started[index]:
+                await ctx.tick()
+            while len(beats) < expected_rows:
+                ctx.set(dut.output.ready, int(not stall_prob or rng.random() >= stall_prob))
+                _, _, valid, ready, payload, acc = await ctx.tick().sample(
+                    dut.output.valid, dut.output.ready, dut.output.payload.as_value(), dut.output_acc.as_value())
+                cycles += 1
+                assert cycles < max_cycles, "engine produced too few outputs"
+                if valid and ready:
+                    beats.append(acc if raw else payload)
+            for _ in range(3):  # nothing more may come out
+                ctx.set(dut.output.ready, 1)
+                _, _, valid = await ctx.tick().sample(dut.output.valid)
+                assert not valid, "engine produced extra output rows"
+            assert not ctx.get(dut.busy), "engine still busy after the last output row"
+            results.append((unpack_output(case.plan, beats, bits=config.acc_width if raw else None), cycles))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    names = {name for streams in all_streams for name in streams}
+    for name in sorted(names):
+        sim.add_testbench(driver(name))
+    sim.add_testbench(monitor)
+    sim.run()
+    return results
+
 
 
 def first_mismatch(expected: np.ndarray, got: np.ndarray) -> dict[str, Any] | None:
@@ -102,14 +228,14 @@ def engine_verilog(config: AccelConfig) -> str:
 
 def _case_spec(config: AccelConfig, *, seed: int, M: int, K: int, N: int, stall_prob: float = 0.0,
                quick: bool = False, unsigned_a: bool = False, residual: bool = True,
-               extremes: bool = False, break_reference: bool = False) -> dict[str, Any]:
+               extremes: bool = False, break_reference: bool = False, nm: bool = False) -> dict[str, Any]:
     if not 0.0 <= stall_prob < 1.0:
         raise ValueError(f"stall_prob must be in [0, 1), got {stall_prob}")
     if quick:
         M, K, N = (min(M, 2 * config.tile_rows), min(K, 2 * config.block_size), min(N, 2 * config.tile_cols))
-    plan_gemm(config, M, K, N)  # validates the shape before building anything
+    plan_gemm(config, M, K, N, nm=nm)  # validates the shape before building anything
     return {"seed": seed, "M": M, "K": K, "N": N, "stall_prob": stall_prob, "unsigned_a": unsigned_a,
-            "residual": residual, "extremes": extremes, "break_reference": break_reference}
+            "residual": residual, "extremes": extremes, "break_reference": break_reference, "nm": nm}
 
 
 def run_cases(config: AccelConfig, cases: list[dict[str, Any]], *, simulator: str = "verilator",
@@ -118,8 +244,9 @@ def run_cases(config: AccelConfig, cases: list[dict[str, Any]], *, simulator: st
 
     Each entry of ``cases`` holds the keyword arguments of :func:`run_case` (``seed``, ``M``,
     ``K``, ``N`` and optionally ``stall_prob``, ``quick``, ``unsigned_a``, ``residual``,
-    ``extremes``, and ``break_reference``, which flips one expected value so that tests can
-    prove the scoreboard catches a difference); the result list matches it, each entry as
+    ``extremes``, ``nm`` (a sparse-mode GEMM, see :func:`make_case`) and
+    ``break_reference``, which flips one expected value so that tests can prove the
+    scoreboard catches a difference); the result list matches it, each entry as
     :func:`run_case` returns.
     """
     from vitaccel.sim.runner import SimulationFailed, run_testbench
@@ -134,14 +261,17 @@ def run_cases(config: AccelConfig, cases: list[dict[str, Any]], *, simulator: st
         messages = "; ".join(c.message for c in result.cases if not c.passed)
         raise SimulationFailed(f"{simulator}: matrix engine testbench finished {len(outputs)} of "
                                f"{len(specs)} GEMMs: {messages}")
+    # Ideal cycles count the MACs the engine does: N/M of the dense ones in sparse mode.
+    density = [config.nm_sparsity[0] / config.nm_sparsity[1] if spec["nm"] else 1.0 for spec in specs]
     return [{"passed": bool(out["passed"]), "cycles": int(out["cycles"]),
-             "ideal_cycles": math.ceil(spec["M"] * spec["K"] * spec["N"] / config.macs_per_cycle),
-             "mismatch": out["mismatch"], "simulator": simulator} for spec, out in zip(specs, outputs)]
+             "ideal_cycles": math.ceil(spec["M"] * spec["K"] * spec["N"] * d / config.macs_per_cycle),
+             "mismatch": out["mismatch"], "simulator": simulator}
+            for spec, out, d in zip(specs, outputs, density)]
 
 
 def run_case(config: AccelConfig, *, seed: int, simulator: str = "verilator", M: int, K: int, N: int,
              stall_prob: float = 0.0, quick: bool = False, waves: bool = False, unsigned_a: bool = False,
-             residual: bool = True, extremes: bool = False) -> dict[str, Any]:
+             residual: bool = True, extremes: bool = False, nm: bool = False) -> dict[str, Any]:
     """Run one random GEMM on the engine's RTL and compare it with the golden ``linear``.
 
     Parameters
@@ -160,16 +290,18 @@ def run_case(config: AccelConfig, *, seed: int, simulator: str = "verilator", M:
         Cap M, N at two tiles and K at two k-words: a smoke run of the same shape class.
     waves : bool
         Dump waveforms.
-    unsigned_a, residual, extremes : bool
-        Unsigned-A mode; residual add enabled; operands only at the range extremes.
+    unsigned_a, residual, extremes, nm : bool
+        Unsigned-A mode; residual add enabled; operands only at the range extremes;
+        sparse mode (``config.nm_sparsity`` weights).
 
     Returns
     -------
     dict
         ``passed``, ``cycles`` (first operand write to last output read), ``ideal_cycles``
-        (MACs / ``config.macs_per_cycle``, rounded up), ``mismatch`` (None or
+        (MACs done, N/M of the dense ones in sparse mode, / ``config.macs_per_cycle``,
+        rounded up), ``mismatch`` (None or
         position/expected/got), ``simulator``.
     """
     return run_cases(config, [dict(seed=seed, M=M, K=K, N=N, stall_prob=stall_prob, quick=quick,
-                                   unsigned_a=unsigned_a, residual=residual, extremes=extremes)],
+                                   unsigned_a=unsigned_a, residual=residual, extremes=extremes, nm=nm)],
                      simulator=simulator, waves=waves)[0]

@@ -1,7 +1,8 @@
 """cocotb testbench of the matrix engine, split as in cocotb's examples:
 
 * :class:`StreamDriver` - writes words into one ready/valid input stream (A and B
-  scratchpad rows, parameter words, residual rows, the command), stalling at random;
+  scratchpad rows, sparse-mode metadata words, parameter words, residual rows, the
+  command), stalling at random;
 * :class:`StreamMonitor` - collects output rows, withholding ``ready`` at random;
 * reference model - :func:`vitaccel.sim.cases.matrix_engine.make_case` (golden ``linear``);
 * scoreboard - :func:`scoreboard` compares the unpacked output with the reference.
@@ -20,8 +21,8 @@ from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge
 from cocotb.utils import get_sim_time
 
 from vitaccel.hw.spec.config import AccelConfig
-from vitaccel.hw.spec.matrix import a_stream, b_stream, param_stream, residual_stream, unpack_output
-from vitaccel.sim.cases.matrix_engine import first_mismatch, make_case
+from vitaccel.hw.spec.matrix import unpack_output
+from vitaccel.sim.cases.matrix_engine import case_streams, first_mismatch, make_case
 from vitaccel.sim.runner import tb_params, write_tb_output
 
 CLOCK_NS = 10
@@ -96,16 +97,14 @@ def scoreboard(case, beats: list[int]) -> dict | None:
 async def run_one(dut, config: AccelConfig, spec: dict) -> dict:
     """Drive one GEMM through the engine; returns its verdict, cycles and first mismatch."""
     case = make_case(config, seed=spec["seed"], M=spec["M"], K=spec["K"], N=spec["N"],
-                     unsigned_a=spec["unsigned_a"], residual=spec["residual"], extremes=spec["extremes"])
+                     unsigned_a=spec["unsigned_a"], residual=spec["residual"], extremes=spec["extremes"],
+                     nm=spec.get("nm", False))
     plan = case.plan
     if spec.get("break_reference"):
         case.expected[0, 0] += 1  # proves that the scoreboard reports a difference
     rng = random.Random(spec["seed"])
     stall = spec["stall_prob"]
-    loaders = {"command": [plan.command_word()], "a_load": a_stream(plan, case.a), "b_load": b_stream(plan, case.b),
-               "params": param_stream(plan, case.bias, case.multiplier, case.shift)}
-    if plan.residual:
-        loaders["residual"] = residual_stream(plan, case.residual)
+    loaders = case_streams(case)
     drivers = {name: StreamDriver(dut, name, random.Random(rng.random()), stall) for name in loaders}
     monitor = StreamMonitor(dut, "output", random.Random(rng.random()), stall)
     tasks = [cocotb.start_soon(drivers[name].send(words)) for name, words in loaders.items()]
@@ -135,8 +134,9 @@ async def gemms_match_golden(dut):
     p = tb_params()
     config = AccelConfig.from_dict(p["config"])
     cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
-    for name in ("command", "a_load", "b_load", "params", "residual"):
-        getattr(dut, f"{name}__valid").value = 0
+    for name in ("command", "a_load", "b_load", "params", "residual", "b_meta"):
+        if name != "b_meta" or config.nm_sparsity is not None:  # b_meta: sparse-capable engines only
+            getattr(dut, f"{name}__valid").value = 0
     dut.output__ready.value = 0
     dut.rst.value = 1
     for _ in range(2):

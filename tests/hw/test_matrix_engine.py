@@ -8,19 +8,17 @@ input and output stream.
 from __future__ import annotations
 
 import gc
-import random
 import warnings
 
 import numpy as np
 import pytest
 from amaranth.hdl import UnusedElaboratable
-from amaranth.sim import Simulator
 
 from vitaccel.hw.matrix import BlockUnit, EngineLayouts, MatrixEngine
 from vitaccel.hw.spec.config import PRESETS, ConfigError
-from vitaccel.hw.spec.matrix import (a_half_words, a_stream, b_half_words, b_stream, check_engine_config,
-                                     param_stream, plan_gemm, residual_stream, unpack_output)
+from vitaccel.hw.spec.matrix import a_half_words, a_stream, b_half_words, check_engine_config, plan_gemm
 from vitaccel.sim.cases.matrix_engine import first_mismatch, make_case
+from vitaccel.sim.cases.matrix_engine import simulate as run_amaranth
 
 TINY = PRESETS["tiny"]
 B1 = TINY.replace(name="b1", block_rows=2, block_cols=3, block_size=1)
@@ -29,63 +27,10 @@ INT16 = TINY.replace(name="int16", operand_width=16, acc_width=48, block_rows=1,
 SMALL_SPAD = TINY.replace(name="small_spad", weight_spad_kib=1, input_spad_kib=1, max_k=128)
 
 
-def simulate(config, case, *, stall_prob: float = 0.0, seed: int = 0, max_cycles: int = 200_000,
-             raw: bool = False):
+def simulate(config, case, *, stall_prob: float = 0.0, seed: int = 0, raw: bool = False):
     """Drive one case through the engine; returns the output matrix (with ``raw``: the
     ``output_acc`` accumulators instead)."""
-    dut = MatrixEngine(config)
-    plan = case.plan
-    streams = {
-        "a_load": a_stream(plan, case.a),
-        "b_load": b_stream(plan, case.b),
-        "params": param_stream(plan, case.bias, case.multiplier, case.shift),
-        "residual": residual_stream(plan, case.residual) if plan.residual else [],
-    }
-    expected_rows = len(streams["params"]) * plan.tile_rows
-    rng = random.Random(seed)
-    beats: list[int] = []
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-
-    async def put(ctx, port, words):
-        for word in words:
-            while rng.random() < stall_prob:
-                await ctx.tick()
-            ctx.set(port.valid, 1)
-            ctx.set(port.payload.as_value(), word)
-            await ctx.tick().until(port.ready)
-            ctx.set(port.valid, 0)
-
-    async def driver(ctx):
-        await put(ctx, dut.command, [plan.command_word()])
-
-    def make_stream_driver(name):
-        async def run(ctx):
-            await put(ctx, getattr(dut, name), streams[name])
-        return run
-
-    async def monitor(ctx):
-        cycles = 0
-        while len(beats) < expected_rows:
-            ctx.set(dut.output.ready, int(rng.random() >= stall_prob))
-            _, _, valid, ready, payload, acc = await ctx.tick().sample(
-                dut.output.valid, dut.output.ready, dut.output.payload.as_value(), dut.output_acc.as_value())
-            cycles += 1
-            assert cycles < max_cycles, "engine produced too few outputs"
-            if valid and ready:
-                beats.append(acc if raw else payload)
-        for _ in range(5):  # nothing more may come out
-            ctx.set(dut.output.ready, 1)
-            _, _, valid = await ctx.tick().sample(dut.output.valid)
-            assert not valid, "engine produced extra output rows"
-        assert not ctx.get(dut.busy), "engine still busy after the last output row"
-
-    sim.add_testbench(driver)
-    for name in streams:
-        sim.add_testbench(make_stream_driver(name))
-    sim.add_testbench(monitor)
-    sim.run()
-    return unpack_output(plan, beats, bits=config.acc_width if raw else None)
+    return run_amaranth(config, [case], stall_prob=stall_prob, seed=seed, raw=raw)[0][0]
 
 
 def check(config, *, seed, M, K, N, stall_prob=0.0, **kwargs):

@@ -70,3 +70,19 @@ def test_bench_quick_records():
         assert record["utilization"] == pytest.approx(record["ideal_cycles"] / record["cycles"], abs=1e-4)
         assert set(record) >= {"name", "M", "K", "N", "cycles", "ideal_cycles", "utilization", "bit_exact",
                                "simulator"}
+
+
+def test_nm_sparse_mode_with_dense_commands():
+    """2:4 sparse GEMMs and a dense one on one sparse-capable engine's RTL, with stalls."""
+    from vitaccel.sim.cases.matrix_engine import run_cases
+
+    if simulator_available("verilator"):
+        pytest.skip(simulator_available("verilator"))
+    config = TINY.replace(name="tiny-nm24", nm_sparsity=(2, 4))
+    results = run_cases(config, [
+        dict(seed=30, M=7, K=22, N=11, stall_prob=0.3, nm=True),
+        dict(seed=31, M=5, K=9, N=6, stall_prob=0.2),
+        dict(seed=32, M=6, K=13, N=5, extremes=True, unsigned_a=True, residual=False, nm=True),
+    ])
+    for result in results:
+        assert result["mismatch"] is None and result["passed"], result
