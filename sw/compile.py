@@ -10,7 +10,8 @@ from vitaccel.hw.spec.config import AccelConfig, load_config
 from vitaccel.sw.commands import UserError
 from vitaccel.sw.program import CompiledProgram, write_program
 
-__all__ = ["compile_model", "token_pruning_model", "default_calibration", "DEFAULT_CALIB", "DEFAULT_CALIB_LARGE"]
+__all__ = ["compile_model", "token_pruning_model", "nm_pruning_pattern", "default_calibration", "DEFAULT_CALIB",
+           "DEFAULT_CALIB_LARGE"]
 
 #: Calibration images used when ``--calib`` is not given, for small inputs (digits-vit) ...
 DEFAULT_CALIB = 32
@@ -64,10 +65,38 @@ def token_pruning_model(net: Any, prune_tokens: str | float, points: Sequence[in
         raise UserError(f"--prune-tokens: {err}") from None
 
 
+def nm_pruning_pattern(nm: str | tuple[int, int], config: AccelConfig) -> tuple[int, int]:
+    """The ``(N, M)`` of the ``--nm`` option ``nm`` (``"N:M"`` or a pair), checked against ``config``.
+
+    Raises
+    ------
+    UserError
+        For a malformed or unsupported pattern, a config without a sparse matrix engine
+        (``nm_sparsity`` null), or a pattern other than the config's (the engine runs one).
+    """
+    from vitaccel.hw.spec.nm import check_nm
+    from vitaccel.sw.prune.nm import parse_nm
+
+    try:
+        pattern = parse_nm(nm) if isinstance(nm, str) else tuple(nm)
+        check_nm(*pattern)
+    except (TypeError, ValueError) as err:
+        raise UserError(f"--nm: {err}") from None
+    text = f"{pattern[0]}:{pattern[1]}"
+    if config.nm_sparsity is None:
+        raise UserError(f"--nm {text}: config {config.name!r} has no sparse matrix engine (nm_sparsity is null); "
+                        f"use a config with \"nm_sparsity\": [{pattern[0]}, {pattern[1]}]")
+    if tuple(config.nm_sparsity) != pattern:
+        have = f"{config.nm_sparsity[0]}:{config.nm_sparsity[1]}"
+        raise UserError(f"--nm {text}: config {config.name!r} runs {have} sparse GEMMs (nm_sparsity); "
+                        f"prune to {have} or use a config with \"nm_sparsity\": [{pattern[0]}, {pattern[1]}]")
+    return pattern
+
+
 def compile_model(model: str, config: str | AccelConfig, output: str | Path, *, weights: str | None = None,
                   calib: int | None = None, method: str = "minmax", prune_tokens: str | float | None = None,
                   prune_points: Sequence[int] | None = None, package_token: bool = False,
-                  progress: Progress | None = None) -> CompiledProgram:
+                  nm: str | tuple[int, int] | None = None, progress: Progress | None = None) -> CompiledProgram:
     """Compile ``model`` (zoo name or ``file.py:function``) for ``config`` into ``output``.
 
     With ``prune_tokens`` (a keep ratio, or ``"KEEP[@P1,P2,...]"``; ``prune_points`` and
@@ -77,11 +106,18 @@ def compile_model(model: str, config: str | AccelConfig, output: str | Path, *, 
     and counted at its reduced token count. ``weights`` are then the wrapped ViT's own
     (``TokenPruningViT.model.state_dict()`` of a fine-tuned wrapper).
 
+    With ``nm`` (``"N:M"``, the config's ``nm_sparsity``) every block linear layer is pruned to
+    N:M along its input dimension by magnitude (:func:`vitaccel.sw.prune.nm.prune_nm`, no
+    fine-tuning) before quantization. Independently of ``nm``, on a config with
+    ``nm_sparsity`` every linear layer whose int8 weights are N:M sparse (e.g. weights pruned
+    and fine-tuned with :func:`~vitaccel.sw.prune.nm.prune_nm` beforehand) is stored
+    compressed and runs as ``nm=1`` GEMMs.
+
     Raises
     ------
     UserError
         For an unknown model/config, an unsupported operator (named, with its source), a
-        layer the back end cannot map, or a bad token-pruning option.
+        layer the back end cannot map, or a bad token-pruning or ``nm`` option.
     """
     from vitaccel.sw.backend import BackendError, compile_qgraph
     from vitaccel.sw.data import images_for
@@ -99,7 +135,17 @@ def compile_model(model: str, config: str | AccelConfig, output: str | Path, *, 
         raise UserError("package_token needs token pruning (prune_tokens)")
     if prune_points is not None and prune_tokens is None:
         raise UserError("prune_points needs token pruning (prune_tokens)")
+    pattern = nm_pruning_pattern(nm, cfg) if nm is not None else None
     net, shape = get_model(model, weights)
+    nm_meta: dict[str, Any] | None = None
+    if pattern is not None:
+        from vitaccel.sw.prune.nm import prune_nm
+
+        try:
+            masks = prune_nm(net, *pattern)
+        except ValueError as err:
+            raise UserError(f"--nm: {err}") from None
+        nm_meta = {"n": pattern[0], "m": pattern[1], "layers": len(masks.masks), "finetuned": False}
     pruning: dict[str, Any] | None = None
     if prune_tokens is not None:
         net = token_pruning_model(net, prune_tokens, prune_points, package_token=package_token)
@@ -112,7 +158,8 @@ def compile_model(model: str, config: str | AccelConfig, output: str | Path, *, 
                                 progress=_stage(progress, 0.05, 0.7))
         meta = {"spec": model, "weights": str(Path(weights).resolve()) if weights else None,
                 "input_shape": list(shape), "calib_images": int(calib),
-                **({"token_pruning": pruning} if pruning is not None else {})}
+                **({"token_pruning": pruning} if pruning is not None else {}),
+                **({"nm_pruning": nm_meta} if nm_meta is not None else {})}
         program = compile_qgraph(qgraph, cfg, progress=_stage(progress, 0.7, 0.95), meta=meta)
     except (BackendError, QGraphError) as err:
         raise UserError(str(err)) from None

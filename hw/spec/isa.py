@@ -45,7 +45,7 @@ __all__ = [
     "pack_gemm_params", "pack_softmax_params", "unpack_softmax_params", "pack_add_params",
     "unpack_add_params", "pack_layernorm_params", "unpack_layernorm_params", "layernorm_param_words",
     "SOFTMAX_PARAM_WORDS", "ADD_PARAM_WORDS", "LAYERNORM_HEADER_WORDS", "SPARSE_ATTN_PARAM_WORDS",
-    "pack_sparse_attn_params", "unpack_sparse_attn_params",
+    "pack_sparse_attn_params", "unpack_sparse_attn_params", "NMWeightLayout", "nm_weight_layout",
 ]
 
 #: Width of one instruction word.
@@ -153,6 +153,9 @@ _BODIES: dict[Opcode, dict[str, Any]] = {
         "b_transposed": _u(1), "m": _u(10), "k": _u(13), "n": _u(12), "a_addr": _u(_SRAM_ADDR_BITS),
         "b_addr": _u(_SRAM_ADDR_BITS), "acc_addr": _u(_SRAM_ADDR_BITS), "out_addr": _u(_SRAM_ADDR_BITS),
         "param_addr": _u(_SRAM_ADDR_BITS),
+        # nm comes after the original fields (a bit that used to be reserved): dense words keep
+        # their meaning.
+        "nm": _u(1),
     },
     Opcode.ADD: _VECTOR,
     Opcode.REQUANT: _VECTOR,
@@ -220,6 +223,14 @@ for r in range(rows):
     DDR[dram_addr + r*dram_stride : +row_bytes] = buffer[sram_addr*16 + r*sram_stride : +row_bytes]""",
     Opcode.GEMM: """Tile matrix multiply A[m,k] (INPUT, int8, or uint8 if unsigned_a) x B (WEIGHT, int8,
 [k,n], or [n,k] if b_transposed); the engine's sequencer walks its block grid.
+With nm=1, B is N:M sparse along k in the compressed format of hw/spec/nm.py, (N, M) =
+config.nm_sparsity; k stays the dense K. INVALID_OPERAND (with the shape checks) if nm=1 and
+the config has no nm_sparsity or b_transposed=1. In WEIGHT at b_addr, G = ceil(k/M) groups:
+    values  = int8  [G*N, n] at b_addr*16                       # kept weights, slot order
+    indices = uint8 [G*N, n] at b_addr*16 + align16(G*N*n)     # position in group, < M
+(INVALID_OPERAND if an index is >= M or names a position twice within a group); then
+    B[kk, j] = values[g*N + s, j] if kk == g*M + indices[g*N + s, j] for a slot s, else 0
+and only the G*N kept rows are multiplied: m*G*N*n MACs (A is zero past k).
 P = ACC int32 words at param_addr: bias[n], multiplier[n], shift[n]
 for i in range(m): for j in range(n):
     s = sum(A[i, kk] * B[kk, j] for kk in range(k))          # int32 accumulation
@@ -285,6 +296,35 @@ for c in range(cols):
     num = sum(X[j, c] * m[j] for j in pruned)                    # exact (48-bit) sum
     VECTOR[dst_addr][0, c] = 0 if total == 0 else floor((2*num + total) / (2*total))  # round half up""",
 }
+
+
+@dataclass(frozen=True)
+class NMWeightLayout:
+    """Where an ``nm=1`` GEMM's compressed B lies in WEIGHT, relative to ``b_addr * ADDR_UNIT``.
+
+    Attributes
+    ----------
+    rows : int
+        Compressed rows ``ceil(k / M) * N`` of both arrays (each ``rows x n`` bytes).
+    indices_offset : int
+        Byte offset of the uint8 indices: the values' bytes rounded up to :data:`ADDR_UNIT`.
+    nbytes : int
+        Bytes from ``b_addr * ADDR_UNIT`` to the end of the indices.
+    """
+
+    rows: int
+    indices_offset: int
+    nbytes: int
+
+
+def nm_weight_layout(k: int, n: int, nm_sparsity: tuple[int, int]) -> NMWeightLayout:
+    """The compressed B region of an ``nm=1`` GEMM of dense depth ``k`` and ``n`` columns under
+    ``nm_sparsity = (N, M)`` (see the GEMM description)."""
+    keep, group = nm_sparsity
+    rows = -(-int(k) // group) * keep
+    values = rows * int(n)
+    offset = -(-values // ADDR_UNIT) * ADDR_UNIT
+    return NMWeightLayout(rows=rows, indices_offset=offset, nbytes=offset + values)
 
 
 def buffer_bytes(config: Any, buffer: Buffer) -> int:

@@ -1,4 +1,5 @@
-"""Pruning benchmark on digits-vit (``vitaccel bench pruning``): accuracy and executed MACs.
+"""Pruning benchmark on digits-vit (``vitaccel bench pruning``): accuracy, executed MACs and
+matrix-engine cycles.
 
 One record per method: ``dense``, ``nm-2:4``, ``nm-1:4`` (magnitude N:M along K of every
 block linear layer, then fine-tuned with the masks fixed), ``heads`` (one head of four removed
@@ -11,16 +12,26 @@ and ``macs_ratio`` (to dense).
 
 Every record also has ``int8_top1``, from the compile pipeline's quantizer and integer
 reference (:func:`vitaccel.sw.quantize.quantize_model`, :func:`vitaccel.sw.reference.run_reference`,
-calibrated like ``vitaccel compile``), which accepts the model of every method: dense, N:M (a dense model with zeros; the record also checks that the int8
-weights compress to the N:M format), heads (a smaller zoo-compatible model), ``tokens`` and
-``tokens+package`` (the fine-tuned :class:`~vitaccel.sw.prune.TokenPruningViT`, compiled like
-``vitaccel compile --prune-tokens [--package-token]``: calibration runs at the pruned token
-counts, and the integer pipeline selects tokens on the top-k engine from the uint8 attention
-probabilities summed over heads, and weights the package token by the same sums). The two
-token records also compile their QGraph and check the golden machine's logits against the
-integer reference on :data:`GOLDEN_CHECK_IMAGES` test images (``golden_bit_exact_images``).
-No record has cycles: they need the sparse matrix engine and the compiler integration, and
-this benchmark reports no cycle count that was not measured in RTL.
+calibrated like ``vitaccel compile``), which accepts the model of every method: dense, N:M (a
+dense model with zeros; the record also checks that the int8 weights compress to the N:M
+format), heads (a smaller zoo-compatible model), ``tokens`` and ``tokens+package`` (the
+fine-tuned :class:`~vitaccel.sw.prune.TokenPruningViT`, compiled like ``vitaccel compile
+--prune-tokens [--package-token]``: calibration runs at the pruned token counts, and the
+integer pipeline selects tokens on the top-k engine from the uint8 attention probabilities
+summed over heads, and weights the package token by the same sums).
+
+Cycles: every record's QGraph is compiled (the N:M records for the config with
+``nm_sparsity`` set to their pattern, so their block linears run as ``nm=1`` GEMMs on
+compressed weights), and ``cycles`` is the sum over the program's GEMM instructions of the
+matrix-engine cycles measured in Verilator for that instruction's shape
+(:func:`vitaccel.sim.bench.nm_cycles.gemm_cycles`; ``cycles_source`` says so: vector units and
+DMA are not included). ``cycles_ratio`` is to dense, ``program_macs`` the program's executed
+MACs. The N:M and token records also run :data:`GOLDEN_CHECK_IMAGES` test images of their
+program on the golden machine against the integer reference (``golden_bit_exact_images``).
+Outside quick mode, four more records (``model: "deit-s shapes"``) sum the engine cycles of
+DeiT-S's GEMM shapes (:func:`deit_s_gemms`) on the :data:`DEIT_S_CONFIG` engine: dense, 2:4,
+1:4 and token pruning at keep 0.7 after blocks 3, 6, 9. :func:`acceptance` checks issue 8's
+bounds; :func:`plot` draws int8 top-1 against cycles.
 """
 
 from __future__ import annotations
@@ -32,8 +43,10 @@ import numpy as np
 
 from vitaccel.hw.spec.config import AccelConfig
 
-__all__ = ["run", "FINETUNE_EPOCHS", "FINETUNE_LR", "QUICK_EPOCHS", "TOKEN_KEEP", "HEADS_KEPT", "CALIB_IMAGES_FOR_HEADS",
-           "GOLDEN_CHECK_IMAGES"]
+__all__ = ["run", "plot", "acceptance", "deit_s_gemms", "deit_s_records", "program_gemms", "summed_cycles",
+           "FINETUNE_EPOCHS", "FINETUNE_LR", "QUICK_EPOCHS", "TOKEN_KEEP", "HEADS_KEPT", "CALIB_IMAGES_FOR_HEADS",
+           "GOLDEN_CHECK_IMAGES", "DEIT_S", "DEIT_S_TOKEN_POINTS", "DEIT_S_CONFIG", "DEIT_S_SETTINGS",
+           "CYCLES_SOURCE", "DEIT_S_CYCLES_SOURCE"]
 
 #: Fine-tuning epochs per method (digits-vit: a few seconds per epoch on one busy core).
 FINETUNE_EPOCHS = {"nm-2:4": 10, "nm-1:4": 20, "heads": 10, "tokens": 20, "tokens+package": 20}
@@ -51,6 +64,50 @@ CALIB_IMAGES_FOR_HEADS = 400
 #: Test images on which the compiled token-pruned program runs on the golden machine.
 GOLDEN_CHECK_IMAGES = 16
 
+#: DeiT-S's architecture (only shapes matter for cycles): blocks, patch tokens, width, heads,
+#: MLP width, patch-embedding depth (3 x 16 x 16) and classes.
+DEIT_S = {"depth": 12, "patches": 196, "dim": 384, "heads": 6, "mlp": 1536, "patch_k": 768, "classes": 1000}
+#: Token pruning points of the DeiT-S cycle records (after blocks 3, 6, 9, keep :data:`TOKEN_KEEP`).
+DEIT_S_TOKEN_POINTS = (3, 6, 9)
+#: Config whose matrix engine the DeiT-S shapes run on (the board's; the tiny engine would
+#: simulate some 30x more cycles per GEMM).
+DEIT_S_CONFIG = "zcu102"
+CYCLES_SOURCE = ("matrix-engine cycles measured in Verilator per GEMM instruction shape of the compiled program "
+                 "and summed; vector units and DMA excluded")
+DEIT_S_CYCLES_SOURCE = (f"matrix-engine cycles measured in Verilator on the {DEIT_S_CONFIG} config per GEMM shape of "
+                        "the DeiT-S architecture (one engine command per layer GEMM, per head for attention; "
+                        "weights irrelevant) and summed; vector units and DMA excluded")
+
+
+def deit_s_gemms(nm: tuple[int, int] | None = None, keep: float | None = None,
+                 points: tuple[int, ...] = DEIT_S_TOKEN_POINTS) -> list[tuple[int, int, int, tuple[int, int] | None]]:
+    """Every GEMM of one DeiT-S inference as ``(M, K, N, nm)``: patch embedding, per block qkv,
+    proj, fc1, fc2 (N:M sparse with ``nm``) and per head scores and attention-times-V (dense),
+    then the head. With ``keep``, EViT keeps ``ceil(keep * n)`` of the ``n`` non-CLS tokens after
+    each block in ``points`` (1-based), as :class:`~vitaccel.sw.prune.TokenPruningViT` does."""
+    from vitaccel.sw.prune.tokens import kept_tokens
+
+    d = DEIT_S
+    dim, head_dim = d["dim"], d["dim"] // d["heads"]
+    shapes = [(d["patches"], d["patch_k"], dim, None)]
+    tokens = d["patches"] + 1
+    for block in range(1, d["depth"] + 1):
+        shapes += [(tokens, dim, 3 * dim, nm), (tokens, dim, dim, nm), (tokens, dim, d["mlp"], nm),
+                   (tokens, d["mlp"], dim, nm)]
+        shapes += [(tokens, head_dim, tokens, None), (tokens, tokens, head_dim, None)] * d["heads"]
+        if keep is not None and block in points:
+            tokens = 1 + kept_tokens(tokens - 1, keep)
+    return shapes + [(1, dim, d["classes"], None)]
+
+
+#: The DeiT-S cycle records: (method, parameter, deit_s_gemms keyword arguments).
+DEIT_S_SETTINGS = (
+    ("dense", None, {}),
+    ("nm-2:4", {"n": 2, "m": 4}, {"nm": (2, 4)}),
+    ("nm-1:4", {"n": 1, "m": 4}, {"nm": (1, 4)}),
+    ("tokens", {"keep": TOKEN_KEEP, "points": list(DEIT_S_TOKEN_POINTS), "package": False}, {"keep": TOKEN_KEEP}),
+)
+
 
 def _int8_top1(model, shape, config: AccelConfig):
     """Top-1 of ``model`` through the compile pipeline's quantizer and integer reference."""
@@ -66,37 +123,137 @@ def _int8_top1(model, shape, config: AccelConfig):
     return float(np.mean(logits.reshape(len(test), -1).argmax(1) == test.labels)), qgraph
 
 
-def _golden_bit_exact(qgraph, config: AccelConfig, count: int) -> int:
-    """Compile ``qgraph``, run ``count`` test images on the golden machine, check its logits
-    against the integer reference; return ``count`` (RuntimeError on any difference)."""
-    from vitaccel.sw.backend import compile_qgraph
+def _golden_bit_exact(qgraph, program, count: int) -> int:
+    """Run ``count`` test images of the compiled ``program`` on the golden machine, check its
+    logits against ``qgraph``'s integer reference; return ``count`` (RuntimeError on any difference)."""
     from vitaccel.sw.data import digits
     from vitaccel.sw.device import GoldenDevice
     from vitaccel.sw.reference import quantize_images, run_reference
 
     images = quantize_images(qgraph, digits("test").images[:count])
-    got = GoldenDevice(compile_qgraph(qgraph, config)).infer_batch(images)
+    got = GoldenDevice(program).infer_batch(images)
     want = run_reference(qgraph, images, keep_all=False)[qgraph.outputs[0]]
     if not np.array_equal(got, want):
-        raise RuntimeError("token-pruned program: the golden machine's logits differ from the integer reference")
+        raise RuntimeError(f"{qgraph.name}: the golden machine's logits differ from the integer reference")
     return count
+
+
+def program_gemms(program) -> list[tuple[int, int, int, tuple[int, int] | None]]:
+    """``(m, k, n, nm)`` of every GEMM instruction of a compiled program (``nm``: the config's
+    ``nm_sparsity`` for ``nm=1`` GEMMs, else None)."""
+    from vitaccel.hw.spec import isa
+
+    pattern = program.config.nm_sparsity
+    return [(op.m, op.k, op.n, pattern if op.nm else None)
+            for op in map(isa.decode, program.words) if op.opcode is isa.Opcode.GEMM]
+
+
+def summed_cycles(config: AccelConfig, gemms, simulator: str = "verilator") -> int:
+    """Sum of :func:`~vitaccel.sim.bench.nm_cycles.gemm_cycles` over ``(m, k, n, nm)`` GEMMs
+    (each distinct shape measured once, and cached)."""
+    from vitaccel.sim.bench.nm_cycles import gemm_cycles
+
+    measured: dict[tuple, int] = {}
+    for shape in gemms:
+        if shape not in measured:
+            measured[shape] = gemm_cycles(config, *shape[:3], shape[3], simulator=simulator)
+    return sum(measured[shape] for shape in gemms)
+
+
+def _executed_macs(gemms) -> int:
+    return sum(m * (k if nm is None else -(-k // nm[1]) * nm[0]) * n for m, k, n, nm in gemms)
+
+
+def deit_s_records(simulator: str = "verilator") -> list[dict[str, Any]]:
+    """DeiT-S-shaped cycle records (:data:`DEIT_S_SETTINGS`): ``model`` ``"deit-s shapes"``,
+    ``method``, ``parameter``, ``config``, ``cycles``, ``cycles_ratio``, executed ``macs``,
+    ``macs_ratio``, ``gemms`` and ``cycles_source``; no accuracy (weights are irrelevant)."""
+    from vitaccel.hw.spec.config import load_config
+
+    config = load_config(DEIT_S_CONFIG)
+    records = []
+    for method, parameter, kwargs in DEIT_S_SETTINGS:
+        gemms = deit_s_gemms(**kwargs)
+        records.append({"method": method, "parameter": parameter, "model": "deit-s shapes", "config": config.name,
+                        "int8_top1": None, "macs": _executed_macs(gemms), "gemms": len(gemms),
+                        "cycles": summed_cycles(config, gemms, simulator), "cycles_source": DEIT_S_CYCLES_SOURCE})
+    for record in records:
+        record["cycles_ratio"] = round(record["cycles"] / records[0]["cycles"], 4)
+        record["macs_ratio"] = round(record["macs"] / records[0]["macs"], 4)
+    return records
+
+
+def acceptance(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Issue 8's bounds on the digits-vit records: ``nm-2:4`` within 0.01 of dense int8 top-1
+    at <= 0.7 x dense cycles, ``tokens`` within 0.01 at <= 0.75 x dense MACs. Per bound: the
+    measured value, the limit and whether it holds."""
+    digits = {r["method"]: r for r in records if r.get("model") == "digits-vit"}
+    dense = digits.get("dense")
+    out: dict[str, dict[str, Any]] = {}
+    if dense is None:
+        return out
+
+    def bound(name: str, value, limit, holds: bool) -> None:
+        out[name] = {"value": value, "limit": limit, "holds": bool(holds)}
+
+    top1 = dense["int8_top1"]
+    if "nm-2:4" in digits:
+        r = digits["nm-2:4"]
+        bound("nm-2:4 int8_top1 >= dense - 0.01", r["int8_top1"], round(top1 - 0.01, 4), r["int8_top1"] >= top1 - 0.01)
+        bound("nm-2:4 cycles <= 0.7 x dense", r["cycles"], 0.7 * dense["cycles"], r["cycles"] <= 0.7 * dense["cycles"])
+    if "tokens" in digits:
+        r = digits["tokens"]
+        bound("tokens macs <= 0.75 x dense", r["macs"], 0.75 * dense["macs"], r["macs"] <= 0.75 * dense["macs"])
+        bound("tokens int8_top1 >= dense - 0.01", r["int8_top1"], round(top1 - 0.01, 4), r["int8_top1"] >= top1 - 0.01)
+    return out
+
+
+def plot(records: list[dict[str, Any]], path) -> None:
+    """Write int8 top-1 against matrix-engine cycles, one labelled point per digits-vit method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = [r for r in records if r.get("model") == "digits-vit" and r.get("cycles") is not None]
+    if not points:
+        raise ValueError("plot: no digits-vit record with cycles")
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for r in points:
+        ax.scatter(r["cycles"], 100 * r["int8_top1"], s=36)
+        ax.annotate(r["method"], (r["cycles"], 100 * r["int8_top1"]), textcoords="offset points", xytext=(5, 4),
+                    fontsize=9)
+    config = points[0].get("config", "tiny")
+    ax.set_xlabel(f"matrix-engine cycles per image ({config} config, Verilator, summed over GEMMs)")
+    ax.set_ylabel("int8 top-1 on digits test split (%)")
+    ax.set_title("digits-vit: pruning methods, accuracy against cycles")
+    ax.grid(True, alpha=0.3)
+    ax.margins(x=0.15, y=0.2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def run(config: AccelConfig, *, simulator: str = "verilator", quick: bool = False,
         progress: Callable[[str, float], None] | None = None) -> list[dict[str, Any]]:
-    """Prune digits-vit every way, fine-tune, and measure accuracy and MACs.
+    """Prune digits-vit every way, fine-tune, and measure accuracy, MACs and engine cycles.
 
-    ``simulator`` is unused (no RTL runs yet; kept for the common benchmark signature).
-    ``quick`` fine-tunes one epoch per method.
+    ``quick`` fine-tunes one epoch per method and skips the DeiT-S shapes. Cycles are measured
+    with ``simulator`` on ``config``'s matrix engine (with ``nm_sparsity`` set to the pattern for
+    the N:M records); prints the :func:`acceptance` figures on stderr.
     """
+    import sys
+
     from vitaccel.sw import data, train
+    from vitaccel.sw.backend import compile_qgraph
     from vitaccel.sw.models.zoo import get_model
     from vitaccel.sw.prune import (TokenPruningViT, count_macs, finetune_digits, head_scores_loss,
                                    prune_heads, prune_nm)
     from vitaccel.sw.prune.nm import compress_qgraph_weights
 
-    methods = ["dense", "nm-2:4", "nm-1:4", "heads", "tokens", "tokens+package"]
+    methods = ["dense", "nm-2:4", "nm-1:4", "heads", "tokens", "tokens+package"] + ([] if quick else ["deit-s"])
     records: list[dict[str, Any]] = []
+    base_config = config.replace(nm_sparsity=None) if config.nm_sparsity is not None else config
 
     def report(text: str) -> None:
         if progress is not None:
@@ -109,30 +266,39 @@ def run(config: AccelConfig, *, simulator: str = "verilator", quick: bool = Fals
     test = data.digits("test")
     dense_macs = count_macs(base, shape)
 
-    def record(method: str, parameter, model, macs_model, before: float | None, epochs_run: int,
-               **extra) -> dict[str, Any]:
+    def record(method: str, parameter, model, macs_model, before: float | None, epochs_run: int, qgraph,
+               cfg: AccelConfig = base_config, *, golden_check: bool = False, **extra) -> dict[str, Any]:
         macs = count_macs(macs_model, shape)
-        entry = {"method": method, "parameter": parameter, "model": "digits-vit",
+        program = compile_qgraph(qgraph, cfg)
+        gemms = program_gemms(program)
+        entry = {"method": method, "parameter": parameter, "model": "digits-vit", "config": base_config.name,
                  "float_top1": train.evaluate_float(macs_model, test),
                  "float_top1_before_finetune": before, "finetune_epochs": epochs_run,
-                 "macs": macs, "macs_ratio": round(macs / dense_macs, 4), **extra}
+                 "macs": macs, "macs_ratio": round(macs / dense_macs, 4), **extra,
+                 "program_macs": program.manifest["macs"], "gemm_instructions": len(gemms),
+                 "nm_gemm_instructions": sum(1 for g in gemms if g[3] is not None),
+                 "cycles": summed_cycles(base_config, gemms, simulator), "cycles_source": CYCLES_SOURCE}
+        if golden_check:
+            entry["golden_bit_exact_images"] = _golden_bit_exact(qgraph, program, GOLDEN_CHECK_IMAGES)
+        entry["cycles_ratio"] = round(entry["cycles"] / records[0]["cycles"], 4) if records else 1.0
         records.append(entry)
         return entry
 
     report("dense")
-    dense_int8, _ = _int8_top1(base, shape, config)
-    record("dense", None, base, base, None, 0, int8_top1=dense_int8)
+    dense_int8, qgraph = _int8_top1(base, shape, base_config)
+    record("dense", None, base, base, None, 0, qgraph, int8_top1=dense_int8)
 
     for method, (n, m) in (("nm-2:4", (2, 4)), ("nm-1:4", (1, 4))):
         report(method)
+        nm_config = base_config.replace(nm_sparsity=(n, m))
         model = copy.deepcopy(base)
         masks = prune_nm(model, n, m)
         before = train.evaluate_float(model, test)
         finetune_digits(model, epochs(method), masks=masks, lr=FINETUNE_LR[method])
-        int8, qgraph = _int8_top1(model, shape, config)
+        int8, qgraph = _int8_top1(model, shape, nm_config)
         compressed = compress_qgraph_weights(qgraph, masks)  # raises if int8 broke the pattern
-        record(method, {"n": n, "m": m}, model, model, before, epochs(method), int8_top1=int8,
-               weight_density=round(masks.density(), 4), compressed_layers=len(compressed))
+        record(method, {"n": n, "m": m}, model, model, before, epochs(method), qgraph, nm_config, golden_check=True,
+               int8_top1=int8, weight_density=round(masks.density(), 4), compressed_layers=len(compressed))
 
     report("heads")
     train_split = data.digits("train")
@@ -141,9 +307,9 @@ def run(config: AccelConfig, *, simulator: str = "verilator", quick: bool = Fals
     model = prune_heads(base, keep_per_layer=HEADS_KEPT, scores=scores)
     before = train.evaluate_float(model, test)
     finetune_digits(model, epochs("heads"), lr=FINETUNE_LR["heads"])
-    int8, _ = _int8_top1(model, shape, config)
+    int8, qgraph = _int8_top1(model, shape, base_config)
     record("heads", {"keep_per_layer": HEADS_KEPT, "of": base.blocks[0].attn.num_heads, "score": "loss"},
-           model, model, before, epochs("heads"), int8_top1=int8,
+           model, model, before, epochs("heads"), qgraph, int8_top1=int8,
            kept_heads=[list(block.attn.kept_heads) for block in model.blocks])
 
     for method, package in (("tokens", False), ("tokens+package", True)):
@@ -151,11 +317,16 @@ def run(config: AccelConfig, *, simulator: str = "verilator", quick: bool = Fals
         wrapper = TokenPruningViT(copy.deepcopy(base), keep=TOKEN_KEEP, package=package)
         before = train.evaluate_float(wrapper, test)
         finetune_digits(wrapper, epochs(method), lr=FINETUNE_LR[method])
-        int8, qgraph = _int8_top1(wrapper, shape, config)
+        int8, qgraph = _int8_top1(wrapper, shape, base_config)
         record(method, {"keep": TOKEN_KEEP, "points": list(wrapper.points), "package": package},
-               wrapper, wrapper, before, epochs(method), int8_top1=int8,
-               golden_bit_exact_images=_golden_bit_exact(qgraph, config, GOLDEN_CHECK_IMAGES),
+               wrapper, wrapper, before, epochs(method), qgraph, golden_check=True, int8_top1=int8,
                tokens_per_block=wrapper.token_counts(base.patch_embed.num_patches))
+    if not quick:
+        report("deit-s shapes")
+        records.extend(deit_s_records(simulator))
+    for name, figure in acceptance(records).items():
+        print(f"acceptance: {name}: {figure['value']} against {figure['limit']}: "
+              f"{'holds' if figure['holds'] else 'FAILS'}", file=sys.stderr)
     if progress is not None:
         progress("done", 1.0)
     return records

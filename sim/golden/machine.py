@@ -30,6 +30,7 @@ import numpy as np
 from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.hw.spec.isa import ADDR_UNIT, Buffer, Instruction, Opcode, Queue
+from vitaccel.hw.spec.nm import NMWeights
 from vitaccel.hw.spec.regmap import ErrorCode
 
 __all__ = [
@@ -279,18 +280,31 @@ class GoldenMachine:
     # -- GEMM ----------------------------------------------------------------------------------
 
     def _gemm(self, instr: Instruction, pc: int) -> None:
-        from vitaccel.sim.golden import gemm
+        from vitaccel.sim.golden import gemm, nm as nm_kernels
 
         m, k, n = instr.m, instr.k, instr.n
         self._require(m > 0 and k > 0 and n > 0, f"GEMM: empty shape m={m} k={k} n={n}", pc)
         self._require(k <= self.config.max_k, f"GEMM: k={k} exceeds max_k={self.config.max_k}", pc)
         self._require(not (instr.residual and not instr.requant), "GEMM: residual needs requant", pc)
+        # With the shape checks, so that hardware can fold them into one INVALID_OPERAND test.
+        self._require(not (instr.nm and self.config.nm_sparsity is None),
+                      f"GEMM: nm=1 but config {self.config.name!r} has no nm_sparsity", pc)
+        self._require(not (instr.nm and instr.b_transposed), "GEMM: nm=1 with b_transposed=1 "
+                      "(the compressed B is [ceil(k/M)*N, n], never transposed)", pc)
         a = self._matrix(Buffer.INPUT, instr.a_addr, m, k, np.uint8 if instr.unsigned_a else np.int8, pc)
-        if instr.b_transposed:
+        if instr.nm:
+            keep, group = self.config.nm_sparsity
+            layout = isa.nm_weight_layout(k, n, self.config.nm_sparsity)
+            # One check over the whole compressed region (values, alignment gap, indices).
+            self._matrix(Buffer.WEIGHT, instr.b_addr, 1, layout.nbytes, np.uint8, pc)
+            values = self._matrix(Buffer.WEIGHT, instr.b_addr, layout.rows, n, np.int8, pc)
+            indices = self._matrix(Buffer.WEIGHT, instr.b_addr + layout.indices_offset // ADDR_UNIT,
+                                   layout.rows, n, np.uint8, pc)
+        elif instr.b_transposed:
             b = self._matrix(Buffer.WEIGHT, instr.b_addr, n, k, np.int8, pc).T
         else:
             b = self._matrix(Buffer.WEIGHT, instr.b_addr, k, n, np.int8, pc)
-        self.stats.macs += m * k * n
+        self.stats.macs += m * (layout.rows if instr.nm else k) * n  # executed: kept weights only
         addend = None  # what the engine adds to A @ B before requantization: ACC partials and bias
         if instr.accumulate:
             addend = self._matrix(Buffer.ACC, instr.acc_addr, m, n, np.int32, pc).astype(np.int64)
@@ -299,8 +313,10 @@ class GoldenMachine:
             bias, multiplier, shift = params[:n], params[n:2 * n], params[2 * n:]
             if instr.bias:
                 addend = bias if addend is None else addend + bias
+        if instr.nm:  # index values are checked with the parameter values, after every address
+            b = self._nonlinear(instr.opcode, pc, lambda: NMWeights(values.copy(), indices.copy(), keep, group, k))
         if not instr.requant:
-            acc = gemm.matmul(a, b)
+            acc = nm_kernels.nm_matmul(a, b) if instr.nm else gemm.matmul(a, b)
             if addend is not None:
                 acc = acc + addend
             self._require(bool(np.all((acc >= -(1 << 31)) & (acc < (1 << 31)))),
@@ -308,7 +324,8 @@ class GoldenMachine:
             self._matrix(Buffer.ACC, instr.acc_addr, m, n, np.int32, pc)[...] = acc
             return
         out = self._matrix(Buffer.VECTOR, instr.out_addr, m, n, np.int8, pc)
-        out[...] = self._nonlinear(instr.opcode, pc, lambda: gemm.linear(
+        linear = nm_kernels.nm_linear if instr.nm else gemm.linear
+        out[...] = self._nonlinear(instr.opcode, pc, lambda: linear(
             a, b, addend, multiplier, shift, residual=out if instr.residual else None))
 
     # -- vector unit ---------------------------------------------------------------------------

@@ -11,6 +11,13 @@ can read them, and LOAD/STORE copies through the vector buffer otherwise.
 Token pruning runs on the top-k engine: ``token_scores`` emits nothing (TOPK and PACKAGE sum
 the CLS rows of the attention probabilities over heads as they read them), ``topk`` is one
 TOPK, ``gather_tokens`` and ``package_token`` are GATHER / PACKAGE tiled by columns.
+
+N:M sparse weights: on a config with ``nm_sparsity = (N, M)``, a linear layer whose int8
+weight ``[K, N_out]`` is N:M sparse along K is stored compressed (``hw/spec/nm.py``: values,
+then indices, each ``[ceil(K/M)*N, N_out]``) and runs as ``nm=1`` GEMMs, each tile's values and
+indices loaded one after the other into WEIGHT (:func:`~vitaccel.hw.spec.isa.nm_weight_layout`);
+its layer record counts the executed MACs and names the pattern (``nm``). Every other GEMM
+(attention, dense layers) stays dense.
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ import numpy as np
 
 from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.config import AccelConfig
-from vitaccel.hw.spec.isa import Buffer, Instruction, Opcode
+from vitaccel.hw.spec.isa import ADDR_UNIT, Buffer, Instruction, Opcode, nm_weight_layout
+from vitaccel.hw.spec.nm import NMWeights, compress, magnitude_keep_mask
 from vitaccel.sw.backend.emitter import Pipeline, ProgramBuilder
 from vitaccel.sw.backend.memory import DdrAllocator, TensorView, align
 from vitaccel.sw.backend.tiling import (MAX_COLS, MAX_GATHER_BYTES, MAX_PACKAGE_COLS, MAX_ROWS, SlotPlan, Tiler,
@@ -47,6 +55,9 @@ class LayerRecord:
     first_instruction: int = 0
     instructions: int = 0
     source: str = ""
+    #: For a linear layer run on N:M compressed weights: ``n``, ``m``, the dense ``k``, the
+    #: compressed depth ``compressed_k`` (the rows each GEMM multiplies) and ``columns``.
+    nm: dict[str, int] | None = None
 
 
 def _load(buffer: Buffer, sram_addr: int, view: TensorView, rows: int, row_bytes: int,
@@ -197,16 +208,21 @@ class Lowering:
     # -- GEMMs -----------------------------------------------------------------------------------
 
     def _gemm_tiles(self, op: QOp, record: LayerRecord, a: TensorView, b: TensorView, b_transposed: bool,
-                    out: TensorView, params_addr: int | None, requant: bool, unsigned_a: bool) -> None:
-        """Tile ``out[M, N] = a[M, K] @ B`` (B stored [N, K] if ``b_transposed`` else [K, N])."""
+                    out: TensorView, params_addr: int | None, requant: bool, unsigned_a: bool,
+                    nm_indices: TensorView | None = None) -> None:
+        """Tile ``out[M, N] = a[M, K] @ B`` (B stored [N, K] if ``b_transposed`` else [K, N]).
+
+        With ``nm_indices``, B is N:M compressed under the config's ``nm_sparsity``: ``b`` holds
+        its int8 values and ``nm_indices`` its uint8 indices, both ``[ceil(K/M)*N, N]``."""
         m_total, k = a.shape
+        nm = self.config.nm_sparsity if nm_indices is not None else None
         n_total = out.shape[1]
         if k > self.config.max_k:
             raise BackendError(f"{op!r}: K={k} exceeds max_k={self.config.max_k} ({op.source})")
         out_bytes = 1 if requant else 4
         out_buf = Buffer.VECTOR if requant else Buffer.ACC
         m_tile, n_tile = self.tiler.gemm_tile(m_total, k, n_total, requant=requant,
-                                              has_params=params_addr is not None)
+                                              has_params=params_addr is not None, nm=nm)
         if m_tile <= 0 or n_tile <= 0:
             raise BackendError(f"{op!r}: a tile of K={k} does not fit the {self.config.name} buffers ({op.source})")
         for n0 in range(0, n_total, n_tile):
@@ -215,9 +231,16 @@ class Lowering:
                 mt = min(m_tile, m_total - m0)
                 slot = self._slot()
                 a_addr = slot.take(Buffer.INPUT, mt * k)
-                b_addr = slot.take(Buffer.WEIGHT, nt * k)
+                b_addr = slot.take(Buffer.WEIGHT, self.tiler.weight_bytes(k, nt, nm))
                 loads = [_load(Buffer.INPUT, a_addr, a.slice(0, m0, m0 + mt), mt, k * a.itemsize, a.strides[0])]
-                if b_transposed:
+                depth = k  # rows of B the GEMM multiplies
+                if nm is not None:
+                    layout = nm_weight_layout(k, nt, nm)
+                    depth = layout.rows
+                    loads.append(_load(Buffer.WEIGHT, b_addr, b.slice(1, n0, n0 + nt), depth, nt, b.strides[0]))
+                    loads.append(_load(Buffer.WEIGHT, b_addr + layout.indices_offset // ADDR_UNIT,
+                                       nm_indices.slice(1, n0, n0 + nt), depth, nt, nm_indices.strides[0]))
+                elif b_transposed:
                     loads.append(_load(Buffer.WEIGHT, b_addr, b.slice(0, n0, n0 + nt), nt, k, b.strides[0]))
                 else:
                     loads.append(_load(Buffer.WEIGHT, b_addr, b.slice(1, n0, n0 + nt), k, nt, b.strides[0]))
@@ -229,13 +252,14 @@ class Lowering:
                                              dram_stride=4 * n_total, sram_stride=4 * nt))
                 out_addr = slot.take(out_buf, mt * nt * out_bytes)
                 gemm = Instruction(Opcode.GEMM, requant=int(requant), bias=int(requant), unsigned_a=int(unsigned_a),
-                                   b_transposed=int(b_transposed), m=mt, k=k, n=nt, a_addr=a_addr, b_addr=b_addr,
+                                   b_transposed=int(b_transposed), nm=int(nm is not None), m=mt, k=k, n=nt,
+                                   a_addr=a_addr, b_addr=b_addr,
                                    acc_addr=0 if requant else out_addr, out_addr=out_addr if requant else 0,
                                    param_addr=param_addr)
                 store = _store(out_buf, out_addr, out.slice(0, m0, m0 + mt).base + n0 * out.strides[1],
                                mt, nt * out_bytes, out.strides[0])
                 self.pipeline.tile(loads, [gemm], [store])
-                record.macs += mt * k * nt
+                record.macs += mt * depth * nt
 
     def _op_linear(self, op: QOp, record: LayerRecord) -> None:
         if len(op.inputs) == 4:
@@ -244,9 +268,18 @@ class Lowering:
         x = self._input(op.inputs[0])
         weight = self.graph.constants[op.inputs[1]]  # [K, N]
         bias = self.graph.constants[op.inputs[2]]
-        w_addr = self._constant(op.output + ".weight_t", np.ascontiguousarray(weight.T).astype(np.int8))
         n, k = weight.shape[1], weight.shape[0]
-        w_view = TensorView.contiguous(w_addr, (n, k), "int8")
+        nmw = self._nm_weights(weight)
+        indices = None
+        if nmw is None:
+            w_addr = self._constant(op.output + ".weight_t", np.ascontiguousarray(weight.T).astype(np.int8))
+            w_view = TensorView.contiguous(w_addr, (n, k), "int8")
+        else:
+            w_view = TensorView.contiguous(self._constant(op.output + ".nm_values", nmw.values),
+                                           nmw.values.shape, "int8")
+            indices = TensorView.contiguous(self._constant(op.output + ".nm_indices", nmw.indices),
+                                            nmw.indices.shape, "uint8")
+            record.nm = {"n": nmw.n, "m": nmw.m, "k": k, "compressed_k": nmw.values.shape[0], "columns": n}
         p_addr = self._constant(op.output + ".params",
                                 isa.pack_gemm_params(bias, op.attrs["multiplier"], op.attrs["shift"]))
         out = self._new_tensor(op.output)
@@ -254,7 +287,19 @@ class Lowering:
         x2 = x if len(x.shape) == 2 else x.reshape((int(np.prod(x.shape[:-1])), x.shape[-1]))
         if x2 is None:
             raise BackendError(f"{op!r}: input layout not supported ({op.source})")
-        self._gemm_tiles(op, record, x2, w_view, True, out.reshape((x2.shape[0], n)), p_addr, True, False)
+        self._gemm_tiles(op, record, x2, w_view, nmw is None, out.reshape((x2.shape[0], n)), p_addr, True, False,
+                         nm_indices=indices)
+
+    def _nm_weights(self, weight: np.ndarray) -> NMWeights | None:
+        """``weight [K, N]`` compressed to the config's ``nm_sparsity`` if it is N:M sparse along
+        K (checked on the int8 values), else None (the layer runs dense)."""
+        if self.config.nm_sparsity is None:
+            return None
+        n, m = self.config.nm_sparsity
+        # Sparse iff every non-zero is among its group's n largest magnitudes.
+        if np.any(weight[~magnitude_keep_mask(weight, n, m)]):
+            return None
+        return compress(weight, n, m)
 
     def _op_matmul(self, op: QOp, record: LayerRecord) -> None:
         a = self._input(op.inputs[0])

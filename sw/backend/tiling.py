@@ -12,7 +12,7 @@ import itertools
 from typing import Iterator
 
 from vitaccel.hw.spec.config import AccelConfig
-from vitaccel.hw.spec.isa import ADDR_UNIT, LAYOUTS, Buffer, Opcode
+from vitaccel.hw.spec.isa import ADDR_UNIT, LAYOUTS, Buffer, Opcode, nm_weight_layout
 from vitaccel.sw.backend.emitter import SLOTS
 from vitaccel.sw.backend.memory import align
 
@@ -67,20 +67,29 @@ class Tiler:
         self.config = config
         self.capacity = SlotPlan(config, 0).capacity
 
-    def gemm_tile(self, m: int, k: int, n: int, *, requant: bool, has_params: bool) -> tuple[int, int]:
+    def weight_bytes(self, k: int, n: int, nm: tuple[int, int] | None = None) -> int:
+        """WEIGHT bytes of a ``k x n`` B tile: dense, or N:M compressed (values and indices,
+        :func:`~vitaccel.hw.spec.isa.nm_weight_layout`) for ``nm = (N, M)``."""
+        return align(nm_weight_layout(k, n, nm).nbytes) if nm is not None else align(n * k)
+
+    def gemm_tile(self, m: int, k: int, n: int, *, requant: bool, has_params: bool,
+                  nm: tuple[int, int] | None = None) -> tuple[int, int]:
         """Largest ``(m_tile, n_tile)`` whose operands, parameters and outputs fit one slot;
-        ``(0, 0)`` if not even one row fits. Wide tiles first: A rows are re-read per N tile."""
+        ``(0, 0)`` if not even one row fits. Wide tiles first: A rows are re-read per N tile.
+        ``nm = (N, M)``: B is stored N:M compressed (``k`` stays the dense depth)."""
         cap = self.capacity
 
         def fits(mt: int, nt: int) -> bool:
             acc = (align(12 * nt) if has_params else 0) + (0 if requant else align(mt * nt * 4))
             vec = align(mt * nt) if requant else 0
-            return (align(mt * k) <= cap[Buffer.INPUT] and align(nt * k) <= cap[Buffer.WEIGHT]
+            return (align(mt * k) <= cap[Buffer.INPUT] and self.weight_bytes(k, nt, nm) <= cap[Buffer.WEIGHT]
                     and acc <= cap[Buffer.ACC] and vec <= cap[Buffer.VECTOR])
 
+        # WEIGHT bytes per B column: k dense, or a value and an index per kept row.
+        column_bytes = k if nm is None else 2 * nm_weight_layout(k, 1, nm).rows
         m_tile = min(m, MAX_M, cap[Buffer.INPUT] // max(k, 1))
         while m_tile >= 1:
-            n_tile = min(n, MAX_N, cap[Buffer.WEIGHT] // max(k, 1))
+            n_tile = min(n, MAX_N, cap[Buffer.WEIGHT] // max(column_bytes, 1))
             while n_tile >= 1 and not fits(m_tile, n_tile):
                 n_tile = n_tile * 7 // 8 if n_tile > 8 else n_tile - 1
             if n_tile >= 1:

@@ -32,13 +32,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=f"Run a benchmark. Cycles are measured in RTL simulation, never estimated.\n\n"
                     f"benchmarks:\n{lines}\n  all        every benchmark above",
         epilog="examples:\n  vitaccel bench gemm --config tiny --json\n"
-               "  vitaccel bench nonlinear --config tiny --quick",
+               "  vitaccel bench nonlinear --config tiny --quick\n"
+               "  vitaccel bench pruning --json --plot docs/pruning.png",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("benchmark", choices=[*BENCHMARKS, "all"])
     parser.add_argument("--config", default="tiny", metavar="NAME|FILE", help="preset or JSON file (default: tiny)")
     parser.add_argument("--sim", default="verilator", choices=SIMULATORS, help="RTL simulator (default: verilator)")
     parser.add_argument("--quick", action="store_true", help="small shapes: seconds instead of minutes")
     parser.add_argument("--json", action="store_true", help="print only the JSON list on stdout")
+    parser.add_argument("--plot", metavar="PATH", default=None,
+                        help="pruning only: also write int8 accuracy against cycles to PATH (e.g. docs/pruning.png)")
     parser.set_defaults(func=run)
 
 
@@ -56,6 +59,8 @@ def run(args: argparse.Namespace) -> int:
     reason = simulator_available(args.sim)
     if reason:
         raise UserError(reason)
+    if args.plot is not None and args.benchmark != "pruning":
+        raise UserError("--plot is only for the pruning benchmark")
     names = list(BENCHMARKS) if args.benchmark == "all" else [args.benchmark]
     modules = {name: _load(name) for name in names} if args.benchmark != "all" else {}
     if args.benchmark == "all":
@@ -79,6 +84,9 @@ def run(args: argparse.Namespace) -> int:
             for record in module.run(config, simulator=args.sim, quick=args.quick, progress=progress):
                 records.append({"benchmark": name, **record} if args.benchmark == "all" else record)
             bar.update(task, completed=1.0)
+    if args.plot is not None:
+        modules["pruning"].plot(records, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
         print(json.dumps(records, indent=2))
     else:

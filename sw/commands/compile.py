@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         epilog="examples:\n  vitaccel compile digits-vit --config tiny -o out/digits\n"
                "  vitaccel compile deit-small --config zcu102 --weights deit_small.pth -o out/deit-s\n"
                "  vitaccel compile my_model.py:build --config tiny -o out/mine\n"
-               "  vitaccel compile digits-vit --prune-tokens 0.7@1,2,3 -o out/digits-pruned",
+               "  vitaccel compile digits-vit --prune-tokens 0.7@1,2,3 -o out/digits-pruned\n"
+               "  vitaccel compile digits-vit --config tiny_nm24.json --nm 2:4 -o out/digits-nm",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", metavar="MODEL", help="zoo name (digits-vit, deit-tiny, deit-small, deit-base) "
                                                        "or path/to/file.py:function")
@@ -28,6 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "1,2,3 for 4 blocks), e.g. 0.7 or 0.7@1,2,3")
     parser.add_argument("--package-token", action="store_true",
                         help="with --prune-tokens: fuse the pruned tokens into one package token (SPViT)")
+    parser.add_argument("--nm", metavar="N:M", default=None,
+                        help="prune every block linear layer to N:M along its input by magnitude (no fine-tuning) "
+                             "and run it on the sparse matrix engine; needs a config whose nm_sparsity is [N, M]")
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -45,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
         task = bar.add_task("compiling", total=1.0)
         program = compile_model(args.model, args.config, args.output, weights=args.weights, calib=args.calib,
                                 method=args.method, prune_tokens=args.prune_tokens,
-                                package_token=args.package_token,
+                                package_token=args.package_token, nm=args.nm,
                                 progress=lambda text, fraction: bar.update(task, description=text, completed=fraction))
     m = program.manifest
     console.print(f"wrote {args.output}: {m['instructions']} instructions, {m['macs'] / 1e6:.1f} MMAC per image, "

@@ -17,7 +17,25 @@ from torch import nn
 
 from vitaccel.hw.spec.nm import NMWeights, check_nm, compress, magnitude_keep_mask
 
-__all__ = ["prune_nm", "NMMasks", "prunable_layers", "compress_qgraph_weights"]
+__all__ = ["prune_nm", "NMMasks", "prunable_layers", "compress_qgraph_weights", "parse_nm"]
+
+
+def parse_nm(text: str) -> tuple[int, int]:
+    """Parse ``"N:M"`` (``vitaccel compile --nm``), e.g. ``"2:4"``, into ``(N, M)``.
+
+    Raises
+    ------
+    ValueError
+        Naming the expected form, for a malformed string or a pattern the format does not
+        support (:func:`~vitaccel.hw.spec.nm.check_nm`).
+    """
+    parts = str(text).strip().split(":")
+    try:
+        n, m = (int(part) for part in parts)
+    except ValueError:
+        raise ValueError(f"N:M sparsity {text!r}: expected two integers N:M, e.g. 2:4 or 1:4") from None
+    check_nm(n, m)
+    return n, m
 
 
 def _weight_matrix(module: nn.Module) -> torch.Tensor:

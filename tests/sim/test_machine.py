@@ -417,3 +417,96 @@ def test_random_words_raise_machine_errors_only(words, legal_opcodes):
         GoldenMachine(CONFIG).run(words, np.zeros(4096, np.uint8))
     except MachineError as err:
         assert err.code is not ErrorCode.NONE
+
+
+# -- GEMM with N:M sparse weights (nm=1) -------------------------------------------------------
+
+NM_CONFIG = CONFIG.replace(nm_sparsity=(2, 4))
+
+
+def nm_operands(k, n, pattern=(2, 4)):
+    """A random N:M-sparse int8 W[k, n] and its compressed form."""
+    from vitaccel.hw.spec.nm import compress, magnitude_keep_mask
+
+    w = edge_int8((k, n))
+    w[~magnitude_keep_mask(w, *pattern)] = 0
+    return w, compress(w, *pattern)
+
+
+def nm_gemm_program(ddr, a, nmw, *, requant, b_unit=4, indices=None, **fields):
+    """Loads of A, the compressed B (values, then ``indices`` (default: ``nmw``'s) at the next
+    16-byte unit) and parameters; one nm=1 GEMM; the store of its result.
+    Returns (loads, gemm, stores, out_addr, (bias, multiplier, shift))."""
+    m, k = a.shape
+    indices = nmw.indices if indices is None else indices
+    n = nmw.values.shape[1]
+    layout = isa.nm_weight_layout(k, n, (nmw.n, nmw.m))
+    bias, mult, shift = gemm_params(n)
+    params = isa.pack_gemm_params(bias, mult, shift)
+    loads = [load(Buffer.INPUT, 0, ddr.put(a), a), load(Buffer.WEIGHT, b_unit, ddr.put(nmw.values), nmw.values),
+             load(Buffer.WEIGHT, b_unit + layout.indices_offset // ADDR_UNIT, ddr.put(indices), indices),
+             load(Buffer.ACC, 64, ddr.put(params), params)]
+    out_bytes = 1 if requant else 4
+    out_addr = ddr.reserve(m * n * out_bytes)
+    op = Instruction(Opcode.GEMM, nm=1, requant=int(requant), bias=1, m=m, k=k, n=n, a_addr=0, b_addr=b_unit,
+                     out_addr=8 if requant else 0, acc_addr=0 if requant else 8, param_addr=64, **fields)
+    buffer = Buffer.VECTOR if requant else Buffer.ACC
+    return loads, op, [store(buffer, 8, out_addr, m, n * out_bytes)], out_addr, (bias, mult, shift)
+
+
+@pytest.mark.parametrize("pattern", [(2, 4), (1, 4)])
+@pytest.mark.parametrize("k", [24, 30])  # 30: a partial last group
+def test_gemm_nm_requant_matches_dense_linear_and_counts_executed_macs(pattern, k):
+    m, n = 5, 7
+    a = edge_int8((m, k))
+    w, nmw = nm_operands(k, n, pattern)
+    ddr = Ddr()
+    loads, op, stores, out_addr, (bias, mult, shift) = nm_gemm_program(ddr, a, nmw, requant=True)
+    stats = run(ddr, loads, [op], stores, config=CONFIG.replace(nm_sparsity=pattern))
+    np.testing.assert_array_equal(ddr.get(out_addr, (m, n), np.int8), gemm.linear(a, w, bias, mult, shift))
+    assert stats.macs == m * -(-k // pattern[1]) * pattern[0] * n
+
+
+def test_gemm_nm_raw_int32_with_bias_matches_matmul():
+    m, k, n = 3, 16, 6
+    a = edge_int8((m, k))
+    w, nmw = nm_operands(k, n)
+    ddr = Ddr()
+    loads, op, stores, out_addr, (bias, _, _) = nm_gemm_program(ddr, a, nmw, requant=False)
+    run(ddr, loads, [op], stores, config=NM_CONFIG)
+    np.testing.assert_array_equal(ddr.get(out_addr, (m, n), np.int32), gemm.matmul(a, w) + bias)
+
+
+def test_gemm_nm_invalid_operands():
+    a = edge_int8((2, 8))
+    _, nmw = nm_operands(8, 4)
+    for config, fields, match in ((CONFIG, {}, "no nm_sparsity"), (NM_CONFIG, {"b_transposed": 1}, "b_transposed")):
+        ddr = Ddr()
+        loads, op, stores, _, _ = nm_gemm_program(ddr, a, nmw, requant=True)
+        with pytest.raises(InvalidOperandError, match=match):
+            run(ddr, loads, [op.replace(**fields)], stores, config=config)
+    # Folded into the shape checks: reported before an out-of-range address.
+    with pytest.raises(InvalidOperandError, match="no nm_sparsity"):
+        run(Ddr(64), [], [Instruction(Opcode.GEMM, nm=1, m=1, k=8, n=1, a_addr=(1 << 15) - 1)], [])
+    bad_index = nmw.indices.copy()
+    bad_index[0, 0] = 4
+    bad_pair = nmw.indices.copy()
+    bad_pair[1, 0] = bad_pair[0, 0]
+    for indices, match in ((bad_index, "outside the group"), (bad_pair, "position twice")):
+        ddr = Ddr()
+        loads, op, stores, _, _ = nm_gemm_program(ddr, a, nmw, requant=True, indices=indices)
+        with pytest.raises(InvalidOperandError, match=match):
+            run(ddr, loads, [op], stores, config=NM_CONFIG)
+
+
+def test_gemm_nm_address_check_covers_values_and_indices():
+    k, n = 64, 16  # values 32 x 16 = 512 bytes, then indices: 1024 bytes from b_addr
+    layout = isa.nm_weight_layout(k, n, (2, 4))
+    assert (layout.rows, layout.indices_offset, layout.nbytes) == (32, 512, 1024)
+    top = isa.buffer_bytes(NM_CONFIG, Buffer.WEIGHT) // ADDR_UNIT
+    op = Instruction(Opcode.GEMM, nm=1, m=1, k=k, n=n, out_addr=0)
+    # The values alone would fit below the end of WEIGHT; the indices do not.
+    with pytest.raises(AddressError, match="WEIGHT"):
+        run(Ddr(64), [], [op.replace(b_addr=top - 40)], [], config=NM_CONFIG)
+    with pytest.raises(AddressError, match="WEIGHT"):
+        run(Ddr(64), [], [op.replace(b_addr=top - 63)], [], config=NM_CONFIG)

@@ -335,8 +335,9 @@ def test_pruning_benchmark_quick_records():
     assert seen[-1] == 1.0
     dense = records[0]
     for r in records:
-        assert 0.0 <= r["float_top1"] <= 1.0 and r["macs"] > 0 and "cycles" not in r
-        assert "int8_top1" in r
+        assert 0.0 <= r["float_top1"] <= 1.0 and r["macs"] > 0 and r["program_macs"] == r["macs"]
+        assert "int8_top1" in r and r["cycles"] > 0 and "Verilator" in r["cycles_source"]
     by_method = {r["method"]: r for r in records}
     assert by_method["nm-2:4"]["macs"] < dense["macs"] and by_method["nm-2:4"]["compressed_layers"] == 16
     assert by_method["tokens"]["macs"] <= 0.75 * dense["macs"]
+    assert by_method["nm-2:4"]["nm_gemm_instructions"] == 16 and by_method["nm-2:4"]["cycles_ratio"] <= 0.7
