@@ -177,6 +177,7 @@ def write_board_package(top_verilog: str, top_name: str, config, out_dir: str | 
         "DMA_WIDTH": config.dma_data_width, "HP_WIDTH": config.dma_data_width,
         "CONTROL_RANGE": "64K", "REGISTER_TABLE": _register_table(),
         "RESOURCE_TABLE": _resource_table(resources), "RESOURCE_SOURCE": resources["source"],
+        "RESOURCE_METHOD": resources.get("method") or "not measured.",
     }
     written = []
     for file_name, content in (

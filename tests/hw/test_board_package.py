@@ -115,3 +115,58 @@ def test_icarus_time_zero_fix_finds_yosys_trigger(standin_verilog):
     fixed = icarus_time_zero_fix(standin_verilog)
     triggers = re.findall(r"reg \\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+  = 0;", standin_verilog)
     assert fixed.count("initial #1 ") == len(triggers) > 0
+
+
+def _fake_synthesize(calls):
+    def fake(verilog, top, family="xcup", *, timeout=None, cut_memories=(), cache=True):
+        calls.append({"top": top, "cut": tuple(cut_memories), "blackboxes": verilog.count("(* blackbox *)")})
+        return {"DSP48E2": 1, "LUT": 10, "FF": 100, "BRAM36": 0.5, "CARRY": 1000, "cells": {}}
+    return fake
+
+
+def test_per_unit_resources_count_every_part_once(monkeypatch, tmp_path):
+    """The per-unit method on tiny (yosys faked): the logic run has the engine's block units and
+    post-processor as black boxes and every buffer and scratchpad cut out; those are counted by
+    their own runs, scaled; the totals are the sum of the parts and resources.json keeps them."""
+    import vitaccel.hw.platform.synth as synth
+    from vitaccel.hw.accel import ACCEL_TOP_NAME, accelerator_top
+    from vitaccel.sw.commands.emit import UNIT_MODULES, measure_resources
+
+    tiny = PRESETS["tiny"]
+    calls = []
+    monkeypatch.setattr(synth, "synthesize", _fake_synthesize(calls))
+    verilog = emit_verilog(accelerator_top(tiny), ACCEL_TOP_NAME)
+    got = measure_resources(tiny, verilog, method="per-unit", jobs=1)
+    units = tiny.block_rows * tiny.block_cols
+    logic = next(call for call in calls if call["top"] == ACCEL_TOP_NAME)
+    assert set(logic["cut"]) == {"buffer_input", "buffer_weight", "buffer_acc", "buffer_vector", "a_spad", "b_spad"}
+    parts = got["parts"]
+    split = set(parts) & set(UNIT_MODULES)
+    assert {"layernorm", "softmax", "gelu"} <= split                # the units tiny builds
+    assert logic["blackboxes"] == units + 1 + len(split)          # block units, post-processor, the units
+    assert set(parts) == {"logic", "block_unit", "post_processor", "memory_buffer_input", "memory_buffer_weight",
+                          "memory_buffer_acc", "memory_buffer_vector", "memory_a_spad", "memory_b_spad"} | split
+    assert parts["block_unit"]["instances"] == units and parts["block_unit"]["DSP48E2"] == units
+    vector_slices = 64 * 1024 // 16 // 2048                       # tiny's 64 KiB vector buffer
+    assert parts["memory_buffer_vector"]["instances"] == vector_slices
+    for key in ("DSP48E2", "LUT", "FF", "BRAM36", "CARRY"):
+        assert got[key] == sum(part[key] for part in parts.values())
+    assert "block_unit = module" in got["method"] and f"x {units}" in got["method"]
+    assert len(calls) < len(parts)                                # equal buffer slices share one run
+    write_board_package(verilog, ACCEL_TOP_NAME, tiny, tmp_path, got)
+    data = json.loads((tmp_path / "resources.json").read_text())
+    assert data["parts"]["block_unit"]["instances"] == units and data["method"] == got["method"]
+    with pytest.raises(ValueError, match="method"):
+        measure_resources(tiny, verilog, method="guess")
+
+
+@pytest.mark.slow
+def test_zcu102_per_unit_resources_include_the_engine():
+    """Real yosys, ~15 min on 2 cores the first time (cached after): the zcu102 budget of issue 7."""
+    from vitaccel.hw.accel import ACCEL_TOP_NAME, accelerator_top
+    from vitaccel.sw.commands.emit import measure_resources
+
+    got = measure_resources(ZCU102, emit_verilog(accelerator_top(ZCU102), ACCEL_TOP_NAME))
+    units = ZCU102.block_rows * ZCU102.block_cols
+    assert got["parts"]["block_unit"]["DSP48E2"] == units * ZCU102.block_size ** 3
+    assert got["DSP48E2"] <= 0.8 * 2520 and got["BRAM36"] <= 0.8 * 912
