@@ -2,44 +2,183 @@
 
 A :class:`Device` runs a :class:`~vitaccel.sw.program.CompiledProgram` on int8 input
 tensors: it builds the DDR image, writes each input at its manifest address, executes, and
-reads the outputs back. Backends differ only in :meth:`Device.execute`:
+reads the outputs back. Backends differ only in how they execute:
 
-* ``golden``: the golden machine (:mod:`vitaccel.sim.golden.machine`), implemented;
-* ``rtl``: the emitted Verilog under cocotb + Verilator (issue 7), not available yet;
-* ``board``: a ZCU102 through PYNQ-style MMIO and buffers, not available yet.
+* ``golden``: the golden machine (:mod:`vitaccel.sim.golden.machine`);
+* ``rtl``: the emitted Verilog under cocotb + Verilator or Icarus, checked run by run
+  against the golden machine (:class:`vitaccel.sw.rtl_device.RtlDevice`);
+* ``board``: a ZCU102 through PYNQ-style MMIO and contiguous buffers (:class:`BoardDevice`).
+
+The register-level driver sequence (program address, length, DDR base, start, wait for the
+interrupt, read status, error and counters) is written once, in :func:`run_on_accelerator`,
+against an abstract :class:`ControlPort`: the cocotb testbench implements the port with
+cocotbext-axi's ``AxiLiteMaster``, the board with PYNQ's ``MMIO``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
+from vitaccel.hw.spec.regmap import REGISTERS, Access, ErrorCode
 from vitaccel.sw.commands import UserError
 from vitaccel.sw.program import CompiledProgram
 
-__all__ = ["Device", "GoldenDevice", "open_device", "BACKENDS"]
+__all__ = ["Device", "GoldenDevice", "BoardDevice", "DeviceError", "ControlPort", "run_on_accelerator",
+           "COUNTERS", "STATUS_BUSY", "STATUS_DONE", "STATUS_ERROR", "open_device", "BACKENDS",
+           "program_layout", "record_error", "layer_at"]
 
 #: Backend names ``vitaccel run --backend`` accepts.
 BACKENDS = ("golden", "rtl", "board")
 
+#: ``STATUS`` bits (hw/spec/regmap.py).
+STATUS_BUSY, STATUS_DONE, STATUS_ERROR = 0b001, 0b010, 0b100
+
+#: The 64-bit performance counters, from the register map: every read-only ``*_LO`` register.
+COUNTERS: tuple[str, ...] = tuple(r.name[:-3] for r in REGISTERS if r.name.endswith("_LO") and r.access is Access.RO)
+
+Progress = Callable[[str, float], Any]
+
+
+class DeviceError(UserError):
+    """A run the accelerator stopped with an error, or that disagrees with the golden machine.
+
+    ``code`` is the :class:`ErrorCode` the device reported (``NONE`` for a mismatch), ``pc``
+    the index of the instruction at fault (or ``None``).
+    """
+
+    def __init__(self, message: str, *, code: ErrorCode = ErrorCode.NONE, pc: int | None = None) -> None:
+        super().__init__(message)
+        self.code, self.pc = code, pc
+
+
+# -- the driver, shared by the cocotb host and the board --------------------------------------
+
+class ControlPort(ABC):
+    """The accelerator's AXI4-Lite control port, as a driver sees it (registers by name)."""
+
+    @abstractmethod
+    async def write(self, name: str, value: int) -> None:
+        """Write the 32-bit register ``name``."""
+
+    @abstractmethod
+    async def read(self, name: str) -> int:
+        """Read the 32-bit register ``name``."""
+
+    @abstractmethod
+    async def wait_interrupt(self, max_cycles: int) -> tuple[bool, int]:
+        """Wait until the interrupt line is high or ``max_cycles`` pass (the port's notion of a
+        cycle; a board converts to time). Returns (interrupt seen, cycles waited)."""
+
+
+async def run_on_accelerator(port: ControlPort, *, program_addr: int, length: int, ddr_base: int,
+                             ddr_size: int, watchdog: int = 0, max_cycles: int) -> dict[str, Any]:
+    """Run one program that is already in DDR; what the host can observe afterwards.
+
+    Parameters
+    ----------
+    port : ControlPort
+        The control registers.
+    program_addr, length : int
+        DDR byte address of the first instruction, number of 128-bit instructions.
+    ddr_base, ddr_size : int
+        The DDR window instruction addresses are relative to.
+    watchdog : int
+        ``WATCHDOG_LIMIT`` (cycles without a retired instruction; 0: off).
+    max_cycles : int
+        How long the host waits for the interrupt before it declares a hang.
+
+    Returns
+    -------
+    dict
+        ``interrupt``, ``waited``, ``status``, ``error_code``, ``error_pc``,
+        ``interrupt_status`` and one lower-case entry per counter in :data:`COUNTERS`.
+    """
+    await port.write("INTERRUPT_ENABLE", 0b11)
+    await port.write("PROGRAM_ADDR_LO", program_addr & 0xFFFF_FFFF)
+    await port.write("PROGRAM_ADDR_HI", program_addr >> 32)
+    await port.write("PROGRAM_LENGTH", length)
+    await port.write("DDR_BASE_LO", ddr_base & 0xFFFF_FFFF)
+    await port.write("DDR_BASE_HI", ddr_base >> 32)
+    await port.write("DDR_SIZE", ddr_size)
+    await port.write("WATCHDOG_LIMIT", watchdog)
+    await port.write("CONTROL", 1)
+    interrupt, waited = await port.wait_interrupt(max_cycles)
+    record: dict[str, Any] = {"interrupt": interrupt, "waited": waited}
+    for name in ("STATUS", "ERROR_CODE", "ERROR_PC", "INTERRUPT_STATUS"):
+        record[name.lower()] = await port.read(name)
+    for name in COUNTERS:
+        record[name.lower()] = (await port.read(f"{name}_LO")) | ((await port.read(f"{name}_HI")) << 32)
+    if interrupt:
+        await port.write("INTERRUPT_STATUS", 0b11)  # acknowledge: the line drops for the next run
+    return record
+
+
+def program_layout(ddr_size: int, words: int, *, ddr_base: int = 0x1000) -> dict[str, int]:
+    """Where a run's DDR window and program go in one host buffer: the window at
+    ``ddr_base``, the program after it on a 4 KiB boundary; ``buffer_bytes`` in total."""
+    program_addr = -(-(ddr_base + ddr_size) // 4096) * 4096
+    return {"ddr_base": ddr_base, "ddr_size": ddr_size, "program_addr": program_addr,
+            "buffer_bytes": program_addr + 16 * words}
+
+
+def layer_at(manifest: dict[str, Any], pc: int) -> str | None:
+    """``name (source)`` of the compiled layer that instruction ``pc`` belongs to, if any."""
+    for layer in manifest.get("layers", ()):
+        first = layer.get("first_instruction")
+        if first is not None and first <= pc < first + layer.get("instructions", 0):
+            return f"{layer['name']}" + (f", {layer['source']}" if layer.get("source") else "")
+    return None
+
+
+def record_error(record: dict[str, Any], manifest: dict[str, Any] | None = None) -> DeviceError | None:
+    """The :class:`DeviceError` a driver record stands for, or ``None`` for a clean FINISH.
+    With the program's ``manifest`` the message names the layer at fault."""
+    if not record["interrupt"]:
+        return DeviceError(f"the accelerator did not finish within {record['waited']} cycles (hang); "
+                           f"{record['instructions_retired']} instructions retired")
+    code = ErrorCode(record["error_code"])
+    if code is ErrorCode.NONE and record["status"] & STATUS_DONE:
+        return None
+    pc = record["error_pc"]
+    layer = layer_at(manifest, pc) if manifest else None
+    where = f" (layer {layer})" if layer else ""
+    return DeviceError(f"the accelerator stopped with {code.name} at instruction {pc}{where}", code=code, pc=pc)
+
+
+# -- devices ---------------------------------------------------------------------------------
 
 class Device(ABC):
-    """Runs one compiled program; subclasses implement :meth:`execute`."""
+    """Runs one compiled program; subclasses implement :meth:`execute` (one run) and may
+    override :meth:`execute_batch` (several runs at once, for backends with a start-up cost)."""
 
     name = "abstract"
 
     def __init__(self, program: CompiledProgram) -> None:
         self.program = program
         self.last_stats: dict[str, Any] = {}
+        #: Statistics of every run of the last :meth:`infer_batch`.
+        self.batch_stats: list[dict[str, Any]] = []
 
     @abstractmethod
     def execute(self, ddr: np.ndarray) -> dict[str, Any]:
         """Run the program on ``ddr`` (uint8, modified in place); return run statistics."""
 
-    def infer(self, *inputs: np.ndarray) -> list[np.ndarray]:
-        """Run once with one array per program input; the program's outputs, in their dtypes."""
+    def execute_batch(self, ddrs: list[np.ndarray], progress: Progress | None = None) -> list[dict[str, Any]]:
+        """:meth:`execute` on each DDR image in order; the statistics of each run."""
+        stats = []
+        for index, ddr in enumerate(ddrs):
+            stats.append(self.execute(ddr))
+            if progress:
+                progress(f"image {index + 1}/{len(ddrs)}", (index + 1) / len(ddrs))
+        return stats
+
+    def input_ddr(self, *inputs: np.ndarray) -> np.ndarray:
+        """A fresh DDR image with one array per program input written at its manifest address."""
         manifest = self.program.manifest
         if len(inputs) != len(manifest["inputs"]):
             raise ValueError(f"program takes {len(manifest['inputs'])} input(s), got {len(inputs)}")
@@ -50,17 +189,31 @@ class Device(ABC):
                 raise ValueError(f"input {spec['name']}: expected {spec['dtype']}{spec['shape']}, "
                                  f"got {value.dtype}{list(value.shape)}")
             ddr[spec["addr"]:spec["addr"] + value.nbytes] = value.view(np.uint8).ravel()
-        self.last_stats = self.execute(ddr)
+        return ddr
+
+    def read_outputs(self, ddr: np.ndarray) -> list[np.ndarray]:
+        """The program's outputs in ``ddr``, in their dtypes and shapes."""
         outputs = []
-        for spec in manifest["outputs"]:
+        for spec in self.program.manifest["outputs"]:
             nbytes = int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize
             raw = ddr[spec["addr"]:spec["addr"] + nbytes]
             outputs.append(raw.view(spec["dtype"]).reshape(spec["shape"]).copy())
         return outputs
 
-    def infer_batch(self, images: np.ndarray) -> np.ndarray:
-        """``infer`` over a batch of single-input images; outputs stacked on a new first axis."""
-        return np.stack([self.infer(image)[0] for image in images])
+    def infer(self, *inputs: np.ndarray) -> list[np.ndarray]:
+        """Run once with one array per program input; the program's outputs, in their dtypes."""
+        ddr = self.input_ddr(*inputs)
+        self.last_stats = self.execute(ddr)
+        return self.read_outputs(ddr)
+
+    def infer_batch(self, images: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+        """Run a batch of single-input images (through :meth:`execute_batch`); the first
+        output of each run, stacked on a new first axis. Per-run statistics land in
+        :attr:`batch_stats`, the last run's in :attr:`last_stats`."""
+        ddrs = [self.input_ddr(image) for image in images]
+        self.batch_stats = self.execute_batch(ddrs, progress)
+        self.last_stats = self.batch_stats[-1] if self.batch_stats else {}
+        return np.stack([self.read_outputs(ddr)[0] for ddr in ddrs])
 
 
 class GoldenDevice(Device):
@@ -78,17 +231,103 @@ class GoldenDevice(Device):
         return self.machine.run(self.program.words, ddr).to_dict()
 
 
-def open_device(backend: str, program: CompiledProgram) -> Device:
-    """The device for ``backend`` (one of :data:`BACKENDS`).
+class _MmioPort(ControlPort):
+    """:class:`ControlPort` over a PYNQ ``MMIO`` window; the interrupt is polled in ``STATUS``."""
+
+    def __init__(self, mmio: Any, clock_hz: float) -> None:
+        from vitaccel.hw.spec.regmap import register
+
+        self.mmio, self.clock_hz, self._register = mmio, clock_hz, register
+
+    async def write(self, name: str, value: int) -> None:
+        self.mmio.write(self._register(name).offset, int(value))
+
+    async def read(self, name: str) -> int:
+        return int(self.mmio.read(self._register(name).offset))
+
+    async def wait_interrupt(self, max_cycles: int) -> tuple[bool, int]:
+        start, limit = time.perf_counter(), max_cycles / self.clock_hz
+        while True:
+            elapsed = time.perf_counter() - start
+            if await self.read("INTERRUPT_STATUS"):
+                return True, int(elapsed * self.clock_hz)
+            if elapsed > limit:
+                return False, int(elapsed * self.clock_hz)
+            await asyncio.sleep(0)
+
+
+class BoardDevice(Device):
+    """A ZCU102 running the accelerator bitstream, through PYNQ (``pynq``, imported lazily).
+
+    One contiguous buffer holds the DDR window and the program (:func:`program_layout`);
+    the driver sequence is :func:`run_on_accelerator`, the same as in RTL simulation.
+    Not testable without the board: kept to buffer plumbing around the shared driver.
+
+    Parameters
+    ----------
+    bitstream : str, optional
+        The ``.bit`` (with its ``.hwh``) to load; default: the overlay already loaded.
+    ip_name : str
+        The accelerator's name in the overlay's ``ip_dict``.
+    timeout_s : float
+        How long to wait for a run before declaring a hang.
+    """
+
+    name = "board"
+
+    def __init__(self, program: CompiledProgram, *, bitstream: str | None = None, ip_name: str = "vitaccel_top_0",
+                 timeout_s: float = 10.0) -> None:
+        super().__init__(program)
+        try:
+            import pynq
+        except ImportError:
+            raise UserError("backend 'board' needs PYNQ (`import pynq` failed): run it on the ZCU102 "
+                            "with the emitted bitstream loaded; use --backend golden or rtl here") from None
+        overlay = pynq.Overlay(bitstream) if bitstream else pynq.Overlay(pynq.PL.bitfile_name, download=False)
+        if ip_name not in overlay.ip_dict:
+            raise UserError(f"the overlay has no IP {ip_name!r}; it has {', '.join(overlay.ip_dict)}")
+        ip = overlay.ip_dict[ip_name]
+        clock_hz = program.config.clock_mhz * 1e6
+        self.port = _MmioPort(pynq.MMIO(ip["phys_addr"], ip["addr_range"]), clock_hz)
+        self.max_cycles = int(timeout_s * clock_hz)
+        self.layout = program_layout(program.ddr_size, len(program.words))
+        self.buffer = pynq.allocate(shape=(self.layout["buffer_bytes"],), dtype=np.uint8)
+
+    def execute(self, ddr: np.ndarray) -> dict[str, Any]:
+        from vitaccel.sim.golden.machine import words_to_bytes
+
+        lay, buf = self.layout, self.buffer
+        buf[lay["ddr_base"]:lay["ddr_base"] + ddr.size] = ddr
+        code = np.frombuffer(words_to_bytes(self.program.words), np.uint8)
+        buf[lay["program_addr"]:lay["program_addr"] + code.size] = code
+        buf.flush()
+        base = buf.physical_address
+        record = asyncio.run(run_on_accelerator(
+            self.port, program_addr=base + lay["program_addr"], length=len(self.program.words),
+            ddr_base=base + lay["ddr_base"], ddr_size=ddr.size, max_cycles=self.max_cycles))
+        error = record_error(record, self.program.manifest)
+        if error is not None:
+            raise error
+        buf.invalidate()
+        ddr[:] = buf[lay["ddr_base"]:lay["ddr_base"] + ddr.size]
+        return {**record, "cycles": record["total_cycles"]}
+
+
+def open_device(backend: str, program: CompiledProgram, **options: Any) -> Device:
+    """The device for ``backend`` (one of :data:`BACKENDS`); ``options`` go to its constructor
+    (``rtl``: :class:`~vitaccel.sw.rtl_device.RtlDevice`'s ``simulator``, ``waves``, ...).
 
     Raises
     ------
     UserError
-        For an unknown backend or one not available yet.
+        For an unknown backend, or one that cannot run here (no simulator, no PYNQ).
     """
     if backend == "golden":
-        return GoldenDevice(program)
-    if backend in ("rtl", "board"):
-        raise UserError(f"backend {backend!r} is not available yet (the {backend} device arrives with the "
-                        "controller of issue 7); use --backend golden")
+        return GoldenDevice(program, **options)
+    if backend == "rtl":
+        from vitaccel.sw.rtl_device import RtlDevice
+
+        return RtlDevice(program, **options)
+    if backend == "board":
+        return BoardDevice(program, **options)
     raise UserError(f"unknown backend {backend!r}: use one of {', '.join(BACKENDS)}")

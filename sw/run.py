@@ -11,10 +11,12 @@ import numpy as np
 from vitaccel.hw.spec.numerics import dequantize, quantize
 from vitaccel.sw.commands import UserError
 
-__all__ = ["run_program_dir", "DEFAULT_GENERATED_IMAGES"]
+__all__ = ["run_program_dir", "DEFAULT_GENERATED_IMAGES", "DEFAULT_RTL_IMAGES"]
 
 #: Images used for models without a data set when ``--images`` is not given.
 DEFAULT_GENERATED_IMAGES = 8
+#: Images the ``rtl`` backend runs when ``--images`` is not given (each costs minutes of simulation).
+DEFAULT_RTL_IMAGES = 2
 #: Images the float model is timed on (batch 1) for the side-by-side speed figure.
 TORCH_TIMED_IMAGES = 8
 
@@ -25,12 +27,21 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run_program_dir(directory: str | Path, *, backend: str = "golden", images: int | None = None,
-                    progress: Callable[[str, float], Any] | None = None) -> dict[str, Any]:
+                    progress: Callable[[str, float], Any] | None = None,
+                    device_options: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the program in ``directory`` on its model's test images; accuracy and agreement.
+
+    All images go to the device as one batch (:meth:`~vitaccel.sw.device.Device.infer_batch`:
+    one simulator launch for the ``rtl`` backend). ``device_options`` go to the device
+    (``rtl``: ``simulator``, ``waves``, ``seed``, ``backpressure``, ``max_latency``).
 
     Returns a JSON-able dict with ``images``, ``float_top1`` and ``int8_top1`` (None without
     labels), ``agreement``, ``logit_cosine``, ``seconds`` (device time), ``torch_seconds_per_image``
     (the float model at batch 1, timed on the first images), ``device_vs_torch`` (the ratio) and the program's instruction statistics.
+    The ``rtl`` and ``board`` backends add ``cycles`` (TOTAL_CYCLES summed over the images),
+    ``cycles_per_image`` (mean) and ``cycles_by_image``; ``rtl`` adds ``bit_exact_vs_golden``
+    (every run's outputs and whole DDR window equal the golden machine's), ``problems`` (where
+    not), ``simulator`` and ``waves`` (the waveform file, with ``waves=True``).
     """
     import torch
 
@@ -45,26 +56,23 @@ def run_program_dir(directory: str | Path, *, backend: str = "golden", images: i
         program = load_program(directory)
     except (FileNotFoundError, ValueError) as err:
         raise UserError(str(err)) from None
-    device = open_device(backend, program)
+    device = open_device(backend, program, **(device_options or {}))
     model_meta = program.manifest["model"]
     net, shape = get_model(model_meta["spec"], model_meta.get("weights"))
+    if images is None and backend == "rtl":
+        images = DEFAULT_RTL_IMAGES
     dataset = images_for(shape, images if images is not None else
                          (None if tuple(shape) == (1, 8, 8) else DEFAULT_GENERATED_IMAGES))
     count = len(dataset)
     in_spec, out_spec = program.manifest["inputs"][0], program.manifest["outputs"][0]
     codes = quantize(dataset.images, in_spec["scale"]).astype(np.int8)
 
-    int8_logits = []
-    device_seconds = 0.0
-    stats: dict[str, Any] = {}
-    for index in range(count):
-        start = time.perf_counter()
-        out = device.infer(codes[index])[0]
-        device_seconds += time.perf_counter() - start
-        int8_logits.append(dequantize(out, out_spec["scale"]).reshape(-1))
-        stats = device.last_stats
-        if progress:
-            progress(f"image {index + 1}/{count}", (index + 1) / count)
+    start = time.perf_counter()
+    outputs = device.infer_batch(codes, progress=progress)
+    device_seconds = time.perf_counter() - start
+    int8_logits = [dequantize(out, out_spec["scale"]).reshape(-1) for out in outputs]
+    runs = device.batch_stats
+    stats: dict[str, Any] = device.last_stats
     with torch.no_grad():
         # Side-by-side speed: the float model at batch 1 on the first images, as the device ran.
         timed = min(count, TORCH_TIMED_IMAGES)
@@ -92,4 +100,12 @@ def run_program_dir(directory: str | Path, *, backend: str = "golden", images: i
         "macs_per_image": stats.get("macs"),
         "dma_bytes_per_image": (stats.get("dma_read_bytes", 0) + stats.get("dma_write_bytes", 0)) or None,
     }
+    if runs and "cycles" in runs[0]:
+        cycles = [int(run["cycles"]) for run in runs]
+        result.update(cycles=sum(cycles), cycles_per_image=round(sum(cycles) / count), cycles_by_image=cycles)
+    if backend == "rtl":
+        problems = [f"image {i}: {p}" for i, run in enumerate(runs) for p in run["problems"]]
+        result.update(bit_exact_vs_golden=bool(runs) and all(run["bit_exact"] for run in runs) and not problems,
+                      problems=problems, simulator=device.simulation["simulator"],
+                      simulation_seconds=device.simulation["seconds"], waves=device.simulation["waves"])
     return result

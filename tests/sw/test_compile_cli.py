@@ -59,12 +59,12 @@ def test_compile_and_run_user_model(tmp_path, capsys, small_model_file):
     assert result["macs_per_image"] > 0
 
 
-def test_run_rejects_rtl_backend_and_missing_program(tmp_path, capsys, small_model_file):
+def test_run_rejects_board_backend_and_missing_program(tmp_path, capsys, small_model_file):
     out = tmp_path / "prog"
     assert main(["compile", f"{small_model_file}:build", "--config", "tiny", "--calib", "2", "-o", str(out),
                  "--quiet"]) == 0
-    assert main(["run", str(out), "--backend", "rtl", "--images", "1"]) == 2
-    assert "not available yet" in capsys.readouterr().err
+    assert main(["run", str(out), "--backend", "board", "--images", "1"]) == 2
+    assert "needs PYNQ" in capsys.readouterr().err
     assert main(["run", str(tmp_path / "nothing"), "--images", "1"]) == 2
     assert "missing program.bin" in capsys.readouterr().err
 
