@@ -3,8 +3,11 @@ on-chip buffers, DMA and the AXI4-Lite register file (see ``docs/architecture.md
 
 from .decode import InstructionChecker, field_slice
 from .gemm import GemmController, engine_supported
+from .requant import RequantController
+from .tokens import TOKEN_OPCODES, TokenController
 from .core import (ACCEL_TOP_NAME, IMPLEMENTED_OPCODES, QUEUE_DEPTH, UNSUPPORTED_OPCODES, AcceleratorCore,
                    accelerator_top)
 
 __all__ = ["InstructionChecker", "field_slice", "AcceleratorCore", "accelerator_top", "ACCEL_TOP_NAME",
-           "IMPLEMENTED_OPCODES", "UNSUPPORTED_OPCODES", "QUEUE_DEPTH", "GemmController", "engine_supported"]
+           "IMPLEMENTED_OPCODES", "UNSUPPORTED_OPCODES", "QUEUE_DEPTH", "GemmController", "engine_supported",
+           "RequantController", "TokenController", "TOKEN_OPCODES"]

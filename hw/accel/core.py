@@ -19,11 +19,14 @@ The on-chip buffers are :class:`amaranth.lib.memory.Memory` instances 16 bytes
 paths move one byte per cycle (any alignment and stride). The compute queue executes SYNC,
 FINISH, LUT_LOAD, GELU and LAYERNORM (through the non-linear unit's ``Gelu`` and
 ``LayerNorm``), SOFTMAX (``Softmax``), ADD (elementwise, in the controller) and GEMM
-(through the matrix engine, :mod:`vitaccel.hw.accel.gemm`): requantizing to int8 in VECTOR,
-or raw int32 to ACC (one element per cycle through the ACC write port, with ``accumulate``
-adding the ACC partials); only ``accumulate`` together with ``requant`` stops with
-``INVALID_OPERAND``. The other compute opcodes are not implemented yet and stop with
-``INVALID_OPERAND`` too (:data:`UNSUPPORTED_OPCODES`).
+(through the matrix engine, :mod:`vitaccel.hw.accel.gemm`, whose output rows go out as
+16-byte writes with byte enables): requantizing to int8 in VECTOR, or raw int32 to ACC (with
+``accumulate`` adding the ACC partials); only ``accumulate`` together with ``requant`` stops with
+``INVALID_OPERAND``. REQUANT (ACC int32 -> VECTOR int8 per column) runs in
+:mod:`vitaccel.hw.accel.requant`; with ``config.has_topk``, TOPK (with its ``sum_rows`` front
+end), GATHER and PACKAGE run on the top-k engine through :mod:`vitaccel.hw.accel.tokens`
+(without it they stop with ``INVALID_OPERAND``, as the golden machine's unit check). SPARSE_ATTN
+is not implemented yet and stops with ``INVALID_OPERAND`` too (:data:`UNSUPPORTED_OPCODES`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,8 @@ from vitaccel.hw.spec.regmap import ErrorCode
 
 from .decode import InstructionChecker, field_slice
 from .gemm import GemmController, engine_supported
+from .requant import RequantController
+from .tokens import TOKEN_OPCODES, TokenController
 
 __all__ = ["AcceleratorCore", "accelerator_top", "ACCEL_TOP_NAME", "IMPLEMENTED_OPCODES", "UNSUPPORTED_OPCODES",
            "QUEUE_DEPTH"]
@@ -56,7 +61,7 @@ QUEUE_DEPTH = 32
 #: GEMM runs on the matrix engine with any flags except ``accumulate`` together with
 #: ``requant`` (INVALID_OPERAND; see :mod:`vitaccel.hw.accel.gemm`).
 IMPLEMENTED_OPCODES = (Opcode.LOAD, Opcode.STORE, Opcode.SYNC, Opcode.FINISH, Opcode.LUT_LOAD, Opcode.GELU,
-                       Opcode.GEMM, Opcode.ADD, Opcode.SOFTMAX, Opcode.LAYERNORM)
+                       Opcode.GEMM, Opcode.ADD, Opcode.SOFTMAX, Opcode.LAYERNORM, *TOKEN_OPCODES, Opcode.REQUANT)
 UNSUPPORTED_OPCODES = tuple(op for op in Opcode if op not in IMPLEMENTED_OPCODES)
 _ADDR_WIDTH = 40          # the ZCU102's DDR and PL apertures
 _PC_WIDTH = 32
@@ -104,10 +109,10 @@ class _QueuePort:
 
 
 class _VectorPorts:
-    """The compute unit's use of the buffers' ports: VECTOR read and byte write, ACC int32
-    write (raw GEMM output), and the read ports of the other buffers (GEMM operands and
-    parameters). The compute unit has priority; the load (write) and store (read) paths
-    wait in the cycles it takes a port."""
+    """The compute unit's use of the buffers' ports: VECTOR read and byte write, 16-byte
+    writes with byte enables to VECTOR and ACC (GEMM output rows), and the read ports of the
+    other buffers (GEMM operands and parameters). The compute unit has priority; the load
+    (write) and store (read) paths wait in the cycles it takes a port."""
 
     def __init__(self):
         self.read = Signal(name="compute_vector_read")
@@ -115,9 +120,13 @@ class _VectorPorts:
         self.write = Signal(name="compute_vector_write")
         self.write_addr = Signal(24, name="compute_vector_write_addr")    # byte address
         self.write_data = Signal(8, name="compute_vector_write_data")
-        self.acc_write = Signal(name="compute_acc_write")
-        self.acc_write_addr = Signal(24, name="compute_acc_write_addr")   # byte address, 4-aligned
-        self.acc_write_data = Signal(32, name="compute_acc_write_data")
+        # 16-byte word writes with byte enables (GEMM outputs): VECTOR, and ACC (raw int32).
+        self.word_write = Signal(ADDR_UNIT, name="compute_vector_word_write")
+        self.word_write_addr = Signal(24, name="compute_vector_word_write_addr")   # byte address
+        self.word_write_data = Signal(_UNIT_BITS, name="compute_vector_word_write_data")
+        self.acc_write = Signal(ADDR_UNIT, name="compute_acc_write")
+        self.acc_write_addr = Signal(24, name="compute_acc_write_addr")   # byte address
+        self.acc_write_data = Signal(_UNIT_BITS, name="compute_acc_write_data")
         #: (read enable, byte address) of every buffer's read port, VECTOR included.
         self.reads = {buffer: (Signal(name=f"compute_{buffer.name.lower()}_read"),
                                Signal(24, name=f"compute_{buffer.name.lower()}_read_addr"))
@@ -133,8 +142,8 @@ class _VectorPorts:
 
     def writing(self, buffer_bits) -> Value:
         """1 if the compute unit takes the write port of the buffer ``buffer_bits`` selects."""
-        return ((self.write & (buffer_bits == Buffer.VECTOR.value))
-                | (self.acc_write & (buffer_bits == Buffer.ACC.value)))
+        return (((self.write | self.word_write.any()) & (buffer_bits == Buffer.VECTOR.value))
+                | (self.acc_write.any() & (buffer_bits == Buffer.ACC.value)))
 
 
 class AcceleratorCore(wiring.Component):
@@ -473,9 +482,11 @@ class AcceleratorCore(wiring.Component):
                       reads, writes, vector: _VectorPorts) -> None:
         """SYNC, FINISH, LUT_LOAD, GELU (one byte per cycle through the non-linear unit's ``Gelu``,
         lane 0), ADD (:meth:`_add_states`), LAYERNORM (:meth:`_layernorm_states`), SOFTMAX
-        (:meth:`_softmax_states`) and GEMM (:class:`~vitaccel.hw.accel.gemm.GemmController`, which
-        writes VECTOR bytes and ACC int32 elements through ``vector``); any other opcode stops
-        with INVALID_OPERAND."""
+        (:meth:`_softmax_states`), GEMM (:class:`~vitaccel.hw.accel.gemm.GemmController`, which
+        writes VECTOR bytes and ACC int32 elements through ``vector``), REQUANT
+        (:class:`~vitaccel.hw.accel.requant.RequantController`) and TOPK / GATHER / PACKAGE
+        (:class:`~vitaccel.hw.accel.tokens.TokenController`, with ``has_topk``); any other opcode
+        stops with INVALID_OPERAND."""
         config = self.config
         vector_bytes = isa.buffer_bytes(config, Buffer.VECTOR)
         gelu = None
@@ -492,11 +503,28 @@ class AcceleratorCore(wiring.Component):
                 m.d.comb += gemm_data.eq(reads[buffer].data)
                 with m.If(gemm_read):
                     m.d.comb += [compute_read.eq(1), compute_addr.eq(gemm_addr)]
-            with m.If(gemm.vector_write):
-                m.d.comb += [vector.write.eq(1), vector.write_addr.eq(gemm.vector_write_addr),
-                             vector.write_data.eq(gemm.vector_write_data)]
+            m.d.comb += [vector.word_write.eq(gemm.vector_write), vector.word_write_addr.eq(gemm.vector_write_addr),
+                         vector.word_write_data.eq(gemm.vector_write_data)]
             m.d.comb += [vector.acc_write.eq(gemm.acc_write), vector.acc_write_addr.eq(gemm.acc_write_addr),
                          vector.acc_write_data.eq(gemm.acc_write_data)]
+        m.submodules.requant = requant = RequantController(config=config)   # ACC -> VECTOR
+        requant_read, requant_read_addr = vector.reads[Buffer.ACC]
+        m.d.comb += [requant.word.eq(port.word), requant.acc_read_data.eq(reads[Buffer.ACC].data)]
+        with m.If(requant.acc_read):
+            m.d.comb += [requant_read.eq(1), requant_read_addr.eq(requant.acc_read_addr)]
+        with m.If(requant.write):
+            m.d.comb += [vector.write.eq(1), vector.write_addr.eq(requant.write_addr),
+                         vector.write_data.eq(requant.write_data)]
+        tokens = None   # TOPK, GATHER, PACKAGE (hw/accel/tokens.py): VECTOR only
+        if config.has_topk:
+            m.submodules.tokens = tokens = TokenController(config=config)
+            token_read, token_read_addr = vector.reads[Buffer.VECTOR]
+            m.d.comb += [tokens.word.eq(port.word), tokens.read_data.eq(reads[Buffer.VECTOR].data)]
+            with m.If(tokens.read):
+                m.d.comb += [token_read.eq(1), token_read_addr.eq(tokens.read_addr)]
+            with m.If(tokens.write):
+                m.d.comb += [vector.write.eq(1), vector.write_addr.eq(tokens.write_addr),
+                             vector.write_data.eq(tokens.write_data)]
         rows, cols = port.field(Opcode.GELU, "rows"), port.field(Opcode.GELU, "cols")
         src, dst = port.field(Opcode.GELU, "src_addr"), port.field(Opcode.GELU, "dst_addr")
         lut_offset, lut_count = port.field(Opcode.LUT_LOAD, "offset"), port.field(Opcode.LUT_LOAD, "count")
@@ -574,6 +602,14 @@ class AcceleratorCore(wiring.Component):
                 with m.Elif((opcode_bits == Opcode.GEMM) & (gemm is not None)):
                     m.d.comb += gemm.start.eq(1)
                     m.next = "GEMM_RUN"
+                with m.Elif(opcode_bits == Opcode.REQUANT):
+                    m.d.comb += requant.start.eq(1)
+                    m.next = "REQUANT_RUN"
+                if tokens is not None:   # without the unit: INVALID_OPERAND below, as golden
+                    with m.Elif((opcode_bits == Opcode.TOPK) | (opcode_bits == Opcode.GATHER)
+                                | (opcode_bits == Opcode.PACKAGE)):
+                        m.d.comb += tokens.start.eq(1)
+                        m.next = "TOKENS_RUN"
                 with m.Else():
                     m.d.comb += fail(ErrorCode.INVALID_OPERAND)
                     m.next = "IDLE"
@@ -604,14 +640,16 @@ class AcceleratorCore(wiring.Component):
                     m.next = "IDLE"
                 with m.Else():
                     m.next = "LUT_READ"
-            if gemm is not None:
-                with m.State("GEMM_RUN"):
-                    with m.If(gemm.error):
-                        m.d.comb += fail(gemm.error_code)
-                        m.next = "IDLE"
-                    with m.Elif(gemm.done):
-                        m.d.comb += port.complete.eq(1)
-                        m.next = "IDLE"
+            # Controllers in their own files: wait for done / error.
+            for state, unit in (("GEMM_RUN", gemm), ("TOKENS_RUN", tokens), ("REQUANT_RUN", requant)):
+                if unit is not None:
+                    with m.State(state):
+                        with m.If(unit.error):
+                            m.d.comb += fail(unit.error_code)
+                            m.next = "IDLE"
+                        with m.Elif(unit.done):
+                            m.d.comb += port.complete.eq(1)
+                            m.next = "IDLE"
             with m.State("GELU_CHECK"):
                 m.d.sync += index.eq(0)
                 with m.If(gelu_src_out | gelu_dst_out):
@@ -662,12 +700,13 @@ class AcceleratorCore(wiring.Component):
             m.d.comb += [write.addr.eq(vector.write_addr[_LANE_BITS:]),
                          write.data.eq(vector.write_data.replicate(ADDR_UNIT)),
                          write.en.eq(1 << vector.write_addr[:_LANE_BITS])]
-        write = writes[Buffer.ACC]
-        word_lane = vector.acc_write_addr[2:_LANE_BITS]   # int32 lane of the 16-byte row
-        with m.If(vector.acc_write):
-            m.d.comb += [write.addr.eq(vector.acc_write_addr[_LANE_BITS:]),
-                         write.data.eq(vector.acc_write_data.replicate(ADDR_UNIT // 4)),
-                         write.en.eq(Cat(*((word_lane == lane).replicate(4) for lane in range(ADDR_UNIT // 4))))]
+        for buffer, (enables, address, word) in ((Buffer.VECTOR, (vector.word_write, vector.word_write_addr,
+                                                                   vector.word_write_data)),
+                                                 (Buffer.ACC, (vector.acc_write, vector.acc_write_addr,
+                                                               vector.acc_write_data))):
+            with m.If(enables.any()):
+                m.d.comb += [writes[buffer].addr.eq(address[_LANE_BITS:]), writes[buffer].data.eq(word),
+                             writes[buffer].en.eq(enables)]
 
     def _add_states(self, m: Module, port: _QueuePort, fail, index: Signal, elements: Signal, reads,
                     vector: _VectorPorts, *, src_out, src2_out, param_out, dst_out) -> None:

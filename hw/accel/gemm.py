@@ -4,7 +4,7 @@
 on :class:`~vitaccel.hw.matrix.engine.MatrixEngine`:
 
 1. **Checks** in the golden machine's order (``GoldenMachine._gemm``): empty shape,
-   ``k > max_k``, residual without requant (INVALID_OPERAND); A, B, ACC partials, parameter
+   ``k > max_k``, residual without requant, ``nm`` (no sparse GEMMs in this top) (INVALID_OPERAND); A, B, ACC partials, parameter
    block (ADDRESS_OUT_OF_RANGE); then what the engine cannot do -- ``accumulate`` together
    with ``requant`` (the post-processor has no per-element addend) -- INVALID_OPERAND where
    the golden machine runs it. A requantizing GEMM then checks its VECTOR output region
@@ -14,21 +14,27 @@ on :class:`~vitaccel.hw.matrix.engine.MatrixEngine`:
    at once if its sums cannot overflow int32 (no ``bias``, 32-bit accumulators); otherwise it
    runs *dry* (nothing written) so that an overflow, which the golden machine checks first,
    still wins.
-2. **Plan**: the engine's command word (:func:`vitaccel.hw.spec.matrix.plan_gemm`), with
-   ``block_tiles`` / ``n_blocks`` computed by short iterations instead of dividers.
-3. **Run**: a *feeder* gathers A and B words byte by byte from INPUT / WEIGHT (zero padding,
-   ``b_transposed`` and ``unsigned_a`` handled by addressing) in the engine's load order
-   (per B block: the block, then every A panel); a *drain* gathers each tile's parameter
-   word (int32 bias / multiplier / shift from ACC; bias 0 without the ``bias`` flag) and the
-   residual rows (VECTOR at ``out_addr``), and writes each output row's in-range bytes to
-   VECTOR at ``out_addr``. Feeder and drain run concurrently, so the engine's double
-   buffers never deadlock.
+2. **Plan**: the engine's command word (as :func:`vitaccel.hw.spec.matrix.plan_gemm`, but
+   with at most :data:`MAX_BLOCK_TILES` tiles per B block), with ``block_tiles`` /
+   ``n_blocks`` computed by short iterations instead of dividers.
+3. **Run**: two *feeders* (A from INPUT, B from WEIGHT, each on its own read port, so they
+   run concurrently) assemble the engine's words from 16-byte buffer words through
+   :class:`_SegmentReader`: an A word is ``tile_rows`` runs of ``b`` consecutive bytes (one
+   per row), a B word ``tile_cols`` such runs (one per column, ``b_transposed``) or ``b``
+   runs of ``tile_cols`` bytes (one per k row). Each run keeps the buffer words it read, so
+   an A row or a B column walking through K reads each word once; zero padding (rows >= M,
+   k >= K, columns >= N) is masked, ``unsigned_a`` is the engine's. A *drain* reads each
+   tile's parameter word (int32 bias / multiplier / shift from ACC, one run per field; bias 0
+   without the ``bias`` flag) and each row's residual (VECTOR at ``out_addr``) the same way,
+   and writes each output row's in-range bytes to VECTOR at ``out_addr`` with byte-enabled
+   16-byte writes (one per cycle, a row takes one or two). Feeders and drain run
+   concurrently, so the engine's double buffers never deadlock.
 4. **Raw int32 output** (no ``requant``): the drain takes the engine's ``output_acc`` row
    (A @ B before bias), adds the tile's biases (``bias``) and, with ``accumulate``, the
-   row's ACC partials at ``acc_addr`` (gathered before the row, one int32 per cycle), and
-   writes one whole int32 element per cycle to ACC at ``acc_addr`` (``acc_write``, 4 byte
-   enables). A sum outside int32 stops the GEMM with INVALID_OPERAND when it ends (as the
-   golden machine's check); from that element on nothing more is written.
+   row's ACC partials at ``acc_addr`` (read before the row), and writes the row to ACC at
+   ``acc_addr`` with byte-enabled 16-byte writes (``acc_write``). A sum outside int32 stops
+   the GEMM with INVALID_OPERAND when it ends (as the golden machine's check); from that
+   element on (in drain order: rows, then columns) nothing more is written.
 
 Differences from the golden machine (programs that break them are malformed anyway): the
 parameter block is read per tile while outputs are written, so a raw GEMM whose ACC output
@@ -39,20 +45,20 @@ before the overflowing one (the golden machine writes nothing).
 Every buffer is read through a synchronous read port (address this cycle, data the next);
 the controller drives ``<buffer>_read`` / ``<buffer>_read_addr`` (byte address) and
 receives the 16-byte word in ``<buffer>_read_data``; the core gives it priority. Writes go
-through ``vector_write`` (one byte) and ``acc_write`` (one 4-byte-aligned int32), which the
-core also serves first.
+through ``vector_write`` and ``acc_write`` (16 byte enables of the 16-byte word at
+``<buffer>_write_addr``, data ``<buffer>_write_data``), which the core also serves first.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.config import AccelConfig, ConfigError
 from vitaccel.hw.spec.isa import ADDR_UNIT, Buffer, Opcode
-from vitaccel.hw.spec.matrix import PARAM_FIELDS, b_half_words, check_engine_config
+from vitaccel.hw.spec.matrix import COMMAND_FIELDS, PARAM_FIELDS, b_half_words, check_engine_config
 from vitaccel.hw.spec.numerics import MAX_SHIFT
 from vitaccel.hw.spec.regmap import ErrorCode
 
@@ -62,8 +68,13 @@ __all__ = ["GemmController", "engine_supported"]
 
 _ADDR_BITS = 24            # byte address inside one buffer (buffers are <= 512 KiB)
 _WORD_BITS = ADDR_UNIT * 8
+_LANE_BITS = (ADDR_UNIT - 1).bit_length()
 #: Buffers the controller reads, and the name of their port members.
 READ_BUFFERS = (Buffer.INPUT, Buffer.WEIGHT, Buffer.ACC, Buffer.VECTOR)
+#: Most tiles in one B block. The engine computes on a block only once it is loaded, so the
+#: first block's load is not hidden behind compute: small blocks start sooner, and later
+#: blocks (and the A panels, sent again per block) still load while the previous one computes.
+MAX_BLOCK_TILES = 8
 #: Bytes of one parameter-block entry (int32) in ACC.
 _PARAM_BYTES = 4
 
@@ -87,47 +98,106 @@ def _ceil_div(value, divisor: int):
     return (value + divisor - 1) // divisor
 
 
-class _Gatherer:
-    """Assembles a word of ``outer x inner`` elements of ``elem_bits`` (element ``(o, i)``
-    at bit ``(o * inner + i) * elem_bits``) from a synchronous-read buffer, one element per
-    cycle. ``locate(o, i)`` gives (byte address, in range); out-of-range elements are 0.
+class _SegmentReader:
+    """Reads ``outer`` *segments* of ``length`` consecutive bytes from a buffer with a
+    synchronous 16-byte read port (address this cycle, word the next), one buffer word per
+    cycle. Segment ``o`` starts at byte ``start[o]``; its bytes from ``valid_bytes`` on, and
+    all of it unless ``valid(o)``, read as 0 and are never fetched.
 
-    ``start`` (comb) begins a gather; ``busy`` is 1 until ``word`` is complete.
+    Each segment keeps a *window* of the last ``nw = ceil(length / 16) + 1`` words it read
+    (enough for a segment at any alignment): the newest word's index as issued (``tag``) and
+    as captured (``wtag``), and how many slots hold data (``count``). Only words missing from
+    the window are read, so a segment that walks forward through a row (an A row or a
+    transposed-B column across k steps) reads each buffer word once; with ``prefetch``, a
+    segment whose oldest slot is no longer needed reads the next word while the port is
+    otherwise idle, so such walks rarely wait.
+
+    ``restart`` (comb) sets ``start[o] = origin + o * stride`` and empties the windows;
+    ``advance`` (comb) adds ``step`` to every start. While ``enable`` is 1 the reader reads
+    the words the segments need (lowest segment first); ``ready`` is 1 (whether enabled or
+    not) when ``word`` (comb; segment ``o``'s byte ``i`` at byte ``o * length + i``) is
+    complete. ``read`` / ``read_addr`` drive the buffer's port, ``data`` is its read data.
     """
 
-    def __init__(self, m: Module, name: str, *, outer: int, inner: int, elem_bits: int, data, locate):
-        self.start = Signal(name=f"{name}_start")
-        self.word = Signal(outer * inner * elem_bits, name=f"{name}_word")
+    def __init__(self, m: Module, name: str, *, outer: int, length: int, data, origin, stride, step,
+                 valid, valid_bytes, prefetch: bool = False):
+        self.restart = Signal(name=f"{name}_restart")
+        self.advance = Signal(name=f"{name}_advance")
+        self.enable = Signal(name=f"{name}_enable")
+        self.ready = Signal(name=f"{name}_ready")
         self.read = Signal(name=f"{name}_read")
         self.read_addr = Signal(_ADDR_BITS, name=f"{name}_read_addr")
-        # At least one bit: a zero-width counter would emit a [-1:0] vector (lint warning).
-        o = Signal(range(max(outer, 2)), name=f"{name}_o")
-        i = Signal(range(max(inner, 2)), name=f"{name}_i")
-        presenting = Signal(name=f"{name}_presenting")
-        captured_pos = Signal(range(outer * inner), name=f"{name}_captured_pos")
-        pos = Signal(range(outer * inner), name=f"{name}_pos")
-        captured_valid = Signal(name=f"{name}_captured_valid")
-        captured_in = Signal(name=f"{name}_captured_in")
-        lane_bits = (ADDR_UNIT // (elem_bits // 8) - 1).bit_length()
-        captured_lane = Signal(max(lane_bits, 1), name=f"{name}_captured_lane")
-        self.busy = presenting | captured_valid
-        addr, in_range = locate(o, i)
-        m.d.comb += [self.read.eq(presenting), self.read_addr.eq(addr)]
-        m.d.sync += captured_valid.eq(presenting)
-        with m.If(presenting):
-            last_i = i == inner - 1
-            m.d.sync += [captured_pos.eq(pos), captured_in.eq(in_range), pos.eq(pos + 1),
-                         captured_lane.eq(addr[(elem_bits // 8 - 1).bit_length():4] if lane_bits else 0),
-                         i.eq(Mux(last_i, 0, i + 1))]
-            with m.If(last_i):
-                m.d.sync += o.eq(o + 1)
-                with m.If(o == outer - 1):
-                    m.d.sync += presenting.eq(0)
-        with m.If(captured_valid):
-            element = data.word_select(captured_lane, elem_bits) if lane_bits else data[:elem_bits]
-            m.d.sync += self.word.word_select(captured_pos, elem_bits).eq(Mux(captured_in, element, 0))
-        with m.If(self.start):
-            m.d.sync += [presenting.eq(1), o.eq(0), i.eq(0), pos.eq(0)]
+        self.word = Signal(outer * length * 8, name=f"{name}_word")
+        nw = -(-length // ADDR_UNIT) + 1
+        # Signals, not expressions: Amaranth would rebuild an expression at each of its uses.
+        shared = {}
+        for key, value, shape in (("valid_bytes", valid_bytes, range(length + 1)), ("origin", origin, _ADDR_BITS),
+                                  ("stride", stride, _ADDR_BITS), ("step", step, _ADDR_BITS)):
+            shared[key] = Signal(shape, name=f"{name}_{key}")
+            m.d.comb += shared[key].eq(value)
+        valid_bytes, origin, stride, step = (shared[key] for key in ("valid_bytes", "origin", "stride", "step"))
+        slot_bits = (nw - 1).bit_length()
+        tag_bits = _ADDR_BITS - _LANE_BITS
+        cap_valid, cap_prefetch = Signal(name=f"{name}_cap_valid"), Signal(name=f"{name}_cap_prefetch")
+        cap_seg = Signal(range(max(outer, 2)), name=f"{name}_cap_seg")
+        cap_target = Signal(tag_bits, name=f"{name}_cap_target")
+        pick = Signal(range(max(outer, 2)), name=f"{name}_pick")
+        target = Signal(tag_bits, name=f"{name}_target")
+        any_need, any_spare, cap_needed = Value.cast(0), Value.cast(0), Value.cast(0)
+        for o in reversed(range(outer)):   # the lowest segment that needs a word wins
+            start = Signal(_ADDR_BITS, name=f"{name}_start{o}")
+            tag = Signal(tag_bits, name=f"{name}_tag{o}")
+            wtag = Signal(tag_bits, name=f"{name}_wtag{o}")
+            count = Signal(range(nw + 1), name=f"{name}_count{o}")
+            window = Signal(nw * _WORD_BITS, name=f"{name}_window{o}")
+            active = Signal(name=f"{name}_active{o}")
+            m.d.comb += active.eq(valid(o) & (valid_bytes != 0))
+            first = start[_LANE_BITS:]
+            last = Signal(tag_bits, name=f"{name}_last{o}")
+            m.d.comb += last.eq((start + valid_bytes - 1)[_LANE_BITS:_ADDR_BITS])
+            in_window = (count != 0) & (first <= tag) & (tag - first < count)
+            need = active & ~(in_window & (last <= tag))
+            any_need = any_need | need
+            # A word in flight is needed if the segment's bytes reach it.
+            cap_needed = cap_needed | ((cap_seg == o) & active & (last >= cap_target))
+            if prefetch:   # the oldest slot holds none of the segment's bytes: fetch ahead
+                spare = active & ~need & (first + (nw - 1) > tag)
+                any_spare = any_spare | spare
+                with m.If(~any_need & spare):
+                    m.d.comb += [pick.eq(o), target.eq(tag + 1)]
+            with m.If(need):
+                m.d.comb += [pick.eq(o), target.eq(Mux(in_window, tag + 1, first))]
+            with m.If(self.read & (pick == o)):
+                m.d.sync += [tag.eq(target), count.eq(Mux(in_window, Mux(count == nw, nw, count + 1), 1))]
+            with m.If(cap_valid & (cap_seg == o)):
+                m.d.sync += [window.eq(Cat(window[_WORD_BITS:], data)), wtag.eq(cap_target)]
+            with m.If(self.advance):
+                m.d.sync += start.eq(start + step)
+            with m.If(self.restart):
+                m.d.sync += [start.eq(origin + stride * o), count.eq(0)]
+            # The segment's first word sits in slot first - (wtag - nw + 1) of the window.
+            slot = (first + (nw - 1) - wtag)[:slot_bits]
+            offset = Cat(Const(0, 3), start[:_LANE_BITS], slot)
+            seg = window.bit_select(offset, length * 8)
+            m.d.comb += self.word[o * length * 8:(o + 1) * length * 8].eq(
+                Cat(*(Mux(active & (i < valid_bytes), seg[i * 8:(i + 1) * 8], 0) for i in range(length))))
+        m.d.comb += [self.read.eq(self.enable & (any_need | any_spare)),
+                     self.read_addr.eq(Cat(Const(0, _LANE_BITS), target)),
+                     self.ready.eq(~any_need & ~(cap_valid & (~cap_prefetch | cap_needed)))]
+        m.d.sync += [cap_valid.eq(self.read), cap_seg.eq(pick), cap_target.eq(target), cap_prefetch.eq(~any_need)]
+
+
+def _row_write(start, row, byte_mask, index, *, words: int):
+    """The ``index``-th of at most ``words`` 16-byte writes that store the bytes of ``row``
+    (a multiple of 8 bits) ``byte_mask`` selects at byte address ``start``: (the word's byte
+    address, data, byte enables, 1 if no selected byte is left for later writes)."""
+    lane = start[:_LANE_BITS]
+    data = (Cat(row, Const(0, words * _WORD_BITS - len(row))) << Cat(Const(0, 3), lane))[:words * _WORD_BITS]
+    data = data.word_select(index, _WORD_BITS)
+    mask = (Cat(byte_mask, Const(0, words * ADDR_UNIT - len(byte_mask))) << lane)[:words * ADDR_UNIT]
+    enables = mask.word_select(index, ADDR_UNIT)
+    last = (mask >> Cat(Const(0, _LANE_BITS), index + 1)) == 0
+    return Cat(Const(0, _LANE_BITS), start[_LANE_BITS:] + index), data, enables, last
 
 
 class GemmController(wiring.Component):
@@ -151,8 +221,9 @@ class GemmController(wiring.Component):
         self.config = config
         members = {"word": In(isa.INSTRUCTION_BITS), "start": In(1), "done": Out(1), "error": Out(1),
                    "error_code": Out(ErrorCode),
-                   "vector_write": Out(1), "vector_write_addr": Out(_ADDR_BITS), "vector_write_data": Out(8),
-                   "acc_write": Out(1), "acc_write_addr": Out(_ADDR_BITS), "acc_write_data": Out(32)}
+                   "vector_write": Out(ADDR_UNIT), "vector_write_addr": Out(_ADDR_BITS),
+                   "vector_write_data": Out(_WORD_BITS),
+                   "acc_write": Out(ADDR_UNIT), "acc_write_addr": Out(_ADDR_BITS), "acc_write_data": Out(_WORD_BITS)}
         for buffer in READ_BUFFERS:
             name = buffer.name.lower()
             members[f"{name}_read"] = Out(1)
@@ -192,8 +263,10 @@ class GemmController(wiring.Component):
         acc_region_out = acc_base + mm * nn * 4 > size[Buffer.ACC]   # partials / raw output (int32)
         k_words, m_tiles, n_tiles = Signal(16), Signal(16), Signal(16)
         m.d.sync += [
+            # nm=1: this top runs no sparse GEMMs yet; the golden machine rejects nm=1 (on
+            # configs without nm_sparsity) with the shape checks, so the code and pc agree.
             invalid_shape.eq((mm == 0) | (kk == 0) | (nn == 0) | (kk > cfg.max_k)
-                             | (flags["residual"] & ~flags["requant"])),
+                             | (flags["residual"] & ~flags["requant"]) | f("nm")),
             a_out.eq(a_base + mm * kk > size[Buffer.INPUT]),
             b_out.eq(b_base + kk * nn > size[Buffer.WEIGHT]),
             acc_out.eq(flags["accumulate"] & acc_region_out),
@@ -217,6 +290,10 @@ class GemmController(wiring.Component):
         m.d.comb += [cmd.k_words.eq(k_words), cmd.m_tiles.eq(m_tiles), cmd.n_blocks.eq(n_blocks),
                      cmd.block_tiles.eq(block_tiles), cmd.last_block_tiles.eq(remaining),
                      cmd.unsigned_a.eq(flags["unsigned_a"]), cmd.residual.eq(flags["residual"])]
+        for name, _ in COMMAND_FIELDS:   # fields of other modes (e.g. the sparse ``nm``): off
+            if name not in ("k_words", "m_tiles", "n_blocks", "block_tiles", "last_block_tiles", "unsigned_a",
+                            "residual"):
+                m.d.comb += cmd[name].eq(0)
 
         def fail(code):
             return [self.error.eq(1), self.error_code.eq(code)]
@@ -226,14 +303,19 @@ class GemmController(wiring.Component):
         # Without bias, 32-bit accumulators (which hold any max_k-long A @ B) cannot overflow.
         may_overflow = flags["bias"] | (cfg.acc_width > 32)
 
-        # Parameter values: multipliers in 0..2^31-1, shifts in 1..MAX_SHIFT (int32 words).
-        scan_index = Signal(16)
-        scan_read, scan_captured, scan_is_shift = Signal(), Signal(), Signal()
-        scan_lane = Signal(2)
+        # Parameter values: multipliers in 0..2^31-1, shifts in 1..MAX_SHIFT (int32 words),
+        # four entries (one buffer word) per cycle; entry e of the block is at param_base + 4e.
+        entries_per_word = ADDR_UNIT // _PARAM_BYTES
+        scan_word, scan_captured_word = Signal(16), Signal(16)   # buffer word of the block
+        scan_read, scan_captured = Signal(), Signal()
         scan_addr = Signal(_ADDR_BITS)
-        m.d.comb += scan_addr.eq(param_base + (nn + scan_index) * _PARAM_BYTES)
-        scan_value = self.read_port(Buffer.ACC)[2].word_select(scan_lane, 32).as_signed()
-        scan_bad = Mux(scan_is_shift, (scan_value < 1) | (scan_value > MAX_SHIFT), scan_value < 0)
+        m.d.comb += scan_addr.eq(param_base + scan_word * ADDR_UNIT)
+        scan_bad = Value.cast(0)
+        for lane in range(entries_per_word):
+            entry = scan_captured_word * entries_per_word + lane
+            value = self.read_port(Buffer.ACC)[2].word_select(lane, 32).as_signed()
+            scan_bad = scan_bad | ((entry >= nn) & (entry < 3 * nn)
+                                   & Mux(entry >= 2 * nn, (value < 1) | (value > MAX_SHIFT), value < 0))
 
         with m.FSM(name="gemm"):
             with m.State("IDLE"):
@@ -257,7 +339,7 @@ class GemmController(wiring.Component):
                         m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
                         m.next = "IDLE"
                     with m.Else():
-                        m.d.sync += [scan_index.eq(0), scan_captured.eq(0), dry.eq(0)]
+                        m.d.sync += [scan_word.eq(nn // entries_per_word), scan_captured.eq(0), dry.eq(0)]
                         m.next = "SCAN_PARAMS"
                 with m.Elif(raw_out & ~may_overflow):
                     m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
@@ -266,16 +348,17 @@ class GemmController(wiring.Component):
                     m.d.sync += dry.eq(raw_out)
                     m.next = "PLAN_TILES"
             with m.State("SCAN_PARAMS"):   # golden requantize rejects these before writing anything
-                m.d.comb += scan_read.eq(scan_index < 2 * nn)
-                m.d.sync += [scan_index.eq(scan_index + 1), scan_captured.eq(scan_read),
-                             scan_is_shift.eq(scan_index >= nn), scan_lane.eq(scan_addr[2:4])]
+                m.d.comb += scan_read.eq(scan_word * entries_per_word < 3 * nn)
+                m.d.sync += [scan_word.eq(scan_word + 1), scan_captured.eq(scan_read),
+                             scan_captured_word.eq(scan_word)]
                 with m.If(scan_captured & scan_bad):
                     m.d.comb += fail(ErrorCode.INVALID_OPERAND)
                     m.next = "IDLE"
                 with m.Elif(~scan_read & ~scan_captured):
                     m.next = "PLAN_TILES"
-            with m.State("PLAN_TILES"):   # largest block that fits one B scratchpad half
-                with m.If((block_tiles < n_tiles) & (block_words <= b_half_words(cfg))):
+            with m.State("PLAN_TILES"):   # largest block that fits one B scratchpad half, capped
+                with m.If((block_tiles < n_tiles) & (block_words <= b_half_words(cfg))
+                          & (block_tiles < MAX_BLOCK_TILES)):
                     m.d.sync += [block_tiles.eq(block_tiles + 1), block_words.eq(block_words + k_words)]
                 with m.Else():
                     m.d.sync += [n_blocks.eq(1), remaining.eq(n_tiles)]
@@ -300,93 +383,113 @@ class GemmController(wiring.Component):
                         m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
 
-        # ---- feeder: per block, its B words, then every band's A panel ----------------------
-        f_block, f_band, f_tile, f_k = Signal(16), Signal(16), Signal(16), Signal(16)
-        f_is_b = Signal()
-        a_row_base = f_band * tr
-        k_base = f_k * b
-        b_col_base = (f_block * block_tiles + f_tile) * tc
+        # ---- feeders: A panels and B blocks, each from its own buffer, concurrently ----------
+        # The engine's double buffers order them: per block, the block's B words (tile by
+        # tile, k-step by k-step) and every band's A panel.
+        def k_valid_bytes(k_offset, width):   # bytes of a k-run of ``width`` before K
+            return Mux(kk - k_offset >= width, width, kk - k_offset)
 
-        def locate_operand(o, i):
-            # A word: o = row, i = kk.  B word: o = kk, i = col.
-            a_row, a_k = a_row_base + o, k_base + i
-            b_k, b_col = k_base + o, b_col_base + i
-            a_addr = a_base + a_row * kk + a_k
-            b_addr = b_base + Mux(flags["b_transposed"], b_col * kk + b_k, b_k * nn + b_col)
-            return (Mux(f_is_b, b_addr, a_addr),
-                    Mux(f_is_b, (b_k < kk) & (b_col < nn), (a_row < mm) & (a_k < kk)))
-
-        input_data = self.read_port(Buffer.INPUT)[2]
+        a_block, a_band, a_k, a_kofs = Signal(16), Signal(16), Signal(16), Signal(16)
+        a_reader = _SegmentReader(m, "a_reader", outer=tr, length=b, data=self.read_port(Buffer.INPUT)[2],
+                                  origin=a_base + (a_band * tr) * kk, stride=kk, step=b,
+                                  valid=lambda o: a_band * tr + o < mm, valid_bytes=k_valid_bytes(a_kofs, b),
+                                  prefetch=True)
+        b_block, b_tile, b_k, b_kofs = Signal(16), Signal(16), Signal(16), Signal(16)
+        b_col_base = Signal(16)
+        m.d.comb += b_col_base.eq((b_block * block_tiles + b_tile) * tc)
         weight_data = self.read_port(Buffer.WEIGHT)[2]
-        a_gather = _Gatherer(m, "a_gather", outer=tr, inner=b, elem_bits=8, data=input_data, locate=locate_operand)
-        b_gather = _Gatherer(m, "b_gather", outer=b, inner=tc, elem_bits=8, data=weight_data, locate=locate_operand)
-        for buffer, gather, phase in ((Buffer.INPUT, a_gather, ~f_is_b), (Buffer.WEIGHT, b_gather, f_is_b)):
+        # Transposed B ([n, k]): one segment per column, k consecutive; else one per k row.
+        bt_reader = _SegmentReader(m, "bt_reader", outer=tc, length=b, data=weight_data,
+                                   origin=b_base + b_col_base * kk, stride=kk, step=b,
+                                   valid=lambda o: b_col_base + o < nn, valid_bytes=k_valid_bytes(b_kofs, b),
+                                   prefetch=True)
+        bn_reader = _SegmentReader(m, "bn_reader", outer=b, length=tc, data=weight_data,
+                                   origin=b_base + b_col_base, stride=nn, step=b * nn,
+                                   valid=lambda o: b_kofs + o < kk,
+                                   valid_bytes=Mux(nn - b_col_base >= tc, tc, nn - b_col_base))
+        transposed = flags["b_transposed"]
+        for buffer, reads in ((Buffer.INPUT, [a_reader]), (Buffer.WEIGHT, [bt_reader, bn_reader])):
             read, addr, _ = self.read_port(buffer)
-            m.d.comb += [read.eq(gather.read & phase), addr.eq(gather.read_addr)]
-        m.d.comb += [engine.a_load.payload.eq(a_gather.word), engine.b_load.payload.eq(b_gather.word)]
+            m.d.comb += [read.eq(Cat(*(r.read for r in reads)).any()),
+                         addr.eq(Mux(reads[-1].read, reads[-1].read_addr, reads[0].read_addr))]
+        bt_word = bt_reader.word   # [col][kk] -> the engine's [kk][col]
+        m.d.comb += [engine.a_load.payload.eq(a_reader.word),
+                     engine.b_load.payload.eq(Mux(transposed, Cat(*(bt_word.word_select(col * b + kx, 8)
+                                                                    for kx in range(b) for col in range(tc))),
+                                                  bn_reader.word))]
+        b_ready = Mux(transposed, bt_reader.ready, bn_reader.ready)
+        a_feed_done, b_feed_done = Signal(), Signal()
+        m.d.comb += feed_done.eq(a_feed_done & b_feed_done)
 
-        with m.FSM(name="gemm_feed"):
+        with m.FSM(name="gemm_feed_a"):
             with m.State("IDLE"):
-                m.d.comb += feed_done.eq(1)
+                m.d.comb += a_feed_done.eq(1)
                 with m.If(feed_start):
-                    m.d.sync += [f_block.eq(0), f_band.eq(0), f_tile.eq(0), f_k.eq(0), f_is_b.eq(1)]
-                    m.next = "GATHER_B"
-            for name, gather, stream in (("A", a_gather, engine.a_load), ("B", b_gather, engine.b_load)):
-                with m.State(f"GATHER_{name}"):
-                    m.d.comb += gather.start.eq(1)
-                    m.next = f"WAIT_{name}"
-                with m.State(f"WAIT_{name}"):
-                    with m.If(~gather.busy):
-                        m.next = f"SEND_{name}"
-                with m.State(f"SEND_{name}"):
-                    m.d.comb += stream.valid.eq(1)
-                    with m.If(stream.ready):
-                        last_k = f_k == k_words - 1
-                        m.d.sync += f_k.eq(Mux(last_k, 0, f_k + 1))
-                        m.next = f"GATHER_{name}"
-                        if name == "B":
-                            with m.If(last_k):
-                                m.d.sync += f_tile.eq(f_tile + 1)
-                                with m.If(f_tile == tiles_in_block(f_block) - 1):
-                                    m.d.sync += [f_tile.eq(0), f_band.eq(0), f_is_b.eq(0)]
-                                    m.next = "GATHER_A"
-                        else:
-                            with m.If(last_k):
-                                m.d.sync += f_band.eq(f_band + 1)
-                                with m.If(f_band == m_tiles - 1):
-                                    m.d.sync += [f_band.eq(0), f_block.eq(f_block + 1), f_is_b.eq(1)]
-                                    with m.If(f_block == n_blocks - 1):
-                                        m.next = "IDLE"
-                                    with m.Else():
-                                        m.next = "GATHER_B"
+                    m.d.sync += [a_block.eq(0), a_band.eq(0)]
+                    m.next = "PANEL"
+            with m.State("PANEL"):
+                m.d.comb += a_reader.restart.eq(1)
+                m.d.sync += [a_k.eq(0), a_kofs.eq(0)]
+                m.next = "SEND"
+            with m.State("SEND"):
+                m.d.comb += [a_reader.enable.eq(1), engine.a_load.valid.eq(a_reader.ready)]
+                with m.If(engine.a_load.valid & engine.a_load.ready):
+                    m.d.comb += a_reader.advance.eq(1)
+                    m.d.sync += [a_k.eq(a_k + 1), a_kofs.eq(a_kofs + b)]
+                    with m.If(a_k == k_words - 1):
+                        m.d.sync += a_band.eq(a_band + 1)
+                        m.next = "PANEL"
+                        with m.If(a_band == m_tiles - 1):
+                            m.d.sync += [a_band.eq(0), a_block.eq(a_block + 1)]
+                            with m.If(a_block == n_blocks - 1):
+                                m.next = "IDLE"
+
+        with m.FSM(name="gemm_feed_b"):
+            with m.State("IDLE"):
+                m.d.comb += b_feed_done.eq(1)
+                with m.If(feed_start):
+                    m.d.sync += [b_block.eq(0), b_tile.eq(0)]
+                    m.next = "TILE"
+            with m.State("TILE"):
+                m.d.comb += [bt_reader.restart.eq(1), bn_reader.restart.eq(1)]
+                m.d.sync += [b_k.eq(0), b_kofs.eq(0)]
+                m.next = "SEND"
+            with m.State("SEND"):
+                m.d.comb += [bt_reader.enable.eq(transposed), bn_reader.enable.eq(~transposed),
+                             engine.b_load.valid.eq(b_ready)]
+                with m.If(engine.b_load.valid & engine.b_load.ready):
+                    m.d.comb += [bt_reader.advance.eq(1), bn_reader.advance.eq(1)]
+                    m.d.sync += [b_k.eq(b_k + 1), b_kofs.eq(b_kofs + b)]
+                    with m.If(b_k == k_words - 1):
+                        m.d.sync += b_tile.eq(b_tile + 1)
+                        m.next = "TILE"
+                        with m.If(b_tile == tiles_in_block(b_block) - 1):
+                            m.d.sync += [b_tile.eq(0), b_block.eq(b_block + 1)]
+                            with m.If(b_block == n_blocks - 1):
+                                m.next = "IDLE"
 
         # ---- drain: parameter word per tile, residual / partials row and output row per row --
         d_block, d_band, d_tile, d_row = Signal(16), Signal(16), Signal(16), Signal(range(max(tr, 2)))
-        d_col = Signal(range(max(tc, 2)))
-        d_col_base = (d_block * block_tiles + d_tile) * tc
-        d_row_abs = d_band * tr + d_row
-
-        def locate_param(o, i):   # o = field (bias, multiplier, shift), i = lane
-            col = d_col_base + i
-            return (param_base + (o * nn + col) * _PARAM_BYTES,
-                    (col < nn) & Mux(o == 0, flags["bias"], flags["requant"]))
-
-        def locate_residual(o, i):
-            col = d_col_base + i
-            return out_base + d_row_abs * nn + col, (col < nn) & (d_row_abs < mm)
-
-        def locate_partial(o, i):
-            col = d_col_base + i
-            return acc_base + (d_row_abs * nn + col) * 4, (col < nn) & (d_row_abs < mm)
+        d_col_base, d_row_abs, d_row_in = Signal(16), Signal(16), Signal()
+        d_cols = Signal(range(tc + 1))   # in-range columns of the tile
+        m.d.comb += [d_col_base.eq((d_block * block_tiles + d_tile) * tc), d_row_abs.eq(d_band * tr + d_row),
+                     d_row_in.eq(d_row_abs < mm), d_cols.eq(Mux(nn - d_col_base >= tc, tc, nn - d_col_base))]
+        d_row_index = Signal(32)   # element index of the row's first column
+        m.d.comb += d_row_index.eq(d_row_abs * nn + d_col_base)
 
         acc_read, acc_addr, acc_data = self.read_port(Buffer.ACC)
         vec_read, vec_addr, vec_data = self.read_port(Buffer.VECTOR)
-        params = _Gatherer(m, "param_gather", outer=len(PARAM_FIELDS), inner=tc, elem_bits=8 * _PARAM_BYTES,
-                           data=acc_data, locate=locate_param)
-        residual = _Gatherer(m, "residual_gather", outer=1, inner=tc, elem_bits=8, data=vec_data,
-                             locate=locate_residual)
-        partials = _Gatherer(m, "partial_gather", outer=1, inner=tc, elem_bits=32, data=acc_data,
-                             locate=locate_partial)
+        # One segment per field (bias, multiplier, shift): the tile's int32 entries.
+        params = _SegmentReader(m, "param_reader", outer=len(PARAM_FIELDS), length=tc * _PARAM_BYTES, data=acc_data,
+                                origin=param_base + d_col_base * _PARAM_BYTES, stride=nn * _PARAM_BYTES, step=0,
+                                valid=lambda o: flags["bias"] if o == 0 else flags["requant"],
+                                valid_bytes=d_cols * _PARAM_BYTES)
+        residual = _SegmentReader(m, "residual_reader", outer=1, length=tc, data=vec_data,
+                                  origin=out_base + d_row_index, stride=0, step=0,
+                                  valid=lambda o: flags["residual"] & d_row_in, valid_bytes=d_cols)
+        partials = _SegmentReader(m, "partial_reader", outer=1, length=tc * 4, data=acc_data,
+                                  origin=acc_base + d_row_index * 4, stride=0, step=0,
+                                  valid=lambda o: flags["accumulate"] & d_row_in, valid_bytes=d_cols * 4)
         m.d.comb += [acc_read.eq(params.read | scan_read | partials.read),
                      acc_addr.eq(Mux(scan_read, scan_addr, Mux(partials.read, partials.read_addr, params.read_addr))),
                      vec_read.eq(residual.read), vec_addr.eq(residual.read_addr),
@@ -400,21 +503,34 @@ class GemmController(wiring.Component):
         m.d.comb += engine.params.valid.eq(params_valid)
         with m.If(engine.params.valid & engine.params.ready):
             m.d.sync += params_valid.eq(0)
-        out_col = d_col_base + d_col
-        out_index = Signal(32)
-        out_in_range = (out_col < nn) & (d_row_abs < mm)
-        m.d.comb += [out_index.eq(d_row_abs * nn + out_col),
-                     self.vector_write_addr.eq(out_base + out_index),
-                     self.vector_write_data.eq(engine.output.payload.as_value().word_select(d_col, 8))]
-        # Raw output: A @ B (+ bias) (+ partials), checked against int32 (golden order).
-        raw_sum = Signal(signed(cfg.acc_width + 2))
-        bias_lane = params.word.word_select(d_col, 32).as_signed()   # field 0: the biases
-        partial_lane = partials.word.word_select(d_col, 32).as_signed()
-        m.d.comb += [raw_sum.eq(engine.output_acc[d_col] + Mux(flags["bias"], bias_lane, 0)
-                                + Mux(flags["accumulate"], partial_lane, 0)),
-                     self.acc_write_addr.eq(acc_base + out_index * 4),
-                     self.acc_write_data.eq(raw_sum[:32])]
-        raw_overflows = (raw_sum < -(1 << 31)) | (raw_sum >= (1 << 31))
+
+        # Raw output: A @ B (+ bias) (+ partials), checked against int32 (golden order): a row
+        # writes its in-range elements before the first one that overflows.
+        col_in = Signal(tc)
+        m.d.comb += col_in.eq(Cat(*(d_row_in & (lane < d_cols) for lane in range(tc))))
+        raw_lanes, raw_overflows = [], Signal(tc)
+        for lane in range(tc):
+            raw_sum = Signal(signed(cfg.acc_width + 2), name=f"raw_sum{lane}")
+            m.d.comb += raw_sum.eq(engine.output_acc[lane]
+                                   + Mux(flags["bias"], entry_word[lane].as_signed(), 0)
+                                   + Mux(flags["accumulate"], partials.word.word_select(lane, 32).as_signed(), 0))
+            raw_lanes.append(raw_sum[:32])
+            m.d.comb += raw_overflows[lane].eq(col_in[lane] & ((raw_sum < -(1 << 31)) | (raw_sum >= (1 << 31))))
+        row_overflows = raw_overflows.any()
+        raw_keep = []
+        for lane in range(tc):
+            before = raw_overflows[:lane + 1].any()
+            raw_keep.append((col_in[lane] & ~before & ~dry & ~overflow).replicate(4))
+        row_words = -(-(tc * 4 + ADDR_UNIT - 1) // ADDR_UNIT)   # an int32 row at any 4-byte alignment
+        w_index = Signal(range(max(row_words, 2)))
+        vec_row = _row_write(out_base + d_row_index, engine.output.payload.as_value(), col_in, w_index,
+                             words=row_words)
+        acc_row = _row_write(acc_base + d_row_index * 4, Cat(*raw_lanes), Cat(*raw_keep), w_index, words=row_words)
+        requant = flags["requant"]
+        m.d.comb += [self.vector_write_addr.eq(vec_row[0]), self.vector_write_data.eq(vec_row[1]),
+                     self.acc_write_addr.eq(acc_row[0]), self.acc_write_data.eq(acc_row[1])]
+        row_last = Mux(requant, vec_row[3], acc_row[3])
+        row_reads = flags["residual"] | flags["accumulate"]
 
         with m.FSM(name="gemm_drain"):
             with m.State("IDLE"):
@@ -424,43 +540,41 @@ class GemmController(wiring.Component):
                                  overflow.eq(0)]
                     m.next = "PARAMS"
             with m.State("PARAMS"):   # a raw GEMM without bias reads none (the engine's word is unused)
-                m.d.comb += params.start.eq(flags["requant"] | flags["bias"])
+                m.d.comb += params.restart.eq(1)
+                m.d.sync += w_index.eq(0)
                 m.next = "WAIT_PARAMS"
             with m.State("WAIT_PARAMS"):
-                with m.If(~params.busy):
+                m.d.comb += params.enable.eq(1)
+                with m.If(params.ready):
                     m.d.sync += params_valid.eq(1)
                     m.next = "ROW"
+                    with m.If(~row_reads):   # nothing to read per row
+                        m.next = "WRITE"
             with m.State("ROW"):   # residual (requant) and accumulate (raw) exclude each other
-                m.d.comb += [residual.start.eq(flags["residual"]), partials.start.eq(flags["accumulate"])]
-                with m.If(flags["residual"] | flags["accumulate"]):
-                    m.next = "WAIT_ROW"
-                with m.Else():
-                    m.next = "OFFER"
-            with m.State("WAIT_ROW"):
-                with m.If(~residual.busy & ~partials.busy):
-                    m.next = "OFFER"
-            with m.State("OFFER"):   # the engine emits when the tile is done; the row arrives next cycle
-                m.d.comb += engine.residual.valid.eq(flags["residual"])
-                with m.If(engine.output.valid):
-                    m.d.sync += d_col.eq(0)
-                    m.next = "WRITE"
-            with m.State("WRITE"):   # one element per cycle; padding columns and rows are dropped
-                m.d.comb += [self.vector_write.eq(out_in_range & flags["requant"]),
-                             self.acc_write.eq(out_in_range & ~flags["requant"] & ~dry & ~overflow & ~raw_overflows)]
-                with m.If(out_in_range & ~flags["requant"] & raw_overflows):
-                    m.d.sync += overflow.eq(1)
-                m.d.sync += d_col.eq(d_col + 1)
-                with m.If(d_col == tc - 1):
-                    m.d.comb += engine.output.ready.eq(1)
-                    m.d.sync += [d_col.eq(0), d_row.eq(d_row + 1)]
-                    m.next = "ROW"
-                    with m.If(d_row == tr - 1):
-                        m.d.sync += [d_row.eq(0), d_tile.eq(d_tile + 1)]
-                        m.next = "PARAMS"
-                        with m.If(d_tile == tiles_in_block(d_block) - 1):
-                            m.d.sync += [d_tile.eq(0), d_band.eq(d_band + 1)]
-                            with m.If(d_band == m_tiles - 1):
-                                m.d.sync += [d_band.eq(0), d_block.eq(d_block + 1)]
-                                with m.If(d_block == n_blocks - 1):
-                                    m.next = "IDLE"
+                m.d.comb += [residual.restart.eq(1), partials.restart.eq(1)]
+                m.d.sync += w_index.eq(0)
+                m.next = "WRITE"
+            with m.State("WRITE"):   # the engine emits a row once its tile is done (and the residual offered)
+                m.d.comb += [residual.enable.eq(1), partials.enable.eq(1),
+                             engine.residual.valid.eq(flags["residual"] & residual.ready & ~engine.output.valid)]
+                with m.If(engine.output.valid & partials.ready):   # one 16-byte word per cycle
+                    m.d.comb += [self.vector_write.eq(Mux(requant, vec_row[2], 0)),
+                                 self.acc_write.eq(Mux(requant, 0, acc_row[2]))]
+                    m.d.sync += w_index.eq(w_index + 1)
+                    with m.If(row_last):
+                        m.d.comb += engine.output.ready.eq(1)
+                        m.d.sync += [w_index.eq(0), d_row.eq(d_row + 1)]
+                        with m.If(~requant & row_overflows):
+                            m.d.sync += overflow.eq(1)
+                        with m.If(row_reads):
+                            m.next = "ROW"
+                        with m.If(d_row == tr - 1):
+                            m.d.sync += [d_row.eq(0), d_tile.eq(d_tile + 1)]
+                            m.next = "PARAMS"
+                            with m.If(d_tile == tiles_in_block(d_block) - 1):
+                                m.d.sync += [d_tile.eq(0), d_band.eq(d_band + 1)]
+                                with m.If(d_band == m_tiles - 1):
+                                    m.d.sync += [d_band.eq(0), d_block.eq(d_block + 1)]
+                                    with m.If(d_block == n_blocks - 1):
+                                        m.next = "IDLE"
         return m

@@ -32,7 +32,8 @@ from vitaccel.hw.spec.nonlinear import AddParams
 from vitaccel.hw.spec.regmap import ErrorCode
 
 __all__ = ["Program", "random_dma_program", "gelu_program", "add_program", "softmax_program", "layernorm_program", "gemm_program", "default_programs", "bad_programs", "random_word_programs", "golden_outcomes",
-           "run_program_case", "STATUS_DONE", "STATUS_ERROR"]
+           "run_program_case", "STATUS_DONE", "STATUS_ERROR", "topk_program", "gather_program", "package_program",
+           "token_programs", "token_bad_programs", "requant_program", "requant_programs", "requant_bad_programs"]
 
 STATUS_DONE, STATUS_ERROR = 0b010, 0b100
 _DDR_BASE = 0x0
@@ -571,7 +572,12 @@ def default_programs(config: AccelConfig, *, seed: int, quick: bool, ddr_size: i
         words, ddr = layernorm_program(rng, config, ddr_size, rows=rows, cols=cols, out_scale=out_scale,
                                        extreme=extreme)
         programs.append(Program(f"layernorm {rows}x{cols}", words, ddr))
+    # TOPK / GATHER / PACKAGE (INVALID_OPERAND throughout on a config without the top-k engine).
+    programs += token_programs(config, seed=seed + 1, quick=quick, ddr_size=ddr_size)
     programs += bad_programs(config, ddr_size)
+    programs += token_bad_programs(config, ddr_size)
+    programs += requant_programs(config, seed=seed + 2, quick=quick, ddr_size=ddr_size)
+    programs += requant_bad_programs(config, ddr_size)
     programs += random_word_programs(rng, ddr_size, 4 if quick else 16)
     return programs
 
@@ -660,3 +666,256 @@ def run_regress_case(config: AccelConfig, *, seed: int = 0, simulator: str = "ve
     return {"passed": outcome["passed"], "cycles": cycles,
             "mismatch": outcome["mismatches"][0] if outcome["mismatches"] else None,
             "programs": len(outcome["programs"])}
+
+
+# -- token pruning (TOPK, GATHER, PACKAGE on the top-k engine) and REQUANT --------------------------
+
+def _with_flags(instr: Instruction, **flags: int) -> Instruction:
+    """``instr`` with the dependency flags ``flags`` set."""
+    return Instruction(instr.opcode, **{**instr.fields, **flags})
+
+
+def _vector_program(rng: random.Random, ddr_size: int, chunks: list[bytes], compute, out_bytes: int, *,
+                    what: str, out_buffer: Buffer = Buffer.VECTOR,
+                    buffers: list[Buffer] | None = None) -> tuple[list[int], np.ndarray]:
+    """LOAD ``chunks`` (into VECTOR, or ``buffers``) one after another at random unit gaps, run
+    ``compute(addresses, out_at)`` (one compute Instruction), STORE ``out_bytes`` from ``out_at``
+    of VECTOR. Returns (words, DDR)."""
+    buffers = buffers or [Buffer.VECTOR] * len(chunks)
+    ddr, offsets, free_at = _ddr_image(rng, ddr_size, chunks, reserve=out_bytes, what=what)
+    at = {buffer: rng.randrange(0, 3) for buffer in Buffer}
+    addresses = []
+    for chunk, buffer in zip(chunks, buffers):
+        addresses.append(at[buffer])
+        at[buffer] += -(-len(chunk) // isa.ADDR_UNIT) + rng.randrange(0, 3)
+    out_at = at[Buffer.VECTOR] + rng.randrange(0, 2)
+
+    def dma(opcode: Opcode, buffer: Buffer, sram: int, dram: int, nbytes: int, **flags: int) -> Instruction:
+        return Instruction(opcode, buffer=buffer, sram_addr=sram, dram_addr=dram, rows=1, row_bytes=nbytes,
+                           dram_stride=nbytes, sram_stride=nbytes, **flags)
+
+    loads = [dma(Opcode.LOAD, buffer, sram, offsets[i], len(chunk))
+             for i, (chunk, buffer, sram) in enumerate(zip(chunks, buffers, addresses)) if chunk]
+    loads = loads or [dma(Opcode.LOAD, Buffer.VECTOR, 0, 0, 0)]
+    loads[-1] = _with_flags(loads[-1], push_next=1)   # LOADs retire in order: the last hands over
+    instr = _with_flags(compute(addresses, out_at), pop_prev=1, push_next=1)
+    program = [*loads, instr,
+               dma(Opcode.STORE, Buffer.VECTOR, out_at, free_at, out_bytes, pop_prev=1, push_prev=1),
+               Instruction(Opcode.FINISH, pop_next=1)]
+    return [encode(i) for i in program], ddr
+
+
+def _scores(rng: random.Random, shape: tuple[int, ...], limit: int, mode: str) -> np.ndarray:
+    """Random scores below ``limit``: ``random``, ``ties`` (four values), ``equal`` (one value),
+    ``extreme`` (0 and ``limit - 1`` only), ``zero``."""
+    size = int(np.prod(shape))
+    if mode == "random":
+        values = [rng.randrange(limit) for _ in range(size)]
+    elif mode == "ties":
+        levels = [rng.randrange(limit) for _ in range(4)]
+        values = [rng.choice(levels) for _ in range(size)]
+    elif mode == "equal":
+        values = [rng.randrange(limit)] * size
+    elif mode == "zero":
+        values = [0] * size
+    elif mode == "extreme":
+        values = [rng.choice([0, limit - 1]) for _ in range(size)]
+    else:
+        raise ValueError(f"score mode {mode!r}")
+    return np.array(values, np.int64).reshape(shape)
+
+
+def topk_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, rows: int, n: int, k: int,
+                 sum_rows: bool = False, mode: str = "random") -> tuple[list[int], np.ndarray]:
+    """LOAD ``rows`` score rows of ``n`` (uint16, or uint8 summed column-wise with ``sum_rows``)
+    into VECTOR, TOPK, STORE the uint16 indices. ``mode``: see :func:`_scores`."""
+    scores = _scores(rng, (rows, n), 256 if sum_rows else 1 << 16, mode)
+    chunk = scores.astype(np.uint8 if sum_rows else "<u2").tobytes()
+    out_bytes = 2 * k * (1 if sum_rows else rows)
+    return _vector_program(rng, ddr_size, [chunk], lambda at, out: Instruction(
+        Opcode.TOPK, rows=rows, n=n, k=k, sum_rows=int(sum_rows), src_addr=at[0], dst_addr=out),
+        out_bytes, what=f"TOPK {rows}x{n} k={k}")
+
+
+def gather_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, rows: int, n: int, cols: int,
+                   ascending: bool = True) -> tuple[list[int], np.ndarray]:
+    """LOAD ``n`` rows of ``cols`` bytes and ``rows`` uint16 indices (ascending distinct as TOPK
+    writes them, or random with repeats) into VECTOR, GATHER, STORE the gathered rows."""
+    if ascending:
+        indices = sorted(rng.sample(range(n), rows))
+    else:
+        indices = [rng.randrange(n) for _ in range(rows)]
+    source = rng.randbytes(n * cols)
+    chunks = [np.array(indices, "<u2").tobytes(), source]
+    return _vector_program(rng, ddr_size, chunks, lambda at, out: Instruction(
+        Opcode.GATHER, rows=rows, cols=cols, n=n, index_addr=at[0], src_addr=at[1], dst_addr=out),
+        rows * cols, what=f"GATHER {rows} of {n}x{cols}")
+
+
+def package_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, n: int, cols: int, k: int,
+                    heads: int, mode: str = "random", extreme: bool = False) -> tuple[list[int], np.ndarray]:
+    """LOAD ``heads`` uint8 probability rows of ``n``, ``k`` kept indices (random order) and
+    ``n`` int8 token rows of ``cols`` into VECTOR, PACKAGE, STORE the package token.
+    ``mode`` shapes the probabilities (:func:`_scores`); ``extreme`` makes tokens -128 / 127."""
+    probs = _scores(rng, (heads, n), 256, mode)
+    kept = rng.sample(range(n), k)
+    x = np.array([rng.choice([-128, 127]) if extreme else rng.randint(-128, 127) for _ in range(n * cols)],
+                 np.int64)
+    chunks = [probs.astype(np.uint8).tobytes(), np.array(kept, "<u2").tobytes(), x.astype(np.int8).tobytes()]
+    return _vector_program(rng, ddr_size, chunks, lambda at, out: Instruction(
+        Opcode.PACKAGE, n=n, cols=cols, k=k, heads=heads, prob_addr=at[0], index_addr=at[1], src_addr=at[2],
+        dst_addr=out), cols, what=f"PACKAGE of {n}x{cols} k={k}")
+
+
+#: (rows, n, k, sum_rows, mode): ties, all-equal scores, k = n, k = 1, k = 0, rows and n off
+#: the lane grid, uint16 limits, the widest column sum (257 rows of 255 = 65535).
+TOPK_CASES = [(2, 13, 5, False, "random"), (3, 9, 4, False, "ties"), (1, 7, 7, False, "equal"),
+              (1, 11, 1, False, "extreme"), (4, 10, 3, True, "random"), (3, 6, 2, True, "ties"),
+              (2, 5, 5, True, "equal"), (1, 4, 0, False, "random"), (257, 3, 1, True, "extreme")]
+#: (rows, n, cols, ascending): TOPK-style index lists and repeats in any order.
+GATHER_CASES = [(5, 9, 7, True), (6, 4, 3, False), (1, 1, 17, True), (0, 3, 5, True)]
+#: (n, cols, k, heads, mode, extreme): ties, no pruned token (k = n), all-zero weights,
+#: saturating tokens, the widest weights (four heads of 255).
+PACKAGE_CASES = [(9, 6, 4, 3, "random", False), (7, 5, 2, 2, "ties", True), (5, 3, 5, 1, "random", False),
+                 (6, 4, 1, 2, "equal", False), (8, 3, 3, 4, "extreme", True), (5, 4, 2, 1, "zero", False)]
+
+
+def token_programs(config: AccelConfig, *, seed: int, quick: bool = False, ddr_size: int = 4096) -> list[Program]:
+    """TOPK, GATHER and PACKAGE programs of :data:`TOPK_CASES`, :data:`GATHER_CASES` and
+    :data:`PACKAGE_CASES` (every other case when ``quick``)."""
+    rng = random.Random(seed)
+    step = 2 if quick else 1
+    programs = []
+    for rows, n, k, sum_rows, mode in TOPK_CASES[::step]:
+        if rows * n * (1 if sum_rows else 2) > ddr_size - 64:
+            continue
+        words, ddr = topk_program(rng, config, ddr_size, rows=rows, n=n, k=k, sum_rows=sum_rows, mode=mode)
+        programs.append(Program(f"topk {rows}x{n} k={k} sum_rows={sum_rows} {mode}", words, ddr))
+    for rows, n, cols, ascending in GATHER_CASES[::step]:
+        words, ddr = gather_program(rng, config, ddr_size, rows=rows, n=n, cols=cols, ascending=ascending)
+        programs.append(Program(f"gather {rows} of {n}x{cols}", words, ddr))
+    for n, cols, k, heads, mode, extreme in PACKAGE_CASES[::step]:
+        words, ddr = package_program(rng, config, ddr_size, n=n, cols=cols, k=k, heads=heads, mode=mode,
+                                     extreme=extreme)
+        programs.append(Program(f"package {n}x{cols} k={k} heads={heads} {mode}", words, ddr))
+    return programs
+
+
+def token_bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
+    """TOPK, GATHER and PACKAGE programs that must stop, each check in the golden machine's
+    order (the same programs on a config without ``has_topk`` stop at the unit check)."""
+    vector_units = isa.buffer_bytes(config, Buffer.VECTOR) // isa.ADDR_UNIT
+    last = vector_units - 1
+    finish = encode(Instruction(Opcode.FINISH))
+    # VECTOR unit 0: indices 0, 1, 2, 300 (uint16); unit 1: index 3, then more.
+    ddr = np.zeros(ddr_size, np.uint8)
+    ddr[:8] = np.frombuffer(np.array([0, 1, 2, 300], "<u2").tobytes(), np.uint8)
+    ddr[16:18] = np.frombuffer(np.array([3], "<u2").tobytes(), np.uint8)
+    load = encode(Instruction(Opcode.LOAD, buffer=Buffer.VECTOR, sram_addr=0, dram_addr=0, rows=1, row_bytes=64,
+                              dram_stride=64, sram_stride=64, push_next=1))
+    m = config.max_tokens
+    cases = [
+        ("topk k > n", Instruction(Opcode.TOPK, rows=1, n=3, k=4)),
+        ("topk n > max_tokens", Instruction(Opcode.TOPK, rows=1, n=m + 1, k=1)),
+        ("topk sum_rows zero rows", Instruction(Opcode.TOPK, rows=0, n=3, k=1, sum_rows=1)),
+        ("topk sum_rows 258 rows", Instruction(Opcode.TOPK, rows=258, n=3, k=1, sum_rows=1, src_addr=last)),
+        ("topk scores out of range", Instruction(Opcode.TOPK, rows=2, n=5, k=1, src_addr=last)),
+        ("topk summed scores out of range", Instruction(Opcode.TOPK, rows=2, n=9, k=1, sum_rows=1, src_addr=last)),
+        ("topk indices out of range", Instruction(Opcode.TOPK, rows=3, n=4, k=3, dst_addr=last)),
+        ("topk summed indices out of range", Instruction(Opcode.TOPK, rows=3, n=9, k=9, sum_rows=1, dst_addr=last)),
+        ("topk empty rows, destination past the end", Instruction(Opcode.TOPK, rows=0, n=5, k=2, src_addr=3,
+                                                                         dst_addr=vector_units + 1)),
+        ("gather source out of range", Instruction(Opcode.GATHER, rows=3, n=4, cols=5, src_addr=last,
+                                                   index_addr=vector_units)),
+        ("gather index list out of range", Instruction(Opcode.GATHER, rows=9, n=4, cols=5, index_addr=last)),
+        ("gather index >= n", Instruction(Opcode.GATHER, rows=4, n=300, cols=2, src_addr=2, dst_addr=last)),
+        ("gather index > n", Instruction(Opcode.GATHER, rows=5, n=3, cols=2, index_addr=0, src_addr=2)),
+        ("gather destination out of range", Instruction(Opcode.GATHER, rows=3, n=4, cols=7, src_addr=2,
+                                                        dst_addr=last)),
+        ("package k > n", Instruction(Opcode.PACKAGE, n=3, k=4, cols=2, heads=1)),
+        ("package n > max_tokens", Instruction(Opcode.PACKAGE, n=m + 1, k=1, cols=2, heads=1)),
+        ("package no heads", Instruction(Opcode.PACKAGE, n=3, k=1, cols=2, heads=0, prob_addr=vector_units)),
+        ("package 258 heads", Instruction(Opcode.PACKAGE, n=3, k=1, cols=2, heads=258)),
+        ("package probabilities out of range", Instruction(Opcode.PACKAGE, n=9, k=1, cols=2, heads=2,
+                                                           prob_addr=last)),
+        ("package tokens out of range", Instruction(Opcode.PACKAGE, n=9, k=1, cols=2, heads=1, src_addr=last)),
+        ("package index list out of range", Instruction(Opcode.PACKAGE, n=9, k=9, cols=2, heads=1, index_addr=last)),
+        ("package index >= n", Instruction(Opcode.PACKAGE, n=4, k=4, cols=2, heads=1, src_addr=4, prob_addr=4,
+                                           dst_addr=vector_units)),
+        ("package destination out of range", Instruction(Opcode.PACKAGE, n=5, k=4, cols=17, heads=2, src_addr=4,
+                                                         prob_addr=4, index_addr=1, dst_addr=last)),
+    ]
+    return [Program(name, [load, encode(_with_flags(instr, pop_prev=1)), finish], ddr.copy())
+            for name, instr in cases]
+
+
+def requant_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, rows: int, cols: int,
+                    extreme: bool = False) -> tuple[list[int], np.ndarray]:
+    """LOAD int32 accumulators and a bias / multiplier / shift block into ACC, REQUANT, STORE
+    the int8 result. ``extreme``: accumulator + bias at exactly ``±2^31`` (the limit
+    ``requantize`` accepts), multipliers up to ``2^31 - 1``, shifts 1 and ``MAX_SHIFT``."""
+    from vitaccel.hw.spec.numerics import MAX_SHIFT
+
+    acc = np.array([[rng.randint(-(1 << 20), 1 << 20) for _ in range(cols)] for _ in range(rows)], np.int64)
+    bias = np.array([rng.randint(-(1 << 12), 1 << 12) for _ in range(cols)], np.int64)
+    multipliers = [rng.randrange(1 << 30, 1 << 31) for _ in range(cols)]
+    shifts = [rng.randrange(36, 44) for _ in range(cols)]
+    if extreme:
+        bias[0], acc[:, 0] = -(1 << 31), 0                       # -2^31 exactly
+        bias[-1], acc[:, -1] = (1 << 31) - 1, 1                  # +2^31 exactly
+        multipliers[0], multipliers[-1] = (1 << 31) - 1, 0
+        shifts[0], shifts[-1] = MAX_SHIFT, 1
+        if cols > 2:
+            shifts[1], multipliers[1] = 1, (1 << 31) - 1        # saturates both ways
+    params = np.array([*bias, *multipliers, *shifts], np.int64).astype("<i4")
+    chunks = [acc.astype("<i4").tobytes(), params.tobytes()]
+    return _vector_program(rng, ddr_size, chunks, lambda at, out: Instruction(
+        Opcode.REQUANT, rows=rows, cols=cols, src_addr=at[0], param_addr=at[1], dst_addr=out),
+        rows * cols, what=f"REQUANT {rows}x{cols}", buffers=[Buffer.ACC, Buffer.ACC])
+
+
+#: (rows, cols, extreme): off the 16-byte grid, one element, the int32 limits.
+REQUANT_CASES = [(3, 7, False), (1, 1, False), (2, 5, True), (5, 3, True)]
+
+
+def requant_programs(config: AccelConfig, *, seed: int, quick: bool = False, ddr_size: int = 4096) -> list[Program]:
+    """REQUANT programs of :data:`REQUANT_CASES` (every other one when ``quick``)."""
+    rng = random.Random(seed)
+    out = []
+    for rows, cols, extreme in REQUANT_CASES[::2 if quick else 1]:
+        words, ddr = requant_program(rng, config, ddr_size, rows=rows, cols=cols, extreme=extreme)
+        out.append(Program(f"requant {rows}x{cols} extreme={extreme}", words, ddr))
+    return out
+
+
+def requant_bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
+    """REQUANT programs that must stop, each check in the golden machine's order. ACC unit 0
+    holds a 2-column block (bias, multiplier, shift) from DDR, unit 2 accumulators, zeros
+    up to unit 8."""
+    acc_units = isa.buffer_bytes(config, Buffer.ACC) // isa.ADDR_UNIT
+    vector_units = isa.buffer_bytes(config, Buffer.VECTOR) // isa.ADDR_UNIT
+    good = [5, -7, 1 << 30, 3, 20, 30]
+    cases = [  # (name, parameter block, accumulators, instruction fields)
+        ("requant accumulators out of range", good, [0, 0], dict(rows=3, cols=2, src_addr=acc_units - 1,
+                                                               param_addr=acc_units)),
+        ("requant parameters out of range", good, [0, 0], dict(rows=1, cols=2, src_addr=2, param_addr=acc_units - 1)),
+        ("requant negative multiplier", [5, -7, -1, 3, 20, 30], [0, 0], dict(rows=1, cols=2, src_addr=2,
+                                                                              dst_addr=vector_units)),
+        ("requant zero shift", [5, -7, 1, 3, 0, 30], [0, 0], dict(rows=0, cols=2, src_addr=2)),
+        ("requant shift too large", [5, -7, 1, 3, 20, 63], [0, 0], dict(rows=1, cols=2, src_addr=2)),
+        ("requant accumulator + bias above 2^31", [(1 << 31) - 1, 0, 1, 1, 20, 20], [2, 0],
+         dict(rows=1, cols=2, src_addr=2, dst_addr=vector_units)),
+        ("requant accumulator + bias below -2^31", [-(1 << 31), 0, 1, 1, 20, 20], [-1, 0], dict(rows=1, cols=2,
+                                                                                              src_addr=2)),
+        ("requant destination out of range", good, [0, 0], dict(rows=9, cols=2, src_addr=2, dst_addr=vector_units - 1)),
+    ]
+    out = []
+    for name, block, acc, fields in cases:
+        ddr = np.zeros(ddr_size, np.uint8)
+        ddr[:24] = np.frombuffer(np.array(block, np.int64).astype("<i4").tobytes(), np.uint8)
+        ddr[32:40] = np.frombuffer(np.array(acc, np.int64).astype("<i4").tobytes(), np.uint8)
+        load = Instruction(Opcode.LOAD, buffer=Buffer.ACC, sram_addr=0, dram_addr=0, rows=1, row_bytes=128,
+                           dram_stride=128, sram_stride=128, push_next=1)
+        out.append(Program(name, [encode(load), encode(Instruction(Opcode.REQUANT, pop_prev=1, **fields)),
+                                  encode(Instruction(Opcode.FINISH))], ddr))
+    return out

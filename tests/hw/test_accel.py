@@ -425,3 +425,158 @@ def test_layernorm_programs_match_golden_machine():
         saturated += int(np.count_nonzero((result == -128) | (result == 127)))
     assert saturated > 0
     _assert_bad_programs_stop(bad, results[len(programs):])
+
+
+# -- token pruning: TOPK, GATHER, PACKAGE on the top-k engine ------------------------------------
+
+def _assert_match_golden(programs: list[Program], results: list) -> None:
+    """Each program ended as the golden machine's run did: same DDR, or same code and pc."""
+    for program, (out, ddr) in zip(programs, results, strict=True):
+        want = program.golden["code"]
+        assert ErrorCode(out["ERROR_CODE"]) is want, f"{program.name}: {program.golden.get('message', 'golden ok')}"
+        if want is ErrorCode.NONE:
+            assert out["STATUS"] == 0b010, program.name
+            assert ddr == program.golden["ddr"].tobytes(), f"{program.name}: DDR differs from the golden machine"
+            assert out["INSTRUCTIONS_RETIRED_LO"] == len(program.words), program.name
+        else:
+            assert out["STATUS"] == 0b100, program.name
+            assert out["ERROR_PC"] == program.golden["pc"], program.name
+
+
+def test_token_programs_match_golden_machine():
+    """TOPK (per row and sum_rows: ties, all equal, k = n, k = 1, k = 0, 257 summed rows),
+    GATHER (ascending, repeats, empty) and PACKAGE (ties, k = n, saturating tokens), then
+    every operand check in the golden machine's order."""
+    from vitaccel.sim.cases.accel import token_bad_programs, token_programs
+
+    ddr_size = 1024
+    programs = token_programs(TINY, seed=21, ddr_size=ddr_size)
+    bad = token_bad_programs(TINY, ddr_size)
+    golden_outcomes(TINY, programs + bad)
+    assert all(p.golden["code"] is ErrorCode.NONE for p in programs), [p.golden for p in programs]
+    assert {p.golden["code"] for p in bad} == {ErrorCode.INVALID_OPERAND, ErrorCode.ADDRESS_OUT_OF_RANGE}
+    _assert_match_golden(programs + bad, _simulate(programs + bad, ddr_size))
+
+
+def test_token_opcodes_without_topk_unit():
+    """A config without the top-k engine stops TOPK / GATHER / PACKAGE as the golden machine
+    does (INVALID_OPERAND at the instruction)."""
+    from vitaccel.sim.cases.accel import token_programs
+
+    config = dataclasses.replace(TINY, name="tiny-no-topk", has_topk=False, has_sparse_attention=False)
+    ddr_size = 1024
+    programs = token_programs(config, seed=22, quick=True, ddr_size=ddr_size)
+    golden_outcomes(config, programs)
+    assert {p.golden["code"] for p in programs} == {ErrorCode.INVALID_OPERAND}
+    _assert_match_golden(programs, _simulate(programs, ddr_size, config))
+
+
+# -- REQUANT in the controller -------------------------------------------------------------------
+
+def test_requant_programs_match_golden_machine():
+    """REQUANT off the 16-byte grid and at the int32 / multiplier / shift limits, then every
+    operand check in the golden machine's order."""
+    from vitaccel.sim.cases.accel import requant_bad_programs, requant_programs
+
+    ddr_size = 1024
+    programs = requant_programs(TINY, seed=23, ddr_size=ddr_size)
+    bad = requant_bad_programs(TINY, ddr_size)
+    golden_outcomes(TINY, programs + bad)
+    assert all(p.golden["code"] is ErrorCode.NONE for p in programs), [p.golden for p in programs]
+    assert {p.golden["code"] for p in bad} == {ErrorCode.INVALID_OPERAND, ErrorCode.ADDRESS_OUT_OF_RANGE}
+    results = _simulate(programs + bad, ddr_size)
+    _assert_match_golden(programs + bad, results)
+    saturated = sum(int(np.count_nonzero(np.isin(p.golden["ddr"][p.golden["ddr"] != p.ddr].view(np.int8),
+                                                 (-128, 127)))) for p in programs)
+    assert saturated > 0
+
+
+# -- GEMM data path: operand runs that walk through K, 16-byte writes, throughput ---------------
+
+#: Rows and columns that straddle 16-byte words as they walk through K (k = 37, 33: every
+#: alignment, a partial last k-step), both B layouts, residual / unsigned A / partials, and
+#: n = 37 (10 tiles): two B blocks of at most ``MAX_BLOCK_TILES``.
+WALK_GEMM_CASES = [
+    (9, 37, 11, dict(bias=True)),
+    (6, 37, 13, dict(bias=True, b_transposed=True, unsigned_a=True, residual=True)),
+    (7, 33, 6, dict(requant=False, bias=True, accumulate=True, b_transposed=True)),
+    (5, 9, 37, dict(requant=False, bias=True)),
+]
+
+
+def test_gemm_walking_runs_match_golden_machine():
+    from vitaccel.hw.accel.gemm import MAX_BLOCK_TILES
+
+    assert -(-37 // TINY.tile_cols) > MAX_BLOCK_TILES
+    rng = random.Random(29)
+    ddr_size = 4096
+    programs = []
+    for m, k, n, flags in WALK_GEMM_CASES:
+        words, ddr = gemm_program(rng, TINY, ddr_size, m=m, k=k, n=n, **flags)
+        programs.append(Program(f"gemm {m}x{k}x{n} {sorted(flags)}", words, ddr))
+    golden_outcomes(TINY, programs)
+    assert all(p.golden["code"] is ErrorCode.NONE for p in programs)
+    _assert_match_golden(programs, _simulate(programs, ddr_size))
+
+
+def _gemm_alone_cycles(config, instr: Instruction, memory: dict) -> int:
+    """Cycles from ``start`` to ``done`` of :class:`GemmController` alone, its buffers modelled
+    in Python (``memory``: bytearray by Buffer; read data one cycle after the address)."""
+    from vitaccel.hw.accel.gemm import READ_BUFFERS, GemmController
+
+    dut = GemmController(config=config)
+    cycles = []
+
+    async def bench(ctx):
+        ctx.set(dut.word, encode(instr))
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        pending = {}
+        for cycle in range(100_000):
+            for buffer, word in pending.items():
+                ctx.set(dut.read_port(buffer)[2], word)
+            assert not ctx.get(dut.error), ErrorCode(ctx.get(dut.error_code))
+            if ctx.get(dut.done):
+                cycles.append(cycle + 1)
+                return
+            pending = {}
+            for buffer in READ_BUFFERS:
+                read, addr, _ = dut.read_port(buffer)
+                if ctx.get(read):
+                    at = ctx.get(addr) & ~(isa.ADDR_UNIT - 1)
+                    pending[buffer] = int.from_bytes(bytes(memory[buffer][at:at + isa.ADDR_UNIT]), "little")
+            writes = [(buffer, ctx.get(enables), ctx.get(addr), ctx.get(data)) for buffer, enables, addr, data in (
+                (isa.Buffer.VECTOR, dut.vector_write, dut.vector_write_addr, dut.vector_write_data),
+                (isa.Buffer.ACC, dut.acc_write, dut.acc_write_addr, dut.acc_write_data))]
+            await ctx.tick()
+            for buffer, enables, addr, data in writes:
+                for lane in range(isa.ADDR_UNIT):
+                    if enables >> lane & 1:
+                        memory[buffer][addr + lane] = data >> (8 * lane) & 0xFF
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert cycles, "the GEMM did not finish"
+    return cycles[0]
+
+
+def test_gemm_feeds_the_engine_near_its_rate():
+    """A 12x64x64 GEMM (3 x 16 tiles of 32 k-steps: 1536 engine steps) takes little more
+    than its compute with a transposed B (A rows and B columns walk through K: about one
+    word per cycle; the first B block loads before compute starts), and less than twice
+    that with B [k, n] (each B word needs a read per k row)."""
+    m, k, n = 12, 64, 64
+    rng = np.random.default_rng(31)
+    memory = {buffer: bytearray(rng.integers(0, 256, isa.buffer_bytes(TINY, buffer), dtype=np.uint8).tobytes())
+              for buffer in isa.Buffer}
+    params = np.array([0] * n + [1 << 30] * n + [40] * n, "<i4").tobytes()
+    memory[isa.Buffer.ACC][:len(params)] = params
+    steps = -(-m // TINY.tile_rows) * -(-n // TINY.tile_cols) * -(-k // TINY.block_size)
+    for transposed, bound in ((1, 1.3), (0, 2.0)):
+        instr = Instruction(Opcode.GEMM, m=m, k=k, n=n, requant=1, bias=1, b_transposed=transposed, a_addr=1,
+                            b_addr=3, param_addr=0, out_addr=5)
+        cycles = _gemm_alone_cycles(TINY, instr, memory)
+        assert cycles < bound * steps, (transposed, cycles, steps)

@@ -80,3 +80,19 @@ def test_emit_zcu102_with_resources(tmp_path):
     assert result["lint_warnings"] == []
     resources = json.loads((tmp_path / "resources.json").read_text())
     assert resources["DSP48E2"] <= 2016 and resources["BRAM36"] <= 0.8 * 912
+
+
+@pytest.mark.cocotb
+@pytest.mark.slow
+@pytest.mark.parametrize("package_token", [False, True], ids=["evit", "spvit-package"])
+def test_compiled_pruned_vit_bit_exact_verilator(tmp_path, package_token):
+    """A compiled tiny digits-vit with token pruning after blocks 1, 2 and 3 (TOPK with
+    ``sum_rows`` over the CLS attention rows, GATHER; PACKAGE with ``package_token``),
+    end to end: minutes."""
+    from vitaccel.sw.compile import compile_model
+
+    compile_model("digits-vit", "tiny", tmp_path / "program", calib=4, prune_tokens="0.7@1,2,3",
+                  package_token=package_token)
+    result = run_program_case(TINY, program_dir=tmp_path / "program", simulator="verilator", max_cycles=3_000_000)
+    assert result["passed"], json.dumps(result["mismatches"], indent=1)
+    assert [p["error_code"] for p in result["programs"]] == ["NONE"]

@@ -1,0 +1,434 @@
+"""Token pruning in the accelerator: TOPK, GATHER and PACKAGE on the top-k engine.
+
+:class:`TokenController` executes the three opcodes of the top-k family
+(``isa.DESCRIPTIONS``), all of which work inside the VECTOR buffer:
+
+* **TOPK** streams score rows into :class:`~vitaccel.hw.topk.TopKEngine` (``topk_lanes``
+  scores per beat) and writes the kept indices as uint16. Without ``sum_rows`` each of the
+  ``rows`` uint16 score rows is one selection; with ``sum_rows`` the front end sums the
+  ``rows`` uint8 rows column-wise into one uint16 score row (one byte read per two cycles)
+  and makes one selection. Checks in the golden machine's order (``GoldenMachine._topk``):
+  ``k <= n <= max_tokens``, ``1 <= rows <= 257`` with ``sum_rows`` (INVALID_OPERAND); the
+  scores, then the indices out of VECTOR (ADDRESS_OUT_OF_RANGE).
+* **GATHER** copies the source rows an index list names (one byte per cycle, reads and writes
+  pipelined, plus three cycles per row). Checks:
+  source, index list (ADDRESS_OUT_OF_RANGE); every index below ``n`` (INVALID_OPERAND, a
+  pass over the list before anything is written); destination (ADDRESS_OUT_OF_RANGE).
+* **PACKAGE** (SPViT's package token): a pass over the kept indices marks them (and checks
+  them, as GATHER), a pass over the probability rows stores each token's weight -- its
+  ``heads`` probabilities summed, 0 for a kept token -- and the weights' total; then per
+  column the exact weighted sum of the pruned tokens (skipping zero weights) and a 9-step
+  restoring division ``floor((2 num + total) / (2 total))`` (round half up; the quotient of a
+  weighted mean of int8 values lies in -128..127). Checks: ``k <= n <= max_tokens``,
+  ``1 <= heads <= 257`` (INVALID_OPERAND); probabilities, tokens, index list
+  (ADDRESS_OUT_OF_RANGE); index values (INVALID_OPERAND); destination (ADDRESS_OUT_OF_RANGE).
+
+Differences from the golden machine, for programs whose regions overlap (the compiler never
+emits them): the golden machine reads a GATHER's source and index list whole before writing,
+the controller copies row by row (an in-place GATHER with ascending indices, as TOPK writes
+them, is still exact); TOPK's and PACKAGE's outputs are written after their inputs are read.
+
+The VECTOR buffer is read through a synchronous port (``read`` / ``read_addr`` this cycle,
+the 16-byte ``read_data`` the next) and written one byte at a time (``write``); the core
+gives the controller priority over the load and store queues.
+"""
+
+from __future__ import annotations
+
+from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from vitaccel.hw.spec import isa
+from vitaccel.hw.spec.config import AccelConfig, ConfigError
+from vitaccel.hw.spec.isa import ADDR_UNIT, Buffer, Opcode
+from vitaccel.hw.spec.regmap import ErrorCode
+from vitaccel.hw.spec.sparse import TOPK_SCORE_BITS
+
+from .decode import field_slice
+
+__all__ = ["TokenController", "TOKEN_OPCODES", "SUM_ROWS_LIMIT"]
+
+_ADDR_BITS = 24
+_LANE_BITS = (ADDR_UNIT - 1).bit_length()
+#: The opcodes the controller executes.
+TOKEN_OPCODES = (Opcode.TOPK, Opcode.GATHER, Opcode.PACKAGE)
+#: Most uint8 rows a column sum may add (``rows * 255`` must fit a score).
+SUM_ROWS_LIMIT = ((1 << TOPK_SCORE_BITS) - 1) // 0xFF
+#: Quotient bits of the package token's division (its result is an int8 mean, |q| <= 128).
+_QUOTIENT_BITS = 9
+
+
+class TokenController(wiring.Component):
+    """Executes TOPK, GATHER and PACKAGE (see the module docstring).
+
+    Parameters
+    ----------
+    config : AccelConfig
+        Must have ``has_topk``; supplies ``topk_lanes``, ``max_tokens`` and the VECTOR size.
+
+    Attributes
+    ----------
+    word : in
+        The instruction (held from ``start`` to ``done`` / ``error``).
+    start : in
+        Pulse: execute ``word``.
+    done, error : out
+        One-cycle pulses: the instruction retired, or stopped with ``error_code``.
+    read, read_addr, read_data : VECTOR read port (byte address; data one cycle later).
+    write, write_addr, write_data : VECTOR byte write.
+
+    Raises
+    ------
+    ConfigError
+        If ``config.has_topk`` is false.
+    """
+
+    def __init__(self, *, config: AccelConfig):
+        if not isinstance(config, AccelConfig):
+            raise TypeError(f"config: expected an AccelConfig, got {type(config).__name__}")
+        if not config.has_topk:
+            raise ConfigError(f"TokenController: config {config.name!r} has no top-k engine (has_topk is false)")
+        self.config = config
+        super().__init__({
+            "word": In(isa.INSTRUCTION_BITS), "start": In(1), "done": Out(1), "error": Out(1),
+            "error_code": Out(ErrorCode),
+            "read": Out(1), "read_addr": Out(_ADDR_BITS), "read_data": In(ADDR_UNIT * 8),
+            "write": Out(1), "write_addr": Out(_ADDR_BITS), "write_data": Out(8),
+        })
+
+    def elaborate(self, platform):
+        from vitaccel.hw.topk import TopKEngine
+
+        m = Module()
+        cfg = self.config
+        vector_bytes = isa.buffer_bytes(cfg, Buffer.VECTOR)
+        m.submodules.engine = engine = TopKEngine(config=cfg)
+        lanes = engine.lanes
+        opcode = field_slice(self.word, Opcode.FINISH, "opcode")
+
+        def f(op, name):
+            return field_slice(self.word, op, name)
+
+        # ---- registered checks (golden order is kept by the FSM's tests) ----------------------
+        t_rows, t_n, t_k = f(Opcode.TOPK, "rows"), f(Opcode.TOPK, "n"), f(Opcode.TOPK, "k")
+        t_src, t_dst = f(Opcode.TOPK, "src_addr") * ADDR_UNIT, f(Opcode.TOPK, "dst_addr") * ADDR_UNIT
+        sum_rows = f(Opcode.TOPK, "sum_rows")
+        g_rows, g_cols, g_n = f(Opcode.GATHER, "rows"), f(Opcode.GATHER, "cols"), f(Opcode.GATHER, "n")
+        g_src, g_dst = f(Opcode.GATHER, "src_addr") * ADDR_UNIT, f(Opcode.GATHER, "dst_addr") * ADDR_UNIT
+        g_index = f(Opcode.GATHER, "index_addr") * ADDR_UNIT
+        p_n, p_cols, p_k = f(Opcode.PACKAGE, "n"), f(Opcode.PACKAGE, "cols"), f(Opcode.PACKAGE, "k")
+        p_heads = f(Opcode.PACKAGE, "heads")
+        p_src, p_prob = f(Opcode.PACKAGE, "src_addr") * ADDR_UNIT, f(Opcode.PACKAGE, "prob_addr") * ADDR_UNIT
+        p_index, p_dst = f(Opcode.PACKAGE, "index_addr") * ADDR_UNIT, f(Opcode.PACKAGE, "dst_addr") * ADDR_UNIT
+        is_topk, is_gather = opcode == Opcode.TOPK, opcode == Opcode.GATHER
+
+        t_bad_shape, t_bad_rows, t_src_out, t_dst_out = (Signal(name=f"topk_{n}") for n in
+                                                          ("bad_shape", "bad_rows", "src_out", "dst_out"))
+        g_src_out, g_index_out, g_dst_out = (Signal(name=f"gather_{n}") for n in ("src_out", "index_out", "dst_out"))
+        p_bad_shape, p_bad_heads, p_prob_out, p_src_out, p_index_out, p_dst_out = (
+            Signal(name=f"package_{n}") for n in ("bad_shape", "bad_heads", "prob_out", "src_out", "index_out",
+                                                  "dst_out"))
+        m.d.sync += [
+            t_bad_shape.eq((t_k > t_n) | (t_n > cfg.max_tokens)),
+            t_bad_rows.eq(sum_rows & ((t_rows == 0) | (t_rows > SUM_ROWS_LIMIT))),
+            t_src_out.eq(t_src + Mux(sum_rows, t_rows * t_n, 2 * t_rows * t_n) > vector_bytes),
+            t_dst_out.eq(t_dst + 2 * Mux(sum_rows, 1, t_rows) * t_k > vector_bytes),
+            g_src_out.eq(g_src + g_n * g_cols > vector_bytes),
+            g_index_out.eq(g_index + 2 * g_rows > vector_bytes),
+            g_dst_out.eq(g_dst + g_rows * g_cols > vector_bytes),
+            p_bad_shape.eq((p_k > p_n) | (p_n > cfg.max_tokens)),
+            p_bad_heads.eq((p_heads == 0) | (p_heads > SUM_ROWS_LIMIT)),
+            p_prob_out.eq(p_prob + p_heads * p_n > vector_bytes),
+            p_src_out.eq(p_src + p_n * p_cols > vector_bytes),
+            p_index_out.eq(p_index + 2 * p_k > vector_bytes),
+            p_dst_out.eq(p_dst + p_cols > vector_bytes),
+        ]
+
+        def fail(code):
+            return [self.error.eq(1), self.error_code.eq(code)]
+
+        # ---- VECTOR reads: address this cycle, element the next -------------------------------
+        read_lane = Signal(_LANE_BITS)
+        byte = self.read_data.word_select(read_lane, 8)
+        half = self.read_data.word_select(read_lane[1:], 16)   # uint16 elements are 2-aligned
+
+        def read_at(address):
+            return [self.read.eq(1), self.read_addr.eq(address)], [read_lane.eq(address[:_LANE_BITS])]
+
+        def write_at(address, value):
+            return [self.write.eq(1), self.write_addr.eq(address), self.write_data.eq(value)]
+
+        # ---- shared counters ------------------------------------------------------------------
+        outer = Signal(13)          # selection row (TOPK), output row (GATHER), column (PACKAGE)
+        col = Signal(13)            # score column (TOPK), byte (GATHER), token (PACKAGE)
+        inner = Signal(13)          # summed row (TOPK sum_rows / PACKAGE heads)
+        address = Signal(_ADDR_BITS)
+        row_address = Signal(_ADDR_BITS)
+        out_address = Signal(_ADDR_BITS)
+        count = Signal(13)          # index list entries: GATHER rows, PACKAGE k
+        token_n = Signal(13)
+        index_base = Signal(_ADDR_BITS)
+        pending = Signal()          # a GATHER byte read last cycle waits to be written
+
+        # TOPK front end: a beat of lane scores, the column sum in progress.
+        beat = Signal(data.ArrayLayout(unsigned(TOPK_SCORE_BITS), lanes))
+        lane = Signal(range(lanes))
+        total = Signal(TOPK_SCORE_BITS)
+        selections = Mux(sum_rows, 1, t_rows)
+        summed = Mux(sum_rows, t_rows, 1)                 # rows added per score
+        element_step = Mux(sum_rows, t_n, 2 * t_n)        # bytes between summed rows
+        element = Mux(sum_rows, byte, half)
+        m.d.comb += [engine.scores.payload.eq(beat), engine.n.eq(t_n), engine.k.eq(t_k)]
+        result = engine.result.payload
+        slot = Signal(range(lanes))
+        high = Signal()
+
+        # PACKAGE: kept flags and pruned weights per token (weight 0 = kept), sums, division.
+        kept = Memory(shape=1, depth=cfg.max_tokens, init=[])
+        weights = Memory(shape=unsigned(TOPK_SCORE_BITS), depth=cfg.max_tokens, init=[])
+        m.submodules.kept = kept
+        m.submodules.weights = weights
+        kept_w, kept_r = kept.write_port(), kept.read_port(domain="comb")
+        weights_w, weights_r = weights.write_port(), weights.read_port(domain="comb")
+        count_bits = (cfg.max_tokens * 0xFFFF).bit_length()
+        weight_total = Signal(count_bits)
+        numerator = Signal(signed(count_bits + 9))
+        divisor = Signal(count_bits + 1)
+        remainder = Signal(count_bits + 11)
+        quotient = Signal(_QUOTIENT_BITS)
+        negative = Signal()
+        step = Signal(range(_QUOTIENT_BITS))
+        m.d.comb += [kept_r.addr.eq(col), weights_r.addr.eq(col), weights_w.data.eq(Mux(kept_r.data, 0, total)),
+                     weights_w.addr.eq(col)]
+
+        with m.FSM(name="tokens"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.next = "CHECK"
+            with m.State("CHECK"):
+                m.d.sync += [outer.eq(0), col.eq(0), inner.eq(0), lane.eq(0), total.eq(0), slot.eq(0),
+                             high.eq(0), weight_total.eq(0)]
+                with m.If(is_topk):
+                    m.d.sync += [row_address.eq(t_src), address.eq(t_src), out_address.eq(t_dst)]
+                    with m.If(t_bad_shape | t_bad_rows):
+                        m.d.comb += fail(ErrorCode.INVALID_OPERAND)
+                        m.next = "IDLE"
+                    with m.Elif(t_src_out | t_dst_out):
+                        m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "TOPK_ROW"
+                with m.Elif(is_gather):
+                    m.d.sync += [count.eq(g_rows), token_n.eq(g_n), index_base.eq(g_index)]
+                    with m.If(g_src_out | g_index_out):
+                        m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "INDEX_READ"
+                with m.Else():   # PACKAGE
+                    m.d.sync += [count.eq(p_k), token_n.eq(p_n), index_base.eq(p_index)]
+                    with m.If(p_bad_shape | p_bad_heads):
+                        m.d.comb += fail(ErrorCode.INVALID_OPERAND)
+                        m.next = "IDLE"
+                    with m.Elif(p_prob_out | p_src_out | p_index_out):
+                        m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "PACKAGE_CLEAR"
+
+            # ---- TOPK: per selection, feed the scores, start, write the kept indices ------------
+            with m.State("TOPK_ROW"):
+                with m.If(outer == selections):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+                with m.Elif(t_n == 0):        # nothing to select (k == 0): no output
+                    m.d.sync += outer.eq(outer + 1)
+                with m.Else():
+                    m.d.sync += [col.eq(0), inner.eq(0), lane.eq(0), total.eq(0), address.eq(row_address)]
+                    m.next = "TOPK_READ"
+            with m.State("TOPK_READ"):
+                comb, sync = read_at(address)
+                m.d.comb += comb
+                m.d.sync += sync
+                m.next = "TOPK_ADD"
+            with m.State("TOPK_ADD"):
+                score = total + element
+                with m.If(inner == summed - 1):   # the column's score is complete
+                    next_column = row_address + Mux(sum_rows, col + 1, 2 * (col + 1))
+                    m.d.sync += [beat[lane].eq(score), total.eq(0), inner.eq(0), col.eq(col + 1),
+                                 lane.eq(lane + 1), address.eq(next_column)]
+                    with m.If((lane == lanes - 1) | (col == t_n - 1)):
+                        m.next = "TOPK_SEND"
+                    with m.Else():
+                        m.next = "TOPK_READ"
+                with m.Else():
+                    m.d.sync += [total.eq(score), inner.eq(inner + 1), address.eq(address + element_step)]
+                    m.next = "TOPK_READ"
+            with m.State("TOPK_SEND"):   # lanes past n are masked by the engine
+                m.d.comb += engine.scores.valid.eq(1)
+                with m.If(engine.scores.ready):
+                    m.d.sync += [lane.eq(0), beat.eq(0)]
+                    with m.If(col == t_n):
+                        m.next = "TOPK_START"
+                    with m.Else():
+                        m.next = "TOPK_READ"
+            with m.State("TOPK_START"):
+                m.d.comb += engine.start.eq(1)
+                m.d.sync += [slot.eq(0), high.eq(0)]
+                m.next = "TOPK_RESULT"
+            with m.State("TOPK_RESULT"):   # one result beat: its kept indices, two bytes each
+                with m.If(engine.result.valid):
+                    index = result.indices[slot]
+                    last_slot = (slot == result.count - 1) & high
+                    with m.If(result.count != 0):
+                        m.d.comb += write_at(out_address, Mux(high, index[8:16], index[:8]))
+                        m.d.sync += [out_address.eq(out_address + 1), high.eq(~high)]
+                        with m.If(high):
+                            m.d.sync += slot.eq(slot + 1)
+                    with m.If((result.count == 0) | last_slot):
+                        m.d.comb += engine.result.ready.eq(1)
+                        m.d.sync += [slot.eq(0), high.eq(0)]
+                        with m.If(result.last):
+                            m.d.sync += [outer.eq(outer + 1), row_address.eq(row_address + 2 * t_n)]
+                            m.next = "TOPK_ROW"
+
+            # ---- index list pass (GATHER, PACKAGE): every index below n; PACKAGE marks them -----
+            with m.State("INDEX_READ"):
+                with m.If(inner == count):
+                    m.d.sync += [inner.eq(0), col.eq(0), outer.eq(0)]
+                    m.next = "INDEX_DONE"
+                with m.Else():
+                    comb, sync = read_at(index_base + 2 * inner)
+                    m.d.comb += comb
+                    m.d.sync += sync
+                    m.next = "INDEX_TAKE"
+            with m.State("INDEX_TAKE"):
+                m.d.sync += inner.eq(inner + 1)
+                with m.If(half >= token_n):
+                    m.d.comb += fail(ErrorCode.INVALID_OPERAND)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.comb += [kept_w.addr.eq(half), kept_w.data.eq(1), kept_w.en.eq(~is_gather)]
+                    m.next = "INDEX_READ"
+            with m.State("INDEX_DONE"):
+                with m.If(is_gather):
+                    m.d.sync += out_address.eq(g_dst)
+                    with m.If(g_dst_out):
+                        m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                        m.next = "IDLE"
+                    with m.Else():
+                        m.next = "GATHER_ROW"
+                with m.Else():
+                    m.d.sync += [address.eq(p_prob), total.eq(0)]
+                    m.next = "PACKAGE_WEIGHT_READ"
+
+            # ---- GATHER: per output row, its index, then the row's bytes ------------------------
+            with m.State("GATHER_ROW"):
+                with m.If(outer == g_rows):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+                with m.Else():
+                    comb, sync = read_at(g_index + 2 * outer)
+                    m.d.comb += comb
+                    m.d.sync += [*sync, col.eq(0)]
+                    m.next = "GATHER_INDEX"
+            with m.State("GATHER_INDEX"):
+                m.d.sync += [row_address.eq(g_src + half * g_cols), pending.eq(0)]
+                m.next = "GATHER_COPY"
+            with m.State("GATHER_COPY"):   # pipelined: read byte col, write the byte read last cycle
+                with m.If(pending):
+                    m.d.comb += write_at(out_address, byte)
+                    m.d.sync += out_address.eq(out_address + 1)
+                with m.If(col == g_cols):
+                    m.d.sync += [pending.eq(0), outer.eq(outer + 1)]
+                    m.next = "GATHER_ROW"
+                with m.Else():
+                    comb, sync = read_at(row_address + col)
+                    m.d.comb += comb
+                    m.d.sync += [*sync, pending.eq(1), col.eq(col + 1)]
+
+            # ---- PACKAGE ------------------------------------------------------------------------
+            with m.State("PACKAGE_CLEAR"):   # no token kept yet
+                with m.If(col == p_n):
+                    m.d.sync += [col.eq(0), inner.eq(0)]
+                    m.next = "INDEX_READ"
+                with m.Else():
+                    m.d.comb += [kept_w.addr.eq(col), kept_w.data.eq(0), kept_w.en.eq(1)]
+                    m.d.sync += col.eq(col + 1)
+            # Weights: token col's heads probabilities summed (address walks prob + h * n + col).
+            with m.State("PACKAGE_WEIGHT_READ"):
+                with m.If(col == p_n):
+                    m.d.sync += [outer.eq(0), col.eq(0)]
+                    m.next = "PACKAGE_DST"
+                with m.Else():
+                    comb, sync = read_at(address)
+                    m.d.comb += comb
+                    m.d.sync += sync
+                    m.next = "PACKAGE_WEIGHT_ADD"
+            with m.State("PACKAGE_WEIGHT_ADD"):
+                with m.If(inner == p_heads - 1):
+                    m.d.sync += [total.eq(total + byte), inner.eq(0), address.eq(p_prob + col + 1)]
+                    m.next = "PACKAGE_WEIGHT_WRITE"
+                with m.Else():
+                    m.d.sync += [total.eq(total + byte), inner.eq(inner + 1), address.eq(address + p_n)]
+                    m.next = "PACKAGE_WEIGHT_READ"
+            with m.State("PACKAGE_WEIGHT_WRITE"):
+                m.d.comb += weights_w.en.eq(1)
+                m.d.sync += [weight_total.eq(weight_total + Mux(kept_r.data, 0, total)), total.eq(0),
+                             col.eq(col + 1)]
+                m.next = "PACKAGE_WEIGHT_READ"
+            with m.State("PACKAGE_DST"):
+                with m.If(p_dst_out):
+                    m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "PACKAGE_COLUMN"
+            # Per column (outer): numerator over the pruned tokens (col), then the division.
+            with m.State("PACKAGE_COLUMN"):
+                with m.If(outer == p_cols):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.d.sync += [numerator.eq(0), col.eq(0), address.eq(p_src + outer)]
+                    m.next = "PACKAGE_X_READ"
+            with m.State("PACKAGE_X_READ"):
+                with m.If(col == p_n):
+                    m.next = "PACKAGE_DIVIDE_SETUP"
+                with m.Elif(weights_r.data == 0):   # kept (or weightless): adds nothing
+                    m.d.sync += [col.eq(col + 1), address.eq(address + p_cols)]
+                with m.Else():
+                    comb, sync = read_at(address)
+                    m.d.comb += comb
+                    m.d.sync += sync
+                    m.next = "PACKAGE_X_ADD"
+            with m.State("PACKAGE_X_ADD"):
+                m.d.sync += [numerator.eq(numerator + byte.as_signed() * weights_r.data),
+                             col.eq(col + 1), address.eq(address + p_cols)]
+                m.next = "PACKAGE_X_READ"
+            with m.State("PACKAGE_DIVIDE_SETUP"):
+                # floor(a / b), a = 2 num + total, b = 2 total: on |a| (+ b - 1 if a < 0, the ceiling).
+                dividend = Signal(signed(count_bits + 11))
+                m.d.comb += dividend.eq(2 * numerator + weight_total)
+                m.d.sync += [divisor.eq(2 * weight_total), negative.eq(dividend < 0), quotient.eq(0),
+                             step.eq(_QUOTIENT_BITS - 1),
+                             remainder.eq(Mux(dividend < 0, -dividend + 2 * weight_total - 1, dividend))]
+                with m.If(weight_total == 0):
+                    m.next = "PACKAGE_WRITE"
+                with m.Else():
+                    m.next = "PACKAGE_DIVIDE"
+            with m.State("PACKAGE_DIVIDE"):
+                trial = divisor << step
+                m.d.sync += step.eq(step - 1)
+                with m.If(remainder >= trial):
+                    m.d.sync += [remainder.eq(remainder - trial),
+                                 quotient.eq(quotient | (Const(1, _QUOTIENT_BITS) << step))]
+                with m.If(step == 0):
+                    m.next = "PACKAGE_WRITE"
+            with m.State("PACKAGE_WRITE"):
+                value = Mux(negative, -quotient, quotient)
+                m.d.comb += write_at(p_dst + outer, value[:8])
+                m.d.sync += outer.eq(outer + 1)
+                m.next = "PACKAGE_COLUMN"
+        return m
