@@ -348,6 +348,7 @@ def synthesize_parts(verilog: str, top: str, *, modules: Mapping[str, str] | Non
     dict
         Part name -> counts (:data:`COUNT_KEYS`, already multiplied) plus ``instances``
         and ``synthesized`` (what one yosys run covered); part ``logic`` is the rest of the top.
+        A part whose yosys run failed has ``error`` (the reason) instead of counts.
     """
     modules, memories = dict(modules or {}), dict(memories or {})
     names = verilog_modules(verilog)
@@ -392,7 +393,11 @@ def synthesize_parts(verilog: str, top: str, *, modules: Mapping[str, str] | Non
     order = sorted(unique, key=lambda item: -len(item[0]))
 
     def run(item):
-        return synthesize(item[0], item[1], family, timeout=timeout, **unique[item])
+        # One part yosys cannot finish (timeout, wasm memory limit) must not lose the others.
+        try:
+            return synthesize(item[0], item[1], family, timeout=timeout, **unique[item])
+        except RuntimeError as err:
+            return {"error": str(err)[-500:]}
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         done = dict(zip(order, pool.map(run, order)))
@@ -400,7 +405,8 @@ def synthesize_parts(verilog: str, top: str, *, modules: Mapping[str, str] | Non
     parts = {}
     for part in runs:
         times, what = multiples[part]
-        parts[part] = {**_scaled(results[part], times), "instances": times, "synthesized": what}
+        counts = results[part] if "error" in results[part] else _scaled(results[part], times)
+        parts[part] = {**counts, "instances": times, "synthesized": what}
     return parts
 
 

@@ -130,11 +130,18 @@ def measure_resources(config: Any, verilog: str, *, method: str | None = None,
                            for name, part in parts.items())
                + ". The cut memories' address, data and enable nets stay as ports of the logic part, so the "
                  "logic around them is counted once, in logic; every memory is counted once, in its own part.")
-    totals: dict[str, Any] = {key: sum(part[key] for part in parts.values()) for key in COUNT_KEYS}
-    return {**totals, "method": how, "synth_seconds": round(time.monotonic() - started, 1),
-            "parts": {name: {key: part[key] for key in (*COUNT_KEYS, "instances") if key in part}
+    unmeasured = sorted(name for name, part in parts.items() if "error" in part)
+    totals: dict[str, Any] = {key: sum(part[key] for part in parts.values() if "error" not in part)
+                              for key in COUNT_KEYS}
+    note = _resources_note(verilog)
+    if unmeasured:
+        note = (f"INCOMPLETE: yosys did not finish part(s) {', '.join(unmeasured)} (see parts); the totals "
+                f"leave them out and are a lower bound. " + note)
+    return {**totals, "complete": not unmeasured, "unmeasured": unmeasured, "method": how,
+            "synth_seconds": round(time.monotonic() - started, 1),
+            "parts": {name: {key: part[key] for key in (*COUNT_KEYS, "instances", "error") if key in part}
                       for name, part in parts.items()},
-            "note": _resources_note(verilog)}
+            "note": note}
 
 
 def _resources_note(verilog: str) -> str:
@@ -190,8 +197,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {path}")
     resources = result["resources"]
     if resources:
+        bound = "" if resources.get("complete", True) else (
+            f" -- LOWER BOUND: yosys did not finish {', '.join(resources['unmeasured'])}")
         print(f"resources: DSP48E2 {resources['DSP48E2']}, BRAM36 {resources['BRAM36']}, LUT {resources['LUT']}, "
-              f"FF {resources['FF']} ({resources['synth_seconds']} s)")
+              f"FF {resources['FF']} ({resources['synth_seconds']} s){bound}")
     if result["lint_warnings"]:
         print("\n".join(result["lint_warnings"]))
         print(f"verilator --lint-only -Wall: {len(result['lint_warnings'])} warning(s)")

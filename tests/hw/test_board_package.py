@@ -156,8 +156,35 @@ def test_per_unit_resources_count_every_part_once(monkeypatch, tmp_path):
     write_board_package(verilog, ACCEL_TOP_NAME, tiny, tmp_path, got)
     data = json.loads((tmp_path / "resources.json").read_text())
     assert data["parts"]["block_unit"]["instances"] == units and data["method"] == got["method"]
+    assert got["complete"] and got["unmeasured"] == []
     with pytest.raises(ValueError, match="method"):
         measure_resources(tiny, verilog, method="guess")
+
+
+def test_per_unit_resources_flag_a_part_yosys_cannot_finish(monkeypatch, tmp_path):
+    """A part whose yosys run fails (timeout, wasm memory) is named, left out of the totals
+    (then a lower bound, said in the note) and the package is still written."""
+    import vitaccel.hw.platform.synth as synth
+    from vitaccel.hw.accel import ACCEL_TOP_NAME, accelerator_top
+    from vitaccel.sw.commands.emit import measure_resources
+
+    tiny = PRESETS["tiny"]
+    fake = _fake_synthesize([])
+
+    def failing(verilog, top, *args, **kwargs):
+        if top == ACCEL_TOP_NAME:
+            raise RuntimeError("yosys failed (1): out of memory")
+        return fake(verilog, top, *args, **kwargs)
+
+    monkeypatch.setattr(synth, "synthesize", failing)
+    verilog = emit_verilog(accelerator_top(tiny), ACCEL_TOP_NAME)
+    got = measure_resources(tiny, verilog, method="per-unit", jobs=1)
+    assert not got["complete"] and got["unmeasured"] == ["logic"]
+    assert "out of memory" in got["parts"]["logic"]["error"] and "LOWER BOUND" in got["note"].upper()
+    for key in ("DSP48E2", "LUT", "FF", "BRAM36", "CARRY"):
+        assert got[key] == sum(part[key] for name, part in got["parts"].items() if name != "logic")
+    write_board_package(verilog, ACCEL_TOP_NAME, tiny, tmp_path, got)
+    assert json.loads((tmp_path / "resources.json").read_text())["complete"] is False
 
 
 @pytest.mark.slow
