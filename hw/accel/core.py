@@ -16,7 +16,9 @@ Run of a program (``CONTROL.start``):
 
 The on-chip buffers are :class:`amaranth.lib.memory.Memory` instances 16 bytes
 (``isa.ADDR_UNIT``) wide with byte write enables, ``isa.buffer_bytes`` deep. The load and store
-paths move one byte per cycle (any alignment and stride). The compute queue executes SYNC,
+paths take any alignment and stride; each cycle they move the bytes that are left of the current
+DMA word, of the current row and of the current 16-byte buffer word (one byte-enabled buffer
+write or one buffer read, through a byte rotator): up to a DMA word per cycle. The compute queue executes SYNC,
 FINISH, LUT_LOAD, GELU and LAYERNORM (through the non-linear unit's ``Gelu`` and
 ``LayerNorm``), SOFTMAX (``Softmax``), ADD (elementwise, in the controller) and GEMM
 (through the matrix engine, :mod:`vitaccel.hw.accel.gemm`, whose output rows go out as
@@ -1055,6 +1057,31 @@ class AcceleratorCore(wiring.Component):
                 m.d.sync += on_start
                 m.next = first_state
 
+    def _chunk(self, position, lanes: int, row_bytes, col, byte_addr):
+        """Bytes one LOAD/STORE cycle moves: as many as are left of the current DMA word (from
+        lane ``position``), of the current row, and of the current 16-byte buffer word.
+        Returns (count, buffer lane, last column of the row)."""
+        offset = byte_addr[:_LANE_BITS]
+        in_word = lanes - position
+        in_row = row_bytes - col
+        in_unit = ADDR_UNIT - offset
+        first = Mux(in_word < in_unit, in_word, in_unit)
+        count = Mux(in_row < first, in_row, first)[:_LANE_BITS + 1]
+        return count, offset, in_row == count
+
+    @staticmethod
+    def _byte_mask(start, count, lanes: int) -> Value:
+        """``lanes`` enables, set for the lanes ``[start, start + count)``."""
+        start = Value.cast(start)
+        top = (1 << len(start)) - 1   # ``start <= top`` always holds: no constant comparison (lint)
+        return Cat(((start <= lane) if lane < top else Const(1)) & (lane < start + count) for lane in range(lanes))
+
+    @staticmethod
+    def _rotate_bytes(value, amount) -> Value:
+        """``value`` (16 bytes) rotated down by ``amount`` bytes (mod 16): byte ``j`` of the
+        result is byte ``(j + amount) % 16`` of ``value``."""
+        return Cat(value, value).bit_select(amount[:_LANE_BITS] * 8, _UNIT_BITS)
+
     def _load_unit(self, m: Module, port: _QueuePort, writes, desc, req, ready, owner, beat,
                    ddr_base, ddr_size, opcode_bits, read_bad, error_sources: list, active,
                    vector: _VectorPorts) -> None:
@@ -1073,10 +1100,15 @@ class AcceleratorCore(wiring.Component):
         row_base = Signal(24)
         byte_addr = Signal(24)
         m.d.comb += byte_addr.eq(row_base + col)
-        byte = word.word_select(lane, 8)
-        m.d.comb += ready.eq(~word_valid)
-        with m.If(beat & owner):
-            m.d.sync += [word.eq(self.dma.rd_data.payload.data), word_valid.eq(1), lane.eq(0)]
+        # Each cycle writes the bytes of the DMA word that fall in the current row and 16-byte
+        # buffer word (one byte-enabled write): the word, repeated to 16 bytes, is rotated so
+        # that its byte ``lane`` lands on the buffer lane ``offset``.
+        count, offset, last_col = self._chunk(lane, lanes, f["row_bytes"], col, byte_addr)
+        word_done = Signal()
+        rotated = self._rotate_bytes(word.replicate(ADDR_UNIT // lanes), lane - offset)
+        last_byte = last_col & (row == f["rows"] - 1)
+        # A new DMA word is taken in the cycle the current one is used up (no bubble).
+        m.d.comb += ready.eq(~word_valid | word_done)
         with m.FSM(name="load_unit"):
             self._dma_front(m, port, opcode_bits, checks, active, "REQUEST",
                             [col.eq(0), row.eq(0), row_base.eq(f["sram_addr"] * isa.ADDR_UNIT)])
@@ -1087,20 +1119,19 @@ class AcceleratorCore(wiring.Component):
             with m.State("MOVE"):
                 m.d.comb += active.eq(1)
                 with m.If(word_valid & ~vector.writing(f["buffer"])):
+                    m.d.comb += word_done.eq((lane + count == lanes) | last_byte)
                     for buffer, write in writes.items():
                         m.d.comb += [write.addr.eq(byte_addr[_LANE_BITS:]),
-                                     write.data.eq(byte.replicate(isa.ADDR_UNIT)),
+                                     write.data.eq(rotated),
                                      write.en.eq(Mux(f["buffer"] == buffer.value,
-                                                     1 << byte_addr[:_LANE_BITS], 0))]
-                    last_col = col == f["row_bytes"] - 1
-                    last_byte = last_col & (row == f["rows"] - 1)
-                    m.d.sync += lane.eq(lane + 1)
-                    with m.If((lane == lanes - 1) | last_byte):
+                                                     self._byte_mask(offset, count, ADDR_UNIT), 0))]
+                    m.d.sync += lane.eq(lane + count)
+                    with m.If(word_done):
                         m.d.sync += word_valid.eq(0)
                     with m.If(last_col):
                         m.d.sync += [col.eq(0), row.eq(row + 1), row_base.eq(row_base + f["sram_stride"])]
                     with m.Else():
-                        m.d.sync += col.eq(col + 1)
+                        m.d.sync += col.eq(col + count)
                     with m.If(last_byte):
                         m.next = "DRAIN"
             with m.State("DRAIN"):  # the owner flag drops with the stream's last word
@@ -1108,6 +1139,9 @@ class AcceleratorCore(wiring.Component):
                 with m.If(~owner):
                     m.d.comb += port.complete.eq(1)
                     m.next = "IDLE"
+        # After the FSM: a word taken in the cycle the previous one is used up wins.
+        with m.If(beat & owner):
+            m.d.sync += [word.eq(self.dma.rd_data.payload.data), word_valid.eq(1), lane.eq(0)]
         # A DDR read answered with an error (DDR_BASE outside memory) stops the run.
         error_sources.append((read_bad & owner, ErrorCode.ADDRESS_OUT_OF_RANGE, port.pc))
 
@@ -1126,14 +1160,19 @@ class AcceleratorCore(wiring.Component):
                      dma.wr_desc.payload.stride.eq(f["dram_stride"])]
         with m.If(dma.wr_desc.valid & dma.wr_desc.ready):
             m.d.sync += desc_valid.eq(0)
+        # Two stages: READ presents a buffer word's address each cycle and takes the bytes of
+        # it that fit in the current row and DMA word; the cycle after, PACK rotates them into
+        # place in ``out``. Full words go through a small FIFO to the DMA; READ only starts a
+        # word-completing chunk while the FIFO has room for it (counting the one in PACK).
+        words_depth = 4
+        m.submodules.store_words = words = fifo.SyncFIFO(width=self.config.dma_data_width + 1,
+                                                         depth=words_depth)
         out = Signal(self.config.dma_data_width)
         out_lane = Signal(range(lanes))
-        out_last = Signal()
         col = Signal(16)
         row = Signal(12)
         row_base = Signal(24)
         byte_addr = Signal(24)
-        read_lane = Signal(_LANE_BITS)
         m.d.comb += byte_addr.eq(row_base + col)
         for buffer, read in reads.items():
             compute_read, compute_addr = vector.reads[buffer]
@@ -1144,39 +1183,43 @@ class AcceleratorCore(wiring.Component):
             for buffer, read in reads.items():
                 with m.Case(buffer.value):
                     m.d.comb += read_data.eq(read.data)
-        m.d.comb += [dma.wr_data.payload.data.eq(out), dma.wr_data.payload.last.eq(out_last)]
+        count, offset, last_col = self._chunk(out_lane, lanes, f["row_bytes"], col, byte_addr)
+        last_byte = last_col & (row == f["rows"] - 1)
+        word_full = (out_lane + count == lanes) | last_byte
+        # The chunk in PACK: its buffer lane, byte count, DMA lane, and whether it ends a word.
+        pack_valid, pack_full, pack_last = Signal(), Signal(), Signal()
+        pack_offset = Signal(_LANE_BITS)
+        pack_count = Signal(_LANE_BITS + 1)
+        pack_lane = Signal(range(lanes))
+        m.d.sync += pack_valid.eq(0)
+        with m.If(pack_valid):
+            rotated = self._rotate_bytes(read_data, pack_offset - pack_lane)[:self.config.dma_data_width]
+            mask = self._byte_mask(pack_lane, pack_count, lanes)
+            packed = Cat(Mux(mask[i], rotated.word_select(i, 8), out.word_select(i, 8)) for i in range(lanes))
+            with m.If(pack_full):
+                m.d.comb += [words.w_en.eq(1), words.w_data.eq(Cat(packed, pack_last))]
+                m.d.sync += out.eq(0)
+            with m.Else():
+                m.d.sync += out.eq(packed)
+        m.d.comb += [dma.wr_data.payload.data.eq(words.r_data[:-1]), dma.wr_data.payload.last.eq(words.r_data[-1]),
+                     dma.wr_data.valid.eq(words.r_rdy), words.r_en.eq(dma.wr_data.ready)]
+        room = words.level + (pack_valid & pack_full) < words_depth
         with m.FSM(name="store_unit"):
             self._dma_front(m, port, opcode_bits, checks, active, "READ",
                             [col.eq(0), row.eq(0), row_base.eq(f["sram_addr"] * isa.ADDR_UNIT),
-                             desc_valid.eq(1), out.eq(0), out_lane.eq(0), out_last.eq(0)])
-            with m.State("READ"):      # buffer address is presented; the byte arrives next cycle
+                             desc_valid.eq(1), out.eq(0), out_lane.eq(0)])
+            with m.State("READ"):      # buffer address is presented; the word arrives next cycle
                 m.d.comb += active.eq(1)
-                with m.If(~vector.reading(f["buffer"])):
-                    m.d.sync += read_lane.eq(byte_addr[:_LANE_BITS])
-                    m.next = "CAPTURE"
-            with m.State("CAPTURE"):
-                m.d.comb += active.eq(1)
-                byte = read_data.word_select(read_lane, 8)
-                last_col = col == f["row_bytes"] - 1
-                last_byte = last_col & (row == f["rows"] - 1)
-                m.d.sync += [out.word_select(out_lane, 8).eq(byte), out_lane.eq(out_lane + 1),
-                             out_last.eq(last_byte)]
-                with m.If(last_col):
-                    m.d.sync += [col.eq(0), row.eq(row + 1), row_base.eq(row_base + f["sram_stride"])]
-                with m.Else():
-                    m.d.sync += col.eq(col + 1)
-                with m.If((out_lane == lanes - 1) | last_byte):
-                    m.next = "SEND"
-                with m.Else():
-                    m.next = "READ"
-            with m.State("SEND"):
-                m.d.comb += [active.eq(1), dma.wr_data.valid.eq(1)]
-                with m.If(dma.wr_data.ready):
-                    m.d.sync += [out.eq(0), out_lane.eq(0)]
-                    with m.If(out_last):
-                        m.next = "WAIT_DONE"
+                with m.If(~vector.reading(f["buffer"]) & (room | ~word_full)):
+                    m.d.sync += [pack_valid.eq(1), pack_full.eq(word_full), pack_last.eq(last_byte),
+                                 pack_offset.eq(offset), pack_count.eq(count), pack_lane.eq(out_lane),
+                                 out_lane.eq(Mux(word_full, 0, out_lane + count))]
+                    with m.If(last_col):
+                        m.d.sync += [col.eq(0), row.eq(row + 1), row_base.eq(row_base + f["sram_stride"])]
                     with m.Else():
-                        m.next = "READ"
+                        m.d.sync += col.eq(col + count)
+                    with m.If(last_byte):
+                        m.next = "WAIT_DONE"
             with m.State("WAIT_DONE"):
                 m.d.comb += active.eq(1)
                 with m.If(dma.wr_done):

@@ -580,3 +580,19 @@ def test_gemm_feeds_the_engine_near_its_rate():
                             b_addr=3, param_addr=0, out_addr=5)
         cycles = _gemm_alone_cycles(TINY, instr, memory)
         assert cycles < bound * steps, (transposed, cycles, steps)
+
+
+@pytest.mark.parametrize("width", [32, 128])
+def test_dma_programs_other_dma_widths(width):
+    """LOAD and STORE move up to a DMA word per cycle: random rows, strides and alignments
+    through 4- and 16-byte DMA words (the rotations differ from the 8-byte tiny default)."""
+    config = dataclasses.replace(TINY, name=f"tiny-dma{width}", dma_data_width=width)
+    rng = random.Random(width)
+    ddr_size = 1024
+    programs = [Program(f"dma {width} {i}", random_dma_program(rng, config, ddr_size, rounds=2, transfers=2,
+                                                               max_row_bytes=40, max_rows=3),
+                        np.frombuffer(rng.randbytes(ddr_size), np.uint8).copy()) for i in range(2)]
+    golden_outcomes(config, programs)
+    for program, (out, ddr) in zip(programs, _simulate(programs, ddr_size, config), strict=True):
+        assert ErrorCode(out["ERROR_CODE"]) is program.golden["code"] is ErrorCode.NONE, program.name
+        assert ddr == program.golden["ddr"].tobytes(), f"{program.name}: DDR differs from the golden machine"
