@@ -34,6 +34,16 @@ def _as_int_array(name: str, x) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+#: Largest ``|value|`` of the narrow integer dtypes whose bound alone can prove a product exact.
+_NARROW_BOUNDS = {np.dtype(t): max(-int(np.iinfo(t).min), int(np.iinfo(t).max))
+                  for t in (np.int8, np.uint8, np.int16, np.uint16)}
+
+
+def _dtype_bound(arr: np.ndarray) -> int:
+    """Largest ``|value|`` an 8- or 16-bit integer array can hold; 0 for any other dtype."""
+    return _NARROW_BOUNDS.get(arr.dtype, 0)
+
+
 def matmul(a, b) -> np.ndarray:
     """Exact ``a @ b`` of integer arrays as int64 (NumPy matmul broadcasting rules).
 
@@ -42,6 +52,15 @@ def matmul(a, b) -> np.ndarray:
     ValueError
         If the inputs are not integer arrays, shapes do not chain, or a sum could overflow int64.
     """
+    a, b = np.asarray(a), np.asarray(b)
+    if _dtype_bound(a) and _dtype_bound(b):
+        # Narrow integer operands (the machine's int8/uint8): their dtype bounds the sums,
+        # so an exact float path is chosen without scanning the values.
+        if a.ndim < 1 or b.ndim < 1 or a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
+            raise ValueError(f"matmul: shapes {a.shape} and {b.shape} do not chain")
+        k, product = a.shape[-1], _dtype_bound(a) * _dtype_bound(b)
+        if k * product < _FLOAT_EXACT:
+            return np.rint(np.matmul(a.astype(np.float64), b.astype(np.float64))).astype(np.int64)
     a = _as_int_array("a", a)
     b = _as_int_array("b", b)
     if a.ndim < 1 or b.ndim < 1 or a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:

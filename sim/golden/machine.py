@@ -109,6 +109,9 @@ _POPS = {Queue.LOAD: {"pop_next": _C2L}, Queue.COMPUTE: {"pop_prev": _L2C, "pop_
          Queue.STORE: {"pop_prev": _C2S}}
 _PUSHES = {Queue.LOAD: {"push_next": _L2C}, Queue.COMPUTE: {"push_prev": _C2L, "push_next": _C2S},
            Queue.STORE: {"push_prev": _S2C}}
+_FIFOS = (_L2C, _C2L, _C2S, _S2C)
+#: Item sizes of the dtypes the handlers pass to ``_matrix`` (np.dtype() per access is slow).
+_ITEMSIZE = {t: np.dtype(t).itemsize for t in (np.int8, np.uint8, np.uint16, np.int32)}
 
 
 class GoldenMachine:
@@ -135,7 +138,8 @@ class GoldenMachine:
         }
         self.ddr = np.zeros(0, dtype=np.uint8)
         self.stats = RunStats()
-        self._decoded: tuple[tuple[int, ...], dict[Queue, list[tuple[int, Instruction]]]] | None = None
+        self._decoded: tuple[tuple[int, ...], list[list[tuple]]] | None = None
+        self._layernorm_params: dict[bytes, Any] = {}
 
     # -- running -----------------------------------------------------------------------------
 
@@ -150,56 +154,72 @@ class GoldenMachine:
         if not (isinstance(ddr, np.ndarray) and ddr.dtype == np.uint8 and ddr.ndim == 1):
             raise TypeError("ddr must be a one-dimensional uint8 NumPy array")
         words = tuple(words_from_bytes(program) if isinstance(program, (bytes, bytearray)) else program)
-        queues = {q: deque(entries) for q, entries in self._dispatch(words).items()}
+        # Per queue, in Queue order: (pc, instr, handler, pops, pushes, is_finish) with the
+        # token FIFOs as indices into ``tokens`` (decoded and resolved once per program).
+        queues = [deque(entries) for entries in self._dispatch(words)]
         self.ddr = ddr
         self.stats = RunStats()
-        tokens = {_L2C: 0, _C2L: 0, _C2S: 0, _S2C: 0}
+        counts = self.stats.instructions
+        tokens = [0] * len(_FIFOS)
         depth = isa.TOKEN_FIFO_DEPTH
         while True:
             progress = False
-            for queue in Queue:
-                pending = queues[queue]
+            for pending in queues:
                 while pending:
-                    pc, instr = pending[0]
-                    pops = [fifo for flag, fifo in _POPS[queue].items() if instr.fields[flag]]
-                    pushes = [fifo for flag, fifo in _PUSHES[queue].items() if instr.fields[flag]]
-                    if any(tokens[f] == 0 for f in pops) or any(tokens[f] >= depth for f in pushes):
+                    pc, instr, handler, pops, pushes, is_finish = pending[0]
+                    blocked = False
+                    for f in pops:
+                        if tokens[f] == 0:
+                            blocked = True
+                    for f in pushes:
+                        if tokens[f] >= depth:
+                            blocked = True
+                    if blocked:
                         break
-                    for fifo in pops:
-                        tokens[fifo] -= 1
+                    for f in pops:
+                        tokens[f] -= 1
                     pending.popleft()
-                    self._handlers[instr.opcode](instr, pc)
-                    self.stats.instructions[instr.opcode] += 1
-                    for fifo in pushes:
-                        tokens[fifo] += 1
+                    handler(instr, pc)
+                    counts[instr.opcode] += 1
+                    for f in pushes:
+                        tokens[f] += 1
                     progress = True
-                    if instr.opcode is Opcode.FINISH:
-                        left = {q.name.lower(): len(queues[q]) for q in Queue if queues[q]}
+                    if is_finish:
+                        left = {q.name.lower(): len(queues[i]) for i, q in enumerate(Queue) if queues[i]}
                         if left:
                             raise MissingFinishError(
                                 f"FINISH executed with instructions still queued: {left} "
                                 "(FINISH must come last and wait for the other queues)", pc)
                         return self.stats
-            if not any(queues.values()):
+            if not any(queues):
                 raise MissingFinishError(f"program of {len(words)} instructions ends without FINISH")
             if not progress:
-                raise DeadlockError(self._deadlock_message(queues, tokens),
-                                    min(q[0][0] for q in queues.values() if q))
+                by_queue = {q: deque((e[0], e[1]) for e in queues[i]) for i, q in enumerate(Queue)}
+                raise DeadlockError(self._deadlock_message(by_queue, dict(zip(_FIFOS, tokens))),
+                                    min(q[0][0] for q in queues if q))
 
-    def _dispatch(self, words: tuple[int, ...]) -> dict[Queue, list[tuple[int, Instruction]]]:
-        """Decode ``words`` into per-queue lists of (pc, instruction); the last program is cached
-        because a device runs the same program once per image."""
+    def _dispatch(self, words: tuple[int, ...]) -> list[list[tuple]]:
+        """Decode ``words`` into per-queue lists (in :class:`Queue` order) of
+        ``(pc, instruction, handler, pop fifos, push fifos, is FINISH)``; the last program is
+        cached because a device runs the same program once per image."""
         if self._decoded is not None and self._decoded[0] == words:
             return self._decoded[1]
-        queues: dict[Queue, list[tuple[int, Instruction]]] = {q: [] for q in Queue}
+        queues: dict[Queue, list[tuple]] = {q: [] for q in Queue}
         for pc, word in enumerate(words):
             try:
                 instr = isa.decode(word)
             except isa.IllegalInstruction as err:
                 raise IllegalInstructionError(str(err), pc) from None
-            queues[instr.queue].append((pc, instr))
-        self._decoded = (words, queues)
-        return queues
+            queue = instr.queue
+            pops = tuple(_FIFOS.index(fifo) for flag, fifo in _POPS[queue].items() if instr.fields[flag])
+            pushes = tuple(_FIFOS.index(fifo) for flag, fifo in _PUSHES[queue].items() if instr.fields[flag])
+            handler = self._handlers[instr.opcode]
+            if instr.opcode in (Opcode.LOAD, Opcode.STORE):
+                handler = self._dma_handler(instr, writing_ddr=instr.opcode is Opcode.STORE)
+            queues[queue].append((pc, instr, handler, pops, pushes, instr.opcode is Opcode.FINISH))
+        decoded = [queues[q] for q in Queue]
+        self._decoded = (words, decoded)
+        return decoded
 
     @staticmethod
     def _deadlock_message(queues: dict, tokens: dict) -> str:
@@ -232,7 +252,7 @@ class GoldenMachine:
 
     def _matrix(self, buffer: Buffer, addr: int, rows: int, cols: int, dtype: Any, pc: int) -> np.ndarray:
         """A dense row-major (rows, cols) matrix of ``dtype`` at unit address ``addr`` of ``buffer``."""
-        itemsize = np.dtype(dtype).itemsize
+        itemsize = _ITEMSIZE.get(dtype) or np.dtype(dtype).itemsize
         start = addr * ADDR_UNIT
         nbytes = rows * cols * itemsize
         memory = self.buffers[buffer]
@@ -267,6 +287,45 @@ class GoldenMachine:
                             rows, row_bytes, instr.sram_stride, pc)
         return dram, sram
 
+    def _dma_handler(self, instr: Instruction, writing_ddr: bool) -> Callable[[Instruction, int], None]:
+        """A LOAD/STORE handler with everything that does not depend on the DDR array resolved
+        once: the SRAM view and its checks. Whatever the fast path cannot prove in range (or
+        a changed buffer array) goes through :meth:`_load`/:meth:`_store`, whose checks and
+        messages are the definition."""
+        slow = self._store if writing_ddr else self._load
+        rows, row_bytes, stride = instr.rows, instr.row_bytes, instr.dram_stride
+        sram_stride = instr.sram_stride
+        if rows == 0 or row_bytes == 0 or (rows > 1 and (stride < row_bytes or sram_stride < row_bytes)):
+            return slow
+        memory = self.buffers[instr.buffer]
+        start = instr.sram_addr * ADDR_UNIT
+        if start + (rows - 1) * sram_stride + row_bytes > memory.size:
+            return slow
+        sram = self._region(memory, instr.buffer.name, start, rows, row_bytes, sram_stride, None)
+        buffer, nbytes = instr.buffer, rows * row_bytes
+        dram_start = instr.dram_addr
+        dram_end = dram_start + (rows - 1) * stride + row_bytes
+        contiguous = rows == 1 or stride == row_bytes  # on the DDR side
+
+        def dma(instr: Instruction, pc: int) -> None:
+            ddr = self.ddr
+            if self.buffers[buffer] is not memory or dram_end > ddr.size:
+                return slow(instr, pc)
+            if contiguous:
+                dram = ddr[dram_start:dram_end].reshape(rows, row_bytes)
+            elif dram_start + rows * stride <= ddr.size:
+                dram = ddr[dram_start:dram_start + rows * stride].reshape(rows, stride)[:, :row_bytes]
+            else:
+                return slow(instr, pc)
+            if writing_ddr:
+                dram[...] = sram
+                self.stats.dma_write_bytes += nbytes
+            else:
+                sram[...] = dram
+                self.stats.dma_read_bytes += nbytes
+
+        return dma
+
     def _load(self, instr: Instruction, pc: int) -> None:
         dram, sram = self._dma_regions(instr, pc, writing_ddr=False)
         sram[...] = dram
@@ -283,12 +342,15 @@ class GoldenMachine:
         from vitaccel.sim.golden import gemm, nm as nm_kernels
 
         m, k, n = instr.m, instr.k, instr.n
-        self._require(m > 0 and k > 0 and n > 0, f"GEMM: empty shape m={m} k={k} n={n}", pc)
-        self._require(k <= self.config.max_k, f"GEMM: k={k} exceeds max_k={self.config.max_k}", pc)
+        # Plain ifs, not _require: the messages are formatted only when raised (a hot path).
+        if not (m > 0 and k > 0 and n > 0):
+            raise InvalidOperandError(f"GEMM: empty shape m={m} k={k} n={n}", pc)
+        if not k <= self.config.max_k:
+            raise InvalidOperandError(f"GEMM: k={k} exceeds max_k={self.config.max_k}", pc)
         self._require(not (instr.residual and not instr.requant), "GEMM: residual needs requant", pc)
         # With the shape checks, so that hardware can fold them into one INVALID_OPERAND test.
-        self._require(not (instr.nm and self.config.nm_sparsity is None),
-                      f"GEMM: nm=1 but config {self.config.name!r} has no nm_sparsity", pc)
+        if instr.nm and self.config.nm_sparsity is None:
+            raise InvalidOperandError(f"GEMM: nm=1 but config {self.config.name!r} has no nm_sparsity", pc)
         self._require(not (instr.nm and instr.b_transposed), "GEMM: nm=1 with b_transposed=1 "
                       "(the compressed B is [ceil(k/M)*N, n], never transposed)", pc)
         a = self._matrix(Buffer.INPUT, instr.a_addr, m, k, np.uint8 if instr.unsigned_a else np.int8, pc)
@@ -382,18 +444,28 @@ class GoldenMachine:
         self._require_unit("has_layernorm", instr.opcode, pc)
         rows, cols = instr.rows, instr.cols
         header = self._words(instr.param_addr, isa.LAYERNORM_HEADER_WORDS, pc)
-        self._require(int(header[0]) == cols, f"LAYERNORM: parameter block is for {int(header[0])} "
-                      f"channels, instruction has cols={cols}", pc)
-        params = isa.unpack_layernorm_params(self._words(instr.param_addr, isa.layernorm_param_words(cols), pc))
+        if int(header[0]) != cols:
+            raise InvalidOperandError(f"LAYERNORM: parameter block is for {int(header[0])} "
+                                      f"channels, instruction has cols={cols}", pc)
+        block = self._words(instr.param_addr, isa.layernorm_param_words(cols), pc)
+        # Unpacking (gamma, beta to Python ints) is slow and the blocks repeat every image:
+        # memoised by content, the parameters being immutable tuples.
+        key = block.tobytes()
+        params = self._layernorm_params.get(key)
+        if params is None:
+            params = isa.unpack_layernorm_params(block)
+            if len(self._layernorm_params) >= 64:
+                self._layernorm_params.clear()
+            self._layernorm_params[key] = params
         x = self._matrix(Buffer.VECTOR, instr.src_addr, rows, cols, np.int8, pc)
         y = self._nonlinear(instr.opcode, pc, lambda: nonlinear.layernorm(x, params))
         self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.int8, pc)[...] = y
 
     def _lut_load(self, instr: Instruction, pc: int) -> None:
         table = self.luts[instr.lut]
-        self._require(instr.offset + instr.count <= table.size,
-                      f"LUT_LOAD: entries {instr.offset}..{instr.offset + instr.count - 1} outside the "
-                      f"{table.size}-entry {instr.lut.name} table", pc)
+        if instr.offset + instr.count > table.size:
+            raise InvalidOperandError(f"LUT_LOAD: entries {instr.offset}..{instr.offset + instr.count - 1} "
+                                      f"outside the {table.size}-entry {instr.lut.name} table", pc)
         src = self._matrix(Buffer.VECTOR, instr.src_addr, 1, instr.count, np.int8, pc)[0]
         table[instr.offset:instr.offset + instr.count] = src
 

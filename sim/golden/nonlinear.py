@@ -36,6 +36,23 @@ def _as_int(x: np.ndarray, bits: int, name: str) -> np.ndarray:
     return arr
 
 
+_TABLES: dict[tuple, np.ndarray] = {}
+
+
+def _table(build, lut_bits) -> np.ndarray:
+    """``build(lut_bits)``, built once per width: the tables are constants, and rebuilding
+    them was a large share of a small kernel call. Non-integer widths go to ``build`` to raise."""
+    if isinstance(lut_bits, bool) or not isinstance(lut_bits, (int, np.integer)):
+        return build(lut_bits)  # raises its own error
+    key = (build, type(lut_bits), lut_bits)
+    table = _TABLES.get(key)
+    if table is None:
+        table = build(lut_bits)
+        table.flags.writeable = False
+        _TABLES[key] = table
+    return table
+
+
 def leading_one(x: np.ndarray) -> np.ndarray:
     """``floor(log2(x))`` of positive integers below ``2^53`` (a priority encoder)."""
     x = np.asarray(x, dtype=np.int64)
@@ -59,7 +76,7 @@ def exp2_neg(t: np.ndarray, lut_bits: int) -> np.ndarray:
     part is a rounding right shift; shifts of ``EXP_ZERO_SHIFT`` or more give exactly 0.
     """
     t = np.asarray(t, dtype=np.int64)
-    table = exp2_table(lut_bits)
+    table = _table(exp2_table, lut_bits)
     whole = t >> lut_bits
     value = table[t & ((1 << lut_bits) - 1)]
     return np.where(whole >= EXP_ZERO_SHIFT, 0, round_shift(value, np.minimum(whole, EXP_ZERO_SHIFT)))
@@ -76,7 +93,7 @@ def reciprocal(s: np.ndarray, lut_bits: int) -> tuple[np.ndarray, np.ndarray]:
     mb, y_bits = RECIP_MANTISSA_FRAC_BITS, RECIP_FRAC_BITS
     m = normalize(s, k, mb)
     index = np.minimum((m >> (mb - lut_bits)) - (1 << lut_bits), (1 << lut_bits) - 1)
-    y0 = reciprocal_table(lut_bits)[index]
+    y0 = _table(reciprocal_table, lut_bits)[index]
     error = (1 << (y_bits + 1)) - round_shift(m * y0, mb)
     return round_shift(y0 * error, y_bits), k
 
@@ -91,7 +108,7 @@ def inv_sqrt(v: np.ndarray, lut_bits: int) -> tuple[np.ndarray, np.ndarray]:
     mb, y_bits = RSQRT_MANTISSA_FRAC_BITS, RSQRT_FRAC_BITS
     m = normalize(v, 2 * k, mb)
     index = np.minimum(m >> (mb + 2 - lut_bits), (1 << lut_bits) - 1)
-    y0 = rsqrt_table(lut_bits)[index]
+    y0 = _table(rsqrt_table, lut_bits)[index]
     square = round_shift(y0 * y0, y_bits)
     error = 3 * (1 << y_bits) - round_shift(m * square, mb)
     return round_shift(y0 * error, y_bits + 1), k
