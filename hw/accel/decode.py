@@ -14,8 +14,9 @@ from amaranth.lib.wiring import In, Out
 
 from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.isa import Opcode, Queue
+from vitaccel.hw.spec.regmap import ErrorCode
 
-__all__ = ["field_slice", "InstructionChecker"]
+__all__ = ["field_slice", "InstructionChecker", "instruction_unit_members"]
 
 _LOAD_RESERVED_FLAGS = ("pop_prev", "push_prev")    # the load queue has no previous queue
 _STORE_RESERVED_FLAGS = ("pop_next", "push_next")   # the store queue has no next queue
@@ -84,3 +85,11 @@ class InstructionChecker(wiring.Component):
             with m.Default():
                 m.d.comb += [self.legal.eq(0), self.queue.eq(Queue.COMPUTE)]
         return m
+
+
+def instruction_unit_members() -> dict[str, wiring.Member]:
+    """The signature members every compute-queue controller shares with the core: the
+    instruction ``word``, a one-cycle ``start``, and the one-cycle ``done`` / ``error`` pulses
+    with ``error_code``. Controllers add their buffer ports to a copy of this."""
+    return {"word": In(isa.INSTRUCTION_BITS), "start": In(1), "done": Out(1), "error": Out(1),
+            "error_code": Out(ErrorCode)}

@@ -62,7 +62,7 @@ from vitaccel.hw.spec.matrix import COMMAND_FIELDS, PARAM_FIELDS, b_half_words, 
 from vitaccel.hw.spec.numerics import MAX_SHIFT
 from vitaccel.hw.spec.regmap import ErrorCode
 
-from .decode import field_slice
+from .decode import field_slice, instruction_unit_members
 
 __all__ = ["GemmController", "engine_supported"]
 
@@ -219,8 +219,7 @@ class GemmController(wiring.Component):
         if reason is not None:
             raise ConfigError(f"GemmController: {reason}")
         self.config = config
-        members = {"word": In(isa.INSTRUCTION_BITS), "start": In(1), "done": Out(1), "error": Out(1),
-                   "error_code": Out(ErrorCode),
+        members = {**instruction_unit_members(),
                    "vector_write": Out(ADDR_UNIT), "vector_write_addr": Out(_ADDR_BITS),
                    "vector_write_data": Out(_WORD_BITS),
                    "acc_write": Out(ADDR_UNIT), "acc_write_addr": Out(_ADDR_BITS), "acc_write_data": Out(_WORD_BITS)}

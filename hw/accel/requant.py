@@ -29,7 +29,7 @@ from vitaccel.hw.spec.isa import ADDR_UNIT, Buffer, Opcode
 from vitaccel.hw.spec.numerics import MAX_SHIFT, MULTIPLIER_BITS
 from vitaccel.hw.spec.regmap import ErrorCode
 
-from .decode import field_slice
+from .decode import field_slice, instruction_unit_members
 
 __all__ = ["RequantController"]
 
@@ -62,8 +62,7 @@ class RequantController(wiring.Component):
             raise TypeError(f"config: expected an AccelConfig, got {type(config).__name__}")
         self.config = config
         super().__init__({
-            "word": In(isa.INSTRUCTION_BITS), "start": In(1), "done": Out(1), "error": Out(1),
-            "error_code": Out(ErrorCode),
+            **instruction_unit_members(),
             "acc_read": Out(1), "acc_read_addr": Out(_ADDR_BITS), "acc_read_data": In(ADDR_UNIT * 8),
             "write": Out(1), "write_addr": Out(_ADDR_BITS), "write_data": Out(8),
         })

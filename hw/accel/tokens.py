@@ -46,7 +46,7 @@ from vitaccel.hw.spec.isa import ADDR_UNIT, Buffer, Opcode
 from vitaccel.hw.spec.regmap import ErrorCode
 from vitaccel.hw.spec.sparse import TOPK_SCORE_BITS
 
-from .decode import field_slice
+from .decode import field_slice, instruction_unit_members
 
 __all__ = ["TokenController", "TOKEN_OPCODES", "SUM_ROWS_LIMIT"]
 
@@ -92,8 +92,7 @@ class TokenController(wiring.Component):
             raise ConfigError(f"TokenController: config {config.name!r} has no top-k engine (has_topk is false)")
         self.config = config
         super().__init__({
-            "word": In(isa.INSTRUCTION_BITS), "start": In(1), "done": Out(1), "error": Out(1),
-            "error_code": Out(ErrorCode),
+            **instruction_unit_members(),
             "read": Out(1), "read_addr": Out(_ADDR_BITS), "read_data": In(ADDR_UNIT * 8),
             "write": Out(1), "write_addr": Out(_ADDR_BITS), "write_data": Out(8),
         })
