@@ -54,6 +54,21 @@ class CompiledProgram:
         ddr[:self.ddr_image.size] = self.ddr_image
         return ddr
 
+    def tensor_values(self, ddr: np.ndarray, name: str) -> np.ndarray:
+        """Tensor ``name`` of the manifest (address, shape, strides, dtype) read from ``ddr``.
+
+        Raises
+        ------
+        KeyError
+            If the manifest has no tensor ``name``.
+        """
+        from vitaccel.sw.backend.memory import TensorView
+
+        entry = next((t for t in self.manifest["tensors"] if t["name"] == name), None)
+        if entry is None:
+            raise KeyError(f"the program's manifest has no tensor {name!r}")
+        return TensorView(entry["addr"], tuple(entry["shape"]), tuple(entry["strides"]), entry["dtype"]).numpy(ddr)
+
     @classmethod
     def from_lowering(cls, lowering: Any, qgraph: Any, config: AccelConfig, meta: dict[str, Any]) -> "CompiledProgram":
         words = lowering.builder.words()

@@ -43,11 +43,6 @@ def digits_program_all_tensors(digits_qgraph):
     return compile_qgraph(digits_qgraph, CONFIG, reuse_ddr=False)
 
 
-def tensor_values(program, ddr, name):
-    entry = next(t for t in program.manifest["tensors"] if t["name"] == name)
-    return TensorView(entry["addr"], tuple(entry["shape"]), tuple(entry["strides"]), entry["dtype"]).numpy(ddr)
-
-
 def test_digits_vit_bit_exact_on_every_tensor(digits_qgraph, digits_program_all_tensors):
     digits_program = digits_program_all_tensors
     images = quantize_images(digits_qgraph, images_for((1, 8, 8), 4).images)
@@ -61,7 +56,7 @@ def test_digits_vit_bit_exact_on_every_tensor(digits_qgraph, digits_program_all_
         ddr[spec["addr"]:spec["addr"] + image.nbytes] = image.view(np.uint8).ravel()
         stats = machine.run(digits_program.words, ddr)
         for name in checked:
-            np.testing.assert_array_equal(tensor_values(digits_program, ddr, name), reference[name][index],
+            np.testing.assert_array_equal(digits_program.tensor_values(ddr, name), reference[name][index],
                                           err_msg=f"tensor {name}, image {index}")
     assert stats.macs == digits_program.manifest["macs"] > 0
     assert stats.instructions[Opcode.GEMM] == digits_program.manifest["instruction_counts"]["GEMM"]
@@ -186,7 +181,7 @@ def test_deit_tiny_bit_exact_on_every_tensor(config_name):
     GoldenMachine(PRESETS[config_name]).run(program.words, ddr)
     for entry in program.manifest["tensors"]:
         if entry["name"] not in qgraph.constants:
-            np.testing.assert_array_equal(tensor_values(program, ddr, entry["name"]), reference[entry["name"]][0],
+            np.testing.assert_array_equal(program.tensor_values(ddr, entry["name"]), reference[entry["name"]][0],
                                           err_msg=entry["name"])
 
 

@@ -15,7 +15,6 @@ from vitaccel.hw.spec.isa import Opcode
 from vitaccel.sim.golden import topk
 from vitaccel.sim.golden.machine import GoldenMachine
 from vitaccel.sw.backend import BackendError, compile_qgraph
-from vitaccel.sw.backend.memory import TensorView
 from vitaccel.sw.cli import main
 from vitaccel.sw.commands import UserError
 from vitaccel.sw.compile import compile_model, token_pruning_model
@@ -66,14 +65,9 @@ def assert_bit_exact_on_every_tensor(qgraph, program, count):
         ddr[spec["addr"]:spec["addr"] + image.nbytes] = image.view(np.uint8).ravel()
         stats = machine.run(program.words, ddr)
         for name in checked:
-            np.testing.assert_array_equal(tensor_values(program, ddr, name), reference[name][index],
+            np.testing.assert_array_equal(program.tensor_values(ddr, name), reference[name][index],
                                           err_msg=f"tensor {name}, image {index}")
     assert stats.macs == program.manifest["macs"]
-
-
-def tensor_values(program, ddr, name):
-    entry = next(t for t in program.manifest["tensors"] if t["name"] == name)
-    return TensorView(entry["addr"], tuple(entry["shape"]), tuple(entry["strides"]), entry["dtype"]).numpy(ddr)
 
 
 # -- QGraph ops ------------------------------------------------------------------------------------
