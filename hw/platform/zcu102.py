@@ -119,6 +119,17 @@ def _check_resources(resources: Mapping[str, Any] | None) -> dict[str, Any]:
     return out
 
 
+def _timing_summary(timing: Mapping[str, Any] | None, clock_mhz: float) -> str:
+    if not timing or not timing.get("fmax_mhz_estimate"):
+        return "Not estimated (no synthesis)."
+    path = timing["worst_path"]
+    verdict = "meets" if timing["fmax_mhz_estimate"] >= clock_mhz else "is BELOW"
+    return (f"Estimated Fmax {timing['fmax_mhz_estimate']} MHz, which {verdict} the config's {clock_mhz:g} MHz. "
+            f"Worst part: {timing['worst_part']} ({path['critical_ns']} ns: {path['lut_levels']} LUT levels, "
+            f"{path['carry_cells']} carry cells). This is an estimate from the mapped netlist without placement "
+            "(see docs/timing.md in vitaccel), not timing sign-off: run Vivado's timing report.")
+
+
 def _resource_table(resources: Mapping[str, Any]) -> str:
     rows = []
     for key, available in XCZU9EG.items():
@@ -178,6 +189,7 @@ def write_board_package(top_verilog: str, top_name: str, config, out_dir: str | 
         "CONTROL_RANGE": "64K", "REGISTER_TABLE": _register_table(),
         "RESOURCE_TABLE": _resource_table(resources), "RESOURCE_SOURCE": resources["source"],
         "RESOURCE_METHOD": resources.get("method") or "not measured.",
+        "TIMING_SUMMARY": _timing_summary(resources.get("timing"), config.clock_mhz),
     }
     written = []
     for file_name, content in (

