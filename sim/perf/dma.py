@@ -106,10 +106,8 @@ def read_transfer(grant: int, addr: int, rows: int, row_bytes: int, stride: int,
     else:
         beat_cycles = 1.0 / (1.0 - ddr.backpressure) + ddr.beat_delay / 2
         latency = R_SOURCE_DELAY + beat_cycles
-    first = np.empty(count)
-    last = np.empty(count)
-    ar = np.empty(count)
-    taken = np.empty(count)   # when the DDR takes the burst off its AR queue
+    first, last, ar, taken = [0.0] * count, [0.0] * count, [0.0] * count, [0.0] * count
+    beat_list = beats.tolist()
     for i in range(count):
         t = grant + AR_DELAY if i == 0 else ar[i - 1] + 1
         if i >= AR_QUEUE:   # the AR queue has room once the DDR took burst i - AR_QUEUE
@@ -124,7 +122,8 @@ def read_transfer(grant: int, addr: int, rows: int, row_bytes: int, stride: int,
         else:
             taken[i] = t
             first[i] = t + latency
-        last[i] = first[i] + (beats[i] - 1) * beat_cycles
+        last[i] = first[i] + (beat_list[i] - 1) * beat_cycles
+    first = np.asarray(first)
     # Beat times and the useful bytes each carries (first beats from first_lo, last to last_hi).
     beat_time = np.repeat(first, beats) + (np.arange(beats.sum()) - np.repeat(np.cumsum(beats) - beats, beats)) * beat_cycles
     per_beat = np.full(len(beat_time), bus_bytes, np.int64)
@@ -165,11 +164,13 @@ def chunk_counts(sram_byte: int, rows: int, row_bytes: int, sram_stride: int, bu
     per_row = max(0, -(-row_bytes // ADDR_UNIT)) + 1
     cols = first_cut[:, None] + ADDR_UNIT * np.arange(per_row)[None, :]
     cols = np.where(cols == 0, ADDR_UNIT * per_row + row_bytes, cols)   # a cut at the row start is the previous end
-    cuts = (row_starts[:, None] + cols)[cols < row_bytes]
-    cuts = np.concatenate([cuts, row_starts + row_bytes, np.arange(1, words + 1) * bus_bytes])
-    cuts = np.unique(np.minimum(cuts, total))
-    cuts = cuts[cuts > 0]
-    return np.bincount((cuts - 1) // bus_bytes, minlength=words)[:words]
+    cut = np.zeros(total + 1, bool)
+    cut[(row_starts[:, None] + cols)[cols < row_bytes]] = True
+    cut[row_starts + row_bytes] = True
+    cut[np.minimum(np.arange(1, words + 1) * bus_bytes, total)] = True
+    cut[0] = False
+    positions = np.flatnonzero(cut)
+    return np.bincount((positions - 1) // bus_bytes, minlength=words)[:words]
 
 
 def write_transfer(start: int, addr: int, rows: int, row_bytes: int, stride: int, *, bus_bytes: int,
@@ -185,7 +186,8 @@ def write_transfer(start: int, addr: int, rows: int, row_bytes: int, stride: int
     cumulative = np.cumsum(np.repeat(useful / np.maximum(beats, 1), beats))
     need = np.minimum((np.ceil(cumulative - 1e-9).astype(np.int64) - 1) // bus_bytes, len(produced) - 1)
     available = produced[need] + 1
-    t = start + 2
-    for a in available:
-        t = max(t + beat_cycles, a)
+    # Beat j leaves at t_j = max(t_{j-1} + beat_cycles, available_j): a max-plus scan.
+    n = len(available)
+    after = (n - 1 - np.arange(n)) * beat_cycles
+    t = max(start + 2 + n * beat_cycles, float(np.max(available + after))) if n else start + 2
     return int(np.ceil(t)) + 2
