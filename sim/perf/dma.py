@@ -15,8 +15,10 @@ Follows :mod:`vitaccel.hw.axi.dma` (``AxiDma``) and the board-like DDR of
   the consumer (the load unit or the fetcher) through one output register, one cycle after
   the beat that completes it.
 
-The verification DDR (random pauses) is followed in expectation: each beat takes
-``1 / (1 - backpressure)`` cycles plus the mean extra delay ``beat_delay / 2``.
+The verification DDR (random pauses) is followed in expectation (:func:`random_beat_cycles`):
+the memory produces a read beat every ``max(d, 1)`` cycles (``d`` uniform in
+``0..beat_delay``) and a paused channel passes one every ``1 / (1 - backpressure)``; the first
+beat waits the mean delay and the mean pause besides.
 """
 
 from __future__ import annotations
@@ -104,8 +106,7 @@ def read_transfer(grant: int, addr: int, rows: int, row_bytes: int, stride: int,
         beat_cycles = 1.0 / rate
         latency = ddr.read_latency + R_SOURCE_DELAY
     else:
-        beat_cycles = 1.0 / (1.0 - ddr.backpressure) + ddr.beat_delay / 2
-        latency = R_SOURCE_DELAY + beat_cycles
+        beat_cycles, latency = random_beat_cycles(ddr)
     first, last, ar, taken = [0.0] * count, [0.0] * count, [0.0] * count, [0.0] * count
     beat_list = beats.tolist()
     for i in range(count):
@@ -142,6 +143,15 @@ def read_transfer(grant: int, addr: int, rows: int, row_bytes: int, stride: int,
     at = np.searchsorted(cumulative, boundaries)
     ready = np.ceil(beat_time[at]).astype(np.int64) + OUTPUT_REGISTER
     return ReadTiming(ready, int(np.ceil(last[-1])) if count else grant)
+
+
+def random_beat_cycles(ddr: DdrModel) -> tuple[float, float]:
+    """Expected (cycles per read beat, cycles from AR to the first beat) of the random
+    verification DDR: ``stressed_ram`` waits ``d`` (uniform ``0..beat_delay``) cycles before
+    each beat, ``shared_pauses`` pauses each channel with probability ``backpressure``."""
+    pause = 1.0 / (1.0 - ddr.backpressure)
+    produce = sum(max(d, 1) for d in range(ddr.beat_delay + 1)) / (ddr.beat_delay + 1)
+    return max(produce, pause), AR_DELAY + R_SOURCE_DELAY + ddr.beat_delay / 2 + (pause - 1)
 
 
 def consume(ready: np.ndarray, cycles: np.ndarray) -> int:
