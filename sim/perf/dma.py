@@ -43,8 +43,8 @@ AR_QUEUE = 2
 MAX_BURST_BEATS = 256
 BOUNDARY_BYTES = 4096
 #: Cycles from a descriptor's acceptance to its first AR handshake: the burst splitter
-#: registers the descriptor, the DDR's AR sink samples ``arvalid`` at the next edge.
-AR_DELAY = 2
+#: registers the descriptor and drives ``arvalid`` the next cycle.
+AR_DELAY = 1
 #: Cycles from the DDR taking a burst off a full AR queue to the next AR handshake: the sink
 #: raises ``arready`` at the next edge and samples the handshake at the one after.
 AR_READY_DELAY = 2
@@ -117,8 +117,10 @@ def read_transfer(grant: int, addr: int, rows: int, row_bytes: int, stride: int,
             t = max(t, last[i - DMA_OUTSTANDING] + 1)
         ar[i] = t
         if i:
-            # The DDR takes the next burst once the previous one's last beat is queued.
-            taken[i] = max(t, last[i - 1] - R_SOURCE_DELAY)
+            # The DDR takes the next burst once the previous one's last beat is queued: its R
+            # queue holds two beats, so that is when the beat before it left the queue.
+            queued = last[i - 1] - R_SOURCE_DELAY - (1 if beat_list[i - 1] > 1 else 0)
+            taken[i] = max(t, queued)
             first[i] = max(t + latency, last[i - 1] + beat_cycles)
         else:
             taken[i] = t
