@@ -36,14 +36,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import lru_cache
 
+from vitaccel.hw.accel.gemm import MAX_BLOCK_TILES
 from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.hw.spec.isa import ADDR_UNIT
 from vitaccel.hw.spec.matrix import b_half_words
 
 __all__ = ["GemmTiming", "gemm_cycles", "MAX_BLOCK_TILES", "GRID_EXTRA"]
 
-#: ``hw/accel/gemm.py``: most tiles in one B block.
-MAX_BLOCK_TILES = 8
 #: Cycles from the last k-step's issue to the first row the engine may emit, beyond the
 #: grid's skew (``block_rows + block_cols - 2``): the control register aligned with the
 #: scratchpad read, and ``tile_ready`` registered from ``captured``.

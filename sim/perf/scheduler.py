@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from vitaccel.hw.accel.core import QUEUE_DEPTH
 from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.hw.spec.isa import ADDR_UNIT, Opcode, Queue
@@ -44,10 +45,8 @@ from .dma import chunk_counts, consume, read_transfer, write_transfer
 from .gemm import gemm_cycles
 from .units import compute_cycles
 
-__all__ = ["PerfResult", "simulate_program", "QUEUE_DEPTH", "FIFO_LATENCY"]
+__all__ = ["PerfResult", "simulate_program", "scan_end", "QUEUE_DEPTH", "FIFO_LATENCY"]
 
-#: Instruction FIFO entries per queue (``hw/accel/core.py`` ``QUEUE_DEPTH``).
-QUEUE_DEPTH = 32
 #: Cycles from a FIFO write (dispatch) to the instruction at the head (``SyncFIFOBuffered``).
 FIFO_LATENCY = 2
 #: Load unit: DECIDE and CHECK before REQUEST; REQUEST to MOVE after the grant.
@@ -83,6 +82,14 @@ class PerfResult:
             out[f"busy_cycles_{name}"] = self.busy[name]
             out[f"stall_cycles_{name}"] = self.stall[name]
         return out
+
+
+def scan_end(program_addr: int, length: int, *, bus_bytes: int, ddr: DdrModel) -> int:
+    """The cycle the scan pass takes the program's last word: one read transfer of ``length``
+    rows of 16 bytes from cycle 0 (the fetcher consumes a word per cycle). The fetcher asks for
+    the first instruction the cycle after."""
+    scan = read_transfer(0, program_addr, length, ADDR_UNIT, ADDR_UNIT, bus_bytes=bus_bytes, ddr=ddr)
+    return int(scan.word_ready[-1])
 
 
 class _ReadEngine:
@@ -129,11 +136,10 @@ def simulate_program(config: AccelConfig, words: list[int], ddr: DdrModel, *, pr
     finished_at: int | None = None
 
     # ---- fetcher ---------------------------------------------------------------------------
-    scan = read_transfer(0, program_addr, length, ADDR_UNIT, ADDR_UNIT, bus_bytes=bus, ddr=ddr)
-    scan_end = int(scan.word_ready[-1])
-    engine.free_from = scan_end + 1
+    scanned = scan_end(program_addr, length, bus_bytes=bus, ddr=ddr)
+    engine.free_from = scanned + 1
     fetch_pc = 0
-    fetch_request = scan_end + 1       # cycle the fetcher requests the read engine
+    fetch_request = scanned + 1        # cycle the fetcher requests the read engine
     fetch_state = "request"            # request | hold | done
     held_since = 0
 
