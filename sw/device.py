@@ -260,11 +260,17 @@ class PerfDevice(GoldenDevice):
         """The performance model's counters for one run (the program's timing does not depend on
         the input: computed once)."""
         if self._estimate is None:
-            from vitaccel.sim.perf import estimate
+            from vitaccel.sim.perf import PerfModelError, estimate
 
             started = time.perf_counter()
-            result = estimate(self.program.config, list(self.program.words), self.program.ddr_size,
-                              ddr=self.ddr_model).to_dict()
+            try:
+                result = estimate(self.program.config, list(self.program.words), self.program.ddr_size,
+                                  ddr=self.ddr_model).to_dict()
+            except PerfModelError as err:
+                layer = layer_at(self.program.manifest, err.pc) if err.pc is not None else None
+                raise DeviceError(f"perf: the accelerator would stop with {err.code}"
+                                  + (f" (layer {layer})" if layer else "") + f": {err}",
+                                  code=ErrorCode[err.code], pc=err.pc) from None
             result.update(ddr_model=self.ddr_model.name, model_seconds=round(time.perf_counter() - started, 3))
             self._estimate = result
         return self._estimate

@@ -13,9 +13,9 @@ from __future__ import annotations
 from vitaccel.hw.spec.config import AccelConfig
 
 from .ddr import BOARD_DDR_MODEL, DDR_MODELS, VERIFY_DDR_MODEL, DdrModel, ddr_model
-from .scheduler import PerfResult, simulate_program
+from .scheduler import PerfModelError, PerfResult, simulate_program
 
-__all__ = ["estimate", "PerfResult", "DdrModel", "DDR_MODELS", "BOARD_DDR_MODEL", "VERIFY_DDR_MODEL", "ddr_model"]
+__all__ = ["estimate", "PerfResult", "PerfModelError", "DdrModel", "DDR_MODELS", "BOARD_DDR_MODEL", "VERIFY_DDR_MODEL", "ddr_model"]
 
 
 def estimate(config: AccelConfig, words: list[int], ddr_size: int, *, ddr: DdrModel | str = BOARD_DDR_MODEL) -> PerfResult:

@@ -45,7 +45,7 @@ from .dma import chunk_counts, consume, read_transfer, write_transfer
 from .gemm import gemm_cycles
 from .units import compute_cycles
 
-__all__ = ["PerfResult", "simulate_program", "scan_end", "QUEUE_DEPTH", "FIFO_LATENCY"]
+__all__ = ["PerfResult", "PerfModelError", "simulate_program", "scan_end", "FIFO_LATENCY"]
 
 #: Cycles from a FIFO write (dispatch) to the instruction at the head (``SyncFIFOBuffered``).
 FIFO_LATENCY = 2
@@ -58,6 +58,14 @@ _TOKENS = (("l2c", Queue.LOAD, "push_next", Queue.COMPUTE, "pop_prev"),
            ("c2s", Queue.COMPUTE, "push_next", Queue.STORE, "pop_prev"),
            ("s2c", Queue.STORE, "push_prev", Queue.COMPUTE, "pop_next"))
 _NEVER = float("inf")
+
+
+class PerfModelError(Exception):
+    """The program would stop the accelerator: ``code`` (an ``ErrorCode`` name) at ``pc``."""
+
+    def __init__(self, message: str, *, code: str, pc: int | None) -> None:
+        super().__init__(message)
+        self.code, self.pc = code, pc
 
 
 @dataclass
@@ -104,7 +112,17 @@ def simulate_program(config: AccelConfig, words: list[int], ddr: DdrModel, *, pr
     """Estimate the run of ``words`` (placed at DDR ``program_addr``; LOAD/STORE addresses
     relative to ``ddr_base``) on the accelerator for ``config`` with DDR ``ddr``."""
     bus = config.dma_data_width // 8
-    instrs = [isa.decode(word) for word in words]
+    instrs = []
+    for pc, word in enumerate(words):
+        try:
+            instrs.append(isa.decode(word))
+        except isa.IllegalInstruction as err:
+            raise PerfModelError(f"instruction {pc} is illegal: {err}", code="ILLEGAL_INSTRUCTION", pc=pc) from None
+    for pc, instr in enumerate(instrs):
+        # What this top does not run stops it with INVALID_OPERAND (hw.accel.UNSUPPORTED_OPCODES).
+        if instr.opcode is Opcode.SPARSE_ATTN or (instr.opcode is Opcode.GEMM and instr.fields["nm"]):
+            raise PerfModelError(f"instruction {pc} ({instr.opcode.name}{' nm' if instr.opcode is Opcode.GEMM else ''}) "
+                                 "is not run by this accelerator (INVALID_OPERAND)", code="INVALID_OPERAND", pc=pc)
     queue_of = [instr.fields["queue"] if instr.opcode is Opcode.SYNC else isa.QUEUE[instr.opcode]
                 for instr in instrs]
     length = len(instrs)
@@ -274,7 +292,10 @@ def simulate_program(config: AccelConfig, words: list[int], ddr: DdrModel, *, pr
         # those are candidates of their own.
         later = [c for c in candidates if c > now]
         if not later:
-            raise RuntimeError(f"the program deadlocks at cycle {now} (fetched {fetch_pc} of {length})")
+            waiting = [fifo[q][0][0] for q in Queue if fifo[q]]
+            raise PerfModelError(f"the program deadlocks at cycle {now} (fetched {fetch_pc} of {length}; a queue "
+                                 f"runs more than {QUEUE_DEPTH} instructions ahead or a token never comes)",
+                                 code="DEPENDENCY_DEADLOCK", pc=min(waiting) if waiting else None)
         now = int(min(later))
     for q in Queue:
         if waiting_since[q] is not None:

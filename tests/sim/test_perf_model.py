@@ -183,3 +183,22 @@ def test_perf_model_within_3_percent_of_rtl_pruned_digits(tmp_path):
     rtl_counters, estimated = _compare_with_rtl(tmp_path / "pruned")
     cycles = rtl_counters["total_cycles"]
     assert abs(estimated["cycles"] - cycles) / cycles <= TOLERANCE, (estimated["cycles"], cycles)
+
+
+def test_programs_the_accelerator_would_stop():
+    """What stops the hardware stops the model with the same error code and pc."""
+    from vitaccel.hw.spec.isa import Instruction, Opcode, Queue, encode
+    from vitaccel.sim.perf import PerfModelError
+
+    config = load_config("tiny")
+    finish = encode(Instruction(Opcode.FINISH))
+    sync = encode(Instruction(Opcode.SYNC, queue=Queue.COMPUTE))
+    gemm_nm = encode(Instruction(Opcode.GEMM, m=4, k=4, n=4, nm=1))
+    starved = encode(Instruction(Opcode.SYNC, queue=Queue.COMPUTE, pop_prev=1))   # no LOAD ever pushes
+    for words, code, pc in (([sync, gemm_nm, finish], "INVALID_OPERAND", 1),
+                            ([sync, starved, finish], "DEPENDENCY_DEADLOCK", 1),
+                            ([sync, 1 << 127, finish], "ILLEGAL_INSTRUCTION", 1)):
+        with pytest.raises(PerfModelError) as err:
+            estimate(config, words, 4096)
+        assert (err.value.code, err.value.pc) == (code, pc)
+    assert estimate(config, [sync, finish], 4096).total_cycles > 2 * BOARD_DDR_MODEL.read_latency
