@@ -28,12 +28,12 @@ from vitaccel.hw.spec.regmap import REGISTERS, Access, ErrorCode
 from vitaccel.sw.commands import UserError
 from vitaccel.sw.program import CompiledProgram
 
-__all__ = ["Device", "GoldenDevice", "BoardDevice", "DeviceError", "ControlPort", "run_on_accelerator",
+__all__ = ["Device", "GoldenDevice", "PerfDevice", "BoardDevice", "DeviceError", "ControlPort", "run_on_accelerator",
            "COUNTERS", "STATUS_BUSY", "STATUS_DONE", "STATUS_ERROR", "open_device", "BACKENDS",
            "program_layout", "record_error", "layer_at"]
 
 #: Backend names ``vitaccel run --backend`` accepts.
-BACKENDS = ("golden", "rtl", "board")
+BACKENDS = ("golden", "perf", "rtl", "board")
 
 #: ``STATUS`` bits (hw/spec/regmap.py).
 STATUS_BUSY, STATUS_DONE, STATUS_ERROR = 0b001, 0b010, 0b100
@@ -231,6 +231,55 @@ class GoldenDevice(Device):
         return self.machine.run(self.program.words, ddr).to_dict()
 
 
+class PerfDevice(GoldenDevice):
+    """The golden machine for values and the performance model (:mod:`vitaccel.sim.perf`) for
+    cycles: what the RTL's counters would read, without RTL.
+
+    Parameters
+    ----------
+    program : CompiledProgram
+        The program.
+    ddr_model : str
+        A DDR model of :data:`vitaccel.sim.perf.DDR_MODELS` (default: the board-like
+        ``zcu102-ps-ddr4-hp``).
+    """
+
+    name = "perf"
+
+    def __init__(self, program: CompiledProgram, *, ddr_model: str = "zcu102-ps-ddr4-hp") -> None:
+        from vitaccel.sim.perf import ddr_model as find_model
+
+        super().__init__(program)
+        try:
+            self.ddr_model = find_model(ddr_model)
+        except KeyError as err:
+            raise UserError(err.args[0]) from None
+        self._estimate: dict[str, Any] | None = None
+
+    def estimate(self) -> dict[str, Any]:
+        """The performance model's counters for one run (the program's timing does not depend on
+        the input: computed once)."""
+        if self._estimate is None:
+            from vitaccel.sim.perf import PerfModelError, estimate
+
+            started = time.perf_counter()
+            try:
+                result = estimate(self.program.config, list(self.program.words), self.program.ddr_size,
+                                  ddr=self.ddr_model).to_dict()
+            except PerfModelError as err:
+                layer = layer_at(self.program.manifest, err.pc) if err.pc is not None else None
+                raise DeviceError(f"perf: the accelerator would stop with {err.code}"
+                                  + (f" (layer {layer})" if layer else "") + f": {err}",
+                                  code=ErrorCode[err.code], pc=err.pc) from None
+            result.update(ddr_model=self.ddr_model.name, model_seconds=round(time.perf_counter() - started, 3))
+            self._estimate = result
+        return self._estimate
+
+    def execute(self, ddr: np.ndarray) -> dict[str, Any]:
+        perf = self.estimate()
+        return {**super().execute(ddr), "cycles": perf["cycles"], "perf": perf}
+
+
 class _MmioPort(ControlPort):
     """:class:`ControlPort` over a PYNQ ``MMIO`` window; the interrupt is polled in ``STATUS``."""
 
@@ -324,6 +373,8 @@ def open_device(backend: str, program: CompiledProgram, **options: Any) -> Devic
     """
     if backend == "golden":
         return GoldenDevice(program, **options)
+    if backend == "perf":
+        return PerfDevice(program, **options)
     if backend == "rtl":
         from vitaccel.sw.rtl_device import RtlDevice
 

@@ -38,7 +38,11 @@ class RtlDevice(Device):
     backpressure : float
         Probability that an AXI channel of the DDR model pauses in a cycle.
     max_latency : int
-        Each DDR read burst waits 0..``max_latency`` cycles.
+        Each DDR read beat waits 0..``max_latency`` cycles.
+    ddr_model : str, optional
+        A board-like DDR model (:data:`vitaccel.sim.perf.ddr.DDR_MODELS`, e.g.
+        ``"zcu102-ps-ddr4-hp"``): deterministic DDR for latency records instead of the random
+        back-pressure (``backpressure`` and ``max_latency`` then do not apply).
     waves : bool
         Dump waveforms (VCD from Verilator, FST from Icarus); the path is in :attr:`simulation`.
 
@@ -51,7 +55,8 @@ class RtlDevice(Device):
     name = "rtl"
 
     def __init__(self, program: CompiledProgram, *, simulator: str = "verilator", seed: int = 0,
-                 backpressure: float = 0.3, max_latency: int = 4, waves: bool = False) -> None:
+                 backpressure: float = 0.3, max_latency: int = 4, waves: bool = False,
+                 ddr_model: str | None = None) -> None:
         from vitaccel.sim.runner import simulator_available
 
         super().__init__(program)
@@ -62,6 +67,17 @@ class RtlDevice(Device):
             raise UserError(f"backpressure must be in [0, 1), got {backpressure}")
         self.simulator, self.seed, self.waves = simulator, seed, waves
         self.backpressure, self.max_latency = backpressure, max_latency
+        self.ddr_model = None
+        if ddr_model is not None:
+            from vitaccel.sim.perf.ddr import ddr_model as find_model
+
+            try:
+                model = find_model(ddr_model)
+            except KeyError as err:
+                raise UserError(err.args[0]) from None
+            if not model.deterministic:   # the random one is the default behaviour
+                ddr_model = None
+            self.ddr_model = ddr_model
         self.simulation: dict[str, Any] = {}
 
     def execute(self, ddr: np.ndarray) -> dict[str, Any]:
@@ -90,7 +106,8 @@ class RtlDevice(Device):
         words = list(program.words)
         outcome = simulate_runs(program.config, words, ddrs, simulator=self.simulator, seed=self.seed,
                                 backpressure=self.backpressure, max_latency=self.max_latency,
-                                macs=int(manifest.get("macs", 0)), waves=self.waves, progress=progress)
+                                macs=int(manifest.get("macs", 0)), waves=self.waves, progress=progress,
+                                ddr_model=self.ddr_model)
         self.simulation = {key: outcome[key] for key in ("simulator", "seconds", "waves")}
         regions = [(o["name"], o["addr"], int(np.prod(o["shape"])) * np.dtype(o["dtype"]).itemsize)
                    for o in manifest["outputs"]]

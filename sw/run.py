@@ -38,10 +38,11 @@ def run_program_dir(directory: str | Path, *, backend: str = "golden", images: i
     Returns a JSON-able dict with ``images``, ``float_top1`` and ``int8_top1`` (None without
     labels), ``agreement``, ``logit_cosine``, ``seconds`` (device time), ``torch_seconds_per_image``
     (the float model at batch 1, timed on the first images), ``device_vs_torch`` (the ratio) and the program's instruction statistics.
-    The ``rtl`` and ``board`` backends add ``cycles`` (TOTAL_CYCLES summed over the images),
+    The ``perf``, ``rtl`` and ``board`` backends add ``cycles`` (TOTAL_CYCLES summed over the images),
     ``cycles_per_image`` (mean) and ``cycles_by_image``; ``rtl`` adds ``bit_exact_vs_golden``
     (every run's outputs and whole DDR window equal the golden machine's), ``problems`` (where
-    not), ``simulator`` and ``waves`` (the waveform file, with ``waves=True``).
+    not), ``simulator`` and ``waves`` (the waveform file, with ``waves=True``); ``perf`` adds
+    ``perf``, the performance model's estimate of the RTL counters per image.
     """
     import torch
 
@@ -103,6 +104,8 @@ def run_program_dir(directory: str | Path, *, backend: str = "golden", images: i
     if runs and "cycles" in runs[0]:
         cycles = [int(run["cycles"]) for run in runs]
         result.update(cycles=sum(cycles), cycles_per_image=round(sum(cycles) / count), cycles_by_image=cycles)
+    if runs and "perf" in runs[0]:   # the performance model's counters (the same for every image)
+        result["perf"] = runs[0]["perf"]
     if backend == "rtl":
         problems = [f"image {i}: {p}" for i, run in enumerate(runs) for p in run["problems"]]
         result.update(bit_exact_vs_golden=bool(runs) and all(run["bit_exact"] for run in runs) and not problems,

@@ -74,7 +74,7 @@ def _poll_progress(records: list[Path], progress: Progress, done: threading.Even
 def simulate_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray], *, simulator: str = "verilator",
                   seed: int = 0, backpressure: float = 0.3, max_latency: int = 4, watchdog: int | None = None,
                   max_cycles: int | None = None, macs: int = 0, waves: bool = False,
-                  progress: Progress | None = None) -> dict[str, Any]:
+                  progress: Progress | None = None, ddr_model: str | None = None) -> dict[str, Any]:
     """Run ``words`` on each DDR window of ``ddrs`` in order, in one simulator launch.
 
     Parameters
@@ -87,6 +87,9 @@ def simulate_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray],
         One uint8 DDR window per run (all the same size).
     backpressure, max_latency : float, int
         AXI pause probability per channel and cycle; random read latency bound (cycles).
+    ddr_model : str, optional
+        A board-like DDR model's name (:data:`vitaccel.sim.perf.ddr.DDR_MODELS`): deterministic
+        DDR instead of the random one (``backpressure`` and ``max_latency`` then do not apply).
     watchdog : int, optional
         ``WATCHDOG_LIMIT``; default :func:`default_watchdog`.
     max_cycles : int, optional
@@ -132,6 +135,7 @@ def simulate_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray],
             runs[-1]["ddr_in"] = str(root / f"in{index}.bin")
         (root / "case.json").write_text(json.dumps({
             "seed": seed, "layout": layout, "backpressure": backpressure, "max_latency": max_latency,
+            "ddr_model": ddr_model,
             "watchdog": watchdog, "max_cycles": max_cycles, "program_file": str(root / "program.bin"),
             "runs": runs}))
         done = threading.Event()
@@ -246,10 +250,10 @@ def compile_for_test(model: str, directory: str | Path, *, config: str | AccelCo
 def run_system_case(config: str | AccelConfig | None = None, *, program_dir: str | Path | None = None,
                     model: str = "digits-vit", images: int = 2, seed: int = 0, simulator: str = "verilator",
                     backpressure: float = 0.3, max_latency: int = 4,
-                    words: list[int] | None = None) -> dict[str, Any]:
+                    words: list[int] | None = None, ddr_model: str | None = None) -> dict[str, Any]:
     """A compiled program on its model's first test images, in RTL and on the golden machine.
 
-    ``program_dir`` is a ``vitaccel compile`` output; without it ``model`` (zoo name or
+    ``ddr_model`` names a board-like DDR (see :func:`simulate_runs`). ``program_dir`` is a ``vitaccel compile`` output; without it ``model`` (zoo name or
     ``file.py:function``) is compiled for ``config`` (preset name or config) into a temporary
     directory. ``words`` replaces the program's instructions
     (a corrupted program: then the error code and pc are compared).
@@ -279,7 +283,7 @@ def run_system_case(config: str | AccelConfig | None = None, *, program_dir: str
     ddrs = [device.input_ddr(code) for code in codes]
     words = list(program.words) if words is None else list(words)
     outcome = simulate_runs(config, words, ddrs, simulator=simulator, seed=seed, backpressure=backpressure,
-                            max_latency=max_latency, macs=int(program.manifest["macs"]))
+                            max_latency=max_latency, macs=int(program.manifest["macs"]), ddr_model=ddr_model)
     regions = [(o["name"], o["addr"], int(np.prod(o["shape"])) * np.dtype(o["dtype"]).itemsize)
                for o in program.manifest["outputs"]]
     runs = check_runs(config, words, ddrs, outcome["records"], regions=regions)

@@ -1,7 +1,9 @@
 """cocotb testbench of whole compiled programs on ``vitaccel_top``: the runtime's rtl backend.
 
 DDR is the stressed ``AxiRam`` of :mod:`vitaccel.sim.cocotb.axi_models` (random read
-latency) with random pauses on every channel (:func:`shared_pauses`: cheaper per cycle); the host is ``AxiLiteMaster`` on ``s_axi_control_*``
+latency) with random pauses on every channel (:func:`shared_pauses`: cheaper per cycle), or,
+when the case names a board-like DDR model (``ddr_model``, :mod:`vitaccel.sim.perf.ddr`), the
+deterministic ``board_ram`` for latency records; the host is ``AxiLiteMaster`` on ``s_axi_control_*``
 driven by the runtime's own driver sequence, :func:`vitaccel.sw.device.run_on_accelerator`,
 so the simulated host and the board run the same register code. Every run of one program
 (one per image) happens in this one simulator launch: per run the testbench writes the DDR
@@ -23,7 +25,8 @@ from cocotb.utils import get_sim_time
 from cocotbext.axi import AxiLiteBus, AxiLiteMaster
 
 from vitaccel.hw.spec.regmap import register
-from vitaccel.sim.cocotb.axi_models import stressed_ram
+from vitaccel.sim.cocotb.axi_models import board_ram, stressed_ram
+from vitaccel.sim.perf.ddr import ddr_model
 from vitaccel.sim.runner import tb_params, write_tb_output
 from vitaccel.sw.device import ControlPort, run_on_accelerator
 
@@ -78,14 +81,18 @@ async def system_runs(dut):
     cocotb.start_soon(Clock(dut.clk, CLOCK_NS, unit="ns").start())
     dut.rst.value = 1
     lay = case["layout"]
-    ram = stressed_ram(dut, rng, size=lay["buffer_bytes"], backpressure=case["backpressure"],
-                       max_latency=case["max_latency"])
-    channels = (ram.write_if.aw_channel, ram.write_if.w_channel, ram.write_if.b_channel,
-                ram.read_if.ar_channel, ram.read_if.r_channel)
-    for channel in channels:   # stressed_ram's random read latency stays; its pauses are replaced
-        channel.clear_pause_generator()
-    if case["backpressure"]:
-        cocotb.start_soon(shared_pauses(dut, rng, channels, case["backpressure"]))
+    model = ddr_model(case["ddr_model"]) if case.get("ddr_model") else None
+    if model is not None and model.deterministic:
+        ram = board_ram(dut, model, size=lay["buffer_bytes"], clock_ns=CLOCK_NS)
+    else:
+        ram = stressed_ram(dut, rng, size=lay["buffer_bytes"], backpressure=case["backpressure"],
+                           max_latency=case["max_latency"])
+        channels = (ram.write_if.aw_channel, ram.write_if.w_channel, ram.write_if.b_channel,
+                    ram.read_if.ar_channel, ram.read_if.r_channel)
+        for channel in channels:   # stressed_ram's random read latency stays; its pauses are replaced
+            channel.clear_pause_generator()
+        if case["backpressure"]:
+            cocotb.start_soon(shared_pauses(dut, rng, channels, case["backpressure"]))
     port = AxiLitePort(dut)
     # cocotbext-axi logs every burst at INFO: megabytes of log and a large share of the run time.
     for log in (ram.read_if.log, ram.write_if.log, port.host.read_if.log, port.host.write_if.log):

@@ -1,4 +1,4 @@
-"""``vitaccel run DIR --backend golden|rtl|board``: run a compiled program and report accuracy."""
+"""``vitaccel run DIR --backend golden|perf|rtl|board``: run a compiled program and report accuracy."""
 
 from __future__ import annotations
 
@@ -23,15 +23,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             config builds the Verilog (minutes, then cached in ~/.cache/vitaccel/rtl); digits-vit on
             tiny simulates about 0.7 M cycles per image: a few minutes for 2 images. A run that
             stops with an error code fails naming the code, the instruction and its layer.
+            --backend perf runs the golden machine for the values and the performance model
+            (vitaccel.sim.perf, docs/perf_model.md) for the cycles: cycles, and under perf the RTL
+            counters' estimates (busy/stall per queue, engine_busy_cycles, DMA bytes), in seconds.
+            --ddr-model names the DDR: for perf the board-like zcu102-ps-ddr4-hp by default; for rtl
+            it replaces the random back-pressure by that deterministic model (latency records).
             --backend board runs the same driver on a ZCU102 through PYNQ."""),
         epilog="examples:\n  vitaccel run out/digits --backend golden --json\n"
                "  vitaccel run out/digits --backend rtl --images 2 --json\n"
                "  vitaccel run out/digits --backend rtl --images 1 --waves\n"
+               "  vitaccel run out/digits --backend perf --json\n"
+               "  vitaccel run out/digits --backend rtl --images 1 --ddr-model zcu102-ps-ddr4-hp --json\n"
                "  vitaccel run out/deit-s --backend golden --images 2",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("directory", metavar="DIR")
-    parser.add_argument("--backend", default="golden", choices=("golden", "rtl", "board"),
-                        help="golden machine, RTL simulation or board (default: golden)")
+    parser.add_argument("--backend", default="golden", choices=("golden", "perf", "rtl", "board"),
+                        help="golden machine, performance model, RTL simulation or board (default: golden)")
     parser.add_argument("--images", type=int, default=None, metavar="N",
                         help="number of images (default: the whole digits test split, or 8 generated; "
                              "rtl: 2)")
@@ -42,6 +49,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                              "print their path")
     parser.add_argument("--seed", type=int, default=0,
                         help="rtl backend: seed of the random AXI back-pressure and read latency (default: 0)")
+    parser.add_argument("--ddr-model", default=None, metavar="NAME",
+                        help="perf and rtl backends: the DDR model (perf default: zcu102-ps-ddr4-hp; rtl "
+                             "default: random back-pressure)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run)
 
@@ -55,9 +65,13 @@ def run(args: argparse.Namespace) -> int:
 
     options = {}
     if args.backend == "rtl":
-        options = {"simulator": args.simulator, "waves": args.waves, "seed": args.seed}
+        options = {"simulator": args.simulator, "waves": args.waves, "seed": args.seed, "ddr_model": args.ddr_model}
     elif args.waves or args.simulator != "verilator":
         raise UserError("--waves and --simulator apply to --backend rtl only")
+    if args.backend == "perf" and args.ddr_model is not None:
+        options = {"ddr_model": args.ddr_model}
+    elif args.ddr_model is not None and args.backend != "rtl":
+        raise UserError("--ddr-model applies to --backend perf and rtl only")
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), TimeElapsedColumn(), console=console,
                   disable=args.json, transient=True) as bar:

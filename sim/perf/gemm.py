@@ -1,0 +1,186 @@
+"""GEMM cycles: the GEMM controller (``hw/accel/gemm.py``) around the matrix engine
+(``hw/matrix/engine.py``), simulated tile by tile.
+
+**Setup** (``GemmController`` FSM ``gemm``): DECIDE of the compute unit, CALC, CHECK; a
+requantizing GEMM scans its parameter block (SCAN_PARAMS: one ACC word of four int32 per
+cycle over the multipliers and shifts, two more cycles to test the last word and leave);
+PLAN_TILES counts ``block_tiles`` (+1 cycle), PLAN_BLOCKS counts ``n_blocks``; COMMAND.
+
+**Plan**: ``block_tiles = min(n_tiles, b_half_words // k_words, MAX_BLOCK_TILES)``; the engine
+walks ``for block: for band: for tile in block: for k_word`` issuing one k-step per cycle when
+the A panel of the band and the B block are both in their scratchpad halves.
+
+**Feeders** (``_SegmentReader``): one 16-byte buffer word per cycle per feeder (A from INPUT,
+B from WEIGHT, own ports). An A word is ``tile_rows`` runs of ``block_size`` bytes, a
+transposed B word ``tile_cols`` such runs; each run keeps the words it read and prefetches
+while the port is idle, so a panel (tile) costs ``max(k_words + rows, words spanned by its
+rows)`` cycles plus its PANEL (TILE) state and the capture cycle. A non-transposed B word is
+``block_size`` runs of ``tile_cols`` bytes ``n`` bytes apart (no prefetch): its reads plus
+a capture cycle. The engine takes a panel into the free half of its double buffer; a half
+is free again once the band (block) that used it issued its last k-step.
+
+**Engine**: a tile's k-steps issue back to back; its last step waits until the previous tile
+has left the accumulator buffer (``tile_in_flight``, cleared when its last row is emitted);
+the result is captured ``block_rows + block_cols`` cycles after the last step (the grid's
+skew: ``hw/matrix/grid.py``) plus the unit's accumulate register.
+
+**Drain** (FSM ``gemm_drain``): per tile PARAMS and WAIT_PARAMS (the tile's bias /
+multiplier / shift runs of ``tile_cols`` int32 from ACC: their words plus a capture cycle);
+per row one 16-byte write per buffer word the row spans (a row out of M: one cycle); with a
+residual (or ACC partials) a ROW state and the row's reads first. The engine emits the next
+row in the cycle the previous one's last write ends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+from vitaccel.hw.accel.gemm import MAX_BLOCK_TILES
+from vitaccel.hw.spec.config import AccelConfig
+from vitaccel.hw.spec.isa import ADDR_UNIT
+from vitaccel.hw.spec.matrix import b_half_words
+
+__all__ = ["GemmTiming", "gemm_cycles", "MAX_BLOCK_TILES", "GRID_EXTRA"]
+
+#: Cycles from the last k-step's issue to the first row the engine may emit, beyond the
+#: grid's skew (``block_rows + block_cols - 2``): the control register aligned with the
+#: scratchpad read, and ``tile_ready`` registered from ``captured``.
+GRID_EXTRA = 2
+#: Cycles from COMMAND to the feeders' and drain's first state.
+_PARAM_BYTES = 4
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _span(addr: int, length: int) -> int:
+    """16-byte buffer words a run of ``length`` bytes at byte ``addr`` touches."""
+    if length <= 0:
+        return 0
+    return (addr + length - 1) // ADDR_UNIT - addr // ADDR_UNIT + 1
+
+
+@dataclass(frozen=True)
+class GemmTiming:
+    """Cycles of one GEMM instruction: ``busy`` (DECIDE to done, what BUSY_CYCLES_COMPUTE
+    counts) and ``engine`` (k-steps the engine issued)."""
+
+    busy: int
+    engine: int
+
+
+def gemm_cycles(config: AccelConfig, f: dict) -> GemmTiming:
+    """Cycles of the GEMM with instruction fields ``f``."""
+    # Buffer addresses count 16-byte words: every base is word-aligned, so the shape and the
+    # flags decide the cycles (the cache makes a model's repeated layers free).
+    key = (f["m"], f["k"], f["n"], f["bias"], f["requant"], f["residual"], f["accumulate"], f["b_transposed"])
+    return _gemm_cycles(config, key)
+
+
+@lru_cache(maxsize=4096)
+def _gemm_cycles(config: AccelConfig, key: tuple) -> GemmTiming:
+    mm, kk, nn, bias, requant, residual, accumulate, transposed = key
+    tr, tc, b = config.tile_rows, config.tile_cols, config.block_size
+    a_base = b_base = out_base = param_base = acc_base = 0   # word-aligned bases
+    k_words, m_tiles, n_tiles = _ceil(kk, b), _ceil(mm, tr), _ceil(nn, tc)
+    block_tiles = max(1, min(n_tiles, b_half_words(config) // k_words, MAX_BLOCK_TILES))
+    n_blocks = _ceil(n_tiles, block_tiles)
+
+    # ---- setup: DECIDE, CALC, CHECK, SCAN_PARAMS, PLAN_TILES, PLAN_BLOCKS, COMMAND -------------
+    t = 3
+    if requant:
+        t += _ceil(3 * nn, 4) - nn // 4 + 2
+    t += block_tiles + 1 + n_blocks + 1
+    start = t + 1   # first cycle of the feeders' / drain's FSMs
+
+    # ---- per-band and per-tile costs --------------------------------------------------------
+    def a_panel(band: int) -> int:
+        rows = min(tr, mm - band * tr)
+        reads = sum(_span(a_base + (band * tr + r) * kk, kk) for r in range(rows))
+        return 1 + max(k_words + rows, reads) + 1
+
+    def b_tile(col_base: int) -> int:
+        cols = min(tc, nn - col_base)
+        if transposed:
+            reads = sum(_span(b_base + (col_base + c) * kk, kk) for c in range(cols))
+            return 1 + max(k_words + cols, reads) + 1
+        cycles = 1
+        for step in range(k_words):
+            rows = min(b, kk - step * b)
+            # reads, the capture of the last, ``ready`` the cycle after: then the handshake
+            cycles += sum(_span(b_base + (step * b + r) * nn + col_base, cols) for r in range(rows)) + 2
+        return cycles
+
+    def params_cycles(col_base: int) -> int:
+        """WAIT_PARAMS cycles: the tile's parameter words, their capture, ``ready``."""
+        cols = min(tc, nn - col_base)
+        reads = 0
+        for field in ((0,) if bias else ()) + ((1, 2) if requant else ()):
+            reads += _span(param_base + (field * nn + col_base) * _PARAM_BYTES, cols * _PARAM_BYTES)
+        return reads + 2 if reads else 1
+
+    def row_cycles(row_abs: int, col_base: int) -> tuple[int, int]:
+        """(write cycles, read cycles before the row) of one output row."""
+        cols = min(tc, nn - col_base)
+        if row_abs >= mm:
+            return 1, (2 if (residual or accumulate) else 0)
+        index = row_abs * nn + col_base
+        if requant:
+            writes = _span(out_base + index, cols)
+        else:
+            writes = _span(acc_base + index * 4, cols * 4)
+        reads = 0
+        if residual:
+            reads = 1 + _span(out_base + index, cols) + 1
+        elif accumulate:
+            reads = 1 + _span(acc_base + index * 4, cols * 4) + 1
+        return writes, reads
+
+    capture_delay = config.block_rows + config.block_cols - 2 + GRID_EXTRA
+    b_feed_t = start
+    a_feed_t = start
+    b_half_free = [start, start]
+    a_half_free = [start, start]
+    step_t = start
+    in_flight_clear = start
+    drain_t = start
+    panel = 0
+    engine_steps = 0
+    for block in range(n_blocks):
+        tiles = block_tiles if block < n_blocks - 1 else n_tiles - block_tiles * (n_blocks - 1)
+        first_col = block * block_tiles * tc
+        load = sum(b_tile(first_col + j * tc) for j in range(tiles))
+        b_begin = max(b_feed_t, b_half_free[block % 2])
+        b_ready = b_begin + load
+        b_feed_t = b_ready
+        for band in range(m_tiles):
+            a_begin = max(a_feed_t, a_half_free[panel % 2])
+            a_ready = a_begin + a_panel(band)
+            a_feed_t = a_ready
+            for j in range(tiles):
+                col_base = first_col + j * tc
+                first_step = max(step_t, a_ready, b_ready)
+                last_step = max(first_step + k_words - 1, in_flight_clear)
+                step_t = last_step + 1
+                engine_steps += k_words
+                capture = last_step + capture_delay
+                # drain of this tile: PARAMS, WAIT_PARAMS, then the rows
+                params_ready = drain_t + 1 + params_cycles(col_base)
+                emit = max(capture, params_ready + 1)
+                for r in range(tr):
+                    writes, reads = row_cycles(band * tr + r, col_base)
+                    if r:
+                        emit += reads
+                    elif reads:
+                        emit = max(emit, params_ready + 1 + reads)
+                    if r == tr - 1:
+                        in_flight_clear = emit + 1
+                        drain_t = emit + writes
+                    else:
+                        emit += writes
+            a_half_free[panel % 2] = step_t
+            panel += 1
+        b_half_free[block % 2] = step_t
+    return GemmTiming(busy=drain_t + 1, engine=engine_steps)
