@@ -90,11 +90,13 @@ class RtlDevice(Device):
         words = list(program.words)
         outcome = simulate_runs(program.config, words, ddrs, simulator=self.simulator, seed=self.seed,
                                 backpressure=self.backpressure, max_latency=self.max_latency,
-                                macs=int(manifest.get("macs", 0)), waves=self.waves, progress=progress)
+                                macs=int(manifest.get("macs", 0)), waves=self.waves, checksum=program.checksum,
+                                progress=progress)
         self.simulation = {key: outcome[key] for key in ("simulator", "seconds", "waves")}
         regions = [(o["name"], o["addr"], int(np.prod(o["shape"])) * np.dtype(o["dtype"]).itemsize)
                    for o in manifest["outputs"]]
-        checked = check_runs(program.config, words, ddrs, outcome["records"], regions=regions)
+        checked = check_runs(program.config, words, ddrs, outcome["records"], regions=regions,
+                             checksum=program.checksum)
         stats = []
         for index, (ddr, entry) in enumerate(zip(ddrs, checked)):
             if entry["code"] != "NONE":

@@ -29,7 +29,7 @@ from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.hw.spec.isa import Buffer, Instruction, Opcode, Queue, encode
 from vitaccel.hw.spec.nonlinear import AddParams
-from vitaccel.hw.spec.regmap import ErrorCode
+from vitaccel.hw.spec.regmap import ErrorCode, program_crc32
 
 __all__ = ["Program", "random_dma_program", "gelu_program", "add_program", "softmax_program", "layernorm_program", "gemm_program", "default_programs", "bad_programs", "random_word_programs", "golden_outcomes",
            "run_program_case", "STATUS_DONE", "STATUS_ERROR", "topk_program", "gather_program", "package_program",
@@ -52,6 +52,8 @@ class Program:
     watchdog: int = 0
     expect_code: ErrorCode | None = None
     golden: dict[str, Any] = field(default_factory=dict)
+    #: ``PROGRAM_CRC`` with ``PROGRAM_CHECK.crc`` set, or None (the check off).
+    checksum: int | None = None
 
 
 def _dma(opcode: Opcode, **fields: Any) -> Instruction:
@@ -471,6 +473,14 @@ def bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
            encode(Instruction(Opcode.FINISH, pop_prev=1))]
     out.append(Program("watchdog", big, np.zeros(ddr_size, np.uint8), watchdog=40,
                        expect_code=ErrorCode.WATCHDOG))
+    # The program checksum: a wrong PROGRAM_CRC stops before anything runs, also over an
+    # illegal word (the corruption is the cause); the right one lets the program run.
+    stored = [load(push_next=1), encode(Instruction(Opcode.FINISH, pop_prev=1))]
+    right = program_crc32(b"".join(w.to_bytes(16, "little") for w in stored))
+    out.append(Program("checksum right", stored, np.zeros(ddr_size, np.uint8), checksum=right))
+    out.append(Program("checksum wrong", stored, np.zeros(ddr_size, np.uint8), checksum=right ^ 1 << 7))
+    out.append(Program("checksum wrong with illegal word", [load(), 0, finish], np.zeros(ddr_size, np.uint8),
+                       checksum=right))
     return out
 
 
@@ -491,7 +501,7 @@ def golden_outcomes(config: AccelConfig, programs: list[Program]) -> None:
     for program in programs:
         ddr = program.ddr.copy()
         try:
-            machine.run(program.words, ddr)
+            machine.run(program.words, ddr, checksum=program.checksum)
             program.golden = {"code": ErrorCode.NONE, "pc": None, "ddr": ddr}
         except MachineError as err:
             program.golden = {"code": err.code, "pc": err.pc, "ddr": None, "message": str(err)}
@@ -634,7 +644,7 @@ def run_program_case(config: AccelConfig, *, seed: int = 0, simulator: str = "ve
             "seed": seed, "ram_bytes": ram_bytes, "backpressure": backpressure, "max_latency": max_latency,
             "ddr_base": _DDR_BASE, "program_addr": program_addr + program_offset, "max_cycles": max_cycles,
             "programs": [{"name": p.name, "words": [f"{w:x}" for w in p.words], "ddr": p.ddr.tobytes().hex(),
-                          "watchdog": p.watchdog} for p in programs]}))
+                          "watchdog": p.watchdog, "checksum": p.checksum} for p in programs]}))
         run_testbench(verilog=emit_verilog(accelerator_top(config), ACCEL_TOP_NAME), toplevel=ACCEL_TOP_NAME,
                       test_module="vitaccel.sim.cocotb.tb_accel", simulator=simulator,
                       params={"case_file": str(case_file), "result_file": str(result_file)}, seed=seed)

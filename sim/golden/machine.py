@@ -31,11 +31,11 @@ from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.hw.spec.isa import ADDR_UNIT, Buffer, Instruction, Opcode, Queue
 from vitaccel.hw.spec.nm import NMWeights
-from vitaccel.hw.spec.regmap import ErrorCode
+from vitaccel.hw.spec.regmap import ErrorCode, program_crc32
 
 __all__ = [
     "MachineError", "IllegalInstructionError", "AddressError", "DeadlockError",
-    "MissingFinishError", "InvalidOperandError", "RunStats", "GoldenMachine",
+    "MissingFinishError", "InvalidOperandError", "ChecksumError", "RunStats", "GoldenMachine",
     "words_from_bytes", "words_to_bytes", "run_program",
 ]
 
@@ -69,6 +69,10 @@ class MissingFinishError(MachineError):
 
 class InvalidOperandError(MachineError):
     code = ErrorCode.INVALID_OPERAND
+
+
+class ChecksumError(MachineError):
+    code = ErrorCode.PROGRAM_CHECKSUM
 
 
 _WORD_BYTES = isa.INSTRUCTION_BITS // 8
@@ -139,12 +143,17 @@ class GoldenMachine:
         self.ddr = np.zeros(0, dtype=np.uint8)
         self.stats = RunStats()
         self._decoded: tuple[tuple[int, ...], list[list[tuple]]] | None = None
+        self._checksummed: tuple[tuple[int, ...], int] | None = None   # the last program and its CRC
         self._layernorm_params: dict[bytes, Any] = {}
 
     # -- running -----------------------------------------------------------------------------
 
-    def run(self, program: list[int] | bytes, ddr: np.ndarray) -> RunStats:
+    def run(self, program: list[int] | bytes, ddr: np.ndarray, *, checksum: int | None = None) -> RunStats:
         """Execute ``program`` (words or a ``program.bin`` image) on ``ddr`` (uint8, in place).
+
+        With ``checksum`` (the hardware's ``PROGRAM_CRC`` with ``PROGRAM_CHECK.crc`` set) a
+        non-empty program whose :func:`~vitaccel.hw.spec.regmap.program_crc32` differs stops
+        with :class:`ChecksumError` before anything is decoded or executed.
 
         Raises
         ------
@@ -154,6 +163,13 @@ class GoldenMachine:
         if not (isinstance(ddr, np.ndarray) and ddr.dtype == np.uint8 and ddr.ndim == 1):
             raise TypeError("ddr must be a one-dimensional uint8 NumPy array")
         words = tuple(words_from_bytes(program) if isinstance(program, (bytes, bytearray)) else program)
+        if checksum is not None and words:
+            if self._checksummed is None or self._checksummed[0] != words:
+                self._checksummed = (words, program_crc32(words_to_bytes(words)))
+            actual = self._checksummed[1]
+            if actual != checksum:
+                raise ChecksumError(f"program checksum mismatch: CRC-32 {actual:#010x}, expected {checksum:#010x} "
+                                    "(the program is corrupted)")
         # Per queue, in Queue order: (pc, instr, handler, pops, pushes, is_finish) with the
         # token FIFOs as indices into ``tokens`` (decoded and resolved once per program).
         queues = [deque(entries) for entries in self._dispatch(words)]
@@ -426,6 +442,9 @@ class GoldenMachine:
         rows, cols = instr.rows, instr.cols
         scores = self._matrix(Buffer.ACC, instr.src_addr, rows, cols, np.int32, pc)
         params = isa.unpack_softmax_params(self._words(instr.param_addr, isa.SOFTMAX_PARAM_WORDS, pc))
+        # The unit holds one row of at most max_tokens scores (the RTL checks with the parameters).
+        if cols > self.config.max_tokens:
+            raise InvalidOperandError(f"SOFTMAX: cols={cols} exceeds max_tokens={self.config.max_tokens}", pc)
         y = self._nonlinear(instr.opcode, pc, lambda: nonlinear.softmax(scores, params))
         self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.uint8, pc)[...] = y
 
