@@ -117,6 +117,13 @@ class RtlDevice(Device):
         if entry["code"] == "HANG":
             return DeviceError(f"rtl run {index}: {entry['problems'][0]}")
         pc = entry["pc"]
+        if entry["code"] == ErrorCode.PROGRAM_CHECKSUM.name:   # found by the scan: no instruction at fault
+            agrees = entry["golden_code"] == entry["code"]
+            return DeviceError(f"rtl run {index}: the accelerator stopped with PROGRAM_CHECKSUM before executing: "
+                               "the program's CRC-32 is not the manifest's checksum (program.bin is corrupted); "
+                               + ("the golden machine agrees" if agrees else
+                                  f"the golden machine stops differently: {entry['golden_code']}"),
+                               code=ErrorCode.PROGRAM_CHECKSUM, pc=None)
         layer = layer_at(self.program.manifest, pc)
         # disassemble() numbers its lines from 0: drop that index, the pc is given already.
         text = (isa.disassemble([self.program.words[pc]]).strip().split(maxsplit=1)[-1]
