@@ -797,8 +797,8 @@ class AcceleratorCore(wiring.Component):
 
         Checks in the golden machine's order: scores and parameter block out of ACC
         (ADDRESS_OUT_OF_RANGE); a shift above ``MAX_SHIFT`` (INVALID_OPERAND as in the golden
-        kernel) and what the unit is not built for (INVALID_OPERAND where the golden machine
-        may succeed): table widths other than the config's, a multiplier of more than
+        kernel) and what the unit is not built for (INVALID_OPERAND, as the golden machine):
+        table widths other than the config's, a multiplier of more than
         ``SOFTMAX_MULT_BITS`` bits, rows longer than ``max_tokens``; then the destination."""
         from vitaccel.hw.nonlinear.arith import SHIFT_BITS
         from vitaccel.hw.spec.nonlinear import SOFTMAX_MULT_BITS
@@ -858,11 +858,11 @@ class AcceleratorCore(wiring.Component):
         Checks in the golden machine's order: header out of ACC (ADDRESS_OUT_OF_RANGE); header
         channels != ``cols`` (INVALID_OPERAND); whole block out of ACC, source out of VECTOR
         (ADDRESS_OUT_OF_RANGE); ``out_shift`` above ``MAX_SHIFT`` (INVALID_OPERAND, as the golden
-        kernel) and what the unit is not built for (INVALID_OPERAND where the golden machine may
-        succeed: another ``rsqrt_lut_bits``, more than ``LAYERNORM_MAX_CHANNELS`` channels); the
+        kernel) and what the unit is not built for (INVALID_OPERAND, as the golden machine:
+        another ``rsqrt_lut_bits``, more than ``LAYERNORM_MAX_CHANNELS`` channels); the
         destination (ADDRESS_OUT_OF_RANGE); then, while copying, a gamma beyond
         ``LAYERNORM_GAMMA_BITS`` or a beta beyond ``LAYERNORM_BETA_BITS`` bits (INVALID_OPERAND,
-        hardware only) before any output is written."""
+        as the golden machine) before any output is written."""
         from vitaccel.hw.nonlinear.arith import SHIFT_BITS
         from vitaccel.hw.spec.nonlinear import LAYERNORM_BETA_BITS, LAYERNORM_GAMMA_BITS
         from vitaccel.hw.spec.numerics import MAX_SHIFT

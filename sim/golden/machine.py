@@ -31,6 +31,9 @@ from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.hw.spec.isa import ADDR_UNIT, Buffer, Instruction, Opcode, Queue
 from vitaccel.hw.spec.nm import NMWeights
+from vitaccel.hw.spec.nonlinear import (LAYERNORM_BETA_BITS, LAYERNORM_GAMMA_BITS, LAYERNORM_MAX_CHANNELS,
+                                        SOFTMAX_MULT_BITS)
+from vitaccel.hw.spec.numerics import MAX_SHIFT
 from vitaccel.hw.spec.regmap import ErrorCode, program_crc32
 
 __all__ = [
@@ -442,9 +445,17 @@ class GoldenMachine:
         rows, cols = instr.rows, instr.cols
         scores = self._matrix(Buffer.ACC, instr.src_addr, rows, cols, np.int32, pc)
         params = isa.unpack_softmax_params(self._words(instr.param_addr, isa.SOFTMAX_PARAM_WORDS, pc))
-        # The unit holds one row of at most max_tokens scores (the RTL checks with the parameters).
-        if cols > self.config.max_tokens:
-            raise InvalidOperandError(f"SOFTMAX: cols={cols} exceeds max_tokens={self.config.max_tokens}", pc)
+        # What the unit is not built for (the RTL checks it with the parameters): rows longer
+        # than max_tokens, tables of other widths than the config's, wider multipliers.
+        config = self.config
+        if cols > config.max_tokens:
+            raise InvalidOperandError(f"SOFTMAX: cols={cols} exceeds max_tokens={config.max_tokens}", pc)
+        if (params.exp_lut_bits, params.recip_lut_bits) != (config.exp_lut_bits, config.recip_lut_bits):
+            raise InvalidOperandError(f"SOFTMAX: parameters for exp/recip tables of {params.exp_lut_bits}/"
+                                      f"{params.recip_lut_bits} bits, the unit has {config.exp_lut_bits}/"
+                                      f"{config.recip_lut_bits}", pc)
+        if params.multiplier >= 1 << SOFTMAX_MULT_BITS:
+            raise InvalidOperandError(f"SOFTMAX: multiplier {params.multiplier} exceeds {SOFTMAX_MULT_BITS} bits", pc)
         y = self._nonlinear(instr.opcode, pc, lambda: nonlinear.softmax(scores, params))
         self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.uint8, pc)[...] = y
 
@@ -470,15 +481,31 @@ class GoldenMachine:
         # Unpacking (gamma, beta to Python ints) is slow and the blocks repeat every image:
         # memoised by content, the parameters being immutable tuples.
         key = block.tobytes()
-        params = self._layernorm_params.get(key)
-        if params is None:
+        cached = self._layernorm_params.get(key)
+        if cached is None:
             params = isa.unpack_layernorm_params(block)
+            gamma_limit, beta_limit = 1 << (LAYERNORM_GAMMA_BITS - 1), 1 << (LAYERNORM_BETA_BITS - 1)
+            fits = (all(-gamma_limit <= g < gamma_limit for g in params.gamma)
+                    and all(-beta_limit <= b < beta_limit for b in params.beta))
             if len(self._layernorm_params) >= 64:
                 self._layernorm_params.clear()
-            self._layernorm_params[key] = params
+            cached = self._layernorm_params[key] = (params, fits)
+        params, fits = cached
         x = self._matrix(Buffer.VECTOR, instr.src_addr, rows, cols, np.int8, pc)
-        y = self._nonlinear(instr.opcode, pc, lambda: nonlinear.layernorm(x, params))
-        self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.int8, pc)[...] = y
+        # In the RTL's order: the output shift and what the unit is not built for, the
+        # destination, then gamma/beta wider than the unit's registers (found while copying).
+        if params.out_shift > MAX_SHIFT:
+            raise InvalidOperandError(f"LAYERNORM: out_shift {params.out_shift} exceeds {MAX_SHIFT}", pc)
+        if cols > LAYERNORM_MAX_CHANNELS:
+            raise InvalidOperandError(f"LAYERNORM: cols={cols} exceeds the unit's {LAYERNORM_MAX_CHANNELS} channels", pc)
+        if params.rsqrt_lut_bits != self.config.rsqrt_lut_bits:
+            raise InvalidOperandError(f"LAYERNORM: parameters for a {params.rsqrt_lut_bits}-bit rsqrt table, "
+                                      f"the unit has {self.config.rsqrt_lut_bits}", pc)
+        out = self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.int8, pc)
+        if not fits and rows * cols:
+            raise InvalidOperandError(f"LAYERNORM: a gamma beyond {LAYERNORM_GAMMA_BITS} or a beta beyond "
+                                      f"{LAYERNORM_BETA_BITS} signed bits", pc)
+        out[...] = self._nonlinear(instr.opcode, pc, lambda: nonlinear.layernorm(x, params))
 
     def _lut_load(self, instr: Instruction, pc: int) -> None:
         table = self.luts[instr.lut]
