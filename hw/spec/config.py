@@ -230,15 +230,15 @@ class AccelConfig:
     @classmethod
     def from_json(cls, text: str) -> "AccelConfig":
         """A config from JSON text: the config object itself, or the whole output of
-        ``vitaccel spec --json`` (an object with ``config``, ``derived`` and ``isa``), whose
-        ``config`` is taken (``derived`` and ``isa`` follow from it)."""
+        ``vitaccel spec --json`` (an object with ``config`` and optionally ``derived`` and
+        ``isa``), whose ``config`` is taken (``derived`` and ``isa`` follow from it)."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ConfigError(f"config is not valid JSON: {err}") from None
         except RecursionError:
             raise ConfigError("config JSON is nested too deeply") from None
-        if isinstance(data, dict) and data.keys() == _SPEC_JSON_KEYS:
+        if isinstance(data, dict) and "config" in data and data.keys() <= _SPEC_JSON_KEYS:
             data = data["config"]
         return cls.from_dict(data)
 
