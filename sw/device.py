@@ -30,7 +30,7 @@ from vitaccel.sw.program import CompiledProgram
 
 __all__ = ["Device", "GoldenDevice", "BoardDevice", "DeviceError", "ControlPort", "run_on_accelerator",
            "COUNTERS", "STATUS_BUSY", "STATUS_DONE", "STATUS_ERROR", "open_device", "BACKENDS",
-           "program_layout", "record_error", "layer_at", "machine_error_message"]
+           "program_layout", "record_error", "layer_at", "machine_error_message", "instruction_text"]
 
 #: Backend names ``vitaccel run --backend`` accepts.
 BACKENDS = ("golden", "rtl", "board")
@@ -143,20 +143,27 @@ def layer_at(manifest: dict[str, Any], pc: int) -> str | None:
     return None
 
 
+def instruction_text(words: list[int], pc: int) -> str:
+    """The disassembly of instruction ``pc`` of ``words`` (``?`` outside the program)."""
+    from vitaccel.hw.spec import isa
+
+    if not 0 <= pc < len(words):
+        return "?"
+    # disassemble() numbers its lines from 0: drop that index, the pc is given already.
+    return isa.disassemble([words[pc]]).strip().split(maxsplit=1)[-1]
+
+
 def machine_error_message(err: Exception, program: CompiledProgram) -> str:
     """A golden :class:`~vitaccel.sim.golden.machine.MachineError` as one line: the code, the
     instruction (index and disassembly) and the layer it belongs to."""
-    from vitaccel.hw.spec import isa
-
     pc = getattr(err, "pc", None)
     code = getattr(err, "code", ErrorCode.NONE)
     if pc is None or not 0 <= pc < len(program.words):
         return f"the golden machine stopped with {code.name}: {err}"
     layer = layer_at(program.manifest, pc)
-    # disassemble() numbers its lines from 0: drop that index, the pc is given already.
-    text = isa.disassemble([program.words[pc]]).strip().split(maxsplit=1)[-1]
     return (f"the golden machine stopped with {code.name} at instruction {pc}"
-            + (f" (layer {layer})" if layer else "") + f" [{text}]: {str(err).removeprefix(f'instruction {pc}: ')}")
+            + (f" (layer {layer})" if layer else "") + f" [{instruction_text(program.words, pc)}]: "
+            + str(err).removeprefix(f"instruction {pc}: "))
 
 
 def record_error(record: dict[str, Any], manifest: dict[str, Any] | None = None) -> DeviceError | None:

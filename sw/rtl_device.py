@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from vitaccel.hw.spec import isa
 from vitaccel.sw.commands import UserError
-from vitaccel.sw.device import Device, DeviceError, Progress, layer_at
+from vitaccel.sw.device import Device, DeviceError, Progress, instruction_text, layer_at
 from vitaccel.sw.program import CompiledProgram
 
 __all__ = ["RtlDevice"]
@@ -125,9 +124,7 @@ class RtlDevice(Device):
                                   f"the golden machine stops differently: {entry['golden_code']}"),
                                code=ErrorCode.PROGRAM_CHECKSUM, pc=None)
         layer = layer_at(self.program.manifest, pc)
-        # disassemble() numbers its lines from 0: drop that index, the pc is given already.
-        text = (isa.disassemble([self.program.words[pc]]).strip().split(maxsplit=1)[-1]
-                if 0 <= pc < len(self.program.words) else "?")
+        text = instruction_text(self.program.words, pc)
         if entry["golden_code"] == entry["code"] and entry["golden_pc"] in (None, pc):
             verdict = f"the golden machine agrees: {entry['golden_message']}"
         elif entry["golden_code"] == "NONE":
