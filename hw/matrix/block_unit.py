@@ -4,7 +4,7 @@ per DSP48E2 multiplier."""
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -93,17 +93,22 @@ class BlockUnit(wiring.Component):
             ports.update(meta_in=In(meta), meta_out=Out(meta))
         super().__init__(ports)
 
+    def _nm_pick(self, m: Module, lane, j: int, kk: int, shape, name: str) -> Signal:
+        """Selection stage: of the values ``lane(index)`` of slot ``kk``'s group, the one
+        ``meta[kk][j]`` indexes."""
+        n, group = self.nm
+        first = kk // n * group
+        selected = Signal(shape, name=name)
+        candidates = Cat(*[lane(index) for index in range(first, first + group)])
+        m.d.comb += selected.eq(candidates.word_select(self.meta_in[kk][j], Shape.cast(shape).width))
+        return selected
+
     def _operand(self, m: Module, i: int, j: int, kk: int):
         """A operand of multiplier ``(i, j, kk)``: ``a[i][kk]``, or the selection stage's pick."""
         if self.nm is None:
             return self.a_in[i][kk]
-        n, group = self.nm
-        width = self.a_in.shape().elem_shape.elem_shape.width
-        start = kk // n * group * width
-        lanes = self.a_in[i].as_value()[start:start + group * width]
-        selected = Signal(self.a_in.shape().elem_shape.elem_shape, name=f"sel_{i}_{j}_{kk}")
-        m.d.comb += selected.eq(lanes.word_select(self.meta_in[kk][j], width))
-        return selected
+        return self._nm_pick(m, lambda index: self.a_in[i][index], j, kk, self.a_in.shape().elem_shape.elem_shape,
+                             f"sel_{i}_{j}_{kk}")
 
     def _packed_operand(self, m: Module, pair: int, j: int, kk: int):
         """Packed A operand of multiplier ``(pair, j, kk)``: ``(a_hi << 18) + a_lo`` of the A
@@ -122,26 +127,23 @@ class BlockUnit(wiring.Component):
 
         if self.nm is None:
             return lane(kk)
-        n, group = self.nm
-        first = kk // n * group
-        selected = Signal(signed(MULT_A_BITS), name=f"psel_{pair}_{j}_{kk}")
-        candidates = Cat(*[lane(index) for index in range(first, first + group)])
-        m.d.comb += selected.eq(candidates.word_select(self.meta_in[kk][j], MULT_A_BITS))
-        return selected
+        return self._nm_pick(m, lane, j, kk, signed(MULT_A_BITS), f"psel_{pair}_{j}_{kk}")
 
     def _dots(self, m: Module, j: int) -> list:
         """The ``b`` dot products ``sum_kk a[i][kk] * b[kk][j]`` of column ``j``, by row ``i``."""
         b = self.block_size
         if self.packing == 1:
             return [sum(self._operand(m, i, j, kk) * self.b_in[kk][j] for kk in range(b)) for i in range(b)]
-        lanes = engine_lanes(self.b_in.shape().elem_shape.elem_shape.width)
+        b_width = self.b_in.shape().elem_shape.elem_shape.width
+        lanes = engine_lanes(b_width)
+        sum_bits = MULT_A_BITS + b_width + (lanes.max_terms).bit_length()
         dots = [None] * b
         for pair in range(b // 2):
             low_sums, high_sums = [], []
             # Packed sums of at most max_terms products, each separated exactly (see spec).
             for start in range(0, b, lanes.max_terms):
                 terms = range(start, min(b, start + lanes.max_terms))
-                packed_sum = Signal(signed(MULT_A_BITS + 8 + 2), name=f"psum_{pair}_{j}_{start}")
+                packed_sum = Signal(signed(sum_bits), name=f"psum_{pair}_{j}_{start}")
                 m.d.comb += packed_sum.eq(sum(self._packed_operand(m, pair, j, kk) * self.b_in[kk][j]
                                               for kk in terms))
                 field = packed_sum[:LANE_SHIFT]

@@ -50,11 +50,12 @@ class GemmCase:
     expected_acc: np.ndarray | None = None
 
 
-#: Operand patterns of :func:`make_case` (``lo``/``hi``: the ends of A's and B's ranges, so
-#: ``min_min`` is -128 x -128 on every lane, and 255 x -128 is ``max_min`` in unsigned-A mode):
-#: every A and B at one end, or ``alternating`` ends by row + k (A) and k + column (B), so
-#: neighbouring rows' products (the two lanes of a packed DSP) have opposite signs.
-EDGE_PATTERNS = ("min_min", "min_max", "max_min", "alternating")
+#: Operand patterns of :func:`make_case` (``min``/``max``: the ends of A's and B's ranges, so
+#: ``min_min`` is -128 x -128 on every lane; in unsigned-A mode ``max_min`` is 255 x -128 and
+#: ``max_max`` 255 x 127, the two ends of the product range): every A and B at one end, or
+#: ``alternating`` ends by row + k (A) and k + column (B), so neighbouring rows' products (the
+#: two lanes of a packed DSP) have opposite signs.
+EDGE_PATTERNS = ("min_min", "min_max", "max_min", "max_max", "alternating")
 
 
 def _pattern_operands(pattern: str, M: int, K: int, N: int, a_range, b_range) -> tuple[np.ndarray, np.ndarray]:

@@ -3,8 +3,9 @@
 unit / engine in Amaranth's simulator, bit-exact against the golden ``matmul`` (raw
 accumulators) and ``linear`` (post-processed outputs).
 
-Edge operands on every lane (-128 x -128, -128 x 127, 255 x -128 in unsigned-A mode,
-alternating signs between the two packed rows), K of exactly the accumulation bound and
+Edge operands on every lane (-128 x -128, -128 x 127, 255 x -128 and 255 x 127 in
+unsigned-A mode: both ends of the product range, the latter exactly at the borrow
+threshold; alternating signs between the two packed rows), K of exactly the accumulation bound and
 longer (separated every bound's worth of products), shapes that are no multiple of the
 tile, random values with stalls, and N:M sparse mode on a packed engine.
 """
@@ -126,6 +127,7 @@ def test_edge_patterns_on_every_lane(config):
                                                                              (4, 8, 61)))]
     assert any(case.a.min() == -128 and case.b.min() == -128 for case in cases)
     assert any(case.a.max() == 255 and case.b.min() == -128 for case in cases)
+    assert any(case.a.min() == 255 and case.b.min() == 127 for case in cases)    # the borrow threshold
     check_raw_and_output(config, cases)
 
 

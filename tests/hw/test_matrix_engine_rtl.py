@@ -101,6 +101,7 @@ def test_packed_dsp_engine_edges_and_random():
         dict(seed=80, M=9, K=4, N=7, pattern="min_min", residual=False),
         dict(seed=81, M=9, K=8, N=7, pattern="min_max"),
         dict(seed=82, M=9, K=61, N=7, pattern="max_min", unsigned_a=True),
+        dict(seed=86, M=9, K=8, N=7, pattern="max_max", unsigned_a=True),
         dict(seed=83, M=9, K=37, N=7, pattern="alternating", unsigned_a=True),
         dict(seed=84, M=9, K=1024, N=7, pattern="alternating"),
         dict(seed=85, M=17, K=29, N=13, stall_prob=0.3),
