@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -31,7 +31,8 @@ from vitaccel.hw.spec.nonlinear import (GELU_INT16_CONST_BITS, GELU_INT16_MULT_B
                                         LAYERNORM_NORM_FRAC_BITS, SOFTMAX_DIFF_BITS,
                                         SOFTMAX_MULT_BITS, SOFTMAX_OUTPUT_BITS)
 
-from .arith import SHIFT_BITS, ExpStage, InvSqrt, Reciprocal, round_shift, saturate
+from .arith import (DSP_B_UNSIGNED_BITS, SHIFT_BITS, ExpStage, InvSqrt, Reciprocal, register, round_shift,
+                    saturate, shift_round_bit)
 
 __all__ = ["Softmax", "Gelu", "GeluInt16", "LayerNorm", "softmax_input_layout", "ROW_SLOTS"]
 
@@ -58,31 +59,95 @@ def _beats(length, lanes: int):
     return (length + lanes - 1) >> int(math.log2(lanes))
 
 
-def _stream_out(m: Module, *, ports, base, active, beats, out: stream.Interface, depth: int):
-    """Drive ``out`` with beats ``base .. base+beats-1`` read through synchronous ``ports``.
+class _Tag:
+    """What one pipeline stage holds: a beat (``valid``) of row slot ``slot``, beat ``beat``."""
 
-    A beat is read ahead only when the output register is empty or being consumed, so the
-    stream may stall at any cycle without losing data. Counters clear while ``active`` is low
-    and after the last beat. Returns ``(index of the beat on the output, last beat accepted)``.
+    def __init__(self, name: str, depth: int) -> None:
+        self.valid = Signal(name=f"{name}_valid")
+        self.slot = Signal(range(ROW_SLOTS), name=f"{name}_slot")
+        self.beat = Signal(range(max(depth, 2)), name=f"{name}_beat")
+
+    def eq(self, other: "_Tag") -> list:
+        return [self.valid.eq(other.valid), self.slot.eq(other.slot), self.beat.eq(other.beat)]
+
+
+def _tags(name: str, count: int, depth: int) -> list[_Tag]:
+    return [_Tag(f"{name}_{stage}", depth) for stage in range(count)]
+
+
+def _delay(m: Module, value, cycles: int, name: str, enable=None):
+    """``value`` ``cycles`` cycles later through reset-less registers (advancing on ``enable``)."""
+    for stage in range(cycles):
+        reg = Signal.like(value, name=f"{name}_{stage}", reset_less=True) if isinstance(value, Signal) \
+            else Signal(Value.cast(value).shape(), name=f"{name}_{stage}", reset_less=True)
+        statement = reg.eq(value)
+        if enable is None:
+            m.d.sync += statement
+        else:
+            with m.If(enable):
+                m.d.sync += statement
+        value = reg
+    return value
+
+
+def _sum_tree(m: Module, values: list, name: str, combine=None) -> tuple:
+    """A pipelined reduction of ``values``: one level of pairs (``combine``, default ``+``) per
+    cycle. Returns ``(result register, levels)``; no stall (the stages using it never stall)."""
+    combine = combine or (lambda a, b: a + b)
+    level, levels = list(values), 0
+    while len(level) > 1:
+        pairs = [level[i:i + 2] for i in range(0, len(level), 2)]
+        level = [register(m, combine(*pair) if len(pair) == 2 else pair[0], f"{name}_{levels}_{i}")
+                 for i, pair in enumerate(pairs)]
+        levels += 1
+    return level[0], levels
+
+
+class _OutPipeline:
+    """The OUT stage of a row unit: read a ready row slot's beats through synchronous ``ports``
+    into ``stages`` pipeline stages that advance together, while ``out`` takes the last or the
+    last is empty (the stream may stall at any cycle; no beat is lost or repeated).
+
+    ``tags[0]`` describes the ports' data, ``tags[k]`` the registers the unit fills under
+    ``m.If(advance)`` from stage ``k - 1``, and the last one ``out.payload``. Reads run ahead
+    into the next ready slot while a row drains, so rows follow each other without a bubble;
+    ``issued`` keeps a drained-but-unreleased slot from being read twice. A slot is released
+    (``ready`` cleared) when its last beat leaves.
     """
-    pointer = Signal(range(depth + 1))
-    sent = Signal(range(depth + 1))
-    loaded = Signal()
-    advance = ~loaded | out.ready
-    last = out.valid & out.ready & (sent == beats - 1)
-    for port in ports:
-        m.d.comb += [port.addr.eq(base + pointer), port.en.eq(active & advance)]
-    m.d.comb += out.valid.eq(active & loaded)
-    with m.If(active):
+
+    def __init__(self, m: Module, *, ports, ready: "_Slots", base, beats, depth: int,
+                 out: stream.Interface, stages: int, name: str) -> None:
+        self.advance = advance = Signal(name=f"{name}_advance")
+        self.tags = tags = _tags(f"{name}_tag", stages, depth)
+        read_slot, pointer = _slot_signal(f"{name}_read_slot"), Signal(range(depth + 1), name=f"{name}_pointer")
+        issued = _Slots(f"{name}_issued")
+        issue = ready[read_slot] & ~issued[read_slot]
+        m.d.comb += [advance.eq(~out.valid | out.ready), out.valid.eq(tags[-1].valid)]
+        for port in ports:
+            m.d.comb += [port.addr.eq(base(read_slot) + pointer), port.en.eq(advance)]
         with m.If(advance):
-            m.d.sync += loaded.eq(pointer < beats)
-            with m.If(pointer < beats):
+            m.d.sync += [tags[0].valid.eq(issue), tags[0].slot.eq(read_slot), tags[0].beat.eq(pointer)]
+            for stage in range(1, stages):
+                m.d.sync += tags[stage].eq(tags[stage - 1])
+            with m.If(issue):
                 m.d.sync += pointer.eq(pointer + 1)
-        with m.If(out.valid & out.ready):
-            m.d.sync += sent.eq(sent + 1)
-    with m.If(~active | last):
-        m.d.sync += [pointer.eq(0), sent.eq(0), loaded.eq(0)]
-    return sent, last
+                with m.If(pointer == beats - 1):
+                    issued.set(m, read_slot, 1)
+                    m.d.sync += [pointer.eq(0), read_slot.eq(_next_slot(read_slot))]
+        self.release = Signal(name=f"{name}_release")
+        m.d.comb += self.release.eq(out.valid & out.ready & (tags[-1].beat == beats - 1))
+        with m.If(self.release):
+            ready.set(m, tags[-1].slot, 0)
+            issued.set(m, tags[-1].slot, 0)
+        self.busy = Cat(*(tag.valid for tag in tags)).any() | (pointer != 0)
+
+    def stage(self, m: Module, value, name: str, shape=None) -> Signal:
+        """A register of the pipeline loaded with ``value`` when it advances."""
+        value = Value.cast(value)
+        reg = Signal(shape if shape is not None else value.shape(), name=name, reset_less=True)
+        with m.If(self.advance):
+            m.d.sync += reg.eq(value)
+        return reg
 
 
 #: Rows a unit holds at once. With two, a row would hold its buffer through two stages plus
@@ -163,6 +228,12 @@ class Softmax(wiring.Component):
             "busy": Out(1),
         })
 
+    #: OUT pipeline stages after the exp read: operands; e / sum; rounding shift and add;
+    #: saturation flags; output register.
+    OUT_STAGES = 7
+    #: EXP stages before the ExpStage: the score read, its register, max - score, the clamp.
+    EXP_INPUT_STAGES = 3
+
     def elaborate(self, platform) -> Module:
         m = Module()
         lanes, depth, config = self.lanes, self.depth, self.config
@@ -179,87 +250,101 @@ class Softmax(wiring.Component):
         def base(slot):
             return slot * depth
 
-        # hand-over state: scores slot loaded / exps slot in use / exps slot ready to output
-        scores_full, exps_taken, exps_ready = _Slots("scores_full"), _Slots("exps_taken"), _Slots("exps_ready")
+        # hand-over state: scores slot taken (first beat in .. EXP done) / its max known /
+        # exps slot in use / exps slot ready to output
+        scores_taken, scores_full = _Slots("scores_taken"), _Slots("scores_full")
+        exps_taken, exps_ready = _Slots("exps_taken"), _Slots("exps_ready")
         row_maxes = _Slots("row_max", signed(32))
         reciprocals = _Slots("reciprocal", RECIP_FRAC_BITS + 2)
         out_shifts = _Slots("out_shift", SHIFT_BITS)
         empty_rows = _Slots("empty_row", 1)
 
-        # -- LOAD: store the row, running max ---------------------------------------------
+        # -- LOAD: store the row; running max through a pipelined compare tree -----------------
         started = Signal()
         load_slot, load_beat = _slot_signal("load_slot"), Signal(range(depth + 1))
-        running_max = Signal(signed(32), init=-(1 << 31))
+        lowest = -(1 << 31)
         m.d.sync += started.eq(1)
-        m.d.comb += self.i.ready.eq(started & ~scores_full[load_slot])
+        accepted = self.i.valid & self.i.ready
+        m.d.comb += self.i.ready.eq(started & ~scores_taken[load_slot])
         mask = [self.i.payload.mask[lane] & _lane_in_row(load_beat, lane, lanes, self.length)
                 for lane in range(lanes)]
-        new_max = running_max
-        for lane in range(lanes):
-            # a signal per step: an expression chain would repeat `new_max` twice per lane
-            # and grow exponentially in the simulator's compiled code
-            score, step = self.i.payload.scores[lane], Signal(signed(32), name=f"running_max_{lane}")
-            m.d.comb += step.eq(Mux(mask[lane] & (score > new_max), score, new_max))
-            new_max = step
-        m.d.comb += [score_write.addr.eq(base(load_slot) + load_beat),
-                     score_write.en.eq(self.i.valid & self.i.ready),
+        m.d.comb += [score_write.addr.eq(base(load_slot) + load_beat), score_write.en.eq(accepted),
                      score_write.data.scores.eq(self.i.payload.scores)]
         for lane in range(lanes):
             m.d.comb += score_write.data.mask[lane].eq(mask[lane])
-        with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [running_max.eq(new_max), load_beat.eq(load_beat + 1)]
+        with m.If(accepted):
+            m.d.sync += load_beat.eq(load_beat + 1)
             with m.If(load_beat == beats - 1):
-                scores_full.set(m, load_slot, 1)
-                row_maxes.set(m, load_slot, new_max)
-                m.d.sync += [load_slot.eq(_next_slot(load_slot)), load_beat.eq(0), running_max.eq(running_max.init)]
+                scores_taken.set(m, load_slot, 1)
+                m.d.sync += [load_slot.eq(_next_slot(load_slot)), load_beat.eq(0)]
+        # a masked lane takes part as the lowest int32, which no max can be below
+        candidates = [register(m, Mux(mask[lane], self.i.payload.scores[lane], lowest), f"load_candidate_{lane}")
+                      for lane in range(lanes)]
+        beat_max, levels = _sum_tree(m, candidates, "load_max", lambda a, b: Mux(b > a, b, a))
+        load_valid = _delay(m, accepted, 1 + levels, "load_valid")
+        load_last = _delay(m, accepted & (load_beat == beats - 1), 1 + levels, "load_last")
+        load_tail_slot = _delay(m, load_slot, 1 + levels, "load_tail_slot")
+        running_max = Signal(signed(32), init=lowest)
+        new_max = Mux(beat_max > running_max, beat_max, running_max)
+        with m.If(load_valid):
+            m.d.sync += running_max.eq(new_max)
+            with m.If(load_last):
+                scores_full.set(m, load_tail_slot, 1)
+                row_maxes.set(m, load_tail_slot, new_max)
+                m.d.sync += running_max.eq(lowest)
 
         # -- EXP: exp of (max - score), row sum ---------------------------------------------
-        # Reads of the next row start while the previous row drains through ExpStage, so
-        # every read-side and write-side signal carries its own slot.
+        # Reads of the next row start while the previous row drains through the pipeline, so
+        # every stage carries its own tag (slot, beat). Stages: 0 the score read, 1 its
+        # register, 2 max - score, 3 the clamp (into ExpStage), 3 + ExpStage.LATENCY the exps
+        # (written back), then the adder tree of the row sum.
         exp_slot = _slot_signal("exp_slot")  # slot being read
         issue = Signal(range(depth + 1))
         issuing = Signal()
         total = Signal(sum_bits)
-        read_valid, read_addr, read_slot = Signal(), Signal(range(depth)), _slot_signal("read_slot")
-        tag_valid = [Signal(name=f"tag_valid_{s}") for s in range(ExpStage.LATENCY)]
-        tag_addr = [Signal(range(depth), name=f"tag_addr_{s}") for s in range(ExpStage.LATENCY)]
-        tag_slot = [_slot_signal(f"tag_slot_{s}") for s in range(ExpStage.LATENCY)]
-        limit = (1 << SOFTMAX_DIFF_BITS) - 1
+        write_stage = self.EXP_INPUT_STAGES + ExpStage.LATENCY
+        beat_total, sum_levels = _sum_tree(m, [exp.exp[lane] for lane in range(lanes)], "exp_sum")
+        tags = _tags("exp_tag", write_stage + sum_levels + 1, depth)
         m.d.comb += [exp.multiplier.eq(self.multiplier), exp.shift.eq(self.shift),
                      score_read.addr.eq(base(exp_slot) + issue), score_read.en.eq(1)]
+        m.d.sync += [tags[0].valid.eq(issuing), tags[0].beat.eq(issue), tags[0].slot.eq(exp_slot)]
+        for stage in range(1, len(tags)):
+            m.d.sync += tags[stage].eq(tags[stage - 1])
+        row_max = register(m, row_maxes[tags[0].slot], "exp_row_max")
+        limit = (1 << SOFTMAX_DIFF_BITS) - 1
         for lane in range(lanes):
-            diff = row_maxes[read_slot] - score_read.data.scores[lane]
-            m.d.comb += [exp.diff[lane].eq(Mux(diff > limit, limit, diff)),
-                         exp.valid[lane].eq(score_read.data.mask[lane])]
-        m.d.sync += [read_valid.eq(issuing), read_addr.eq(issue), read_slot.eq(exp_slot),
-                     tag_valid[0].eq(read_valid), tag_addr[0].eq(read_addr), tag_slot[0].eq(read_slot)]
-        for stage in range(1, ExpStage.LATENCY):
-            m.d.sync += [tag_valid[stage].eq(tag_valid[stage - 1]), tag_addr[stage].eq(tag_addr[stage - 1]),
-                         tag_slot[stage].eq(tag_slot[stage - 1])]
+            score = register(m, score_read.data.scores[lane], f"exp_score_{lane}")
+            valid = _delay(m, score_read.data.mask[lane], 3, f"exp_mask_{lane}")
+            diff = register(m, row_max - score, f"exp_diff_{lane}")
+            m.d.comb += [exp.diff[lane].eq(register(m, Mux(diff > limit, limit, diff), f"exp_clamped_{lane}",
+                                                    SOFTMAX_DIFF_BITS)),
+                         exp.valid[lane].eq(valid)]
         with m.If(issuing):
             m.d.sync += issue.eq(issue + 1)
             with m.If(issue == beats - 1):
                 m.d.sync += [issuing.eq(0), exp_slot.eq(_next_slot(exp_slot))]
-        writing, write_slot = tag_valid[-1], tag_slot[-1]
-        m.d.comb += [exp_write.addr.eq(base(write_slot) + tag_addr[-1]), exp_write.en.eq(writing),
+        writing, write_tag = tags[write_stage].valid, tags[write_stage]
+        m.d.comb += [exp_write.addr.eq(base(write_tag.slot) + write_tag.beat), exp_write.en.eq(writing),
                      exp_write.data.eq(exp.exp)]
-        row_total = total + sum(exp.exp[lane] for lane in range(lanes))
+        tail = tags[-1]
+        row_total = total + beat_total
         # -- RECIPROCAL: one per row, overlapping the next row's EXP -------------------------
         recip_pending, recip_slot = Signal(), _slot_signal("recip_slot")
         recip_total = Signal(sum_bits)
         # A long row (more beats than the reciprocal takes cycles) hands its sum over only
         # after the previous reciprocal is done, so it may start at once; a short row waits
         # until the previous row has drained and its reciprocal is done.
-        draining = read_valid | Cat(*tag_valid).any()
+        draining = Cat(*(tag.valid for tag in tags)).any()
         may_start = (beats > Reciprocal.LATENCY + 1) | (~recip_pending & ~draining)
         with m.If(~issuing & scores_full[exp_slot] & ~exps_taken[exp_slot] & may_start):
             m.d.sync += [issuing.eq(1), issue.eq(0)]
-        with m.If(writing):
+        with m.If(tail.valid):
             m.d.sync += total.eq(row_total)
-            with m.If(tag_addr[-1] == beats - 1):
-                scores_full.set(m, write_slot, 0)
-                exps_taken.set(m, write_slot, 1)
-                m.d.sync += [total.eq(0), recip_pending.eq(1), recip_slot.eq(write_slot),
+            with m.If(tail.beat == beats - 1):
+                scores_full.set(m, tail.slot, 0)
+                scores_taken.set(m, tail.slot, 0)
+                exps_taken.set(m, tail.slot, 1)
+                m.d.sync += [total.eq(0), recip_pending.eq(1), recip_slot.eq(tail.slot),
                              recip_total.eq(row_total)]
         m.d.comb += recip.value.eq(recip_total)
         with m.FSM(name="recip_fsm"):
@@ -281,20 +366,29 @@ class Softmax(wiring.Component):
                     m.d.sync += recip_pending.eq(0)
                     m.next = "IDLE"
 
-        # -- OUT: broadcast multiply by the reciprocal ----------------------------------------
-        out_slot = _slot_signal("out_slot")
-        _, out_last = _stream_out(m, ports=[exp_read], base=base(out_slot), active=exps_ready[out_slot],
-                                  beats=beats, out=self.o, depth=depth)
+        # -- OUT: broadcast multiply by the reciprocal, one operation per stage ---------------
+        out = _OutPipeline(m, ports=[exp_read], ready=exps_ready, base=base, beats=beats, depth=depth,
+                           out=self.o, stages=self.OUT_STAGES, name="out")
+        with m.If(out.release):
+            exps_taken.set(m, out.tags[-1].slot, 0)
+        stage, first = out.stage, out.tags[0].slot
+        reciprocal = stage(m, reciprocals[first], "out_reciprocal")                          # 1
+        out_shift = _delay(m, out_shifts[first], 2, "out_shift", out.advance)                 # 1, 2
+        empty = _delay(m, empty_rows[first], 5, "out_empty", out.advance)                      # 1..5
         for lane in range(lanes):
-            scaled = round_shift(exp_read.data[lane] * reciprocals[out_slot], out_shifts[out_slot])
-            m.d.comb += self.o.payload[lane].eq(
-                Mux(empty_rows[out_slot], 0, saturate(scaled, SOFTMAX_OUTPUT_BITS, signed_out=False)))
-        with m.If(out_last):
-            exps_ready.set(m, out_slot, 0)
-            exps_taken.set(m, out_slot, 0)
-            m.d.sync += out_slot.eq(_next_slot(out_slot))
+            value = stage(m, exp_read.data[lane], f"out_exp_{lane}")                          # 1
+            product = stage(m, value * reciprocal, f"out_product_{lane}")                      # 2
+            shifted, bit = shift_round_bit(product, out_shift)
+            shifted = stage(m, shifted, f"out_shifted_{lane}")                                 # 3
+            bit = stage(m, bit, f"out_round_{lane}")
+            scaled = stage(m, shifted + bit, f"out_scaled_{lane}")                            # 4
+            high = stage(m, scaled > (1 << SOFTMAX_OUTPUT_BITS) - 1, f"out_high_{lane}")     # 5
+            code = stage(m, scaled[:SOFTMAX_OUTPUT_BITS], f"out_code_{lane}")
+            with m.If(out.advance):                                                            # 6
+                m.d.sync += self.o.payload[lane].eq(
+                    Mux(empty, 0, Mux(high, (1 << SOFTMAX_OUTPUT_BITS) - 1, code)))
 
-        m.d.comb += self.busy.eq((load_beat != 0) | scores_full.any() | exps_taken.any())
+        m.d.comb += self.busy.eq((load_beat != 0) | scores_taken.any() | exps_taken.any() | out.busy)
         return m
 
 
@@ -412,6 +506,11 @@ class LayerNorm(wiring.Component):
             "busy": Out(1),
         })
 
+    #: OUT pipeline stages after the row read: operands; n x - Sx; x (n x - Sx) / std;
+    #: rounding shift and add; x gamma; + beta; rounding shift and add; saturation flags;
+    #: output register.
+    OUT_STAGES = 12
+
     def elaborate(self, platform) -> Module:
         m = Module()
         lanes, depth = self.lanes, self.depth
@@ -420,8 +519,15 @@ class LayerNorm(wiring.Component):
             "beta": data.ArrayLayout(signed(LAYERNORM_BETA_BITS), lanes)})
         m.submodules.rows = rows = Memory(shape=data.ArrayLayout(signed(8), lanes), depth=ROW_SLOTS * depth, init=[])
         m.submodules.params = params = Memory(shape=params_layout, depth=depth, init=[])
-        sum_bits = 8 + math.ceil(math.log2(self.max_channels + 1)) + 1
+        # Exact widths of the statistics: |sum x| <= 128 n, sum x^2 <= 128^2 n (one DSP48E2
+        # each for n sum x^2 and (sum x)^2 on the zcu102's 768 channels).
+        sum_bits = (128 * self.max_channels).bit_length() + 1
+        square_sum_bits = (128 * 128 * self.max_channels).bit_length()
         variance_bits = 2 * sum_bits + 2
+        # |n x - sum x| <= sqrt(n V) < sqrt(n) 2^(k+1) (Cauchy-Schwarz, V = n sum x^2 - (sum x)^2
+        # + eps < 4^(k+1)) and inv_std < 2^DSP_B_UNSIGNED_BITS (tests/hw/test_nonlinear.py
+        # checks every mantissa), so |z| <= sqrt(n) inv_std / 8 + 1: z fits in norm_bits.
+        norm_bits = ((math.isqrt(self.max_channels) + 1) << (DSP_B_UNSIGNED_BITS - 3)).bit_length() + 2
         m.submodules.rsqrt = rsqrt = InvSqrt(value_bits=variance_bits, lut_bits=self.config.rsqrt_lut_bits)
         row_write, row_read = rows.write_port(), rows.read_port()
         param_write, param_read = params.write_port(), params.read_port()
@@ -433,46 +539,73 @@ class LayerNorm(wiring.Component):
         def base(slot):
             return slot * depth
 
-        # hand-over state: slot loaded (statistics pending) / slot ready to output
-        loaded, ready = _Slots("loaded"), _Slots("ready")
+        # hand-over state: slot taken (from its first beat in to its last beat out) / sums
+        # done (statistics pending) / slot ready to output
+        taken, loaded, ready = _Slots("taken"), _Slots("loaded"), _Slots("ready")
         sums_x = _Slots("sum_x", signed(sum_bits))
-        sums_xx = _Slots("sum_xx", 2 * sum_bits)
-        inv_stds = _Slots("inv_std", RSQRT_FRAC_BITS + 2)
+        sums_xx = _Slots("sum_xx", square_sum_bits)
+        inv_stds = _Slots("inv_std", DSP_B_UNSIGNED_BITS)
         norm_shifts = _Slots("norm_shift", SHIFT_BITS)
 
-        # -- LOAD: store the row, sum and sum of squares ---------------------------------------
+        # -- LOAD: store the row; sum and sum of squares through a pipelined adder tree ----------
         started = Signal()
         load_slot, load_beat = _slot_signal("load_slot"), Signal(range(depth + 1))
-        sum_x, sum_xx = Signal(signed(sum_bits)), Signal(2 * sum_bits)
         m.d.sync += started.eq(1)
-        m.d.comb += self.i.ready.eq(started & ~loaded[load_slot] & ~ready[load_slot])
+        accepted = self.i.valid & self.i.ready
+        m.d.comb += self.i.ready.eq(started & ~taken[load_slot])
         values = [Mux(_lane_in_row(load_beat, lane, lanes, self.length), self.i.payload[lane], 0)
                   for lane in range(lanes)]
-        new_sum_x = sum_x + sum(values)
-        new_sum_xx = sum_xx + sum(v * v for v in values)
-        m.d.comb += [row_write.addr.eq(base(load_slot) + load_beat), row_write.en.eq(self.i.valid & self.i.ready)]
+        m.d.comb += [row_write.addr.eq(base(load_slot) + load_beat), row_write.en.eq(accepted)]
         for lane in range(lanes):
             m.d.comb += row_write.data[lane].eq(values[lane])
-        with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [sum_x.eq(new_sum_x), sum_xx.eq(new_sum_xx), load_beat.eq(load_beat + 1)]
+        with m.If(accepted):
+            m.d.sync += load_beat.eq(load_beat + 1)
             with m.If(load_beat == beats - 1):
-                loaded.set(m, load_slot, 1)
-                sums_x.set(m, load_slot, new_sum_x)
-                sums_xx.set(m, load_slot, new_sum_xx)
-                m.d.sync += [sum_x.eq(0), sum_xx.eq(0),
-                             load_beat.eq(0), load_slot.eq(_next_slot(load_slot))]
+                taken.set(m, load_slot, 1)
+                m.d.sync += [load_beat.eq(0), load_slot.eq(_next_slot(load_slot))]
+        held = [register(m, value, f"load_value_{lane}", signed(8)) for lane, value in enumerate(values)]
+        squares = [register(m, v * v, f"load_square_{lane}", 15) for lane, v in enumerate(held)]
+        beat_x, levels = _sum_tree(m, [register(m, v, f"load_value_late_{lane}") for lane, v in enumerate(held)],
+                                   "load_sum_x")
+        beat_xx, _ = _sum_tree(m, squares, "load_sum_xx")
+        load_valid = _delay(m, accepted, 2 + levels, "load_valid")
+        load_last = _delay(m, accepted & (load_beat == beats - 1), 2 + levels, "load_last")
+        load_tail_slot = _delay(m, load_slot, 2 + levels, "load_tail_slot")
+        sum_x, sum_xx = Signal(signed(sum_bits)), Signal(square_sum_bits)
+        with m.If(load_valid):
+            m.d.sync += [sum_x.eq(sum_x + beat_x), sum_xx.eq(sum_xx + beat_xx)]
+            with m.If(load_last):
+                loaded.set(m, load_tail_slot, 1)
+                sums_x.set(m, load_tail_slot, sum_x + beat_x)
+                sums_xx.set(m, load_tail_slot, sum_xx + beat_xx)
+                m.d.sync += [sum_x.eq(0), sum_xx.eq(0)]
 
-        # -- STATS: variance and inverse square root, one per row ------------------------------
+        # -- STATS: variance and inverse square root, one per row; one operation per state -------
         stats_slot = _slot_signal("stats_slot")
+        operand_x = Signal(signed(sum_bits), reset_less=True)
+        operand_xx = Signal(square_sum_bits, reset_less=True)
+        scaled_xx = Signal(variance_bits, reset_less=True)
+        squared_x = Signal(variance_bits, reset_less=True)
+        spread = Signal(signed(variance_bits + 1), reset_less=True)
         variance = Signal(variance_bits)
         m.d.comb += rsqrt.value.eq(variance)
         with m.FSM(name="stats_fsm"):
             with m.State("IDLE"):
                 with m.If(loaded[stats_slot]):
-                    spread = (self.length * sums_xx[stats_slot] - sums_x[stats_slot] * sums_x[stats_slot]
-                              + self.eps_term)
-                    m.d.sync += variance.eq(Mux(spread < 1, 1, spread))
-                    m.next = "START"
+                    m.d.sync += [operand_x.eq(sums_x[stats_slot]), operand_xx.eq(sums_xx[stats_slot])]
+                    m.next = "MULTIPLY"
+            with m.State("MULTIPLY"):   # n sum x^2 and (sum x)^2, a DSP48E2 each
+                m.d.sync += [scaled_xx.eq(self.length * operand_xx), squared_x.eq(operand_x * operand_x)]
+                m.next = "SUBTRACT"
+            with m.State("SUBTRACT"):
+                m.d.sync += spread.eq(scaled_xx - squared_x)
+                m.next = "EPS"
+            with m.State("EPS"):
+                m.d.sync += spread.eq(spread + self.eps_term)
+                m.next = "CLAMP"
+            with m.State("CLAMP"):
+                m.d.sync += variance.eq(Mux(spread < 1, 1, spread))
+                m.next = "START"
             with m.State("START"):
                 m.d.comb += rsqrt.start.eq(1)
                 m.next = "WAIT"
@@ -485,21 +618,42 @@ class LayerNorm(wiring.Component):
                     m.d.sync += stats_slot.eq(_next_slot(stats_slot))
                     m.next = "IDLE"
 
-        # -- OUT: normalise, scale, shift, requantize ------------------------------------------
-        out_slot = _slot_signal("out_slot")
-        out_beat, out_last = _stream_out(m, ports=[row_read], base=base(out_slot), active=ready[out_slot],
-                                         beats=beats, out=self.o, depth=depth)
-        m.d.comb += [param_read.addr.eq(row_read.addr - base(out_slot)), param_read.en.eq(row_read.en)]
+        # -- OUT: normalise, scale, shift, requantize: one operation per stage -----------------
+        out = _OutPipeline(m, ports=[row_read], ready=ready, base=base, beats=beats, depth=depth,
+                           out=self.o, stages=self.OUT_STAGES, name="out")
+        tags = out.tags
+        with m.If(out.release):
+            taken.set(m, tags[-1].slot, 0)
+        # gamma / beta arrive at stage 4, from the address stage 3 held
+        m.d.comb += [param_read.addr.eq(tags[3].beat), param_read.en.eq(out.advance)]
+        stage = out.stage
+        offset = stage(m, -sums_x[tags[0].slot], "out_offset")                               # 1
+        inv_std = stage(m, inv_stds[tags[0].slot], "out_inv_std")
+        norm_shift = _delay(m, norm_shifts[tags[0].slot], 3, "out_norm_shift", out.advance)     # 1..3
+        in_row = [_delay(m, _lane_in_row(tags[8].beat, lane, lanes, self.length), 2, f"out_in_row_{lane}",
+                         out.advance) for lane in range(lanes)]                                  # 9, 10
         for lane in range(lanes):
-            centred = self.length * row_read.data[lane] - sums_x[out_slot]
-            normalised = round_shift(centred * inv_stds[out_slot], norm_shifts[out_slot])
-            scaled = round_shift(normalised * param_read.data.gamma[lane] + param_read.data.beta[lane],
-                                 self.out_shift)
-            m.d.comb += self.o.payload[lane].eq(
-                Mux(_lane_in_row(out_beat, lane, lanes, self.length), saturate(scaled, 8), 0))
-        with m.If(out_last):
-            ready.set(m, out_slot, 0)
-            m.d.sync += out_slot.eq(_next_slot(out_slot))
+            x = stage(m, row_read.data[lane], f"out_x_{lane}")                                  # 1
+            centred = stage(m, x * self.length + offset, f"out_centred_{lane}")                 # 2
+            product = stage(m, centred * stage(m, inv_std, f"out_inv_std_{lane}"), f"out_product_{lane}")  # 3
+            shifted, bit = shift_round_bit(product, norm_shift)
+            shifted = stage(m, shifted, f"out_shifted_{lane}")                                   # 4
+            bit = stage(m, bit, f"out_round_{lane}")
+            normalised = stage(m, shifted + bit, f"out_normalised_{lane}", signed(norm_bits))  # 5
+            gamma = stage(m, param_read.data.gamma[lane], f"out_gamma_{lane}")                  # 5
+            beta = _delay(m, param_read.data.beta[lane], 2, f"out_beta_{lane}", out.advance)   # 5, 6
+            weighted = stage(m, normalised * gamma, f"out_weighted_{lane}")                     # 6
+            total = stage(m, weighted + beta, f"out_total_{lane}")                              # 7
+            shifted, bit = shift_round_bit(total, self.out_shift)
+            shifted = stage(m, shifted, f"out_scaled_{lane}")                                    # 8
+            bit = stage(m, bit, f"out_scaled_round_{lane}")
+            scaled = stage(m, shifted + bit, f"out_rounded_{lane}")                             # 9
+            high = stage(m, scaled > 127, f"out_high_{lane}")                                   # 10
+            low = stage(m, scaled < -128, f"out_low_{lane}")
+            code = stage(m, scaled[:8], f"out_code_{lane}", signed(8))
+            with m.If(out.advance):                                                              # 11
+                m.d.sync += self.o.payload[lane].eq(
+                    Mux(in_row[lane], Mux(high, 127, Mux(low, -128, code)), 0))
 
-        m.d.comb += self.busy.eq((load_beat != 0) | loaded.any() | ready.any())
+        m.d.comb += self.busy.eq((load_beat != 0) | taken.any() | out.busy)
         return m
