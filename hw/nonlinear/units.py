@@ -54,9 +54,13 @@ def _lane_in_row(beat, lane: int, lanes: int, length):
     return beat * lanes + lane < length
 
 
-def _beats(length, lanes: int):
-    """``ceil(length / lanes)`` for a power-of-two lane count."""
-    return (length + lanes - 1) >> int(math.log2(lanes))
+def _last_beat(m: Module, length, lanes: int) -> Signal:
+    """A register holding ``ceil(length / lanes) - 1``, the index of a row's last beat, for a
+    power-of-two lane count: the run-time ``length`` then feeds no compare in the same cycle
+    (it must settle one cycle before a row's first beat, which ``started`` gives at reset)."""
+    last = Signal(range(max(2, -(-(1 << len(length)) // lanes))), name="last_beat")
+    m.d.sync += last.eq((length - 1) >> int(math.log2(lanes)))
+    return last
 
 
 class _Tag:
@@ -115,7 +119,7 @@ class _OutPipeline:
     (``ready`` cleared) when its last beat leaves.
     """
 
-    def __init__(self, m: Module, *, ports, ready: "_Slots", base, beats, depth: int,
+    def __init__(self, m: Module, *, ports, ready: "_Slots", base, last_beat, depth: int,
                  out: stream.Interface, stages: int, name: str) -> None:
         self.advance = advance = Signal(name=f"{name}_advance")
         self.tags = tags = _tags(f"{name}_tag", stages, depth)
@@ -131,11 +135,11 @@ class _OutPipeline:
                 m.d.sync += tags[stage].eq(tags[stage - 1])
             with m.If(issue):
                 m.d.sync += pointer.eq(pointer + 1)
-                with m.If(pointer == beats - 1):
+                with m.If(pointer == last_beat):
                     issued.set(m, read_slot, 1)
                     m.d.sync += [pointer.eq(0), read_slot.eq(_next_slot(read_slot))]
         self.release = Signal(name=f"{name}_release")
-        m.d.comb += self.release.eq(out.valid & out.ready & (tags[-1].beat == beats - 1))
+        m.d.comb += self.release.eq(out.valid & out.ready & (tags[-1].beat == last_beat))
         with m.If(self.release):
             ready.set(m, tags[-1].slot, 0)
             issued.set(m, tags[-1].slot, 0)
@@ -233,6 +237,8 @@ class Softmax(wiring.Component):
     OUT_STAGES = 7
     #: EXP stages before the ExpStage: the score read, its register, max - score, the clamp.
     EXP_INPUT_STAGES = 3
+    #: LOAD pipeline before the compare tree: the masked candidates.
+    LOAD_STAGES = 1
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -245,7 +251,7 @@ class Softmax(wiring.Component):
         m.submodules.recip = recip = Reciprocal(value_bits=sum_bits, lut_bits=config.recip_lut_bits)
         score_write, score_read = scores.write_port(), scores.read_port()
         exp_write, exp_read = exps.write_port(), exps.read_port()
-        beats = _beats(self.length, lanes)
+        last_beat = _last_beat(m, self.length, lanes)
 
         def base(slot):
             return slot * depth
@@ -274,16 +280,16 @@ class Softmax(wiring.Component):
             m.d.comb += score_write.data.mask[lane].eq(mask[lane])
         with m.If(accepted):
             m.d.sync += load_beat.eq(load_beat + 1)
-            with m.If(load_beat == beats - 1):
+            with m.If(load_beat == last_beat):
                 scores_taken.set(m, load_slot, 1)
                 m.d.sync += [load_slot.eq(_next_slot(load_slot)), load_beat.eq(0)]
         # a masked lane takes part as the lowest int32, which no max can be below
         candidates = [register(m, Mux(mask[lane], self.i.payload.scores[lane], lowest), f"load_candidate_{lane}")
                       for lane in range(lanes)]
         beat_max, levels = _sum_tree(m, candidates, "load_max", lambda a, b: Mux(b > a, b, a))
-        load_valid = _delay(m, accepted, 1 + levels, "load_valid")
-        load_last = _delay(m, accepted & (load_beat == beats - 1), 1 + levels, "load_last")
-        load_tail_slot = _delay(m, load_slot, 1 + levels, "load_tail_slot")
+        load_valid = _delay(m, accepted, self.LOAD_STAGES + levels, "load_valid")
+        load_last = _delay(m, accepted & (load_beat == last_beat), self.LOAD_STAGES + levels, "load_last")
+        load_tail_slot = _delay(m, load_slot, self.LOAD_STAGES + levels, "load_tail_slot")
         running_max = Signal(signed(32), init=lowest)
         new_max = Mux(beat_max > running_max, beat_max, running_max)
         with m.If(load_valid):
@@ -321,7 +327,7 @@ class Softmax(wiring.Component):
                          exp.valid[lane].eq(valid)]
         with m.If(issuing):
             m.d.sync += issue.eq(issue + 1)
-            with m.If(issue == beats - 1):
+            with m.If(issue == last_beat):
                 m.d.sync += [issuing.eq(0), exp_slot.eq(_next_slot(exp_slot))]
         writing, write_tag = tags[write_stage].valid, tags[write_stage]
         m.d.comb += [exp_write.addr.eq(base(write_tag.slot) + write_tag.beat), exp_write.en.eq(writing),
@@ -335,12 +341,12 @@ class Softmax(wiring.Component):
         # after the previous reciprocal is done, so it may start at once; a short row waits
         # until the previous row has drained and its reciprocal is done.
         draining = Cat(*(tag.valid for tag in tags)).any()
-        may_start = (beats > Reciprocal.LATENCY + 1) | (~recip_pending & ~draining)
+        may_start = (last_beat > Reciprocal.LATENCY) | (~recip_pending & ~draining)
         with m.If(~issuing & scores_full[exp_slot] & ~exps_taken[exp_slot] & may_start):
             m.d.sync += [issuing.eq(1), issue.eq(0)]
         with m.If(tail.valid):
             m.d.sync += total.eq(row_total)
-            with m.If(tail.beat == beats - 1):
+            with m.If(tail.beat == last_beat):
                 scores_full.set(m, tail.slot, 0)
                 scores_taken.set(m, tail.slot, 0)
                 exps_taken.set(m, tail.slot, 1)
@@ -367,7 +373,7 @@ class Softmax(wiring.Component):
                     m.next = "IDLE"
 
         # -- OUT: broadcast multiply by the reciprocal, one operation per stage ---------------
-        out = _OutPipeline(m, ports=[exp_read], ready=exps_ready, base=base, beats=beats, depth=depth,
+        out = _OutPipeline(m, ports=[exp_read], ready=exps_ready, base=base, last_beat=last_beat, depth=depth,
                            out=self.o, stages=self.OUT_STAGES, name="out")
         with m.If(out.release):
             exps_taken.set(m, out.tags[-1].slot, 0)
@@ -510,6 +516,10 @@ class LayerNorm(wiring.Component):
     #: rounding shift and add; x gamma; + beta; rounding shift and add; saturation flags;
     #: output register.
     OUT_STAGES = 12
+    #: LOAD pipeline before the adder tree: the masked values, their squares.
+    LOAD_STAGES = 2
+    #: STATS states before the inverse square root starts: IDLE, MULTIPLY, SUBTRACT, EPS, CLAMP.
+    STATS_STATES = 5
 
     def elaborate(self, platform) -> Module:
         m = Module()
@@ -534,7 +544,7 @@ class LayerNorm(wiring.Component):
         m.d.comb += [param_write.addr.eq(self.param_write.addr), param_write.en.eq(self.param_write.en),
                      param_write.data.gamma.eq(self.param_write.gamma),
                      param_write.data.beta.eq(self.param_write.beta)]
-        beats = _beats(self.length, lanes)
+        last_beat = _last_beat(m, self.length, lanes)
 
         def base(slot):
             return slot * depth
@@ -560,7 +570,7 @@ class LayerNorm(wiring.Component):
             m.d.comb += row_write.data[lane].eq(values[lane])
         with m.If(accepted):
             m.d.sync += load_beat.eq(load_beat + 1)
-            with m.If(load_beat == beats - 1):
+            with m.If(load_beat == last_beat):
                 taken.set(m, load_slot, 1)
                 m.d.sync += [load_beat.eq(0), load_slot.eq(_next_slot(load_slot))]
         held = [register(m, value, f"load_value_{lane}", signed(8)) for lane, value in enumerate(values)]
@@ -568,9 +578,9 @@ class LayerNorm(wiring.Component):
         beat_x, levels = _sum_tree(m, [register(m, v, f"load_value_late_{lane}") for lane, v in enumerate(held)],
                                    "load_sum_x")
         beat_xx, _ = _sum_tree(m, squares, "load_sum_xx")
-        load_valid = _delay(m, accepted, 2 + levels, "load_valid")
-        load_last = _delay(m, accepted & (load_beat == beats - 1), 2 + levels, "load_last")
-        load_tail_slot = _delay(m, load_slot, 2 + levels, "load_tail_slot")
+        load_valid = _delay(m, accepted, self.LOAD_STAGES + levels, "load_valid")
+        load_last = _delay(m, accepted & (load_beat == last_beat), self.LOAD_STAGES + levels, "load_last")
+        load_tail_slot = _delay(m, load_slot, self.LOAD_STAGES + levels, "load_tail_slot")
         sum_x, sum_xx = Signal(signed(sum_bits)), Signal(square_sum_bits)
         with m.If(load_valid):
             m.d.sync += [sum_x.eq(sum_x + beat_x), sum_xx.eq(sum_xx + beat_xx)]
@@ -619,7 +629,7 @@ class LayerNorm(wiring.Component):
                     m.next = "IDLE"
 
         # -- OUT: normalise, scale, shift, requantize: one operation per stage -----------------
-        out = _OutPipeline(m, ports=[row_read], ready=ready, base=base, beats=beats, depth=depth,
+        out = _OutPipeline(m, ports=[row_read], ready=ready, base=base, last_beat=last_beat, depth=depth,
                            out=self.o, stages=self.OUT_STAGES, name="out")
         tags = out.tags
         with m.If(out.release):
