@@ -345,7 +345,7 @@ class InvSqrt(_NewtonUnit):
         return rsqrt_table(self.lut_bits)
 
     def _first_index(self):
-        return 1 << (self.lut_bits - 2)   # m >= 1 in Q2: the first quarter of the table is unused
+        return (1 << self.lut_bits) >> 2   # m >= 1 in Q2: the first quarter of the table is unused
 
     def _frac_bits(self):
         return RSQRT_MANTISSA_FRAC_BITS

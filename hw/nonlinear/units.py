@@ -64,15 +64,18 @@ def _last_beat(m: Module, length, lanes: int) -> Signal:
 
 
 class _Tag:
-    """What one pipeline stage holds: a beat (``valid``) of row slot ``slot``, beat ``beat``."""
+    """What one pipeline stage holds: a beat (``valid``) of row slot ``slot``, beat ``beat``,
+    ``last`` if it is the row's last (decided when the beat is read, so that no stage compares)."""
 
     def __init__(self, name: str, depth: int) -> None:
         self.valid = Signal(name=f"{name}_valid")
         self.slot = Signal(range(ROW_SLOTS), name=f"{name}_slot")
         self.beat = Signal(range(max(depth, 2)), name=f"{name}_beat")
+        self.last = Signal(name=f"{name}_last")
 
     def eq(self, other: "_Tag") -> list:
-        return [self.valid.eq(other.valid), self.slot.eq(other.slot), self.beat.eq(other.beat)]
+        return [self.valid.eq(other.valid), self.slot.eq(other.slot), self.beat.eq(other.beat),
+                self.last.eq(other.last)]
 
 
 def _tags(name: str, count: int, depth: int) -> list[_Tag]:
@@ -130,7 +133,8 @@ class _OutPipeline:
         for port in ports:
             m.d.comb += [port.addr.eq(base(read_slot) + pointer), port.en.eq(advance)]
         with m.If(advance):
-            m.d.sync += [tags[0].valid.eq(issue), tags[0].slot.eq(read_slot), tags[0].beat.eq(pointer)]
+            m.d.sync += [tags[0].valid.eq(issue), tags[0].slot.eq(read_slot), tags[0].beat.eq(pointer),
+                         tags[0].last.eq(pointer == last_beat)]
             for stage in range(1, stages):
                 m.d.sync += tags[stage].eq(tags[stage - 1])
             with m.If(issue):
@@ -139,7 +143,7 @@ class _OutPipeline:
                     issued.set(m, read_slot, 1)
                     m.d.sync += [pointer.eq(0), read_slot.eq(_next_slot(read_slot))]
         self.release = Signal(name=f"{name}_release")
-        m.d.comb += self.release.eq(out.valid & out.ready & (tags[-1].beat == last_beat))
+        m.d.comb += self.release.eq(out.valid & out.ready & tags[-1].last)
         with m.If(self.release):
             ready.set(m, tags[-1].slot, 0)
             issued.set(m, tags[-1].slot, 0)
@@ -313,7 +317,8 @@ class Softmax(wiring.Component):
         tags = _tags("exp_tag", write_stage + sum_levels + 1, depth)
         m.d.comb += [exp.multiplier.eq(self.multiplier), exp.shift.eq(self.shift),
                      score_read.addr.eq(base(exp_slot) + issue), score_read.en.eq(1)]
-        m.d.sync += [tags[0].valid.eq(issuing), tags[0].beat.eq(issue), tags[0].slot.eq(exp_slot)]
+        m.d.sync += [tags[0].valid.eq(issuing), tags[0].beat.eq(issue), tags[0].slot.eq(exp_slot),
+                     tags[0].last.eq(issue == last_beat)]
         for stage in range(1, len(tags)):
             m.d.sync += tags[stage].eq(tags[stage - 1])
         row_max = register(m, row_maxes[tags[0].slot], "exp_row_max")
@@ -346,7 +351,7 @@ class Softmax(wiring.Component):
             m.d.sync += [issuing.eq(1), issue.eq(0)]
         with m.If(tail.valid):
             m.d.sync += total.eq(row_total)
-            with m.If(tail.beat == last_beat):
+            with m.If(tail.last):
                 scores_full.set(m, tail.slot, 0)
                 scores_taken.set(m, tail.slot, 0)
                 exps_taken.set(m, tail.slot, 1)
