@@ -56,8 +56,10 @@ def _lane_in_row(beat, lane: int, lanes: int, length):
 
 def _last_beat(m: Module, length, lanes: int) -> Signal:
     """A register holding ``ceil(length / lanes) - 1``, the index of a row's last beat, for a
-    power-of-two lane count: the run-time ``length`` then feeds no compare in the same cycle
-    (it must settle one cycle before a row's first beat, which ``started`` gives at reset)."""
+    power-of-two lane count: the run-time ``length`` then feeds no compare in the same cycle.
+    It and the beat counters' registered ``last`` flags follow ``length`` two cycles late, so
+    ``length`` must settle two cycles before a row's first beat (``_started`` gives that after
+    reset; the accelerator's controllers set it several cycles ahead)."""
     last = Signal(range(max(2, -(-(1 << len(length)) // lanes))), name="last_beat")
     m.d.sync += last.eq((length - 1) >> int(math.log2(lanes)))
     return last
@@ -110,44 +112,71 @@ def _sum_tree(m: Module, values: list, name: str, combine=None) -> tuple:
     return level[0], levels
 
 
-class _OutPipeline:
-    """The OUT stage of a row unit: read a ready row slot's beats through synchronous ``ports``
-    into ``stages`` pipeline stages that advance together, while ``out`` takes the last or the
-    last is empty (the stream may stall at any cycle; no beat is lost or repeated).
+class _RowCount:
+    """Rows between two hand-over events (``add``, ``remove``: comb strobes, one row each).
 
-    ``tags[0]`` describes the ports' data, ``tags[k]`` the registers the unit fills under
-    ``m.If(advance)`` from stage ``k - 1``, and the last one ``out.payload``. Reads run ahead
-    into the next ready slot while a row drains, so rows follow each other without a bubble;
-    ``issued`` keeps a drained-but-unreleased slot from being read twice. A slot is released
-    (``ready`` cleared) when its last beat leaves.
+    Every stage takes rows in slot order, so "the next slot is ready" is "the count is not
+    zero" and "the next slot is free" is "the count is below ``ROW_SLOTS``": :attr:`any` and
+    :attr:`room` are registered, so no slot lookup sits in a handshake path.
     """
 
-    def __init__(self, m: Module, *, ports, ready: "_Slots", base, last_beat, depth: int,
+    def __init__(self, m: Module, name: str) -> None:
+        self.add, self.remove = Signal(name=f"{name}_add"), Signal(name=f"{name}_remove")
+        count = Signal(range(ROW_SLOTS + 1), name=f"{name}_count")
+        self.any, self.room = Signal(name=f"{name}_any"), Signal(name=f"{name}_room", init=1)
+        following = Signal(range(ROW_SLOTS + 1), name=f"{name}_next")
+        m.d.comb += following.eq(count + self.add - self.remove)
+        m.d.sync += [count.eq(following), self.any.eq(following != 0), self.room.eq(following < ROW_SLOTS)]
+
+
+class _BeatCounter:
+    """The beat index within a row, stepped by the comb strobe ``step`` and back to 0 after
+    the row's last beat; :attr:`last` (index == ``last_beat``) is registered."""
+
+    def __init__(self, m: Module, name: str, last_beat: Signal, depth: int) -> None:
+        self.step = Signal(name=f"{name}_step")
+        self.value = Signal(range(max(depth, 2)), name=name)
+        self.last = Signal(name=f"{name}_last")
+        with m.If(self.step):
+            m.d.sync += [self.value.eq(Mux(self.last, 0, self.value + 1)),
+                         self.last.eq(Mux(self.last, last_beat == 0, self.value + 1 == last_beat))]
+        with m.Else():
+            m.d.sync += self.last.eq(self.value == last_beat)
+
+
+class _OutPipeline:
+    """The OUT stage of a row unit: read the beats of the rows ``rows`` counts (ready, not yet
+    read) through synchronous ``ports`` into ``stages`` pipeline stages that advance together,
+    while ``out`` takes the last or the last is empty (the stream may stall at any cycle; no
+    beat is lost or repeated).
+
+    ``tags[0]`` describes the ports' data, ``tags[k]`` the registers the unit fills under
+    ``m.If(advance)`` (:meth:`stage`) from stage ``k - 1``, and the last one ``out.payload``.
+    Reads run ahead into the next ready row while a row drains, so rows follow each other
+    without a bubble. ``release`` strobes when a row's last beat leaves (its slot is free).
+    """
+
+    def __init__(self, m: Module, *, ports, rows: _RowCount, base, last_beat, depth: int,
                  out: stream.Interface, stages: int, name: str) -> None:
         self.advance = advance = Signal(name=f"{name}_advance")
         self.tags = tags = _tags(f"{name}_tag", stages, depth)
-        read_slot, pointer = _slot_signal(f"{name}_read_slot"), Signal(range(depth + 1), name=f"{name}_pointer")
-        issued = _Slots(f"{name}_issued")
-        issue = ready[read_slot] & ~issued[read_slot]
-        m.d.comb += [advance.eq(~out.valid | out.ready), out.valid.eq(tags[-1].valid)]
+        read_slot = _slot_signal(f"{name}_read_slot")
+        pointer = _BeatCounter(m, f"{name}_pointer", last_beat, depth)
+        issue = rows.any
+        m.d.comb += [advance.eq(~out.valid | out.ready), out.valid.eq(tags[-1].valid),
+                     pointer.step.eq(advance & issue), rows.remove.eq(advance & issue & pointer.last)]
         for port in ports:
-            m.d.comb += [port.addr.eq(base(read_slot) + pointer), port.en.eq(advance)]
+            m.d.comb += [port.addr.eq(base(read_slot) + pointer.value), port.en.eq(advance)]
         with m.If(advance):
-            m.d.sync += [tags[0].valid.eq(issue), tags[0].slot.eq(read_slot), tags[0].beat.eq(pointer),
-                         tags[0].last.eq(pointer == last_beat)]
+            m.d.sync += [tags[0].valid.eq(issue), tags[0].slot.eq(read_slot), tags[0].beat.eq(pointer.value),
+                         tags[0].last.eq(pointer.last)]
             for stage in range(1, stages):
                 m.d.sync += tags[stage].eq(tags[stage - 1])
-            with m.If(issue):
-                m.d.sync += pointer.eq(pointer + 1)
-                with m.If(pointer == last_beat):
-                    issued.set(m, read_slot, 1)
-                    m.d.sync += [pointer.eq(0), read_slot.eq(_next_slot(read_slot))]
+        with m.If(rows.remove):
+            m.d.sync += read_slot.eq(_next_slot(read_slot))
         self.release = Signal(name=f"{name}_release")
         m.d.comb += self.release.eq(out.valid & out.ready & tags[-1].last)
-        with m.If(self.release):
-            ready.set(m, tags[-1].slot, 0)
-            issued.set(m, tags[-1].slot, 0)
-        self.busy = Cat(*(tag.valid for tag in tags)).any() | (pointer != 0)
+        self.busy = Cat(*(tag.valid for tag in tags)).any() | (pointer.value != 0)
 
     def stage(self, m: Module, value, name: str, shape=None) -> Signal:
         """A register of the pipeline loaded with ``value`` when it advances."""
@@ -161,6 +190,13 @@ class _OutPipeline:
 #: Rows a unit holds at once. With two, a row would hold its buffer through two stages plus
 #: the hand-over, which costs more than one stage time per row; three keep every stage busy.
 ROW_SLOTS = 3
+
+
+def _started(m: Module) -> Signal:
+    """Low for the first two cycles after reset (see :func:`_last_beat`)."""
+    first, started = Signal(), Signal()
+    m.d.sync += [first.eq(1), started.eq(first)]
+    return started
 
 
 def _slot_signal(name: str) -> Signal:
@@ -260,46 +296,45 @@ class Softmax(wiring.Component):
         def base(slot):
             return slot * depth
 
-        # hand-over state: scores slot taken (first beat in .. EXP done) / its max known /
-        # exps slot in use / exps slot ready to output
-        scores_taken, scores_full = _Slots("scores_taken"), _Slots("scores_full")
-        exps_taken, exps_ready = _Slots("exps_taken"), _Slots("exps_ready")
+        # hand-over state (row counts, rows go through in slot order): scores held (last beat
+        # in .. EXP done) / max known, EXP not started / exps held (EXP start .. last beat
+        # out) / exps ready to output (reciprocal done)
+        scores_held, maxed = _RowCount(m, "scores_held"), _RowCount(m, "maxed")
+        exps_held, exps_ready = _RowCount(m, "exps_held"), _RowCount(m, "exps_ready")
         row_maxes = _Slots("row_max", signed(32))
         reciprocals = _Slots("reciprocal", RECIP_FRAC_BITS + 2)
         out_shifts = _Slots("out_shift", SHIFT_BITS)
         empty_rows = _Slots("empty_row", 1)
 
         # -- LOAD: store the row; running max through a pipelined compare tree -----------------
-        started = Signal()
-        load_slot, load_beat = _slot_signal("load_slot"), Signal(range(depth + 1))
+        started = _started(m)
+        load_slot = _slot_signal("load_slot")
+        load_beat = _BeatCounter(m, "load_beat", last_beat, depth)
         lowest = -(1 << 31)
-        m.d.sync += started.eq(1)
         accepted = self.i.valid & self.i.ready
-        m.d.comb += self.i.ready.eq(started & ~scores_taken[load_slot])
-        mask = [self.i.payload.mask[lane] & _lane_in_row(load_beat, lane, lanes, self.length)
+        m.d.comb += [self.i.ready.eq(started & scores_held.room), load_beat.step.eq(accepted),
+                     scores_held.add.eq(accepted & load_beat.last)]
+        mask = [self.i.payload.mask[lane] & _lane_in_row(load_beat.value, lane, lanes, self.length)
                 for lane in range(lanes)]
-        m.d.comb += [score_write.addr.eq(base(load_slot) + load_beat), score_write.en.eq(accepted),
+        m.d.comb += [score_write.addr.eq(base(load_slot) + load_beat.value), score_write.en.eq(accepted),
                      score_write.data.scores.eq(self.i.payload.scores)]
         for lane in range(lanes):
             m.d.comb += score_write.data.mask[lane].eq(mask[lane])
-        with m.If(accepted):
-            m.d.sync += load_beat.eq(load_beat + 1)
-            with m.If(load_beat == last_beat):
-                scores_taken.set(m, load_slot, 1)
-                m.d.sync += [load_slot.eq(_next_slot(load_slot)), load_beat.eq(0)]
+        with m.If(scores_held.add):
+            m.d.sync += load_slot.eq(_next_slot(load_slot))
         # a masked lane takes part as the lowest int32, which no max can be below
         candidates = [register(m, Mux(mask[lane], self.i.payload.scores[lane], lowest), f"load_candidate_{lane}")
                       for lane in range(lanes)]
         beat_max, levels = _sum_tree(m, candidates, "load_max", lambda a, b: Mux(b > a, b, a))
         load_valid = _delay(m, accepted, self.LOAD_STAGES + levels, "load_valid")
-        load_last = _delay(m, accepted & (load_beat == last_beat), self.LOAD_STAGES + levels, "load_last")
+        load_last = _delay(m, accepted & load_beat.last, self.LOAD_STAGES + levels, "load_last")
         load_tail_slot = _delay(m, load_slot, self.LOAD_STAGES + levels, "load_tail_slot")
         running_max = Signal(signed(32), init=lowest)
         new_max = Mux(beat_max > running_max, beat_max, running_max)
         with m.If(load_valid):
             m.d.sync += running_max.eq(new_max)
             with m.If(load_last):
-                scores_full.set(m, load_tail_slot, 1)
+                m.d.comb += maxed.add.eq(1)
                 row_maxes.set(m, load_tail_slot, new_max)
                 m.d.sync += running_max.eq(lowest)
 
@@ -309,16 +344,17 @@ class Softmax(wiring.Component):
         # register, 2 max - score, 3 the clamp (into ExpStage), 3 + ExpStage.LATENCY the exps
         # (written back), then the adder tree of the row sum.
         exp_slot = _slot_signal("exp_slot")  # slot being read
-        issue = Signal(range(depth + 1))
+        issue = _BeatCounter(m, "exp_issue", last_beat, depth)
         issuing = Signal()
         total = Signal(sum_bits)
         write_stage = self.EXP_INPUT_STAGES + ExpStage.LATENCY
         beat_total, sum_levels = _sum_tree(m, [exp.exp[lane] for lane in range(lanes)], "exp_sum")
         tags = _tags("exp_tag", write_stage + sum_levels + 1, depth)
         m.d.comb += [exp.multiplier.eq(self.multiplier), exp.shift.eq(self.shift),
-                     score_read.addr.eq(base(exp_slot) + issue), score_read.en.eq(1)]
-        m.d.sync += [tags[0].valid.eq(issuing), tags[0].beat.eq(issue), tags[0].slot.eq(exp_slot),
-                     tags[0].last.eq(issue == last_beat)]
+                     score_read.addr.eq(base(exp_slot) + issue.value), score_read.en.eq(1),
+                     issue.step.eq(issuing)]
+        m.d.sync += [tags[0].valid.eq(issuing), tags[0].beat.eq(issue.value), tags[0].slot.eq(exp_slot),
+                     tags[0].last.eq(issue.last)]
         for stage in range(1, len(tags)):
             m.d.sync += tags[stage].eq(tags[stage - 1])
         row_max = register(m, row_maxes[tags[0].slot], "exp_row_max")
@@ -330,10 +366,8 @@ class Softmax(wiring.Component):
             m.d.comb += [exp.diff[lane].eq(register(m, Mux(diff > limit, limit, diff), f"exp_clamped_{lane}",
                                                     SOFTMAX_DIFF_BITS)),
                          exp.valid[lane].eq(valid)]
-        with m.If(issuing):
-            m.d.sync += issue.eq(issue + 1)
-            with m.If(issue == last_beat):
-                m.d.sync += [issuing.eq(0), exp_slot.eq(_next_slot(exp_slot))]
+        with m.If(issuing & issue.last):
+            m.d.sync += [issuing.eq(0), exp_slot.eq(_next_slot(exp_slot))]
         writing, write_tag = tags[write_stage].valid, tags[write_stage]
         m.d.comb += [exp_write.addr.eq(base(write_tag.slot) + write_tag.beat), exp_write.en.eq(writing),
                      exp_write.data.eq(exp.exp)]
@@ -345,16 +379,19 @@ class Softmax(wiring.Component):
         # A long row (more beats than the reciprocal takes cycles) hands its sum over only
         # after the previous reciprocal is done, so it may start at once; a short row waits
         # until the previous row has drained and its reciprocal is done.
-        draining = Cat(*(tag.valid for tag in tags)).any()
-        may_start = (last_beat > Reciprocal.LATENCY) | (~recip_pending & ~draining)
-        with m.If(~issuing & scores_full[exp_slot] & ~exps_taken[exp_slot] & may_start):
-            m.d.sync += [issuing.eq(1), issue.eq(0)]
+        # registered: a cycle late, but issuing covers the cycle a beat enters the pipeline
+        draining = register(m, Cat(issuing, *(tag.valid for tag in tags)).any(), "exp_draining", 1)
+        long_row = register(m, last_beat > Reciprocal.LATENCY, "exp_long_row", 1)
+        may_start = long_row | (~recip_pending & ~draining)
+        start = Signal()
+        m.d.comb += [start.eq(~issuing & maxed.any & exps_held.room & may_start),
+                     maxed.remove.eq(start), exps_held.add.eq(start)]
+        with m.If(start):
+            m.d.sync += issuing.eq(1)
         with m.If(tail.valid):
             m.d.sync += total.eq(row_total)
             with m.If(tail.last):
-                scores_full.set(m, tail.slot, 0)
-                scores_taken.set(m, tail.slot, 0)
-                exps_taken.set(m, tail.slot, 1)
+                m.d.comb += scores_held.remove.eq(1)
                 m.d.sync += [total.eq(0), recip_pending.eq(1), recip_slot.eq(tail.slot),
                              recip_total.eq(row_total)]
         m.d.comb += recip.value.eq(recip_total)
@@ -363,7 +400,7 @@ class Softmax(wiring.Component):
                 with m.If(recip_pending):
                     with m.If(recip_total == 0):
                         empty_rows.set(m, recip_slot, 1)
-                        exps_ready.set(m, recip_slot, 1)
+                        m.d.comb += exps_ready.add.eq(1)
                         m.d.sync += recip_pending.eq(0)
                     with m.Else():
                         m.d.comb += recip.start.eq(1)
@@ -373,15 +410,14 @@ class Softmax(wiring.Component):
                     reciprocals.set(m, recip_slot, recip.result)
                     empty_rows.set(m, recip_slot, 0)
                     out_shifts.set(m, recip_slot, RECIP_FRAC_BITS - SOFTMAX_OUTPUT_BITS + recip.exponent)
-                    exps_ready.set(m, recip_slot, 1)
+                    m.d.comb += exps_ready.add.eq(1)
                     m.d.sync += recip_pending.eq(0)
                     m.next = "IDLE"
 
         # -- OUT: broadcast multiply by the reciprocal, one operation per stage ---------------
-        out = _OutPipeline(m, ports=[exp_read], ready=exps_ready, base=base, last_beat=last_beat, depth=depth,
+        out = _OutPipeline(m, ports=[exp_read], rows=exps_ready, base=base, last_beat=last_beat, depth=depth,
                            out=self.o, stages=self.OUT_STAGES, name="out")
-        with m.If(out.release):
-            exps_taken.set(m, out.tags[-1].slot, 0)
+        m.d.comb += exps_held.remove.eq(out.release)
         stage, first = out.stage, out.tags[0].slot
         reciprocal = stage(m, reciprocals[first], "out_reciprocal")                          # 1
         out_shift = _delay(m, out_shifts[first], 2, "out_shift", out.advance)                 # 1, 2
@@ -399,7 +435,7 @@ class Softmax(wiring.Component):
                 m.d.sync += self.o.payload[lane].eq(
                     Mux(empty, 0, Mux(high, (1 << SOFTMAX_OUTPUT_BITS) - 1, code)))
 
-        m.d.comb += self.busy.eq((load_beat != 0) | scores_taken.any() | exps_taken.any() | out.busy)
+        m.d.comb += self.busy.eq((load_beat.value != 0) | scores_held.any | exps_held.any | out.busy)
         return m
 
 
@@ -554,37 +590,35 @@ class LayerNorm(wiring.Component):
         def base(slot):
             return slot * depth
 
-        # hand-over state: slot taken (from its first beat in to its last beat out) / sums
-        # done (statistics pending) / slot ready to output
-        taken, loaded, ready = _Slots("taken"), _Slots("loaded"), _Slots("ready")
+        # hand-over state: rows in the unit (last beat in .. last beat out) / sums done
+        # (statistics pending) / rows ready to output
+        rows_in, loaded, rows_ready = _RowCount(m, "rows_in"), _Slots("loaded"), _RowCount(m, "rows_ready")
         sums_x = _Slots("sum_x", signed(sum_bits))
         sums_xx = _Slots("sum_xx", square_sum_bits)
         inv_stds = _Slots("inv_std", DSP_B_UNSIGNED_BITS)
         norm_shifts = _Slots("norm_shift", SHIFT_BITS)
 
         # -- LOAD: store the row; sum and sum of squares through a pipelined adder tree ----------
-        started = Signal()
-        load_slot, load_beat = _slot_signal("load_slot"), Signal(range(depth + 1))
-        m.d.sync += started.eq(1)
+        started = _started(m)
+        load_slot = _slot_signal("load_slot")
+        load_beat = _BeatCounter(m, "load_beat", last_beat, depth)
         accepted = self.i.valid & self.i.ready
-        m.d.comb += self.i.ready.eq(started & ~taken[load_slot])
-        values = [Mux(_lane_in_row(load_beat, lane, lanes, self.length), self.i.payload[lane], 0)
+        m.d.comb += [self.i.ready.eq(started & rows_in.room), load_beat.step.eq(accepted),
+                     rows_in.add.eq(accepted & load_beat.last)]
+        values = [Mux(_lane_in_row(load_beat.value, lane, lanes, self.length), self.i.payload[lane], 0)
                   for lane in range(lanes)]
-        m.d.comb += [row_write.addr.eq(base(load_slot) + load_beat), row_write.en.eq(accepted)]
+        m.d.comb += [row_write.addr.eq(base(load_slot) + load_beat.value), row_write.en.eq(accepted)]
         for lane in range(lanes):
             m.d.comb += row_write.data[lane].eq(values[lane])
-        with m.If(accepted):
-            m.d.sync += load_beat.eq(load_beat + 1)
-            with m.If(load_beat == last_beat):
-                taken.set(m, load_slot, 1)
-                m.d.sync += [load_beat.eq(0), load_slot.eq(_next_slot(load_slot))]
+        with m.If(rows_in.add):
+            m.d.sync += load_slot.eq(_next_slot(load_slot))
         held = [register(m, value, f"load_value_{lane}", signed(8)) for lane, value in enumerate(values)]
         squares = [register(m, v * v, f"load_square_{lane}", 15) for lane, v in enumerate(held)]
         beat_x, levels = _sum_tree(m, [register(m, v, f"load_value_late_{lane}") for lane, v in enumerate(held)],
                                    "load_sum_x")
         beat_xx, _ = _sum_tree(m, squares, "load_sum_xx")
         load_valid = _delay(m, accepted, self.LOAD_STAGES + levels, "load_valid")
-        load_last = _delay(m, accepted & (load_beat == last_beat), self.LOAD_STAGES + levels, "load_last")
+        load_last = _delay(m, accepted & load_beat.last, self.LOAD_STAGES + levels, "load_last")
         load_tail_slot = _delay(m, load_slot, self.LOAD_STAGES + levels, "load_tail_slot")
         sum_x, sum_xx = Signal(signed(sum_bits)), Signal(square_sum_bits)
         with m.If(load_valid):
@@ -629,16 +663,15 @@ class LayerNorm(wiring.Component):
                     inv_stds.set(m, stats_slot, rsqrt.result)
                     norm_shifts.set(m, stats_slot, RSQRT_FRAC_BITS - LAYERNORM_NORM_FRAC_BITS + rsqrt.exponent)
                     loaded.set(m, stats_slot, 0)
-                    ready.set(m, stats_slot, 1)
+                    m.d.comb += rows_ready.add.eq(1)
                     m.d.sync += stats_slot.eq(_next_slot(stats_slot))
                     m.next = "IDLE"
 
         # -- OUT: normalise, scale, shift, requantize: one operation per stage -----------------
-        out = _OutPipeline(m, ports=[row_read], ready=ready, base=base, last_beat=last_beat, depth=depth,
+        out = _OutPipeline(m, ports=[row_read], rows=rows_ready, base=base, last_beat=last_beat, depth=depth,
                            out=self.o, stages=self.OUT_STAGES, name="out")
         tags = out.tags
-        with m.If(out.release):
-            taken.set(m, tags[-1].slot, 0)
+        m.d.comb += rows_in.remove.eq(out.release)
         # gamma / beta arrive at stage 4, from the address stage 3 held
         m.d.comb += [param_read.addr.eq(tags[3].beat), param_read.en.eq(out.advance)]
         stage = out.stage
@@ -670,5 +703,5 @@ class LayerNorm(wiring.Component):
                 m.d.sync += self.o.payload[lane].eq(
                     Mux(in_row[lane], Mux(high, 127, Mux(low, -128, code)), 0))
 
-        m.d.comb += self.busy.eq((load_beat != 0) | taken.any() | out.busy)
+        m.d.comb += self.busy.eq((load_beat.value != 0) | rows_in.any | out.busy)
         return m
