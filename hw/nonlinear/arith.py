@@ -6,11 +6,11 @@ Each stage computes exactly what its golden counterpart in
 reuses :class:`ExpStage` and :class:`Reciprocal`.
 
 Pipelining (docs/timing.md): a clock of 300 MHz leaves room for about one carry chain, one
-barrel shifter or one DSP48E2 multiply per cycle. So every multiply has a register on its
-output (and its operands come from registers: yosys absorbs them as ``AREG``/``BREG``/
-``PREG``), every ``round_shift`` by a run-time amount is split into the shift
-(:func:`shift_round_bit`) and the rounding add in the next cycle, and a multiply's operands
-are kept within the DSP48E2's 27 x 18 signed multiplier (one block, no cascade).
+8-way choice or one DSP48E2 multiply per cycle. So every multiply has a register on its
+output (and its operands come from registers, which yosys may absorb as ``AREG``/``BREG``/
+``PREG``), every ``round_shift`` by a run-time amount is :func:`pipelined_round_shift` (two
+shifts, then the rounding add), and a multiply's operands are kept within the DSP48E2's
+27 x 18 signed multiplier (one block, no cascade).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from vitaccel.hw.spec.luts import (EXP_VALUE_BITS, EXP_ZERO_SHIFT, RECIP_FRAC_BI
                                    rsqrt_table)
 from vitaccel.hw.spec.nonlinear import SOFTMAX_DIFF_BITS, SOFTMAX_MULT_BITS
 
-__all__ = ["round_shift", "shift_round_bit", "saturate", "leading_one", "ExpStage", "Reciprocal",
+__all__ = ["round_shift", "pipelined_round_shift", "saturate", "leading_one", "ExpStage", "Reciprocal",
            "InvSqrt", "SHIFT_BITS", "DSP_B_UNSIGNED_BITS", "register"]
 
 #: Width of every run-time shift amount (0..63).
@@ -42,15 +42,23 @@ def round_shift(value, amount):
     return (value + half) >> amount
 
 
-def shift_round_bit(value, amount):
-    """``(value >> amount, bit)`` with ``round_shift(value, amount) == (value >> amount) + bit``.
+def pipelined_round_shift(m: Module, value, amount, stage, name: str, shape=None) -> Signal:
+    """``round_shift(value, amount)`` for a run-time 6-bit ``amount`` over three registers made
+    by ``stage(m, value, name, shape=None)`` (:func:`register`, or a stalling pipeline's):
+    the shift by ``amount``'s multiple of 8, the shift by the rest, the rounding add.
 
     With ``value = q 2^a + r`` (``0 <= r < 2^a``), ``(value + 2^(a-1)) >> a`` is ``q`` plus 1
-    exactly when ``r >= 2^(a-1)``, i.e. bit ``a-1`` of ``value`` (none for ``a = 0``). The
-    barrel shifter and the rounding add can then sit in different cycles.
+    exactly when ``r >= 2^(a-1)``, i.e. bit ``a-1`` of ``value`` (none for ``a = 0``). So
+    ``t = (value << 1) >> amount`` holds both: ``t >> 1 == value >> amount`` and ``t[0]`` is
+    the rounding bit. Each shift is an 8-way choice per bit (two LUT levels), where the one
+    64-way shift was six levels.
     """
-    value = Value.cast(value)
-    return value >> amount, ((value << 1) >> amount)[0]
+    amount = Value.cast(amount)
+    doubled = Value.cast(value) << 1
+    coarse = stage(m, doubled >> Cat(Const(0, 3), amount[3:]), f"{name}_coarse")
+    fine_amount = stage(m, amount[:3], f"{name}_fine_amount")
+    fine = stage(m, coarse >> fine_amount, f"{name}_fine")
+    return stage(m, (fine >> 1) + fine[0], f"{name}_rounded", shape)
 
 
 def saturate(value, bits: int, signed_out: bool = True):
@@ -84,10 +92,10 @@ class ExpStage(wiring.Component):
     """``e = 2^-(d * multiplier / 2^shift / 2^exp_lut_bits)`` per lane, a :attr:`LATENCY`-cycle pipeline.
 
     The cycles: the product ``d * multiplier`` in two DSP48E2 halves (``d`` split at bit
-    :data:`DSP_B_UNSIGNED_BITS`), their sum, the rounding shift by ``shift`` (shift, then
-    add) into the fixed-point base-2 exponent ``t``; the exp table read at the fractional
-    part of ``t``; the rounding right shift by the integer part (shift, then add). Invalid
-    lanes output 0. One beat per cycle, no stall.
+    :data:`DSP_B_UNSIGNED_BITS`), their sum, the rounding shift by ``shift``
+    (:func:`pipelined_round_shift`, three cycles) into the fixed-point base-2 exponent ``t``;
+    the exp table read at the fractional part of ``t``; the rounding right shift by the
+    integer part (three cycles). Invalid lanes output 0. One beat per cycle, no stall.
 
     Parameters
     ----------
@@ -97,7 +105,7 @@ class ExpStage(wiring.Component):
         Index width of the exp table (fractional bits of ``t``).
     """
 
-    LATENCY = 7
+    LATENCY = 9
 
     def __init__(self, *, lanes: int, exp_lut_bits: int) -> None:
         if lanes < 1:
@@ -123,33 +131,35 @@ class ExpStage(wiring.Component):
                            init=[int(v) for v in self.table])
             m.submodules[f"exp_table_{lane}"] = table
             port = table.read_port(domain="comb")
-            valid = [register(m, self.valid[lane], f"exp_valid_{lane}_0", 1)]
-            for stage in range(1, 4):
-                valid.append(register(m, valid[-1], f"exp_valid_{lane}_{stage}"))
+            valid = _delay_line(m, self.valid[lane], 5, f"exp_valid_{lane}")
             diff = self.diff[lane]
             # 1: the two halves of d * multiplier, each a 17 x 16 product (one DSP48E2 each)
             low = register(m, diff[:split] * multiplier, f"exp_product_low_{lane}")
             high = register(m, diff[split:] * multiplier, f"exp_product_high_{lane}")
             # 2: their sum
             product = register(m, (high << split) + low, f"exp_product_{lane}", exponent_bits)
-            # 3, 4: round_shift(product, shift) as shift, then add
-            shifted, bit = shift_round_bit(product, shift)
-            shifted = register(m, shifted, f"exp_shifted_{lane}")
-            bit = register(m, bit, f"exp_round_{lane}")
-            exponent = register(m, shifted + bit, f"exponent_{lane}", exponent_bits)
-            # 5: the table read at the fraction; the whole part decides zero
+            # 3, 4, 5: round_shift(product, shift)
+            exponent = pipelined_round_shift(m, product, shift, register, f"exponent_{lane}", exponent_bits)
+            # 6: the table read at the fraction; the whole part decides zero
             whole = exponent >> bits
             m.d.comb += port.addr.eq(exponent[:bits])
             value = register(m, port.data, f"exp_value_{lane}")
-            zero = register(m, ~valid[3] | (whole >= EXP_ZERO_SHIFT), f"exp_zero_{lane}")
+            zero = register(m, ~valid[4] | (whole >= EXP_ZERO_SHIFT), f"exp_zero_{lane}")
             amount = register(m, whole[:5], f"exp_whole_{lane}")
-            # 6, 7: round_shift(value, whole) as shift, then add
-            shifted, bit = shift_round_bit(value, amount)
-            shifted = register(m, shifted, f"exp_value_shifted_{lane}")
-            bit = register(m, bit, f"exp_value_round_{lane}")
-            zero = register(m, zero, f"exp_zero_late_{lane}")
-            m.d.sync += self.exp[lane].eq(Mux(zero, 0, shifted + bit))
+            # 7, 8, 9: round_shift(value, whole), zero for a large whole part or an invalid lane
+            zero = _delay_line(m, zero, 3, f"exp_zero_late_{lane}")[-1]
+            rounded = pipelined_round_shift(m, value, amount, register, f"exp_value_{lane}")
+            m.d.comb += self.exp[lane].eq(Mux(zero, 0, rounded))
         return m
+
+
+def _delay_line(m: Module, value, cycles: int, name: str) -> list:
+    """``[value 1 cycle later, .. cycles later]`` in reset-less registers."""
+    line = []
+    for stage in range(cycles):
+        value = register(m, value, f"{name}_{stage}")
+        line.append(value)
+    return line
 
 
 class _NewtonUnit(wiring.Component):
@@ -180,8 +190,8 @@ class _NewtonUnit(wiring.Component):
             "exponent": Out(range(value_bits + 1)),
         })
 
-    #: Cycles from ``start`` to ``done``: IDLE, LOG2, AMOUNT, SHIFT, ROUND, INDEX, READ, SEED
-    #: (:data:`_SETUP_CYCLES`), then one per Newton step (``len(self._newton(...))``).
+    #: Cycles from ``start`` to ``done``: IDLE, LOG2, AMOUNT, COARSE, SHIFT, ROUND, INDEX, READ,
+    #: SEED (:data:`_SETUP_CYCLES`), then one per Newton step (``len(self._newton(...))``).
     LATENCY: int
 
     def _table(self):
@@ -224,6 +234,9 @@ class _NewtonUnit(wiring.Component):
         right, left = Signal(SHIFT_BITS, reset_less=True), Signal(SHIFT_BITS, reset_less=True)
         use_right = Signal(reset_less=True)
         base, bit = Signal(self._mantissa_bits, reset_less=True), Signal(reset_less=True)
+        doubled = Signal(self.value_bits + 1, reset_less=True)   # (value << 1) >> shift: its bit 0 rounds
+        # value shifted by the amounts' multiples of 8 (wide enough for the mantissa's bits)
+        coarse = Signal(max(self.value_bits, self._mantissa_bits), reset_less=True)
         mantissa = Signal(self._mantissa_bits, reset_less=True)
         index = Signal(bits, reset_less=True)
         seed = Signal(self._seed_bits(), reset_less=True)
@@ -244,12 +257,17 @@ class _NewtonUnit(wiring.Component):
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += [use_right.eq(norm_exponent >= frac), right.eq((norm_exponent - frac)[:SHIFT_BITS]),
                              left.eq((frac - norm_exponent)[:SHIFT_BITS])]
-                m.next = "SHIFT"
-            with m.State("SHIFT"):         # barrel shift (right shifts round in the next state)
+                m.next = "COARSE"
+            with m.State("COARSE"):        # shifts by the amounts' multiples of 8
                 m.d.comb += self.busy.eq(1)
-                shifted, round_bit = shift_round_bit(value, right)
-                m.d.sync += [base.eq(Mux(use_right, shifted, (value << left)[:self._mantissa_bits])),
-                             bit.eq(use_right & round_bit)]
+                m.d.sync += [coarse.eq(Mux(use_right, value >> Cat(Const(0, 3), right[3:]),
+                                           value << Cat(Const(0, 3), left[3:]))),
+                             doubled.eq(Mux(use_right, (value << 1) >> Cat(Const(0, 3), right[3:]), 0))]
+                m.next = "SHIFT"
+            with m.State("SHIFT"):         # the rest (right shifts round in the next state)
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [base.eq(Mux(use_right, coarse >> right[:3], (coarse << left[:3])[:self._mantissa_bits])),
+                             bit.eq(use_right & (doubled >> right[:3])[0])]
                 m.next = "ROUND"
             with m.State("ROUND"):
                 m.d.comb += self.busy.eq(1)
@@ -282,7 +300,7 @@ class _NewtonUnit(wiring.Component):
 
 
 #: Cycles of :class:`_NewtonUnit` from ``start`` to the first Newton step's state.
-_SETUP_CYCLES = 8
+_SETUP_CYCLES = 9
 
 
 def _rounded_product_bits(a_bits: int, b_max: int, shift: int) -> int:

@@ -31,8 +31,8 @@ from vitaccel.hw.spec.nonlinear import (GELU_INT16_CONST_BITS, GELU_INT16_MULT_B
                                         LAYERNORM_NORM_FRAC_BITS, SOFTMAX_DIFF_BITS,
                                         SOFTMAX_MULT_BITS, SOFTMAX_OUTPUT_BITS)
 
-from .arith import (DSP_B_UNSIGNED_BITS, SHIFT_BITS, ExpStage, InvSqrt, Reciprocal, register, round_shift,
-                    saturate, shift_round_bit)
+from .arith import (DSP_B_UNSIGNED_BITS, SHIFT_BITS, ExpStage, InvSqrt, Reciprocal, pipelined_round_shift,
+                    register, round_shift, saturate)
 
 __all__ = ["Softmax", "Gelu", "GeluInt16", "LayerNorm", "softmax_input_layout", "ROW_SLOTS"]
 
@@ -272,9 +272,9 @@ class Softmax(wiring.Component):
             "busy": Out(1),
         })
 
-    #: OUT pipeline stages after the exp read: operands; e / sum; rounding shift and add;
+    #: OUT pipeline stages after the exp read: operands; e / sum; rounding shift (three);
     #: saturation flags; output register.
-    OUT_STAGES = 7
+    OUT_STAGES = 8
     #: EXP stages before the ExpStage: the score read, its register, max - score, the clamp.
     EXP_INPUT_STAGES = 3
     #: LOAD pipeline before the compare tree: the masked candidates.
@@ -421,17 +421,14 @@ class Softmax(wiring.Component):
         stage, first = out.stage, out.tags[0].slot
         reciprocal = stage(m, reciprocals[first], "out_reciprocal")                          # 1
         out_shift = _delay(m, out_shifts[first], 2, "out_shift", out.advance)                 # 1, 2
-        empty = _delay(m, empty_rows[first], 5, "out_empty", out.advance)                      # 1..5
+        empty = _delay(m, empty_rows[first], 6, "out_empty", out.advance)                      # 1..6
         for lane in range(lanes):
             value = stage(m, exp_read.data[lane], f"out_exp_{lane}")                          # 1
             product = stage(m, value * reciprocal, f"out_product_{lane}")                      # 2
-            shifted, bit = shift_round_bit(product, out_shift)
-            shifted = stage(m, shifted, f"out_shifted_{lane}")                                 # 3
-            bit = stage(m, bit, f"out_round_{lane}")
-            scaled = stage(m, shifted + bit, f"out_scaled_{lane}")                            # 4
-            high = stage(m, scaled > (1 << SOFTMAX_OUTPUT_BITS) - 1, f"out_high_{lane}")     # 5
+            scaled = pipelined_round_shift(m, product, out_shift, stage, f"out_scaled_{lane}")  # 3, 4, 5
+            high = stage(m, scaled > (1 << SOFTMAX_OUTPUT_BITS) - 1, f"out_high_{lane}")     # 6
             code = stage(m, scaled[:SOFTMAX_OUTPUT_BITS], f"out_code_{lane}")
-            with m.If(out.advance):                                                            # 6
+            with m.If(out.advance):                                                            # 7
                 m.d.sync += self.o.payload[lane].eq(
                     Mux(empty, 0, Mux(high, (1 << SOFTMAX_OUTPUT_BITS) - 1, code)))
 
@@ -554,9 +551,9 @@ class LayerNorm(wiring.Component):
         })
 
     #: OUT pipeline stages after the row read: operands; n x - Sx; x (n x - Sx) / std;
-    #: rounding shift and add; x gamma; + beta; rounding shift and add; saturation flags;
+    #: rounding shift (three); x gamma; + beta; rounding shift (three); saturation flags;
     #: output register.
-    OUT_STAGES = 12
+    OUT_STAGES = 14
     #: LOAD pipeline before the adder tree: the masked values, their squares.
     LOAD_STAGES = 2
     #: STATS states before the inverse square root starts: IDLE, MULTIPLY, SUBTRACT, EPS, CLAMP.
@@ -672,34 +669,29 @@ class LayerNorm(wiring.Component):
                            out=self.o, stages=self.OUT_STAGES, name="out")
         tags = out.tags
         m.d.comb += rows_in.remove.eq(out.release)
-        # gamma / beta arrive at stage 4, from the address stage 3 held
-        m.d.comb += [param_read.addr.eq(tags[3].beat), param_read.en.eq(out.advance)]
+        # gamma / beta arrive at stage 5, from the address stage 4 held
+        m.d.comb += [param_read.addr.eq(tags[4].beat), param_read.en.eq(out.advance)]
         stage = out.stage
         offset = stage(m, -sums_x[tags[0].slot], "out_offset")                               # 1
         inv_std = stage(m, inv_stds[tags[0].slot], "out_inv_std")
         norm_shift = _delay(m, norm_shifts[tags[0].slot], 3, "out_norm_shift", out.advance)     # 1..3
-        in_row = [_delay(m, _lane_in_row(tags[8].beat, lane, lanes, self.length), 2, f"out_in_row_{lane}",
-                         out.advance) for lane in range(lanes)]                                  # 9, 10
+        in_row = [_delay(m, _lane_in_row(tags[10].beat, lane, lanes, self.length), 2, f"out_in_row_{lane}",
+                         out.advance) for lane in range(lanes)]                                  # 11, 12
         for lane in range(lanes):
             x = stage(m, row_read.data[lane], f"out_x_{lane}")                                  # 1
             centred = stage(m, x * self.length + offset, f"out_centred_{lane}")                 # 2
             product = stage(m, centred * stage(m, inv_std, f"out_inv_std_{lane}"), f"out_product_{lane}")  # 3
-            shifted, bit = shift_round_bit(product, norm_shift)
-            shifted = stage(m, shifted, f"out_shifted_{lane}")                                   # 4
-            bit = stage(m, bit, f"out_round_{lane}")
-            normalised = stage(m, shifted + bit, f"out_normalised_{lane}", signed(norm_bits))  # 5
-            gamma = stage(m, param_read.data.gamma[lane], f"out_gamma_{lane}")                  # 5
-            beta = _delay(m, param_read.data.beta[lane], 2, f"out_beta_{lane}", out.advance)   # 5, 6
-            weighted = stage(m, normalised * gamma, f"out_weighted_{lane}")                     # 6
-            total = stage(m, weighted + beta, f"out_total_{lane}")                              # 7
-            shifted, bit = shift_round_bit(total, self.out_shift)
-            shifted = stage(m, shifted, f"out_scaled_{lane}")                                    # 8
-            bit = stage(m, bit, f"out_scaled_round_{lane}")
-            scaled = stage(m, shifted + bit, f"out_rounded_{lane}")                             # 9
-            high = stage(m, scaled > 127, f"out_high_{lane}")                                   # 10
+            normalised = pipelined_round_shift(m, product, norm_shift, stage, f"out_normalised_{lane}",
+                                               signed(norm_bits))                                # 4, 5, 6
+            gamma = stage(m, param_read.data.gamma[lane], f"out_gamma_{lane}")                  # 6
+            beta = _delay(m, param_read.data.beta[lane], 2, f"out_beta_{lane}", out.advance)   # 6, 7
+            weighted = stage(m, normalised * gamma, f"out_weighted_{lane}")                     # 7
+            total = stage(m, weighted + beta, f"out_total_{lane}")                              # 8
+            scaled = pipelined_round_shift(m, total, self.out_shift, stage, f"out_scaled_{lane}")  # 9, 10, 11
+            high = stage(m, scaled > 127, f"out_high_{lane}")                                   # 12
             low = stage(m, scaled < -128, f"out_low_{lane}")
             code = stage(m, scaled[:8], f"out_code_{lane}", signed(8))
-            with m.If(out.advance):                                                              # 11
+            with m.If(out.advance):                                                              # 13
                 m.d.sync += self.o.payload[lane].eq(
                     Mux(in_row[lane], Mux(high, 127, Mux(low, -128, code)), 0))
 
