@@ -124,9 +124,12 @@ class _RowCount:
         self.add, self.remove = Signal(name=f"{name}_add"), Signal(name=f"{name}_remove")
         count = Signal(range(ROW_SLOTS + 1), name=f"{name}_count")
         self.any, self.room = Signal(name=f"{name}_any"), Signal(name=f"{name}_room", init=1)
-        following = Signal(range(ROW_SLOTS + 1), name=f"{name}_next")
-        m.d.comb += following.eq(count + self.add - self.remove)
-        m.d.sync += [count.eq(following), self.any.eq(following != 0), self.room.eq(following < ROW_SLOTS)]
+        m.d.sync += count.eq(count + self.add - self.remove)
+        # the flags from the strobes and the old count in one LUT, not through the sum
+        with m.If(self.add & ~self.remove):
+            m.d.sync += [self.any.eq(1), self.room.eq(count < ROW_SLOTS - 1)]
+        with m.Elif(self.remove & ~self.add):
+            m.d.sync += [self.any.eq(count > 1), self.room.eq(1)]
 
 
 class _BeatCounter:
@@ -137,11 +140,12 @@ class _BeatCounter:
         self.step = Signal(name=f"{name}_step")
         self.value = Signal(range(max(depth, 2)), name=name)
         self.last = Signal(name=f"{name}_last")
-        with m.If(self.step):
-            m.d.sync += [self.value.eq(Mux(self.last, 0, self.value + 1)),
-                         self.last.eq(Mux(self.last, last_beat == 0, self.value + 1 == last_beat))]
-        with m.Else():
-            m.d.sync += self.last.eq(self.value == last_beat)
+        # both outcomes from registers alone; ``step`` only chooses (one LUT after it)
+        stepped, stepped_last = Signal.like(self.value), Signal()
+        m.d.comb += [stepped.eq(Mux(self.last, 0, self.value + 1)),
+                     stepped_last.eq(Mux(self.last, last_beat == 0, self.value + 1 == last_beat))]
+        m.d.sync += [self.value.eq(Mux(self.step, stepped, self.value)),
+                     self.last.eq(Mux(self.step, stepped_last, self.value == last_beat))]
 
 
 class _OutPipeline:
