@@ -134,18 +134,23 @@ class _RowCount:
 
 class _BeatCounter:
     """The beat index within a row, stepped by the comb strobe ``step`` and back to 0 after
-    the row's last beat; :attr:`last` (index == ``last_beat``) is registered."""
+    the row's last beat; :attr:`last` (index == ``last_beat``) is registered.
 
-    def __init__(self, m: Module, name: str, last_beat: Signal, depth: int) -> None:
+    ``step`` is only a clock enable (the next values come from registers alone), so a late
+    ``step`` (the OUT pipeline's ``advance`` reaches every stage register) adds one LUT at
+    most. ``idle`` (never high with ``step``) re-reads ``last_beat`` between rows.
+    """
+
+    def __init__(self, m: Module, name: str, last_beat: Signal, depth: int, idle) -> None:
         self.step = Signal(name=f"{name}_step")
         self.value = Signal(range(max(depth, 2)), name=name)
         self.last = Signal(name=f"{name}_last")
-        # both outcomes from registers alone; ``step`` only chooses (one LUT after it)
-        stepped, stepped_last = Signal.like(self.value), Signal()
-        m.d.comb += [stepped.eq(Mux(self.last, 0, self.value + 1)),
-                     stepped_last.eq(Mux(self.last, last_beat == 0, self.value + 1 == last_beat))]
-        m.d.sync += [self.value.eq(Mux(self.step, stepped, self.value)),
-                     self.last.eq(Mux(self.step, stepped_last, self.value == last_beat))]
+        with m.If(self.step):
+            m.d.sync += self.value.eq(Mux(self.last, 0, self.value + 1))
+        with m.If(idle):
+            m.d.sync += self.last.eq(self.value == last_beat)
+        with m.Elif(self.step):
+            m.d.sync += self.last.eq(Mux(self.last, last_beat == 0, self.value + 1 == last_beat))
 
 
 class _OutPipeline:
@@ -165,7 +170,7 @@ class _OutPipeline:
         self.advance = advance = Signal(name=f"{name}_advance")
         self.tags = tags = _tags(f"{name}_tag", stages, depth)
         read_slot = _slot_signal(f"{name}_read_slot")
-        pointer = _BeatCounter(m, f"{name}_pointer", last_beat, depth)
+        pointer = _BeatCounter(m, f"{name}_pointer", last_beat, depth, idle=~rows.any)
         issue = rows.any
         m.d.comb += [advance.eq(~out.valid | out.ready), out.valid.eq(tags[-1].valid),
                      pointer.step.eq(advance & issue), rows.remove.eq(advance & issue & pointer.last)]
@@ -313,7 +318,8 @@ class Softmax(wiring.Component):
         # -- LOAD: store the row; running max through a pipelined compare tree -----------------
         started = _started(m)
         load_slot = _slot_signal("load_slot")
-        load_beat = _BeatCounter(m, "load_beat", last_beat, depth)
+        # idle: no beat offered, or before ``started`` (the valid port is early in the cycle)
+        load_beat = _BeatCounter(m, "load_beat", last_beat, depth, idle=~(self.i.valid & started))
         lowest = -(1 << 31)
         accepted = self.i.valid & self.i.ready
         m.d.comb += [self.i.ready.eq(started & scores_held.room), load_beat.step.eq(accepted),
@@ -348,8 +354,8 @@ class Softmax(wiring.Component):
         # register, 2 max - score, 3 the clamp (into ExpStage), 3 + ExpStage.LATENCY the exps
         # (written back), then the adder tree of the row sum.
         exp_slot = _slot_signal("exp_slot")  # slot being read
-        issue = _BeatCounter(m, "exp_issue", last_beat, depth)
         issuing = Signal()
+        issue = _BeatCounter(m, "exp_issue", last_beat, depth, idle=~issuing)
         total = Signal(sum_bits)
         write_stage = self.EXP_INPUT_STAGES + ExpStage.LATENCY
         beat_total, sum_levels = _sum_tree(m, [exp.exp[lane] for lane in range(lanes)], "exp_sum")
@@ -602,7 +608,8 @@ class LayerNorm(wiring.Component):
         # -- LOAD: store the row; sum and sum of squares through a pipelined adder tree ----------
         started = _started(m)
         load_slot = _slot_signal("load_slot")
-        load_beat = _BeatCounter(m, "load_beat", last_beat, depth)
+        # idle: no beat offered, or before ``started`` (the valid port is early in the cycle)
+        load_beat = _BeatCounter(m, "load_beat", last_beat, depth, idle=~(self.i.valid & started))
         accepted = self.i.valid & self.i.ready
         m.d.comb += [self.i.ready.eq(started & rows_in.room), load_beat.step.eq(accepted),
                      rows_in.add.eq(accepted & load_beat.last)]
