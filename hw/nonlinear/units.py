@@ -145,12 +145,15 @@ class _BeatCounter:
         self.step = Signal(name=f"{name}_step")
         self.value = Signal(range(max(depth, 2)), name=name)
         self.last = Signal(name=f"{name}_last")
+        # value + 1 == last_beat as an equality with a register: no incrementer before it
+        before_last = Signal(signed(len(last_beat) + 1), name=f"{name}_before_last")
+        m.d.sync += before_last.eq(last_beat - 1)
         with m.If(self.step):
             m.d.sync += self.value.eq(Mux(self.last, 0, self.value + 1))
         with m.If(idle):
             m.d.sync += self.last.eq(self.value == last_beat)
         with m.Elif(self.step):
-            m.d.sync += self.last.eq(Mux(self.last, last_beat == 0, self.value + 1 == last_beat))
+            m.d.sync += self.last.eq(Mux(self.last, last_beat == 0, self.value == before_last))
 
 
 class _OutPipeline:
