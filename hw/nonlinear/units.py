@@ -563,10 +563,10 @@ class LayerNorm(wiring.Component):
             "busy": Out(1),
         })
 
-    #: OUT pipeline stages after the row read: operands; n x - Sx; x (n x - Sx) / std;
+    #: OUT pipeline stages after the row read: operands; n x; - Sx; x (n x - Sx) / std;
     #: rounding shift (three); x gamma; + beta; rounding shift (three); saturation flags;
     #: output register.
-    OUT_STAGES = 14
+    OUT_STAGES = 15
     #: LOAD pipeline before the adder tree: the masked values, their squares.
     LOAD_STAGES = 2
     #: STATS states before the inverse square root starts: IDLE, MULTIPLY, SUBTRACT, EPS, CLAMP.
@@ -683,29 +683,30 @@ class LayerNorm(wiring.Component):
                            out=self.o, stages=self.OUT_STAGES, name="out")
         tags = out.tags
         m.d.comb += rows_in.remove.eq(out.release)
-        # gamma / beta arrive at stage 5, from the address stage 4 held
-        m.d.comb += [param_read.addr.eq(tags[4].beat), param_read.en.eq(out.advance)]
+        # gamma / beta arrive at stage 6, from the address stage 5 held
+        m.d.comb += [param_read.addr.eq(tags[5].beat), param_read.en.eq(out.advance)]
         stage = out.stage
-        offset = stage(m, -sums_x[tags[0].slot], "out_offset")                               # 1
-        inv_std = stage(m, inv_stds[tags[0].slot], "out_inv_std")
-        norm_shift = _delay(m, norm_shifts[tags[0].slot], 3, "out_norm_shift", out.advance)     # 1..3
-        in_row = [_delay(m, _lane_in_row(tags[10].beat, lane, lanes, self.length), 2, f"out_in_row_{lane}",
-                         out.advance) for lane in range(lanes)]                                  # 11, 12
+        offset = _delay(m, -sums_x[tags[0].slot], 2, "out_offset", out.advance)              # 1, 2
+        inv_std = _delay(m, inv_stds[tags[0].slot], 2, "out_inv_std", out.advance)            # 1, 2
+        norm_shift = _delay(m, norm_shifts[tags[0].slot], 4, "out_norm_shift", out.advance)     # 1..4
+        in_row = [_delay(m, _lane_in_row(tags[11].beat, lane, lanes, self.length), 2, f"out_in_row_{lane}",
+                         out.advance) for lane in range(lanes)]                                  # 12, 13
         for lane in range(lanes):
             x = stage(m, row_read.data[lane], f"out_x_{lane}")                                  # 1
-            centred = stage(m, x * self.length + offset, f"out_centred_{lane}")                 # 2
-            product = stage(m, centred * stage(m, inv_std, f"out_inv_std_{lane}"), f"out_product_{lane}")  # 3
+            scaled_x = stage(m, x * self.length, f"out_scaled_x_{lane}")                        # 2
+            centred = stage(m, scaled_x + offset, f"out_centred_{lane}")                        # 3
+            product = stage(m, centred * stage(m, inv_std, f"out_inv_std_{lane}"), f"out_product_{lane}")  # 4
             normalised = pipelined_round_shift(m, product, norm_shift, stage, f"out_normalised_{lane}",
-                                               signed(norm_bits))                                # 4, 5, 6
-            gamma = stage(m, param_read.data.gamma[lane], f"out_gamma_{lane}")                  # 6
-            beta = _delay(m, param_read.data.beta[lane], 2, f"out_beta_{lane}", out.advance)   # 6, 7
-            weighted = stage(m, normalised * gamma, f"out_weighted_{lane}")                     # 7
-            total = stage(m, weighted + beta, f"out_total_{lane}")                              # 8
-            scaled = pipelined_round_shift(m, total, self.out_shift, stage, f"out_scaled_{lane}")  # 9, 10, 11
-            high = stage(m, scaled > 127, f"out_high_{lane}")                                   # 12
+                                               signed(norm_bits))                                # 5, 6, 7
+            gamma = stage(m, param_read.data.gamma[lane], f"out_gamma_{lane}")                  # 7
+            beta = _delay(m, param_read.data.beta[lane], 2, f"out_beta_{lane}", out.advance)   # 7, 8
+            weighted = stage(m, normalised * gamma, f"out_weighted_{lane}")                     # 8
+            total = stage(m, weighted + beta, f"out_total_{lane}")                              # 9
+            scaled = pipelined_round_shift(m, total, self.out_shift, stage, f"out_scaled_{lane}")  # 10, 11, 12
+            high = stage(m, scaled > 127, f"out_high_{lane}")                                   # 13
             low = stage(m, scaled < -128, f"out_low_{lane}")
             code = stage(m, scaled[:8], f"out_code_{lane}", signed(8))
-            with m.If(out.advance):                                                              # 13
+            with m.If(out.advance):                                                              # 14
                 m.d.sync += self.o.payload[lane].eq(
                     Mux(in_row[lane], Mux(high, 127, Mux(low, -128, code)), 0))
 
