@@ -49,11 +49,6 @@ def softmax_input_layout(lanes: int) -> data.StructLayout:
     return data.StructLayout({"scores": data.ArrayLayout(signed(32), lanes), "mask": unsigned(lanes)})
 
 
-def _lane_in_row(beat, lane: int, lanes: int, length):
-    """Whether element ``lane`` of beat ``beat`` lies inside a row of ``length`` elements."""
-    return beat * lanes + lane < length
-
-
 def _last_beat(m: Module, length, lanes: int) -> Signal:
     """A register holding ``ceil(length / lanes) - 1``, the index of a row's last beat, for a
     power-of-two lane count: the run-time ``length`` then feeds no compare in the same cycle.
@@ -122,7 +117,7 @@ class _RowCount:
 
     def __init__(self, m: Module, name: str) -> None:
         self.add, self.remove = Signal(name=f"{name}_add"), Signal(name=f"{name}_remove")
-        count = Signal(range(ROW_SLOTS + 1), name=f"{name}_count")
+        self.count = count = Signal(range(ROW_SLOTS + 1), name=f"{name}_count")
         self.any, self.room = Signal(name=f"{name}_any"), Signal(name=f"{name}_room", init=1)
         m.d.sync += count.eq(count + self.add - self.remove)
         # the flags from the strobes and the old count in one LUT, not through the sum
@@ -202,6 +197,17 @@ class _OutPipeline:
 #: Rows a unit holds at once. With two, a row would hold its buffer through two stages plus
 #: the hand-over, which costs more than one stage time per row; three keep every stage busy.
 ROW_SLOTS = 3
+
+
+def _last_lanes(m: Module, length, lanes: int) -> Signal:
+    """A register with bit ``lane`` set if lane ``lane`` of a row's last beat lies inside the
+    row: lane ``i`` of beat ``b`` is inside iff ``b`` is not the last beat or this bit is set,
+    a LUT on registers instead of a compare with ``length`` (which settles as for
+    :func:`_last_beat`)."""
+    mask = Signal(lanes, name="last_lanes")
+    filled = ((length - 1) & (lanes - 1)) + 1
+    m.d.sync += mask.eq(Cat(*(filled > lane for lane in range(lanes))))
+    return mask
 
 
 def _started(m: Module) -> Signal:
@@ -327,8 +333,8 @@ class Softmax(wiring.Component):
         accepted = self.i.valid & self.i.ready
         m.d.comb += [self.i.ready.eq(started & scores_held.room), load_beat.step.eq(accepted),
                      scores_held.add.eq(accepted & load_beat.last)]
-        mask = [self.i.payload.mask[lane] & _lane_in_row(load_beat.value, lane, lanes, self.length)
-                for lane in range(lanes)]
+        last_lanes = _last_lanes(m, self.length, lanes)
+        mask = [self.i.payload.mask[lane] & (~load_beat.last | last_lanes[lane]) for lane in range(lanes)]
         m.d.comb += [score_write.addr.eq(base(load_slot) + load_beat.value), score_write.en.eq(accepted),
                      score_write.data.scores.eq(self.i.payload.scores)]
         for lane in range(lanes):
@@ -430,7 +436,10 @@ class Softmax(wiring.Component):
         # -- OUT: broadcast multiply by the reciprocal, one operation per stage ---------------
         out = _OutPipeline(m, ports=[exp_read], rows=exps_ready, base=base, last_beat=last_beat, depth=depth,
                            out=self.o, stages=self.OUT_STAGES, name="out")
-        m.d.comb += exps_held.remove.eq(out.release)
+        # the release a cycle late: 'advance' shares its logic, and reaches every stage register
+        release = Signal(name="out_released")
+        m.d.sync += release.eq(out.release)
+        m.d.comb += exps_held.remove.eq(release)
         stage, first = out.stage, out.tags[0].slot
         reciprocal = stage(m, reciprocals[first], "out_reciprocal")                          # 1
         out_shift = _delay(m, out_shifts[first], 2, "out_shift", out.advance)                 # 1, 2
@@ -445,7 +454,7 @@ class Softmax(wiring.Component):
                 m.d.sync += self.o.payload[lane].eq(
                     Mux(empty, 0, Mux(high, (1 << SOFTMAX_OUTPUT_BITS) - 1, code)))
 
-        m.d.comb += self.busy.eq((load_beat.value != 0) | scores_held.any | exps_held.any | out.busy)
+        m.d.comb += self.busy.eq((load_beat.value != 0) | scores_held.any | (exps_held.count > release) | out.busy)
         return m
 
 
@@ -616,8 +625,8 @@ class LayerNorm(wiring.Component):
         accepted = self.i.valid & self.i.ready
         m.d.comb += [self.i.ready.eq(started & rows_in.room), load_beat.step.eq(accepted),
                      rows_in.add.eq(accepted & load_beat.last)]
-        values = [Mux(_lane_in_row(load_beat.value, lane, lanes, self.length), self.i.payload[lane], 0)
-                  for lane in range(lanes)]
+        last_lanes = _last_lanes(m, self.length, lanes)
+        values = [Mux(~load_beat.last | last_lanes[lane], self.i.payload[lane], 0) for lane in range(lanes)]
         m.d.comb += [row_write.addr.eq(base(load_slot) + load_beat.value), row_write.en.eq(accepted)]
         for lane in range(lanes):
             m.d.comb += row_write.data[lane].eq(values[lane])
@@ -682,14 +691,17 @@ class LayerNorm(wiring.Component):
         out = _OutPipeline(m, ports=[row_read], rows=rows_ready, base=base, last_beat=last_beat, depth=depth,
                            out=self.o, stages=self.OUT_STAGES, name="out")
         tags = out.tags
-        m.d.comb += rows_in.remove.eq(out.release)
+        # the release a cycle late: 'advance' shares its logic, and reaches every stage register
+        release = Signal(name="out_released")
+        m.d.sync += release.eq(out.release)
+        m.d.comb += rows_in.remove.eq(release)
         # gamma / beta arrive at stage 6, from the address stage 5 held
         m.d.comb += [param_read.addr.eq(tags[5].beat), param_read.en.eq(out.advance)]
         stage = out.stage
         offset = _delay(m, -sums_x[tags[0].slot], 2, "out_offset", out.advance)              # 1, 2
         inv_std = _delay(m, inv_stds[tags[0].slot], 2, "out_inv_std", out.advance)            # 1, 2
         norm_shift = _delay(m, norm_shifts[tags[0].slot], 4, "out_norm_shift", out.advance)     # 1..4
-        in_row = [_delay(m, _lane_in_row(tags[11].beat, lane, lanes, self.length), 2, f"out_in_row_{lane}",
+        in_row = [_delay(m, ~tags[11].last | last_lanes[lane], 2, f"out_in_row_{lane}",
                          out.advance) for lane in range(lanes)]                                  # 12, 13
         for lane in range(lanes):
             x = stage(m, row_read.data[lane], f"out_x_{lane}")                                  # 1
@@ -710,5 +722,5 @@ class LayerNorm(wiring.Component):
                 m.d.sync += self.o.payload[lane].eq(
                     Mux(in_row[lane], Mux(high, 127, Mux(low, -128, code)), 0))
 
-        m.d.comb += self.busy.eq((load_beat.value != 0) | rows_in.any | out.busy)
+        m.d.comb += self.busy.eq((load_beat.value != 0) | (rows_in.count > release) | out.busy)
         return m
