@@ -204,9 +204,14 @@ def _last_lanes(m: Module, length, lanes: int) -> Signal:
     row: lane ``i`` of beat ``b`` is inside iff ``b`` is not the last beat or this bit is set,
     a LUT on registers instead of a compare with ``length`` (which settles as for
     :func:`_last_beat`)."""
-    mask = Signal(lanes, name="last_lanes")
-    filled = ((length - 1) & (lanes - 1)) + 1
-    m.d.sync += mask.eq(Cat(*(filled > lane for lane in range(lanes))))
+    mask = Signal(lanes, name="last_lanes", init=1)
+    if lanes > 1:
+        # lane < ((length - 1) mod lanes) + 1, on the low bits of length - 1 only
+        low = Signal(int(math.log2(lanes)), name="last_lanes_low")
+        m.d.comb += low.eq(length - 1)
+        m.d.sync += mask.eq(Cat(*(low >= lane for lane in range(lanes))))
+    else:
+        m.d.sync += mask.eq(1)
     return mask
 
 
