@@ -119,12 +119,11 @@ class _RowCount:
         self.add, self.remove = Signal(name=f"{name}_add"), Signal(name=f"{name}_remove")
         self.count = count = Signal(range(ROW_SLOTS + 1), name=f"{name}_count")
         self.any, self.room = Signal(name=f"{name}_any"), Signal(name=f"{name}_room", init=1)
-        m.d.sync += count.eq(count + self.add - self.remove)
-        # the flags from the strobes and the old count in one LUT, not through the sum
+        # the strobes only choose between values of registers (no adder after them)
         with m.If(self.add & ~self.remove):
-            m.d.sync += [self.any.eq(1), self.room.eq(count < ROW_SLOTS - 1)]
+            m.d.sync += [count.eq(count + 1), self.any.eq(1), self.room.eq(count < ROW_SLOTS - 1)]
         with m.Elif(self.remove & ~self.add):
-            m.d.sync += [self.any.eq(count > 1), self.room.eq(1)]
+            m.d.sync += [count.eq(count - 1), self.any.eq(count > 1), self.room.eq(1)]
 
 
 class _BeatCounter:
