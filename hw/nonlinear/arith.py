@@ -4,6 +4,13 @@ Each stage computes exactly what its golden counterpart in
 :mod:`vitaccel.sim.golden.nonlinear` computes (:func:`exp2_neg`, :func:`reciprocal`,
 :func:`inv_sqrt`), from the tables of :mod:`vitaccel.hw.spec.luts`. The sparse attention unit
 reuses :class:`ExpStage` and :class:`Reciprocal`.
+
+Pipelining (docs/timing.md): a clock of 300 MHz leaves room for about one carry chain, one
+8-way choice or one DSP48E2 multiply per cycle. So every multiply has a register on its
+output (and its operands come from registers, which yosys may absorb as ``AREG``/``BREG``/
+``PREG``), every ``round_shift`` by a run-time amount is :func:`pipelined_round_shift` (two
+shifts, then the rounding add), and a multiply's operands are kept within the DSP48E2's
+27 x 18 signed multiplier (one block, no cascade).
 """
 
 from __future__ import annotations
@@ -19,17 +26,39 @@ from vitaccel.hw.spec.luts import (EXP_VALUE_BITS, EXP_ZERO_SHIFT, RECIP_FRAC_BI
                                    rsqrt_table)
 from vitaccel.hw.spec.nonlinear import SOFTMAX_DIFF_BITS, SOFTMAX_MULT_BITS
 
-__all__ = ["round_shift", "saturate", "leading_one", "normalize", "ExpStage", "Reciprocal",
-           "InvSqrt", "SHIFT_BITS"]
+__all__ = ["round_shift", "pipelined_round_shift", "saturate", "leading_one", "ExpStage", "Reciprocal",
+           "InvSqrt", "SHIFT_BITS", "DSP_B_UNSIGNED_BITS", "register"]
 
 #: Width of every run-time shift amount (0..63).
 SHIFT_BITS = 6
+#: Widest unsigned operand on the DSP48E2's 18-bit signed ``B`` input (the ``A`` input takes
+#: 26): a product whose narrower operand fits here maps onto one DSP48E2.
+DSP_B_UNSIGNED_BITS = 17
 
 
 def round_shift(value, amount):
     """``(value + 2^(amount-1)) >> amount`` (0 for amount 0): the one rounding rule, in gateware."""
     half = (Const(1, 1) << amount) >> 1
     return (value + half) >> amount
+
+
+def pipelined_round_shift(m: Module, value, amount, stage, name: str, shape=None) -> Signal:
+    """``round_shift(value, amount)`` for a run-time 6-bit ``amount`` over three registers made
+    by ``stage(m, value, name, shape=None)`` (:func:`register`, or a stalling pipeline's):
+    the shift by ``amount``'s multiple of 8, the shift by the rest, the rounding add.
+
+    With ``value = q 2^a + r`` (``0 <= r < 2^a``), ``(value + 2^(a-1)) >> a`` is ``q`` plus 1
+    exactly when ``r >= 2^(a-1)``, i.e. bit ``a-1`` of ``value`` (none for ``a = 0``). So
+    ``t = (value << 1) >> amount`` holds both: ``t >> 1 == value >> amount`` and ``t[0]`` is
+    the rounding bit. Each shift is an 8-way choice per bit (two LUT levels), where the one
+    64-way shift was six levels.
+    """
+    amount = Value.cast(amount)
+    doubled = Value.cast(value) << 1
+    coarse = stage(m, doubled >> Cat(Const(0, 3), amount[3:]), f"{name}_coarse")
+    fine_amount = stage(m, amount[:3], f"{name}_fine_amount")
+    fine = stage(m, coarse >> fine_amount, f"{name}_fine")
+    return stage(m, (fine >> 1) + fine[0], f"{name}_rounded", shape)
 
 
 def saturate(value, bits: int, signed_out: bool = True):
@@ -50,19 +79,23 @@ def leading_one(m: Module, value: Signal, name: str) -> Signal:
     return position
 
 
-def normalize(value, exponent, frac_bits: int, width: int):
-    """``value * 2^(frac_bits - exponent)``, rounding right shifts, as a ``width``-bit expression."""
-    right = (exponent - frac_bits)[:SHIFT_BITS]
-    left = (frac_bits - exponent)[:SHIFT_BITS]
-    return Mux(exponent >= frac_bits, round_shift(value, right), (value << left)[:width])
+def register(m: Module, value, name: str, shape=None) -> Signal:
+    """``value`` one cycle later, in a reset-less register (a datapath register, which yosys
+    may absorb into a DSP48E2)."""
+    value = Value.cast(value)
+    reg = Signal(shape if shape is not None else value.shape(), name=name, reset_less=True)
+    m.d.sync += reg.eq(value)
+    return reg
 
 
 class ExpStage(wiring.Component):
-    """``e = 2^-(d * multiplier / 2^shift / 2^exp_lut_bits)`` per lane, two pipeline stages.
+    """``e = 2^-(d * multiplier / 2^shift / 2^exp_lut_bits)`` per lane, a :attr:`LATENCY`-cycle pipeline.
 
-    Stage 1 forms the fixed-point base-2 exponent ``t = round(d * multiplier / 2^shift)``;
-    stage 2 looks up the fractional part in the exp table and right-shifts (rounding) by the
-    integer part. Invalid lanes output 0. Latency :attr:`LATENCY` cycles, one beat per cycle.
+    The cycles: the product ``d * multiplier`` in two DSP48E2 halves (``d`` split at bit
+    :data:`DSP_B_UNSIGNED_BITS`), their sum, the rounding shift by ``shift``
+    (:func:`pipelined_round_shift`, three cycles) into the fixed-point base-2 exponent ``t``;
+    the exp table read at the fractional part of ``t``; the rounding right shift by the
+    integer part (three cycles). Invalid lanes output 0. One beat per cycle, no stall.
 
     Parameters
     ----------
@@ -72,7 +105,7 @@ class ExpStage(wiring.Component):
         Index width of the exp table (fractional bits of ``t``).
     """
 
-    LATENCY = 2
+    LATENCY = 9
 
     def __init__(self, *, lanes: int, exp_lut_bits: int) -> None:
         if lanes < 1:
@@ -90,35 +123,56 @@ class ExpStage(wiring.Component):
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        bits = self.exp_lut_bits
+        bits, split = self.exp_lut_bits, DSP_B_UNSIGNED_BITS
+        exponent_bits = SOFTMAX_DIFF_BITS + SOFTMAX_MULT_BITS
+        multiplier, shift = self.multiplier, self.shift
         for lane in range(self.lanes):
             table = Memory(shape=unsigned(EXP_VALUE_BITS), depth=1 << bits,
                            init=[int(v) for v in self.table])
             m.submodules[f"exp_table_{lane}"] = table
             port = table.read_port(domain="comb")
-            exponent = Signal(SOFTMAX_DIFF_BITS + SOFTMAX_MULT_BITS, name=f"exponent_{lane}")
-            valid = Signal(name=f"valid_{lane}")
-            m.d.sync += [exponent.eq(round_shift(self.diff[lane] * self.multiplier, self.shift)),
-                         valid.eq(self.valid[lane])]
+            valid = _delay_line(m, self.valid[lane], 5, f"exp_valid_{lane}")
+            diff = self.diff[lane]
+            # 1: the two halves of d * multiplier, each a 17 x 16 product (one DSP48E2 each)
+            low = register(m, diff[:split] * multiplier, f"exp_product_low_{lane}")
+            high = register(m, diff[split:] * multiplier, f"exp_product_high_{lane}")
+            # 2: their sum
+            product = register(m, (high << split) + low, f"exp_product_{lane}", exponent_bits)
+            # 3, 4, 5: round_shift(product, shift)
+            exponent = pipelined_round_shift(m, product, shift, register, f"exponent_{lane}", exponent_bits)
+            # 6: the table read at the fraction; the whole part decides zero
             whole = exponent >> bits
             m.d.comb += port.addr.eq(exponent[:bits])
-            m.d.sync += self.exp[lane].eq(Mux(~valid | (whole >= EXP_ZERO_SHIFT), 0,
-                                              round_shift(port.data, whole[:5])))
+            value = register(m, port.data, f"exp_value_{lane}")
+            zero = register(m, ~valid[4] | (whole >= EXP_ZERO_SHIFT), f"exp_zero_{lane}")
+            amount = register(m, whole[:5], f"exp_whole_{lane}")
+            # 7, 8, 9: round_shift(value, whole), zero for a large whole part or an invalid lane
+            zero = _delay_line(m, zero, 3, f"exp_zero_late_{lane}")[-1]
+            rounded = pipelined_round_shift(m, value, amount, register, f"exp_value_{lane}")
+            m.d.comb += self.exp[lane].eq(Mux(zero, 0, rounded))
         return m
+
+
+def _delay_line(m: Module, value, cycles: int, name: str) -> list:
+    """``[value 1 cycle later, .. cycles later]`` in reset-less registers."""
+    line = []
+    for stage in range(cycles):
+        value = register(m, value, f"{name}_{stage}")
+        line.append(value)
+    return line
 
 
 class _NewtonUnit(wiring.Component):
     """Shared sequencer of :class:`Reciprocal` and :class:`InvSqrt`: normalise the input to a
     mantissa and an exponent, read a seed from a table indexed by the mantissa's top bits,
-    then one Newton step in two multiplies. Subclasses give the arithmetic of each step.
+    then one Newton step of multiplies. Subclasses give the arithmetic of each step.
 
-    ``start`` latches ``value`` (must be positive); ``done`` is high for one cycle
-    :attr:`LATENCY` cycles later, when ``result`` and ``exponent`` hold the answer; ``busy``
-    is high in between.
+    One state per operation, each ending in a register (a priority encoder, a barrel shift,
+    an add, a table read or one DSP48E2 multiply per cycle). ``start`` latches ``value``
+    (must be positive); ``done`` is high for one cycle :attr:`LATENCY` cycles later, when
+    ``result`` and ``exponent`` hold the answer; ``busy`` is high in between.
     """
 
-    #: Cycles from ``start`` to ``done``.
-    LATENCY = 5
     _mantissa_bits: int
     _result_frac_bits: int
 
@@ -136,65 +190,122 @@ class _NewtonUnit(wiring.Component):
             "exponent": Out(range(value_bits + 1)),
         })
 
+    #: Cycles from ``start`` to ``done``: IDLE, LOG2, AMOUNT, COARSE, SHIFT, ROUND, INDEX, READ,
+    #: SEED (:data:`_SETUP_CYCLES`), then one per Newton step (``len(self._newton(...))``).
+    LATENCY: int
+
     def _table(self):
         raise NotImplementedError
 
-    def _normalize(self, m: Module, value: Signal):
-        """``(mantissa, exponent)`` expressions of the latched input."""
+    def _log2(self, m: Module, value: Signal):
+        """``(exponent of the result, exponent of the normalisation)`` of the latched input."""
+        raise NotImplementedError
+
+    def _frac_bits(self) -> int:
         raise NotImplementedError
 
     def _index(self, mantissa: Signal):
         raise NotImplementedError
 
-    def _aux(self, seed):
-        """A value derived from the seed in the same cycle (``seed^2`` for the square root)."""
-        return seed
-
-    def _error(self, mantissa: Signal, seed: Signal, aux: Signal):
+    def _newton(self, mantissa: Signal, seed: Signal) -> list:
+        """The Newton step, one cycle each: ``(name, shape, function of the previous step's
+        register -> value)``; the last one is the result."""
         raise NotImplementedError
 
-    def _refine(self, seed: Signal, error: Signal):
-        raise NotImplementedError
+    def _seed_bits(self) -> int:
+        """Width of every seed the table can give for a normalised mantissa: the used table
+        entries (index at least :meth:`_first_index`) are all below ``2^bits``."""
+        table = self._table()
+        return max(int(v) for v in table[self._first_index():]).bit_length()
+
+    def _first_index(self) -> int:
+        return 0
 
     def elaborate(self, platform) -> Module:
         m = Module()
         bits, y_bits = self.lut_bits, self._result_frac_bits
         table = Memory(shape=unsigned(y_bits + 1), depth=1 << bits, init=[int(v) for v in self._table()])
         m.submodules.table = table
-        port = table.read_port(domain="comb")
-        value = Signal(self.value_bits)
-        mantissa = Signal(self._mantissa_bits)
-        seed = Signal(y_bits + 1)
-        aux = Signal(y_bits + 2)
-        error = Signal(signed(y_bits + 4))
-        normalized, exponent = self._normalize(m, value)
-        index = self._index(mantissa)
-        m.d.comb += port.addr.eq(Mux(index > (1 << bits) - 1, (1 << bits) - 1, index))
+        port = table.read_port()
+        frac = self._frac_bits()
+        value = Signal(self.value_bits, reset_less=True)
+        log2 = Signal(range(max(self.value_bits, 2)), reset_less=True)
+        norm_exponent = Signal(range(self.value_bits + 2), reset_less=True)
+        right, left = Signal(SHIFT_BITS, reset_less=True), Signal(SHIFT_BITS, reset_less=True)
+        use_right = Signal(reset_less=True)
+        base, bit = Signal(self._mantissa_bits, reset_less=True), Signal(reset_less=True)
+        doubled = Signal(self.value_bits + 1, reset_less=True)   # (value << 1) >> shift: its bit 0 rounds
+        # value shifted by the amounts' multiples of 8 (wide enough for the mantissa's bits)
+        coarse = Signal(max(self.value_bits, self._mantissa_bits), reset_less=True)
+        mantissa = Signal(self._mantissa_bits, reset_less=True)
+        index = Signal(bits, reset_less=True)
+        seed = Signal(self._seed_bits(), reset_less=True)
+        result_exponent, normalise_exponent = self._log2(m, value)
+        raw_index = self._index(mantissa)
+        m.d.comb += port.addr.eq(index)
+        steps = self._newton(mantissa, seed)
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += value.eq(self.value)
-                    m.next = "NORMALIZE"
-            with m.State("NORMALIZE"):
+                    m.next = "LOG2"
+            with m.State("LOG2"):          # priority encoder
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [mantissa.eq(normalized), self.exponent.eq(exponent)]
+                m.d.sync += [self.exponent.eq(result_exponent), norm_exponent.eq(normalise_exponent)]
+                m.next = "AMOUNT"
+            with m.State("AMOUNT"):        # shift amounts of value * 2^(frac - exponent)
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [use_right.eq(norm_exponent >= frac), right.eq((norm_exponent - frac)[:SHIFT_BITS]),
+                             left.eq((frac - norm_exponent)[:SHIFT_BITS])]
+                m.next = "COARSE"
+            with m.State("COARSE"):        # shifts by the amounts' multiples of 8
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [coarse.eq(Mux(use_right, value >> Cat(Const(0, 3), right[3:]),
+                                           value << Cat(Const(0, 3), left[3:]))),
+                             doubled.eq(Mux(use_right, (value << 1) >> Cat(Const(0, 3), right[3:]), 0))]
+                m.next = "SHIFT"
+            with m.State("SHIFT"):         # the rest (right shifts round in the next state)
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [base.eq(Mux(use_right, coarse >> right[:3], (coarse << left[:3])[:self._mantissa_bits])),
+                             bit.eq(use_right & (doubled >> right[:3])[0])]
+                m.next = "ROUND"
+            with m.State("ROUND"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += mantissa.eq(base + bit)
+                m.next = "INDEX"
+            with m.State("INDEX"):         # table index from the mantissa's top bits
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += index.eq(Mux(raw_index > (1 << bits) - 1, (1 << bits) - 1, raw_index))
+                m.next = "READ"
+            with m.State("READ"):          # synchronous table read
+                m.d.comb += self.busy.eq(1)
                 m.next = "SEED"
             with m.State("SEED"):
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [seed.eq(port.data), aux.eq(self._aux(port.data))]
-                m.next = "ERROR"
-            with m.State("ERROR"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += error.eq(self._error(mantissa, seed, aux))
-                m.next = "REFINE"
-            with m.State("REFINE"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += self.result.eq(self._refine(seed, error))
-                m.next = "DONE"
+                m.d.sync += seed.eq(port.data)
+                m.next = "NEWTON_0"
+            previous = None
+            for step, (name, shape, function) in enumerate(steps):
+                last = step == len(steps) - 1
+                reg = self.result if last else Signal(shape, name=f"newton_{name}", reset_less=True)
+                with m.State(f"NEWTON_{step}"):   # one multiply, add or subtract each
+                    m.d.comb += self.busy.eq(1)
+                    m.d.sync += reg.eq(function(previous))
+                    m.next = "DONE" if last else f"NEWTON_{step + 1}"
+                previous = reg
             with m.State("DONE"):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
         return m
+
+
+#: Cycles of :class:`_NewtonUnit` from ``start`` to the first Newton step's state.
+_SETUP_CYCLES = 9
+
+
+def _rounded_product_bits(a_bits: int, b_max: int, shift: int) -> int:
+    """Width of ``round_shift(a * b, shift)`` for ``a < 2^a_bits``, ``b <= b_max``."""
+    return ((((1 << a_bits) - 1) * b_max + (1 << (shift - 1))) >> shift).bit_length()
 
 
 class Reciprocal(_NewtonUnit):
@@ -207,22 +318,32 @@ class Reciprocal(_NewtonUnit):
 
     _mantissa_bits = RECIP_MANTISSA_FRAC_BITS + 2
     _result_frac_bits = RECIP_FRAC_BITS
+    #: m y0, its rounding, the error, y0 x error, its rounding.
+    LATENCY = _SETUP_CYCLES + 5
 
     def _table(self):
         return reciprocal_table(self.lut_bits)
 
-    def _normalize(self, m, value):
+    def _frac_bits(self):
+        return RECIP_MANTISSA_FRAC_BITS
+
+    def _log2(self, m, value):
         k = leading_one(m, value, "recip_log2")
-        return normalize(value, k, RECIP_MANTISSA_FRAC_BITS, self._mantissa_bits), k
+        return k, k
 
     def _index(self, mantissa):
         return (mantissa >> (RECIP_MANTISSA_FRAC_BITS - self.lut_bits)) - (1 << self.lut_bits)
 
-    def _error(self, mantissa, seed, aux):
-        return (1 << (RECIP_FRAC_BITS + 1)) - round_shift(mantissa * seed, RECIP_MANTISSA_FRAC_BITS)
-
-    def _refine(self, seed, error):
-        return round_shift(seed * error, RECIP_FRAC_BITS)
+    def _newton(self, mantissa, seed):
+        y_bits, mb = RECIP_FRAC_BITS, RECIP_MANTISSA_FRAC_BITS
+        error = signed(y_bits + 4)
+        return [
+            ("product", len(mantissa) + len(seed), lambda _: mantissa * seed),
+            ("rounded", len(mantissa) + len(seed), lambda p: round_shift(p, mb)),
+            ("error", error, lambda r: (1 << (y_bits + 1)) - r),
+            ("refined", signed(len(seed) + error.width + 1), lambda e: seed * e),
+            ("result", None, lambda p: round_shift(p, y_bits)),
+        ]
 
 
 class InvSqrt(_NewtonUnit):
@@ -235,22 +356,38 @@ class InvSqrt(_NewtonUnit):
 
     _mantissa_bits = RSQRT_MANTISSA_FRAC_BITS + 3
     _result_frac_bits = RSQRT_FRAC_BITS
+    #: y0^2, its rounding, m y0^2, its rounding, the error, y0 x error, its rounding.
+    LATENCY = _SETUP_CYCLES + 7
 
     def _table(self):
         return rsqrt_table(self.lut_bits)
 
-    def _normalize(self, m, value):
+    def _first_index(self):
+        return (1 << self.lut_bits) >> 2   # m >= 1 in Q2: the first quarter of the table is unused
+
+    def _frac_bits(self):
+        return RSQRT_MANTISSA_FRAC_BITS
+
+    def _log2(self, m, value):
         half_k = leading_one(m, value, "rsqrt_log2") >> 1
-        return normalize(value, Cat(Const(0, 1), half_k), RSQRT_MANTISSA_FRAC_BITS, self._mantissa_bits), half_k
+        return half_k, Cat(Const(0, 1), half_k)
 
     def _index(self, mantissa):
         return mantissa >> (RSQRT_MANTISSA_FRAC_BITS + 2 - self.lut_bits)
 
-    def _aux(self, seed):
-        return round_shift(seed * seed, RSQRT_FRAC_BITS)
-
-    def _error(self, mantissa, seed, aux):
-        return 3 * (1 << RSQRT_FRAC_BITS) - round_shift(mantissa * aux, RSQRT_MANTISSA_FRAC_BITS)
-
-    def _refine(self, seed, error):
-        return round_shift(seed * error, RSQRT_FRAC_BITS + 1)
+    def _newton(self, mantissa, seed):
+        y_bits, mb = RSQRT_FRAC_BITS, RSQRT_MANTISSA_FRAC_BITS
+        seed_max = (1 << len(seed)) - 1
+        # y0^2 rounded: narrower than y0 + 2 bits for the seeds the table gives, so that
+        # m x y0^2 is one DSP48E2 (checked in tests/hw/test_nonlinear.py)
+        square_bits = _rounded_product_bits(len(seed), seed_max, y_bits)
+        error = signed(y_bits + 4)
+        return [
+            ("square", 2 * len(seed), lambda _: seed * seed),
+            ("square_rounded", square_bits, lambda p: round_shift(p, y_bits)),
+            ("product", len(mantissa) + square_bits, lambda s: mantissa * s),
+            ("rounded", len(mantissa) + square_bits, lambda p: round_shift(p, mb)),
+            ("error", error, lambda r: 3 * (1 << y_bits) - r),
+            ("refined", signed(len(seed) + error.width + 1), lambda e: seed * e),
+            ("result", None, lambda p: round_shift(p, y_bits + 1)),
+        ]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from amaranth import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -31,7 +31,8 @@ from vitaccel.hw.spec.nonlinear import (GELU_INT16_CONST_BITS, GELU_INT16_MULT_B
                                         LAYERNORM_NORM_FRAC_BITS, SOFTMAX_DIFF_BITS,
                                         SOFTMAX_MULT_BITS, SOFTMAX_OUTPUT_BITS)
 
-from .arith import SHIFT_BITS, ExpStage, InvSqrt, Reciprocal, round_shift, saturate
+from .arith import (DSP_B_UNSIGNED_BITS, SHIFT_BITS, ExpStage, InvSqrt, Reciprocal, pipelined_round_shift,
+                    register, round_shift, saturate)
 
 __all__ = ["Softmax", "Gelu", "GeluInt16", "LayerNorm", "softmax_input_layout", "ROW_SLOTS"]
 
@@ -48,46 +49,176 @@ def softmax_input_layout(lanes: int) -> data.StructLayout:
     return data.StructLayout({"scores": data.ArrayLayout(signed(32), lanes), "mask": unsigned(lanes)})
 
 
-def _lane_in_row(beat, lane: int, lanes: int, length):
-    """Whether element ``lane`` of beat ``beat`` lies inside a row of ``length`` elements."""
-    return beat * lanes + lane < length
+def _last_beat(m: Module, length, lanes: int) -> Signal:
+    """A register holding ``ceil(length / lanes) - 1``, the index of a row's last beat, for a
+    power-of-two lane count: the run-time ``length`` then feeds no compare in the same cycle.
+    It and the beat counters' registered ``last`` flags follow ``length`` two cycles late, so
+    ``length`` must settle two cycles before a row's first beat (``_started`` gives that after
+    reset; the accelerator's controllers set it several cycles ahead)."""
+    last = Signal(range(max(2, -(-(1 << len(length)) // lanes))), name="last_beat")
+    m.d.sync += last.eq((length - 1) >> int(math.log2(lanes)))
+    return last
 
 
-def _beats(length, lanes: int):
-    """``ceil(length / lanes)`` for a power-of-two lane count."""
-    return (length + lanes - 1) >> int(math.log2(lanes))
+class _Tag:
+    """What one pipeline stage holds: a beat (``valid``) of row slot ``slot``, beat ``beat``,
+    ``last`` if it is the row's last (decided when the beat is read, so that no stage compares)."""
+
+    def __init__(self, name: str, depth: int) -> None:
+        self.valid = Signal(name=f"{name}_valid")
+        self.slot = Signal(range(ROW_SLOTS), name=f"{name}_slot")
+        self.beat = Signal(range(max(depth, 2)), name=f"{name}_beat")
+        self.last = Signal(name=f"{name}_last")
+
+    def eq(self, other: "_Tag") -> list:
+        return [self.valid.eq(other.valid), self.slot.eq(other.slot), self.beat.eq(other.beat),
+                self.last.eq(other.last)]
 
 
-def _stream_out(m: Module, *, ports, base, active, beats, out: stream.Interface, depth: int):
-    """Drive ``out`` with beats ``base .. base+beats-1`` read through synchronous ``ports``.
+def _tags(name: str, count: int, depth: int) -> list[_Tag]:
+    return [_Tag(f"{name}_{stage}", depth) for stage in range(count)]
 
-    A beat is read ahead only when the output register is empty or being consumed, so the
-    stream may stall at any cycle without losing data. Counters clear while ``active`` is low
-    and after the last beat. Returns ``(index of the beat on the output, last beat accepted)``.
+
+def _delay(m: Module, value, cycles: int, name: str, enable=None):
+    """``value`` ``cycles`` cycles later through reset-less registers (advancing on ``enable``)."""
+    for stage in range(cycles):
+        reg = Signal.like(value, name=f"{name}_{stage}", reset_less=True) if isinstance(value, Signal) \
+            else Signal(Value.cast(value).shape(), name=f"{name}_{stage}", reset_less=True)
+        statement = reg.eq(value)
+        if enable is None:
+            m.d.sync += statement
+        else:
+            with m.If(enable):
+                m.d.sync += statement
+        value = reg
+    return value
+
+
+def _sum_tree(m: Module, values: list, name: str, combine=None) -> tuple:
+    """A pipelined reduction of ``values``: one level of pairs (``combine``, default ``+``) per
+    cycle. Returns ``(result register, levels)``; no stall (the stages using it never stall)."""
+    combine = combine or (lambda a, b: a + b)
+    level, levels = list(values), 0
+    while len(level) > 1:
+        pairs = [level[i:i + 2] for i in range(0, len(level), 2)]
+        level = [register(m, combine(*pair) if len(pair) == 2 else pair[0], f"{name}_{levels}_{i}")
+                 for i, pair in enumerate(pairs)]
+        levels += 1
+    return level[0], levels
+
+
+class _RowCount:
+    """Rows between two hand-over events (``add``, ``remove``: comb strobes, one row each).
+
+    Every stage takes rows in slot order, so "the next slot is ready" is "the count is not
+    zero" and "the next slot is free" is "the count is below ``ROW_SLOTS``": :attr:`any` and
+    :attr:`room` are registered, so no slot lookup sits in a handshake path.
     """
-    pointer = Signal(range(depth + 1))
-    sent = Signal(range(depth + 1))
-    loaded = Signal()
-    advance = ~loaded | out.ready
-    last = out.valid & out.ready & (sent == beats - 1)
-    for port in ports:
-        m.d.comb += [port.addr.eq(base + pointer), port.en.eq(active & advance)]
-    m.d.comb += out.valid.eq(active & loaded)
-    with m.If(active):
+
+    def __init__(self, m: Module, name: str) -> None:
+        self.add, self.remove = Signal(name=f"{name}_add"), Signal(name=f"{name}_remove")
+        self.count = count = Signal(range(ROW_SLOTS + 1), name=f"{name}_count")
+        self.any, self.room = Signal(name=f"{name}_any"), Signal(name=f"{name}_room", init=1)
+        # the strobes only choose between values of registers (no adder after them)
+        with m.If(self.add & ~self.remove):
+            m.d.sync += [count.eq(count + 1), self.any.eq(1), self.room.eq(count < ROW_SLOTS - 1)]
+        with m.Elif(self.remove & ~self.add):
+            m.d.sync += [count.eq(count - 1), self.any.eq(count > 1), self.room.eq(1)]
+
+
+class _BeatCounter:
+    """The beat index within a row, stepped by the comb strobe ``step`` and back to 0 after
+    the row's last beat; :attr:`last` (index == ``last_beat``) is registered.
+
+    ``step`` is only a clock enable (the next values come from registers alone), so a late
+    ``step`` (the OUT pipeline's ``advance`` reaches every stage register) adds one LUT at
+    most. ``idle`` (never high with ``step``) re-reads ``last_beat`` between rows.
+    """
+
+    def __init__(self, m: Module, name: str, last_beat: Signal, depth: int, idle) -> None:
+        self.step = Signal(name=f"{name}_step")
+        self.value = Signal(range(max(depth, 2)), name=name)
+        self.last = Signal(name=f"{name}_last")
+        # value + 1 == last_beat as an equality with a register: no incrementer before it
+        before_last = Signal(signed(len(last_beat) + 1), name=f"{name}_before_last")
+        m.d.sync += before_last.eq(last_beat - 1)
+        with m.If(self.step):
+            m.d.sync += self.value.eq(Mux(self.last, 0, self.value + 1))
+        with m.If(idle):
+            m.d.sync += self.last.eq(self.value == last_beat)
+        with m.Elif(self.step):
+            m.d.sync += self.last.eq(Mux(self.last, last_beat == 0, self.value == before_last))
+
+
+class _OutPipeline:
+    """The OUT stage of a row unit: read the beats of the rows ``rows`` counts (ready, not yet
+    read) through synchronous ``ports`` into ``stages`` pipeline stages that advance together,
+    while ``out`` takes the last or the last is empty (the stream may stall at any cycle; no
+    beat is lost or repeated).
+
+    ``tags[0]`` describes the ports' data, ``tags[k]`` the registers the unit fills under
+    ``m.If(advance)`` (:meth:`stage`) from stage ``k - 1``, and the last one ``out.payload``.
+    Reads run ahead into the next ready row while a row drains, so rows follow each other
+    without a bubble. ``release`` strobes when a row's last beat leaves (its slot is free).
+    """
+
+    def __init__(self, m: Module, *, ports, rows: _RowCount, base, last_beat, depth: int,
+                 out: stream.Interface, stages: int, name: str) -> None:
+        self.advance = advance = Signal(name=f"{name}_advance")
+        self.tags = tags = _tags(f"{name}_tag", stages, depth)
+        read_slot = _slot_signal(f"{name}_read_slot")
+        pointer = _BeatCounter(m, f"{name}_pointer", last_beat, depth, idle=~rows.any)
+        issue = rows.any
+        m.d.comb += [advance.eq(~out.valid | out.ready), out.valid.eq(tags[-1].valid),
+                     pointer.step.eq(advance & issue), rows.remove.eq(advance & issue & pointer.last)]
+        for port in ports:
+            m.d.comb += [port.addr.eq(base(read_slot) + pointer.value), port.en.eq(advance)]
         with m.If(advance):
-            m.d.sync += loaded.eq(pointer < beats)
-            with m.If(pointer < beats):
-                m.d.sync += pointer.eq(pointer + 1)
-        with m.If(out.valid & out.ready):
-            m.d.sync += sent.eq(sent + 1)
-    with m.If(~active | last):
-        m.d.sync += [pointer.eq(0), sent.eq(0), loaded.eq(0)]
-    return sent, last
+            m.d.sync += [tags[0].valid.eq(issue), tags[0].slot.eq(read_slot), tags[0].beat.eq(pointer.value),
+                         tags[0].last.eq(pointer.last)]
+            for stage in range(1, stages):
+                m.d.sync += tags[stage].eq(tags[stage - 1])
+        with m.If(rows.remove):
+            m.d.sync += read_slot.eq(_next_slot(read_slot))
+        self.release = Signal(name=f"{name}_release")
+        m.d.comb += self.release.eq(out.valid & out.ready & tags[-1].last)
+        self.busy = Cat(*(tag.valid for tag in tags)).any() | (pointer.value != 0)
+
+    def stage(self, m: Module, value, name: str, shape=None) -> Signal:
+        """A register of the pipeline loaded with ``value`` when it advances."""
+        value = Value.cast(value)
+        reg = Signal(shape if shape is not None else value.shape(), name=name, reset_less=True)
+        with m.If(self.advance):
+            m.d.sync += reg.eq(value)
+        return reg
 
 
 #: Rows a unit holds at once. With two, a row would hold its buffer through two stages plus
 #: the hand-over, which costs more than one stage time per row; three keep every stage busy.
 ROW_SLOTS = 3
+
+
+def _last_lanes(m: Module, length, lanes: int) -> Signal:
+    """A register with bit ``lane`` set if lane ``lane`` of a row's last beat lies inside the
+    row: lane ``i`` of beat ``b`` is inside iff ``b`` is not the last beat or this bit is set,
+    a LUT on registers instead of a compare with ``length`` (which settles as for
+    :func:`_last_beat`)."""
+    mask = Signal(lanes, name="last_lanes", init=1)
+    if lanes > 1:
+        # lane < ((length - 1) mod lanes) + 1, on the low bits of length - 1 only
+        low = Signal(int(math.log2(lanes)), name="last_lanes_low")
+        m.d.comb += low.eq(length - 1)
+        m.d.sync += mask.eq(Cat(*(low >= lane for lane in range(lanes))))
+    else:
+        m.d.sync += mask.eq(1)
+    return mask
+
+
+def _started(m: Module) -> Signal:
+    """Low for the first two cycles after reset (see :func:`_last_beat`)."""
+    first, started = Signal(), Signal()
+    m.d.sync += [first.eq(1), started.eq(first)]
+    return started
 
 
 def _slot_signal(name: str) -> Signal:
@@ -163,6 +294,14 @@ class Softmax(wiring.Component):
             "busy": Out(1),
         })
 
+    #: OUT pipeline stages after the exp read: operands; e / sum; rounding shift (three);
+    #: saturation flags; output register.
+    OUT_STAGES = 8
+    #: EXP stages before the ExpStage: the score read, its register, max - score, the clamp.
+    EXP_INPUT_STAGES = 3
+    #: LOAD pipeline before the compare tree: the masked candidates.
+    LOAD_STAGES = 1
+
     def elaborate(self, platform) -> Module:
         m = Module()
         lanes, depth, config = self.lanes, self.depth, self.config
@@ -174,92 +313,109 @@ class Softmax(wiring.Component):
         m.submodules.recip = recip = Reciprocal(value_bits=sum_bits, lut_bits=config.recip_lut_bits)
         score_write, score_read = scores.write_port(), scores.read_port()
         exp_write, exp_read = exps.write_port(), exps.read_port()
-        beats = _beats(self.length, lanes)
+        last_beat = _last_beat(m, self.length, lanes)
 
         def base(slot):
             return slot * depth
 
-        # hand-over state: scores slot loaded / exps slot in use / exps slot ready to output
-        scores_full, exps_taken, exps_ready = _Slots("scores_full"), _Slots("exps_taken"), _Slots("exps_ready")
+        # hand-over state (row counts, rows go through in slot order): scores held (last beat
+        # in .. EXP done) / max known, EXP not started / exps held (EXP start .. last beat
+        # out) / exps ready to output (reciprocal done)
+        scores_held, maxed = _RowCount(m, "scores_held"), _RowCount(m, "maxed")
+        exps_held, exps_ready = _RowCount(m, "exps_held"), _RowCount(m, "exps_ready")
         row_maxes = _Slots("row_max", signed(32))
         reciprocals = _Slots("reciprocal", RECIP_FRAC_BITS + 2)
         out_shifts = _Slots("out_shift", SHIFT_BITS)
         empty_rows = _Slots("empty_row", 1)
 
-        # -- LOAD: store the row, running max ---------------------------------------------
-        started = Signal()
-        load_slot, load_beat = _slot_signal("load_slot"), Signal(range(depth + 1))
-        running_max = Signal(signed(32), init=-(1 << 31))
-        m.d.sync += started.eq(1)
-        m.d.comb += self.i.ready.eq(started & ~scores_full[load_slot])
-        mask = [self.i.payload.mask[lane] & _lane_in_row(load_beat, lane, lanes, self.length)
-                for lane in range(lanes)]
-        new_max = running_max
-        for lane in range(lanes):
-            # a signal per step: an expression chain would repeat `new_max` twice per lane
-            # and grow exponentially in the simulator's compiled code
-            score, step = self.i.payload.scores[lane], Signal(signed(32), name=f"running_max_{lane}")
-            m.d.comb += step.eq(Mux(mask[lane] & (score > new_max), score, new_max))
-            new_max = step
-        m.d.comb += [score_write.addr.eq(base(load_slot) + load_beat),
-                     score_write.en.eq(self.i.valid & self.i.ready),
+        # -- LOAD: store the row; running max through a pipelined compare tree -----------------
+        started = _started(m)
+        load_slot = _slot_signal("load_slot")
+        # idle: no beat offered, or before ``started`` (the valid port is early in the cycle)
+        load_beat = _BeatCounter(m, "load_beat", last_beat, depth, idle=~(self.i.valid & started))
+        lowest = -(1 << 31)
+        accepted = self.i.valid & self.i.ready
+        m.d.comb += [self.i.ready.eq(started & scores_held.room), load_beat.step.eq(accepted),
+                     scores_held.add.eq(accepted & load_beat.last)]
+        last_lanes = _last_lanes(m, self.length, lanes)
+        mask = [self.i.payload.mask[lane] & (~load_beat.last | last_lanes[lane]) for lane in range(lanes)]
+        m.d.comb += [score_write.addr.eq(base(load_slot) + load_beat.value), score_write.en.eq(accepted),
                      score_write.data.scores.eq(self.i.payload.scores)]
         for lane in range(lanes):
             m.d.comb += score_write.data.mask[lane].eq(mask[lane])
-        with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [running_max.eq(new_max), load_beat.eq(load_beat + 1)]
-            with m.If(load_beat == beats - 1):
-                scores_full.set(m, load_slot, 1)
-                row_maxes.set(m, load_slot, new_max)
-                m.d.sync += [load_slot.eq(_next_slot(load_slot)), load_beat.eq(0), running_max.eq(running_max.init)]
+        with m.If(scores_held.add):
+            m.d.sync += load_slot.eq(_next_slot(load_slot))
+        # a masked lane takes part as the lowest int32, which no max can be below
+        candidates = [register(m, Mux(mask[lane], self.i.payload.scores[lane], lowest), f"load_candidate_{lane}")
+                      for lane in range(lanes)]
+        beat_max, levels = _sum_tree(m, candidates, "load_max", lambda a, b: Mux(b > a, b, a))
+        load_valid = _delay(m, accepted, self.LOAD_STAGES + levels, "load_valid")
+        load_last = _delay(m, accepted & load_beat.last, self.LOAD_STAGES + levels, "load_last")
+        load_tail_slot = _delay(m, load_slot, self.LOAD_STAGES + levels, "load_tail_slot")
+        running_max = Signal(signed(32), init=lowest)
+        new_max = Mux(beat_max > running_max, beat_max, running_max)
+        with m.If(load_valid):
+            m.d.sync += running_max.eq(new_max)
+            with m.If(load_last):
+                m.d.comb += maxed.add.eq(1)
+                row_maxes.set(m, load_tail_slot, new_max)
+                m.d.sync += running_max.eq(lowest)
 
         # -- EXP: exp of (max - score), row sum ---------------------------------------------
-        # Reads of the next row start while the previous row drains through ExpStage, so
-        # every read-side and write-side signal carries its own slot.
+        # Reads of the next row start while the previous row drains through the pipeline, so
+        # every stage carries its own tag (slot, beat). Stages: 0 the score read, 1 its
+        # register, 2 max - score, 3 the clamp (into ExpStage), 3 + ExpStage.LATENCY the exps
+        # (written back), then the adder tree of the row sum.
         exp_slot = _slot_signal("exp_slot")  # slot being read
-        issue = Signal(range(depth + 1))
         issuing = Signal()
+        issue = _BeatCounter(m, "exp_issue", last_beat, depth, idle=~issuing)
         total = Signal(sum_bits)
-        read_valid, read_addr, read_slot = Signal(), Signal(range(depth)), _slot_signal("read_slot")
-        tag_valid = [Signal(name=f"tag_valid_{s}") for s in range(ExpStage.LATENCY)]
-        tag_addr = [Signal(range(depth), name=f"tag_addr_{s}") for s in range(ExpStage.LATENCY)]
-        tag_slot = [_slot_signal(f"tag_slot_{s}") for s in range(ExpStage.LATENCY)]
-        limit = (1 << SOFTMAX_DIFF_BITS) - 1
+        write_stage = self.EXP_INPUT_STAGES + ExpStage.LATENCY
+        beat_total, sum_levels = _sum_tree(m, [exp.exp[lane] for lane in range(lanes)], "exp_sum")
+        tags = _tags("exp_tag", write_stage + sum_levels + 1, depth)
         m.d.comb += [exp.multiplier.eq(self.multiplier), exp.shift.eq(self.shift),
-                     score_read.addr.eq(base(exp_slot) + issue), score_read.en.eq(1)]
+                     score_read.addr.eq(base(exp_slot) + issue.value), score_read.en.eq(1),
+                     issue.step.eq(issuing)]
+        m.d.sync += [tags[0].valid.eq(issuing), tags[0].beat.eq(issue.value), tags[0].slot.eq(exp_slot),
+                     tags[0].last.eq(issue.last)]
+        for stage in range(1, len(tags)):
+            m.d.sync += tags[stage].eq(tags[stage - 1])
+        row_max = register(m, row_maxes[tags[0].slot], "exp_row_max")
+        limit = (1 << SOFTMAX_DIFF_BITS) - 1
         for lane in range(lanes):
-            diff = row_maxes[read_slot] - score_read.data.scores[lane]
-            m.d.comb += [exp.diff[lane].eq(Mux(diff > limit, limit, diff)),
-                         exp.valid[lane].eq(score_read.data.mask[lane])]
-        m.d.sync += [read_valid.eq(issuing), read_addr.eq(issue), read_slot.eq(exp_slot),
-                     tag_valid[0].eq(read_valid), tag_addr[0].eq(read_addr), tag_slot[0].eq(read_slot)]
-        for stage in range(1, ExpStage.LATENCY):
-            m.d.sync += [tag_valid[stage].eq(tag_valid[stage - 1]), tag_addr[stage].eq(tag_addr[stage - 1]),
-                         tag_slot[stage].eq(tag_slot[stage - 1])]
-        with m.If(issuing):
-            m.d.sync += issue.eq(issue + 1)
-            with m.If(issue == beats - 1):
-                m.d.sync += [issuing.eq(0), exp_slot.eq(_next_slot(exp_slot))]
-        writing, write_slot = tag_valid[-1], tag_slot[-1]
-        m.d.comb += [exp_write.addr.eq(base(write_slot) + tag_addr[-1]), exp_write.en.eq(writing),
+            score = register(m, score_read.data.scores[lane], f"exp_score_{lane}")
+            valid = _delay(m, score_read.data.mask[lane], 3, f"exp_mask_{lane}")
+            diff = register(m, row_max - score, f"exp_diff_{lane}")
+            m.d.comb += [exp.diff[lane].eq(register(m, Mux(diff > limit, limit, diff), f"exp_clamped_{lane}",
+                                                    SOFTMAX_DIFF_BITS)),
+                         exp.valid[lane].eq(valid)]
+        with m.If(issuing & issue.last):
+            m.d.sync += [issuing.eq(0), exp_slot.eq(_next_slot(exp_slot))]
+        writing, write_tag = tags[write_stage].valid, tags[write_stage]
+        m.d.comb += [exp_write.addr.eq(base(write_tag.slot) + write_tag.beat), exp_write.en.eq(writing),
                      exp_write.data.eq(exp.exp)]
-        row_total = total + sum(exp.exp[lane] for lane in range(lanes))
+        tail = tags[-1]
+        row_total = total + beat_total
         # -- RECIPROCAL: one per row, overlapping the next row's EXP -------------------------
         recip_pending, recip_slot = Signal(), _slot_signal("recip_slot")
         recip_total = Signal(sum_bits)
         # A long row (more beats than the reciprocal takes cycles) hands its sum over only
         # after the previous reciprocal is done, so it may start at once; a short row waits
         # until the previous row has drained and its reciprocal is done.
-        draining = read_valid | Cat(*tag_valid).any()
-        may_start = (beats > Reciprocal.LATENCY + 1) | (~recip_pending & ~draining)
-        with m.If(~issuing & scores_full[exp_slot] & ~exps_taken[exp_slot] & may_start):
-            m.d.sync += [issuing.eq(1), issue.eq(0)]
-        with m.If(writing):
+        # registered: a cycle late, but issuing covers the cycle a beat enters the pipeline
+        draining = register(m, Cat(issuing, *(tag.valid for tag in tags)).any(), "exp_draining", 1)
+        long_row = register(m, last_beat > Reciprocal.LATENCY, "exp_long_row", 1)
+        may_start = long_row | (~recip_pending & ~draining)
+        start = Signal()
+        m.d.comb += [start.eq(~issuing & maxed.any & exps_held.room & may_start),
+                     maxed.remove.eq(start), exps_held.add.eq(start)]
+        with m.If(start):
+            m.d.sync += issuing.eq(1)
+        with m.If(tail.valid):
             m.d.sync += total.eq(row_total)
-            with m.If(tag_addr[-1] == beats - 1):
-                scores_full.set(m, write_slot, 0)
-                exps_taken.set(m, write_slot, 1)
-                m.d.sync += [total.eq(0), recip_pending.eq(1), recip_slot.eq(write_slot),
+            with m.If(tail.last):
+                m.d.comb += scores_held.remove.eq(1)
+                m.d.sync += [total.eq(0), recip_pending.eq(1), recip_slot.eq(tail.slot),
                              recip_total.eq(row_total)]
         m.d.comb += recip.value.eq(recip_total)
         with m.FSM(name="recip_fsm"):
@@ -267,7 +423,7 @@ class Softmax(wiring.Component):
                 with m.If(recip_pending):
                     with m.If(recip_total == 0):
                         empty_rows.set(m, recip_slot, 1)
-                        exps_ready.set(m, recip_slot, 1)
+                        m.d.comb += exps_ready.add.eq(1)
                         m.d.sync += recip_pending.eq(0)
                     with m.Else():
                         m.d.comb += recip.start.eq(1)
@@ -277,24 +433,32 @@ class Softmax(wiring.Component):
                     reciprocals.set(m, recip_slot, recip.result)
                     empty_rows.set(m, recip_slot, 0)
                     out_shifts.set(m, recip_slot, RECIP_FRAC_BITS - SOFTMAX_OUTPUT_BITS + recip.exponent)
-                    exps_ready.set(m, recip_slot, 1)
+                    m.d.comb += exps_ready.add.eq(1)
                     m.d.sync += recip_pending.eq(0)
                     m.next = "IDLE"
 
-        # -- OUT: broadcast multiply by the reciprocal ----------------------------------------
-        out_slot = _slot_signal("out_slot")
-        _, out_last = _stream_out(m, ports=[exp_read], base=base(out_slot), active=exps_ready[out_slot],
-                                  beats=beats, out=self.o, depth=depth)
+        # -- OUT: broadcast multiply by the reciprocal, one operation per stage ---------------
+        out = _OutPipeline(m, ports=[exp_read], rows=exps_ready, base=base, last_beat=last_beat, depth=depth,
+                           out=self.o, stages=self.OUT_STAGES, name="out")
+        # the release a cycle late: 'advance' shares its logic, and reaches every stage register
+        release = Signal(name="out_released")
+        m.d.sync += release.eq(out.release)
+        m.d.comb += exps_held.remove.eq(release)
+        stage, first = out.stage, out.tags[0].slot
+        reciprocal = stage(m, reciprocals[first], "out_reciprocal")                          # 1
+        out_shift = _delay(m, out_shifts[first], 2, "out_shift", out.advance)                 # 1, 2
+        empty = _delay(m, empty_rows[first], 6, "out_empty", out.advance)                      # 1..6
         for lane in range(lanes):
-            scaled = round_shift(exp_read.data[lane] * reciprocals[out_slot], out_shifts[out_slot])
-            m.d.comb += self.o.payload[lane].eq(
-                Mux(empty_rows[out_slot], 0, saturate(scaled, SOFTMAX_OUTPUT_BITS, signed_out=False)))
-        with m.If(out_last):
-            exps_ready.set(m, out_slot, 0)
-            exps_taken.set(m, out_slot, 0)
-            m.d.sync += out_slot.eq(_next_slot(out_slot))
+            value = stage(m, exp_read.data[lane], f"out_exp_{lane}")                          # 1
+            product = stage(m, value * reciprocal, f"out_product_{lane}")                      # 2
+            scaled = pipelined_round_shift(m, product, out_shift, stage, f"out_scaled_{lane}")  # 3, 4, 5
+            high = stage(m, scaled > (1 << SOFTMAX_OUTPUT_BITS) - 1, f"out_high_{lane}")     # 6
+            code = stage(m, scaled[:SOFTMAX_OUTPUT_BITS], f"out_code_{lane}")
+            with m.If(out.advance):                                                            # 7
+                m.d.sync += self.o.payload[lane].eq(
+                    Mux(empty, 0, Mux(high, (1 << SOFTMAX_OUTPUT_BITS) - 1, code)))
 
-        m.d.comb += self.busy.eq((load_beat != 0) | scores_full.any() | exps_taken.any())
+        m.d.comb += self.busy.eq((load_beat.value != 0) | scores_held.any | (exps_held.count > release) | out.busy)
         return m
 
 
@@ -412,6 +576,15 @@ class LayerNorm(wiring.Component):
             "busy": Out(1),
         })
 
+    #: OUT pipeline stages after the row read: operands; n x; - Sx; x (n x - Sx) / std;
+    #: rounding shift (three); x gamma; + beta; rounding shift (three); saturation flags;
+    #: output register.
+    OUT_STAGES = 15
+    #: LOAD pipeline before the adder tree: the masked values, their squares.
+    LOAD_STAGES = 2
+    #: STATS states before the inverse square root starts: IDLE, MULTIPLY, SUBTRACT, EPS, CLAMP.
+    STATS_STATES = 5
+
     def elaborate(self, platform) -> Module:
         m = Module()
         lanes, depth = self.lanes, self.depth
@@ -420,59 +593,92 @@ class LayerNorm(wiring.Component):
             "beta": data.ArrayLayout(signed(LAYERNORM_BETA_BITS), lanes)})
         m.submodules.rows = rows = Memory(shape=data.ArrayLayout(signed(8), lanes), depth=ROW_SLOTS * depth, init=[])
         m.submodules.params = params = Memory(shape=params_layout, depth=depth, init=[])
-        sum_bits = 8 + math.ceil(math.log2(self.max_channels + 1)) + 1
+        # Exact widths of the statistics: |sum x| <= 128 n, sum x^2 <= 128^2 n (one DSP48E2
+        # each for n sum x^2 and (sum x)^2 on the zcu102's 768 channels).
+        sum_bits = (128 * self.max_channels).bit_length() + 1
+        square_sum_bits = (128 * 128 * self.max_channels).bit_length()
         variance_bits = 2 * sum_bits + 2
+        # |n x - sum x| <= sqrt(n V) < sqrt(n) 2^(k+1) (Cauchy-Schwarz, V = n sum x^2 - (sum x)^2
+        # + eps < 4^(k+1)) and inv_std < 2^DSP_B_UNSIGNED_BITS (tests/hw/test_nonlinear.py
+        # checks every mantissa), so |z| <= sqrt(n) inv_std / 8 + 1: z fits in norm_bits.
+        norm_bits = ((math.isqrt(self.max_channels) + 1) << (DSP_B_UNSIGNED_BITS - 3)).bit_length() + 2
         m.submodules.rsqrt = rsqrt = InvSqrt(value_bits=variance_bits, lut_bits=self.config.rsqrt_lut_bits)
         row_write, row_read = rows.write_port(), rows.read_port()
         param_write, param_read = params.write_port(), params.read_port()
         m.d.comb += [param_write.addr.eq(self.param_write.addr), param_write.en.eq(self.param_write.en),
                      param_write.data.gamma.eq(self.param_write.gamma),
                      param_write.data.beta.eq(self.param_write.beta)]
-        beats = _beats(self.length, lanes)
+        last_beat = _last_beat(m, self.length, lanes)
 
         def base(slot):
             return slot * depth
 
-        # hand-over state: slot loaded (statistics pending) / slot ready to output
-        loaded, ready = _Slots("loaded"), _Slots("ready")
+        # hand-over state: rows in the unit (last beat in .. last beat out) / sums done
+        # (statistics pending) / rows ready to output
+        rows_in, loaded, rows_ready = _RowCount(m, "rows_in"), _Slots("loaded"), _RowCount(m, "rows_ready")
         sums_x = _Slots("sum_x", signed(sum_bits))
-        sums_xx = _Slots("sum_xx", 2 * sum_bits)
-        inv_stds = _Slots("inv_std", RSQRT_FRAC_BITS + 2)
+        sums_xx = _Slots("sum_xx", square_sum_bits)
+        inv_stds = _Slots("inv_std", DSP_B_UNSIGNED_BITS)
         norm_shifts = _Slots("norm_shift", SHIFT_BITS)
 
-        # -- LOAD: store the row, sum and sum of squares ---------------------------------------
-        started = Signal()
-        load_slot, load_beat = _slot_signal("load_slot"), Signal(range(depth + 1))
-        sum_x, sum_xx = Signal(signed(sum_bits)), Signal(2 * sum_bits)
-        m.d.sync += started.eq(1)
-        m.d.comb += self.i.ready.eq(started & ~loaded[load_slot] & ~ready[load_slot])
-        values = [Mux(_lane_in_row(load_beat, lane, lanes, self.length), self.i.payload[lane], 0)
-                  for lane in range(lanes)]
-        new_sum_x = sum_x + sum(values)
-        new_sum_xx = sum_xx + sum(v * v for v in values)
-        m.d.comb += [row_write.addr.eq(base(load_slot) + load_beat), row_write.en.eq(self.i.valid & self.i.ready)]
+        # -- LOAD: store the row; sum and sum of squares through a pipelined adder tree ----------
+        started = _started(m)
+        load_slot = _slot_signal("load_slot")
+        # idle: no beat offered, or before ``started`` (the valid port is early in the cycle)
+        load_beat = _BeatCounter(m, "load_beat", last_beat, depth, idle=~(self.i.valid & started))
+        accepted = self.i.valid & self.i.ready
+        m.d.comb += [self.i.ready.eq(started & rows_in.room), load_beat.step.eq(accepted),
+                     rows_in.add.eq(accepted & load_beat.last)]
+        last_lanes = _last_lanes(m, self.length, lanes)
+        values = [Mux(~load_beat.last | last_lanes[lane], self.i.payload[lane], 0) for lane in range(lanes)]
+        m.d.comb += [row_write.addr.eq(base(load_slot) + load_beat.value), row_write.en.eq(accepted)]
         for lane in range(lanes):
             m.d.comb += row_write.data[lane].eq(values[lane])
-        with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [sum_x.eq(new_sum_x), sum_xx.eq(new_sum_xx), load_beat.eq(load_beat + 1)]
-            with m.If(load_beat == beats - 1):
-                loaded.set(m, load_slot, 1)
-                sums_x.set(m, load_slot, new_sum_x)
-                sums_xx.set(m, load_slot, new_sum_xx)
-                m.d.sync += [sum_x.eq(0), sum_xx.eq(0),
-                             load_beat.eq(0), load_slot.eq(_next_slot(load_slot))]
+        with m.If(rows_in.add):
+            m.d.sync += load_slot.eq(_next_slot(load_slot))
+        held = [register(m, value, f"load_value_{lane}", signed(8)) for lane, value in enumerate(values)]
+        squares = [register(m, v * v, f"load_square_{lane}", 15) for lane, v in enumerate(held)]
+        beat_x, levels = _sum_tree(m, [register(m, v, f"load_value_late_{lane}") for lane, v in enumerate(held)],
+                                   "load_sum_x")
+        beat_xx, _ = _sum_tree(m, squares, "load_sum_xx")
+        load_valid = _delay(m, accepted, self.LOAD_STAGES + levels, "load_valid")
+        load_last = _delay(m, accepted & load_beat.last, self.LOAD_STAGES + levels, "load_last")
+        load_tail_slot = _delay(m, load_slot, self.LOAD_STAGES + levels, "load_tail_slot")
+        sum_x, sum_xx = Signal(signed(sum_bits)), Signal(square_sum_bits)
+        with m.If(load_valid):
+            m.d.sync += [sum_x.eq(sum_x + beat_x), sum_xx.eq(sum_xx + beat_xx)]
+            with m.If(load_last):
+                loaded.set(m, load_tail_slot, 1)
+                sums_x.set(m, load_tail_slot, sum_x + beat_x)
+                sums_xx.set(m, load_tail_slot, sum_xx + beat_xx)
+                m.d.sync += [sum_x.eq(0), sum_xx.eq(0)]
 
-        # -- STATS: variance and inverse square root, one per row ------------------------------
+        # -- STATS: variance and inverse square root, one per row; one operation per state -------
         stats_slot = _slot_signal("stats_slot")
+        operand_x = Signal(signed(sum_bits), reset_less=True)
+        operand_xx = Signal(square_sum_bits, reset_less=True)
+        scaled_xx = Signal(variance_bits, reset_less=True)
+        squared_x = Signal(variance_bits, reset_less=True)
+        spread = Signal(signed(variance_bits + 1), reset_less=True)
         variance = Signal(variance_bits)
         m.d.comb += rsqrt.value.eq(variance)
         with m.FSM(name="stats_fsm"):
             with m.State("IDLE"):
                 with m.If(loaded[stats_slot]):
-                    spread = (self.length * sums_xx[stats_slot] - sums_x[stats_slot] * sums_x[stats_slot]
-                              + self.eps_term)
-                    m.d.sync += variance.eq(Mux(spread < 1, 1, spread))
-                    m.next = "START"
+                    m.d.sync += [operand_x.eq(sums_x[stats_slot]), operand_xx.eq(sums_xx[stats_slot])]
+                    m.next = "MULTIPLY"
+            with m.State("MULTIPLY"):   # n sum x^2 and (sum x)^2, a DSP48E2 each
+                m.d.sync += [scaled_xx.eq(self.length * operand_xx), squared_x.eq(operand_x * operand_x)]
+                m.next = "SUBTRACT"
+            with m.State("SUBTRACT"):
+                m.d.sync += spread.eq(scaled_xx - squared_x)
+                m.next = "EPS"
+            with m.State("EPS"):
+                m.d.sync += spread.eq(spread + self.eps_term)
+                m.next = "CLAMP"
+            with m.State("CLAMP"):
+                m.d.sync += variance.eq(Mux(spread < 1, 1, spread))
+                m.next = "START"
             with m.State("START"):
                 m.d.comb += rsqrt.start.eq(1)
                 m.next = "WAIT"
@@ -481,25 +687,44 @@ class LayerNorm(wiring.Component):
                     inv_stds.set(m, stats_slot, rsqrt.result)
                     norm_shifts.set(m, stats_slot, RSQRT_FRAC_BITS - LAYERNORM_NORM_FRAC_BITS + rsqrt.exponent)
                     loaded.set(m, stats_slot, 0)
-                    ready.set(m, stats_slot, 1)
+                    m.d.comb += rows_ready.add.eq(1)
                     m.d.sync += stats_slot.eq(_next_slot(stats_slot))
                     m.next = "IDLE"
 
-        # -- OUT: normalise, scale, shift, requantize ------------------------------------------
-        out_slot = _slot_signal("out_slot")
-        out_beat, out_last = _stream_out(m, ports=[row_read], base=base(out_slot), active=ready[out_slot],
-                                         beats=beats, out=self.o, depth=depth)
-        m.d.comb += [param_read.addr.eq(row_read.addr - base(out_slot)), param_read.en.eq(row_read.en)]
+        # -- OUT: normalise, scale, shift, requantize: one operation per stage -----------------
+        out = _OutPipeline(m, ports=[row_read], rows=rows_ready, base=base, last_beat=last_beat, depth=depth,
+                           out=self.o, stages=self.OUT_STAGES, name="out")
+        tags = out.tags
+        # the release a cycle late: 'advance' shares its logic, and reaches every stage register
+        release = Signal(name="out_released")
+        m.d.sync += release.eq(out.release)
+        m.d.comb += rows_in.remove.eq(release)
+        # gamma / beta arrive at stage 6, from the address stage 5 held
+        m.d.comb += [param_read.addr.eq(tags[5].beat), param_read.en.eq(out.advance)]
+        stage = out.stage
+        offset = _delay(m, -sums_x[tags[0].slot], 2, "out_offset", out.advance)              # 1, 2
+        inv_std = _delay(m, inv_stds[tags[0].slot], 2, "out_inv_std", out.advance)            # 1, 2
+        norm_shift = _delay(m, norm_shifts[tags[0].slot], 4, "out_norm_shift", out.advance)     # 1..4
+        in_row = [_delay(m, ~tags[11].last | last_lanes[lane], 2, f"out_in_row_{lane}",
+                         out.advance) for lane in range(lanes)]                                  # 12, 13
         for lane in range(lanes):
-            centred = self.length * row_read.data[lane] - sums_x[out_slot]
-            normalised = round_shift(centred * inv_stds[out_slot], norm_shifts[out_slot])
-            scaled = round_shift(normalised * param_read.data.gamma[lane] + param_read.data.beta[lane],
-                                 self.out_shift)
-            m.d.comb += self.o.payload[lane].eq(
-                Mux(_lane_in_row(out_beat, lane, lanes, self.length), saturate(scaled, 8), 0))
-        with m.If(out_last):
-            ready.set(m, out_slot, 0)
-            m.d.sync += out_slot.eq(_next_slot(out_slot))
+            x = stage(m, row_read.data[lane], f"out_x_{lane}")                                  # 1
+            scaled_x = stage(m, x * self.length, f"out_scaled_x_{lane}")                        # 2
+            centred = stage(m, scaled_x + offset, f"out_centred_{lane}")                        # 3
+            product = stage(m, centred * stage(m, inv_std, f"out_inv_std_{lane}"), f"out_product_{lane}")  # 4
+            normalised = pipelined_round_shift(m, product, norm_shift, stage, f"out_normalised_{lane}",
+                                               signed(norm_bits))                                # 5, 6, 7
+            gamma = stage(m, param_read.data.gamma[lane], f"out_gamma_{lane}")                  # 7
+            beta = _delay(m, param_read.data.beta[lane], 2, f"out_beta_{lane}", out.advance)   # 7, 8
+            weighted = stage(m, normalised * gamma, f"out_weighted_{lane}")                     # 8
+            total = stage(m, weighted + beta, f"out_total_{lane}")                              # 9
+            scaled = pipelined_round_shift(m, total, self.out_shift, stage, f"out_scaled_{lane}")  # 10, 11, 12
+            high = stage(m, scaled > 127, f"out_high_{lane}")                                   # 13
+            low = stage(m, scaled < -128, f"out_low_{lane}")
+            code = stage(m, scaled[:8], f"out_code_{lane}", signed(8))
+            with m.If(out.advance):                                                              # 14
+                m.d.sync += self.o.payload[lane].eq(
+                    Mux(in_row[lane], Mux(high, 127, Mux(low, -128, code)), 0))
 
-        m.d.comb += self.busy.eq((load_beat != 0) | loaded.any() | ready.any())
+        m.d.comb += self.busy.eq((load_beat.value != 0) | (rows_in.count > release) | out.busy)
         return m

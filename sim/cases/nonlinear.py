@@ -158,8 +158,9 @@ def layernorm_inputs(rng: np.random.Generator, rows: int, width: int,
 # -- cases -----------------------------------------------------------------------------------
 
 def make_case(unit: str, config: AccelConfig, *, seed: int, rows: int = 4, width: int | None = None,
-              stall: float = 0.0, edges: bool = True) -> Case:
-    """A random case for ``unit`` with golden expectations; ``width`` defaults per unit."""
+              stall: float = 0.0, edges: bool = True, x: np.ndarray | None = None) -> Case:
+    """A random case for ``unit`` with golden expectations; ``width`` defaults per unit.
+    ``x`` (LayerNorm only): the int8 rows to use instead of random ones (sets rows, width)."""
     rng = np.random.default_rng(seed)
     lanes = config.vector_lanes
     if unit == "softmax":
@@ -208,10 +209,12 @@ def make_case(unit: str, config: AccelConfig, *, seed: int, rows: int = 4, width
         return Case(unit, lanes, rows, width, settings, [], beats, expected, 16, True, stall,
                     {"x": x, "params": params})
     if unit == "layernorm":
+        if x is not None:
+            rows, width = np.shape(x)
         width = width or 192
         if not 1 <= width <= LAYERNORM_MAX_CHANNELS:
             raise ValueError(f"width: LayerNorm rows must have 1..{LAYERNORM_MAX_CHANNELS} channels, got {width}")
-        x = layernorm_inputs(rng, rows, width, edges=edges)
+        x = layernorm_inputs(rng, rows, width, edges=edges) if x is None else np.asarray(x, np.int64)
         gamma = rng.normal(1.0, 0.3, width)
         beta = rng.normal(0.0, 0.3, width)
         in_scale, out_scale = float(rng.uniform(0.02, 0.1)), float(rng.uniform(0.02, 0.06))

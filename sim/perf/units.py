@@ -21,9 +21,8 @@ Sources (``hw/accel/core.py`` unless named):
 * Row stream, per row: READ + TAKE per element, SEND per beat; RECEIVE waits for the unit's
   first output beat; then per output beat RECEIVE + one WRITE per element:
   ``3 cols + 2 beats + wait``. The wait is the unit's hand-over of one row through its
-  stages (the controller sends one row and waits for it): LayerNorm's statistics stage
-  (``LAYERNORM_ROW_WAIT``), Softmax's EXP pass over the row's beats plus the reciprocal
-  (``beats + SOFTMAX_ROW_WAIT``).
+  pipelines (the controller sends one row and waits for it): :func:`layernorm_row_wait`
+  and :func:`softmax_row_wait`, counted from the stage constants of the units.
 * REQUANT (``hw/accel/requant.py``): DECIDE, CHECK, per column PARAM_MULTIPLIER,
   PARAM_SHIFT, PARAM_TEST, one more PARAM_MULTIPLIER, per element VALUE_ACC, VALUE_BIAS,
   VALUE_TEST, DST, per element READ_ACC, READ_BIAS, READ_MULTIPLIER, READ_SHIFT, MULTIPLY,
@@ -34,20 +33,39 @@ Sources (``hw/accel/core.py`` unless named):
 
 from __future__ import annotations
 
+from vitaccel.hw.nonlinear.arith import ExpStage, InvSqrt, Reciprocal
+from vitaccel.hw.nonlinear.units import LayerNorm, Softmax
 from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.hw.spec.isa import Instruction, Opcode
 from vitaccel.hw.spec.sparse import topk_passes
 
-__all__ = ["compute_cycles", "LAYERNORM_ROW_WAIT", "SOFTMAX_ROW_WAIT", "TOPK_ENGINE_EXTRA"]
+__all__ = ["compute_cycles", "layernorm_row_wait", "softmax_row_wait", "TOPK_ENGINE_EXTRA"]
 
-#: LayerNorm: cycles RECEIVE waits after a row's last beat went in: the load stage
-#: closing the row's sums, the statistics FSM (IDLE, START, WAIT on the inverse square
-#: root) and the output stream's read-ahead (``LayerNorm`` in ``hw/nonlinear/units.py``).
-LAYERNORM_ROW_WAIT = 8
-#: Softmax: cycles RECEIVE waits beyond one per beat of the row (the EXP pass): the LOAD
-#: stage hand-over, the exp table pipeline (``ExpStage.LATENCY``), the reciprocal
-#: (table + Newton) and the OUT stage's read-ahead.
-SOFTMAX_ROW_WAIT = 11
+def _tree_levels(lanes: int) -> int:
+    """Levels of the units' pipelined adder / compare trees over ``lanes`` values."""
+    return (lanes - 1).bit_length()
+
+
+def layernorm_row_wait(lanes: int) -> int:
+    """LayerNorm: cycles RECEIVE waits after a row's last beat went in (``LayerNorm`` in
+    ``hw/nonlinear/units.py``): the LOAD pipeline and its adder tree to the row's sums, the
+    ``loaded`` flag, the STATS states, the inverse square root, the ``ready`` flag, then the
+    OUT pipeline up to its output register (whose cycle is the first RECEIVE beat)."""
+    return (LayerNorm.LOAD_STAGES + _tree_levels(lanes) + 1 + LayerNorm.STATS_STATES + InvSqrt.LATENCY + 1
+            + LayerNorm.OUT_STAGES - 1)
+
+
+def softmax_row_wait(lanes: int, beats: int) -> int:
+    """Softmax: cycles RECEIVE waits after a row's last beat went in (``Softmax``): the LOAD
+    pipeline and its compare tree to the row max, the ``scores_full`` flag and the EXP issue
+    flag, one issue per beat, the EXP pipeline (input stages, ``ExpStage``, the sum tree) to
+    the row total, the ``pending`` flag, the reciprocal, the ``ready`` flag, then the OUT
+    pipeline up to its output register."""
+    levels = _tree_levels(lanes)
+    return (Softmax.LOAD_STAGES + levels + 2 + beats + Softmax.EXP_INPUT_STAGES + ExpStage.LATENCY + levels
+            + 1 + Reciprocal.LATENCY + 1 + Softmax.OUT_STAGES - 1)
+
+
 #: Top-k engine: cycles beyond ``passes * groups`` from start to its first result beat (the
 #: compaction pass emits a group's beat as it reads it; ``hw/topk.py``).
 TOPK_ENGINE_EXTRA = 0
@@ -113,10 +131,10 @@ def compute_cycles(config: AccelConfig, instr: Instruction) -> int:
     if op is Opcode.LAYERNORM:
         cols = f["cols"]
         params = 6 * cols + _ceil(cols, lanes)
-        return 5 + params + _row_stream(f["rows"], cols, lanes, LAYERNORM_ROW_WAIT)
+        return 5 + params + _row_stream(f["rows"], cols, lanes, layernorm_row_wait(lanes))
     if op is Opcode.SOFTMAX:
         cols = f["cols"]
-        return 5 + _row_stream(f["rows"], cols, lanes, _ceil(cols, lanes) + SOFTMAX_ROW_WAIT)
+        return 5 + _row_stream(f["rows"], cols, lanes, softmax_row_wait(lanes, _ceil(cols, lanes)))
     if op is Opcode.REQUANT:
         return 5 + 3 * f["cols"] + 9 * elements
     if op is Opcode.TOPK:
