@@ -33,7 +33,7 @@ from vitaccel.hw.spec.config import AccelConfig
 __all__ = ["run", "plot", "layer_breakdown", "block_latency_table", "make_record", "RECORD_KEYS", "METHODS",
            "MODELS", "DEFAULT_METHODS", "TOKEN_PRUNING", "RTL_CYCLES_PER_SECOND", "RTL_BUDGET_SECONDS",
            "ACTIVITIES", "KEEP_RATIOS", "deit_tiny_two_blocks", "deit_small_two_blocks", "deit_tiny_block_196",
-           "BACKENDS"]
+           "BACKENDS", "main"]
 
 #: Keys of every record (``rtl_skipped`` is added where RTL was not attempted, ``error`` where
 #: neither backend could run the program).
@@ -375,3 +375,22 @@ def block_latency_table(config: AccelConfig, *, keeps: Sequence[float] = KEEP_RA
 def _in_block(row: dict[str, Any], block: int) -> bool:
     text = f"{row['name']} {row['source']}"
     return f"blocks.{block}." in text or f"blocks_{block}_" in text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m vitaccel.sim.bench.e2e [--config NAME]``: the SPViT-style table
+    (:func:`block_latency_table`) as JSON."""
+    import argparse
+    import json
+
+    from vitaccel.hw.spec.config import load_config
+
+    parser = argparse.ArgumentParser(prog="python -m vitaccel.sim.bench.e2e", description=main.__doc__)
+    parser.add_argument("--config", default="zcu102")
+    args = parser.parse_args(argv)
+    print(json.dumps(block_latency_table(load_config(args.config)), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
