@@ -11,7 +11,7 @@ from vitaccel.sw.commands import UserError
 from vitaccel.sw.program import CompiledProgram, write_program
 
 __all__ = ["compile_model", "token_pruning_model", "nm_pruning_pattern", "default_calibration", "DEFAULT_CALIB",
-           "DEFAULT_CALIB_LARGE"]
+           "DEFAULT_CALIB_LARGE", "reference_outputs", "reference_image_count", "TORCH_TIMED_IMAGES"]
 
 #: Calibration images used when ``--calib`` is not given, for small inputs (digits-vit) ...
 DEFAULT_CALIB = 32
@@ -24,6 +24,49 @@ def default_calibration(input_shape: tuple[int, ...]) -> int:
     return DEFAULT_CALIB if input_shape[-1] * input_shape[-2] <= 64 * 64 else DEFAULT_CALIB_LARGE
 
 Progress = Callable[[str, float], Any]
+
+#: Generated evaluation images whose float outputs a program stores (``run --images`` at most),
+#: for small inputs (<= 64x64) and for larger ones, whose float forward passes cost more.
+REFERENCE_GENERATED_IMAGES = 64
+REFERENCE_GENERATED_IMAGES_LARGE = 16
+#: Images the float model is timed on (batch 1) for ``run``'s side-by-side speed figure.
+TORCH_TIMED_IMAGES = 8
+
+
+def reference_image_count(input_shape: tuple[int, ...]) -> int | None:
+    """How many evaluation images a program stores float outputs for: every image of a data
+    set (None), or a bounded number of generated ones."""
+    from vitaccel.sw.data import has_dataset
+
+    if has_dataset(input_shape):
+        return None
+    small = input_shape[-1] * input_shape[-2] <= 64 * 64
+    return REFERENCE_GENERATED_IMAGES if small else REFERENCE_GENERATED_IMAGES_LARGE
+
+
+def reference_outputs(net: Any, input_shape: tuple[int, int, int], *, batch: int = 64) -> tuple[Any, dict[str, Any]]:
+    """The float model's logits on its evaluation images (float32 ``[images, classes]``) and
+    what a program's manifest records about them: ``images``, ``data`` (where they come
+    from) and ``torch_seconds_per_image`` (the float model at batch 1)."""
+    import numpy as np
+    import torch
+
+    from vitaccel.sw.data import images_for
+    from vitaccel.sw.torch_util import model_logits
+
+    dataset = images_for(input_shape, reference_image_count(input_shape))
+    with torch.no_grad():
+        net(torch.from_numpy(dataset.images[:1]))  # warm-up: first-call allocation is not inference
+        timed = min(len(dataset), TORCH_TIMED_IMAGES)
+        start = time.perf_counter()
+        for index in range(timed):
+            net(torch.from_numpy(dataset.images[index:index + 1]))
+        per_image = (time.perf_counter() - start) / timed
+        logits = [model_logits(net(torch.from_numpy(dataset.images[i:i + batch]))).reshape(
+                  len(dataset.images[i:i + batch]), -1).numpy() for i in range(0, len(dataset), batch)]
+    meta = {"images": len(dataset), "data": dataset.description, "labelled": dataset.labels is not None,
+            "torch_seconds_per_image": round(per_image, 6)}
+    return np.concatenate(logits).astype(np.float32), meta
 
 
 def _stage(progress: Progress | None, lo: float, hi: float) -> Progress | None:
@@ -96,7 +139,8 @@ def nm_pruning_pattern(nm: str | tuple[int, int], config: AccelConfig) -> tuple[
 def compile_model(model: str, config: str | AccelConfig, output: str | Path, *, weights: str | None = None,
                   calib: int | None = None, method: str = "minmax", prune_tokens: str | float | None = None,
                   prune_points: Sequence[int] | None = None, package_token: bool = False,
-                  nm: str | tuple[int, int] | None = None, progress: Progress | None = None) -> CompiledProgram:
+                  nm: str | tuple[int, int] | None = None, force: bool = False,
+                  progress: Progress | None = None) -> CompiledProgram:
     """Compile ``model`` (zoo name or ``file.py:function``) for ``config`` into ``output``.
 
     With ``prune_tokens`` (a keep ratio, or ``"KEEP[@P1,P2,...]"``; ``prune_points`` and
@@ -113,11 +157,17 @@ def compile_model(model: str, config: str | AccelConfig, output: str | Path, *, 
     and fine-tuned with :func:`~vitaccel.sw.prune.nm.prune_nm` beforehand) is stored
     compressed and runs as ``nm=1`` GEMMs.
 
+    ``output`` is checked before any work (:func:`~vitaccel.sw.program.check_output_dir`: not
+    a file, not a non-empty directory other than a program unless ``force``) and written
+    atomically; the program stores the float model's outputs on its evaluation images
+    (:func:`reference_outputs`), which ``run`` compares with.
+
     Raises
     ------
     UserError
         For an unknown model/config, an unsupported operator (named, with its source), a
-        layer the back end cannot map, or a bad token-pruning or ``nm`` option.
+        layer the back end cannot map, a bad token-pruning or ``nm`` option, or an output
+        path a program cannot be written to.
     """
     from vitaccel.sw.backend import BackendError, compile_qgraph
     from vitaccel.sw.data import images_for
@@ -125,9 +175,15 @@ def compile_model(model: str, config: str | AccelConfig, output: str | Path, *, 
     from vitaccel.sw.quantize import quantize_model
     from vitaccel.sw.qgraph import QGraphError
 
+    from vitaccel.sw.program import ProgramError, check_output_dir
+
     if calib is not None and calib < 1:
         raise UserError(f"--calib must be at least 1, got {calib}")
     cfg = config if isinstance(config, AccelConfig) else load_config(config)
+    try:
+        check_output_dir(output, force=force)
+    except ProgramError as err:
+        raise UserError(f"-o {output}: {err}") from None
     started = time.perf_counter()
     if progress:
         progress("loading model", 0.0)
@@ -151,8 +207,9 @@ def compile_model(model: str, config: str | AccelConfig, output: str | Path, *, 
         net = token_pruning_model(net, prune_tokens, prune_points, package_token=package_token)
         pruning = {"keep": [net.keep[p] for p in net.points], "points": list(net.points), "package": net.package,
                    "tokens_per_block": net.token_counts(net.model.patch_embed.num_patches)}
-    calib = default_calibration(shape) if calib is None else calib
-    calib_images = images_for(shape, calib, split="train").images[:calib]
+    requested = default_calibration(shape) if calib is None else calib
+    calib_images = images_for(shape, requested, split="train").images[:requested]
+    calib = len(calib_images)   # a data set may hold fewer: the manifest records what was used
     try:
         qgraph = quantize_model(net, shape, calib_images, method, config=cfg, name=Path(model).name,
                                 progress=_stage(progress, 0.05, 0.7))
@@ -160,13 +217,21 @@ def compile_model(model: str, config: str | AccelConfig, output: str | Path, *, 
                 "input_shape": list(shape), "calib_images": int(calib),
                 **({"token_pruning": pruning} if pruning is not None else {}),
                 **({"nm_pruning": nm_meta} if nm_meta is not None else {})}
-        program = compile_qgraph(qgraph, cfg, progress=_stage(progress, 0.7, 0.95), meta=meta)
+        if calib < requested:
+            meta["calib_requested"] = int(requested)
+        program = compile_qgraph(qgraph, cfg, progress=_stage(progress, 0.7, 0.9), meta=meta)
     except (BackendError, QGraphError) as err:
         raise UserError(str(err)) from None
     if progress:
-        progress("writing program", 0.95)
+        progress("float reference outputs", 0.9)
+    program.reference, program.manifest["reference"] = reference_outputs(net, shape)
+    if progress:
+        progress("writing program", 0.97)
     program.manifest["compile_seconds"] = round(time.perf_counter() - started, 3)
-    write_program(output, program)
+    try:
+        write_program(output, program, force=force)
+    except ProgramError as err:
+        raise UserError(str(err)) from None
     if progress:
         progress("done", 1.0)
     return program

@@ -21,12 +21,18 @@ DIGITS_MEAN = 0.5
 DIGITS_STD = 0.5
 
 
+#: Input shape of the models evaluated on :func:`digits`; other shapes get generated images.
+DIGITS_SHAPE = (1, 8, 8)
+
+
 @dataclass(frozen=True)
 class Dataset:
-    """Float images ``[N, C, H, W]`` (normalised) and integer labels (or None)."""
+    """Float images ``[N, C, H, W]`` (normalised), integer labels (or None), and where the
+    images come from (for manifests and reports)."""
 
     images: np.ndarray
     labels: np.ndarray | None
+    description: str = ""
 
     def __len__(self) -> int:
         return len(self.images)
@@ -46,7 +52,8 @@ def digits(split: str = "test") -> Dataset:
     order = np.random.default_rng(DIGITS_SPLIT_SEED).permutation(len(images))
     n_test = int(round(len(images) * DIGITS_TEST_FRACTION))
     chosen = order[:n_test] if split == "test" else order[n_test:]
-    return Dataset(images=images[chosen], labels=raw.target[chosen].astype(np.int64))
+    return Dataset(images=images[chosen], labels=raw.target[chosen].astype(np.int64),
+                   description=f"scikit-learn digits, {split} split (seed {DIGITS_SPLIT_SEED})")
 
 
 def generated_images(count: int, shape: tuple[int, int, int] = (3, 224, 224), *,
@@ -66,15 +73,22 @@ def generated_images(count: int, shape: tuple[int, int, int] = (3, 224, 224), *,
     coarse = torch.randn(count, c, 7, 7, generator=generator)
     smooth = F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
     noise = 0.1 * torch.randn(count, c, h, w, generator=generator)
-    return Dataset(images=(smooth + noise).numpy().astype(np.float32), labels=None)
+    return Dataset(images=(smooth + noise).numpy().astype(np.float32), labels=None,
+                   description=f"generated smooth noise (seed {seed})")
+
+
+def has_dataset(input_shape: tuple[int, ...]) -> bool:
+    """Whether models of ``input_shape`` are evaluated on a data set (else generated images)."""
+    return tuple(input_shape) == DIGITS_SHAPE
 
 
 def images_for(input_shape: tuple[int, int, int], count: int | None = None, *,
                split: str = "test") -> Dataset:
-    """The evaluation images for a model: digits for ``1x8x8`` inputs, generated otherwise."""
-    if tuple(input_shape) == (1, 8, 8):
+    """The evaluation images for a model: digits for ``1x8x8`` inputs, generated otherwise
+    (``count`` of them, default 8; which images depends on ``count``)."""
+    if has_dataset(input_shape):
         data = digits(split)
         if count is not None:
-            data = Dataset(data.images[:count], data.labels[:count])
+            data = Dataset(data.images[:count], data.labels[:count], data.description)
         return data
     return generated_images(count or 8, tuple(input_shape), seed=0 if split == "test" else 1)

@@ -30,7 +30,7 @@ from vitaccel.sw.program import CompiledProgram
 
 __all__ = ["Device", "GoldenDevice", "PerfDevice", "BoardDevice", "DeviceError", "ControlPort", "run_on_accelerator",
            "COUNTERS", "STATUS_BUSY", "STATUS_DONE", "STATUS_ERROR", "open_device", "BACKENDS",
-           "program_layout", "record_error", "layer_at"]
+           "program_layout", "record_error", "layer_at", "machine_error_message", "instruction_text"]
 
 #: Backend names ``vitaccel run --backend`` accepts.
 BACKENDS = ("golden", "perf", "rtl", "board")
@@ -76,7 +76,8 @@ class ControlPort(ABC):
 
 
 async def run_on_accelerator(port: ControlPort, *, program_addr: int, length: int, ddr_base: int,
-                             ddr_size: int, watchdog: int = 0, max_cycles: int) -> dict[str, Any]:
+                             ddr_size: int, watchdog: int = 0, max_cycles: int,
+                             checksum: int | None = None) -> dict[str, Any]:
     """Run one program that is already in DDR; what the host can observe afterwards.
 
     Parameters
@@ -91,6 +92,11 @@ async def run_on_accelerator(port: ControlPort, *, program_addr: int, length: in
         ``WATCHDOG_LIMIT`` (cycles without a retired instruction; 0: off).
     max_cycles : int
         How long the host waits for the interrupt before it declares a hang.
+    checksum : int, optional
+        The program's CRC-32 (:func:`~vitaccel.hw.spec.regmap.program_crc32`, a compiled
+        program's ``manifest["checksum"]``): written to ``PROGRAM_CRC`` with
+        ``PROGRAM_CHECK.crc`` set, so a corrupted program stops with ``PROGRAM_CHECKSUM``
+        before anything executes. ``None`` turns the check off.
 
     Returns
     -------
@@ -106,6 +112,8 @@ async def run_on_accelerator(port: ControlPort, *, program_addr: int, length: in
     await port.write("DDR_BASE_HI", ddr_base >> 32)
     await port.write("DDR_SIZE", ddr_size)
     await port.write("WATCHDOG_LIMIT", watchdog)
+    await port.write("PROGRAM_CRC", checksum or 0)
+    await port.write("PROGRAM_CHECK", int(checksum is not None))
     await port.write("CONTROL", 1)
     interrupt, waited = await port.wait_interrupt(max_cycles)
     record: dict[str, Any] = {"interrupt": interrupt, "waited": waited}
@@ -133,6 +141,29 @@ def layer_at(manifest: dict[str, Any], pc: int) -> str | None:
         if first is not None and first <= pc < first + layer.get("instructions", 0):
             return f"{layer['name']}" + (f", {layer['source']}" if layer.get("source") else "")
     return None
+
+
+def instruction_text(words: list[int], pc: int) -> str:
+    """The disassembly of instruction ``pc`` of ``words`` (``?`` outside the program)."""
+    from vitaccel.hw.spec import isa
+
+    if not 0 <= pc < len(words):
+        return "?"
+    # disassemble() numbers its lines from 0: drop that index, the pc is given already.
+    return isa.disassemble([words[pc]]).strip().split(maxsplit=1)[-1]
+
+
+def machine_error_message(err: Exception, program: CompiledProgram) -> str:
+    """A golden :class:`~vitaccel.sim.golden.machine.MachineError` as one line: the code, the
+    instruction (index and disassembly) and the layer it belongs to."""
+    pc = getattr(err, "pc", None)
+    code = getattr(err, "code", ErrorCode.NONE)
+    if pc is None or not 0 <= pc < len(program.words):
+        return f"the golden machine stopped with {code.name}: {err}"
+    layer = layer_at(program.manifest, pc)
+    return (f"the golden machine stopped with {code.name} at instruction {pc}"
+            + (f" (layer {layer})" if layer else "") + f" [{instruction_text(program.words, pc)}]: "
+            + str(err).removeprefix(f"instruction {pc}: "))
 
 
 def record_error(record: dict[str, Any], manifest: dict[str, Any] | None = None) -> DeviceError | None:
@@ -228,7 +259,19 @@ class GoldenDevice(Device):
         self.machine = GoldenMachine(program.config)
 
     def execute(self, ddr: np.ndarray) -> dict[str, Any]:
-        return self.machine.run(self.program.words, ddr).to_dict()
+        """One run, the program's checksum checked as the hardware does.
+
+        Raises
+        ------
+        DeviceError
+            If the machine stops with an error: its code, the instruction and its layer.
+        """
+        from vitaccel.sim.golden.machine import MachineError
+
+        try:
+            return self.machine.run(self.program.words, ddr, checksum=self.program.checksum).to_dict()
+        except MachineError as err:
+            raise DeviceError(machine_error_message(err, self.program), code=err.code, pc=err.pc) from None
 
 
 class PerfDevice(GoldenDevice):
@@ -353,7 +396,8 @@ class BoardDevice(Device):
         base = buf.physical_address
         record = asyncio.run(run_on_accelerator(
             self.port, program_addr=base + lay["program_addr"], length=len(self.program.words),
-            ddr_base=base + lay["ddr_base"], ddr_size=ddr.size, max_cycles=self.max_cycles))
+            ddr_base=base + lay["ddr_base"], ddr_size=ddr.size, max_cycles=self.max_cycles,
+            checksum=self.program.checksum))
         error = record_error(record, self.program.manifest)
         if error is not None:
             raise error

@@ -16,9 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from vitaccel.hw.spec import isa
 from vitaccel.sw.commands import UserError
-from vitaccel.sw.device import Device, DeviceError, Progress, layer_at
+from vitaccel.sw.device import Device, DeviceError, Progress, instruction_text, layer_at
 from vitaccel.sw.program import CompiledProgram
 
 __all__ = ["RtlDevice"]
@@ -106,12 +105,13 @@ class RtlDevice(Device):
         words = list(program.words)
         outcome = simulate_runs(program.config, words, ddrs, simulator=self.simulator, seed=self.seed,
                                 backpressure=self.backpressure, max_latency=self.max_latency,
-                                macs=int(manifest.get("macs", 0)), waves=self.waves, progress=progress,
-                                ddr_model=self.ddr_model)
+                                macs=int(manifest.get("macs", 0)), waves=self.waves, checksum=program.checksum,
+                                progress=progress, ddr_model=self.ddr_model)
         self.simulation = {key: outcome[key] for key in ("simulator", "seconds", "waves")}
         regions = [(o["name"], o["addr"], int(np.prod(o["shape"])) * np.dtype(o["dtype"]).itemsize)
                    for o in manifest["outputs"]]
-        checked = check_runs(program.config, words, ddrs, outcome["records"], regions=regions)
+        checked = check_runs(program.config, words, ddrs, outcome["records"], regions=regions,
+                             checksum=program.checksum)
         stats = []
         for index, (ddr, entry) in enumerate(zip(ddrs, checked)):
             if entry["code"] != "NONE":
@@ -132,10 +132,15 @@ class RtlDevice(Device):
         if entry["code"] == "HANG":
             return DeviceError(f"rtl run {index}: {entry['problems'][0]}")
         pc = entry["pc"]
+        if entry["code"] == ErrorCode.PROGRAM_CHECKSUM.name:   # found by the scan: no instruction at fault
+            agrees = entry["golden_code"] == entry["code"]
+            return DeviceError(f"rtl run {index}: the accelerator stopped with PROGRAM_CHECKSUM before executing: "
+                               "the program's CRC-32 is not the manifest's checksum (program.bin is corrupted); "
+                               + ("the golden machine agrees" if agrees else
+                                  f"the golden machine stops differently: {entry['golden_code']}"),
+                               code=ErrorCode.PROGRAM_CHECKSUM, pc=None)
         layer = layer_at(self.program.manifest, pc)
-        # disassemble() numbers its lines from 0: drop that index, the pc is given already.
-        text = (isa.disassemble([self.program.words[pc]]).strip().split(maxsplit=1)[-1]
-                if 0 <= pc < len(self.program.words) else "?")
+        text = instruction_text(self.program.words, pc)
         if entry["golden_code"] == entry["code"] and entry["golden_pc"] in (None, pc):
             verdict = f"the golden machine agrees: {entry['golden_message']}"
         elif entry["golden_code"] == "NONE":

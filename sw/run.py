@@ -17,8 +17,6 @@ __all__ = ["run_program_dir", "DEFAULT_GENERATED_IMAGES", "DEFAULT_RTL_IMAGES"]
 DEFAULT_GENERATED_IMAGES = 8
 #: Images the ``rtl`` backend runs when ``--images`` is not given (each costs minutes of simulation).
 DEFAULT_RTL_IMAGES = 2
-#: Images the float model is timed on (batch 1) for the side-by-side speed figure.
-TORCH_TIMED_IMAGES = 8
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -28,8 +26,15 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 def run_program_dir(directory: str | Path, *, backend: str = "golden", images: int | None = None,
                     progress: Callable[[str, float], Any] | None = None,
-                    device_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                    device_options: dict[str, Any] | None = None,
+                    notice: Callable[[str], Any] | None = None) -> dict[str, Any]:
     """Run the program in ``directory`` on its model's test images; accuracy and agreement.
+
+    The float side is the reference outputs the program stores (``reference.npy``, computed
+    at compile time from the model it was compiled from), so the result does not depend on
+    rebuilding the model or on the working directory. ``images`` is bounded by the images
+    stored (all of a data set's test split, or a fixed number of generated ones); a larger
+    request runs them all and says so through ``notice`` (one line) and ``images_requested``.
 
     All images go to the device as one batch (:meth:`~vitaccel.sw.device.Device.infer_batch`:
     one simulator launch for the ``rtl`` backend). ``device_options`` go to the device
@@ -37,18 +42,15 @@ def run_program_dir(directory: str | Path, *, backend: str = "golden", images: i
 
     Returns a JSON-able dict with ``images``, ``float_top1`` and ``int8_top1`` (None without
     labels), ``agreement``, ``logit_cosine``, ``seconds`` (device time), ``torch_seconds_per_image``
-    (the float model at batch 1, timed on the first images), ``device_vs_torch`` (the ratio) and the program's instruction statistics.
+    (the float model at batch 1, timed at compile time), ``device_vs_torch`` (the ratio) and the program's instruction statistics.
     The ``perf``, ``rtl`` and ``board`` backends add ``cycles`` (TOTAL_CYCLES summed over the images),
     ``cycles_per_image`` (mean) and ``cycles_by_image``; ``rtl`` adds ``bit_exact_vs_golden``
     (every run's outputs and whole DDR window equal the golden machine's), ``problems`` (where
     not), ``simulator`` and ``waves`` (the waveform file, with ``waves=True``); ``perf`` adds
     ``perf``, the performance model's estimate of the RTL counters per image.
     """
-    import torch
-
     from vitaccel.sw.data import images_for
     from vitaccel.sw.device import open_device
-    from vitaccel.sw.models.zoo import get_model
     from vitaccel.sw.program import load_program
 
     if images is not None and images < 1:
@@ -57,16 +59,23 @@ def run_program_dir(directory: str | Path, *, backend: str = "golden", images: i
         program = load_program(directory)
     except (FileNotFoundError, ValueError) as err:
         raise UserError(str(err)) from None
+    if program.reference is None:
+        raise UserError(f"{directory}: the program stores no float reference outputs; compile it again")
+    reference_meta = program.manifest["reference"]
+    stored = reference_meta["images"]
+    shape = tuple(program.manifest["model"]["input_shape"])
+    requested = images
+    if images is None:
+        images = DEFAULT_RTL_IMAGES if backend == "rtl" else (stored if reference_meta.get("labelled")
+                                                              else DEFAULT_GENERATED_IMAGES)
+    count = min(images, stored)
+    if requested is not None and requested > stored and notice is not None:
+        notice(f"--images {requested}: the program stores reference outputs for {stored} images "
+               f"({reference_meta['data']}); running {stored}")
     device = open_device(backend, program, **(device_options or {}))
-    model_meta = program.manifest["model"]
-    net, shape = get_model(model_meta["spec"], model_meta.get("weights"))
-    if images is None and backend == "rtl":
-        images = DEFAULT_RTL_IMAGES
-    dataset = images_for(shape, images if images is not None else
-                         (None if tuple(shape) == (1, 8, 8) else DEFAULT_GENERATED_IMAGES))
-    count = len(dataset)
+    dataset = images_for(shape, stored)
     in_spec, out_spec = program.manifest["inputs"][0], program.manifest["outputs"][0]
-    codes = quantize(dataset.images, in_spec["scale"]).astype(np.int8)
+    codes = quantize(dataset.images[:count], in_spec["scale"]).astype(np.int8)
 
     start = time.perf_counter()
     outputs = device.infer_batch(codes, progress=progress)
@@ -74,18 +83,9 @@ def run_program_dir(directory: str | Path, *, backend: str = "golden", images: i
     int8_logits = [dequantize(out, out_spec["scale"]).reshape(-1) for out in outputs]
     runs = device.batch_stats
     stats: dict[str, Any] = device.last_stats
-    with torch.no_grad():
-        # Side-by-side speed: the float model at batch 1 on the first images, as the device ran.
-        timed = min(count, TORCH_TIMED_IMAGES)
-        net(torch.from_numpy(dataset.images[:1]))  # warm-up: first-call allocation is not inference
-        start = time.perf_counter()
-        for index in range(timed):
-            net(torch.from_numpy(dataset.images[index:index + 1]))
-        torch_per_image = (time.perf_counter() - start) / timed
-        float_logits = [net(torch.from_numpy(dataset.images[i:i + 64])).numpy().reshape(-1, out_spec["shape"][-1])
-                        for i in range(0, count, 64)]
-    f, q = np.concatenate(float_logits), np.stack(int8_logits)
-    labels = dataset.labels
+    torch_per_image = reference_meta["torch_seconds_per_image"]
+    f, q = program.reference[:count], np.stack(int8_logits)
+    labels = dataset.labels[:count] if dataset.labels is not None else None
     result = {
         "images": count,
         "backend": backend,
@@ -96,11 +96,13 @@ def run_program_dir(directory: str | Path, *, backend: str = "golden", images: i
         "seconds": round(device_seconds, 4),
         "seconds_per_image": round(device_seconds / count, 5),
         "torch_seconds_per_image": round(torch_per_image, 5),
-        "device_vs_torch": round(device_seconds / count / torch_per_image, 2),
+        "device_vs_torch": round(device_seconds / count / torch_per_image, 2) if torch_per_image else None,
         "instructions": program.manifest["instructions"],
         "macs_per_image": stats.get("macs"),
         "dma_bytes_per_image": (stats.get("dma_read_bytes", 0) + stats.get("dma_write_bytes", 0)) or None,
     }
+    if requested is not None and requested > count:
+        result["images_requested"] = requested
     if runs and "cycles" in runs[0]:
         cycles = [int(run["cycles"]) for run in runs]
         result.update(cycles=sum(cycles), cycles_per_image=round(sum(cycles) / count), cycles_by_image=cycles)

@@ -1,17 +1,21 @@
-"""Training of zoo models on their data set (digits-vit on scikit-learn's digits)."""
+"""Training of zoo models on their data set (digits-vit on scikit-learn's digits).
+
+torch is imported inside the functions: the command line imports this module for its
+defaults, and every ``vitaccel`` command would otherwise wait seconds for torch.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from vitaccel.sw import data
-from vitaccel.sw.torch_util import torch_threads
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 __all__ = ["train_digits_vit", "fit", "evaluate_float", "TRAIN_SEED", "DEFAULT_EPOCHS"]
 
@@ -24,6 +28,10 @@ NOISE_STD = 0.2
 
 def evaluate_float(model: nn.Module, dataset: data.Dataset, batch: int = 256) -> float:
     """Top-1 accuracy of a float model on a labelled data set."""
+    import torch
+
+    from vitaccel.sw.torch_util import torch_threads
+
     model.eval()
     correct = 0
     with torch.no_grad(), torch_threads(1):
@@ -39,6 +47,8 @@ def _augment(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     (One-pixel shifts, the usual choice, move content across patch boundaries and cost
     10 points of accuracy here; no augmentation overfits to 95 %.)
     """
+    import torch
+
     return images + NOISE_STD * torch.randn(images.shape, generator=generator)
 
 
@@ -52,6 +62,10 @@ def train_digits_vit(epochs: int = DEFAULT_EPOCHS, *, output: str | Path | None 
     ``progress(epoch, epochs, train_loss)`` is called after each epoch. If ``output`` is
     given the state dict is saved there.
     """
+    import torch
+
+    from vitaccel.sw.torch_util import torch_threads
+
     if epochs < 1:
         raise ValueError(f"epochs must be positive, got {epochs}")
     from vitaccel.sw.models.zoo import INIT_SEED, build_digits_vit
@@ -86,6 +100,9 @@ def fit(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, generator:
     pixel noise (:func:`_augment`), label-smoothed cross entropy, one optimiser and one
     schedule step per batch; ``progress(epoch, epochs, mean_loss)`` after each epoch.
     """
+    import torch
+    import torch.nn.functional as F
+
     for epoch in range(epochs):
         model.train()
         order = torch.randperm(len(images), generator=generator)

@@ -3,9 +3,11 @@
 Run of a program (``CONTROL.start``):
 
 1. **Scan**: the whole program streams through the DMA read engine once and every word is
-   checked with :class:`~vitaccel.hw.accel.decode.InstructionChecker`. The first illegal
-   word stops the run with ``ILLEGAL_INSTRUCTION`` before anything executes, exactly as the
-   golden machine (which decodes the program up front) reports it.
+   checked with :class:`~vitaccel.hw.accel.decode.InstructionChecker` and folded into the
+   program's CRC-32 (:mod:`vitaccel.hw.accel.crc`). With ``PROGRAM_CHECK.crc`` set, a CRC
+   other than ``PROGRAM_CRC`` stops the run with ``PROGRAM_CHECKSUM``; otherwise the first
+   illegal word stops it with ``ILLEGAL_INSTRUCTION``; both before anything executes, exactly
+   as the golden machine (which checks and decodes the program up front) reports it.
 2. **Run**: instructions are fetched again one by one (the read engine is shared with the
    load queue, one transfer at a time) and dispatched in program order into the
    instruction FIFO of their queue (:data:`QUEUE_DEPTH` entries). The load, compute and
@@ -47,6 +49,7 @@ from vitaccel.hw.spec.config import AccelConfig, ConfigError
 from vitaccel.hw.spec.isa import ADDR_UNIT, Buffer, Opcode, Queue
 from vitaccel.hw.spec.regmap import ErrorCode
 
+from .crc import CRC_BITS, CRC_FINAL_XOR, CRC_INIT, crc32_next
 from .decode import InstructionChecker, field_slice
 from .gemm import GemmController, engine_supported
 from .requant import RequantController
@@ -324,8 +327,10 @@ class AcceleratorCore(wiring.Component):
             m.d.sync += fetch_waiting.eq(1)
         with m.If(fetch_beat & dma.rd_data.payload.last):
             m.d.sync += fetch_waiting.eq(0)
+        # The program checksum (regmap PROGRAM_CRC): every scanned word folds into the CRC.
+        crc = Signal(CRC_BITS, init=CRC_INIT)
         with m.If(instr_complete & scanning):
-            m.d.sync += scan_pc.eq(scan_pc + 1)
+            m.d.sync += [scan_pc.eq(scan_pc + 1), crc.eq(crc32_next(crc, incoming))]
             with m.If(~checker.legal & ~illegal_seen):
                 m.d.sync += [illegal_seen.eq(1), illegal_pc.eq(scan_pc)]
         m.d.comb += scan_last.eq(scanning & fetch_beat & dma.rd_data.payload.last)
@@ -340,6 +345,9 @@ class AcceleratorCore(wiring.Component):
         # The scan ends with the last beat; its verdict is taken the cycle after.
         scan_verdict = Signal()
         m.d.sync += scan_verdict.eq(scan_last)
+        # A corrupted program is reported as such, not as the illegal word the corruption made.
+        crc_bad = regs.program_check[0] & ((crc ^ CRC_FINAL_XOR) != regs.program_crc)
+        error_sources.append((scan_verdict & crc_bad, ErrorCode.PROGRAM_CHECKSUM, Const(0, _PC_WIDTH)))
         error_sources.append((scan_verdict & illegal_seen, ErrorCode.ILLEGAL_INSTRUCTION, illegal_pc))
         fetch_bad = Signal()
         m.d.comb += fetch_bad.eq(read_bad & owner_fetch)
@@ -440,7 +448,7 @@ class AcceleratorCore(wiring.Component):
         with m.If(start):
             m.d.sync += [busy.eq(1), done.eq(0), failed.eq(0), halting.eq(0), scanning.eq(1),
                          error_code.eq(ErrorCode.NONE), error_pc.eq(0), scan_pc.eq(0), fetch_pc.eq(0),
-                         illegal_seen.eq(0), word_count.eq(0)]
+                         illegal_seen.eq(0), word_count.eq(0), crc.eq(CRC_INIT)]
             with m.If(length == 0):   # nothing to scan: the program lacks FINISH
                 m.d.sync += [scanning.eq(0), halting.eq(1), error_code.eq(ErrorCode.MISSING_FINISH)]
 
@@ -794,8 +802,8 @@ class AcceleratorCore(wiring.Component):
 
         Checks in the golden machine's order: scores and parameter block out of ACC
         (ADDRESS_OUT_OF_RANGE); a shift above ``MAX_SHIFT`` (INVALID_OPERAND as in the golden
-        kernel) and what the unit is not built for (INVALID_OPERAND where the golden machine
-        may succeed): table widths other than the config's, a multiplier of more than
+        kernel) and what the unit is not built for (INVALID_OPERAND, as the golden machine):
+        table widths other than the config's, a multiplier of more than
         ``SOFTMAX_MULT_BITS`` bits, rows longer than ``max_tokens``; then the destination."""
         from vitaccel.hw.nonlinear.arith import SHIFT_BITS
         from vitaccel.hw.spec.nonlinear import SOFTMAX_MULT_BITS
@@ -855,11 +863,11 @@ class AcceleratorCore(wiring.Component):
         Checks in the golden machine's order: header out of ACC (ADDRESS_OUT_OF_RANGE); header
         channels != ``cols`` (INVALID_OPERAND); whole block out of ACC, source out of VECTOR
         (ADDRESS_OUT_OF_RANGE); ``out_shift`` above ``MAX_SHIFT`` (INVALID_OPERAND, as the golden
-        kernel) and what the unit is not built for (INVALID_OPERAND where the golden machine may
-        succeed: another ``rsqrt_lut_bits``, more than ``LAYERNORM_MAX_CHANNELS`` channels); the
+        kernel) and what the unit is not built for (INVALID_OPERAND, as the golden machine:
+        another ``rsqrt_lut_bits``, more than ``LAYERNORM_MAX_CHANNELS`` channels); the
         destination (ADDRESS_OUT_OF_RANGE); then, while copying, a gamma beyond
         ``LAYERNORM_GAMMA_BITS`` or a beta beyond ``LAYERNORM_BETA_BITS`` bits (INVALID_OPERAND,
-        hardware only) before any output is written."""
+        as the golden machine) before any output is written."""
         from vitaccel.hw.nonlinear.arith import SHIFT_BITS
         from vitaccel.hw.spec.nonlinear import LAYERNORM_BETA_BITS, LAYERNORM_GAMMA_BITS
         from vitaccel.hw.spec.numerics import MAX_SHIFT

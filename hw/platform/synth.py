@@ -266,8 +266,9 @@ def memory_declarations(verilog: str) -> list[tuple[str, str, int, int]]:
 def _strip_memory_init(verilog: str, name: str) -> str:
     """``verilog`` without the ``initial`` block Amaranth writes for memory ``name`` (its
     init values; they do not change the cell counts, and reading them takes yosys long)."""
-    return re.sub(r"^(\s*)initial begin\n(?:\s*\\?" + re.escape(name) + r" ?\[\d+\] = [^\n]*\n)+\s*end\n",
-                  "", verilog, flags=re.M)
+    per_word = r"initial begin\n(?:\s*\\?" + re.escape(name) + r" ?\[\d+\] = [^\n]*\n)+\s*end\n"
+    looped = r"initial begin : zero_init_" + re.escape(name) + r"\n(?:[^\n]*\n){2}\s*end\n"  # emit_verilog's loop
+    return re.sub(rf"^(\s*)(?:{per_word}|{looped})", "", verilog, flags=re.M)
 
 
 def _blackbox(verilog: str, names: list[str]) -> str:

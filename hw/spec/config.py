@@ -23,6 +23,12 @@ class ConfigError(ValueError):
     """An accelerator configuration is invalid; the message says which field and why."""
 
 
+#: Characters a config name may hold (it becomes part of file and directory names).
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+#: Keys of ``vitaccel spec --json`` output: its ``config`` entry is the config.
+_SPEC_JSON_KEYS = frozenset({"config", "derived", "isa"})
+
+
 def _is_pow2(value: int) -> bool:
     return value > 0 and value & (value - 1) == 0
 
@@ -106,6 +112,9 @@ class AccelConfig:
             raise ConfigError(f"unknown config field(s): {', '.join(sorted(self._extra))}")
         if not isinstance(self.name, str) or not self.name:
             raise ConfigError("name: must be a non-empty string")
+        if not _NAME_CHARS.issuperset(self.name) or self.name.startswith("."):
+            raise ConfigError(f"name: names files and caches, so only letters, digits and ._- "
+                              f"(not starting with .), got {self.name!r}")
         if isinstance(self.nm_sparsity, list):
             object.__setattr__(self, "nm_sparsity", tuple(self.nm_sparsity))
         self._check_ints()
@@ -127,6 +136,10 @@ class AccelConfig:
                 raise ConfigError(f"{name}: must be an integer, got {value!r}")
             if not 1 <= value <= upper:
                 raise ConfigError(f"{name}: must be in 1..{upper}, got {value}")
+        for name in ("operand_width", "acc_width", "dma_data_width"):   # checked against lists below
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name}: must be an integer, got {value!r}")
         for name in ("has_softmax", "has_gelu", "has_layernorm", "has_topk", "has_sparse_attention"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(f"{name}: must be true or false, got {getattr(self, name)!r}")
@@ -216,10 +229,17 @@ class AccelConfig:
 
     @classmethod
     def from_json(cls, text: str) -> "AccelConfig":
+        """A config from JSON text: the config object itself, or the whole output of
+        ``vitaccel spec --json`` (an object with ``config`` and optionally ``derived`` and
+        ``isa``), whose ``config`` is taken (``derived`` and ``isa`` follow from it)."""
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise ConfigError(f"config is not valid JSON: {err}") from None
+        except RecursionError:
+            raise ConfigError("config JSON is nested too deeply") from None
+        if isinstance(data, dict) and "config" in data and data.keys() <= _SPEC_JSON_KEYS:
+            data = data["config"]
         return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> "AccelConfig":
@@ -256,7 +276,8 @@ def load_config(name_or_path: str | Path) -> AccelConfig:
     Raises
     ------
     ConfigError
-        For an unknown name, an unreadable file or an invalid config; the message is one line.
+        For an unknown name, an unreadable or non-UTF-8 file or an invalid config; the
+        message is one line and names the file.
     """
     key = str(name_or_path)
     if key in PRESETS:
@@ -264,8 +285,13 @@ def load_config(name_or_path: str | Path) -> AccelConfig:
     path = Path(key)
     if path.suffix == ".json" or path.exists():
         try:
-            text = path.read_text()
+            text = path.read_bytes().decode("utf-8")
         except OSError as err:
             raise ConfigError(f"cannot read config file {key}: {err.strerror}") from None
-        return AccelConfig.from_json(text)
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"config file {key} is not UTF-8 text (byte {err.start}): not a JSON config") from None
+        try:
+            return AccelConfig.from_json(text)
+        except ConfigError as err:
+            raise ConfigError(f"config file {key}: {err}") from None
     raise ConfigError(f"unknown config {key!r}: use one of {', '.join(preset_names())} or a JSON file")

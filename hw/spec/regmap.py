@@ -1,10 +1,20 @@
 """AXI4-Lite control/status register map of the accelerator, defined once.
 
 The host writes the program's DDR address and length, the DDR image base, optionally a
-watchdog limit and the interrupt enables, then sets ``CONTROL.start``. ``STATUS`` shows
+watchdog limit, the program checksum and the interrupt enables, then sets ``CONTROL.start``. ``STATUS`` shows
 busy/done/error; on error ``ERROR_CODE`` holds an :class:`ErrorCode` and ``ERROR_PC`` the
 index of the instruction at fault. All DRAM addresses inside instructions are offsets from
 ``DDR_BASE``. 64-bit counters are two registers, low word first; they reset on ``start``.
+
+Program checksum: with ``PROGRAM_CHECK.crc`` set, the scan pass (which streams every
+instruction word before anything executes) computes the CRC-32 of the program's bytes
+(:func:`program_crc32`: zlib's CRC-32 over ``program.bin``) and stops with
+``PROGRAM_CHECKSUM`` (``ERROR_PC`` 0) before executing anything if it differs from
+``PROGRAM_CRC``; a checksum mismatch wins over an illegal word found in the same scan. The
+check is off after reset (``PROGRAM_CHECK`` 0), so hand-written test programs run without a
+checksum; the runtime (:func:`vitaccel.sw.device.run_on_accelerator`) always enables it for
+compiled programs, whose manifest carries the CRC. An empty program (``PROGRAM_LENGTH`` 0)
+stops with ``MISSING_FINISH`` without a scan.
 
 The golden machine raises exceptions carrying the same :class:`ErrorCode` values, so the
 RTL and the golden model report a bad program identically.
@@ -12,6 +22,7 @@ RTL and the golden model report a bad program identically.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from enum import Enum as _PyEnum
 
@@ -19,7 +30,8 @@ from amaranth.hdl import unsigned
 from amaranth.lib import enum
 
 __all__ = ["ErrorCode", "Access", "BitField", "Register", "REGISTERS", "REGISTER_BYTES",
-           "register", "describe"]
+           "register", "describe", "program_crc32",
+           "PROGRAM_CRC_POLY"]
 
 #: Every register is one 32-bit AXI4-Lite word.
 REGISTER_BYTES = 4
@@ -35,6 +47,19 @@ class ErrorCode(enum.Enum, shape=unsigned(4)):
     DEPENDENCY_DEADLOCK = 4      #: a token wait that can never be satisfied
     MISSING_FINISH = 5           #: the program ended without FINISH (or FINISH with work queued)
     INVALID_OPERAND = 6          #: field values the unit cannot execute (sizes, missing unit)
+    PROGRAM_CHECKSUM = 7         #: PROGRAM_CHECK.crc set and the program's CRC-32 is not PROGRAM_CRC
+
+
+def program_crc32(program: bytes) -> int:
+    """The checksum ``PROGRAM_CRC`` holds for ``program`` (a ``program.bin`` image, 16 bytes
+    per instruction, little-endian): zlib's CRC-32 (reflected polynomial
+    :data:`PROGRAM_CRC_POLY`, initial value and final XOR ``0xFFFFFFFF``)."""
+    return zlib.crc32(bytes(program)) & 0xFFFF_FFFF
+
+
+#: Reflected generator polynomial of :func:`program_crc32` (IEEE 802.3 CRC-32), what the
+#: hardware's scan pass implements.
+PROGRAM_CRC_POLY = 0xEDB8_8320
 
 
 class Access(str, _PyEnum):
@@ -88,6 +113,11 @@ REGISTERS: tuple[Register, ...] = (
     Register("ERROR_CODE", 0x2C, Access.RO, "why the last program stopped (ErrorCode)",
              (BitField("code", 0, ErrorCode.as_shape().width, "ErrorCode value"),)),
     Register("ERROR_PC", 0x30, Access.RO, "index of the instruction at fault"),
+    Register("PROGRAM_CRC", 0x34, Access.RW, "CRC-32 of the program's bytes (program_crc32), checked by the "
+             "scan pass when PROGRAM_CHECK.crc is set"),
+    Register("PROGRAM_CHECK", 0x38, Access.RW, "program integrity checks",
+             (BitField("crc", 0, 1, "compare the program's CRC-32 with PROGRAM_CRC before executing; "
+                       "a mismatch stops with PROGRAM_CHECKSUM"),)),
     *_counter("TOTAL_CYCLES", 0x40, "cycles from start to done/error"),
     *_counter("BUSY_CYCLES_LOAD", 0x48, "cycles the load queue executed an instruction"),
     *_counter("BUSY_CYCLES_COMPUTE", 0x50, "cycles the compute queue executed an instruction"),

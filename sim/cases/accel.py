@@ -29,7 +29,7 @@ from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.hw.spec.isa import Buffer, Instruction, Opcode, Queue, encode
 from vitaccel.hw.spec.nonlinear import AddParams
-from vitaccel.hw.spec.regmap import ErrorCode
+from vitaccel.hw.spec.regmap import ErrorCode, program_crc32
 
 __all__ = ["Program", "random_dma_program", "gelu_program", "add_program", "softmax_program", "layernorm_program", "gemm_program", "default_programs", "bad_programs", "random_word_programs", "golden_outcomes",
            "run_program_case", "STATUS_DONE", "STATUS_ERROR", "topk_program", "gather_program", "package_program",
@@ -52,6 +52,8 @@ class Program:
     watchdog: int = 0
     expect_code: ErrorCode | None = None
     golden: dict[str, Any] = field(default_factory=dict)
+    #: ``PROGRAM_CRC`` with ``PROGRAM_CHECK.crc`` set, or None (the check off).
+    checksum: int | None = None
 
 
 def _dma(opcode: Opcode, **fields: Any) -> Instruction:
@@ -433,8 +435,9 @@ def bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
     softmax_cases = [  # (name, params, instruction fields, hardware code where it may differ)
         ("softmax shift too large", dataclasses.replace(good, shift=63), dict(rows=1, cols=4), None),
         ("softmax other exp table", dataclasses.replace(good, exp_lut_bits=config.exp_lut_bits + 1),
-         dict(rows=1, cols=4), ErrorCode.INVALID_OPERAND),
-        ("softmax row too long", good, dict(rows=1, cols=config.max_tokens + 1), ErrorCode.INVALID_OPERAND),
+         dict(rows=1, cols=4), None),
+        ("softmax multiplier too wide", dataclasses.replace(good, multiplier=1 << 16), dict(rows=1, cols=4), None),
+        ("softmax row too long", good, dict(rows=1, cols=config.max_tokens + 1), None),
         ("softmax destination out of range", good, dict(rows=2, cols=9, dst_addr=vector_bytes // 16 - 1), None),
         ("softmax scores out of range", good, dict(rows=2, cols=9, src_addr=acc_units - 4), None),
     ]
@@ -454,10 +457,12 @@ def bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
         ("layernorm source out of range", ln, dict(rows=5, cols=4, src_addr=vector_bytes // 16 - 1), None),
         ("layernorm out_shift too large", dataclasses.replace(ln, out_shift=63), dict(rows=1, cols=4), None),
         ("layernorm other rsqrt table", dataclasses.replace(ln, rsqrt_lut_bits=config.rsqrt_lut_bits + 1),
-         dict(rows=1, cols=4), ErrorCode.INVALID_OPERAND),
+         dict(rows=1, cols=4), None),
         ("layernorm destination out of range", ln, dict(rows=5, cols=4, dst_addr=vector_bytes // 16 - 1), None),
         ("layernorm gamma too wide", dataclasses.replace(ln, gamma=(1 << 17, *ln.gamma[1:])), dict(rows=1, cols=4),
-         ErrorCode.INVALID_OPERAND),
+         None),
+        ("layernorm beta too wide", dataclasses.replace(ln, beta=(*ln.beta[:3], -(1 << 47) - 1)), dict(rows=1, cols=4),
+         None),
     ]
     for name, params, fields, code in layernorm_cases:
         ddr = np.zeros(ddr_size, np.uint8)
@@ -471,6 +476,14 @@ def bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
            encode(Instruction(Opcode.FINISH, pop_prev=1))]
     out.append(Program("watchdog", big, np.zeros(ddr_size, np.uint8), watchdog=40,
                        expect_code=ErrorCode.WATCHDOG))
+    # The program checksum: a wrong PROGRAM_CRC stops before anything runs, also over an
+    # illegal word (the corruption is the cause); the right one lets the program run.
+    stored = [load(push_next=1), encode(Instruction(Opcode.FINISH, pop_prev=1))]
+    right = program_crc32(b"".join(w.to_bytes(16, "little") for w in stored))
+    out.append(Program("checksum right", stored, np.zeros(ddr_size, np.uint8), checksum=right))
+    out.append(Program("checksum wrong", stored, np.zeros(ddr_size, np.uint8), checksum=right ^ 1 << 7))
+    out.append(Program("checksum wrong with illegal word", [load(), 0, finish], np.zeros(ddr_size, np.uint8),
+                       checksum=right))
     return out
 
 
@@ -491,7 +504,7 @@ def golden_outcomes(config: AccelConfig, programs: list[Program]) -> None:
     for program in programs:
         ddr = program.ddr.copy()
         try:
-            machine.run(program.words, ddr)
+            machine.run(program.words, ddr, checksum=program.checksum)
             program.golden = {"code": ErrorCode.NONE, "pc": None, "ddr": ddr}
         except MachineError as err:
             program.golden = {"code": err.code, "pc": err.pc, "ddr": None, "message": str(err)}
@@ -585,7 +598,8 @@ def default_programs(config: AccelConfig, *, seed: int, quick: bool, ddr_size: i
 def run_program_case(config: AccelConfig, *, seed: int = 0, simulator: str = "verilator",
                      program_dir: str | Path | None = None, words: list[int] | None = None,
                      ddr: np.ndarray | None = None, quick: bool = False, backpressure: float = 0.3,
-                     max_latency: int = 4, max_cycles: int | None = None, program_offset: int = 0) -> dict[str, Any]:
+                     max_latency: int = 4, max_cycles: int | None = None, program_offset: int = 0,
+                     programs: list[Program] | None = None) -> dict[str, Any]:
     """Programs on the RTL and on the golden machine, compared (see the module docstring).
 
     Parameters
@@ -594,6 +608,8 @@ def run_program_case(config: AccelConfig, *, seed: int = 0, simulator: str = "ve
         A compiled program directory (``sw.program.load_program``) to run once.
     words, ddr : optional
         One program and its DDR image to run (instead of the default suite).
+    programs : list of Program, optional
+        These programs instead of the default suite (e.g. with checksums).
     max_cycles : int, optional
         Cycles to wait for each program's interrupt (then it counts as a hang); default
         200 000 for the default suite, 10 000 000 for a given program (a compiled tiny
@@ -609,7 +625,10 @@ def run_program_case(config: AccelConfig, *, seed: int = 0, simulator: str = "ve
     from vitaccel.hw.accel import ACCEL_TOP_NAME, accelerator_top
     from vitaccel.sim.runner import emit_verilog, run_testbench
 
-    if program_dir is not None:
+    given = programs
+    if programs is not None:
+        programs = list(programs)
+    elif program_dir is not None:
         from vitaccel.sw.program import load_program
 
         compiled = load_program(program_dir)
@@ -621,7 +640,7 @@ def run_program_case(config: AccelConfig, *, seed: int = 0, simulator: str = "ve
     else:
         programs = default_programs(config, seed=seed, quick=quick)
     if max_cycles is None:
-        max_cycles = 200_000 if program_dir is None and words is None else 10_000_000
+        max_cycles = 200_000 if program_dir is None and words is None and given is None else 10_000_000
     golden_outcomes(config, programs)
     biggest = max(p.ddr.size for p in programs)
     program_addr = max(_PROGRAM_ADDR, -(-(_DDR_BASE + biggest) // 4096) * 4096)
@@ -634,7 +653,7 @@ def run_program_case(config: AccelConfig, *, seed: int = 0, simulator: str = "ve
             "seed": seed, "ram_bytes": ram_bytes, "backpressure": backpressure, "max_latency": max_latency,
             "ddr_base": _DDR_BASE, "program_addr": program_addr + program_offset, "max_cycles": max_cycles,
             "programs": [{"name": p.name, "words": [f"{w:x}" for w in p.words], "ddr": p.ddr.tobytes().hex(),
-                          "watchdog": p.watchdog} for p in programs]}))
+                          "watchdog": p.watchdog, "checksum": p.checksum} for p in programs]}))
         run_testbench(verilog=emit_verilog(accelerator_top(config), ACCEL_TOP_NAME), toplevel=ACCEL_TOP_NAME,
                       test_module="vitaccel.sim.cocotb.tb_accel", simulator=simulator,
                       params={"case_file": str(case_file), "result_file": str(result_file)}, seed=seed)

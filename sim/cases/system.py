@@ -75,7 +75,8 @@ def _poll_progress(records: list[Path], progress: Progress, done: threading.Even
 def simulate_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray], *, simulator: str = "verilator",
                   seed: int = 0, backpressure: float = 0.3, max_latency: int = 4, watchdog: int | None = None,
                   max_cycles: int | None = None, macs: int = 0, waves: bool = False,
-                  progress: Progress | None = None, ddr_model: str | None = None) -> dict[str, Any]:
+                  checksum: int | None = None, progress: Progress | None = None,
+                  ddr_model: str | None = None) -> dict[str, Any]:
     """Run ``words`` on each DDR window of ``ddrs`` in order, in one simulator launch.
 
     Parameters
@@ -98,6 +99,9 @@ def simulate_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray],
         program's multiply-accumulates per run).
     waves : bool
         Dump waveforms (VCD from Verilator, FST from Icarus); their path is returned.
+    checksum : int, optional
+        ``PROGRAM_CRC`` with the check enabled (:func:`vitaccel.sw.device.run_on_accelerator`);
+        ``None``: the check is off.
     progress : callable, optional
         ``progress(text, fraction)``: building, then one call per finished run.
 
@@ -137,7 +141,8 @@ def simulate_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray],
         (root / "case.json").write_text(json.dumps({
             "seed": seed, "layout": layout, "backpressure": backpressure, "max_latency": max_latency,
             "ddr_model": ddr_model,
-            "watchdog": watchdog, "max_cycles": max_cycles, "program_file": str(root / "program.bin"),
+            "watchdog": watchdog, "max_cycles": max_cycles, "checksum": checksum,
+            "program_file": str(root / "program.bin"),
             "runs": runs}))
         done = threading.Event()
         poller = None
@@ -168,8 +173,9 @@ def simulate_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray],
 
 
 def check_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray], records: list[dict[str, Any]],
-               *, regions: list[tuple[str, int, int]] = ()) -> list[dict[str, Any]]:
-    """Compare the RTL's runs with the same runs, in the same order, on one golden machine.
+               *, regions: list[tuple[str, int, int]] = (), checksum: int | None = None) -> list[dict[str, Any]]:
+    """Compare the RTL's runs with the same runs, in the same order, on one golden machine
+    (checking ``checksum`` as :func:`simulate_runs` had the RTL do).
 
     Parameters
     ----------
@@ -195,7 +201,7 @@ def check_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray], re
     for index, ddr in enumerate(ddrs):
         golden_ddr, golden_stats = np.asarray(ddr, np.uint8).copy(), {}
         try:
-            golden_stats = machine.run(words, golden_ddr).to_dict()
+            golden_stats = machine.run(words, golden_ddr, checksum=checksum).to_dict()
             golden = {"golden_code": ErrorCode.NONE.name, "golden_pc": None, "golden_message": None}
         except MachineError as err:
             golden_ddr = None
@@ -257,7 +263,9 @@ def run_system_case(config: str | AccelConfig | None = None, *, program_dir: str
     ``ddr_model`` names a board-like DDR (see :func:`simulate_runs`). ``program_dir`` is a ``vitaccel compile`` output; without it ``model`` (zoo name or
     ``file.py:function``) is compiled for ``config`` (preset name or config) into a temporary
     directory. ``words`` replaces the program's instructions
-    (a corrupted program: then the error code and pc are compared).
+    (a corrupted program: then the error code and pc are compared). The runs check the
+    program's CRC-32 (``PROGRAM_CHECK.crc``) against the checksum of the words run, so every
+    system case also checks the scan pass's CRC against :func:`~vitaccel.hw.spec.regmap.program_crc32`.
 
     Returns
     -------
@@ -266,6 +274,8 @@ def run_system_case(config: str | AccelConfig | None = None, *, program_dir: str
         image), ``mismatches``, ``simulator``, ``seconds``.
     """
     from vitaccel.hw.spec.numerics import quantize
+    from vitaccel.hw.spec.regmap import program_crc32
+    from vitaccel.sim.golden.machine import words_to_bytes
     from vitaccel.sw.data import images_for
     from vitaccel.sw.device import GoldenDevice
     from vitaccel.sw.program import load_program
@@ -283,11 +293,13 @@ def run_system_case(config: str | AccelConfig | None = None, *, program_dir: str
     device = GoldenDevice(program)   # only for its DDR image builder
     ddrs = [device.input_ddr(code) for code in codes]
     words = list(program.words) if words is None else list(words)
+    checksum = program_crc32(words_to_bytes(words))
     outcome = simulate_runs(config, words, ddrs, simulator=simulator, seed=seed, backpressure=backpressure,
-                            max_latency=max_latency, macs=int(program.manifest["macs"]), ddr_model=ddr_model)
+                            max_latency=max_latency, macs=int(program.manifest["macs"]), checksum=checksum,
+                            ddr_model=ddr_model)
     regions = [(o["name"], o["addr"], int(np.prod(o["shape"])) * np.dtype(o["dtype"]).itemsize)
                for o in program.manifest["outputs"]]
-    runs = check_runs(config, words, ddrs, outcome["records"], regions=regions)
+    runs = check_runs(config, words, ddrs, outcome["records"], regions=regions, checksum=checksum)
     for run in runs:
         run.pop("ddr", None)
         run.pop("counters", None)

@@ -64,6 +64,8 @@ async def accel_programs(dut):
         await write("DDR_BASE_LO", case["ddr_base"])
         await write("DDR_SIZE", len(program["ddr"]) // 2)
         await write("WATCHDOG_LIMIT", program.get("watchdog", 0))
+        await write("PROGRAM_CRC", program.get("checksum") or 0)
+        await write("PROGRAM_CHECK", int(program.get("checksum") is not None))
         await write("CONTROL", 1)
         # Wait in the simulator (no Python per cycle): long compiled programs run faster.
         started = get_sim_time(unit="ns")

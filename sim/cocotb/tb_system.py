@@ -107,7 +107,7 @@ async def system_runs(dut):
         ram.write(lay["program_addr"], code)
         record = await run_on_accelerator(port, program_addr=lay["program_addr"], length=len(code) // 16,
                                           ddr_base=lay["ddr_base"], ddr_size=len(ddr), watchdog=case["watchdog"],
-                                          max_cycles=case["max_cycles"])
+                                          max_cycles=case["max_cycles"], checksum=case.get("checksum"))
         Path(run["ddr_out"]).write_bytes(ram.read(lay["ddr_base"], len(ddr)))
         # The record file last: its existence tells the host (progress) that the run is complete.
         Path(run["record"]).write_text(json.dumps(record))

@@ -31,11 +31,14 @@ from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.hw.spec.isa import ADDR_UNIT, Buffer, Instruction, Opcode, Queue
 from vitaccel.hw.spec.nm import NMWeights
-from vitaccel.hw.spec.regmap import ErrorCode
+from vitaccel.hw.spec.nonlinear import (LAYERNORM_BETA_BITS, LAYERNORM_GAMMA_BITS, LAYERNORM_MAX_CHANNELS,
+                                        SOFTMAX_MULT_BITS)
+from vitaccel.hw.spec.numerics import MAX_SHIFT
+from vitaccel.hw.spec.regmap import ErrorCode, program_crc32
 
 __all__ = [
     "MachineError", "IllegalInstructionError", "AddressError", "DeadlockError",
-    "MissingFinishError", "InvalidOperandError", "RunStats", "GoldenMachine",
+    "MissingFinishError", "InvalidOperandError", "ChecksumError", "RunStats", "GoldenMachine",
     "words_from_bytes", "words_to_bytes", "run_program",
 ]
 
@@ -69,6 +72,10 @@ class MissingFinishError(MachineError):
 
 class InvalidOperandError(MachineError):
     code = ErrorCode.INVALID_OPERAND
+
+
+class ChecksumError(MachineError):
+    code = ErrorCode.PROGRAM_CHECKSUM
 
 
 _WORD_BYTES = isa.INSTRUCTION_BITS // 8
@@ -139,12 +146,17 @@ class GoldenMachine:
         self.ddr = np.zeros(0, dtype=np.uint8)
         self.stats = RunStats()
         self._decoded: tuple[tuple[int, ...], list[list[tuple]]] | None = None
+        self._checksummed: tuple[tuple[int, ...], int] | None = None   # the last program and its CRC
         self._layernorm_params: dict[bytes, Any] = {}
 
     # -- running -----------------------------------------------------------------------------
 
-    def run(self, program: list[int] | bytes, ddr: np.ndarray) -> RunStats:
+    def run(self, program: list[int] | bytes, ddr: np.ndarray, *, checksum: int | None = None) -> RunStats:
         """Execute ``program`` (words or a ``program.bin`` image) on ``ddr`` (uint8, in place).
+
+        With ``checksum`` (the hardware's ``PROGRAM_CRC`` with ``PROGRAM_CHECK.crc`` set) a
+        non-empty program whose :func:`~vitaccel.hw.spec.regmap.program_crc32` differs stops
+        with :class:`ChecksumError` before anything is decoded or executed.
 
         Raises
         ------
@@ -154,6 +166,13 @@ class GoldenMachine:
         if not (isinstance(ddr, np.ndarray) and ddr.dtype == np.uint8 and ddr.ndim == 1):
             raise TypeError("ddr must be a one-dimensional uint8 NumPy array")
         words = tuple(words_from_bytes(program) if isinstance(program, (bytes, bytearray)) else program)
+        if checksum is not None and words:
+            if self._checksummed is None or self._checksummed[0] != words:
+                self._checksummed = (words, program_crc32(words_to_bytes(words)))
+            actual = self._checksummed[1]
+            if actual != checksum:
+                raise ChecksumError(f"program checksum mismatch: CRC-32 {actual:#010x}, expected {checksum:#010x} "
+                                    "(the program is corrupted)")
         # Per queue, in Queue order: (pc, instr, handler, pops, pushes, is_finish) with the
         # token FIFOs as indices into ``tokens`` (decoded and resolved once per program).
         queues = [deque(entries) for entries in self._dispatch(words)]
@@ -426,6 +445,17 @@ class GoldenMachine:
         rows, cols = instr.rows, instr.cols
         scores = self._matrix(Buffer.ACC, instr.src_addr, rows, cols, np.int32, pc)
         params = isa.unpack_softmax_params(self._words(instr.param_addr, isa.SOFTMAX_PARAM_WORDS, pc))
+        # What the unit is not built for (the RTL checks it with the parameters): rows longer
+        # than max_tokens, tables of other widths than the config's, wider multipliers.
+        config = self.config
+        if cols > config.max_tokens:
+            raise InvalidOperandError(f"SOFTMAX: cols={cols} exceeds max_tokens={config.max_tokens}", pc)
+        if (params.exp_lut_bits, params.recip_lut_bits) != (config.exp_lut_bits, config.recip_lut_bits):
+            raise InvalidOperandError(f"SOFTMAX: parameters for exp/recip tables of {params.exp_lut_bits}/"
+                                      f"{params.recip_lut_bits} bits, the unit has {config.exp_lut_bits}/"
+                                      f"{config.recip_lut_bits}", pc)
+        if params.multiplier >= 1 << SOFTMAX_MULT_BITS:
+            raise InvalidOperandError(f"SOFTMAX: multiplier {params.multiplier} exceeds {SOFTMAX_MULT_BITS} bits", pc)
         y = self._nonlinear(instr.opcode, pc, lambda: nonlinear.softmax(scores, params))
         self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.uint8, pc)[...] = y
 
@@ -451,15 +481,31 @@ class GoldenMachine:
         # Unpacking (gamma, beta to Python ints) is slow and the blocks repeat every image:
         # memoised by content, the parameters being immutable tuples.
         key = block.tobytes()
-        params = self._layernorm_params.get(key)
-        if params is None:
+        cached = self._layernorm_params.get(key)
+        if cached is None:
             params = isa.unpack_layernorm_params(block)
+            gamma_limit, beta_limit = 1 << (LAYERNORM_GAMMA_BITS - 1), 1 << (LAYERNORM_BETA_BITS - 1)
+            fits = (all(-gamma_limit <= g < gamma_limit for g in params.gamma)
+                    and all(-beta_limit <= b < beta_limit for b in params.beta))
             if len(self._layernorm_params) >= 64:
                 self._layernorm_params.clear()
-            self._layernorm_params[key] = params
+            cached = self._layernorm_params[key] = (params, fits)
+        params, fits = cached
         x = self._matrix(Buffer.VECTOR, instr.src_addr, rows, cols, np.int8, pc)
-        y = self._nonlinear(instr.opcode, pc, lambda: nonlinear.layernorm(x, params))
-        self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.int8, pc)[...] = y
+        # In the RTL's order: the output shift and what the unit is not built for, the
+        # destination, then gamma/beta wider than the unit's registers (found while copying).
+        if params.out_shift > MAX_SHIFT:
+            raise InvalidOperandError(f"LAYERNORM: out_shift {params.out_shift} exceeds {MAX_SHIFT}", pc)
+        if cols > LAYERNORM_MAX_CHANNELS:
+            raise InvalidOperandError(f"LAYERNORM: cols={cols} exceeds the unit's {LAYERNORM_MAX_CHANNELS} channels", pc)
+        if params.rsqrt_lut_bits != self.config.rsqrt_lut_bits:
+            raise InvalidOperandError(f"LAYERNORM: parameters for a {params.rsqrt_lut_bits}-bit rsqrt table, "
+                                      f"the unit has {self.config.rsqrt_lut_bits}", pc)
+        out = self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.int8, pc)
+        if not fits and rows * cols:
+            raise InvalidOperandError(f"LAYERNORM: a gamma beyond {LAYERNORM_GAMMA_BITS} or a beta beyond "
+                                      f"{LAYERNORM_BETA_BITS} signed bits", pc)
+        out[...] = self._nonlinear(instr.opcode, pc, lambda: nonlinear.layernorm(x, params))
 
     def _lut_load(self, instr: Instruction, pc: int) -> None:
         table = self.luts[instr.lut]

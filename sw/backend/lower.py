@@ -357,6 +357,10 @@ class Lowering:
             self.pipeline.tile(loads, [Instruction(opcode, **fields)], [store])
 
     def _op_softmax(self, op: QOp, record: LayerRecord) -> None:
+        cols = self.graph.tensors[op.output].shape[-1]
+        if cols > self.config.max_tokens:   # the unit holds one row of at most max_tokens scores
+            raise ValueError(f"softmax rows of {cols} tokens exceed config {self.config.name!r}'s "
+                             f"max_tokens={self.config.max_tokens} (the softmax unit refuses longer rows)")
         words = isa.pack_softmax_params(op.attrs["params"])
         p_addr = self._constant(op.output + ".params", words)
         self._rowwise(op, Opcode.SOFTMAX, [self._input(op.inputs[0])], Buffer.ACC, 4, p_addr, words.size,

@@ -32,12 +32,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--nm", metavar="N:M", default=None,
                         help="prune every block linear layer to N:M along its input by magnitude (no fine-tuning) "
                              "and run it on the sparse matrix engine; needs a config whose nm_sparsity is [N, M]")
-    parser.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    parser.add_argument("-o", "--output", required=True, metavar="DIR",
+                        help="output directory: new, empty, or holding a program (replaced atomically)")
+    parser.add_argument("--force", action="store_true",
+                        help="write into a non-empty directory that holds other files than a program")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from vitaccel.sw.commands import UserError
+    from vitaccel.sw.program import ProgramError, check_output_dir
+
+    try:   # before the imports and the compile: a bad -o fails in a moment
+        check_output_dir(args.output, force=args.force)
+    except ProgramError as err:
+        raise UserError(f"-o {args.output}: {err}") from None
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -45,13 +55,14 @@ def run(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description:<28}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-                  TimeElapsedColumn(), console=console, disable=args.quiet, transient=False) as bar:
+                  TimeElapsedColumn(), console=console, disable=args.quiet or not console.is_terminal,
+                  transient=False) as bar:
         task = bar.add_task("compiling", total=1.0)
         program = compile_model(args.model, args.config, args.output, weights=args.weights, calib=args.calib,
                                 method=args.method, prune_tokens=args.prune_tokens,
-                                package_token=args.package_token, nm=args.nm,
+                                package_token=args.package_token, nm=args.nm, force=args.force,
                                 progress=lambda text, fraction: bar.update(task, description=text, completed=fraction))
     m = program.manifest
     console.print(f"wrote {args.output}: {m['instructions']} instructions, {m['macs'] / 1e6:.1f} MMAC per image, "
-                  f"DDR {m['ddr_size'] / 2**20:.1f} MiB, compiled in {m['compile_seconds']:.1f} s")
+                  f"DDR {m['ddr_size'] / 2**20:.1f} MiB, compiled in {m['compile_seconds']:.1f} s", soft_wrap=True)
     return 0

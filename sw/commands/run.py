@@ -41,7 +41,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="golden machine, performance model, RTL simulation or board (default: golden)")
     parser.add_argument("--images", type=int, default=None, metavar="N",
                         help="number of images (default: the whole digits test split, or 8 generated; "
-                             "rtl: 2)")
+                             "rtl: 2); at most the images whose float outputs the program stores "
+                             "(digits: 449; generated: 64, or 16 for inputs above 64x64)")
     parser.add_argument("--simulator", default="verilator", choices=("verilator", "icarus"),
                         help="rtl backend: the simulator (default: verilator)")
     parser.add_argument("--waves", action="store_true",
@@ -74,11 +75,13 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("--ddr-model applies to --backend perf and rtl only")
     console = Console(stderr=True)
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), TimeElapsedColumn(), console=console,
-                  disable=args.json, transient=True) as bar:
+                  disable=args.json or not console.is_terminal, transient=True) as bar:
         task = bar.add_task("running", total=1.0)
         result = run_program_dir(args.directory, backend=args.backend, images=args.images, device_options=options,
                                  progress=lambda text, fraction: bar.update(task, description=text,
-                                                                           completed=fraction))
+                                                                           completed=fraction),
+                                 notice=lambda text: console.print(f"vitaccel run: note: {text}", markup=False,
+                                                                   highlight=False, soft_wrap=True))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0

@@ -78,18 +78,34 @@ def _template(arg: Any, inputs: list[str]) -> Any:
     return arg
 
 
-def _first_tensor_output(output_node: torch.fx.Node) -> torch.fx.Node:
-    """The first tensor the model returns (logits; HF models return an output dataclass)."""
-    pending = list(output_node.args)
-    while pending:
-        item = pending.pop(0)
-        if isinstance(item, torch.fx.Node):
-            return item
-        if isinstance(item, (list, tuple)):
-            pending[:0] = list(item)
-        elif isinstance(item, dict):
-            pending[:0] = list(item.values())
-    raise UserError("the model returns no tensor")
+def _logits_index(model: nn.Module, example: torch.Tensor) -> int:
+    """Where the logits (:func:`~vitaccel.sw.torch_util.model_logits`) are among the model's
+    flattened outputs; ``torch.export`` flattens them in the same (pytree) order.
+
+    Raises
+    ------
+    UserError
+        For a model with several outputs and no ``logits``, or one that fails to run.
+    """
+    from torch.utils import _pytree
+
+    from vitaccel.sw.torch_util import MultipleOutputs, model_logits
+
+    try:
+        with torch.no_grad():
+            output = model(example)
+    except Exception as err:  # the user's forward may raise anything
+        raise UserError(f"the model's forward fails on a {list(example.shape)} input: {type(err).__name__}: "
+                        f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}") from None
+    try:
+        logits = model_logits(output)
+    except MultipleOutputs as err:
+        raise UserError(str(err)) from None
+    leaves = _pytree.tree_leaves(output)
+    for index, leaf in enumerate(leaves):
+        if leaf is logits:
+            return index
+    raise UserError("cannot find the model's logits among its outputs")
 
 
 def capture(model: nn.Module, input_shape: tuple[int, int, int], *, name: str = "model") -> Graph:
@@ -108,6 +124,7 @@ def capture(model: nn.Module, input_shape: tuple[int, int, int], *, name: str = 
     except Exception as err:  # export raises many error types; the user needs the first line
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UserError(f"torch.export cannot capture {name}: {first}") from None
+    logits_index = _logits_index(model, example)
     signature = exported.graph_signature
     state = dict(exported.state_dict)
     state.update(getattr(exported, "constants", {}) or {})
@@ -141,7 +158,10 @@ def capture(model: nn.Module, input_shape: tuple[int, int, int], *, name: str = 
             nodes.append(Node(fx_node.name, "aten", inputs, shape,
                               {"target": fx_node.target, "args": args, "kwargs": kwargs}, source))
         elif fx_node.op == "output":
-            output_name = _first_tensor_output(fx_node).name
+            outputs = list(fx_node.args[0]) if isinstance(fx_node.args[0], (list, tuple)) else [fx_node.args[0]]
+            if logits_index >= len(outputs) or not isinstance(outputs[logits_index], torch.fx.Node):
+                raise UserError(f"{name}: the exported graph does not return the logits as a tensor")
+            output_name = outputs[logits_index].name
         else:
             raise UnsupportedOperator(f"{fx_node.op} {fx_node.target}", source)
     graph = Graph(nodes, [output_name], meta={"name": name, "input_shape": tuple(input_shape)})

@@ -23,7 +23,7 @@ Node kinds and float semantics (``x``, ``w`` ... are the inputs in order)
 ``conv_patch``   ``conv2d(x, w, b, stride=patch)`` (kernel == stride, no padding).
 ``matmul``       ``attrs["alpha"] * (x @ (y.transpose(-1, -2) if transpose_b else y))``.
 ``scale``        ``x * attrs["alpha"]`` (a scalar multiply or divide).
-``add``          ``x + y``.
+``add``          ``attrs.get("alpha", 1) * (x + y)`` (``alpha > 0``: a folded ``scale``).
 ``layernorm``    ``layer_norm(x, [D], w, b, eps)`` over the last axis.
 ``gelu``         ``gelu(x, approximate=attrs["approximate"])``.
 ``softmax``      softmax over the last axis.
@@ -305,7 +305,7 @@ def evaluate_node(node: Node, ins: list[Any], images: torch.Tensor | None, batch
     if k == "scale":
         return ins[0] * a["alpha"]
     if k == "add":
-        return ins[0] + ins[1]
+        return (ins[0] + ins[1]) * a["alpha"] if "alpha" in a else ins[0] + ins[1]
     if k == "layernorm":
         return F.layer_norm(ins[0], [ins[0].shape[-1]], ins[1], ins[2], a["eps"])
     if k == "gelu":

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import numbers
 import sys
 from pathlib import Path
 from typing import Callable
@@ -77,7 +78,12 @@ def _from_file(spec: str) -> tuple[nn.Module, tuple[int, int, int]]:
     function = getattr(module, function_name, None)
     if not callable(function):
         raise UserError(f"{file_name!r} has no function {function_name!r}")
-    result = function()
+    try:
+        result = function()
+    except Exception as err:  # the user's code may raise anything
+        message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise UserError(f"model function {function_name}() in {file_name!r} raised "
+                        f"{type(err).__name__}" + (f": {message}" if message else "")) from None
     shape = (3, 224, 224)
     if isinstance(result, tuple):
         if len(result) != 2:
@@ -85,12 +91,22 @@ def _from_file(spec: str) -> tuple[nn.Module, tuple[int, int, int]]:
         result, shape = result
     if not isinstance(result, nn.Module):
         raise UserError(f"{spec} returned {type(result).__name__}, not a torch.nn.Module")
+    return result, _input_shape(spec, shape)
+
+
+def _input_shape(spec: str, shape: object) -> tuple[int, int, int]:
+    """``shape`` as ``(C, H, W)`` (a leading batch of 1 dropped), every size a positive integer."""
+    usage = f"{spec}: the input shape must be a tuple (channels, height, width) of positive integers"
+    if not isinstance(shape, (tuple, list, torch.Size)):
+        raise UserError(f"{usage}, got {shape!r}")
+    if not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) for d in shape):
+        raise UserError(f"{usage}, got {tuple(shape)!r}")
     shape = tuple(int(d) for d in shape)
     if len(shape) == 4 and shape[0] == 1:
         shape = shape[1:]
-    if len(shape) != 3:
-        raise UserError(f"{spec}: input shape must be (channels, height, width), got {shape}")
-    return result, shape
+    if len(shape) != 3 or min(shape) < 1:
+        raise UserError(f"{usage}, got {shape}")
+    return shape
 
 
 def get_model(name_or_path: str, weights: str | Path | None = None) -> tuple[nn.Module, tuple[int, int, int]]:

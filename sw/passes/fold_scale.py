@@ -1,4 +1,9 @@
-"""Fold a scalar multiply of a matmul result into the matmul (attention's ``1/sqrt(d)``)."""
+"""Fold a scalar multiply into the matmul or add that produces its operand.
+
+Attention's ``1/sqrt(d)`` folds into the score matmul; DeiT's distilled head
+``(cls_logits + distillation_logits) / 2`` into the add (whose requantization absorbs a
+positive factor for free).
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,15 @@ from .base import Pass
 
 __all__ = ["FoldScaleIntoMatmul"]
 
+#: Producers whose ``alpha`` attribute multiplies their result.
+_ALPHA_KINDS = ("matmul", "add")
+
 
 class FoldScaleIntoMatmul(Pass):
     """``scale(matmul(a, b, alpha), c)`` -> ``matmul(a, b, alpha * c)`` when the matmul has
-    no other reader; the quantizer then folds ``alpha`` into the score scale for free."""
+    no other reader; the quantizer then folds ``alpha`` into the score scale for free. The
+    same for ``add`` with ``c > 0``: its int8 output requantizes each input by ``alpha``
+    (a negative factor would flip the sign the add's unsigned multipliers cannot)."""
 
     name = "fold-scale"
 
@@ -21,8 +31,10 @@ class FoldScaleIntoMatmul(Pass):
             if node.kind != "scale":
                 continue
             source = graph.node(node.inputs[0])
-            if source.kind == "matmul" and graph.use_count(source.name) == 1:
-                source.attrs = dict(source.attrs, alpha=source.attrs.get("alpha", 1.0) * node.attrs["alpha"])
+            alpha = node.attrs["alpha"]
+            if (source.kind in _ALPHA_KINDS and graph.use_count(source.name) == 1
+                    and (source.kind == "matmul" or alpha > 0)):
+                source.attrs = dict(source.attrs, alpha=source.attrs.get("alpha", 1.0) * alpha)
                 graph.replace_uses(node.name, source.name)
                 graph.remove(node.name)
                 changed = True

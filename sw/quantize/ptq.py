@@ -191,8 +191,9 @@ class _Builder:
         a, b = (self.operand(name) for name in node.inputs)
         s_out = self.activation_scale(node)
         out = self.add_tensor(node.name, _qshape(node.shape), "int8", s_out)
-        return self.emit(node, "add", [a, b], out,
-                         params=add_params(self.tensors[a].scale, self.tensors[b].scale, s_out))
+        alpha = node.attrs.get("alpha", 1.0)   # a folded positive scale: alpha * (a + b)
+        return self.emit(node, "add", [a, b], out, params=add_params(
+            alpha * self.tensors[a].scale, alpha * self.tensors[b].scale, s_out))
 
     def do_concat(self, node: Node) -> str:
         scale = self.activation_scale(node)

@@ -21,7 +21,7 @@ def _check(result: dict) -> None:
     codes = {p["error_code"] for p in result["programs"]}
     # The suite must have exercised success and every error the controller reports.
     assert {"NONE", "ILLEGAL_INSTRUCTION", "ADDRESS_OUT_OF_RANGE", "DEPENDENCY_DEADLOCK", "MISSING_FINISH",
-            "INVALID_OPERAND", "WATCHDOG"} <= codes, codes
+            "INVALID_OPERAND", "WATCHDOG", "PROGRAM_CHECKSUM"} <= codes, codes
 
 
 @pytest.mark.cocotb
@@ -46,6 +46,36 @@ def test_programs_bit_exact_more_seeds(seed):
 
 
 @pytest.mark.cocotb
+@pytest.mark.cocotb
+def test_single_bit_flips_stop_with_program_checksum():
+    """A sample of single-bit flips anywhere in a valid program, run with the original
+    checksum: each stops in the scan pass with PROGRAM_CHECKSUM, as the golden machine does."""
+    import random
+
+    import numpy as np
+
+    from vitaccel.hw.spec.isa import INSTRUCTION_BITS
+    from vitaccel.hw.spec.regmap import ErrorCode, program_crc32
+    from vitaccel.sim.cases.accel import Program, random_dma_program
+
+    rng = random.Random(5)
+    ddr = np.frombuffer(rng.randbytes(2048), np.uint8).copy()
+    words = random_dma_program(rng, TINY, ddr.size, rounds=2, transfers=2)
+    checksum = program_crc32(b"".join(w.to_bytes(16, "little") for w in words))
+    programs = [Program("intact", words, ddr, checksum=checksum)]
+    for flip in range(12):
+        pc, bit = rng.randrange(len(words)), rng.randrange(INSTRUCTION_BITS)
+        flipped = list(words)
+        flipped[pc] ^= 1 << bit
+        programs.append(Program(f"flip {flip}: instruction {pc} bit {bit}", flipped, ddr,
+                                checksum=checksum, expect_code=ErrorCode.PROGRAM_CHECKSUM))
+    result = run_program_case(TINY, seed=2, programs=programs)
+    assert result["passed"], json.dumps(result["mismatches"], indent=1)
+    codes = [p["error_code"] for p in result["programs"]]
+    assert codes == ["NONE"] + ["PROGRAM_CHECKSUM"] * 12
+    assert all(p["golden_code"] == "PROGRAM_CHECKSUM" for p in result["programs"][1:])
+
+
 @pytest.mark.slow
 def test_compiled_vit_bit_exact_verilator(tmp_path):
     """A compiled tiny digits-vit end to end (LOAD / STORE / SYNC, requantizing and raw

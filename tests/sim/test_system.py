@@ -5,7 +5,6 @@ DeiT-T-shaped encoder block, and a corrupted program that must stop with its err
 
 from __future__ import annotations
 
-import dataclasses
 import json
 
 import numpy as np
@@ -72,8 +71,31 @@ def test_corrupted_program_stops_with_its_code(digits_dir):
     pc = 40
     words = list(program.words)
     words[pc] |= 1 << (INSTRUCTION_BITS - 1)
-    device = open_device("rtl", dataclasses.replace(program, words=words), seed=2)
+    device = open_device("rtl", program.with_words(words), seed=2)   # checksum updated: the decoder finds it
     image = np.zeros(program.manifest["inputs"][0]["shape"], np.int8)
     with pytest.raises(DeviceError, match=f"ILLEGAL_INSTRUCTION at instruction {pc} .*golden machine agrees") as err:
         device.infer(image)
     assert err.value.code is ErrorCode.ILLEGAL_INSTRUCTION and err.value.pc == pc
+
+
+def test_flipped_bit_stops_with_program_checksum(digits_dir, capsys):
+    """Single bits flipped in program.bin after compilation (a sample: the last bit of one
+    instruction, the opcode of another, a field of a third): `vitaccel run --backend rtl`
+    stops with PROGRAM_CHECKSUM in the scan pass, before anything executes, as the golden
+    machine does; one line, exit 2."""
+    import shutil
+
+    from vitaccel.sw.cli import main
+
+    blob = bytearray((digits_dir / "program.bin").read_bytes())
+    flipped_dir = digits_dir.parent / "flipped"
+    for instruction, bit in ((len(blob) // 16 - 1, 127), (40, 0), (1234 % (len(blob) // 16), 77)):
+        shutil.copytree(digits_dir, flipped_dir, dirs_exist_ok=True)
+        corrupted = bytearray(blob)
+        corrupted[16 * instruction + bit // 8] ^= 1 << bit % 8
+        (flipped_dir / "program.bin").write_bytes(bytes(corrupted))
+        capsys.readouterr()
+        assert main(["run", str(flipped_dir), "--backend", "rtl", "--images", "1"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "PROGRAM_CHECKSUM" in err and "golden machine agrees" in err, err
+

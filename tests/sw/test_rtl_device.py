@@ -4,7 +4,6 @@ reporting with the simulator replaced by the golden machine."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import textwrap
 import types
@@ -55,7 +54,7 @@ def _corrupt(program, pc):
     """The program with a reserved bit set in instruction ``pc``: ILLEGAL_INSTRUCTION there."""
     words = list(program.words)
     words[pc] |= 1 << (INSTRUCTION_BITS - 1)
-    return dataclasses.replace(program, words=words)
+    return program.with_words(words)   # the checksum matches: the decoder finds the word
 
 
 # -- a board made of the golden machine behind PYNQ-style MMIO ---------------------------------
@@ -103,8 +102,9 @@ class _Mmio:
         words = words_from_bytes(bytes(buf[start:start + 16 * self._reg("PROGRAM_LENGTH")]))
         window = np.asarray(buf[base:base + self._reg("DDR_SIZE")]).view(np.ndarray)
         self.board.starts += 1
+        checksum = self._reg("PROGRAM_CRC") if self._reg("PROGRAM_CHECK") & 1 else None
         try:
-            stats = GoldenMachine(self.board.config).run(words, window)
+            stats = GoldenMachine(self.board.config).run(words, window, checksum=checksum)
             self._set("STATUS", 0b010)
             self._set("ERROR_CODE", 0)
             self._set("INTERRUPT_STATUS", 0b01)
@@ -154,6 +154,22 @@ def test_board_device_reports_code_pc_and_layer(fake_pynq, program):
     with pytest.raises(DeviceError, match=f"ILLEGAL_INSTRUCTION at instruction {pc} \\(layer ") as err:
         BoardDevice(_corrupt(program, pc)).infer(_images(program, 1)[0])
     assert err.value.code is ErrorCode.ILLEGAL_INSTRUCTION and err.value.pc == pc
+
+
+def test_board_device_checks_the_program_checksum(fake_pynq, program):
+    """A bit flipped after compilation: the shared driver enables PROGRAM_CHECK, so the run
+    stops with PROGRAM_CHECKSUM (the golden device says the same)."""
+    from vitaccel.sw.program import CompiledProgram
+
+    words = list(program.words)
+    words[7] ^= 1 << 40
+    flipped = CompiledProgram(words, program.ddr_image, program.manifest)
+    with pytest.raises(DeviceError, match="PROGRAM_CHECKSUM") as err:
+        BoardDevice(flipped).infer(_images(program, 1)[0])
+    assert err.value.code is ErrorCode.PROGRAM_CHECKSUM
+    with pytest.raises(DeviceError, match="PROGRAM_CHECKSUM.*checksum mismatch") as err:
+        open_device("golden", flipped).infer(_images(program, 1)[0])
+    assert err.value.code is ErrorCode.PROGRAM_CHECKSUM
 
 
 def test_board_without_pynq_is_a_user_error(monkeypatch, program):
