@@ -46,9 +46,11 @@ DEFAULT_METHODS = ("dense", "tokens")
 BACKENDS = ("rtl", "perf", "both")
 _HERE = Path(__file__).resolve()
 #: Models per config preset. ``deit-tiny-block-197`` is one DeiT-T encoder block (dim 192,
-#: 3 heads, MLP 768) on 196 patches + CLS (:func:`deit_tiny_block_196`).
+#: 3 heads, MLP 768) on 196 patches + CLS (:func:`deit_tiny_block_196`); ``deit-tiny-block-17``
+#: (by name only) the same on 16 patches + CLS: a short program to measure a top's RTL speed.
 MODELS = {"tiny": ("digits-vit",), "zcu102": ("deit-tiny-block-197", "deit-tiny", "deit-small")}
-_MODEL_SPECS = {"deit-tiny-block-197": f"{_HERE}:deit_tiny_block_196"}
+_MODEL_SPECS = {"deit-tiny-block-197": f"{_HERE}:deit_tiny_block_196",
+                "deit-tiny-block-17": f"{_HERE.parent.parent}/cases/system.py:deit_tiny_block_16"}
 #: ``--prune-tokens`` of the ``tokens`` method per model (EViT at SPViT's points 3, 6, 9 for
 #: the 12-block DeiTs; after blocks 1, 2, 3 of digits-vit's 4).
 TOKEN_PRUNING = {"digits-vit": "0.7@1,2,3", "deit-tiny": "0.7@3,6,9", "deit-small": "0.7@3,6,9"}
@@ -57,7 +59,7 @@ CALIB_IMAGES = 4
 #: Simulated cycles per wall second of the whole top in Verilator under cocotb with the
 #: board-like DDR, measured on the 2-core development machine while shared (docs/results.md):
 #: what ``rtl_skipped`` extrapolates from.
-RTL_CYCLES_PER_SECOND = {"tiny": 3000.0, "zcu102": 1000.0}
+RTL_CYCLES_PER_SECOND = {"tiny": 6600.0, "zcu102": 1000.0}
 #: RTL runs whose extrapolated simulation time exceeds this are skipped (``--backend both``).
 RTL_BUDGET_SECONDS = 1800.0
 #: What the matrix engine does in each cycle of a run (:func:`layer_breakdown`).
