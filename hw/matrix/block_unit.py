@@ -1,12 +1,14 @@
-"""One block unit: a ``b x b`` output block held stationary, ``b**3`` multipliers (with an N:M
-non-zero selection stage in front of them when built for sparse weights)."""
+"""One block unit: a ``b x b`` output block held stationary, ``b**3`` multiplies per cycle (with
+an N:M non-zero selection stage in front of them when built for sparse weights), one or two
+per DSP48E2 multiplier."""
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..spec.dsp_packing import LANE_SHIFT, MULT_A_BITS, engine_lanes
 from ..spec.nm import check_nm, index_bits
 from .layouts import block_control_layout
 
@@ -49,10 +51,18 @@ class BlockUnit(wiring.Component):
         Signed accumulator width.
     nm : tuple[int, int] or None
         ``(N, M)`` of the sparse weights, ``N`` dividing ``block_size``; None: dense only.
+    packing : int
+        Products per multiplier. With 2 (Xilinx WP486, docs/dsp_packing.md), rows ``2p``
+        and ``2p + 1`` of an output column share each B operand: one 27x18 multiply of
+        ``(a[2p+1] << 18) + a[2p]`` by ``b[kk][j]`` gives both products. The packed
+        products of up to :attr:`PackedLanes.max_terms` k's are summed, then separated into
+        the two rows' sums (sign borrow corrected) and accumulated as usual. Needs 8-bit B,
+        9-bit A holding int8 or uint8 values (the engine's operands), an even
+        ``block_size``.
     """
 
     def __init__(self, *, block_size: int, a_width: int, b_width: int, acc_width: int,
-                 nm: tuple[int, int] | None = None):
+                 nm: tuple[int, int] | None = None, packing: int = 1):
         for name, value in (("block_size", block_size), ("a_width", a_width), ("b_width", b_width),
                             ("acc_width", acc_width)):
             if not isinstance(value, int) or value < 1:
@@ -65,7 +75,12 @@ class BlockUnit(wiring.Component):
             if block_size % nm[0]:
                 raise ValueError(f"nm: N={nm[0]} must divide block_size={block_size}")
             a_span = block_size // nm[0] * nm[1]
-        self.block_size, self.nm = block_size, nm
+        if packing not in (1, 2):
+            raise ValueError(f"packing must be 1 or 2, got {packing!r}")
+        if packing == 2 and (b_width != 8 or a_width != 9 or block_size % 2):
+            raise ValueError(f"packing=2 needs a_width=9, b_width=8 and an even block_size, got "
+                             f"{a_width}, {b_width}, {block_size}")
+        self.block_size, self.nm, self.packing = block_size, nm, packing
         a_layout, b_layout = block_operand_layouts(block_size, a_width, b_width, a_span)
         result = data.ArrayLayout(data.ArrayLayout(signed(acc_width), block_size), block_size)
         ports = {
@@ -78,30 +93,81 @@ class BlockUnit(wiring.Component):
             ports.update(meta_in=In(meta), meta_out=Out(meta))
         super().__init__(ports)
 
+    def _nm_pick(self, m: Module, lane, j: int, kk: int, shape, name: str) -> Signal:
+        """Selection stage: of the values ``lane(index)`` of slot ``kk``'s group, the one
+        ``meta[kk][j]`` indexes."""
+        n, group = self.nm
+        first = kk // n * group
+        selected = Signal(shape, name=name)
+        candidates = Cat(*[lane(index) for index in range(first, first + group)])
+        m.d.comb += selected.eq(candidates.word_select(self.meta_in[kk][j], Shape.cast(shape).width))
+        return selected
+
     def _operand(self, m: Module, i: int, j: int, kk: int):
         """A operand of multiplier ``(i, j, kk)``: ``a[i][kk]``, or the selection stage's pick."""
         if self.nm is None:
             return self.a_in[i][kk]
-        n, group = self.nm
-        width = self.a_in.shape().elem_shape.elem_shape.width
-        start = kk // n * group * width
-        lanes = self.a_in[i].as_value()[start:start + group * width]
-        selected = Signal(self.a_in.shape().elem_shape.elem_shape, name=f"sel_{i}_{j}_{kk}")
-        m.d.comb += selected.eq(lanes.word_select(self.meta_in[kk][j], width))
-        return selected
+        return self._nm_pick(m, lambda index: self.a_in[i][index], j, kk, self.a_in.shape().elem_shape.elem_shape,
+                             f"sel_{i}_{j}_{kk}")
+
+    def _packed_operand(self, m: Module, pair: int, j: int, kk: int):
+        """Packed A operand of multiplier ``(pair, j, kk)``: ``(a_hi << 18) + a_lo`` of the A
+        values :meth:`_operand` would give rows ``2 * pair + 1`` and ``2 * pair``.
+
+        Each A lane is packed once per row pair and shared by all columns; with N:M the
+        selection stage then picks among the packed lanes of the slot's group (both rows
+        use the same index, so one multiplexer serves the pair)."""
+        def lane(index: int):
+            if (pair, index) not in self._packed:
+                packed = Signal(signed(MULT_A_BITS), name=f"packed_{pair}_{index}")
+                hi, lo = self.a_in[2 * pair + 1][index], self.a_in[2 * pair][index]
+                m.d.comb += packed.eq((hi << LANE_SHIFT) + lo)
+                self._packed[pair, index] = packed
+            return self._packed[pair, index]
+
+        if self.nm is None:
+            return lane(kk)
+        return self._nm_pick(m, lane, j, kk, signed(MULT_A_BITS), f"psel_{pair}_{j}_{kk}")
+
+    def _dots(self, m: Module, j: int) -> list:
+        """The ``b`` dot products ``sum_kk a[i][kk] * b[kk][j]`` of column ``j``, by row ``i``."""
+        b = self.block_size
+        if self.packing == 1:
+            return [sum(self._operand(m, i, j, kk) * self.b_in[kk][j] for kk in range(b)) for i in range(b)]
+        b_width = self.b_in.shape().elem_shape.elem_shape.width
+        lanes = engine_lanes(b_width)
+        sum_bits = MULT_A_BITS + b_width + (lanes.max_terms).bit_length()
+        dots = [None] * b
+        for pair in range(b // 2):
+            low_sums, high_sums = [], []
+            # Packed sums of at most max_terms products, each separated exactly (see spec).
+            for start in range(0, b, lanes.max_terms):
+                terms = range(start, min(b, start + lanes.max_terms))
+                packed_sum = Signal(signed(sum_bits), name=f"psum_{pair}_{j}_{start}")
+                m.d.comb += packed_sum.eq(sum(self._packed_operand(m, pair, j, kk) * self.b_in[kk][j]
+                                              for kk in terms))
+                field = packed_sum[:LANE_SHIFT]
+                borrow = Signal(name=f"borrow_{pair}_{j}_{start}")
+                m.d.comb += borrow.eq(field > lanes.threshold(len(terms)))
+                low = Signal(signed(LANE_SHIFT + 1), name=f"low_{pair}_{j}_{start}")
+                m.d.comb += low.eq(Cat(field, borrow).as_signed())   # u, or u - 2^18 on a borrow
+                low_sums.append(low)
+                high_sums.append((packed_sum >> LANE_SHIFT) + borrow)
+            dots[2 * pair], dots[2 * pair + 1] = sum(low_sums), sum(high_sums)
+        return dots
 
     def elaborate(self, platform):
         m = Module()
         b = self.block_size
+        self._packed = {}
         m.d.sync += [self.a_out.eq(self.a_in), self.b_out.eq(self.b_in), self.ctl_out.eq(self.ctl_in)]
         if self.nm is not None:
             m.d.sync += self.meta_out.eq(self.meta_in)
         acc_shape = self.result.shape().elem_shape.elem_shape
-        for i in range(b):
-            for j in range(b):
+        for j in range(b):
+            for i, dot in enumerate(self._dots(m, j)):
                 acc = Signal(acc_shape, name=f"acc_{i}_{j}")
                 total = Signal(acc_shape, name=f"sum_{i}_{j}")
-                dot = sum(self._operand(m, i, j, kk) * self.b_in[kk][j] for kk in range(b))
                 m.d.comb += total.eq(Mux(self.ctl_in.first, 0, acc) + dot)
                 with m.If(self.ctl_in.valid):
                     m.d.sync += acc.eq(total)

@@ -60,7 +60,8 @@ class BlockGrid(wiring.Component):
         cfg = self.config
         b, rows, cols, w = cfg.block_size, cfg.block_rows, cfg.block_cols, cfg.operand_width
         nm = cfg.nm_sparsity
-        units = [[BlockUnit(block_size=b, a_width=w + 1, b_width=w, acc_width=cfg.acc_width, nm=nm)
+        units = [[BlockUnit(block_size=b, a_width=w + 1, b_width=w, acc_width=cfg.acc_width, nm=nm,
+                            packing=cfg.dsp_packing)
                   for _ in range(cols)] for _ in range(rows)]
         a_bits = self.a.as_value()
         block_a_bits = len(a_bits) // rows

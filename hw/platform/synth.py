@@ -448,7 +448,7 @@ def _engine_part_verilog(config, part: str) -> str:
     w = config.operand_width
     if part == "block_unit":
         return emit_verilog(BlockUnit(block_size=config.block_size, a_width=w + 1, b_width=w,
-                                      acc_width=config.acc_width), part)
+                                      acc_width=config.acc_width, packing=config.dsp_packing), part)
     if part == "post":
         return emit_verilog(PostProcessor(config), part)
     if part not in ("a_spad", "b_spad"):

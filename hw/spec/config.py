@@ -72,6 +72,10 @@ class AccelConfig:
         Which units the generated accelerator contains.
     nm_sparsity : tuple[int, int] | None
         ``(N, M)`` structured weight sparsity supported by the matrix engine, or ``None``.
+    dsp_packing : int
+        Multiplies per DSP48E2 in the block units: 1, or 2 (two 8-bit products sharing the B
+        operand in one 27x18 multiply, Xilinx WP486; needs ``operand_width`` 8 and an even
+        ``block_size``, see docs/dsp_packing.md). Results are the same either way.
     dma_data_width : int
         AXI4 master data width in bits.
     clock_mhz : float
@@ -103,6 +107,7 @@ class AccelConfig:
     has_topk: bool = True
     has_sparse_attention: bool = True
     nm_sparsity: tuple[int, int] | None = None
+    dsp_packing: int = 1
     dma_data_width: int = 64
     clock_mhz: float = 100.0
     _extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -167,6 +172,15 @@ class AccelConfig:
             n, m = self.nm_sparsity
             if not (_is_pow2(m) and 1 <= n < m <= 16):
                 raise ConfigError(f"nm_sparsity: need 1 <= N < M <= 16 with M a power of two, got {n}:{m}")
+        if isinstance(self.dsp_packing, bool) or self.dsp_packing not in (1, 2):
+            raise ConfigError(f"dsp_packing: must be 1 or 2, got {self.dsp_packing!r}")
+        if self.dsp_packing == 2:
+            if self.operand_width != 8:
+                raise ConfigError(f"dsp_packing: 2 needs operand_width 8 (two products per 27x18 multiply), "
+                                  f"got {self.operand_width}")
+            if self.block_size % 2:
+                raise ConfigError(f"dsp_packing: 2 pairs the rows of a block, so block_size must be even, "
+                                  f"got {self.block_size}")
         if self.max_tokens < 2:
             raise ConfigError(f"max_tokens: must be at least 2, got {self.max_tokens}")
         if self.has_sparse_attention and not self.has_softmax:
@@ -194,6 +208,11 @@ class AccelConfig:
     def macs_per_cycle(self) -> int:
         """Multipliers in the matrix engine: ``block_rows * block_cols * b**3``."""
         return self.block_rows * self.block_cols * self.block_size ** 3
+
+    @property
+    def engine_dsp48e2(self) -> int:
+        """DSP48E2 the block units' multipliers take: ``macs_per_cycle / dsp_packing``."""
+        return self.macs_per_cycle // self.dsp_packing
 
     @property
     def peak_gmacs(self) -> float:
@@ -255,10 +274,11 @@ PRESETS: dict[str, AccelConfig] = {
         vector_lanes=4, topk_lanes=4, max_tokens=256, sparse_pe_rows=4, sparse_pe_cols=4,
         dma_data_width=64, clock_mhz=100.0,
     ),
-    # Sized for an XCZU9EG (ZCU102): 1536 multipliers (61% of 2520 DSP48E2), buffers well
-    # inside 912 BRAM36; 128-bit AXI for the HP ports. See docs/perf.md for measured use.
+    # Sized for an XCZU9EG (ZCU102): 3072 multipliers, two per DSP48E2 (dsp_packing 2), so
+    # 1536 of its 2520 DSP48E2 (61%); buffers well inside 912 BRAM36; 128-bit AXI for the HP
+    # ports. See docs/perf.md for measured use, docs/dsp_packing.md for the packing.
     "zcu102": AccelConfig(
-        name="zcu102", block_rows=1, block_cols=3, block_size=8, operand_width=8, acc_width=32,
+        name="zcu102", block_rows=2, block_cols=3, block_size=8, operand_width=8, acc_width=32, dsp_packing=2,
         max_k=4096, input_spad_kib=128, weight_spad_kib=256, acc_kib=256, vector_kib=512,
         vector_lanes=16, topk_lanes=16, max_tokens=256, sparse_pe_rows=16, sparse_pe_cols=16,
         dma_data_width=128, clock_mhz=300.0,

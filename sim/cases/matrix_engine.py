@@ -22,10 +22,10 @@ from vitaccel.hw.spec.matrix import (GemmPlan, a_stream, b_meta_stream, b_stream
                                      residual_stream)
 from vitaccel.hw.spec.nm import VALUE_BITS, NMWeights, compress
 from vitaccel.hw.spec.numerics import int_range, quantize_multiplier
-from vitaccel.sim.golden.gemm import linear
+from vitaccel.sim.golden.gemm import linear, matmul
 from vitaccel.sim.golden.nm import nm_linear
 
-__all__ = ["GemmCase", "make_case", "case_streams", "simulate", "first_mismatch", "engine_verilog", "run_case",
+__all__ = ["GemmCase", "EDGE_PATTERNS", "make_case", "case_streams", "simulate", "first_mismatch", "engine_verilog", "run_case",
            "run_cases", "TOPLEVEL", "TB_MODULE"]
 
 TOPLEVEL = "matrix_engine"
@@ -46,6 +46,27 @@ class GemmCase:
     expected: np.ndarray
     #: Sparse-mode cases: the compressed ``b`` (which is N:M sparse), else None.
     weights: NMWeights | None = None
+    #: The raw accumulators ``a @ b`` (golden ``matmul``), which ``output_acc`` carries.
+    expected_acc: np.ndarray | None = None
+
+
+#: Operand patterns of :func:`make_case` (``min``/``max``: the ends of A's and B's ranges, so
+#: ``min_min`` is -128 x -128 on every lane; in unsigned-A mode ``max_min`` is 255 x -128 and
+#: ``max_max`` 255 x 127, the two ends of the product range): every A and B at one end, or
+#: ``alternating`` ends by row + k (A) and k + column (B), so neighbouring rows' products (the
+#: two lanes of a packed DSP) have opposite signs.
+EDGE_PATTERNS = ("min_min", "min_max", "max_min", "max_max", "alternating")
+
+
+def _pattern_operands(pattern: str, M: int, K: int, N: int, a_range, b_range) -> tuple[np.ndarray, np.ndarray]:
+    if pattern not in EDGE_PATTERNS:
+        raise ValueError(f"pattern must be one of {', '.join(EDGE_PATTERNS)}, got {pattern!r}")
+    if pattern == "alternating":
+        a = np.where(np.add.outer(np.arange(M), np.arange(K)) % 2 == 0, a_range[0], a_range[1])
+        b = np.where(np.add.outer(np.arange(K), np.arange(N)) % 2 == 0, b_range[0], b_range[1])
+        return a.astype(np.int64), b.astype(np.int64)
+    a_end, b_end = (0 if part == "min" else 1 for part in pattern.split("_"))
+    return (np.full((M, K), a_range[a_end], dtype=np.int64), np.full((K, N), b_range[b_end], dtype=np.int64))
 
 
 def _edgy(rng: np.random.Generator, shape, lo: int, hi: int, edge_fraction: float) -> np.ndarray:
@@ -70,7 +91,7 @@ def _nm_sparse(rng: np.random.Generator, b: np.ndarray, n: int, m: int, sparser:
 
 def make_case(config: AccelConfig, *, seed: int, M: int, K: int, N: int, unsigned_a: bool = False,
               residual: bool = True, extremes: bool = False, nm: bool = False,
-              nm_sparser: float = 0.1) -> GemmCase:
+              nm_sparser: float = 0.1, pattern: str | None = None) -> GemmCase:
     """A random GEMM for ``config`` drawn from ``seed``, with its golden result.
 
     Operands are uniform with 5 % range extremes (``extremes=True``: only extremes). The
@@ -79,6 +100,8 @@ def make_case(config: AccelConfig, *, seed: int, M: int, K: int, N: int, unsigne
     ``nm=True``: a sparse-mode GEMM; B is made ``config.nm_sparsity`` sparse (random kept
     positions, a fraction ``nm_sparser`` of them zero as well), the expected output is the
     golden :func:`~vitaccel.sim.golden.nm.nm_linear` on the compressed weights.
+    ``pattern`` (one of :data:`EDGE_PATTERNS`) replaces the random A and B by edge values;
+    the output scales then follow the actual accumulators, so few outputs saturate.
     """
     plan = plan_gemm(config, M, K, N, unsigned_a=unsigned_a, residual=residual, nm=nm)
     rng = np.random.default_rng(seed)
@@ -88,10 +111,13 @@ def make_case(config: AccelConfig, *, seed: int, M: int, K: int, N: int, unsigne
     edge = 1.0 if extremes else 0.05
     a = _edgy(rng, (M, K), a_lo, a_hi, edge)
     b = _edgy(rng, (K, N), b_lo, b_hi, edge)
+    if pattern is not None:
+        a, b = _pattern_operands(pattern, M, K, N, (a_lo, a_hi), (b_lo, b_hi))
     if nm:
         b = _nm_sparse(rng, b, *config.nm_sparsity, nm_sparser)
     out_hi = int_range(w)[1]
-    typical = math.sqrt(K) * max(abs(a_lo), a_hi) * b_hi / 2
+    acc = matmul(a, b)
+    typical = math.sqrt(K) * max(abs(a_lo), a_hi) * b_hi / 2 if pattern is None else max(1, int(np.abs(acc).max()))
     scales = out_hi / typical * np.exp2(rng.uniform(-2.0, 1.5, size=N))
     scales[rng.random(N) < 0.1] *= 64.0  # saturating channels
     quant = [quantize_multiplier(float(s)) for s in scales]
@@ -104,9 +130,9 @@ def make_case(config: AccelConfig, *, seed: int, M: int, K: int, N: int, unsigne
     if nm:
         weights = compress(b, *config.nm_sparsity)
         expected = nm_linear(a, weights, bias, multiplier, shift, residual=res, out_bits=w)
-        return GemmCase(plan, a, b, bias, multiplier, shift, res, expected, weights)
+        return GemmCase(plan, a, b, bias, multiplier, shift, res, expected, weights, acc)
     expected = linear(a, b, bias, multiplier, shift, residual=res, out_bits=w)
-    return GemmCase(plan, a, b, bias, multiplier, shift, res, expected)
+    return GemmCase(plan, a, b, bias, multiplier, shift, res, expected, expected_acc=acc)
 
 
 def case_streams(case: GemmCase) -> dict[str, list[int]]:
@@ -228,14 +254,18 @@ def engine_verilog(config: AccelConfig) -> str:
 
 def _case_spec(config: AccelConfig, *, seed: int, M: int, K: int, N: int, stall_prob: float = 0.0,
                quick: bool = False, unsigned_a: bool = False, residual: bool = True,
-               extremes: bool = False, break_reference: bool = False, nm: bool = False) -> dict[str, Any]:
+               extremes: bool = False, break_reference: bool = False, nm: bool = False,
+               pattern: str | None = None) -> dict[str, Any]:
     if not 0.0 <= stall_prob < 1.0:
         raise ValueError(f"stall_prob must be in [0, 1), got {stall_prob}")
     if quick:
         M, K, N = (min(M, 2 * config.tile_rows), min(K, 2 * config.block_size), min(N, 2 * config.tile_cols))
     plan_gemm(config, M, K, N, nm=nm)  # validates the shape before building anything
+    if pattern is not None and pattern not in EDGE_PATTERNS:
+        raise ValueError(f"pattern must be one of {', '.join(EDGE_PATTERNS)}, got {pattern!r}")
     return {"seed": seed, "M": M, "K": K, "N": N, "stall_prob": stall_prob, "unsigned_a": unsigned_a,
-            "residual": residual, "extremes": extremes, "break_reference": break_reference, "nm": nm}
+            "residual": residual, "extremes": extremes, "break_reference": break_reference, "nm": nm,
+            "pattern": pattern}
 
 
 def run_cases(config: AccelConfig, cases: list[dict[str, Any]], *, simulator: str = "verilator",
@@ -244,7 +274,8 @@ def run_cases(config: AccelConfig, cases: list[dict[str, Any]], *, simulator: st
 
     Each entry of ``cases`` holds the keyword arguments of :func:`run_case` (``seed``, ``M``,
     ``K``, ``N`` and optionally ``stall_prob``, ``quick``, ``unsigned_a``, ``residual``,
-    ``extremes``, ``nm`` (a sparse-mode GEMM, see :func:`make_case`) and
+    ``extremes``, ``nm`` (a sparse-mode GEMM, see :func:`make_case`), ``pattern`` (edge
+    operands, :data:`EDGE_PATTERNS`) and
     ``break_reference``, which flips one expected value so that tests can prove the
     scoreboard catches a difference); the result list matches it, each entry as
     :func:`run_case` returns.

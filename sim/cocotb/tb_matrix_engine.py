@@ -3,9 +3,12 @@
 * :class:`StreamDriver` - writes words into one ready/valid input stream (A and B
   scratchpad rows, sparse-mode metadata words, parameter words, residual rows, the
   command), stalling at random;
-* :class:`StreamMonitor` - collects output rows, withholding ``ready`` at random;
-* reference model - :func:`vitaccel.sim.cases.matrix_engine.make_case` (golden ``linear``);
-* scoreboard - :func:`scoreboard` compares the unpacked output with the reference.
+* :class:`StreamMonitor` - collects output rows (and the raw accumulators ``output_acc``
+  beside them), withholding ``ready`` at random;
+* reference model - :func:`vitaccel.sim.cases.matrix_engine.make_case` (golden ``linear``
+  and ``matmul``);
+* scoreboard - :func:`scoreboard` compares the unpacked output and accumulators with the
+  reference.
 
 Speed: the drivers only run Python in cycles where a stream can move. While the engine
 computes with full scratchpads they sleep on ``ready`` rising, so Verilator runs unattended.
@@ -66,11 +69,14 @@ class StreamDriver(_StreamEnd):
 
 
 class StreamMonitor(_StreamEnd):
-    """Collects ``count`` beats from the output stream ``name``."""
+    """Collects ``count`` beats from the output stream ``name`` and, with each, the value of
+    the signal ``beside`` (if given) into ``beside_beats``."""
 
-    def __init__(self, dut, name: str, rng: random.Random, stall_prob: float):
+    def __init__(self, dut, name: str, rng: random.Random, stall_prob: float, beside: str | None = None):
         super().__init__(dut, name, rng, stall_prob)
         self.beats: list[int] = []
+        self.beside = getattr(dut, beside) if beside else None
+        self.beside_beats: list[int] = []
         self.last_handshake_ns = 0.0
         self.ready.value = int(stall_prob == 0)
 
@@ -81,6 +87,8 @@ class StreamMonitor(_StreamEnd):
             await ReadOnly()
             if self.valid.value == 1 and self.ready.value == 1:
                 self.beats.append(int(self.payload.value))
+                if self.beside is not None:
+                    self.beside_beats.append(int(self.beside.value))
                 await RisingEdge(self.clk)
                 self.last_handshake_ns = get_sim_time("ns")
             elif self.valid.value == 0 and not self.stall_prob:
@@ -89,16 +97,22 @@ class StreamMonitor(_StreamEnd):
                 await RisingEdge(self.clk)
 
 
-def scoreboard(case, beats: list[int]) -> dict | None:
-    """First mismatch of the engine's output against the reference model, or None."""
-    return first_mismatch(case.expected, unpack_output(case.plan, beats))
+def scoreboard(case, beats: list[int], acc_beats: list[int], acc_bits: int) -> dict | None:
+    """First mismatch of the engine's output, then of its raw accumulators, against the
+    reference model, or None."""
+    mismatch = first_mismatch(case.expected, unpack_output(case.plan, beats))
+    if mismatch is None:
+        mismatch = first_mismatch(case.expected_acc, unpack_output(case.plan, acc_beats, bits=acc_bits))
+        if mismatch is not None:
+            mismatch["detail"] = "raw accumulator (output_acc)"
+    return mismatch
 
 
 async def run_one(dut, config: AccelConfig, spec: dict) -> dict:
     """Drive one GEMM through the engine; returns its verdict, cycles and first mismatch."""
     case = make_case(config, seed=spec["seed"], M=spec["M"], K=spec["K"], N=spec["N"],
                      unsigned_a=spec["unsigned_a"], residual=spec["residual"], extremes=spec["extremes"],
-                     nm=spec.get("nm", False))
+                     nm=spec.get("nm", False), pattern=spec.get("pattern"))
     plan = case.plan
     if spec.get("break_reference"):
         case.expected[0, 0] += 1  # proves that the scoreboard reports a difference
@@ -106,7 +120,7 @@ async def run_one(dut, config: AccelConfig, spec: dict) -> dict:
     stall = spec["stall_prob"]
     loaders = case_streams(case)
     drivers = {name: StreamDriver(dut, name, random.Random(rng.random()), stall) for name in loaders}
-    monitor = StreamMonitor(dut, "output", random.Random(rng.random()), stall)
+    monitor = StreamMonitor(dut, "output", random.Random(rng.random()), stall, beside="output_acc")
     tasks = [cocotb.start_soon(drivers[name].send(words)) for name, words in loaders.items()]
     expected_rows = len(loaders["params"]) * plan.tile_rows
     budget = int((plan.compute_cycles + len(loaders["a_load"]) + len(loaders["b_load"]) + expected_rows)
@@ -124,7 +138,7 @@ async def run_one(dut, config: AccelConfig, spec: dict) -> dict:
             "detail": f"timeout: {len(monitor.beats)} of {expected_rows} output rows in {budget} cycles"}}
     start = min(drivers["a_load"].first_handshake_ns, drivers["b_load"].first_handshake_ns)
     cycles = round((monitor.last_handshake_ns - start) / CLOCK_NS) + 1
-    mismatch = scoreboard(case, monitor.beats)
+    mismatch = scoreboard(case, monitor.beats, monitor.beside_beats, config.acc_width)
     return {"passed": mismatch is None, "cycles": cycles, "mismatch": mismatch}
 
 

@@ -31,7 +31,8 @@ def _isa_description() -> dict:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
-    derived = {"macs_per_cycle": config.macs_per_cycle, "tile_rows": config.tile_rows,
+    derived = {"macs_per_cycle": config.macs_per_cycle, "engine_dsp48e2": config.engine_dsp48e2,
+               "tile_rows": config.tile_rows,
                "tile_cols": config.tile_cols, "peak_gmacs": config.peak_gmacs,
                "min_acc_width": config.min_acc_width, "hash": config.hash()}
     isa = _isa_description()

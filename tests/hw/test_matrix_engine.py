@@ -116,4 +116,4 @@ def test_presets_build_an_engine_within_budget(name):
     layouts = EngineLayouts(config)
     assert a_half_words(config) * layouts.a_word.size <= config.input_spad_kib * 8192
     assert b_half_words(config) * layouts.b_word.size <= config.weight_spad_kib * 8192
-    assert config.macs_per_cycle <= 2016  # zcu102: leave DSP48E2 for the other units
+    assert config.engine_dsp48e2 <= 2016  # zcu102: leave DSP48E2 for the other units

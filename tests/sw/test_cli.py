@@ -30,6 +30,18 @@ def test_spec_json_has_config_and_isa(capsys):
     data = json.loads(capsys.readouterr().out)
     assert data["config"] == PRESETS["zcu102"].to_dict()
     assert data["isa"]["opcodes"]
+    # Issue 13: two int8 MACs per DSP48E2, >= 3072 MACs per cycle within 2016 DSP48E2.
+    assert data["config"]["dsp_packing"] == 2
+    assert data["derived"]["macs_per_cycle"] >= 3072
+    assert data["derived"]["engine_dsp48e2"] == data["derived"]["macs_per_cycle"] // 2 <= 2016
+
+
+def test_spec_rejects_a_bad_packing_in_one_line(tmp_path, capsys):
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({**PRESETS["tiny"].to_dict(), "dsp_packing": 2, "block_size": 3}))
+    assert main(["spec", "--config", str(path), "--json"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("vitaccel spec: error: dsp_packing: 2 pairs the rows")
 
 
 def test_spec_reads_a_config_file(tmp_path, capsys):
