@@ -59,7 +59,7 @@ CALIB_IMAGES = 4
 #: Simulated cycles per wall second of the whole top in Verilator under cocotb with the
 #: board-like DDR, measured on the 2-core development machine while shared (docs/results.md):
 #: what ``rtl_skipped`` extrapolates from.
-RTL_CYCLES_PER_SECOND = {"tiny": 6600.0, "zcu102": 1000.0}
+RTL_CYCLES_PER_SECOND = {"tiny": 6600.0, "zcu102": 1400.0}
 #: RTL runs whose extrapolated simulation time exceeds this are skipped (``--backend both``).
 RTL_BUDGET_SECONDS = 1800.0
 #: What the matrix engine does in each cycle of a run (:func:`layer_breakdown`).
