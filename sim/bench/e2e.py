@@ -153,7 +153,7 @@ def run(config: AccelConfig, *, simulator: str = "verilator", quick: bool = Fals
         plot_dir: str | Path | None = None) -> list[dict[str, Any]]:
     """Records for ``models`` (default :data:`MODELS` of the config's preset) and ``methods``
     (default :data:`DEFAULT_METHODS`) with ``backend`` (``rtl``, ``perf`` or ``both``).
-    ``plot_dir``: also :func:`plot` the last model's dense perf run there. ``quick`` is
+    ``plot_dir``: also :func:`plot` the last model's dense perf run there (else its first run). ``quick`` is
     accepted for the bench command's interface and changes nothing."""
     from vitaccel.sim.cases.system import run_one_image
     from vitaccel.sim.perf import BOARD_DDR_MODEL, PerfModelError, estimate
@@ -183,14 +183,13 @@ def run(config: AccelConfig, *, simulator: str = "verilator", quick: bool = Fals
             _compile(model, config, method, Path(tmp) / "program")
             program = load_program(Path(tmp) / "program")
         macs = int(program.manifest["macs"])
-        base = {"model": model, "method": method, "config": config.name, "clock_mhz": config.clock_mhz,
-                "ddr_model": ddr}
-        perf_result = None
         try:
             perf_result = estimate(program.config, list(program.words), program.ddr_size, ddr=ddr)
-        except PerfModelError as err:
-            records.append({**base, "cycles": None, "source": None, "error": f"{err.code} at pc {err.pc}: {err}",
-                            "wall_seconds": round(time.perf_counter() - started, 3)})
+        except PerfModelError as err:   # the top would stop: no cycles from either backend
+            records.append({**dict.fromkeys(RECORD_KEYS), "model": model, "method": method, "config": config.name,
+                            "clock_mhz": config.clock_mhz, "macs": macs, "ddr_model": ddr,
+                            "wall_seconds": round(time.perf_counter() - started, 3),
+                            "error": f"{err.code} at pc {err.pc}: {err}"})
             continue
         perf = perf_result.to_dict()
         skip = _rtl_skip_reason(config, perf["total_cycles"], backend)
@@ -210,11 +209,11 @@ def run(config: AccelConfig, *, simulator: str = "verilator", quick: bool = Fals
         else:
             record["rtl_skipped"] = skip
         records.append(record)
-        if method == "dense":
+        if method == "dense" or plotted is None:
             plotted = (model, program, perf_result)
     if plot_dir is not None:
         if plotted is None:
-            raise ValueError("--plot needs a dense record")
+            raise ValueError("nothing to plot: no program ran on the performance model")
         plot(*plotted, plot_dir)
     return records
 

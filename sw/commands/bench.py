@@ -104,7 +104,13 @@ def run(args: argparse.Namespace) -> int:
                 bar.update(task, description=f"{name}: {description}", completed=fraction)
 
             options = e2e_options if name == "e2e" else {}
-            for record in module.run(config, simulator=args.sim, quick=args.quick, progress=progress, **options):
+            try:
+                produced = module.run(config, simulator=args.sim, quick=args.quick, progress=progress, **options)
+            except ValueError as err:
+                if name != "e2e":
+                    raise
+                raise UserError(str(err)) from None
+            for record in produced:
                 records.append({"benchmark": name, **record} if args.benchmark == "all" else record)
             bar.update(task, completed=1.0)
     if args.plot is not None and args.benchmark == "pruning":

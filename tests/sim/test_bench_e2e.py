@@ -106,3 +106,15 @@ def test_bench_e2e_bad_options(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_bench_e2e_nm_record_says_the_top_stops(capsys):
+    """N:M GEMMs stop this top with INVALID_OPERAND: the record has every key, no cycles, and
+    the reason."""
+    from vitaccel.sw.cli import main
+
+    capsys.readouterr()
+    assert main(["bench", "e2e", "--config", "tiny", "--methods", "nm-2:4", "--backend", "perf", "--json"]) == 0
+    (record,) = json.loads(capsys.readouterr().out)
+    assert set(e2e.RECORD_KEYS) <= set(record) and record["method"] == "nm-2:4"
+    assert record["cycles"] is None and record["macs"] > 0 and record["error"].startswith("INVALID_OPERAND")
