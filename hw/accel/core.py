@@ -392,7 +392,9 @@ class AcceleratorCore(wiring.Component):
         compute = ports[Queue.COMPUTE]
         compute_busy = Signal()
         m.d.comb += compute_busy.eq(~compute.idle)
-        self._compute_unit(m, compute, opcode_of[Queue.COMPUTE], others_drained, finished, reads, writes, vector)
+        engine_step = Signal()   # the matrix engine took a k-step (0 without an engine)
+        self._compute_unit(m, compute, opcode_of[Queue.COMPUTE], others_drained, finished, reads, writes, vector,
+                           engine_step)
         error_sources.append((compute.error, compute.error_code, compute.pc))
 
         # ---- deadlock, missing FINISH, watchdog --------------------------------------------------
@@ -453,13 +455,15 @@ class AcceleratorCore(wiring.Component):
         # ---- counters and registers ------------------------------------------------------------
         counters = {name: Signal(64, name=f"count_{name}") for name in (
             "total_cycles", "busy_cycles_load", "busy_cycles_compute", "busy_cycles_store",
-            "stall_cycles_load", "stall_cycles_compute", "stall_cycles_store", "instructions_retired")}
+            "stall_cycles_load", "stall_cycles_compute", "stall_cycles_store", "instructions_retired",
+            "engine_busy_cycles")}
         increments = {
             "total_cycles": busy,
             "busy_cycles_load": load_active, "busy_cycles_compute": compute_busy,
             "busy_cycles_store": store_active,
             "stall_cycles_load": ports[Queue.LOAD].blocked, "stall_cycles_compute": compute.blocked,
             "stall_cycles_store": ports[Queue.STORE].blocked, "instructions_retired": retired,
+            "engine_busy_cycles": engine_step,
         }
         for name, counter in counters.items():
             with m.If(start):
@@ -489,14 +493,15 @@ class AcceleratorCore(wiring.Component):
     # -- compute queue ----------------------------------------------------------------------------
 
     def _compute_unit(self, m: Module, port: _QueuePort, opcode_bits, others_drained, finished,
-                      reads, writes, vector: _VectorPorts) -> None:
+                      reads, writes, vector: _VectorPorts, engine_step: Signal) -> None:
         """SYNC, FINISH, LUT_LOAD, GELU (one byte per cycle through the non-linear unit's ``Gelu``,
         lane 0), ADD (:meth:`_add_states`), LAYERNORM (:meth:`_layernorm_states`), SOFTMAX
         (:meth:`_softmax_states`), GEMM (:class:`~vitaccel.hw.accel.gemm.GemmController`, which
         writes VECTOR bytes and ACC int32 elements through ``vector``), REQUANT
         (:class:`~vitaccel.hw.accel.requant.RequantController`) and TOPK / GATHER / PACKAGE
         (:class:`~vitaccel.hw.accel.tokens.TokenController`, with ``has_topk``); any other opcode
-        stops with INVALID_OPERAND."""
+        stops with INVALID_OPERAND. ``engine_step`` is driven high in the cycles the matrix
+        engine takes a k-step."""
         config = self.config
         vector_bytes = isa.buffer_bytes(config, Buffer.VECTOR)
         gelu = None
@@ -507,7 +512,7 @@ class AcceleratorCore(wiring.Component):
         gemm = None
         if engine_supported(config) is None:
             m.submodules.gemm = gemm = GemmController(config=config)
-            m.d.comb += gemm.word.eq(port.word)
+            m.d.comb += [gemm.word.eq(port.word), engine_step.eq(gemm.engine_step)]
             for buffer, (compute_read, compute_addr) in vector.reads.items():
                 gemm_read, gemm_addr, gemm_data = gemm.read_port(buffer)
                 m.d.comb += gemm_data.eq(reads[buffer].data)

@@ -222,7 +222,9 @@ class GemmController(wiring.Component):
         members = {**instruction_unit_members(),
                    "vector_write": Out(ADDR_UNIT), "vector_write_addr": Out(_ADDR_BITS),
                    "vector_write_data": Out(_WORD_BITS),
-                   "acc_write": Out(ADDR_UNIT), "acc_write_addr": Out(_ADDR_BITS), "acc_write_data": Out(_WORD_BITS)}
+                   "acc_write": Out(ADDR_UNIT), "acc_write_addr": Out(_ADDR_BITS), "acc_write_data": Out(_WORD_BITS),
+                   # The engine took a k-step this cycle (counted by ENGINE_BUSY_CYCLES).
+                   "engine_step": Out(1)}
         for buffer in READ_BUFFERS:
             name = buffer.name.lower()
             members[f"{name}_read"] = Out(1)
@@ -242,6 +244,7 @@ class GemmController(wiring.Component):
         m = Module()
         cfg = self.config
         m.submodules.engine = engine = MatrixEngine(cfg)
+        m.d.comb += self.engine_step.eq(engine.step)
         tr, tc, b = cfg.tile_rows, cfg.tile_cols, cfg.block_size
 
         def f(name):

@@ -99,6 +99,8 @@ class MatrixEngine(wiring.Component):
             "output": Out(stream.Signature(layouts.out_row)),
             "output_acc": Out(layouts.accumulators.elem_shape),
             "busy": Out(1),
+            # High in every cycle the grid takes a k-step (the ENGINE_BUSY_CYCLES counter).
+            "step": Out(1),
         }
         if layouts.meta_word is not None:
             ports["b_meta"] = In(stream.Signature(layouts.meta_word))
@@ -201,6 +203,7 @@ class MatrixEngine(wiring.Component):
         a_row = c_k if nm is None else Mux(cmd.nm, c_k, c_k >> bank_bits)
         m.d.comb += [
             issue.eq(active & ~c_done & a_buf.can_read & b_buf.can_read & ~(step_is_last & tile_in_flight)),
+            self.step.eq(issue),
             b_read.addr.eq(Mux(b_buf.read_half, self.b_half_words, 0) + c_ptr),
         ]
         for _, a_read in a_ports:

@@ -128,6 +128,7 @@ REGISTERS: tuple[Register, ...] = (
     *_counter("DMA_READ_BYTES", 0x78, "bytes read from DDR (instructions and LOADs)"),
     *_counter("DMA_WRITE_BYTES", 0x80, "bytes written to DDR by STOREs"),
     *_counter("INSTRUCTIONS_RETIRED", 0x88, "instructions completed"),
+    *_counter("ENGINE_BUSY_CYCLES", 0x90, "cycles the matrix engine issued a k-step (computed)"),
 )
 
 _BY_NAME = {reg.name: reg for reg in REGISTERS}

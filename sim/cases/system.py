@@ -30,7 +30,8 @@ from vitaccel.hw.spec.isa import Opcode
 from vitaccel.hw.spec.regmap import ErrorCode
 
 __all__ = ["simulate_runs", "check_runs", "run_system_case", "run_regress_case", "default_watchdog",
-           "default_max_cycles", "compile_for_test", "deit_tiny_block", "DEIT_BLOCK_SPEC"]
+           "default_max_cycles", "compile_for_test", "deit_tiny_block", "DEIT_BLOCK_SPEC",
+           "run_one_image"]
 
 Progress = Callable[[str, float], Any]
 
@@ -306,6 +307,27 @@ def run_system_case(config: str | AccelConfig | None = None, *, program_dir: str
     return {"passed": not mismatches, "config": config.name, "simulator": simulator, "seed": seed,
             "runs": runs, "cycles": [r["cycles"] for r in runs], "mismatches": mismatches,
             "seconds": outcome["seconds"]}
+
+
+def run_one_image(program: Any, *, ddr_model: str | None, simulator: str = "verilator") -> dict[str, Any]:
+    """The compiled ``program`` (a :class:`~vitaccel.sw.program.CompiledProgram`) on its
+    model's first test image in RTL, checked against the golden machine
+    (:func:`check_runs`, every DDR byte). Returns that run's entry with ``counters`` (the RTL
+    counters, lower-case register names) and ``seconds`` (wall time of the launch)."""
+    from vitaccel.hw.spec.numerics import quantize
+    from vitaccel.sw.data import images_for
+    from vitaccel.sw.device import GoldenDevice
+
+    spec = program.manifest["inputs"][0]
+    image = images_for(tuple(program.manifest["model"]["input_shape"]), 1).images[:1]
+    ddrs = [GoldenDevice(program).input_ddr(quantize(image, spec["scale"]).astype(np.int8)[0])]
+    words = list(program.words)
+    outcome = simulate_runs(program.config, words, ddrs, simulator=simulator, macs=int(program.manifest["macs"]),
+                            ddr_model=ddr_model)
+    run = check_runs(program.config, words, ddrs, outcome["records"], regions=[])[0]
+    run.pop("ddr", None)
+    run["seconds"] = outcome["seconds"]
+    return run
 
 
 def run_regress_case(config: AccelConfig, *, seed: int = 0, simulator: str = "verilator", quick: bool = False,

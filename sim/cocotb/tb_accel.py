@@ -27,7 +27,7 @@ _CLOCK_NS = 10   # testbench clock period
 #: Counters read back after every program.
 COUNTERS = ("TOTAL_CYCLES", "BUSY_CYCLES_LOAD", "BUSY_CYCLES_COMPUTE", "BUSY_CYCLES_STORE",
             "STALL_CYCLES_LOAD", "STALL_CYCLES_COMPUTE", "STALL_CYCLES_STORE", "DMA_READ_BYTES",
-            "DMA_WRITE_BYTES", "INSTRUCTIONS_RETIRED")
+            "DMA_WRITE_BYTES", "INSTRUCTIONS_RETIRED", "ENGINE_BUSY_CYCLES")
 
 
 @cocotb.test()

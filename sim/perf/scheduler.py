@@ -80,6 +80,10 @@ class PerfResult:
     dma_write_bytes: int
     instructions: int
     by_opcode: dict[str, int] = field(default_factory=dict)
+    #: The compute queue's instructions in order: ``(pc, issue cycle, completion cycle,
+    #: engine k-steps)``; between an instruction's completion and the next issue the compute
+    #: unit waits (for the fetcher, or for a load/store token).
+    compute_timeline: list[tuple[int, int, int, int]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         out = {"cycles": self.total_cycles, "total_cycles": self.total_cycles,
@@ -151,6 +155,7 @@ def simulate_program(config: AccelConfig, words: list[int], ddr: DdrModel, *, pr
     pending_load: dict[str, Any] | None = None   # a load waiting for the read engine
     by_opcode: dict[str, int] = {}
     engine_steps = 0
+    timeline: list[tuple[int, int, int, int]] = []
     finished_at: int | None = None
 
     # ---- fetcher ---------------------------------------------------------------------------
@@ -238,13 +243,17 @@ def simulate_program(config: AccelConfig, words: list[int], ddr: DdrModel, *, pr
                 if op is Opcode.FINISH:   # completes in DECIDE; TOTAL_CYCLES counts that cycle
                     finished_at = now + 2
                     busy[q] += 1
+                    timeline.append((pc, now, now + 1, 0))
                     break
+                steps = 0
                 if op is Opcode.GEMM:
                     timing = gemm_cycles(config, instr.fields)
-                    cycles, engine_steps = timing.busy, engine_steps + timing.engine
+                    cycles, steps = timing.busy, timing.engine
+                    engine_steps += steps
                 else:
                     cycles = compute_cycles(config, instr)
                 by_opcode[op.name] = by_opcode.get(op.name, 0) + cycles
+                timeline.append((pc, now, now + cycles, steps))
                 retire(q, instr, now, now + cycles)
             elif op is Opcode.SYNC:
                 retire(q, instr, now, now + 1)
@@ -304,4 +313,4 @@ def simulate_program(config: AccelConfig, words: list[int], ddr: DdrModel, *, pr
     return PerfResult(total_cycles=finished_at, busy={names[q]: int(v) for q, v in busy.items()},
                       stall={names[q]: int(v) for q, v in stall.items()}, engine_busy_cycles=engine_steps,
                       dma_read_bytes=read_bytes, dma_write_bytes=write_bytes, instructions=length,
-                      by_opcode=by_opcode)
+                      by_opcode=by_opcode, compute_timeline=timeline)

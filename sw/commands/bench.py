@@ -22,6 +22,7 @@ BENCHMARKS = {
     "sparse": "top-k engine and sparse attention: cycles against density in RTL",
     "dma": "AXI DMA: read/write throughput in bytes per cycle, with and without back-pressure",
     "pruning": "pruned models: accuracy, executed MACs and cycles per pruning method",
+    "e2e": "whole models at batch 1: cycles, latency, utilisation, DDR bytes (RTL and/or perf model)",
 }
 
 
@@ -41,7 +42,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--quick", action="store_true", help="small shapes: seconds instead of minutes")
     parser.add_argument("--json", action="store_true", help="print only the JSON list on stdout")
     parser.add_argument("--plot", metavar="PATH", default=None,
-                        help="pruning only: also write int8 accuracy against cycles to PATH (e.g. docs/pruning.png)")
+                        help="pruning: also write int8 accuracy against cycles to PATH (e.g. docs/pruning.png); "
+                             "e2e: a directory for the per-layer cycle and roofline plots")
+    parser.add_argument("--models", nargs="+", metavar="MODEL", default=None,
+                        help="e2e only: models (default: the config's, e.g. deit-tiny deit-small on zcu102)")
+    parser.add_argument("--methods", nargs="+", metavar="METHOD", default=None,
+                        help="e2e only: dense, tokens, nm-2:4 (default: dense tokens)")
+    parser.add_argument("--backend", default=None, choices=("rtl", "perf", "both"),
+                        help="e2e only: RTL simulation, the performance model, or both (default: both; RTL runs "
+                             "whose extrapolated time exceeds 30 min are skipped and say so)")
     parser.set_defaults(func=run)
 
 
@@ -59,8 +68,21 @@ def run(args: argparse.Namespace) -> int:
     reason = simulator_available(args.sim)
     if reason:
         raise UserError(reason)
-    if args.plot is not None and args.benchmark != "pruning":
-        raise UserError("--plot is only for the pruning benchmark")
+    if args.plot is not None and args.benchmark not in ("pruning", "e2e"):
+        raise UserError("--plot is only for the pruning and e2e benchmarks")
+    e2e_options = {"models": args.models, "methods": args.methods, "backend": args.backend}
+    if args.benchmark != "e2e" and any(value is not None for value in e2e_options.values()):
+        raise UserError("--models, --methods and --backend are only for the e2e benchmark")
+    if args.benchmark == "e2e":
+        from vitaccel.sim.bench.e2e import METHODS, MODELS
+
+        for method in args.methods or ():
+            if method not in METHODS:
+                raise UserError(f"unknown method {method!r}; methods are {', '.join(METHODS)}")
+        if not args.models and config.name not in MODELS:
+            raise UserError(f"no default e2e models for config {config.name!r}: name them with --models")
+    e2e_options = {"models": args.models, "methods": args.methods, "backend": args.backend or "both",
+                   "plot_dir": args.plot if args.benchmark == "e2e" else None}
     names = list(BENCHMARKS) if args.benchmark == "all" else [args.benchmark]
     modules = {name: _load(name) for name in names} if args.benchmark != "all" else {}
     if args.benchmark == "all":
@@ -81,10 +103,17 @@ def run(args: argparse.Namespace) -> int:
             def progress(description: str, fraction: float, task=task, name=name) -> None:
                 bar.update(task, description=f"{name}: {description}", completed=fraction)
 
-            for record in module.run(config, simulator=args.sim, quick=args.quick, progress=progress):
+            options = e2e_options if name == "e2e" else {}
+            try:
+                produced = module.run(config, simulator=args.sim, quick=args.quick, progress=progress, **options)
+            except ValueError as err:
+                if name != "e2e":
+                    raise
+                raise UserError(str(err)) from None
+            for record in produced:
                 records.append({"benchmark": name, **record} if args.benchmark == "all" else record)
             bar.update(task, completed=1.0)
-    if args.plot is not None:
+    if args.plot is not None and args.benchmark == "pruning":
         modules["pruning"].plot(records, args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:

@@ -187,9 +187,19 @@ class _Harness:
             assert self.cycles - start < max_cycles, "no interrupt: the core hangs"
             await self.cycle()
         out = {name: await self.read(name) for name in ("STATUS", "ERROR_CODE", "ERROR_PC",
-                                                         "INSTRUCTIONS_RETIRED_LO", "TOTAL_CYCLES_LO")}
+                                                         "INSTRUCTIONS_RETIRED_LO", "TOTAL_CYCLES_LO",
+                                                         "ENGINE_BUSY_CYCLES_LO")}
         await self.write("INTERRUPT_STATUS", 0b11)
         return out
+
+
+def _engine_steps(config, words: list[int]) -> int:
+    """The k-steps the performance model counts for the program's GEMMs: what the
+    ENGINE_BUSY_CYCLES counter must read."""
+    from vitaccel.sim.perf.gemm import gemm_cycles
+
+    instrs = [isa.decode(word) for word in words]
+    return sum(gemm_cycles(config, i.fields).engine for i in instrs if i.opcode is Opcode.GEMM)
 
 
 def _simulate(programs: list[Program], ddr_size: int, config=TINY) -> list[tuple[dict, bytes]]:
@@ -238,6 +248,7 @@ def test_programs_match_golden_machine():
             assert ddr == program.golden["ddr"].tobytes(), f"{program.name}: DDR differs from the golden machine"
             assert out["INSTRUCTIONS_RETIRED_LO"] == len(program.words)
             assert out["TOTAL_CYCLES_LO"] > 0
+            assert out["ENGINE_BUSY_CYCLES_LO"] == _engine_steps(TINY, program.words), program.name
         else:
             assert out["STATUS"] == 0b100, program.name
             if program.expect_code is None and program.golden["pc"] is not None:
@@ -314,6 +325,7 @@ def test_gemm_programs_match_golden_machine(config, cases):
         assert out["STATUS"] == 0b010, program.name
         want = program.golden["ddr"].tobytes()
         assert ddr == want, f"{program.name}: DDR differs from the golden machine"
+        assert out["ENGINE_BUSY_CYCLES_LO"] == _engine_steps(config, program.words) > 0, program.name
         store = isa.decode(program.words[-2])   # the result: int8, or int32 for a raw GEMM
         assert store.opcode is Opcode.STORE
         raw = not flags.get("requant", True)
