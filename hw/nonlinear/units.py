@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 
-from amaranth import Cat, Module, Mux, Signal, Value, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -208,7 +208,8 @@ def _last_lanes(m: Module, length, lanes: int) -> Signal:
         # lane < ((length - 1) mod lanes) + 1, on the low bits of length - 1 only
         low = Signal(int(math.log2(lanes)), name="last_lanes_low")
         m.d.comb += low.eq(length - 1)
-        m.d.sync += mask.eq(Cat(*(low >= lane for lane in range(lanes))))
+        # lane 0 is always inside (``low >= 0`` would be a constant compare: a lint warning)
+        m.d.sync += mask.eq(Cat(Const(1, 1), *(low >= lane for lane in range(1, lanes))))
     else:
         m.d.sync += mask.eq(1)
     return mask
