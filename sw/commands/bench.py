@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lines = "\n".join(f"  {name:<10} {text}" for name, text in BENCHMARKS.items())
     parser = subparsers.add_parser(
         "bench", help="run a benchmark and print its measurements",
-        description=f"Run a benchmark. Cycles are measured in RTL simulation, never estimated.\n\n"
+        description=f"Run a benchmark. Cycles are measured in RTL simulation; only e2e may also use the performance "
+                    f"model (calibrated against RTL), and its records say which in 'source'.\n\n"
                     f"benchmarks:\n{lines}\n  all        every benchmark above",
         epilog="examples:\n  vitaccel bench gemm --config tiny --json\n"
                "  vitaccel bench nonlinear --config tiny --quick\n"
