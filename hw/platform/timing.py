@@ -29,9 +29,9 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
-__all__ = ["DelayModel", "ULTRASCALE_PLUS_2", "estimate_timing", "TimingError"]
+__all__ = ["DelayModel", "ULTRASCALE_PLUS_2", "estimate_timing", "worst_of", "TimingError"]
 
 
 class TimingError(ValueError):
@@ -103,9 +103,8 @@ _SRL_CLK_TO_Q_PS = 1200
 # DSP48E1 figures (cells_sim.v); DSP48E2 uses them with ``dsp_scale``.
 _DSP_COMB_PS = {"A": 2823, "B": 2690, "C": 1325, "D": 3806, "PCIN": 1107}    # pin -> P, no register
 _DSP_COMB_NO_MULT_PS = {"A": 1523, "B": 1509, "C": 1325, "D": 1325, "PCIN": 1107}
-_DSP_CASCADE_PINS = {"PCIN", "ACIN", "BCIN", "CARRYCASCIN", "MULTSIGNIN"}
-_CASCADE_OUTPUTS = {"PCOUT", "ACOUT", "BCOUT", "CARRYCASCOUT", "MULTSIGNOUT", "CO",
-                    "CASDOUTA", "CASDOUTB", "CASDOUTPA", "CASDOUTPB"}
+#: DSP48 pipeline-register parameters (0 or 1 each).
+_DSP_REGISTERS = ("AREG", "BREG", "CREG", "DREG", "ADREG", "MREG", "PREG")
 
 
 def _param_int(cell: Mapping[str, Any], name: str, default: int = 0) -> int:
@@ -122,7 +121,7 @@ def _param_int(cell: Mapping[str, Any], name: str, default: int = 0) -> int:
 def _dsp_register(cell: Mapping[str, Any], pin: str) -> tuple[int | None, int | None]:
     """``(setup ps if pin ends in a register, comb ps to P if it does not)`` of a DSP48 pin
     (the ``X.required`` / ``X.P.comb`` functions of yosys's DSP48E1 model)."""
-    reg = {name: _param_int(cell, name) for name in ("AREG", "BREG", "CREG", "DREG", "ADREG", "MREG", "PREG")}
+    reg = {name: _param_int(cell, name) for name in _DSP_REGISTERS}
     mult = str(cell.get("parameters", {}).get("USE_MULT", "MULTIPLY")).strip('"') != "NONE"
     dport = str(cell.get("parameters", {}).get("USE_DPORT", "FALSE")).strip('"') == "TRUE"
     if pin == "A" or pin == "ACIN":
@@ -166,7 +165,7 @@ def _dsp_register(cell: Mapping[str, Any], pin: str) -> tuple[int | None, int | 
 
 def _dsp_output_arrival(cell: Mapping[str, Any]) -> int | None:
     """Clock-to-P ps when an internal register drives P (yosys's ``P.arrival``), else None."""
-    reg = {name: _param_int(cell, name) for name in ("AREG", "BREG", "CREG", "DREG", "ADREG", "MREG", "PREG")}
+    reg = {name: _param_int(cell, name) for name in _DSP_REGISTERS}
     if reg["PREG"]:
         return 329
     if reg["CREG"] or reg["MREG"]:
@@ -452,7 +451,7 @@ def estimate_timing(netlist: Mapping[str, Any], top: str, model: DelayModel = UL
 
 def _registers(cell: Mapping[str, Any]) -> dict[str, int]:
     kind = cell.get("type", "")
-    names = ("AREG", "BREG", "CREG", "DREG", "ADREG", "MREG", "PREG") if kind.startswith("DSP48") \
+    names = _DSP_REGISTERS if kind.startswith("DSP48") \
         else ("DOA_REG", "DOB_REG")
     return {name: _param_int(cell, name) for name in names}
 
@@ -485,8 +484,3 @@ def worst_of(parts: Mapping[str, Mapping[str, Any]]) -> tuple[str, Mapping[str, 
     """The part with the lowest ``fmax_mhz_estimate`` among ``parts`` that have one."""
     timed = [(name, part) for name, part in parts.items() if part.get("fmax_mhz_estimate")]
     return min(timed, key=lambda item: item[1]["fmax_mhz_estimate"]) if timed else None
-
-
-def summarize_paths(paths: Iterable[Mapping[str, Any]]) -> str:
-    """One line per path step, for reports."""
-    return " -> ".join(f"{step['type']}({step['cell']})" for path in paths for step in path)

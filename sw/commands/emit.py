@@ -149,7 +149,7 @@ def timing_summary(parts: dict[str, Any], clock_mhz: float) -> dict[str, Any]:
     """``resources.json``'s ``timing``: the slowest part's Fmax estimate and worst path, and
     each part's estimate (a path that crosses parts is cut at their ports, which are
     registered on both sides in the top)."""
-    from vitaccel.hw.platform.timing import ULTRASCALE_PLUS_2
+    from vitaccel.hw.platform.timing import ULTRASCALE_PLUS_2, worst_of
 
     per_part = {name: part["timing"] for name, part in parts.items()
                 if isinstance(part.get("timing"), dict) and part["timing"].get("fmax_mhz_estimate")}
@@ -165,7 +165,7 @@ def timing_summary(parts: dict[str, Any], clock_mhz: float) -> dict[str, Any]:
     if untimed:
         summary["untimed_parts"] = untimed
     if per_part:
-        name, worst = min(per_part.items(), key=lambda item: item[1]["fmax_mhz_estimate"])
+        name, worst = worst_of(per_part)
         summary.update(fmax_mhz_estimate=worst["fmax_mhz_estimate"], worst_part=name,
                        worst_path={key: worst[key] for key in ("critical_ns", "lut_levels", "carry_cells", "dsp",
                                                                 "bram", "worst_path")},
