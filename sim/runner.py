@@ -221,6 +221,37 @@ def _parse_results(path: Path) -> list[CaseResult]:
     return cases
 
 
+def toolchain_identity(simulator: str) -> str:
+    """What a cached build depends on besides its Verilog: the simulator's version and the
+    cocotb libraries it links.
+
+    A Verilator binary loads cocotb's VPI libraries through an absolute RUNPATH into this
+    environment, so a build made from another checkout (a cache copied between machines, a
+    recreated virtualenv) exits with status 127 before printing anything. Keying the cache
+    on the library directory makes such a build a miss instead.
+    """
+    import importlib.metadata
+
+    import cocotb
+
+    libs = (Path(cocotb.__file__).parent / "libs").resolve()
+    if simulator == "verilator":
+        try:
+            tool = importlib.metadata.version("verilator")
+        except importlib.metadata.PackageNotFoundError:
+            tool = str(_verilator_bin_dir())
+    else:
+        tool = str(shutil.which("iverilog"))
+    return f"cocotb {cocotb.__version__} at {libs}; {simulator} {tool}"
+
+
+def build_name(verilog: str, *, toplevel: str, simulator: str, waves: bool = False) -> str:
+    """The cache directory name of one simulator build: top, simulator and a digest of the
+    Verilog, the waveform switch and :func:`toolchain_identity`."""
+    key = f"{simulator}:{waves}:{toplevel}:{toolchain_identity(simulator)}:{verilog}"
+    return f"{toplevel}-{simulator}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+
+
 def run_testbench(
     *,
     verilog: str,
@@ -265,8 +296,8 @@ def run_testbench(
         raise SimulatorMissing(reason)
     from cocotb_tools.runner import get_runner
 
-    digest = hashlib.sha256(f"{simulator}:{waves}:{toplevel}:{verilog}".encode()).hexdigest()[:16]
-    build = (build_dir or build_root()) / f"{toplevel}-{simulator}-{digest}"
+    build = (build_dir or build_root()) / build_name(verilog, toplevel=toplevel, simulator=simulator,
+                                                     waves=waves)
     env = _simulator_env()
     with _patched_environ({"PATH": env.get("PATH", os.environ.get("PATH", "")),
                            "MAKEFLAGS": env["MAKEFLAGS"], "PYTEST_CURRENT_TEST": None}):

@@ -44,3 +44,18 @@ def test_waves_on_request(simulator):
 
 def test_unknown_simulator_is_named():
     assert "unknown simulator" in simulator_available("modelsim")
+
+
+def test_build_cache_is_keyed_on_the_linked_cocotb_libraries(monkeypatch):
+    """A Verilator build links cocotb's libraries by absolute path: a build from another
+    environment (a copied cache, a recreated virtualenv) must be a cache miss, not a binary
+    that exits with status 127."""
+    import cocotb
+
+    from vitaccel.sim import runner
+
+    here = runner.build_name("module m; endmodule", toplevel="m", simulator="verilator")
+    assert here == runner.build_name("module m; endmodule", toplevel="m", simulator="verilator")
+    assert str(runner.toolchain_identity("verilator")).count(cocotb.__version__)
+    monkeypatch.setattr(cocotb, "__file__", "/elsewhere/.venv/site-packages/cocotb/__init__.py")
+    assert runner.build_name("module m; endmodule", toplevel="m", simulator="verilator") != here
