@@ -14,12 +14,14 @@ import subprocess
 from pathlib import Path
 from typing import Any, Mapping
 
+from .boards import BOARDS
+
 __all__ = ["LINT_WAIVERS", "XCZU9EG", "write_board_package", "lint_verilog", "LintError"]
 
 TEMPLATES = Path(__file__).parent / "templates"
 
 #: Resources of the ZCU102's XCZU9EG (what resources.json shares are taken of).
-XCZU9EG = {"DSP48E2": 2520, "LUT": 274080, "FF": 548160, "BRAM36": 912}
+XCZU9EG = {key: BOARDS["zcu102"].resources[key] for key in ("DSP48E2", "LUT", "FF", "BRAM36")}
 
 #: ``verilator -Wall`` warnings waived for Amaranth-emitted Verilog, with the reason.
 LINT_WAIVERS: dict[str, str] = {
