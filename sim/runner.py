@@ -245,10 +245,12 @@ def toolchain_identity(simulator: str) -> str:
     return f"cocotb {cocotb.__version__} at {libs}; {simulator} {tool}"
 
 
-def build_name(verilog: str, *, toplevel: str, simulator: str, waves: bool = False) -> str:
+def build_name(verilog: str, *, toplevel: str, simulator: str, waves: bool = False,
+               build_args: tuple[str, ...] = ()) -> str:
     """The cache directory name of one simulator build: top, simulator and a digest of the
-    Verilog, the waveform switch and :func:`toolchain_identity`."""
-    key = f"{simulator}:{waves}:{toplevel}:{toolchain_identity(simulator)}:{verilog}"
+    Verilog, the waveform switch, extra build arguments and :func:`toolchain_identity`."""
+    extra = " ".join(build_args)
+    key = f"{simulator}:{waves}:{toplevel}:{toolchain_identity(simulator)}:{extra}:{verilog}"
     return f"{toplevel}-{simulator}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
 
 
@@ -264,6 +266,7 @@ def run_testbench(
     waves: bool = False,
     build_dir: Path | None = None,
     check: bool = True,
+    build_args: tuple[str, ...] = (),
 ) -> SimResult:
     """Build ``verilog`` (cached by content) and run the cocotb ``test_module`` on it.
 
@@ -290,6 +293,11 @@ def run_testbench(
         Overrides the cache location.
     check : bool
         Raise :class:`SimulationFailed` if any test failed (default) instead of returning.
+    build_args : tuple of str
+        Extra simulator build arguments, e.g. Verilator's ``--no-public-flat-rw`` for a
+        testbench that touches only the top's ports (cocotb makes every signal writable by
+        default, which keeps Verilator from optimising and re-evaluates most of the design on
+        every ``eval()``).
     """
     reason = simulator_available(simulator)
     if reason is not None:
@@ -297,7 +305,7 @@ def run_testbench(
     from cocotb_tools.runner import get_runner
 
     build = (build_dir or build_root()) / build_name(verilog, toplevel=toplevel, simulator=simulator,
-                                                     waves=waves)
+                                                     waves=waves, build_args=tuple(build_args))
     env = _simulator_env()
     with _patched_environ({"PATH": env.get("PATH", os.environ.get("PATH", "")),
                            "MAKEFLAGS": env["MAKEFLAGS"], "PYTEST_CURRENT_TEST": None}):
@@ -306,9 +314,9 @@ def run_testbench(
             source = build / f"{toplevel}.v"
             if not (build / ".built").exists():
                 source.write_text(icarus_time_zero_fix(verilog) if simulator == "icarus" else verilog)
-                build_args = ["-Wno-fatal", "-Wno-WIDTH"] if simulator == "verilator" else []
+                args = ["-Wno-fatal", "-Wno-WIDTH"] if simulator == "verilator" else []
                 runner.build(sources=[source], hdl_toplevel=toplevel, build_dir=build,
-                             build_args=build_args, waves=waves,
+                             build_args=args + list(build_args), waves=waves,
                              timescale=("1ns", "1ps"), log_file=build / "build.log")
                 (build / ".built").write_text("ok")
             runner.build_dir = build

@@ -76,7 +76,7 @@ def simulate_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray],
                   seed: int = 0, backpressure: float = 0.3, max_latency: int = 4, watchdog: int | None = None,
                   max_cycles: int | None = None, macs: int = 0, waves: bool = False,
                   checksum: int | None = None, progress: Progress | None = None,
-                  ddr_model: str | None = None) -> dict[str, Any]:
+                  ddr_model: str | None = None, verilog_ddr: bool | None = None) -> dict[str, Any]:
     """Run ``words`` on each DDR window of ``ddrs`` in order, in one simulator launch.
 
     Parameters
@@ -92,6 +92,10 @@ def simulate_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray],
     ddr_model : str, optional
         A board-like DDR model's name (:data:`vitaccel.sim.perf.ddr.DDR_MODELS`): deterministic
         DDR instead of the random one (``backpressure`` and ``max_latency`` then do not apply).
+    verilog_ddr : bool, optional
+        Board-like DDR only: simulate it in Verilog inside the design
+        (:mod:`vitaccel.sim.cocotb.board_ddr`, no Python per clock cycle, the same cycles)
+        rather than as cocotbext-axi's ``AxiRam``. Default: yes for a board-like model.
     watchdog : int, optional
         ``WATCHDOG_LIMIT``; default :func:`default_watchdog`.
     max_cycles : int, optional
@@ -114,6 +118,8 @@ def simulate_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray],
     """
     from vitaccel.hw.accel import ACCEL_TOP_NAME, accelerator_top
     from vitaccel.sim.golden.machine import words_to_bytes
+    from vitaccel.sim.cocotb.board_ddr import BOARD_TOP_NAME, board_ddr_top
+    from vitaccel.sim.perf.ddr import ddr_model as ddr_model_named
     from vitaccel.sim.runner import emit_verilog, run_testbench
     from vitaccel.sw.device import program_layout
 
@@ -128,7 +134,15 @@ def simulate_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray],
     max_cycles = default_max_cycles(config, words, macs) if max_cycles is None else max_cycles
     if progress:
         progress("building RTL", 0.0)
-    verilog = emit_verilog(accelerator_top(config), ACCEL_TOP_NAME)
+    verilog, toplevel = emit_verilog(accelerator_top(config), ACCEL_TOP_NAME), ACCEL_TOP_NAME
+    model = ddr_model_named(ddr_model) if ddr_model else None
+    if verilog_ddr and (model is None or not model.deterministic):
+        raise ValueError("verilog_ddr needs a board-like ddr_model")
+    in_verilog = model is not None and model.deterministic and verilog_ddr is not False
+    if in_verilog:
+        verilog = board_ddr_top(verilog, ACCEL_TOP_NAME, words=-(-layout["buffer_bytes"] // (config.dma_data_width // 8)),
+                                read_latency=model.read_latency)
+        toplevel = BOARD_TOP_NAME
     with tempfile.TemporaryDirectory(prefix="vitaccel-system-") as tmp:
         root = Path(tmp)
         (root / "program.bin").write_bytes(words_to_bytes(words))
@@ -141,6 +155,7 @@ def simulate_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray],
         (root / "case.json").write_text(json.dumps({
             "seed": seed, "layout": layout, "backpressure": backpressure, "max_latency": max_latency,
             "ddr_model": ddr_model,
+            "verilog_ddr": {"word_bytes": (config.dma_data_width // 8)} if in_verilog else None,
             "watchdog": watchdog, "max_cycles": max_cycles, "checksum": checksum,
             "program_file": str(root / "program.bin"),
             "runs": runs}))
@@ -151,9 +166,11 @@ def simulate_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray],
                                       args=([Path(r["record"]) for r in runs], progress, done))
             poller.start()
         try:
-            result = run_testbench(verilog=verilog, toplevel=ACCEL_TOP_NAME, test_module="vitaccel.sim.cocotb.tb_system",
+            result = run_testbench(verilog=verilog, toplevel=toplevel, test_module="vitaccel.sim.cocotb.tb_system",
                                    simulator=simulator, params={"case_file": str(root / "case.json")}, seed=seed,
-                                   waves=waves)
+                                   waves=waves,
+                                   # The testbench touches only the top's ports then.
+                                   build_args=("--no-public-flat-rw",) if in_verilog and simulator == "verilator" else ())
         finally:
             done.set()
             if poller is not None:
@@ -309,11 +326,13 @@ def run_system_case(config: str | AccelConfig | None = None, *, program_dir: str
             "seconds": outcome["seconds"]}
 
 
-def run_one_image(program: Any, *, ddr_model: str | None, simulator: str = "verilator") -> dict[str, Any]:
+def run_one_image(program: Any, *, ddr_model: str | None, simulator: str = "verilator",
+                  verilog_ddr: bool | None = None) -> dict[str, Any]:
     """The compiled ``program`` (a :class:`~vitaccel.sw.program.CompiledProgram`) on its
     model's first test image in RTL, checked against the golden machine
     (:func:`check_runs`, every DDR byte). Returns that run's entry with ``counters`` (the RTL
-    counters, lower-case register names) and ``seconds`` (wall time of the launch)."""
+    counters, lower-case register names) and ``seconds`` (wall time of the launch).
+    ``verilog_ddr`` as in :func:`simulate_runs`."""
     from vitaccel.hw.spec.numerics import quantize
     from vitaccel.sw.data import images_for
     from vitaccel.sw.device import GoldenDevice
@@ -323,7 +342,7 @@ def run_one_image(program: Any, *, ddr_model: str | None, simulator: str = "veri
     ddrs = [GoldenDevice(program).input_ddr(quantize(image, spec["scale"]).astype(np.int8)[0])]
     words = list(program.words)
     outcome = simulate_runs(program.config, words, ddrs, simulator=simulator, macs=int(program.manifest["macs"]),
-                            ddr_model=ddr_model)
+                            ddr_model=ddr_model, verilog_ddr=verilog_ddr)
     run = check_runs(program.config, words, ddrs, outcome["records"], regions=[])[0]
     run.pop("ddr", None)
     run["seconds"] = outcome["seconds"]
