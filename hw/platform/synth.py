@@ -299,7 +299,7 @@ def memory_verilog(width: int, depth: int, name: str, *, granularity: int | None
     from amaranth.lib import memory, wiring
     from amaranth.lib.wiring import In, Out
 
-    from vitaccel.sim.runner import emit_verilog
+    from vitaccel.hw.platform.verilog import emit_verilog
 
     if granularity is not None and width % granularity:
         raise ValueError(f"granularity {granularity} does not divide width {width}")
@@ -442,7 +442,7 @@ def _engine_part_verilog(config, part: str) -> str:
     """Verilog (top module ``part``) of one part of the matrix engine for ``config``."""
     from vitaccel.hw.matrix import BlockUnit, EngineLayouts, PostProcessor
     from vitaccel.hw.spec.matrix import a_half_words, b_half_words
-    from vitaccel.sim.runner import emit_verilog
+    from vitaccel.hw.platform.verilog import emit_verilog
 
     layouts = EngineLayouts(config)  # validates the config
     w = config.operand_width
@@ -470,7 +470,7 @@ def synthesize_matrix_engine(config, *, part: str | None = None, family: str = "
     """
     if part is None:
         from vitaccel.hw.matrix import MatrixEngine
-        from vitaccel.sim.runner import emit_verilog
+        from vitaccel.hw.platform.verilog import emit_verilog
 
         return synthesize(emit_verilog(MatrixEngine(config), "matrix_engine"), "matrix_engine", family)
     return synthesize(_engine_part_verilog(config, part), part, family)

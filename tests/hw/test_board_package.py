@@ -9,7 +9,7 @@ import re
 import pytest
 
 from vitaccel.hw.platform.axi_standin import STANDIN_TOP_NAME, standin_top
-from vitaccel.hw.platform.zcu102 import LINT_WAIVERS, lint_verilog, write_board_package
+from vitaccel.hw.platform.board_package import LINT_WAIVERS, lint_verilog, write_board_package
 from vitaccel.hw.spec.config import PRESETS
 from vitaccel.sim.cases.axi import dma_top, lite_top, run_standin_case
 from vitaccel.sim.runner import emit_verilog, simulator_available
