@@ -28,7 +28,7 @@ if {[llength $board_parts] > 0} {
     }
 } else {
     puts "WARNING: no board files match $board_part_pattern (install them from Vivado's board store):\
-          the PS gets the part's defaults, not the @BOARD_TITLE@'s DDR configuration"
+          the PS gets the part's defaults, not the DDR configuration of the @BOARD_NAME@"
 }
 add_files -norecurse [file join $script_dir @VERILOG_FILE@]
 add_files -fileset constrs_1 -norecurse [file join $script_dir @XDC_FILE@]
