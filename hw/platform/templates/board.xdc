@@ -1,4 +1,5 @@
-# Clock constraint for @TOP_NAME@ (config @CONFIG_NAME@): @CLOCK_MHZ@ MHz = @PERIOD_NS@ ns.
+# Clock constraint for @TOP_NAME@ (config @CONFIG_NAME@) on the @BOARD_TITLE@, part @PART@:
+# @CLOCK_MHZ@ MHz = @PERIOD_NS@ ns.
 #
 # In the block design the accelerator's clk is pl_clk0, which the zynq_ultra_ps_e IP
 # constrains itself from PSU__CRL_APB__PL0_REF_CTRL__FREQMHZ (set to @CLOCK_MHZ@ by the Tcl
