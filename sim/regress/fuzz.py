@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from vitaccel.hw.spec.config import AccelConfig
-from vitaccel.sim.regress.fuzz_check import Outcome, compare, golden_outcome, golden_problems
+from vitaccel.sim.regress.fuzz_check import Outcome, compare, golden_outcome, golden_problems, scrub_program
 from vitaccel.sim.regress.fuzz_gen import FuzzProgram, generate
 
 __all__ = ["run_batch", "judge", "run_fuzz", "replay", "write_reproducer", "BACKENDS", "STATUSES"]
@@ -37,24 +37,48 @@ STATUSES = ("passed", "racy", "unsupported", "failed", "hang")
 
 def judge(config: AccelConfig, programs: list[FuzzProgram], *, backend: str, simulator: str = "verilator",
           seed: int = 0) -> list[dict[str, Any]]:
-    """Run ``programs`` in order (one golden machine; with ``rtl`` one simulator launch) and
-    return per program ``status``, ``problems`` and both outcomes."""
+    """Run ``programs`` in order (one golden machine; with ``rtl`` one simulator launch), each
+    after its scrub program (:func:`~vitaccel.sim.regress.fuzz_check.scrub_program`), and return
+    per program ``status``, ``problems`` and both outcomes."""
+    import dataclasses
+
+    import numpy as np
+
     from vitaccel.sim.golden.machine import GoldenMachine
 
+    runs: list[FuzzProgram] = []
+    scrubbed: list[bool] = []
+    for program in programs:
+        scrub = scrub_program(config, program.words)
+        if scrub:
+            runs.append(dataclasses.replace(program, kind="scrub", change="", words=tuple(scrub),
+                                            ddr=np.zeros_like(program.ddr), checksum=None))
+        scrubbed.append(bool(scrub))
+        runs.append(program)
     machine = GoldenMachine(config)
-    golden = [golden_outcome(machine, p) for p in programs]
-    rtl: list[Outcome | None] = [None] * len(programs)
+    golden = [golden_outcome(machine, run) for run in runs]
+    rtl: list[Outcome | None] = [None] * len(runs)
     if backend == "rtl":
         from vitaccel.sim.regress.execute import _ONE_SIMULATION_PER_PROCESS
         from vitaccel.sim.regress.fuzz_rtl import run_rtl_batch
 
         with _ONE_SIMULATION_PER_PROCESS:
-            rtl = run_rtl_batch(config, programs, simulator=simulator, seed=seed)
-    verdicts = []
-    for program, g, r in zip(programs, golden, rtl):
-        problems = golden_problems(program, g)
+            rtl = run_rtl_batch(config, runs, simulator=simulator, seed=seed)
+    verdicts, at = [], 0
+    for program, has_scrub in zip(programs, scrubbed):
+        problems = []
+        if has_scrub:
+            for side, outcome in (("golden", golden[at]), ("rtl", rtl[at])):
+                if outcome is not None and outcome.code != "NONE":
+                    problems.append(f"its scrub program stopped on {side} with {outcome.code} at pc {outcome.pc}"
+                                    + (f" ({outcome.message})" if outcome.message else ""))
+            at += 1
+        g, r = golden[at], rtl[at]
+        at += 1
+        problems += golden_problems(program, g)
         if problems:
-            status = "hang" if any("(hang)" in p for p in problems) else "failed"
+            status = "hang" if any("(hang)" in p for p in problems) or (r is not None and r.code == "HANG") \
+                else "failed"
         elif r is None:
             status = "passed"
         else:

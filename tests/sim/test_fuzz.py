@@ -168,3 +168,16 @@ def test_rtl_fuzz_batch_agrees_with_golden(tmp_path):
     assert document["programs"] == 24
     assert document["failed"] == 0 and document["hangs"] == 0, document["failures"]
     assert document["batches"] == 1          # one simulator launch for the whole batch
+
+
+from test_regress import dask_cluster  # noqa: E402,F401 - the module's Dask scheduler + workers fixture
+
+
+def test_dask_cluster_runs_the_same_fuzz_batches(tmp_path, dask_cluster):
+    local = run_fuzz(TINY, config_source="tiny", count=40, seed=8, backend="golden", batch=10, out_dir=tmp_path)
+    remote = run_fuzz(TINY, config_source="tiny", count=40, seed=8, backend="golden", batch=10, out_dir=tmp_path,
+                      scheduler=dask_cluster)
+    assert remote["batches"] == 4 and remote["where"].startswith("Dask")
+    keys = ("programs", "passed", "failed", "hangs", "exact")
+    assert {k: remote[k] for k in keys} == {k: local[k] for k in keys}
+    assert remote["programs"] == 40 and remote["failed"] == 0
