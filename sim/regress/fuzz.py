@@ -257,6 +257,12 @@ def replay(path: Path, *, backend: str | None = None, simulator: str = "verilato
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ValueError(f"cannot read reproducer {path}: {err}") from None
     backend = backend or document.get("backend", "golden")
+    if backend == "rtl":
+        from vitaccel.sim.runner import simulator_available
+
+        reason = simulator_available(simulator)
+        if reason:
+            raise ValueError(reason)
     verdict = judge(config, [program], backend=backend, simulator=simulator)[0]
     from vitaccel.hw.spec.isa import disassemble
 

@@ -36,7 +36,7 @@ examples:
   vitaccel regress --config tiny --quick --json > regress.json      (progress on stderr)
 
 fuzzing (generated programs, golden machine against the RTL; see docs/regress.md):
-  vitaccel regress --config tiny --fuzz 10000 --backend golden --json   golden invariants, ~a minute
+  vitaccel regress --config tiny --fuzz 10000 --backend golden --json   golden invariants, ~15 s
   vitaccel regress --config tiny --fuzz 200 --json          golden and RTL, 100 programs per launch
   vitaccel regress --config tiny --fuzz 1000 --scheduler tcp://127.0.0.1:8786
   vitaccel regress --config tiny --replay fuzz-failures/FILE.json      replay a shrunk reproducer
@@ -77,9 +77,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     fuzz.add_argument("--fuzz", type=int, default=None, metavar="N",
                       help="run N generated programs (one mutation of a valid program, corruptions with a "
                            "stale checksum, random words) and compare golden with RTL")
-    fuzz.add_argument("--backend", choices=("golden", "rtl"), default="rtl",
-                      help="rtl (default): golden machine against the RTL; golden: golden machine alone "
-                           "(crashes, invariants, time budget)")
+    fuzz.add_argument("--backend", choices=("golden", "rtl"), default=None,
+                      help="rtl (default; with --replay: the reproducer's): golden machine against the RTL; "
+                           "golden: golden machine alone (crashes, invariants, time budget)")
     fuzz.add_argument("--start", type=int, default=0, metavar="I", help="first program index (default 0)")
     fuzz.add_argument("--batch", type=int, default=None, metavar="N",
                       help="programs per task / simulator launch (default 100 rtl, 500 golden)")
@@ -115,6 +115,8 @@ def _run_fuzz(args: argparse.Namespace, config) -> int:
     from vitaccel.sim.regress import ClusterError
     from vitaccel.sim.regress.fuzz import replay, run_fuzz
 
+    if args.backend is None and not args.replay:
+        args.backend = "rtl"
     if args.backend == "rtl":
         reason = simulator_available(args.sim)
         if reason:
