@@ -1,8 +1,9 @@
 """Shrinking a failing fuzz program to a minimal reproducer.
 
 Greedy and batched: each round builds every candidate one step smaller (first: the program
-without one instruction; if none of those still fails, one non-zero field set to 0 or a
-whole undecodable word cleared; last, an all-zero DDR window), asks the predicate about all
+without one instruction; if none of those still fails: an all-zero DDR window, one
+instruction with all its fields zeroed, one undecodable word cleared, one field zeroed),
+asks the predicate about all
 of them at once (one simulator launch for the RTL) and keeps the first that still fails,
 until no candidate does. The checksum follows the program's kind: recomputed if it was
 right, kept stale if it was stale, off if it was off.
@@ -57,23 +58,28 @@ def _deletions(program: FuzzProgram) -> list[FuzzProgram]:
 
 
 def _zeroings(program: FuzzProgram) -> list[FuzzProgram]:
-    out = []
+    """Candidates with less in them, the biggest steps first: an all-zero DDR window, all
+    fields of one instruction zeroed (opcode kept), then single fields."""
     words = list(program.words)
+    out = [_with_words(program, words, ddr=np.zeros_like(program.ddr))] if program.ddr.any() else []
+    singles = []
     for pc, word in enumerate(words):
         try:
             opcode = isa.decode(word).opcode
         except isa.IllegalInstruction:
             if word:
-                candidate = _with_words(program, words[:pc] + [0] + words[pc + 1:])
-                out.append(candidate)
+                out.append(_with_words(program, words[:pc] + [0] + words[pc + 1:]))
             continue
-        for name, (offset, width) in field_slices(opcode).items():
-            if name in ("opcode", "reserved") or not (word >> offset) & ((1 << width) - 1):
-                continue
-            out.append(_with_words(program, words[:pc] + [set_field(word, offset, width, 0)] + words[pc + 1:]))
-    if program.ddr.any():
-        out.append(_with_words(program, words, ddr=np.zeros_like(program.ddr)))
-    return [c for c in out if c is not None]
+        fields = [(offset, width) for name, (offset, width) in field_slices(opcode).items()
+                  if name not in ("opcode", "reserved") and (word >> offset) & ((1 << width) - 1)]
+        if len(fields) > 1:
+            bare = word
+            for offset, width in fields:
+                bare = set_field(bare, offset, width, 0)
+            out.append(_with_words(program, words[:pc] + [bare] + words[pc + 1:]))
+        singles += [_with_words(program, words[:pc] + [set_field(word, offset, width, 0)] + words[pc + 1:])
+                    for offset, width in fields]
+    return [c for c in out + singles if c is not None]
 
 
 def shrink(program: FuzzProgram, still_fails: Callable[[list[FuzzProgram]], list[bool]],
