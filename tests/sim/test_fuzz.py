@@ -182,3 +182,27 @@ def test_dask_cluster_runs_the_same_fuzz_batches(tmp_path, dask_cluster):
     keys = ("programs", "passed", "failed", "hangs", "exact")
     assert {k: remote[k] for k in keys} == {k: local[k] for k in keys}
     assert remote["programs"] == 40 and remote["failed"] == 0
+
+
+def test_compare_accepts_only_what_the_hardware_may_do():
+    # LOAD (load queue) and a GEMM (compute queue) with no token between them: either may
+    # fault first. With a token from the LOAD to the GEMM, the LOAD's fault comes first.
+    load = _dma(Opcode.LOAD, dram_addr=8000)                      # past the 4 KiB window
+    gemm = Instruction(Opcode.GEMM, m=1, k=1, n=1, a_addr=1 << 14)  # past INPUT
+    finish = Instruction(Opcode.FINISH)
+    loose = [encode(load), encode(gemm), encode(finish)]
+    tied = [encode(load.replace(push_next=1)), encode(gemm.replace(pop_prev=1)), encode(finish)]
+    ddr = np.zeros(4096, np.uint8)
+    golden = Outcome("ADDRESS_OUT_OF_RANGE", 0)
+    for words, status in ((loose, "racy"), (tied, "failed")):
+        program = FuzzProgram(0, 0, "mutation", "gemm", "", tuple(words), ddr, crc_of(words))
+        assert compare(program, golden, Outcome("ADDRESS_OUT_OF_RANGE", 1), TINY)[0] == status
+    # SPARSE_ATTN is documented as unsupported in the RTL: INVALID_OPERAND there is accepted
+    # when the golden run gets there, not when a token wait keeps it from running.
+    attn = Instruction(Opcode.SPARSE_ATTN, m=1, n=1, d=1)
+    words = [encode(attn), encode(finish)]
+    program = FuzzProgram(0, 0, "random", "fields", "", tuple(words), ddr, None)
+    assert compare(program, Outcome("NONE", None, ddr), Outcome("INVALID_OPERAND", 0), TINY)[0] == "unsupported"
+    waiting = [encode(attn.replace(pop_next=1)), encode(finish)]
+    program = FuzzProgram(0, 0, "random", "fields", "", tuple(waiting), ddr, None)
+    assert compare(program, Outcome("DEPENDENCY_DEADLOCK", 0), Outcome("INVALID_OPERAND", 0), TINY)[0] == "failed"
