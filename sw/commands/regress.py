@@ -35,6 +35,12 @@ examples:
   vitaccel regress --config tiny --case selftest_mac:steps=24 --seed 1234 --sim icarus
   vitaccel regress --config tiny --quick --json > regress.json      (progress on stderr)
 
+fuzzing (generated programs, golden machine against the RTL; see docs/regress.md):
+  vitaccel regress --config tiny --fuzz 10000 --backend golden --json   golden invariants, ~15 s
+  vitaccel regress --config tiny --fuzz 200 --json          golden and RTL, 100 programs per launch
+  vitaccel regress --config tiny --fuzz 1000 --scheduler tcp://127.0.0.1:8786
+  vitaccel regress --config tiny --replay fuzz-failures/FILE.json      replay a shrunk reproducer
+
 on a Dask cluster (started beforehand; each worker builds what it needs):
   dask scheduler --port 8786 &
   dask worker tcp://127.0.0.1:8786 --nworkers 2 --nthreads 1 &
@@ -67,6 +73,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--junit", default=None, metavar="FILE", help="also write JUnit XML here")
     parser.add_argument("--json", action="store_true",
                         help="print only the JSON summary on stdout (progress and table go to stderr)")
+    fuzz = parser.add_argument_group("fuzzing (instead of the unit cases)")
+    fuzz.add_argument("--fuzz", type=int, default=None, metavar="N",
+                      help="run N generated programs (one mutation of a valid program, corruptions with a "
+                           "stale checksum, random words) and compare golden with RTL")
+    fuzz.add_argument("--backend", choices=("golden", "rtl"), default=None,
+                      help="rtl (default; with --replay: the reproducer's): golden machine against the RTL; "
+                           "golden: golden machine alone (crashes, invariants, time budget)")
+    fuzz.add_argument("--start", type=int, default=0, metavar="I", help="first program index (default 0)")
+    fuzz.add_argument("--batch", type=int, default=None, metavar="N",
+                      help="programs per task / simulator launch (default 100 rtl, 500 golden)")
+    fuzz.add_argument("--fuzz-out", default="fuzz-failures", metavar="DIR",
+                      help="where shrunk reproducers of failures go (default ./fuzz-failures)")
+    fuzz.add_argument("--no-shrink", action="store_true", help="write failures as found, unshrunk")
+    fuzz.add_argument("--replay", default=None, metavar="FILE", help="run one reproducer file's program alone")
     parser.set_defaults(func=run)
 
 
@@ -87,7 +107,68 @@ def _console(*, stderr: bool) -> Console:
     return Console(stderr=stderr, width=None if stream.isatty() else 200)
 
 
+def _run_fuzz(args: argparse.Namespace, config) -> int:
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from vitaccel.sim.regress import ClusterError
+    from vitaccel.sim.regress.fuzz import replay, run_fuzz
+
+    if args.backend is None and not args.replay:
+        args.backend = "rtl"
+    if args.backend == "rtl":
+        reason = simulator_available(args.sim)
+        if reason:
+            raise UserError(reason)
+    console = _console(stderr=True)
+    if args.replay:
+        try:
+            document = replay(Path(args.replay), backend=args.backend, simulator=args.sim)
+        except ValueError as err:
+            raise UserError(str(err)) from None
+        if not args.json:
+            console.print("\n".join(document["listing"]), highlight=False)
+        console.print(f"{document['status']}: " + ("; ".join(document["problems"]) or "golden and "
+                      + document["backend"] + " agree"), highlight=False)
+        if args.json:
+            sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        return 0 if document["status"] not in ("failed", "hang") else 1
+    if args.fuzz < 1:
+        raise UserError(f"--fuzz: need at least one program, got {args.fuzz}")
+    if args.start < 0:
+        raise UserError(f"--start: must be non-negative, got {args.start}")
+    if args.batch is not None and args.batch < 1:
+        raise UserError(f"--batch: must be at least 1, got {args.batch}")
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**31)
+    if seed < 0:
+        raise UserError(f"--seed: must be non-negative, got {seed}")
+    with Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task(f"fuzz {config.name} seed {seed} on {args.backend}", total=args.fuzz)
+        try:
+            document = run_fuzz(config, config_source=args.config, count=args.fuzz, seed=seed, backend=args.backend,
+                                simulator=args.sim, start=args.start, batch=args.batch, jobs=args.jobs,
+                                scheduler=args.scheduler, out_dir=Path(args.fuzz_out), shrink=not args.no_shrink,
+                                progress=lambda done: bar.update(task, completed=done))
+        except ClusterError as err:
+            raise UserError(str(err)) from None
+    console.print(f"fuzz {document['config']} seed {seed} on {document['backend']}: {document['programs']} programs, "
+                  f"{document['passed']} passed ({document['racy']} racy, {document['unsupported']} unsupported), "
+                  f"{document['failed']} failed, {document['hangs']} hangs in {document['duration_s']} s",
+                  highlight=False)
+    for failure in document["failures"]:
+        console.print(f"[red]{failure['status'].upper()}[/red] {failure['name']} ({failure['change']}): "
+                      f"{'; '.join(failure['problems'])}\n  reproduce: {failure['reproduce']}", highlight=False)
+    if args.json:
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        sys.stdout.flush()
+    return 0 if document["failed"] == 0 and document["hangs"] == 0 else 1
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.fuzz is not None or args.replay is not None:
+        return _run_fuzz(args, load_config(args.config))
     from vitaccel.sim.regress import ClusterError, make_plan, print_summary, run_regression, write_junit
 
     config = load_config(args.config)  # ConfigError -> one-line message from the CLI
