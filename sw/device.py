@@ -273,6 +273,38 @@ class GoldenDevice(Device):
         except MachineError as err:
             raise DeviceError(machine_error_message(err, self.program), code=err.code, pc=err.pc) from None
 
+    def infer_batch(self, images: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+        """:meth:`Device.infer_batch` with the whole batch through each instruction at once
+        (:meth:`~vitaccel.sim.golden.machine.GoldenMachine.run_batch`): the same outputs and
+        statistics as image by image. The first image that faults raises its :class:`DeviceError`."""
+        manifest = self.program.manifest
+        images = np.asarray(images)
+        if len(manifest["inputs"]) != 1 or len(images) == 0:
+            return super().infer_batch(images, progress)
+        spec, out = manifest["inputs"][0], manifest["outputs"][0]
+        if list(images.shape[1:]) != spec["shape"] or images.dtype != np.dtype(spec["dtype"]):
+            raise ValueError(f"input {spec['name']}: expected {spec['dtype']}{spec['shape']}, "
+                             f"got {images.dtype}{list(images.shape[1:])}")
+        count = len(images)
+        ddrs = np.repeat(self.program.fresh_ddr()[None], count, axis=0)
+        raw = np.ascontiguousarray(images).view(np.uint8).reshape(count, -1)
+        ddrs[:, spec["addr"]:spec["addr"] + raw.shape[1]] = raw
+        outcomes = self.machine.run_batch(self.program.words, ddrs, checksum=self.program.checksum)
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise DeviceError(machine_error_message(outcome, self.program), code=outcome.code,
+                                  pc=outcome.pc) from None
+        self.batch_stats = [self._run_stats(outcome.to_dict()) for outcome in outcomes]
+        self.last_stats = self.batch_stats[-1]
+        if progress:
+            progress(f"batch of {count}", 1.0)
+        nbytes = int(np.prod(out["shape"])) * np.dtype(out["dtype"]).itemsize
+        return ddrs[:, out["addr"]:out["addr"] + nbytes].copy().view(out["dtype"]).reshape(count, *out["shape"])
+
+    def _run_stats(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """What :meth:`execute` reports for one run, from the machine's statistics."""
+        return stats
+
 
 class PerfDevice(GoldenDevice):
     """The golden machine for values and the performance model (:mod:`vitaccel.sim.perf`) for
@@ -319,8 +351,11 @@ class PerfDevice(GoldenDevice):
         return self._estimate
 
     def execute(self, ddr: np.ndarray) -> dict[str, Any]:
+        return self._run_stats(super().execute(ddr))
+
+    def _run_stats(self, stats: dict[str, Any]) -> dict[str, Any]:
         perf = self.estimate()
-        return {**super().execute(ddr), "cycles": perf["cycles"], "perf": perf}
+        return {**stats, "cycles": perf["cycles"], "perf": perf}
 
 
 class _MmioPort(ControlPort):
