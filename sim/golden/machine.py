@@ -546,9 +546,14 @@ class GoldenMachine:
             self._matrix(Buffer.ACC, instr.acc_addr, m, n, np.int32, pc)[...] = acc
         else:
             out = self._matrix(Buffer.VECTOR, instr.out_addr, m, n, np.int8, pc)
-            linear = nm_kernels.nm_linear if instr.nm else gemm.linear
-            out[...] = self._nonlinear(instr.opcode, pc, lambda: linear(
-                a, b, addend, multiplier, shift, residual=out if instr.residual else None))
+            residual = out if instr.residual else None
+            if instr.nm:
+                y = self._nonlinear(instr.opcode, pc, lambda: nm_kernels.nm_linear(
+                    a, b, addend, multiplier, shift, residual=residual))
+            else:
+                y = self._nonlinear(instr.opcode, pc, lambda: gemm.linear(
+                    a, b, addend, multiplier, shift, residual=residual, dtype=np.int8))
+            out[...] = y
         self._macs += macs
 
     # -- vector unit ---------------------------------------------------------------------------
