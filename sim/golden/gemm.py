@@ -30,7 +30,7 @@ import numpy as np
 from vitaccel.hw.spec.matrix import BIAS_BITS
 from vitaccel.hw.spec.numerics import MULTIPLIER_BITS, int_range, requantize, saturate
 
-__all__ = ["matmul", "linear"]
+__all__ = ["matmul", "linear", "exact_product", "product_bound"]
 
 _FLOAT_EXACT = 1 << 53
 #: Every integer of magnitude up to 2^24 is a float32.
@@ -76,7 +76,13 @@ def _flat_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.matmul(a, b)
 
 
-def _exact_product(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+def product_bound(a: np.ndarray, b: np.ndarray) -> int:
+    """A bound on ``|a @ b|`` from the dtypes alone (K times the largest product); 0 when an
+    operand is not an 8- or 16-bit integer array."""
+    return a.shape[-1] * _dtype_bound(a) * _dtype_bound(b) if a.ndim else 0
+
+
+def exact_product(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
     """Exact ``a @ b`` of narrow integer arrays as a float32 or float64 array holding integers
     (see the module docstring for the proof), or None when the operands are not narrow or
     the float paths cannot prove the sums exact."""
@@ -109,7 +115,7 @@ def matmul(a, b) -> np.ndarray:
         If the inputs are not integer arrays, shapes do not chain, or a sum could overflow int64.
     """
     a, b = np.asarray(a), np.asarray(b)
-    exact = _exact_product(a, b)
+    exact = exact_product(a, b)
     if exact is not None:
         return exact.astype(np.int64)
     a = _as_int_array("a", a)
@@ -160,12 +166,22 @@ def _requantize_float(product: np.ndarray, product_bound: int, bias, multiplier,
         bias_bound = int(np.abs(bias).max()) if bias.size else 0
         if bias_bound >= 1 << 52:
             return None
-    v = product.astype(np.float64) if bias is None else np.add(product, bias, dtype=np.float64)
-    if product_bound + bias_bound >= 1 << (BIAS_BITS - 1):   # step 2 can saturate
-        lo, hi = int_range(BIAS_BITS)
-        np.clip(v, lo, hi, out=v)
-    np.multiply(v, np.ldexp(multiplier.astype(np.float64), -shift.astype(np.int64)), out=v)
-    np.add(v, (1 << (out_bits - 1)) + 0.5, out=v)
+    scale = np.ldexp(multiplier.astype(np.float64), -shift.astype(np.int64))
+    offset = (1 << (out_bits - 1)) + 0.5
+    largest = int(multiplier.max()) if multiplier.size else 0
+    if product_bound + bias_bound < 1 << (BIAS_BITS - 1) and (product_bound + bias_bound) * largest < 1 << 52:
+        # Step 2 cannot saturate, and ``product * c`` and ``bias * c + offset`` are exact
+        # (numerators below 2^53); their exact sum ``(v M + offset 2^shift) 2^-shift`` is a
+        # double wherever the result does not saturate: one rounding-free add.
+        v = np.multiply(product, scale, dtype=np.float64)
+        v += offset if bias is None else np.asarray(bias, dtype=np.float64) * scale + offset
+    else:
+        v = product.astype(np.float64) if bias is None else np.add(product, bias, dtype=np.float64)
+        if product_bound + bias_bound >= 1 << (BIAS_BITS - 1):   # step 2 can saturate
+            lo, hi = int_range(BIAS_BITS)
+            np.clip(v, lo, hi, out=v)
+        np.multiply(v, scale, out=v)
+        np.add(v, offset, out=v)
     np.clip(v, 0, (1 << out_bits) - 1, out=v)
     return (v.astype(np.uint8) ^ np.uint8(1 << (out_bits - 1))).view(np.int8) if out_bits == 8 else (
         v.astype(np.int8) - np.int8(1 << (out_bits - 1)))
@@ -189,7 +205,7 @@ def linear(a, w, bias, multiplier, shift, *, residual=None, out_bits: int = 8, d
         Of the result (default int64); int8 saves a conversion for 8-bit results.
     """
     a, w = np.asarray(a), np.asarray(w)
-    product = _exact_product(a, w)
+    product = exact_product(a, w)
     if product is not None:
         bound = a.shape[-1] * _dtype_bound(a) * _dtype_bound(w)
         out = _requantize_float(product, bound, bias, multiplier, shift, out_bits)

@@ -538,6 +538,14 @@ class GoldenMachine:
             common = _common(b)
             b = b if common is None else common
         if not instr.requant:
+            product = None if instr.nm else gemm.exact_product(a, b)
+            if product is not None and (gemm.product_bound(a, b) + (0 if addend is None else int(np.abs(addend).max()))
+                                        < 1 << 31):   # cannot overflow int32: stored as it is
+                if addend is not None:
+                    product = np.add(product, addend, dtype=np.float64)
+                self._matrix(Buffer.ACC, instr.acc_addr, m, n, np.int32, pc)[...] = product
+                self._macs += macs
+                return
             acc = nm_kernels.nm_matmul(a, b) if instr.nm else gemm.matmul(a, b)
             if addend is not None:
                 acc = acc + addend

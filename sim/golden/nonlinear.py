@@ -126,6 +126,9 @@ def softmax(scores: np.ndarray, params: SoftmaxParams, mask: np.ndarray | None =
         Same shape as ``scores``. Masked-out entries take no part in the max or the sum and
         output 0; a row with no entry outputs zeros. ``None`` means all entries take part.
     """
+    fast = _softmax_unmasked(scores, params) if mask is None else None
+    if fast is not None:
+        return fast
     s = _as_int(scores, 32, "scores")
     if mask is None:
         valid = np.ones(s.shape, dtype=bool)
@@ -145,10 +148,65 @@ def softmax(scores: np.ndarray, params: SoftmaxParams, mask: np.ndarray | None =
     return out.astype(np.uint8)
 
 
+def _valid_int(value, lo: int, hi: int) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _exp_lut(lut_bits: int) -> np.ndarray:
+    """:func:`exp2_neg` of every ``t`` in ``0 .. EXP_ZERO_SHIFT * 2^lut_bits`` (the last entry,
+    and every larger ``t``, is 0): one gather instead of the shift and rounding per element."""
+    key = (_exp_lut, lut_bits)
+    table = _TABLES.get(key)
+    if table is None:
+        table = exp2_neg(np.arange((EXP_ZERO_SHIFT << lut_bits) + 1, dtype=np.int64), lut_bits)
+        table.flags.writeable = False
+        _TABLES[key] = table
+    return table
+
+
+#: Score dtypes whose every value fits the 32-bit input of the softmax unit.
+_SCORE_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32))
+
+
+def _softmax_unmasked(scores, params: SoftmaxParams) -> np.ndarray | None:
+    """:func:`softmax` without a mask, the same integers with fewer passes: exp from
+    :func:`_exp_lut`, no mask selects; None where its preconditions do not hold (then the
+    general code computes, or raises)."""
+    s = np.asarray(scores)
+    if (s.dtype not in _SCORE_DTYPES or s.ndim == 0 or s.shape[-1] == 0 or not isinstance(params, SoftmaxParams)
+            or not _valid_int(params.multiplier, 0, (1 << 31) - 1) or not _valid_int(params.shift, 0, 62)
+            or not _valid_int(params.exp_lut_bits, 1, 12) or not _valid_int(params.recip_lut_bits, 1, 12)):
+        return None
+    t = s.astype(np.int64)
+    np.subtract(t.max(axis=-1, keepdims=True), t, out=t)          # diff >= 0
+    np.minimum(t, (1 << SOFTMAX_DIFF_BITS) - 1, out=t)
+    t *= params.multiplier
+    if params.shift:
+        t += 1 << (params.shift - 1)
+        t >>= params.shift
+    exp_lut = _exp_lut(params.exp_lut_bits)
+    np.minimum(t, exp_lut.size - 1, out=t)
+    e = exp_lut[t]
+    total = e.sum(axis=-1, keepdims=True)   # > 0: the row maximum has exp2_neg(0) > 0
+    if not (total > 0).all():
+        return None
+    y, k = reciprocal(total, params.recip_lut_bits)
+    shift = RECIP_FRAC_BITS + k - SOFTMAX_OUTPUT_BITS
+    if shift.min() < 0 or shift.max() > 62:
+        return None
+    e *= y
+    e += np.where(shift > 0, np.left_shift(1, np.maximum(shift - 1, 0)), 0)
+    e >>= shift
+    np.minimum(e, (1 << SOFTMAX_OUTPUT_BITS) - 1, out=e)
+    return e.astype(np.uint8)
+
+
 def gelu(x: np.ndarray, table: np.ndarray) -> np.ndarray:
     """int8 GELU: ``table[code of x]`` with the 256-entry table of ``gelu_table``."""
+    x, table = np.asarray(x), np.asarray(table)
+    if x.dtype == np.int8 and table.dtype == np.int8 and table.shape == (256,):
+        return table[x.view(np.uint8)]   # the code of x is its byte
     x = _as_int(x, 8, "x")
-    table = np.asarray(table)
     if table.shape != (256,):
         raise ValueError(f"table: must have 256 entries, got shape {table.shape}")
     table = _as_int(table, 8, "table")
@@ -170,6 +228,9 @@ def layernorm(x: np.ndarray, params: LayerNormParams) -> np.ndarray:
     Integer statistics ``Sx``, ``Sxx``; ``V = n Sxx - Sx^2 + eps_term`` (at least 1); inverse
     square root by :func:`inv_sqrt`; see ``LayerNormParams`` for the remaining steps.
     """
+    fast = _layernorm_float(x, params)
+    if fast is not None:
+        return fast
     x = _as_int(x, 8, "x")
     n = params.channels
     if x.ndim == 0 or x.shape[-1] != n:
@@ -184,8 +245,69 @@ def layernorm(x: np.ndarray, params: LayerNormParams) -> np.ndarray:
     return saturate(round_shift(z * gamma + beta, params.out_shift), 8).astype(np.int8)
 
 
+def _layernorm_float(x, params: LayerNormParams) -> np.ndarray | None:
+    """:func:`layernorm` of int8 ``x`` in float64, the same integers: None where the bounds
+    below do not hold (then the integer code computes, or raises).
+
+    Exactness: the row statistics and the inverse square root are the integer code's. Per
+    element, ``c = n x - Sx`` is a small integer; ``p = c r`` is an integer below 2^52 (checked),
+    so ``z = floor(c (r 2^-s) + 1/2)`` with ``s = RSQRT_FRAC_BITS + k - NORM_FRAC_BITS`` is the
+    rounding shift exactly (scaling by a power of two is exact and ``p + 2^(s-1) < 2^53``).
+    Likewise ``w = z gamma + beta`` is an integer below 2^52 (checked), and
+    ``floor(z (gamma 2^-o) + (beta 2^-o + 1/2))`` adds two exact terms whose exact sum
+    ``(w + 2^(o-1)) 2^-o`` is a double: it is ``round_shift(w, o)``.
+    """
+    x = np.asarray(x)
+    if x.dtype != np.int8 or not isinstance(params, LayerNormParams) or x.ndim == 0 or x.size == 0:
+        return None
+    n = params.channels
+    if (not _valid_int(n, 1, 1 << 16) or x.shape[-1] != n or len(params.gamma) != n or len(params.beta) != n
+            or not _valid_int(params.out_shift, 0, 52) or not _valid_int(params.eps_term, -(1 << 62), 1 << 62)
+            or not _valid_int(params.rsqrt_lut_bits, 2, 12)):
+        return None
+    gamma = np.asarray(params.gamma, dtype=np.int64)
+    beta = np.asarray(params.beta, dtype=np.int64)
+    sum_x = np.sum(x, axis=-1, keepdims=True, dtype=np.int64)
+    wide = x.astype(np.int32)
+    sum_xx = np.einsum("...i,...i->...", wide, wide, dtype=np.int64)[..., None]
+    variance = np.maximum(n * sum_xx - sum_x * sum_x + params.eps_term, 1)
+    r, k = inv_sqrt(variance, params.rsqrt_lut_bits)
+    shift = RSQRT_FRAC_BITS + k - LAYERNORM_NORM_FRAC_BITS
+    if shift.min() < 0 or shift.max() > 52:
+        return None
+    c_bound = 2 * n * 128
+    p_bound = c_bound * int(r.max())
+    z_bound = (p_bound >> int(shift.min())) + 1
+    if p_bound >= 1 << 52 or z_bound * int(np.abs(gamma).max()) + int(np.abs(beta).max()) >= 1 << 52:
+        return None
+    c = x.astype(np.float64)
+    c *= n
+    c -= sum_x
+    c *= np.ldexp(r.astype(np.float64), -shift)
+    c += 0.5
+    np.floor(c, out=c)                                            # z
+    c *= np.ldexp(gamma.astype(np.float64), -params.out_shift)
+    c += np.ldexp(beta.astype(np.float64), -params.out_shift) + 0.5
+    np.floor(c, out=c)
+    np.clip(c, -128, 127, out=c)
+    return c.astype(np.int8)
+
+
 def add(a: np.ndarray, b: np.ndarray, params: AddParams) -> np.ndarray:
     """Residual add of int8 ``a`` and ``b`` (different scales) into int8."""
+    a, b = np.asarray(a), np.asarray(b)
+    if (a.dtype == np.int8 and b.dtype == np.int8 and isinstance(params, AddParams)
+            and _valid_int(params.a_multiplier, -(1 << 20), 1 << 20) and _valid_int(params.b_multiplier, -(1 << 20), 1 << 20)
+            and _valid_int(params.shift, 0, 29)):
+        # |a*am + b*bm| + 2^(shift-1) < 2^29 + 2^28: int32 holds every step.
+        total = a.astype(np.int32)
+        total *= params.a_multiplier
+        total += b.astype(np.int32) * np.int32(params.b_multiplier)
+        if params.shift:
+            total += np.int32(1 << (params.shift - 1))
+            total >>= params.shift
+        np.clip(total, -128, 127, out=total)
+        return total.astype(np.int8)
     a = _as_int(a, 8, "a")
     b = _as_int(b, 8, "b")
     total = a * params.a_multiplier + b * params.b_multiplier
