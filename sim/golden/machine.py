@@ -57,7 +57,7 @@ from vitaccel.hw.spec.regmap import ErrorCode, program_crc32
 __all__ = [
     "MachineError", "IllegalInstructionError", "AddressError", "DeadlockError",
     "MissingFinishError", "InvalidOperandError", "ChecksumError", "RunStats", "GoldenMachine",
-    "words_from_bytes", "words_to_bytes", "run_program", "BatchOutcome",
+    "words_from_bytes", "words_to_bytes", "run_program", "BatchOutcome", "stored_ranges",
 ]
 
 
@@ -753,6 +753,27 @@ class GoldenMachine:
             q[0], k[0], v[0], mask[0], **isa.unpack_sparse_attn_params(params[0])))
         self._matrix(Buffer.VECTOR, instr.out_addr, m, d, np.int8, pc)[0] = y
         self._macs += 2 * int(mask.sum()) * d
+
+
+def stored_ranges(words: list[int]) -> list[tuple[int, int]]:
+    """The DDR byte ranges ``[start, end)`` the STOREs of ``words`` can write, merged and sorted:
+    every DDR byte a run of the program can change (a device reusing DDR arrays restores only
+    these). Words that do not decode are skipped (such a program stops before any STORE runs)."""
+    spans = []
+    for word in words:
+        try:
+            instr = isa.decode(word)
+        except isa.IllegalInstruction:
+            continue
+        if instr.opcode is Opcode.STORE and instr.rows and instr.row_bytes:
+            spans.append((instr.dram_addr, instr.dram_addr + (instr.rows - 1) * instr.dram_stride + instr.row_bytes))
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def run_program(config: AccelConfig, program: list[int] | bytes, ddr: np.ndarray) -> RunStats:

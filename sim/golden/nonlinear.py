@@ -278,13 +278,14 @@ def _layernorm_float(x, params: LayerNormParams) -> np.ndarray | None:
     c_bound = 2 * n * 128
     p_bound = c_bound * int(r.max())
     z_bound = (p_bound >> int(shift.min())) + 1
-    if p_bound >= 1 << 52 or z_bound * int(np.abs(gamma).max()) + int(np.abs(beta).max()) >= 1 << 52:
+    if (p_bound >= 1 << 51 or n * 128 * int(r.max()) >= 1 << 51
+            or z_bound * int(np.abs(gamma).max()) + int(np.abs(beta).max()) >= 1 << 52):
         return None
-    c = x.astype(np.float64)
-    c *= n
-    c -= sum_x
-    c *= np.ldexp(r.astype(np.float64), -shift)
-    c += 0.5
+    # z = floor(x (n r 2^-s) + (1/2 - Sx r 2^-s)): both terms exact (integers below 2^51 times
+    # a power of two, the second plus 1/2 within 53 bits), their exact sum (p + 2^(s-1)) 2^-s a double.
+    scale = np.ldexp(r.astype(np.float64), -shift)
+    c = np.multiply(x, n * scale, dtype=np.float64)
+    c += 0.5 - sum_x * scale
     np.floor(c, out=c)                                            # z
     c *= np.ldexp(gamma.astype(np.float64), -params.out_shift)
     c += np.ldexp(beta.astype(np.float64), -params.out_shift) + 0.5
