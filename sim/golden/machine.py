@@ -153,13 +153,17 @@ def _shared(x: np.ndarray) -> np.ndarray:
     return x[0]
 
 
-def _common(x: np.ndarray) -> np.ndarray | None:
-    """``x[0]`` if every image of the batch holds the same values, else None (cheap reject first)."""
-    if x.shape[0] == 1:
-        return x[0]
-    if not np.array_equal(x[-1], x[0]) or not (x[1:] == x[0]).all():
-        return None
-    return x[0]
+def _same_bytes(memory: np.ndarray, start: int, nbytes: int) -> bool:
+    """Whether every image (row) of ``memory`` holds the same bytes in ``[start, start + nbytes)``:
+    a cheap reject on the last image first, then 8 bytes per comparison where aligned."""
+    if memory.shape[0] == 1:
+        return True
+    region = memory[:, start:start + nbytes]
+    if not np.array_equal(region[-1], region[0]):
+        return False
+    if start % 8 == 0 and nbytes % 8 == 0 and memory.strides[0] % 8 == 0:
+        region = region.view(np.uint64)
+    return bool((region[1:] == region[0]).all())
 
 
 class GoldenMachine:
@@ -521,6 +525,8 @@ class GoldenMachine:
             b = self._matrix(Buffer.WEIGHT, instr.b_addr, n, k, np.int8, pc).transpose(0, 2, 1)
         else:
             b = self._matrix(Buffer.WEIGHT, instr.b_addr, k, n, np.int8, pc)
+        if not instr.nm and _same_bytes(self.buffers[Buffer.WEIGHT], instr.b_addr * ADDR_UNIT, k * n):
+            b = b[:1]   # every image has these weights: one product for the whole batch
         macs = m * (layout.rows if instr.nm else k) * n  # executed: kept weights only
         addend = None  # what the engine adds to A @ B before requantization: ACC partials and bias
         if instr.accumulate:
@@ -533,10 +539,8 @@ class GoldenMachine:
         if instr.nm:  # index values are checked with the parameter values, after every address
             values, indices = _shared(values), _shared(indices)
             b = self._nonlinear(instr.opcode, pc, lambda: NMWeights(values.copy(), indices.copy(), keep, group, k))
-        else:
-            # One product for the whole batch when the images share B (weights); per image otherwise.
-            common = _common(b)
-            b = b if common is None else common
+        elif b.shape[0] == 1:
+            b = b[0]   # shared (above): a stack of A against one B
         if not instr.requant:
             product = None if instr.nm else gemm.exact_product(a, b)
             if product is not None and (gemm.product_bound(a, b) + (0 if addend is None else int(np.abs(addend).max()))
