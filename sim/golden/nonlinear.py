@@ -205,7 +205,7 @@ def gelu(x: np.ndarray, table: np.ndarray) -> np.ndarray:
     """int8 GELU: ``table[code of x]`` with the 256-entry table of ``gelu_table``."""
     x, table = np.asarray(x), np.asarray(table)
     if x.dtype == np.int8 and table.dtype == np.int8 and table.shape == (256,):
-        return table[x.view(np.uint8)]   # the code of x is its byte
+        return np.take(table, x.view(np.uint8))   # the code of x is its byte
     x = _as_int(x, 8, "x")
     if table.shape != (256,):
         raise ValueError(f"table: must have 256 entries, got shape {table.shape}")
@@ -294,12 +294,38 @@ def _layernorm_float(x, params: LayerNormParams) -> np.ndarray | None:
     return c.astype(np.int8)
 
 
+#: Inputs from this many elements on look :func:`add` up in a table of all 65536 byte pairs.
+_ADD_TABLE_MIN = 1 << 18
+
+
+def _add_table(params: AddParams) -> np.ndarray:
+    """:func:`add` of every int8 pair, indexed by ``(a byte << 8) | b byte``; cached per parameters."""
+    key = (_add_table, params.a_multiplier, params.b_multiplier, params.shift)
+    table = _TABLES.get(key)
+    if table is None:
+        codes = np.arange(1 << 16, dtype=np.uint16)
+        a = (codes >> 8).astype(np.uint8).view(np.int8)
+        b = (codes & 0xFF).astype(np.uint8).view(np.int8)
+        table = add(a, b, params)   # below _ADD_TABLE_MIN: the int32 path
+        table.flags.writeable = False
+        if len(_TABLES) > 256:
+            _TABLES.clear()
+        _TABLES[key] = table
+    return table
+
+
 def add(a: np.ndarray, b: np.ndarray, params: AddParams) -> np.ndarray:
     """Residual add of int8 ``a`` and ``b`` (different scales) into int8."""
     a, b = np.asarray(a), np.asarray(b)
     if (a.dtype == np.int8 and b.dtype == np.int8 and isinstance(params, AddParams)
             and _valid_int(params.a_multiplier, -(1 << 20), 1 << 20) and _valid_int(params.b_multiplier, -(1 << 20), 1 << 20)
             and _valid_int(params.shift, 0, 29)):
+        if a.size >= _ADD_TABLE_MIN and a.shape == b.shape:
+            # Every (a, b) byte pair's result from a table built by the int32 code below.
+            index = a.view(np.uint8).astype(np.uint16)
+            index <<= 8
+            index |= b.view(np.uint8)
+            return np.take(_add_table(params), index)
         # |a*am + b*bm| + 2^(shift-1) < 2^29 + 2^28: int32 holds every step.
         total = a.astype(np.int32)
         total *= params.a_multiplier

@@ -272,5 +272,10 @@ def test_add_and_gelu_fast_paths_equal_integer_paths():
     for params in (AddParams(40000, 65535, 16), AddParams(-3, 7, 0), AddParams(1 << 20, -(1 << 20), 29)):
         np.testing.assert_array_equal(nonlinear.add(a, b, params),
                                       nonlinear.add(a.astype(np.int64), b.astype(np.int64), params))
+    big_a, big_b = rng.integers(-128, 128, (2, 2, nonlinear._ADD_TABLE_MIN)).astype(np.int8)   # the table path
+    big_a[0, :300], big_b[1, :300] = -128, 127
+    for params in (AddParams(40000, 65535, 16), AddParams(-3, 7, 0)):
+        np.testing.assert_array_equal(nonlinear.add(big_a, big_b, params),
+                                      nonlinear.add(big_a.astype(np.int64), big_b.astype(np.int64), params))
     table = rng.integers(-128, 128, 256).astype(np.int8)
     np.testing.assert_array_equal(nonlinear.gelu(a, table), nonlinear.gelu(a.astype(np.int64), table))
