@@ -182,9 +182,10 @@ def _requantize_float(product: np.ndarray, product_bound: int, bias, multiplier,
             np.clip(v, lo, hi, out=v)
         np.multiply(v, scale, out=v)
         np.add(v, offset, out=v)
-    np.clip(v, 0, (1 << out_bits) - 1, out=v)
-    return (v.astype(np.uint8) ^ np.uint8(1 << (out_bits - 1))).view(np.int8) if out_bits == 8 else (
-        v.astype(np.int8) - np.int8(1 << (out_bits - 1)))
+    # Clipped into [0, 2^out_bits - 1] and truncated (= floor: non-negative) by the cast on output.
+    codes = np.clip(v, 0, (1 << out_bits) - 1, out=np.empty(v.shape, np.uint8), casting="unsafe")
+    codes -= np.uint8(1 << (out_bits - 1))   # wraps: the code minus the offset, as two's complement
+    return codes.view(np.int8)
 
 
 def linear(a, w, bias, multiplier, shift, *, residual=None, out_bits: int = 8, dtype=np.int64) -> np.ndarray:

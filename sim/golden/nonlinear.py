@@ -290,8 +290,7 @@ def _layernorm_float(x, params: LayerNormParams) -> np.ndarray | None:
     c *= np.ldexp(gamma.astype(np.float64), -params.out_shift)
     c += np.ldexp(beta.astype(np.float64), -params.out_shift) + 0.5
     np.floor(c, out=c)
-    np.clip(c, -128, 127, out=c)
-    return c.astype(np.int8)
+    return np.clip(c, -128, 127, out=np.empty(c.shape, np.int8), casting="unsafe")   # integers: exact cast
 
 
 #: Inputs from this many elements on look :func:`add` up in a table of all 65536 byte pairs.
