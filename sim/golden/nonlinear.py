@@ -164,6 +164,34 @@ def _exp_lut(lut_bits: int) -> np.ndarray:
     return table
 
 
+#: Largest score-difference table :func:`_exp_of_diff` builds (entries).
+_DIFF_TABLE_MAX = 1 << 17
+
+
+def _exp_of_diff(params: SoftmaxParams) -> np.ndarray | None:
+    """The exp stage as a function of the score difference ``d`` (``exp2_neg`` of
+    ``round_shift(d * multiplier, shift)``) for ``d = 0 .. D``, where ``D`` is the smallest
+    difference whose exponent reaches the zero of :func:`_exp_lut` (so every ``d >= D`` gives
+    the last entry, 0): one clamp and one gather instead of five passes. None when ``D``
+    exceeds :data:`_DIFF_TABLE_MAX`. Cached per parameters."""
+    key = (_exp_of_diff, params.multiplier, params.shift, params.exp_lut_bits)
+    if key in _TABLES:
+        return _TABLES[key]
+    exp_lut = _exp_lut(params.exp_lut_bits)
+    zero_at = (exp_lut.size - 1) << params.shift   # d * multiplier + half >= zero_at: exponent at the zero
+    half = (1 << (params.shift - 1)) if params.shift else 0
+    last = -(-(zero_at - half) // params.multiplier) if params.multiplier else _DIFF_TABLE_MAX + 1
+    table = None
+    if 0 <= last <= _DIFF_TABLE_MAX:
+        exponent = round_shift(np.arange(last + 1, dtype=np.int64) * params.multiplier, params.shift)
+        table = exp_lut[np.minimum(exponent, exp_lut.size - 1)].astype(np.int32)
+        table.flags.writeable = False
+    if len(_TABLES) > 256:
+        _TABLES.clear()
+    _TABLES[key] = table
+    return table
+
+
 #: Score dtypes whose every value fits the 32-bit input of the softmax unit.
 _SCORE_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32))
 
@@ -179,22 +207,27 @@ def _softmax_unmasked(scores, params: SoftmaxParams) -> np.ndarray | None:
         return None
     t = s.astype(np.int64)
     np.subtract(t.max(axis=-1, keepdims=True), t, out=t)          # diff >= 0
-    np.minimum(t, (1 << SOFTMAX_DIFF_BITS) - 1, out=t)
-    t *= params.multiplier
-    if params.shift:
-        t += 1 << (params.shift - 1)
-        t >>= params.shift
-    exp_lut = _exp_lut(params.exp_lut_bits)
-    np.minimum(t, exp_lut.size - 1, out=t)
-    e = exp_lut[t]
-    total = e.sum(axis=-1, keepdims=True)   # > 0: the row maximum has exp2_neg(0) > 0
+    by_diff = _exp_of_diff(params)
+    if by_diff is not None:
+        np.minimum(t, by_diff.size - 1, out=t)
+        e = by_diff[t]
+    else:
+        np.minimum(t, (1 << SOFTMAX_DIFF_BITS) - 1, out=t)
+        t *= params.multiplier
+        if params.shift:
+            t += 1 << (params.shift - 1)
+            t >>= params.shift
+        exp_lut = _exp_lut(params.exp_lut_bits)
+        np.minimum(t, exp_lut.size - 1, out=t)
+        e = exp_lut[t]
+    total = e.sum(axis=-1, keepdims=True, dtype=np.int64)   # > 0: the row maximum has exp2_neg(0) > 0
     if not (total > 0).all():
         return None
     y, k = reciprocal(total, params.recip_lut_bits)
     shift = RECIP_FRAC_BITS + k - SOFTMAX_OUTPUT_BITS
     if shift.min() < 0 or shift.max() > 62:
         return None
-    e *= y
+    e = e * y   # int64
     e += np.where(shift > 0, np.left_shift(1, np.maximum(shift - 1, 0)), 0)
     e >>= shift
     np.minimum(e, (1 << SOFTMAX_OUTPUT_BITS) - 1, out=e)

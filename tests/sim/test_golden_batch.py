@@ -246,7 +246,9 @@ def test_linear_float_requantization_equals_integer(unsigned_a):
 
 def test_softmax_fast_path_equals_integer_path():
     rng = np.random.default_rng(2)
-    for scale in (1e-4, 0.02, 0.5):
+    assert nonlinear._exp_of_diff(softmax_params(1e-4)) is not None   # the difference table ...
+    assert nonlinear._exp_of_diff(softmax_params(1e-5)) is None       # ... and the shift path
+    for scale in (1e-5, 1e-4, 0.02, 0.5):
         params = softmax_params(scale)
         scores = rng.integers(-(1 << 31), 1 << 31, (3, 5, 17)).astype(np.int32)
         scores[0] = rng.integers(-50, 50, (5, 17))
