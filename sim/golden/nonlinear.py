@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vitaccel.hw.spec.luts import (EXP_ZERO_SHIFT, RECIP_FRAC_BITS,
+from vitaccel.hw.spec.luts import (EXP_FRAC_BITS, EXP_ZERO_SHIFT, RECIP_FRAC_BITS,
                                    RECIP_MANTISSA_FRAC_BITS, RSQRT_FRAC_BITS,
                                    RSQRT_MANTISSA_FRAC_BITS, exp2_table, reciprocal_table,
                                    rsqrt_table)
@@ -227,11 +227,14 @@ def _softmax_unmasked(scores, params: SoftmaxParams) -> np.ndarray | None:
     shift = RECIP_FRAC_BITS + k - SOFTMAX_OUTPUT_BITS
     if shift.min() < 0 or shift.max() > 62:
         return None
-    e = e * y   # int64
-    e += np.where(shift > 0, np.left_shift(1, np.maximum(shift - 1, 0)), 0)
-    e >>= shift
-    np.minimum(e, (1 << SOFTMAX_OUTPUT_BITS) - 1, out=e)
-    return e.astype(np.uint8)
+    if (1 << EXP_FRAC_BITS) * int(y.max()) >= 1 << 52:
+        return None
+    # round_shift(e y, shift) = floor(e (y 2^-shift) + 1/2): e y is an integer below 2^52, so the
+    # product is exact, and so is adding 1/2 (a per-element variable shift is slow in NumPy).
+    out = np.multiply(e, np.ldexp(y.astype(np.float64), -shift))
+    out += 0.5
+    np.floor(out, out=out)
+    return np.clip(out, 0, (1 << SOFTMAX_OUTPUT_BITS) - 1, out=np.empty(out.shape, np.uint8), casting="unsafe")
 
 
 def gelu(x: np.ndarray, table: np.ndarray) -> np.ndarray:
