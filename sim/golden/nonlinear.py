@@ -65,6 +65,14 @@ def normalize(x: np.ndarray, exponent: np.ndarray, frac_bits: int) -> np.ndarray
     """``x * 2^(frac_bits - exponent)``: a right shift rounds (round half up), a left shift is exact."""
     x = np.asarray(x, dtype=np.int64)
     shift = np.asarray(exponent, dtype=np.int64) - frac_bits
+    largest = int(np.abs(x).max()) if x.size else 0
+    if (x.size and shift.size and largest < 1 << 51 and int(shift.max()) <= 62
+            and largest << max(0, -int(shift.min())) < 1 << 51):
+        # floor(x 2^-shift + 1/2) for a right shift, x 2^-shift for a left one (an integer
+        # below 2^51): every step exact in float64, no per-element variable shift.
+        scaled = np.ldexp(x.astype(np.float64), -shift)
+        scaled += np.where(shift > 0, 0.5, 0.0)
+        return np.floor(scaled, out=scaled).astype(np.int64)
     return np.where(shift >= 0, round_shift(x, np.maximum(shift, 0)),
                     np.left_shift(x, np.maximum(-shift, 0)))
 
@@ -184,7 +192,7 @@ def _exp_of_diff(params: SoftmaxParams) -> np.ndarray | None:
     table = None
     if 0 <= last <= _DIFF_TABLE_MAX:
         exponent = round_shift(np.arange(last + 1, dtype=np.int64) * params.multiplier, params.shift)
-        table = exp_lut[np.minimum(exponent, exp_lut.size - 1)].astype(np.int32)
+        table = exp_lut[np.minimum(exponent, exp_lut.size - 1)].astype(np.float64)
         table.flags.writeable = False
     if len(_TABLES) > 256:
         _TABLES.clear()
@@ -205,25 +213,35 @@ def _softmax_unmasked(scores, params: SoftmaxParams) -> np.ndarray | None:
             or not _valid_int(params.multiplier, 0, (1 << 31) - 1) or not _valid_int(params.shift, 0, 62)
             or not _valid_int(params.exp_lut_bits, 1, 12) or not _valid_int(params.recip_lut_bits, 1, 12)):
         return None
-    t = s.astype(np.int64)
-    np.subtract(t.max(axis=-1, keepdims=True), t, out=t)          # diff >= 0
+    if s.dtype != np.int32:
+        s = s.astype(np.int32)
+    # Row maxima by a loop over short rows (a reduction along a short last axis is slow).
+    if s.shape[-1] <= 32:
+        row_max = s[..., :1].copy()
+        for j in range(1, s.shape[-1]):
+            np.maximum(row_max, s[..., j:j + 1], out=row_max)
+    else:
+        row_max = s.max(axis=-1, keepdims=True)
+    # max - s is in [0, 2^32): int32 arithmetic wraps into exactly its uint32 value.
+    with np.errstate(over="ignore"):
+        diff = np.subtract(row_max, s).view(np.uint32)
     by_diff = _exp_of_diff(params)
     if by_diff is not None:
-        np.minimum(t, by_diff.size - 1, out=t)
-        e = by_diff[t]
+        np.minimum(diff, np.uint32(by_diff.size - 1), out=diff)
+        e = by_diff[diff]
     else:
-        np.minimum(t, (1 << SOFTMAX_DIFF_BITS) - 1, out=t)
+        t = np.minimum(diff, np.uint32((1 << SOFTMAX_DIFF_BITS) - 1)).astype(np.int64)
         t *= params.multiplier
         if params.shift:
             t += 1 << (params.shift - 1)
             t >>= params.shift
         exp_lut = _exp_lut(params.exp_lut_bits)
         np.minimum(t, exp_lut.size - 1, out=t)
-        e = exp_lut[t]
-    total = e.sum(axis=-1, keepdims=True, dtype=np.int64)   # > 0: the row maximum has exp2_neg(0) > 0
+        e = exp_lut[t].astype(np.float64)
+    total = e.sum(axis=-1, keepdims=True)   # exact (below 2^53); > 0: the row maximum's exp2_neg(0) > 0
     if not (total > 0).all():
         return None
-    y, k = reciprocal(total, params.recip_lut_bits)
+    y, k = reciprocal(total.astype(np.int64), params.recip_lut_bits)
     shift = RECIP_FRAC_BITS + k - SOFTMAX_OUTPUT_BITS
     if shift.min() < 0 or shift.max() > 62:
         return None
@@ -231,10 +249,10 @@ def _softmax_unmasked(scores, params: SoftmaxParams) -> np.ndarray | None:
         return None
     # round_shift(e y, shift) = floor(e (y 2^-shift) + 1/2): e y is an integer below 2^52, so the
     # product is exact, and so is adding 1/2 (a per-element variable shift is slow in NumPy).
-    out = np.multiply(e, np.ldexp(y.astype(np.float64), -shift))
-    out += 0.5
-    np.floor(out, out=out)
-    return np.clip(out, 0, (1 << SOFTMAX_OUTPUT_BITS) - 1, out=np.empty(out.shape, np.uint8), casting="unsafe")
+    e *= np.ldexp(y.astype(np.float64), -shift)
+    e += 0.5
+    np.floor(e, out=e)
+    return np.clip(e, 0, (1 << SOFTMAX_OUTPUT_BITS) - 1, out=np.empty(e.shape, np.uint8), casting="unsafe")
 
 
 def gelu(x: np.ndarray, table: np.ndarray) -> np.ndarray:

@@ -281,3 +281,22 @@ def test_add_and_gelu_fast_paths_equal_integer_paths():
                                       nonlinear.add(big_a.astype(np.int64), big_b.astype(np.int64), params))
     table = rng.integers(-128, 128, 256).astype(np.int8)
     np.testing.assert_array_equal(nonlinear.gelu(a, table), nonlinear.gelu(a.astype(np.int64), table))
+
+
+def test_normalize_float_path_equals_shifts(monkeypatch):
+    rng = np.random.default_rng(12)
+    big = (rng.integers(-(1 << 40), 1 << 40, 4000), rng.integers(16, 60, 4000))        # right shifts
+    small = (np.concatenate([rng.integers(-70, 70, 4000), [1, -1, 3, -3, 5, -5]]),
+             np.concatenate([rng.integers(-10, 60, 4000), [17, 17, 17, 17, 18, 18]]))  # and exact halves
+    edge = (np.array([(1 << 50) - 1, -(1 << 50)]), np.array([16, 80]))
+    # the float path must serve these: the integer shifts are not reachable
+    monkeypatch.setattr(nonlinear, "round_shift", None)
+    for x, exponent in (big, small):
+        got = nonlinear.normalize(x, exponent, 16)
+        want = [(int(v) + (1 << (int(e) - 17))) >> (int(e) - 16) if e > 16 else int(v) << (16 - int(e))
+                for v, e in zip(x, exponent)]
+        assert got.tolist() == want
+    monkeypatch.undo()
+    x, exponent = edge   # a shift past 62: the integer path and its error
+    with pytest.raises(ValueError, match="shift must be in 0..62"):
+        nonlinear.normalize(x, exponent, 16)
