@@ -197,6 +197,9 @@ class GoldenMachine:
         self._macs = np.zeros(1, dtype=np.int64)
         self._dma_read = np.zeros(1, dtype=np.int64)
         self._dma_write = np.zeros(1, dtype=np.int64)
+        # DMA bytes of the batch's fast path, the same for every image (a Python int is cheaper
+        # to add to than an array, and a DMA is the most frequent instruction).
+        self._dma_read_all = self._dma_write_all = 0
         self._live: list[int] = [0]
         self._decoded: tuple[tuple[int, ...], list[list[tuple]]] | None = None
         self._checksummed: tuple[tuple[int, ...], int] | None = None   # the last program and its CRC
@@ -255,6 +258,7 @@ class GoldenMachine:
         self._macs = np.zeros(images, dtype=np.int64)
         self._dma_read = np.zeros(images, dtype=np.int64)
         self._dma_write = np.zeros(images, dtype=np.int64)
+        self._dma_read_all = self._dma_write_all = 0
         self._live = list(range(images))
         outcomes: list[BatchOutcome | None] = [None] * images
         faulted: dict[int, np.ndarray] = {}   # image -> its DDR at the fault
@@ -266,8 +270,9 @@ class GoldenMachine:
                 outcomes[image] = err
         else:
             for image in self._live:
-                outcomes[image] = RunStats(Counter(counts), int(self._macs[image]), int(self._dma_read[image]),
-                                           int(self._dma_write[image]))
+                outcomes[image] = RunStats(Counter(counts), int(self._macs[image]),
+                                           self._dma_read_all + int(self._dma_read[image]),
+                                           self._dma_write_all + int(self._dma_write[image]))
         for image, ddr in faulted.items():
             ddrs[image] = ddr
         self.stats = outcomes[-1] if isinstance(outcomes[-1], RunStats) else RunStats()
@@ -478,10 +483,10 @@ class GoldenMachine:
                 return slow(instr, pc)
             if writing_ddr:
                 dram[...] = sram
-                self._dma_write += nbytes
+                self._dma_write_all += nbytes
             else:
                 sram[...] = dram
-                self._dma_read += nbytes
+                self._dma_read_all += nbytes
 
         return dma
 
