@@ -313,14 +313,18 @@ class GoldenDevice(Device):
         90 MB array per batch cost more in page faults and copies than the batch's compute."""
         from vitaccel.sim.golden.machine import stored_ranges
 
-        fresh = self.program.fresh_ddr()
+        image = self.program.ddr_image   # the fresh DDR: this image, zeros beyond it
         if self._batch_ddrs is None or self._batch_ddrs.shape[0] != count:
             self._batch_ddrs = None   # free the old one first
-            self._batch_ddrs = np.repeat(fresh[None], count, axis=0)
+            self._batch_ddrs = np.repeat(self.program.fresh_ddr()[None], count, axis=0)
             self._stored = stored_ranges(self.program.words)
         else:
             for start, end in self._stored:
-                self._batch_ddrs[:, start:end] = fresh[start:end]
+                inside = min(end, image.size)
+                if start < inside:
+                    self._batch_ddrs[:, start:inside] = image[start:inside]
+                if max(start, inside) < end:
+                    self._batch_ddrs[:, max(start, inside):end] = 0
         return self._batch_ddrs
 
 
