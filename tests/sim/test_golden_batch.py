@@ -255,6 +255,14 @@ def test_softmax_fast_path_equals_integer_path():
         scores[1, 0] = scores[1, 0, 0]   # a row of ties
         np.testing.assert_array_equal(nonlinear.softmax(scores, params),
                                       nonlinear.softmax(scores.astype(np.int64), params))
+        # many short rows: worked on transposed
+        for shape in ((20, 17, 17), (300, 64), (2, 150, 3)):
+            scores = rng.integers(-(1 << 31), 1 << 31, shape).astype(np.int32)
+            scores[0] = rng.integers(-3000, 3000, shape[1:])
+            scores[1, ..., 0] = (1 << 31) - 1
+            scores[1, ..., 1] = -(1 << 31)
+            np.testing.assert_array_equal(nonlinear.softmax(scores, params),
+                                          nonlinear.softmax(scores.astype(np.int64), params))
 
 
 def test_layernorm_fast_path_equals_integer_path():
