@@ -259,6 +259,7 @@ class GoldenDevice(Device):
         self.machine = GoldenMachine(program.config)
         self._batch_ddrs: np.ndarray | None = None     # reused by infer_batch (see _fresh_ddrs)
         self._stored: list[tuple[int, int]] = []
+        self._shared: list[tuple[int, int]] = []       # DDR bytes equal in every row of the batch
 
     def execute(self, ddr: np.ndarray) -> dict[str, Any]:
         """One run, the program's checksum checked as the hardware does.
@@ -291,7 +292,8 @@ class GoldenDevice(Device):
         ddrs = self._fresh_ddrs(count)
         raw = np.ascontiguousarray(images).view(np.uint8).reshape(count, -1)
         ddrs[:, spec["addr"]:spec["addr"] + raw.shape[1]] = raw
-        outcomes = self.machine.run_batch(self.program.words, ddrs, checksum=self.program.checksum)
+        outcomes = self.machine.run_batch(self.program.words, ddrs, checksum=self.program.checksum,
+                                          shared=self._shared)
         for outcome in outcomes:
             if isinstance(outcome, Exception):
                 raise DeviceError(machine_error_message(outcome, self.program), code=outcome.code,
@@ -318,6 +320,18 @@ class GoldenDevice(Device):
             self._batch_ddrs = None   # free the old one first
             self._batch_ddrs = np.repeat(self.program.fresh_ddr()[None], count, axis=0)
             self._stored = stored_ranges(self.program.words)
+            # Rows differ only where inputs are written and where STOREs write: the rest is
+            # the program's image in every row (the machine loads such weights once).
+            private = sorted(self._stored + [
+                (spec["addr"], spec["addr"] + int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize)
+                for spec in self.program.manifest["inputs"]])
+            self._shared, position = [], 0
+            for start, end in private:
+                if start > position:
+                    self._shared.append((position, start))
+                position = max(position, end)
+            if position < self._batch_ddrs.shape[1]:
+                self._shared.append((position, self._batch_ddrs.shape[1]))
         else:
             for start, end in self._stored:
                 inside = min(end, image.size)

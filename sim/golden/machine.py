@@ -201,6 +201,9 @@ class GoldenMachine:
         # to add to than an array, and a DMA is the most frequent instruction).
         self._dma_read_all = self._dma_write_all = 0
         self._live: list[int] = [0]
+        #: DDR ranges equal in every image (run_batch's ``shared``), WEIGHT byte ranges loaded from them.
+        self._shared_ddr: list[tuple[int, int]] = []
+        self._uniform_weight: list[tuple[int, int]] = []
         self._decoded: tuple[tuple[int, ...], list[list[tuple]]] | None = None
         self._checksummed: tuple[tuple[int, ...], int] | None = None   # the last program and its CRC
         self._layernorm_params: dict[bytes, Any] = {}
@@ -226,8 +229,8 @@ class GoldenMachine:
             raise outcome
         return outcome
 
-    def run_batch(self, program: list[int] | bytes, ddrs: np.ndarray, *,
-                  checksum: int | None = None) -> list[BatchOutcome]:
+    def run_batch(self, program: list[int] | bytes, ddrs: np.ndarray, *, checksum: int | None = None,
+                  shared: list[tuple[int, int]] | None = None) -> list[BatchOutcome]:
         """Execute ``program`` on every row of ``ddrs`` (uint8 ``(images, bytes)``, in place).
 
         Each instruction runs once for the whole batch. Returns one outcome per image: its
@@ -235,6 +238,11 @@ class GoldenMachine:
         image alone; each row of ``ddrs`` ends as :meth:`run` would have left it (for an image
         that faults: as it was at the fault). See the module docstring for how faults and
         per-image parameters are handled.
+
+        ``shared`` names DDR byte ranges ``[start, end)`` the caller guarantees equal in every
+        row (a device that built the rows from one image: its constants). A LOAD into WEIGHT
+        from inside one copies one row to every image and the GEMMs reading those bytes skip
+        comparing the images' weights. A wrong guarantee gives wrong results.
         """
         if not (isinstance(ddrs, np.ndarray) and ddrs.dtype == np.uint8 and ddrs.ndim == 2):
             raise TypeError("ddrs must be a two-dimensional (images, bytes) uint8 NumPy array")
@@ -260,6 +268,8 @@ class GoldenMachine:
         self._dma_write = np.zeros(images, dtype=np.int64)
         self._dma_read_all = self._dma_write_all = 0
         self._live = list(range(images))
+        self._shared_ddr = sorted(shared or ())
+        self._uniform_weight = []
         outcomes: list[BatchOutcome | None] = [None] * images
         faulted: dict[int, np.ndarray] = {}   # image -> its DDR at the fault
         counts: Counter = Counter()
@@ -437,6 +447,16 @@ class GoldenMachine:
 
     # -- DMA -----------------------------------------------------------------------------------
 
+    def _weight_written(self, start: int, end: int, uniform: bool) -> None:
+        """WEIGHT bytes ``[start, end)`` were written: equal in every image, or maybe not."""
+        kept = [(a, b) for a, b in self._uniform_weight if b <= start or a >= end]
+        if uniform:
+            kept.append((start, end))
+        self._uniform_weight = kept
+
+    def _weight_uniform(self, start: int, end: int) -> bool:
+        return any(a <= start and end <= b for a, b in self._uniform_weight)
+
     def _dma_regions(self, instr: Instruction, pc: int, writing_ddr: bool) -> tuple[np.ndarray, np.ndarray]:
         rows, row_bytes = instr.rows, instr.row_bytes
         if writing_ddr and rows > 1 and instr.dram_stride < row_bytes:
@@ -469,6 +489,8 @@ class GoldenMachine:
         dram_start = instr.dram_addr
         dram_end = dram_start + (rows - 1) * stride + row_bytes
         contiguous = rows == 1 or stride == row_bytes  # on the DDR side
+        weight_load = buffer is Buffer.WEIGHT and not writing_ddr
+        sram_end = start + (rows - 1) * sram_stride + row_bytes
 
         def dma(instr: Instruction, pc: int) -> None:
             ddr = self.ddr
@@ -484,6 +506,11 @@ class GoldenMachine:
             if writing_ddr:
                 dram[...] = sram
                 self._dma_write_all += nbytes
+            elif weight_load:
+                uniform = any(a <= dram_start and dram_end <= b for a, b in self._shared_ddr)
+                sram[...] = dram[:1] if uniform else dram
+                self._weight_written(start, sram_end, uniform)
+                self._dma_read_all += nbytes
             else:
                 sram[...] = dram
                 self._dma_read_all += nbytes
@@ -492,6 +519,9 @@ class GoldenMachine:
 
     def _load(self, instr: Instruction, pc: int) -> None:
         dram, sram = self._dma_regions(instr, pc, writing_ddr=False)
+        if instr.buffer is Buffer.WEIGHT and dram[0].size:
+            start = instr.sram_addr * ADDR_UNIT
+            self._weight_written(start, start + (instr.rows - 1) * instr.sram_stride + instr.row_bytes, False)
         sram[...] = dram
         self._dma_read += dram[0].size
 
@@ -530,7 +560,9 @@ class GoldenMachine:
             b = self._matrix(Buffer.WEIGHT, instr.b_addr, n, k, np.int8, pc).transpose(0, 2, 1)
         else:
             b = self._matrix(Buffer.WEIGHT, instr.b_addr, k, n, np.int8, pc)
-        if not instr.nm and _same_bytes(self.buffers[Buffer.WEIGHT], instr.b_addr * ADDR_UNIT, k * n):
+        b_start = instr.b_addr * ADDR_UNIT
+        if not instr.nm and (self._weight_uniform(b_start, b_start + k * n)
+                             or _same_bytes(self.buffers[Buffer.WEIGHT], b_start, k * n)):
             b = b[:1]   # every image has these weights: one product for the whole batch
         macs = m * (layout.rows if instr.nm else k) * n  # executed: kept weights only
         addend = None  # what the engine adds to A @ B before requantization: ACC partials and bias

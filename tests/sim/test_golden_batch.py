@@ -82,6 +82,19 @@ def test_digits_batch_equals_one_image_runs(digits_program):
         assert [_outcome(o) for o in outcomes] == want_outcomes
         assert all(isinstance(o, RunStats) for o in outcomes)
         np.testing.assert_array_equal(got, want_ddrs)
+    # through the device: DDR rows it builds itself, constants declared shared (loaded once)
+    from vitaccel.sw.device import GoldenDevice
+
+    device = GoldenDevice(digits_program)
+    spec, out = digits_program.manifest["inputs"][0], digits_program.manifest["outputs"][0]
+    codes = ddrs[:, spec["addr"]:spec["addr"] + int(np.prod(spec["shape"]))].view(np.int8).reshape(-1, *spec["shape"])
+    for _ in range(2):
+        logits = device.infer_batch(codes)
+        assert device.machine._shared_ddr and device.machine._uniform_weight   # the shared path ran
+        nbytes = int(np.prod(out["shape"])) * np.dtype(out["dtype"]).itemsize
+        want = want_ddrs[:, out["addr"]:out["addr"] + nbytes].view(out["dtype"]).reshape(logits.shape)
+        np.testing.assert_array_equal(logits, want)
+        assert [stats for stats in device.batch_stats] == want_outcomes
     # and back to one image on the same machine
     one = ddrs[2].copy()
     assert machine.run(digits_program.words, one, checksum=digits_program.checksum).to_dict() == want_outcomes[2]
@@ -308,3 +321,36 @@ def test_normalize_float_path_equals_shifts(monkeypatch):
     x, exponent = edge   # a shift past 62: the integer path and its error
     with pytest.raises(ValueError, match="shift must be in 0..62"):
         nonlinear.normalize(x, exponent, 16)
+
+
+def test_shared_weights_then_per_image_weights_in_the_same_place():
+    """A LOAD from a range declared shared makes WEIGHT bytes the same for every image; a later
+    LOAD of per-image data to the same place must end that (the second GEMM differs per image)."""
+    rng = np.random.default_rng(9)
+    m, k, n = 3, 32, 5
+    images, a_addr, w_addr, w2_addr, p_addr = 4, 0, 256, 512, 1024
+    ddrs = np.zeros((images, 4096), dtype=np.uint8)
+    w = rng.integers(-128, 128, (k, n), dtype=np.int8)
+    params = isa.pack_gemm_params(np.zeros(n, np.int64), np.full(n, 1 << 30, np.int64), np.full(n, 36, np.int64))
+    for i in range(images):
+        for addr, value in ((a_addr, rng.integers(-128, 128, (m, k), dtype=np.int8)), (w_addr, w),
+                            (w2_addr, rng.integers(-128, 128, (k, n), dtype=np.int8)), (p_addr, params)):
+            raw = np.ascontiguousarray(value).view(np.uint8).ravel()
+            ddrs[i, addr:addr + raw.size] = raw
+    gemm_op = Instruction(Opcode.GEMM, requant=1, bias=1, m=m, k=k, n=n, a_addr=0, b_addr=0, out_addr=0, param_addr=0)
+    builder = ProgramBuilder()
+    pipeline = Pipeline(builder)
+    common = [_dense(Opcode.LOAD, Buffer.INPUT, 0, a_addr, m, k), _dense(Opcode.LOAD, Buffer.ACC, 0, p_addr, 1, 3 * n * 4)]
+    pipeline.tile(common + [_dense(Opcode.LOAD, Buffer.WEIGHT, 0, w_addr, k, n)], [gemm_op],
+                  [_dense(Opcode.STORE, Buffer.VECTOR, 0, 2048, m, n)])
+    pipeline.tile([_dense(Opcode.LOAD, Buffer.WEIGHT, 0, w2_addr, k, n)], [gemm_op],
+                  [_dense(Opcode.STORE, Buffer.VECTOR, 0, 2560, m, n)])
+    pipeline.finish()
+    words = builder.words()
+    want_outcomes, want_ddrs = _single_runs(CONFIG, words, ddrs)
+    machine = GoldenMachine(CONFIG)
+    outcomes = machine.run_batch(words, ddrs, shared=[(w_addr, w_addr + k * n), (p_addr, p_addr + 3 * n * 4)])
+    assert [_outcome(o) for o in outcomes] == want_outcomes
+    np.testing.assert_array_equal(ddrs, want_ddrs)
+    assert machine._uniform_weight == []   # the per-image LOAD ended the shared range
+    assert len({ddrs[i, 2560:2560 + m * n].tobytes() for i in range(images)}) == images
