@@ -324,9 +324,16 @@ def _layernorm_float(x, params: LayerNormParams) -> np.ndarray | None:
         return None
     gamma = np.asarray(params.gamma, dtype=np.int64)
     beta = np.asarray(params.beta, dtype=np.int64)
-    sum_x = np.sum(x, axis=-1, keepdims=True, dtype=np.int64)
-    wide = x.astype(np.int32)
-    sum_xx = np.einsum("...i,...i->...", wide, wide, dtype=np.int64)[..., None]
+    if n <= 1024:
+        # In float32: every partial sum is an integer below 1024 * 2^14 = 2^24, exact.
+        xs = x.astype(np.float32)
+        sum_x = xs.sum(axis=-1, keepdims=True).astype(np.int64)
+        np.square(xs, out=xs)
+        sum_xx = xs.sum(axis=-1, keepdims=True).astype(np.int64)
+    else:
+        sum_x = np.sum(x, axis=-1, keepdims=True, dtype=np.int64)
+        wide = x.astype(np.int32)
+        sum_xx = np.einsum("...i,...i->...", wide, wide, dtype=np.int64)[..., None]
     variance = np.maximum(n * sum_xx - sum_x * sum_x + params.eps_term, 1)
     r, k = inv_sqrt(variance, params.rsqrt_lut_bits)
     shift = RSQRT_FRAC_BITS + k - LAYERNORM_NORM_FRAC_BITS
