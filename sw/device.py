@@ -257,6 +257,9 @@ class GoldenDevice(Device):
         from vitaccel.sim.golden.machine import GoldenMachine
 
         self.machine = GoldenMachine(program.config)
+        self._batch_ddrs: np.ndarray | None = None     # reused by infer_batch (see _fresh_ddrs)
+        self._stored: list[tuple[int, int]] = []
+        self._shared: list[tuple[int, int]] = []       # DDR bytes equal in every row of the batch
 
     def execute(self, ddr: np.ndarray) -> dict[str, Any]:
         """One run, the program's checksum checked as the hardware does.
@@ -272,6 +275,71 @@ class GoldenDevice(Device):
             return self.machine.run(self.program.words, ddr, checksum=self.program.checksum).to_dict()
         except MachineError as err:
             raise DeviceError(machine_error_message(err, self.program), code=err.code, pc=err.pc) from None
+
+    def infer_batch(self, images: np.ndarray, progress: Progress | None = None) -> np.ndarray:
+        """:meth:`Device.infer_batch` with the whole batch through each instruction at once
+        (:meth:`~vitaccel.sim.golden.machine.GoldenMachine.run_batch`): the same outputs and
+        statistics as image by image. The first image that faults raises its :class:`DeviceError`."""
+        manifest = self.program.manifest
+        images = np.asarray(images)
+        if len(manifest["inputs"]) != 1 or len(images) == 0:
+            return super().infer_batch(images, progress)
+        spec, out = manifest["inputs"][0], manifest["outputs"][0]
+        if list(images.shape[1:]) != spec["shape"] or images.dtype != np.dtype(spec["dtype"]):
+            raise ValueError(f"input {spec['name']}: expected {spec['dtype']}{spec['shape']}, "
+                             f"got {images.dtype}{list(images.shape[1:])}")
+        count = len(images)
+        ddrs = self._fresh_ddrs(count)
+        raw = np.ascontiguousarray(images).view(np.uint8).reshape(count, -1)
+        ddrs[:, spec["addr"]:spec["addr"] + raw.shape[1]] = raw
+        outcomes = self.machine.run_batch(self.program.words, ddrs, checksum=self.program.checksum,
+                                          shared=self._shared)
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise DeviceError(machine_error_message(outcome, self.program), code=outcome.code,
+                                  pc=outcome.pc) from None
+        self.batch_stats = [self._run_stats(outcome.to_dict()) for outcome in outcomes]
+        self.last_stats = self.batch_stats[-1]
+        if progress:
+            progress(f"batch of {count}", 1.0)
+        nbytes = int(np.prod(out["shape"])) * np.dtype(out["dtype"]).itemsize
+        return ddrs[:, out["addr"]:out["addr"] + nbytes].copy().view(out["dtype"]).reshape(count, *out["shape"])
+
+    def _run_stats(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """What :meth:`execute` reports for one run, from the machine's statistics."""
+        return stats
+
+    def _fresh_ddrs(self, count: int) -> np.ndarray:
+        """``count`` fresh DDR images (rows). The array is kept between batches of the same size
+        and only the bytes a run can change (the program's STORE ranges) are restored: a fresh
+        90 MB array per batch cost more in page faults and copies than the batch's compute."""
+        from vitaccel.sim.golden.machine import stored_ranges
+
+        image = self.program.ddr_image   # the fresh DDR: this image, zeros beyond it
+        if self._batch_ddrs is None or self._batch_ddrs.shape[0] != count:
+            self._batch_ddrs = None   # free the old one first
+            self._batch_ddrs = np.repeat(self.program.fresh_ddr()[None], count, axis=0)
+            self._stored = stored_ranges(self.program.words)
+            # Rows differ only where inputs are written and where STOREs write: the rest is
+            # the program's image in every row (the machine loads such weights once).
+            private = sorted(self._stored + [
+                (spec["addr"], spec["addr"] + int(np.prod(spec["shape"])) * np.dtype(spec["dtype"]).itemsize)
+                for spec in self.program.manifest["inputs"]])
+            self._shared, position = [], 0
+            for start, end in private:
+                if start > position:
+                    self._shared.append((position, start))
+                position = max(position, end)
+            if position < self._batch_ddrs.shape[1]:
+                self._shared.append((position, self._batch_ddrs.shape[1]))
+        else:
+            for start, end in self._stored:
+                inside = min(end, image.size)
+                if start < inside:
+                    self._batch_ddrs[:, start:inside] = image[start:inside]
+                if max(start, inside) < end:
+                    self._batch_ddrs[:, max(start, inside):end] = 0
+        return self._batch_ddrs
 
 
 class PerfDevice(GoldenDevice):
@@ -319,8 +387,11 @@ class PerfDevice(GoldenDevice):
         return self._estimate
 
     def execute(self, ddr: np.ndarray) -> dict[str, Any]:
+        return self._run_stats(super().execute(ddr))
+
+    def _run_stats(self, stats: dict[str, Any]) -> dict[str, Any]:
         perf = self.estimate()
-        return {**super().execute(ddr), "cycles": perf["cycles"], "perf": perf}
+        return {**stats, "cycles": perf["cycles"], "perf": perf}
 
 
 class _MmioPort(ControlPort):

@@ -17,6 +17,24 @@ Malformed programs raise a :class:`MachineError` subclass whose ``code`` is the
 :class:`~vitaccel.hw.spec.regmap.ErrorCode` the hardware reports in ``ERROR_CODE`` and whose
 ``pc`` is the index of the instruction at fault. Execution is bounded: each instruction runs
 once and a round without progress is a deadlock.
+
+Batches (:meth:`GoldenMachine.run_batch`): every buffer, table and the DDR carry a leading
+image axis and each instruction runs once for the whole batch, so the Python cost of an
+instruction is paid once per batch, not per image. Each image's outcome (statistics or error)
+and DDR are bit for bit those of :meth:`GoldenMachine.run` on that image alone:
+
+* the schedule is data-independent (tokens only), so decode, checksum, deadlock and
+  missing-FINISH faults are the same for every image;
+* an instruction whose operands or parameters differ between images where the batched kernel
+  needs them equal (a parameter block, a LUT, N:M indices, top-k/sparse-attention units) runs
+  image by image (``_PerImage``); differing GEMM weights run as a batched product;
+* an instruction that faults in the batch is run again image by image: the images it faults
+  on stop there (their DDR is kept as it was at the fault, their outcome is the error, as in
+  a one-image run), the others go on.
+
+Each image of a batch starts from the buffer and table state the machine had before the
+batch (one-image runs in a row would see the previous image's leftovers instead): the same
+for any program that reads only buffer bytes it wrote, as every compiled program does.
 """
 
 from __future__ import annotations
@@ -39,7 +57,7 @@ from vitaccel.hw.spec.regmap import ErrorCode, program_crc32
 __all__ = [
     "MachineError", "IllegalInstructionError", "AddressError", "DeadlockError",
     "MissingFinishError", "InvalidOperandError", "ChecksumError", "RunStats", "GoldenMachine",
-    "words_from_bytes", "words_to_bytes", "run_program",
+    "words_from_bytes", "words_to_bytes", "run_program", "BatchOutcome", "stored_ranges",
 ]
 
 
@@ -76,6 +94,11 @@ class InvalidOperandError(MachineError):
 
 class ChecksumError(MachineError):
     code = ErrorCode.PROGRAM_CHECKSUM
+
+
+class _PerImage(Exception):
+    """A batched handler met operands that must be equal across the batch and are not: the
+    machine runs that instruction image by image instead."""
 
 
 _WORD_BYTES = isa.INSTRUCTION_BITS // 8
@@ -119,10 +142,35 @@ _PUSHES = {Queue.LOAD: {"push_next": _L2C}, Queue.COMPUTE: {"push_prev": _C2L, "
 _FIFOS = (_L2C, _C2L, _C2S, _S2C)
 #: Item sizes of the dtypes the handlers pass to ``_matrix`` (np.dtype() per access is slow).
 _ITEMSIZE = {t: np.dtype(t).itemsize for t in (np.int8, np.uint8, np.uint16, np.int32)}
+#: What one image of a batch ends with: its statistics, or the error that stopped it.
+BatchOutcome = RunStats | MachineError
+
+
+def _shared(x: np.ndarray) -> np.ndarray:
+    """``x[0]`` if every image of the batch (axis 0) holds the same values; else ``_PerImage``."""
+    if x.shape[0] > 1 and not (x[1:] == x[0]).all():
+        raise _PerImage
+    return x[0]
+
+
+def _same_bytes(memory: np.ndarray, start: int, nbytes: int) -> bool:
+    """Whether every image (row) of ``memory`` holds the same bytes in ``[start, start + nbytes)``:
+    a cheap reject on the last image first, then 8 bytes per comparison where aligned."""
+    if memory.shape[0] == 1:
+        return True
+    region = memory[:, start:start + nbytes]
+    if not np.array_equal(region[-1], region[0]):
+        return False
+    if start % 8 == 0 and nbytes % 8 == 0 and memory.strides[0] % 8 == 0:
+        region = region.view(np.uint64)
+    return bool((region[1:] == region[0]).all())
 
 
 class GoldenMachine:
     """Executes programs for one config. Buffers persist between runs (like the hardware's).
+
+    Every buffer (``buffers``), table (``luts``) and the DDR (``ddr``) has a leading image
+    axis: one image for :meth:`run`, the batch for :meth:`run_batch`.
 
     Parameters
     ----------
@@ -133,8 +181,8 @@ class GoldenMachine:
     def __init__(self, config: AccelConfig) -> None:
         isa.check_config(config)
         self.config = config
-        self.buffers = {buf: np.zeros(isa.buffer_bytes(config, buf), dtype=np.uint8) for buf in Buffer}
-        self.luts = {lut: np.zeros(isa.GELU_LUT_ENTRIES, dtype=np.int8) for lut in isa.LutId}
+        self.buffers = {buf: np.zeros((1, isa.buffer_bytes(config, buf)), dtype=np.uint8) for buf in Buffer}
+        self.luts = {lut: np.zeros((1, isa.GELU_LUT_ENTRIES), dtype=np.int8) for lut in isa.LutId}
         self._handlers: dict[Opcode, Callable[[Instruction, int], None]] = {
             Opcode.LOAD: self._load, Opcode.STORE: self._store, Opcode.GEMM: self._gemm,
             Opcode.ADD: self._add, Opcode.REQUANT: self._requant, Opcode.SOFTMAX: self._softmax,
@@ -143,8 +191,19 @@ class GoldenMachine:
             Opcode.PACKAGE: self._package,
             Opcode.SYNC: lambda instr, pc: None, Opcode.FINISH: lambda instr, pc: None,
         }
-        self.ddr = np.zeros(0, dtype=np.uint8)
+        self.ddr = np.zeros((1, 0), dtype=np.uint8)
         self.stats = RunStats()
+        # Per image of the batch (views of one image while an instruction runs image by image).
+        self._macs = np.zeros(1, dtype=np.int64)
+        self._dma_read = np.zeros(1, dtype=np.int64)
+        self._dma_write = np.zeros(1, dtype=np.int64)
+        # DMA bytes of the batch's fast path, the same for every image (a Python int is cheaper
+        # to add to than an array, and a DMA is the most frequent instruction).
+        self._dma_read_all = self._dma_write_all = 0
+        self._live: list[int] = [0]
+        #: DDR ranges equal in every image (run_batch's ``shared``), WEIGHT byte ranges loaded from them.
+        self._shared_ddr: list[tuple[int, int]] = []
+        self._uniform_weight: list[tuple[int, int]] = []
         self._decoded: tuple[tuple[int, ...], list[list[tuple]]] | None = None
         self._checksummed: tuple[tuple[int, ...], int] | None = None   # the last program and its CRC
         self._layernorm_params: dict[bytes, Any] = {}
@@ -165,22 +224,84 @@ class GoldenMachine:
         """
         if not (isinstance(ddr, np.ndarray) and ddr.dtype == np.uint8 and ddr.ndim == 1):
             raise TypeError("ddr must be a one-dimensional uint8 NumPy array")
-        words = tuple(words_from_bytes(program) if isinstance(program, (bytes, bytearray)) else program)
-        if checksum is not None and words:
-            if self._checksummed is None or self._checksummed[0] != words:
-                self._checksummed = (words, program_crc32(words_to_bytes(words)))
-            actual = self._checksummed[1]
-            if actual != checksum:
-                raise ChecksumError(f"program checksum mismatch: CRC-32 {actual:#010x}, expected {checksum:#010x} "
-                                    "(the program is corrupted)")
-        # Per queue, in Queue order: (pc, instr, handler, pops, pushes, is_finish) with the
-        # token FIFOs as indices into ``tokens`` (decoded and resolved once per program).
-        queues = [deque(entries) for entries in self._dispatch(words)]
-        self.ddr = ddr
-        self.stats = RunStats()
-        counts = self.stats.instructions
+        outcome = self.run_batch(program, ddr[None], checksum=checksum)[0]
+        if isinstance(outcome, MachineError):
+            raise outcome
+        return outcome
+
+    def run_batch(self, program: list[int] | bytes, ddrs: np.ndarray, *, checksum: int | None = None,
+                  shared: list[tuple[int, int]] | None = None) -> list[BatchOutcome]:
+        """Execute ``program`` on every row of ``ddrs`` (uint8 ``(images, bytes)``, in place).
+
+        Each instruction runs once for the whole batch. Returns one outcome per image: its
+        :class:`RunStats`, or the :class:`MachineError` :meth:`run` would have raised for that
+        image alone; each row of ``ddrs`` ends as :meth:`run` would have left it (for an image
+        that faults: as it was at the fault). See the module docstring for how faults and
+        per-image parameters are handled.
+
+        ``shared`` names DDR byte ranges ``[start, end)`` the caller guarantees equal in every
+        row (a device that built the rows from one image: its constants). A LOAD into WEIGHT
+        from inside one copies one row to every image and the GEMMs reading those bytes skip
+        comparing the images' weights. A wrong guarantee gives wrong results.
+        """
+        if not (isinstance(ddrs, np.ndarray) and ddrs.dtype == np.uint8 and ddrs.ndim == 2):
+            raise TypeError("ddrs must be a two-dimensional (images, bytes) uint8 NumPy array")
+        images = ddrs.shape[0]
+        try:
+            words = tuple(words_from_bytes(program) if isinstance(program, (bytes, bytearray)) else program)
+            if checksum is not None and words:
+                if self._checksummed is None or self._checksummed[0] != words:
+                    self._checksummed = (words, program_crc32(words_to_bytes(words)))
+                actual = self._checksummed[1]
+                if actual != checksum:
+                    raise ChecksumError(f"program checksum mismatch: CRC-32 {actual:#010x}, expected "
+                                        f"{checksum:#010x} (the program is corrupted)")
+            self._resize(images)
+            # Per queue, in Queue order: (pc, instr, handler, pops, pushes, is_finish) with the
+            # token FIFOs as indices into ``tokens`` (decoded and resolved once per program).
+            queues = [deque(entries) for entries in self._dispatch(words)]
+        except MachineError as err:
+            return [err] * images
+        self.ddr = ddrs
+        self._macs = np.zeros(images, dtype=np.int64)
+        self._dma_read = np.zeros(images, dtype=np.int64)
+        self._dma_write = np.zeros(images, dtype=np.int64)
+        self._dma_read_all = self._dma_write_all = 0
+        self._live = list(range(images))
+        self._shared_ddr = sorted(shared or ())
+        self._uniform_weight = []
+        outcomes: list[BatchOutcome | None] = [None] * images
+        faulted: dict[int, np.ndarray] = {}   # image -> its DDR at the fault
+        counts: Counter = Counter()
+        try:
+            self._execute(words, queues, counts, outcomes, faulted)
+        except MachineError as err:   # the schedule's faults: every image still running has them
+            for image in self._live:
+                outcomes[image] = err
+        else:
+            for image in self._live:
+                outcomes[image] = RunStats(Counter(counts), int(self._macs[image]),
+                                           self._dma_read_all + int(self._dma_read[image]),
+                                           self._dma_write_all + int(self._dma_write[image]))
+        for image, ddr in faulted.items():
+            ddrs[image] = ddr
+        self.stats = outcomes[-1] if isinstance(outcomes[-1], RunStats) else RunStats()
+        return outcomes
+
+    def _resize(self, images: int) -> None:
+        """Buffers and tables for ``images`` images, each a copy of the last image's state."""
+        if self.buffers[Buffer.INPUT].shape[0] == images:
+            return
+        self.buffers = {buf: np.repeat(memory[-1:], images, axis=0) for buf, memory in self.buffers.items()}
+        self.luts = {lut: np.repeat(table[-1:], images, axis=0) for lut, table in self.luts.items()}
+        self._decoded = None   # its DMA handlers hold views of the old buffers
+
+    def _execute(self, words: tuple[int, ...], queues: list[deque], counts: Counter,
+                 outcomes: list[BatchOutcome | None], faulted: dict[int, np.ndarray]) -> None:
+        """The schedule: each queue as far ahead as its tokens allow, until FINISH."""
         tokens = [0] * len(_FIFOS)
         depth = isa.TOKEN_FIFO_DEPTH
+        single = self.ddr.shape[0] == 1
         while True:
             progress = False
             for pending in queues:
@@ -198,7 +319,16 @@ class GoldenMachine:
                     for f in pops:
                         tokens[f] -= 1
                     pending.popleft()
-                    handler(instr, pc)
+                    try:
+                        handler(instr, pc)
+                    except _PerImage:
+                        self._each_image(handler, instr, pc, outcomes, faulted)
+                    except MachineError as err:
+                        if single:
+                            raise
+                        self._each_image(handler, instr, pc, outcomes, faulted)
+                    if not self._live:
+                        return
                     counts[instr.opcode] += 1
                     for f in pushes:
                         tokens[f] += 1
@@ -209,13 +339,34 @@ class GoldenMachine:
                             raise MissingFinishError(
                                 f"FINISH executed with instructions still queued: {left} "
                                 "(FINISH must come last and wait for the other queues)", pc)
-                        return self.stats
+                        return
             if not any(queues):
                 raise MissingFinishError(f"program of {len(words)} instructions ends without FINISH")
             if not progress:
                 by_queue = {q: deque((e[0], e[1]) for e in queues[i]) for i, q in enumerate(Queue)}
                 raise DeadlockError(self._deadlock_message(by_queue, dict(zip(_FIFOS, tokens))),
                                     min(q[0][0] for q in queues if q))
+
+    def _each_image(self, handler: Callable[[Instruction, int], None], instr: Instruction, pc: int,
+                    outcomes: list[BatchOutcome | None], faulted: dict[int, np.ndarray]) -> None:
+        """Run one instruction image by image (views of one image each); an image it faults on
+        stops: its outcome is the error, its DDR is kept as it is now."""
+        whole = (self.buffers, self.luts, self.ddr, self._macs, self._dma_read, self._dma_write)
+        buffers, luts, ddr, macs, dma_read, dma_write = whole
+        try:
+            for image in list(self._live):
+                one = slice(image, image + 1)
+                self.buffers = {buf: memory[one] for buf, memory in buffers.items()}
+                self.luts = {lut: table[one] for lut, table in luts.items()}
+                self.ddr, self._macs, self._dma_read, self._dma_write = ddr[one], macs[one], dma_read[one], dma_write[one]
+                try:
+                    handler(instr, pc)
+                except MachineError as err:
+                    outcomes[image] = err
+                    faulted[image] = ddr[image].copy()
+                    self._live.remove(image)
+        finally:
+            self.buffers, self.luts, self.ddr, self._macs, self._dma_read, self._dma_write = whole
 
     def _dispatch(self, words: tuple[int, ...]) -> list[list[tuple]]:
         """Decode ``words`` into per-queue lists (in :class:`Queue` order) of
@@ -258,30 +409,33 @@ class GoldenMachine:
 
     def _region(self, memory: np.ndarray, name: str, start: int, rows: int, row_bytes: int,
                 stride: int, pc: int) -> np.ndarray:
-        """A (rows, row_bytes) uint8 view of ``memory``; bounds-checked."""
+        """A (images, rows, row_bytes) uint8 view of ``memory`` (images, bytes); bounds-checked."""
+        images, size = memory.shape
         if rows == 0 or row_bytes == 0:
-            return memory[0:0].reshape(0, 0)
+            return memory[:, 0:0].reshape(images, 0, 0)
         end = start + (rows - 1) * stride + row_bytes
-        if start < 0 or end > memory.size:
-            raise AddressError(f"{name} access [{start:#x}, {end:#x}) is outside its {memory.size} bytes", pc)
+        if start < 0 or end > size:
+            raise AddressError(f"{name} access [{start:#x}, {end:#x}) is outside its {size} bytes", pc)
         if rows == 1 or stride == row_bytes:
-            return memory[start:start + rows * row_bytes].reshape(rows, row_bytes)
-        return np.lib.stride_tricks.as_strided(memory[start:end], shape=(rows, row_bytes),
-                                               strides=(stride, 1))
+            return memory[:, start:start + rows * row_bytes].reshape(images, rows, row_bytes)
+        return np.lib.stride_tricks.as_strided(memory[:, start:end], shape=(images, rows, row_bytes),
+                                               strides=(memory.strides[0], stride, 1))
 
     def _matrix(self, buffer: Buffer, addr: int, rows: int, cols: int, dtype: Any, pc: int) -> np.ndarray:
-        """A dense row-major (rows, cols) matrix of ``dtype`` at unit address ``addr`` of ``buffer``."""
+        """Dense row-major (images, rows, cols) matrices of ``dtype`` at unit address ``addr`` of ``buffer``."""
         itemsize = _ITEMSIZE.get(dtype) or np.dtype(dtype).itemsize
         start = addr * ADDR_UNIT
         nbytes = rows * cols * itemsize
         memory = self.buffers[buffer]
-        if start + nbytes > memory.size:
+        images, size = memory.shape
+        if start + nbytes > size:
             raise AddressError(f"{buffer.name} access [{start:#x}, {start + nbytes:#x}) is outside its "
-                               f"{memory.size} bytes", pc)
-        return memory[start:start + nbytes].view(dtype).reshape(rows, cols)
+                               f"{size} bytes", pc)
+        return memory[:, start:start + nbytes].view(dtype).reshape(images, rows, cols)
 
     def _words(self, addr: int, count: int, pc: int) -> np.ndarray:
-        return self._matrix(Buffer.ACC, addr, 1, count, np.int32, pc)[0]
+        """(images, count) int32 words of ACC."""
+        return self._matrix(Buffer.ACC, addr, 1, count, np.int32, pc)[:, 0]
 
     def _require(self, condition: bool, message: str, pc: int) -> None:
         if not condition:
@@ -292,6 +446,16 @@ class GoldenMachine:
             raise InvalidOperandError(f"{opcode.name}: config {self.config.name!r} has no such unit ({flag} is false)", pc)
 
     # -- DMA -----------------------------------------------------------------------------------
+
+    def _weight_written(self, start: int, end: int, uniform: bool) -> None:
+        """WEIGHT bytes ``[start, end)`` were written: equal in every image, or maybe not."""
+        kept = [(a, b) for a, b in self._uniform_weight if b <= start or a >= end]
+        if uniform:
+            kept.append((start, end))
+        self._uniform_weight = kept
+
+    def _weight_uniform(self, start: int, end: int) -> bool:
+        return any(a <= start and end <= b for a, b in self._uniform_weight)
 
     def _dma_regions(self, instr: Instruction, pc: int, writing_ddr: bool) -> tuple[np.ndarray, np.ndarray]:
         rows, row_bytes = instr.rows, instr.row_bytes
@@ -318,42 +482,53 @@ class GoldenMachine:
             return slow
         memory = self.buffers[instr.buffer]
         start = instr.sram_addr * ADDR_UNIT
-        if start + (rows - 1) * sram_stride + row_bytes > memory.size:
+        if start + (rows - 1) * sram_stride + row_bytes > memory.shape[1]:
             return slow
         sram = self._region(memory, instr.buffer.name, start, rows, row_bytes, sram_stride, None)
         buffer, nbytes = instr.buffer, rows * row_bytes
         dram_start = instr.dram_addr
         dram_end = dram_start + (rows - 1) * stride + row_bytes
         contiguous = rows == 1 or stride == row_bytes  # on the DDR side
+        weight_load = buffer is Buffer.WEIGHT and not writing_ddr
+        sram_end = start + (rows - 1) * sram_stride + row_bytes
 
         def dma(instr: Instruction, pc: int) -> None:
             ddr = self.ddr
-            if self.buffers[buffer] is not memory or dram_end > ddr.size:
+            images, size = ddr.shape
+            if self.buffers[buffer] is not memory or dram_end > size:
                 return slow(instr, pc)
             if contiguous:
-                dram = ddr[dram_start:dram_end].reshape(rows, row_bytes)
-            elif dram_start + rows * stride <= ddr.size:
-                dram = ddr[dram_start:dram_start + rows * stride].reshape(rows, stride)[:, :row_bytes]
+                dram = ddr[:, dram_start:dram_end].reshape(images, rows, row_bytes)
+            elif dram_start + rows * stride <= size:
+                dram = ddr[:, dram_start:dram_start + rows * stride].reshape(images, rows, stride)[:, :, :row_bytes]
             else:
                 return slow(instr, pc)
             if writing_ddr:
                 dram[...] = sram
-                self.stats.dma_write_bytes += nbytes
+                self._dma_write_all += nbytes
+            elif weight_load:
+                uniform = any(a <= dram_start and dram_end <= b for a, b in self._shared_ddr)
+                sram[...] = dram[:1] if uniform else dram
+                self._weight_written(start, sram_end, uniform)
+                self._dma_read_all += nbytes
             else:
                 sram[...] = dram
-                self.stats.dma_read_bytes += nbytes
+                self._dma_read_all += nbytes
 
         return dma
 
     def _load(self, instr: Instruction, pc: int) -> None:
         dram, sram = self._dma_regions(instr, pc, writing_ddr=False)
+        if instr.buffer is Buffer.WEIGHT and dram[0].size:
+            start = instr.sram_addr * ADDR_UNIT
+            self._weight_written(start, start + (instr.rows - 1) * instr.sram_stride + instr.row_bytes, False)
         sram[...] = dram
-        self.stats.dma_read_bytes += dram.size
+        self._dma_read += dram[0].size
 
     def _store(self, instr: Instruction, pc: int) -> None:
         dram, sram = self._dma_regions(instr, pc, writing_ddr=True)
         dram[...] = sram
-        self.stats.dma_write_bytes += dram.size
+        self._dma_write += dram[0].size
 
     # -- GEMM ----------------------------------------------------------------------------------
 
@@ -382,32 +557,53 @@ class GoldenMachine:
             indices = self._matrix(Buffer.WEIGHT, instr.b_addr + layout.indices_offset // ADDR_UNIT,
                                    layout.rows, n, np.uint8, pc)
         elif instr.b_transposed:
-            b = self._matrix(Buffer.WEIGHT, instr.b_addr, n, k, np.int8, pc).T
+            b = self._matrix(Buffer.WEIGHT, instr.b_addr, n, k, np.int8, pc).transpose(0, 2, 1)
         else:
             b = self._matrix(Buffer.WEIGHT, instr.b_addr, k, n, np.int8, pc)
-        self.stats.macs += m * (layout.rows if instr.nm else k) * n  # executed: kept weights only
+        b_start = instr.b_addr * ADDR_UNIT
+        if not instr.nm and (self._weight_uniform(b_start, b_start + k * n)
+                             or _same_bytes(self.buffers[Buffer.WEIGHT], b_start, k * n)):
+            b = b[:1]   # every image has these weights: one product for the whole batch
+        macs = m * (layout.rows if instr.nm else k) * n  # executed: kept weights only
         addend = None  # what the engine adds to A @ B before requantization: ACC partials and bias
         if instr.accumulate:
             addend = self._matrix(Buffer.ACC, instr.acc_addr, m, n, np.int32, pc).astype(np.int64)
         if instr.bias or instr.requant:
-            params = self._words(instr.param_addr, 3 * n, pc).astype(np.int64)
+            params = _shared(self._words(instr.param_addr, 3 * n, pc)).astype(np.int64)
             bias, multiplier, shift = params[:n], params[n:2 * n], params[2 * n:]
             if instr.bias:
                 addend = bias if addend is None else addend + bias
         if instr.nm:  # index values are checked with the parameter values, after every address
+            values, indices = _shared(values), _shared(indices)
             b = self._nonlinear(instr.opcode, pc, lambda: NMWeights(values.copy(), indices.copy(), keep, group, k))
+        elif b.shape[0] == 1:
+            b = b[0]   # shared (above): a stack of A against one B
         if not instr.requant:
+            product = None if instr.nm else gemm.exact_product(a, b)
+            if product is not None and (gemm.product_bound(a, b) + (0 if addend is None else int(np.abs(addend).max()))
+                                        < 1 << 31):   # cannot overflow int32: stored as it is
+                if addend is not None:
+                    product = np.add(product, addend, dtype=np.float64)
+                self._matrix(Buffer.ACC, instr.acc_addr, m, n, np.int32, pc)[...] = product
+                self._macs += macs
+                return
             acc = nm_kernels.nm_matmul(a, b) if instr.nm else gemm.matmul(a, b)
             if addend is not None:
                 acc = acc + addend
             self._require(bool(np.all((acc >= -(1 << 31)) & (acc < (1 << 31)))),
                           "GEMM: accumulator overflows int32", pc)
             self._matrix(Buffer.ACC, instr.acc_addr, m, n, np.int32, pc)[...] = acc
-            return
-        out = self._matrix(Buffer.VECTOR, instr.out_addr, m, n, np.int8, pc)
-        linear = nm_kernels.nm_linear if instr.nm else gemm.linear
-        out[...] = self._nonlinear(instr.opcode, pc, lambda: linear(
-            a, b, addend, multiplier, shift, residual=out if instr.residual else None))
+        else:
+            out = self._matrix(Buffer.VECTOR, instr.out_addr, m, n, np.int8, pc)
+            residual = out if instr.residual else None
+            if instr.nm:
+                y = self._nonlinear(instr.opcode, pc, lambda: nm_kernels.nm_linear(
+                    a, b, addend, multiplier, shift, residual=residual))
+            else:
+                y = self._nonlinear(instr.opcode, pc, lambda: gemm.linear(
+                    a, b, addend, multiplier, shift, residual=residual, dtype=np.int8))
+            out[...] = y
+        self._macs += macs
 
     # -- vector unit ---------------------------------------------------------------------------
 
@@ -416,7 +612,7 @@ class GoldenMachine:
 
         rows, cols = instr.rows, instr.cols
         acc = self._matrix(Buffer.ACC, instr.src_addr, rows, cols, np.int32, pc).astype(np.int64)
-        params = self._words(instr.param_addr, 3 * cols, pc).astype(np.int64)
+        params = _shared(self._words(instr.param_addr, 3 * cols, pc)).astype(np.int64)
         y = self._nonlinear(instr.opcode, pc, lambda: requantize(
             acc + params[:cols], params[cols:2 * cols], params[2 * cols:]))
         self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.int8, pc)[...] = y
@@ -434,7 +630,7 @@ class GoldenMachine:
         rows, cols = instr.rows, instr.cols
         a = self._matrix(Buffer.VECTOR, instr.src_addr, rows, cols, np.int8, pc)
         b = self._matrix(Buffer.VECTOR, instr.src2_addr, rows, cols, np.int8, pc)
-        params = isa.unpack_add_params(self._words(instr.param_addr, isa.ADD_PARAM_WORDS, pc))
+        params = isa.unpack_add_params(_shared(self._words(instr.param_addr, isa.ADD_PARAM_WORDS, pc)))
         y = self._nonlinear(instr.opcode, pc, lambda: nonlinear.add(a, b, params))
         self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.int8, pc)[...] = y
 
@@ -444,7 +640,7 @@ class GoldenMachine:
         self._require_unit("has_softmax", instr.opcode, pc)
         rows, cols = instr.rows, instr.cols
         scores = self._matrix(Buffer.ACC, instr.src_addr, rows, cols, np.int32, pc)
-        params = isa.unpack_softmax_params(self._words(instr.param_addr, isa.SOFTMAX_PARAM_WORDS, pc))
+        params = isa.unpack_softmax_params(_shared(self._words(instr.param_addr, isa.SOFTMAX_PARAM_WORDS, pc)))
         # What the unit is not built for (the RTL checks it with the parameters): rows longer
         # than max_tokens, tables of other widths than the config's, wider multipliers.
         config = self.config
@@ -465,7 +661,8 @@ class GoldenMachine:
         self._require_unit("has_gelu", instr.opcode, pc)
         rows, cols = instr.rows, instr.cols
         x = self._matrix(Buffer.VECTOR, instr.src_addr, rows, cols, np.int8, pc)
-        y = self._nonlinear(instr.opcode, pc, lambda: nonlinear.gelu(x, self.luts[isa.LutId.GELU]))
+        table = _shared(self.luts[isa.LutId.GELU])
+        y = self._nonlinear(instr.opcode, pc, lambda: nonlinear.gelu(x, table))
         self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.int8, pc)[...] = y
 
     def _layernorm(self, instr: Instruction, pc: int) -> None:
@@ -473,11 +670,11 @@ class GoldenMachine:
 
         self._require_unit("has_layernorm", instr.opcode, pc)
         rows, cols = instr.rows, instr.cols
-        header = self._words(instr.param_addr, isa.LAYERNORM_HEADER_WORDS, pc)
+        header = _shared(self._words(instr.param_addr, isa.LAYERNORM_HEADER_WORDS, pc))
         if int(header[0]) != cols:
             raise InvalidOperandError(f"LAYERNORM: parameter block is for {int(header[0])} "
                                       f"channels, instruction has cols={cols}", pc)
-        block = self._words(instr.param_addr, isa.layernorm_param_words(cols), pc)
+        block = _shared(self._words(instr.param_addr, isa.layernorm_param_words(cols), pc))
         # Unpacking (gamma, beta to Python ints) is slow and the blocks repeat every image:
         # memoised by content, the parameters being immutable tuples.
         key = block.tobytes()
@@ -509,30 +706,34 @@ class GoldenMachine:
 
     def _lut_load(self, instr: Instruction, pc: int) -> None:
         table = self.luts[instr.lut]
-        if instr.offset + instr.count > table.size:
+        if instr.offset + instr.count > table.shape[1]:
             raise InvalidOperandError(f"LUT_LOAD: entries {instr.offset}..{instr.offset + instr.count - 1} "
-                                      f"outside the {table.size}-entry {instr.lut.name} table", pc)
-        src = self._matrix(Buffer.VECTOR, instr.src_addr, 1, instr.count, np.int8, pc)[0]
-        table[instr.offset:instr.offset + instr.count] = src
+                                      f"outside the {table.shape[1]}-entry {instr.lut.name} table", pc)
+        src = self._matrix(Buffer.VECTOR, instr.src_addr, 1, instr.count, np.int8, pc)[:, 0]
+        table[:, instr.offset:instr.offset + instr.count] = src
 
     # -- top-k and sparse attention ------------------------------------------------------------
 
     def _summed_scores(self, opcode: Opcode, addr: int, rows: int, n: int, pc: int) -> np.ndarray:
-        """The top-k engine's front end: ``rows`` uint8 rows of ``n`` at ``addr`` summed column-wise."""
+        """The top-k engine's front end: ``rows`` uint8 rows of ``n`` at ``addr`` summed column-wise,
+        (images, n)."""
         from vitaccel.hw.spec.sparse import TOPK_SCORE_BITS
 
         limit = ((1 << TOPK_SCORE_BITS) - 1) // 0xFF  # rows * 255 must fit a score
         self._require(1 <= rows <= limit, f"{opcode.name}: summing needs 1 <= rows <= {limit} so that a column "
                       f"sum of uint8 values fits {TOPK_SCORE_BITS} bits, got rows={rows}", pc)
-        return self._matrix(Buffer.VECTOR, addr, rows, n, np.uint8, pc).sum(axis=0, dtype=np.int64)
+        return self._matrix(Buffer.VECTOR, addr, rows, n, np.uint8, pc).sum(axis=1, dtype=np.int64)
 
     def _kept_indices(self, opcode: Opcode, addr: int, count: int, n: int, pc: int) -> np.ndarray:
-        """``count`` uint16 indices at ``addr``, each below ``n`` (INVALID_OPERAND otherwise)."""
-        indices = self._matrix(Buffer.VECTOR, addr, 1, count, np.uint16, pc)[0].astype(np.int64)
-        bad = np.flatnonzero(indices >= n)
+        """``count`` uint16 indices at ``addr`` (images, count), each below ``n`` (INVALID_OPERAND
+        otherwise; the message names the entry of the first image, as a one-image run does)."""
+        indices = self._matrix(Buffer.VECTOR, addr, 1, count, np.uint16, pc)[:, 0].astype(np.int64)
+        bad = np.flatnonzero(indices[0] >= n)
         if bad.size:
-            raise InvalidOperandError(f"{opcode.name}: index {int(indices[bad[0]])} (entry {int(bad[0])} at "
+            raise InvalidOperandError(f"{opcode.name}: index {int(indices[0, bad[0]])} (entry {int(bad[0])} at "
                                       f"index_addr {addr}) is outside the {n} source rows", pc)
+        if indices.shape[0] > 1 and (indices >= n).any():
+            raise _PerImage   # another image faults: each gets its own message
         return indices
 
     def _topk(self, instr: Instruction, pc: int) -> None:
@@ -543,19 +744,19 @@ class GoldenMachine:
         self._require(k <= n <= self.config.max_tokens,
                       f"TOPK: need k <= n <= max_tokens={self.config.max_tokens}, got k={k} n={n}", pc)
         if instr.sum_rows:
-            scores = self._summed_scores(instr.opcode, instr.src_addr, rows, n, pc)[None]
+            scores = self._summed_scores(instr.opcode, instr.src_addr, rows, n, pc)[:, None]
         else:
             scores = self._matrix(Buffer.VECTOR, instr.src_addr, rows, n, np.uint16, pc)
-        out = self._matrix(Buffer.VECTOR, instr.dst_addr, len(scores), k, np.uint16, pc)
-        for row in range(len(scores)):
-            out[row] = self._nonlinear(instr.opcode, pc, lambda: topk.topk(scores[row], k)[0])
+        out = self._matrix(Buffer.VECTOR, instr.dst_addr, scores.shape[1], k, np.uint16, pc)
+        out[...] = self._nonlinear(instr.opcode, pc, lambda: topk.topk_rows(scores, k))
 
     def _gather(self, instr: Instruction, pc: int) -> None:
         self._require_unit("has_topk", instr.opcode, pc)
         rows, cols, n = instr.rows, instr.cols, instr.n
         source = self._matrix(Buffer.VECTOR, instr.src_addr, n, cols, np.uint8, pc)
         indices = self._kept_indices(instr.opcode, instr.index_addr, rows, n, pc)
-        gathered = source[indices]  # a copy: the destination may overlap the source
+        # A copy: the destination may overlap the source.
+        gathered = np.take_along_axis(source, indices[:, :, None], axis=1)
         self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.uint8, pc)[...] = gathered
 
     def _package(self, instr: Instruction, pc: int) -> None:
@@ -568,10 +769,12 @@ class GoldenMachine:
         scores = self._summed_scores(instr.opcode, instr.prob_addr, instr.heads, n, pc)
         x = self._matrix(Buffer.VECTOR, instr.src_addr, n, cols, np.int8, pc)
         kept = self._kept_indices(instr.opcode, instr.index_addr, k, n, pc)
-        pruned = np.setdiff1d(np.arange(n), kept)
-        self.stats.macs += pruned.size * cols
-        y = self._nonlinear(instr.opcode, pc, lambda: topk.package_token(x, scores, pruned))
-        self._matrix(Buffer.VECTOR, instr.dst_addr, 1, cols, np.int8, pc)[...] = y
+        if x.shape[0] > 1:
+            raise _PerImage   # the pruned set differs from image to image: one at a time
+        pruned = np.setdiff1d(np.arange(n), kept[0])
+        y = self._nonlinear(instr.opcode, pc, lambda: topk.package_token(x[0], scores[0], pruned))
+        self._matrix(Buffer.VECTOR, instr.dst_addr, 1, cols, np.int8, pc)[0, 0] = y
+        self._macs += pruned.size * cols
 
     def _sparse_attn(self, instr: Instruction, pc: int) -> None:
         from vitaccel.sim.golden import attention
@@ -585,10 +788,33 @@ class GoldenMachine:
         v = self._matrix(Buffer.VECTOR, instr.v_addr, n, d, np.int8, pc)
         mask = self._matrix(Buffer.VECTOR, instr.mask_addr, m, n, np.uint8, pc).astype(bool)
         params = self._words(instr.param_addr, isa.SPARSE_ATTN_PARAM_WORDS, pc)
-        self.stats.macs += 2 * int(mask.sum()) * d
-        y = self._nonlinear(instr.opcode, pc,
-                            lambda: attention.masked_attention(q, k, v, mask, **isa.unpack_sparse_attn_params(params)))
-        self._matrix(Buffer.VECTOR, instr.out_addr, m, d, np.int8, pc)[...] = y
+        if q.shape[0] > 1:
+            raise _PerImage   # the kernel takes one image's matrices
+        y = self._nonlinear(instr.opcode, pc, lambda: attention.masked_attention(
+            q[0], k[0], v[0], mask[0], **isa.unpack_sparse_attn_params(params[0])))
+        self._matrix(Buffer.VECTOR, instr.out_addr, m, d, np.int8, pc)[0] = y
+        self._macs += 2 * int(mask.sum()) * d
+
+
+def stored_ranges(words: list[int]) -> list[tuple[int, int]]:
+    """The DDR byte ranges ``[start, end)`` the STOREs of ``words`` can write, merged and sorted:
+    every DDR byte a run of the program can change (a device reusing DDR arrays restores only
+    these). Words that do not decode are skipped (such a program stops before any STORE runs)."""
+    spans = []
+    for word in words:
+        try:
+            instr = isa.decode(word)
+        except isa.IllegalInstruction:
+            continue
+        if instr.opcode is Opcode.STORE and instr.rows and instr.row_bytes:
+            spans.append((instr.dram_addr, instr.dram_addr + (instr.rows - 1) * instr.dram_stride + instr.row_bytes))
+    merged: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    return merged
 
 
 def run_program(config: AccelConfig, program: list[int] | bytes, ddr: np.ndarray) -> RunStats:

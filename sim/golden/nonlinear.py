@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vitaccel.hw.spec.luts import (EXP_ZERO_SHIFT, RECIP_FRAC_BITS,
+from vitaccel.hw.spec.luts import (EXP_FRAC_BITS, EXP_ZERO_SHIFT, RECIP_FRAC_BITS,
                                    RECIP_MANTISSA_FRAC_BITS, RSQRT_FRAC_BITS,
                                    RSQRT_MANTISSA_FRAC_BITS, exp2_table, reciprocal_table,
                                    rsqrt_table)
@@ -65,6 +65,14 @@ def normalize(x: np.ndarray, exponent: np.ndarray, frac_bits: int) -> np.ndarray
     """``x * 2^(frac_bits - exponent)``: a right shift rounds (round half up), a left shift is exact."""
     x = np.asarray(x, dtype=np.int64)
     shift = np.asarray(exponent, dtype=np.int64) - frac_bits
+    largest = int(np.abs(x).max()) if x.size else 0
+    if (x.size and shift.size and largest < 1 << 51 and int(shift.max()) <= 62
+            and largest << max(0, -int(shift.min())) < 1 << 51):
+        # floor(x 2^-shift + 1/2) for a right shift, x 2^-shift for a left one (an integer
+        # below 2^51): every step exact in float64, no per-element variable shift.
+        scaled = np.ldexp(x.astype(np.float64), -shift)
+        scaled += np.where(shift > 0, 0.5, 0.0)
+        return np.floor(scaled, out=scaled).astype(np.int64)
     return np.where(shift >= 0, round_shift(x, np.maximum(shift, 0)),
                     np.left_shift(x, np.maximum(-shift, 0)))
 
@@ -126,6 +134,9 @@ def softmax(scores: np.ndarray, params: SoftmaxParams, mask: np.ndarray | None =
         Same shape as ``scores``. Masked-out entries take no part in the max or the sum and
         output 0; a row with no entry outputs zeros. ``None`` means all entries take part.
     """
+    fast = _softmax_unmasked(scores, params) if mask is None else None
+    if fast is not None:
+        return fast
     s = _as_int(scores, 32, "scores")
     if mask is None:
         valid = np.ones(s.shape, dtype=bool)
@@ -145,10 +156,114 @@ def softmax(scores: np.ndarray, params: SoftmaxParams, mask: np.ndarray | None =
     return out.astype(np.uint8)
 
 
+def _valid_int(value, lo: int, hi: int) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and lo <= value <= hi
+
+
+def _exp_lut(lut_bits: int) -> np.ndarray:
+    """:func:`exp2_neg` of every ``t`` in ``0 .. EXP_ZERO_SHIFT * 2^lut_bits`` (the last entry,
+    and every larger ``t``, is 0): one gather instead of the shift and rounding per element."""
+    key = (_exp_lut, lut_bits)
+    table = _TABLES.get(key)
+    if table is None:
+        table = exp2_neg(np.arange((EXP_ZERO_SHIFT << lut_bits) + 1, dtype=np.int64), lut_bits)
+        table.flags.writeable = False
+        _TABLES[key] = table
+    return table
+
+
+#: Largest score-difference table :func:`_exp_of_diff` builds (entries).
+_DIFF_TABLE_MAX = 1 << 17
+
+
+def _exp_of_diff(params: SoftmaxParams) -> np.ndarray | None:
+    """The exp stage as a function of the score difference ``d`` (``exp2_neg`` of
+    ``round_shift(d * multiplier, shift)``) for ``d = 0 .. D``, where ``D`` is the smallest
+    difference whose exponent reaches the zero of :func:`_exp_lut` (so every ``d >= D`` gives
+    the last entry, 0): one clamp and one gather instead of five passes. None when ``D``
+    exceeds :data:`_DIFF_TABLE_MAX`. Cached per parameters."""
+    key = (_exp_of_diff, params.multiplier, params.shift, params.exp_lut_bits)
+    if key in _TABLES:
+        return _TABLES[key]
+    exp_lut = _exp_lut(params.exp_lut_bits)
+    zero_at = (exp_lut.size - 1) << params.shift   # d * multiplier + half >= zero_at: exponent at the zero
+    half = (1 << (params.shift - 1)) if params.shift else 0
+    last = -(-(zero_at - half) // params.multiplier) if params.multiplier else _DIFF_TABLE_MAX + 1
+    table = None
+    if 0 <= last <= _DIFF_TABLE_MAX:
+        exponent = round_shift(np.arange(last + 1, dtype=np.int64) * params.multiplier, params.shift)
+        table = exp_lut[np.minimum(exponent, exp_lut.size - 1)].astype(np.float64)
+        table.flags.writeable = False
+    if len(_TABLES) > 256:
+        _TABLES.clear()
+    _TABLES[key] = table
+    return table
+
+
+#: Score dtypes whose every value fits the 32-bit input of the softmax unit.
+_SCORE_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32))
+
+
+def _softmax_unmasked(scores, params: SoftmaxParams) -> np.ndarray | None:
+    """:func:`softmax` without a mask, the same integers with fewer passes: exp from
+    :func:`_exp_lut`, no mask selects; None where its preconditions do not hold (then the
+    general code computes, or raises)."""
+    s = np.asarray(scores)
+    if (s.dtype not in _SCORE_DTYPES or s.ndim == 0 or s.shape[-1] == 0 or not isinstance(params, SoftmaxParams)
+            or not _valid_int(params.multiplier, 0, (1 << 31) - 1) or not _valid_int(params.shift, 0, 62)
+            or not _valid_int(params.exp_lut_bits, 1, 12) or not _valid_int(params.recip_lut_bits, 1, 12)):
+        return None
+    if s.dtype != np.int32:
+        s = s.astype(np.int32)
+    lead, cols = s.shape[:-1], s.shape[-1]
+    rows = int(np.prod(lead, dtype=np.int64))
+    # Short rows (digits-vit: 17 scores) are worked on transposed, (cols, rows): every
+    # per-row operand then broadcasts along a long inner loop instead of a 17-long one.
+    transposed = cols <= 64 and rows >= 256
+    axis = 0 if transposed else -1
+    if transposed:
+        s = np.ascontiguousarray(s.reshape(rows, cols).T)
+    row_max = s.max(axis=axis, keepdims=True)
+    # max - s is in [0, 2^32): int32 arithmetic wraps into exactly its uint32 value.
+    with np.errstate(over="ignore"):
+        diff = np.subtract(row_max, s).view(np.uint32)
+    by_diff = _exp_of_diff(params)
+    if by_diff is not None:
+        np.minimum(diff, np.uint32(by_diff.size - 1), out=diff)
+        e = by_diff[diff]
+    else:
+        t = np.minimum(diff, np.uint32((1 << SOFTMAX_DIFF_BITS) - 1)).astype(np.int64)
+        t *= params.multiplier
+        if params.shift:
+            t += 1 << (params.shift - 1)
+            t >>= params.shift
+        exp_lut = _exp_lut(params.exp_lut_bits)
+        np.minimum(t, exp_lut.size - 1, out=t)
+        e = exp_lut[t].astype(np.float64)
+    total = e.sum(axis=axis, keepdims=True)   # exact (below 2^53); > 0: the row maximum's exp2_neg(0) > 0
+    if not (total > 0).all():
+        return None
+    y, k = reciprocal(total.astype(np.int64), params.recip_lut_bits)
+    shift = RECIP_FRAC_BITS + k - SOFTMAX_OUTPUT_BITS
+    if shift.min() < 0 or shift.max() > 62:
+        return None
+    if (1 << EXP_FRAC_BITS) * int(y.max()) >= 1 << 52:
+        return None
+    # round_shift(e y, shift) = floor(e (y 2^-shift) + 1/2): e y is an integer below 2^52, so the
+    # product is exact, and so is adding 1/2 (a per-element variable shift is slow in NumPy).
+    e *= np.ldexp(y.astype(np.float64), -shift)
+    e += 0.5
+    np.floor(e, out=e)
+    out = np.clip(e, 0, (1 << SOFTMAX_OUTPUT_BITS) - 1, out=np.empty(e.shape, np.uint8), casting="unsafe")
+    return out.T.reshape(*lead, cols) if transposed else out
+
+
 def gelu(x: np.ndarray, table: np.ndarray) -> np.ndarray:
     """int8 GELU: ``table[code of x]`` with the 256-entry table of ``gelu_table``."""
+    x, table = np.asarray(x), np.asarray(table)
+    if x.dtype == np.int8 and table.dtype == np.int8 and table.shape == (256,):
+        return np.take(table, x.view(np.uint8))   # the code of x is its byte
     x = _as_int(x, 8, "x")
-    table = np.asarray(table)
     if table.shape != (256,):
         raise ValueError(f"table: must have 256 entries, got shape {table.shape}")
     table = _as_int(table, 8, "table")
@@ -170,6 +285,9 @@ def layernorm(x: np.ndarray, params: LayerNormParams) -> np.ndarray:
     Integer statistics ``Sx``, ``Sxx``; ``V = n Sxx - Sx^2 + eps_term`` (at least 1); inverse
     square root by :func:`inv_sqrt`; see ``LayerNormParams`` for the remaining steps.
     """
+    fast = _layernorm_float(x, params)
+    if fast is not None:
+        return fast
     x = _as_int(x, 8, "x")
     n = params.channels
     if x.ndim == 0 or x.shape[-1] != n:
@@ -184,8 +302,102 @@ def layernorm(x: np.ndarray, params: LayerNormParams) -> np.ndarray:
     return saturate(round_shift(z * gamma + beta, params.out_shift), 8).astype(np.int8)
 
 
+def _layernorm_float(x, params: LayerNormParams) -> np.ndarray | None:
+    """:func:`layernorm` of int8 ``x`` in float64, the same integers: None where the bounds
+    below do not hold (then the integer code computes, or raises).
+
+    Exactness: the row statistics and the inverse square root are the integer code's. Per
+    element, ``c = n x - Sx`` is a small integer; ``p = c r`` is an integer below 2^52 (checked),
+    so ``z = floor(c (r 2^-s) + 1/2)`` with ``s = RSQRT_FRAC_BITS + k - NORM_FRAC_BITS`` is the
+    rounding shift exactly (scaling by a power of two is exact and ``p + 2^(s-1) < 2^53``).
+    Likewise ``w = z gamma + beta`` is an integer below 2^52 (checked), and
+    ``floor(z (gamma 2^-o) + (beta 2^-o + 1/2))`` adds two exact terms whose exact sum
+    ``(w + 2^(o-1)) 2^-o`` is a double: it is ``round_shift(w, o)``.
+    """
+    x = np.asarray(x)
+    if x.dtype != np.int8 or not isinstance(params, LayerNormParams) or x.ndim == 0 or x.size == 0:
+        return None
+    n = params.channels
+    if (not _valid_int(n, 1, 1 << 16) or x.shape[-1] != n or len(params.gamma) != n or len(params.beta) != n
+            or not _valid_int(params.out_shift, 0, 52) or not _valid_int(params.eps_term, -(1 << 62), 1 << 62)
+            or not _valid_int(params.rsqrt_lut_bits, 2, 12)):
+        return None
+    gamma = np.asarray(params.gamma, dtype=np.int64)
+    beta = np.asarray(params.beta, dtype=np.int64)
+    if n <= 1024:
+        # In float32: every partial sum is an integer below 1024 * 2^14 = 2^24, exact.
+        xs = x.astype(np.float32)
+        sum_x = xs.sum(axis=-1, keepdims=True).astype(np.int64)
+        np.square(xs, out=xs)
+        sum_xx = xs.sum(axis=-1, keepdims=True).astype(np.int64)
+    else:
+        sum_x = np.sum(x, axis=-1, keepdims=True, dtype=np.int64)
+        wide = x.astype(np.int32)
+        sum_xx = np.einsum("...i,...i->...", wide, wide, dtype=np.int64)[..., None]
+    variance = np.maximum(n * sum_xx - sum_x * sum_x + params.eps_term, 1)
+    r, k = inv_sqrt(variance, params.rsqrt_lut_bits)
+    shift = RSQRT_FRAC_BITS + k - LAYERNORM_NORM_FRAC_BITS
+    if shift.min() < 0 or shift.max() > 52:
+        return None
+    c_bound = 2 * n * 128
+    p_bound = c_bound * int(r.max())
+    z_bound = (p_bound >> int(shift.min())) + 1
+    if (p_bound >= 1 << 51 or n * 128 * int(r.max()) >= 1 << 51
+            or z_bound * int(np.abs(gamma).max()) + int(np.abs(beta).max()) >= 1 << 52):
+        return None
+    # z = floor(x (n r 2^-s) + (1/2 - Sx r 2^-s)): both terms exact (integers below 2^51 times
+    # a power of two, the second plus 1/2 within 53 bits), their exact sum (p + 2^(s-1)) 2^-s a double.
+    scale = np.ldexp(r.astype(np.float64), -shift)
+    c = np.multiply(x, n * scale, dtype=np.float64)
+    c += 0.5 - sum_x * scale
+    np.floor(c, out=c)                                            # z
+    c *= np.ldexp(gamma.astype(np.float64), -params.out_shift)
+    c += np.ldexp(beta.astype(np.float64), -params.out_shift) + 0.5
+    np.floor(c, out=c)
+    return np.clip(c, -128, 127, out=np.empty(c.shape, np.int8), casting="unsafe")   # integers: exact cast
+
+
+#: Inputs from this many elements on look :func:`add` up in a table of all 65536 byte pairs.
+_ADD_TABLE_MIN = 1 << 18
+
+
+def _add_table(params: AddParams) -> np.ndarray:
+    """:func:`add` of every int8 pair, indexed by ``(a byte << 8) | b byte``; cached per parameters."""
+    key = (_add_table, params.a_multiplier, params.b_multiplier, params.shift)
+    table = _TABLES.get(key)
+    if table is None:
+        codes = np.arange(1 << 16, dtype=np.uint16)
+        a = (codes >> 8).astype(np.uint8).view(np.int8)
+        b = (codes & 0xFF).astype(np.uint8).view(np.int8)
+        table = add(a, b, params)   # below _ADD_TABLE_MIN: the int32 path
+        table.flags.writeable = False
+        if len(_TABLES) > 256:
+            _TABLES.clear()
+        _TABLES[key] = table
+    return table
+
+
 def add(a: np.ndarray, b: np.ndarray, params: AddParams) -> np.ndarray:
     """Residual add of int8 ``a`` and ``b`` (different scales) into int8."""
+    a, b = np.asarray(a), np.asarray(b)
+    if (a.dtype == np.int8 and b.dtype == np.int8 and isinstance(params, AddParams)
+            and _valid_int(params.a_multiplier, -(1 << 20), 1 << 20) and _valid_int(params.b_multiplier, -(1 << 20), 1 << 20)
+            and _valid_int(params.shift, 0, 29)):
+        if a.size >= _ADD_TABLE_MIN and a.shape == b.shape:
+            # Every (a, b) byte pair's result from a table built by the int32 code below.
+            index = a.view(np.uint8).astype(np.uint16)
+            index <<= 8
+            index |= b.view(np.uint8)
+            return np.take(_add_table(params), index)
+        # |a*am + b*bm| + 2^(shift-1) < 2^29 + 2^28: int32 holds every step.
+        total = a.astype(np.int32)
+        total *= params.a_multiplier
+        total += b.astype(np.int32) * np.int32(params.b_multiplier)
+        if params.shift:
+            total += np.int32(1 << (params.shift - 1))
+            total >>= params.shift
+        np.clip(total, -128, 127, out=total)
+        return total.astype(np.int8)
     a = _as_int(a, 8, "a")
     b = _as_int(b, 8, "b")
     total = a * params.a_multiplier + b * params.b_multiplier

@@ -11,7 +11,7 @@ import numpy as np
 
 from vitaccel.hw.spec.sparse import TOPK_SCORE_BITS
 
-__all__ = ["topk", "topk_threshold", "prune_tokens", "package_token"]
+__all__ = ["topk", "topk_rows", "topk_threshold", "prune_tokens", "package_token"]
 
 
 def _check_scores(scores: np.ndarray, k: int) -> np.ndarray:
@@ -36,6 +36,18 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     keep = np.zeros(scores.size, dtype=bool)
     keep[indices] = True
     return indices, keep
+
+
+def topk_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """:func:`topk`'s indices of every row (last axis) of integer ``scores`` at once, int64 ``(..., k)``."""
+    scores = np.asarray(scores)
+    if scores.ndim < 1 or not np.issubdtype(scores.dtype, np.integer):
+        raise ValueError(f"topk: scores must be integer rows, got {scores.dtype} of shape {scores.shape}")
+    n = scores.shape[-1]
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k <= n:
+        raise ValueError(f"topk: k must be an integer in 0..{n}, got {k!r}")
+    order = np.argsort(-scores.astype(np.int64), axis=-1, kind="stable")
+    return np.sort(order[..., :k], axis=-1).astype(np.int64)
 
 
 def topk_threshold(scores: np.ndarray, k: int) -> tuple[int, int]:

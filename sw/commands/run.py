@@ -28,13 +28,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             counters' estimates (busy/stall per queue, engine_busy_cycles, DMA bytes), in seconds.
             --ddr-model names the DDR: for perf the board-like zcu102-ps-ddr4-hp by default; for rtl
             it replaces the random back-pressure by that deterministic model (latency records).
-            --backend board runs the same driver on a ZCU102 through PYNQ."""),
+            --backend board runs the same driver on a ZCU102 through PYNQ.
+
+            Speed: device_vs_torch is the device's seconds over the float PyTorch model's
+            (rebuilt from the manifest) on the same images in the same batches (--batch), both
+            on one thread; golden and perf runs are warmed up once and the fastest of up to 3
+            interleaved runs counts. `timing` in the output says how each side was timed."""),
         epilog="examples:\n  vitaccel run out/digits --backend golden --json\n"
                "  vitaccel run out/digits --backend rtl --images 2 --json\n"
                "  vitaccel run out/digits --backend rtl --images 1 --waves\n"
                "  vitaccel run out/digits --backend perf --json\n"
                "  vitaccel run out/digits --backend rtl --images 1 --ddr-model zcu102-ps-ddr4-hp --json\n"
-               "  vitaccel run out/deit-s --backend golden --images 2",
+               "  vitaccel run out/deit-s --backend golden --images 2\n"
+               "  vitaccel run out/deit-s --images 4 --batch 1 --json",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("directory", metavar="DIR")
     parser.add_argument("--backend", default="golden", choices=("golden", "perf", "rtl", "board"),
@@ -43,6 +49,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="number of images (default: the whole digits test split, or 8 generated; "
                              "rtl: 2); at most the images whose float outputs the program stores "
                              "(digits: 449; generated: 64, or 16 for inputs above 64x64)")
+    parser.add_argument("--batch", type=int, default=None, metavar="N",
+                        help="images per batch (default: all in one batch): the golden machine runs each "
+                             "instruction once per batch; the float model is timed on the same batches "
+                             "for device_vs_torch")
     parser.add_argument("--simulator", default="verilator", choices=("verilator", "icarus"),
                         help="rtl backend: the simulator (default: verilator)")
     parser.add_argument("--waves", action="store_true",
@@ -77,7 +87,8 @@ def run(args: argparse.Namespace) -> int:
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), TimeElapsedColumn(), console=console,
                   disable=args.json or not console.is_terminal, transient=True) as bar:
         task = bar.add_task("running", total=1.0)
-        result = run_program_dir(args.directory, backend=args.backend, images=args.images, device_options=options,
+        result = run_program_dir(args.directory, backend=args.backend, images=args.images, batch=args.batch,
+                                 device_options=options,
                                  progress=lambda text, fraction: bar.update(task, description=text,
                                                                            completed=fraction),
                                  notice=lambda text: console.print(f"vitaccel run: note: {text}", markup=False,
