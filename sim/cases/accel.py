@@ -622,7 +622,8 @@ def run_program_case(config: AccelConfig, *, seed: int = 0, simulator: str = "ve
     dict
         ``passed``, ``programs`` (per program: name, code, cycles, problems), ``mismatches``.
     """
-    from vitaccel.hw.accel import ACCEL_TOP_NAME, accelerator_top
+    from vitaccel.hw.accel import ACCEL_TOP_NAME
+    from vitaccel.hw.platform.verilog import accelerator_verilog
     from vitaccel.sim.runner import emit_verilog, run_testbench
 
     given = programs
@@ -654,7 +655,7 @@ def run_program_case(config: AccelConfig, *, seed: int = 0, simulator: str = "ve
             "ddr_base": _DDR_BASE, "program_addr": program_addr + program_offset, "max_cycles": max_cycles,
             "programs": [{"name": p.name, "words": [f"{w:x}" for w in p.words], "ddr": p.ddr.tobytes().hex(),
                           "watchdog": p.watchdog, "checksum": p.checksum} for p in programs]}))
-        run_testbench(verilog=emit_verilog(accelerator_top(config), ACCEL_TOP_NAME), toplevel=ACCEL_TOP_NAME,
+        run_testbench(verilog=accelerator_verilog(config), toplevel=ACCEL_TOP_NAME,
                       test_module="vitaccel.sim.cocotb.tb_accel", simulator=simulator,
                       params={"case_file": str(case_file), "result_file": str(result_file)}, seed=seed)
         records = json.loads(result_file.read_text())

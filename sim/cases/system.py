@@ -116,7 +116,8 @@ def simulate_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray],
         plus ``ddr``, the final DDR window (absent after a hang); ``simulator``; ``waves``;
         ``seconds`` (wall time of the launch, build included).
     """
-    from vitaccel.hw.accel import ACCEL_TOP_NAME, accelerator_top
+    from vitaccel.hw.accel import ACCEL_TOP_NAME
+    from vitaccel.hw.platform.verilog import accelerator_verilog
     from vitaccel.sim.golden.machine import words_to_bytes
     from vitaccel.sim.cocotb.board_ddr import BOARD_TOP_NAME, board_ddr_top
     from vitaccel.sim.perf.ddr import ddr_model as ddr_model_named
@@ -134,7 +135,7 @@ def simulate_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray],
     max_cycles = default_max_cycles(config, words, macs) if max_cycles is None else max_cycles
     if progress:
         progress("building RTL", 0.0)
-    verilog, toplevel = emit_verilog(accelerator_top(config), ACCEL_TOP_NAME), ACCEL_TOP_NAME
+    verilog, toplevel = accelerator_verilog(config), ACCEL_TOP_NAME
     model = ddr_model_named(ddr_model) if ddr_model else None
     if verilog_ddr and (model is None or not model.deterministic):
         raise ValueError("verilog_ddr needs a board-like ddr_model")

@@ -43,7 +43,8 @@ def run_rtl_batch(config: AccelConfig, programs: list[FuzzProgram], *, simulator
                   seed: int = 0, backpressure: float = 0.3, max_latency: int = 4) -> list[Outcome]:
     """Run ``programs`` in order in one launch of ``vitaccel_top``; one :class:`Outcome` per
     program (``NOT_RUN`` for programs after a simulator crash)."""
-    from vitaccel.hw.accel import ACCEL_TOP_NAME, accelerator_top
+    from vitaccel.hw.accel import ACCEL_TOP_NAME
+    from vitaccel.hw.platform.verilog import accelerator_verilog
     from vitaccel.sim.runner import emit_verilog, run_testbench
 
     if not programs:
@@ -53,7 +54,7 @@ def run_rtl_batch(config: AccelConfig, programs: list[FuzzProgram], *, simulator
         raise ValueError("fuzz programs must have a DDR window of DDR_BYTES and fit the RAM")
     key = json.dumps(config.to_dict(), sort_keys=True)
     if key not in _VERILOG:   # elaborating the top costs ~10 s of CPU: once per process and config
-        _VERILOG[key] = emit_verilog(accelerator_top(config), ACCEL_TOP_NAME)
+        _VERILOG[key] = accelerator_verilog(config)
     verilog = _VERILOG[key]
     with tempfile.TemporaryDirectory(prefix="vitaccel-fuzz-") as tmp:
         case_file, result_file = Path(tmp) / "case.json", Path(tmp) / "result.jsonl"
