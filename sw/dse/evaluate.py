@@ -15,18 +15,26 @@ The keys are conservative: they leave out only fields known not to matter
 relevant until shown otherwise. ``tests/sw/test_dse.py`` checks that leaving them out changes
 nothing (equal programs, equal cycles).
 
+Performance-model results are also cached on disk (:func:`cache_dir`), keyed by the program,
+the cycle key and the model's source, so evaluating a space again (another board, a changed
+resource model) runs no performance model.
+
 Every task returns a plain dict (picklable, for Dask workers); a failure is returned as
 ``{"error": one line}`` rather than raised, so that one bad key skips its points only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from vitaccel.hw.spec.config import AccelConfig
 
-__all__ = ["HARDWARE_ONLY_FIELDS", "BUFFER_FIELDS", "CYCLE_FREE_FIELDS", "quantize_key", "compile_key",
+__all__ = ["CACHE_ENV", "cache_dir", "HARDWARE_ONLY_FIELDS", "BUFFER_FIELDS", "CYCLE_FREE_FIELDS", "quantize_key", "compile_key",
            "cycles_key", "quantize_task", "compile_task", "cycles_task"]
 
 #: Fields the compiler never reads: geometry, lanes and bus width are the hardware's business
@@ -119,19 +127,66 @@ def compile_task(quantized: dict[str, Any], config_json: str) -> dict[str, Any]:
             "macs": int(program.manifest["macs"]), "instructions": len(program.words)}
 
 
+#: Environment variable naming the cycles cache directory ("", "0" or "off": no cache).
+CACHE_ENV = "VITACCEL_DSE_CACHE"
+
+
+def cache_dir() -> Path | None:
+    """Where :func:`cycles_task` keeps its results: ``$VITACCEL_DSE_CACHE``, else
+    ``~/.cache/vitaccel/dse``; None when disabled."""
+    value = os.environ.get(CACHE_ENV)
+    if value is None:
+        return Path.home() / ".cache" / "vitaccel" / "dse"
+    return None if value.strip().lower() in ("", "0", "off") else Path(value)
+
+
+@lru_cache(maxsize=1)
+def _model_digest() -> str:
+    """Digest of the performance model's and the spec's sources: a cached result is reused
+    only by the same model."""
+    import vitaccel.hw.spec
+    import vitaccel.sim.perf
+
+    digest = hashlib.sha256()
+    for package in (vitaccel.sim.perf, vitaccel.hw.spec):
+        for path in sorted(Path(package.__file__).parent.glob("*.py")):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
 def cycles_task(compiled: dict[str, Any], config_json: str) -> dict[str, Any]:
     """Performance-model counters of a :func:`compile_task` result on the config (the
-    board-like DDR model): ``{"cycles", "engine_busy_cycles", "ddr_bytes"}`` or ``{"error"}``."""
+    board-like DDR model): ``{"cycles", "engine_busy_cycles", "ddr_bytes", "macs"}`` or
+    ``{"error"}``. Results are cached (:func:`cache_dir`) by the program, the cycle-relevant
+    fields and the model's source, so a space evaluated again (another board, another
+    resource model) costs no performance-model runs."""
     from vitaccel.sim.perf import BOARD_DDR_MODEL, PerfModelError, estimate
 
     if "error" in compiled:
         return {"error": compiled["error"]}
     config = AccelConfig.from_json(config_json)
+    directory = cache_dir()
+    cached = None
+    if directory is not None:
+        key = hashlib.sha256(json.dumps([_model_digest(), BOARD_DDR_MODEL.name, cycles_key(config), compiled["words"],
+                                         compiled["ddr_size"]]).encode()).hexdigest()
+        cached = directory / f"{key}.json"
+        if cached.is_file():
+            try:
+                return {**json.loads(cached.read_text()), "macs": compiled["macs"]}
+            except ValueError:
+                pass   # a torn file: compute again
     try:
         result = estimate(config, compiled["words"], compiled["ddr_size"], ddr=BOARD_DDR_MODEL)
     except PerfModelError as err:   # the hardware would stop with an error code
-        return {"error": f"performance model: {err.code} at pc {err.pc}: {_one_line(err)}"}
-    counters = result.to_dict()
-    return {"cycles": int(counters["total_cycles"]), "engine_busy_cycles": int(counters["engine_busy_cycles"]),
-            "ddr_bytes": int(counters["dma_read_bytes"]) + int(counters["dma_write_bytes"]),
-            "macs": compiled["macs"]}
+        out = {"error": f"performance model: {err.code} at pc {err.pc}: {_one_line(err)}"}
+    else:
+        counters = result.to_dict()
+        out = {"cycles": int(counters["total_cycles"]), "engine_busy_cycles": int(counters["engine_busy_cycles"]),
+               "ddr_bytes": int(counters["dma_read_bytes"]) + int(counters["dma_write_bytes"])}
+    if cached is not None:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        partial = cached.with_name(f".{cached.name}.{os.getpid()}.tmp")
+        partial.write_text(json.dumps(out))
+        partial.replace(cached)
+    return out if "error" in out else {**out, "macs": compiled["macs"]}

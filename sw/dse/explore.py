@@ -78,7 +78,7 @@ def _completed(futures: list[Any], client: Any) -> Iterator[Any]:
         return
     from dask.distributed import as_completed
 
-    yield from as_completed(futures)
+    yield from as_completed(futures, loop=client.loop)
 
 
 def best_index(records: list[dict[str, Any]]) -> int | None:

@@ -19,6 +19,12 @@ from vitaccel.sw.dse.space import SpaceError, load_space, parse_space
 TINY = PRESETS["tiny"]
 
 
+@pytest.fixture(autouse=True)
+def _own_cycles_cache(tmp_path, monkeypatch):
+    """Every test starts without cached performance-model results (workers inherit it)."""
+    monkeypatch.setenv("VITACCEL_DSE_CACHE", str(tmp_path / "dse-cache"))
+
+
 # -- space files ------------------------------------------------------------------------------------
 
 def test_space_points_are_the_product_over_the_base():
@@ -139,6 +145,24 @@ def test_left_out_fields_change_neither_program_nor_cycles(digits_quantized):
         cycles_task(first, TINY.to_json())["cycles"]
 
 
+def test_cycles_are_cached_by_program_and_key(digits_quantized, monkeypatch):
+    import vitaccel.sim.perf
+
+    compiled = compile_task(digits_quantized, TINY.to_json())
+    first = cycles_task(compiled, TINY.to_json())
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the performance model ran for a cached result")
+
+    monkeypatch.setattr(vitaccel.sim.perf, "estimate", no_model)
+    assert cycles_task(compiled, TINY.replace(clock_mhz=50.0).to_json()) == first
+    with pytest.raises(AssertionError, match="cached"):
+        cycles_task(compiled, TINY.replace(vector_lanes=8).to_json())
+    monkeypatch.setenv("VITACCEL_DSE_CACHE", "off")
+    with pytest.raises(AssertionError, match="cached"):
+        cycles_task(compiled, TINY.to_json())
+
+
 def test_compile_failure_skips_the_points_of_its_key(digits_quantized):
     small = TINY.replace(acc_kib=1)
     result = compile_task(digits_quantized, small.to_json())
@@ -210,3 +234,31 @@ def test_dse_bad_input_is_one_line(args, message, capsys):
     assert main(["dse", *args]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def _without_run_details(report):
+    return {k: v for k, v in report.items() if k not in ("wall_seconds", "cluster", "files")}
+
+
+def test_dask_cluster_gives_the_inline_result(capsys):
+    """``--scheduler`` on a running cluster (workers in their own processes) and the inline run
+    agree exactly."""
+    import logging
+
+    from dask.distributed import LocalCluster
+
+    space = {**SMALL_SPACE, "fields": {"block_size": [2, 3], "dsp_packing": [1, 2], "vector_lanes": [4, 8]}}
+    inline = explore(parse_space(space), "digits-vit", board("zcu102"), client=InlineClient())
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster:
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as tmp:
+            space_file = Path(tmp) / "space.json"
+            space_file.write_text(json.dumps(space))
+            assert main(["dse", "--space", str(space_file), "--model", "digits-vit", "--json",
+                         "--scheduler", cluster.scheduler_address]) == 0
+    remote = json.loads(capsys.readouterr().out)
+    assert remote["cluster"] == f"Dask cluster {cluster.scheduler_address}"
+    assert _without_run_details(remote) == json.loads(json.dumps(_without_run_details(inline)))
