@@ -122,45 +122,43 @@ _ROW_SLOTS = 3
 
 # -- fitted coefficients (docs/dse.md: from which measured parts) ------------------------------------
 
-#: Per block unit, LUT = a * b**2 + c * b**2 * (b - 1) by DSP packing, FF = F2 * b**2 + F0.
-_BLOCK_LUT = {1: (18.85, 47.4), 2: (55.6, 17.6)}
-_BLOCK_FF = (81.0, 3.0)
-#: Post-processor per output column.
+#: Per block unit, LUT = a * b**2 + c * b**2 * (b - 1) by DSP packing, FF = F2 * b**2 + F0
+#: (least squares, relative error, over the block units of the calibration set).
+_BLOCK_LUT = {1: (18.84, 47.41), 2: (54.39, 18.37)}
+_BLOCK_FF = (78.34, 12.35)
+#: Post-processor per output column (4, 8 and 16 columns measured).
 _POST_DSP_PER_COL = 4
-_POST_LUT_PER_COL = 596.0
-#: Units: (fixed, per lane) for DSP48E2, LUT, FF; lanes are vector_lanes (topk_lanes for tokens).
-_UNITS: dict[str, dict[str, tuple[float, float]]] = {
-    "layernorm": {"DSP48E2": (21.0, 0.0), "LUT": (2581.0, 0.0), "FF": (3214.0, 0.0)},
-    "softmax": {"DSP48E2": (2.0, 3.0), "LUT": (2719.0, 0.0), "FF": (3446.0, 0.0)},
-    "gelu": {"DSP48E2": (0.0, 0.0), "LUT": (13.0, 0.0), "FF": (17.0, 0.0)},
-    "tokens": {"DSP48E2": (8.0, 0.0), "LUT": (2698.0, 0.0), "FF": (599.0, 0.0)},
-    "requant": {"DSP48E2": (7.0, 0.0), "LUT": (1051.0, 0.0), "FF": (224.0, 0.0)},
+_POST_LUT_PER_COL = 597.3
+#: Units: per resource, the counts measured at given lane counts (vector_lanes; topk_lanes for
+#: tokens): linear between them, the nearest segment's slope beyond (:func:`_by_lanes`). 4 and
+#: 8 lanes are the tiny and calib-b4 tops; 16 lanes (DSP48E2 only) the zcu102 emit of
+#: docs/results.md. LayerNorm's DSP48E2 grow faster than linearly from 8 to 16 lanes (yosys
+#: maps its wider 16-lane products to more DSP48E2), so beyond 16 lanes it is an extrapolation.
+_UNITS: dict[str, dict[str, tuple[tuple[int, float], ...]]] = {
+    "layernorm": {"DSP48E2": ((4, 21), (8, 37), (16, 136)), "LUT": ((4, 2581), (8, 4527)),
+                  "FF": ((4, 3214), (8, 5546))},
+    "softmax": {"DSP48E2": ((4, 14), (8, 26), (16, 50)), "LUT": ((4, 2719), (8, 4871)), "FF": ((4, 3446), (8, 6143))},
+    "gelu": {"DSP48E2": ((4, 0),), "LUT": ((4, 13), (8, 13)), "FF": ((4, 17), (8, 17))},
+    "tokens": {"DSP48E2": ((4, 8), (8, 8), (16, 8)), "LUT": ((4, 2698), (8, 3476)), "FF": ((4, 599), (8, 662))},
+    "requant": {"DSP48E2": ((4, 7), (8, 7), (16, 7)), "LUT": ((4, 1051), (8, 1051)), "FF": ((4, 224), (8, 224))},
 }
 _UNIT_FLAGS = {"layernorm": "has_layernorm", "softmax": "has_softmax", "gelu": "has_gelu", "tokens": "has_topk"}
-#: Logic: (fixed, per window bit of the GEMM controller's segment readers).
-_LOGIC = {"DSP48E2": (21.0, 0.0), "LUT": (17672.0, 0.0), "FF": (10057.0, 0.0)}
+#: Logic (controllers, DMA, GEMM segment readers, AXI-Lite): tiny's measured counts. The
+#: calib-b4 logic part did not finish in yosys (docs/dse.md), so how it grows with the tile
+#: shape and the bus is not calibrated: for larger configs its LUT and FF are a lower bound.
+_LOGIC = {"DSP48E2": 21.0, "LUT": 17672.0, "FF": 10057.0}
 
 #: Words of one slice of a byte-enabled memory as emit synthesizes it
 #: (``vitaccel.hw.platform.synth.GRANULAR_SLICE_DEPTH``).
 _GRANULAR_SLICE_DEPTH = 2048
-#: Bytes of one buffer word (the 16-byte read ports the GEMM controller's readers use).
-_BUFFER_WORD_BYTES = 16
-_PARAM_FIELDS = 3
-_PARAM_BYTES = 4
-
-
-def reader_window_bits(config: AccelConfig) -> int:
-    """Register bits of the GEMM controller's segment-reader windows: every reader keeps
-    ``ceil(length / 16) + 1`` buffer words per segment (``hw/accel/gemm.py``, ``_SegmentReader``).
-    A, transposed B and row-major B operands, parameters, residual and partial sums."""
-    tr, tc, b = config.tile_rows, config.tile_cols, config.block_size
-    readers = ((tr, b), (tc, b), (b, tc), (_PARAM_FIELDS, tc * _PARAM_BYTES), (1, tc), (1, tc * 4))
-    return sum(outer * (-(-length // _BUFFER_WORD_BYTES) + 1) * _BUFFER_WORD_BYTES * 8
-               for outer, length in readers)
-
-
-def _linear(coefficients: Mapping[str, tuple[float, float]], x: float) -> dict[str, float]:
-    return {key: fixed + per * x for key, (fixed, per) in coefficients.items()}
+def _by_lanes(points: tuple[tuple[int, float], ...], lanes: int) -> float:
+    """Piecewise-linear through ``(lanes, count)`` points; the end segments' slopes beyond."""
+    if len(points) == 1:
+        return float(points[0][1])
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if lanes <= x1 or (x1, y1) == points[-1]:
+            return max(0.0, y0 + (y1 - y0) * (lanes - x0) / (x1 - x0))
+    raise AssertionError("unreachable")
 
 
 def estimate_parts(config: AccelConfig) -> dict[str, dict[str, float]]:
@@ -180,7 +178,7 @@ def _estimate_parts(config_json: str) -> tuple[tuple[str, dict[str, float]], ...
     units = config.block_rows * config.block_cols
     lut_b2, lut_b3 = _BLOCK_LUT[packing]
     parts: dict[str, dict[str, float]] = {
-        "logic": {**_linear(_LOGIC, reader_window_bits(config)), "BRAM36": 0.0},
+        "logic": {**_LOGIC, "BRAM36": 0.0},
         "block_unit": {"DSP48E2": units * b ** 3 // packing, "BRAM36": 0.0,
                        "LUT": units * (lut_b2 * b ** 2 + lut_b3 * b ** 2 * (b - 1)),
                        "FF": units * (_BLOCK_FF[0] * b ** 2 + _BLOCK_FF[1])},
@@ -188,12 +186,12 @@ def _estimate_parts(config_json: str) -> tuple[tuple[str, dict[str, float]], ...
                            "LUT": _POST_LUT_PER_COL * config.tile_cols, "FF": 0.0},
     }
     memories = unit_memories(config)
-    for unit, coefficients in _UNITS.items():
+    for unit, measured in _UNITS.items():
         flag = _UNIT_FLAGS.get(unit)
         if flag is not None and not getattr(config, flag):
             continue
         lanes = config.topk_lanes if unit == "tokens" else config.vector_lanes
-        parts[unit] = {**_linear(coefficients, lanes),
+        parts[unit] = {**{key: _by_lanes(points, lanes) for key, points in measured.items()},
                        "BRAM36": sum(_memory_bram36_or_lutram(w, d) for w, d in memories.get(unit, []))}
     for buffer in isa.Buffer:
         # emit measures a byte-enabled buffer in slices of GRANULAR_SLICE_DEPTH words (exact

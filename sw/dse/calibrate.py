@@ -128,8 +128,6 @@ def fit(data: dict[str, Any]) -> dict[str, Any]:
     calibration set ``data``: what ``vitaccel.hw.platform.resource_model`` hard-codes."""
     import numpy as np
 
-    from vitaccel.hw.platform.resource_model import reader_window_bits
-
     def lsq(rows: list[list[float]], ys: list[float]) -> list[float]:
         a = np.array(rows, dtype=float) / np.array(ys, dtype=float)[:, None]
         return [round(float(c), 4) for c in np.linalg.lstsq(a, np.ones(len(ys)), rcond=None)[0]]
@@ -153,16 +151,20 @@ def fit(data: dict[str, Any]) -> dict[str, Any]:
     out["block_ff"] = lsq([[c.block_size ** 2, 1] for c, _ in chosen], [p["FF"] for _, p in chosen])
     out["post_lut"] = lsq([[c.tile_cols] for c, _ in samples["post_processor"]],
                           [p["LUT"] for _, p in samples["post_processor"]])
+    reference = data.get("reference", {})
     for unit in ("layernorm", "softmax", "gelu", "tokens", "requant"):
-        chosen = samples[unit]
-        lanes = [c.topk_lanes if unit == "tokens" else c.vector_lanes for c, _ in chosen]
         for key in ("DSP48E2", "LUT", "FF"):
+            # The zcu102 reference adds a third lane count where it has the count (DSP48E2).
+            chosen = samples[unit] + [(PRESETS[reference["config"]], reference["parts"][unit])
+                                      for _ in [0] if key in reference.get("parts", {}).get(unit, {})]
+            lanes = [c.topk_lanes if unit == "tokens" else c.vector_lanes for c, _ in chosen]
             ys = [p[key] for _, p in chosen]
             if len(set(lanes)) < 2 or not any(ys):
                 out[f"{unit}_{key}"] = [round(sum(ys) / len(ys), 1), 0.0]
             else:
                 out[f"{unit}_{key}"] = lsq([[1, x] for x in lanes], [max(y, 1) for y in ys])
-    chosen = samples["logic"]
+    # Logic: measured for tiny only (calib-b4's did not finish in yosys), so a constant.
+    logic = [p for _, p in samples["logic"] if "error" not in p]
     for key in ("DSP48E2", "LUT", "FF"):
-        out[f"logic_{key}"] = lsq([[1, reader_window_bits(c)] for c, _ in chosen], [max(p[key], 1) for _, p in chosen])
+        out[f"logic_{key}"] = [round(sum(p[key] for p in logic) / len(logic), 1), 0.0]
     return out

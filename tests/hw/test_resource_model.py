@@ -6,7 +6,8 @@ The calibration set (``hw/platform/resource_calibration.json``, measured once by
 
 * the whole ``tiny`` top and the ``calib-b4`` top (b = 4, DSP packing 2, 8 vector and top-k
   lanes, 128-bit DMA), by part: logic, block unit, post-processor, LayerNorm, softmax, GELU,
-  tokens, REQUANT, the four buffers, both scratchpads;
+  tokens, REQUANT, the four buffers, both scratchpads (calib-b4's logic part did not finish in
+  yosys within 1800 s on the loaded machine: recorded with its error, not compared);
 * block units alone for b = 2 / 4 / 8 with and without DSP packing, a 16-column post-processor;
 * memories alone in the shapes of zcu102's buffers and scratchpads and one odd shape;
 * as a reference, the DSP48E2 and BRAM36 per part of the zcu102 emit recorded in docs/results.md.
@@ -43,8 +44,8 @@ def _predicted(job: dict, name: str, part: dict) -> dict[str, float]:
     return predicted
 
 
-CASES = [(job_id, name, key) for job_id, job in CALIBRATION["jobs"].items() for name in job["parts"]
-         for key in RESOURCE_KEYS]
+CASES = [(job_id, name, key) for job_id, job in CALIBRATION["jobs"].items() for name, part in job["parts"].items()
+         if "error" not in part for key in RESOURCE_KEYS]
 
 
 def test_calibration_set_is_what_the_docs_state():
@@ -54,8 +55,11 @@ def test_calibration_set_is_what_the_docs_state():
         "engine:b8p2:block_unit", "engine:cols8:post", "memory:128x2048:8", "memory:1024x2048:0",
         "memory:1536x2730:0", "memory:224x3000:0"}
     tops = [job for job in CALIBRATION["jobs"].values() if job["kind"] == "top"]
+    # the one part yosys did not finish (on the loaded machine, in 1800 s) is recorded as such
+    unmeasured = [(job_id, name) for job_id, job in CALIBRATION["jobs"].items()
+                  for name, part in job["parts"].items() if "error" in part]
+    assert unmeasured == [("top:calib-b4", "logic")]
     for job in tops:
-        assert not any("error" in part for part in job["parts"].values())
         assert {"logic", "block_unit", "post_processor", "layernorm", "softmax", "tokens", "requant",
                 "memory_a_spad", "memory_b_spad"} <= set(job["parts"])
     assert AccelConfig.from_dict(CALIBRATION["jobs"]["top:tiny"]["config"]) == PRESETS["tiny"]
@@ -70,13 +74,16 @@ def test_model_within_ten_percent_of_every_measured_part(job_id, name, key):
 
 
 def test_top_totals_within_ten_percent():
+    """The sum over each top's measured parts."""
     for job_id, job in CALIBRATION["jobs"].items():
         if job["kind"] != "top":
             continue
-        predicted = estimate_resources(AccelConfig.from_dict(job["config"]))
+        predicted = estimate_parts(AccelConfig.from_dict(job["config"]))
+        measured_parts = {name: part for name, part in job["parts"].items() if "error" not in part}
         for key in RESOURCE_KEYS:
-            measured = sum(part[key] for part in job["parts"].values())
-            assert _within(predicted[key], measured), f"{job_id} {key}: {predicted[key]} vs {measured}"
+            measured = sum(part[key] for part in measured_parts.values())
+            model = sum(predicted[name][key] for name in measured_parts)
+            assert _within(model, measured), f"{job_id} {key}: {model} vs {measured}"
 
 
 @pytest.mark.parametrize("name", sorted(CALIBRATION["reference"]["parts"]))
