@@ -12,10 +12,10 @@ emit's parts from the config:
   (``b**2`` of each);
 * **post-processor**: per output column a bias add, a 32x32 requantization product (4 DSP48E2)
   and the rounding and saturation;
-* **LayerNorm, softmax, GELU, top-k/tokens, REQUANT**: a fixed part and a part per lane;
-  their memories (row buffers, parameters) as memories, below;
-* **logic** (controllers, DMA, the GEMM controller's segment readers, AXI-Lite): a fixed part
-  and a part proportional to the readers' window bits, which grow with the tile shape;
+* **LayerNorm, softmax, GELU, top-k/tokens, REQUANT**: linear in the lanes between the
+  measured lane counts; their memories (row buffers, parameters) as memories, below;
+* **logic** (controllers, DMA, the GEMM controller's segment readers, AXI-Lite): the measured
+  ``tiny`` counts (how it grows with the tile shape is not calibrated: a lower bound);
 * **memories** (buffers, scratchpads, the units' row and parameter memories): BRAM36 from
   width and depth, the way yosys's ``memory_libmap`` maps them for UltraScale+ (one aspect
   ratio for the whole memory, the cheapest; byte-enabled memories use 8 of every 9 bits;
