@@ -124,8 +124,9 @@ if __name__ == "__main__":
 
 
 def fit(data: dict[str, Any]) -> dict[str, Any]:
-    """Least-squares fits (relative error) of the resource model's coefficients to the
-    calibration set ``data``: what ``vitaccel.hw.platform.resource_model`` hard-codes."""
+    """Least-squares fits (relative error) of the resource model's block-unit and
+    post-processor coefficients to the calibration set ``data``, and the logic's counts:
+    what ``vitaccel.hw.platform.resource_model`` hard-codes (rounded)."""
     import numpy as np
 
     def lsq(rows: list[list[float]], ys: list[float]) -> list[float]:
@@ -151,18 +152,7 @@ def fit(data: dict[str, Any]) -> dict[str, Any]:
     out["block_ff"] = lsq([[c.block_size ** 2, 1] for c, _ in chosen], [p["FF"] for _, p in chosen])
     out["post_lut"] = lsq([[c.tile_cols] for c, _ in samples["post_processor"]],
                           [p["LUT"] for _, p in samples["post_processor"]])
-    reference = data.get("reference", {})
-    for unit in ("layernorm", "softmax", "gelu", "tokens", "requant"):
-        for key in ("DSP48E2", "LUT", "FF"):
-            # The zcu102 reference adds a third lane count where it has the count (DSP48E2).
-            chosen = samples[unit] + [(PRESETS[reference["config"]], reference["parts"][unit])
-                                      for _ in [0] if key in reference.get("parts", {}).get(unit, {})]
-            lanes = [c.topk_lanes if unit == "tokens" else c.vector_lanes for c, _ in chosen]
-            ys = [p[key] for _, p in chosen]
-            if len(set(lanes)) < 2 or not any(ys):
-                out[f"{unit}_{key}"] = [round(sum(ys) / len(ys), 1), 0.0]
-            else:
-                out[f"{unit}_{key}"] = lsq([[1, x] for x in lanes], [max(y, 1) for y in ys])
+    # The units are not fitted: the model interpolates their measured counts by lanes.
     # Logic: measured for tiny only (calib-b4's did not finish in yosys), so a constant.
     logic = [p for _, p in samples["logic"] if "error" not in p]
     for key in ("DSP48E2", "LUT", "FF"):
