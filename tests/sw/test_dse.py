@@ -262,3 +262,16 @@ def test_dask_cluster_gives_the_inline_result(capsys):
     remote = json.loads(capsys.readouterr().out)
     assert remote["cluster"] == f"Dask cluster {cluster.scheduler_address}"
     assert _without_run_details(remote) == json.loads(json.dumps(_without_run_details(inline)))
+
+
+def test_resource_model_constants_are_the_calibration_fit():
+    """The coefficients the resource model hard-codes are the fit of the checked-in calibration."""
+    import vitaccel.hw.platform.resource_model as model
+    from vitaccel.sw.dse.calibrate import fit
+
+    fitted = fit(json.loads(model.CALIBRATION_FILE.read_text()))
+    assert model._BLOCK_LUT[1] == pytest.approx(fitted["block_lut_p1"], abs=0.01)
+    assert model._BLOCK_LUT[2] == pytest.approx(fitted["block_lut_p2"], abs=0.01)
+    assert model._BLOCK_FF == pytest.approx(fitted["block_ff"], abs=0.01)
+    assert model._POST_LUT_PER_COL == pytest.approx(fitted["post_lut"][0], abs=0.01)
+    assert model._LOGIC == {key: fitted[f"logic_{key}"][0] for key in ("DSP48E2", "LUT", "FF")}
