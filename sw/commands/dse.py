@@ -20,7 +20,9 @@ Points the hardware cannot be built for are reported as skipped, with the reason
 shared: one quantization per set of numerics, one compilation per set of buffers, one
 performance-model run per set of cycle-relevant fields (clock and DSP packing change no
 cycle count). Tasks run on a local pool of Dask workers (--jobs) or on a running Dask
-cluster (--scheduler), with the same result.
+cluster (--scheduler), with the same result. Performance-model results are cached in
+~/.cache/vitaccel/dse ($VITACCEL_DSE_CACHE; "off" disables), keyed by the program, the
+cycle-relevant fields and the model's source: evaluating a space again is quick.
 
 The space file is JSON: {"base": PRESET or {config}, "fields": {FIELD: [values, ...]}, "name": N};
 its points are the product of the field values (docs/dse.md, docs/dse/space_deit_small.json).
