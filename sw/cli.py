@@ -19,6 +19,7 @@ Typical session:
   vitaccel run out/deit-s --backend golden --json
   vitaccel bench gemm --config tiny --json   RTL-measured cycles and utilisation
   vitaccel emit --config zcu102 -o zcu102/   Verilog, constraints and Vivado scripts
+  vitaccel dse --space docs/dse/space_deit_small.json --model deit-small   explore configs
 
 Configs are preset names (tiny, zcu102) or JSON files written by `vitaccel spec --json`.
 """

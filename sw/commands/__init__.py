@@ -15,6 +15,7 @@ COMMAND_MODULES = (
     "run",
     "regress",
     "emit",
+    "dse",
 )
 
 
