@@ -624,7 +624,7 @@ def run_program_case(config: AccelConfig, *, seed: int = 0, simulator: str = "ve
     """
     from vitaccel.hw.accel import ACCEL_TOP_NAME
     from vitaccel.hw.platform.verilog import accelerator_verilog
-    from vitaccel.sim.runner import emit_verilog, run_testbench
+    from vitaccel.sim.runner import run_testbench
 
     given = programs
     if programs is not None:

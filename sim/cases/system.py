@@ -121,7 +121,7 @@ def simulate_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray],
     from vitaccel.sim.golden.machine import words_to_bytes
     from vitaccel.sim.cocotb.board_ddr import BOARD_TOP_NAME, board_ddr_top
     from vitaccel.sim.perf.ddr import ddr_model as ddr_model_named
-    from vitaccel.sim.runner import emit_verilog, run_testbench
+    from vitaccel.sim.runner import run_testbench
     from vitaccel.sw.device import program_layout
 
     if not ddrs:

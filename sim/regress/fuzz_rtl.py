@@ -45,7 +45,7 @@ def run_rtl_batch(config: AccelConfig, programs: list[FuzzProgram], *, simulator
     program (``NOT_RUN`` for programs after a simulator crash)."""
     from vitaccel.hw.accel import ACCEL_TOP_NAME
     from vitaccel.hw.platform.verilog import accelerator_verilog
-    from vitaccel.sim.runner import emit_verilog, run_testbench
+    from vitaccel.sim.runner import run_testbench
 
     if not programs:
         return []
