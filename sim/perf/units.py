@@ -5,7 +5,8 @@ DECIDE state after issue to the state that raises ``complete``, both included. T
 unit has the buffers' ports first, so these instructions never wait for the load or store
 paths. ``E`` is ``rows * cols`` elements; ``beats`` a row's beats of ``vector_lanes``.
 
-Sources (``hw/accel/core.py`` unless named):
+Sources (``hw/accel/vector.py``'s ``VectorController`` for the vector opcodes; ``hw/accel/core.py``
+for SYNC and FINISH; other files named):
 
 * SYNC, FINISH: DECIDE only.
 * LUT_LOAD: DECIDE, LUT_CHECK, then LUT_READ + LUT_WRITE per entry.

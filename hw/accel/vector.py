@@ -1,0 +1,515 @@
+"""The vector controller: LUT_LOAD, GELU, ADD, SOFTMAX and LAYERNORM in the accelerator.
+
+:class:`VectorController` executes the vector opcodes of the compute queue through the
+non-linear units of :mod:`vitaccel.hw.nonlinear.units` (``Gelu``, ``Softmax``, ``LayerNorm``)
+and its own elementwise ADD. It talks to the core through explicit ports: the instruction
+(``word``, ``start``), the retirement pulses (``done``, ``error`` with ``error_code``), the
+VECTOR and ACC read ports (byte address, 16-byte word one cycle later) and a 16-byte VECTOR
+write port with byte enables.
+
+Every opcode checks its operands in the golden machine's order (``GoldenMachine._lut_load``,
+``_gelu``, ``_add``, ``_softmax``, ``_layernorm``) through :func:`~.decode.first_failure`;
+registered address checks are computed in the cycle the instruction is started and tested the
+cycle after.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Module, Mux, Signal, Value
+from amaranth.hdl import signed
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from vitaccel.hw.spec import isa
+from vitaccel.hw.spec.config import AccelConfig
+from vitaccel.hw.spec.isa import ADDR_UNIT, Buffer, Opcode
+from vitaccel.hw.spec.regmap import ErrorCode
+
+from .decode import first_failure, instruction_unit_members, instruction_view
+
+__all__ = ["VectorController", "VECTOR_OPCODES"]
+
+#: The opcodes :class:`VectorController` executes (GELU, SOFTMAX and LAYERNORM only when the
+#: config has the unit; see :meth:`VectorController.executes`).
+VECTOR_OPCODES = (Opcode.LUT_LOAD, Opcode.GELU, Opcode.ADD, Opcode.SOFTMAX, Opcode.LAYERNORM)
+_ADDR_BITS = 24
+_UNIT_BITS = ADDR_UNIT * 8
+_LANE_BITS = (ADDR_UNIT - 1).bit_length()
+
+
+class VectorController(wiring.Component):
+    """Executes the vector opcodes (see the module docstring).
+
+    Parameters
+    ----------
+    config : AccelConfig
+        Buffer sizes, ``vector_lanes`` and which non-linear units exist (``has_gelu``,
+        ``has_softmax``, ``has_layernorm``).
+
+    Attributes
+    ----------
+    word : in
+        The instruction (held from ``start`` to ``done`` / ``error``).
+    start : in
+        Pulse: execute ``word`` (an opcode :meth:`executes` accepts).
+    done, error : out
+        One-cycle pulses: the instruction retired, or stopped with ``error_code``.
+    vector_read, vector_read_addr, vector_read_data : VECTOR read port (byte address; the
+        16-byte word holding it arrives the cycle after).
+    acc_read, acc_read_addr, acc_read_data : ACC read port, the same way.
+    vector_write, vector_write_addr, vector_write_data : VECTOR write of one 16-byte word
+        (``vector_write`` is the byte enables; the address's low bits are ignored).
+    """
+
+    def __init__(self, *, config: AccelConfig):
+        if not isinstance(config, AccelConfig):
+            raise TypeError(f"config: expected an AccelConfig, got {type(config).__name__}")
+        self.config = config
+        super().__init__({
+            **instruction_unit_members(),
+            "vector_read": Out(1), "vector_read_addr": Out(_ADDR_BITS), "vector_read_data": In(_UNIT_BITS),
+            "acc_read": Out(1), "acc_read_addr": Out(_ADDR_BITS), "acc_read_data": In(_UNIT_BITS),
+            "vector_write": Out(ADDR_UNIT), "vector_write_addr": Out(_ADDR_BITS),
+            "vector_write_data": Out(_UNIT_BITS),
+        })
+
+    def executes(self, opcode_bits) -> Value:
+        """1 if the controller executes the opcode ``opcode_bits`` encodes with this config
+        (GELU, SOFTMAX, LAYERNORM need their unit; LUT_LOAD and ADD always run)."""
+        config = self.config
+        built = {Opcode.LUT_LOAD: True, Opcode.ADD: True, Opcode.GELU: config.has_gelu,
+                 Opcode.SOFTMAX: config.has_softmax, Opcode.LAYERNORM: config.has_layernorm}
+        result = Value.cast(0)
+        for opcode, present in built.items():
+            if present:
+                result = result | (opcode_bits == opcode.value)
+        return result
+
+    # -- ports -------------------------------------------------------------------------------
+
+    def _fail(self, code) -> list:
+        return [self.error.eq(1), self.error_code.eq(code)]
+
+    def _checks(self, m: Module, checks) -> None:
+        """Fail with the first of ``checks`` ((condition, ErrorCode), golden order) that holds
+        and go to IDLE. This opens an ``m.If``: the caller continues with ``m.Elif`` / ``m.Else``."""
+        failed, code = first_failure(checks)
+        with m.If(failed):
+            m.d.comb += self._fail(code)
+            m.next = "IDLE"
+
+    def _write_byte(self, m: Module, address, value) -> None:
+        m.d.comb += [self.vector_write.eq(1 << address[:_LANE_BITS]), self.vector_write_addr.eq(address),
+                     self.vector_write_data.eq(Value.cast(value)[:8].replicate(ADDR_UNIT))]
+
+    # -- elaboration ---------------------------------------------------------------------------
+
+    def elaborate(self, platform):
+        m = Module()
+        config = self.config
+        vector_bytes = isa.buffer_bytes(config, Buffer.VECTOR)
+        acc_bytes = isa.buffer_bytes(config, Buffer.ACC)
+        instr = instruction_view(self.word)
+        opcode = instr.finish.opcode
+        vec, lut = instr.gelu, instr.lut_load   # every vector opcode has GELU's operand layout
+        rows, cols = vec.rows, vec.cols
+        src, dst, src2, param = vec.src_addr, vec.dst_addr, vec.src2_addr, vec.param_addr
+
+        gelu = layernorm = softmax = None
+        if config.has_gelu:
+            from vitaccel.hw.nonlinear.units import Gelu
+
+            m.submodules.gelu = gelu = Gelu(config=config)
+        if config.has_layernorm:
+            from vitaccel.hw.nonlinear.units import LayerNorm
+
+            m.submodules.layernorm = layernorm = LayerNorm(config=config)
+        if config.has_softmax:
+            from vitaccel.hw.nonlinear.units import Softmax
+
+            m.submodules.softmax = softmax = Softmax(config=config)
+
+        # Registered operand checks (computed from the held word, tested a cycle later).
+        elements = Signal(25)
+        checks = {name: Signal(name=name) for name in (
+            "src_out", "dst_out", "src2_out", "lut_range_bad", "lut_src_out", "add_param_out",
+            "layernorm_header_out", "layernorm_block_out", "softmax_src_out", "softmax_param_out")}
+        m.d.sync += [
+            elements.eq(rows * cols),
+            checks["src_out"].eq(src * ADDR_UNIT + rows * cols > vector_bytes),
+            checks["dst_out"].eq(dst * ADDR_UNIT + rows * cols > vector_bytes),
+            checks["src2_out"].eq(src2 * ADDR_UNIT + rows * cols > vector_bytes),
+            checks["lut_range_bad"].eq(lut.offset + lut.count > isa.GELU_LUT_ENTRIES),
+            checks["lut_src_out"].eq(lut.src_addr * ADDR_UNIT + lut.count > vector_bytes),
+            checks["add_param_out"].eq(param * ADDR_UNIT + 4 * isa.ADD_PARAM_WORDS > acc_bytes),
+            checks["layernorm_header_out"].eq(param * ADDR_UNIT + 4 * isa.LAYERNORM_HEADER_WORDS > acc_bytes),
+            checks["layernorm_block_out"].eq(
+                param * ADDR_UNIT + 4 * (isa.LAYERNORM_HEADER_WORDS + 3 * cols) > acc_bytes),
+            checks["softmax_src_out"].eq(src * ADDR_UNIT + rows * cols * 4 > acc_bytes),
+            checks["softmax_param_out"].eq(param * ADDR_UNIT + 4 * isa.SOFTMAX_PARAM_WORDS > acc_bytes),
+        ]
+        index = Signal(25)
+        read_lane = Signal(_LANE_BITS)
+        byte = self.vector_read_data.word_select(read_lane, 8)
+        src_byte = Signal(_ADDR_BITS)
+        m.d.comb += src_byte.eq(Mux(opcode == Opcode.GELU, src, lut.src_addr) * ADDR_UNIT + index)
+        entry = {Opcode.LUT_LOAD: "LUT_CHECK", Opcode.GELU: "GELU_CHECK", Opcode.ADD: "ADD_CHECK",
+                 Opcode.SOFTMAX: "SOFTMAX_CHECK", Opcode.LAYERNORM: "LAYERNORM_CHECK"}
+
+        with m.FSM(name="vector"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    with m.Switch(opcode):
+                        for op, state in entry.items():
+                            with m.Case(op):
+                                m.next = state
+            with m.State("LUT_CHECK"):
+                m.d.sync += index.eq(0)
+                self._checks(m, [(checks["lut_range_bad"], ErrorCode.INVALID_OPERAND),
+                                          (checks["lut_src_out"], ErrorCode.ADDRESS_OUT_OF_RANGE)])
+                with m.Elif((lut.count == 0) | (gelu is None)):   # no table without the unit
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "LUT_READ"
+            with m.State("LUT_READ"):
+                m.d.comb += [self.vector_read.eq(1), self.vector_read_addr.eq(src_byte)]
+                m.d.sync += read_lane.eq(src_byte[:_LANE_BITS])
+                m.next = "LUT_WRITE"
+            with m.State("LUT_WRITE"):
+                if gelu is not None:
+                    m.d.comb += [gelu.lut_write.addr.eq(lut.offset + index), gelu.lut_write.data.eq(byte),
+                                 gelu.lut_write.en.eq(1)]
+                m.d.sync += index.eq(index + 1)
+                with m.If(index == lut.count - 1):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "LUT_READ"
+            if gelu is not None:
+                self._gelu_states(m, gelu, index, elements, read_lane, byte, src_byte, dst,
+                                  checks=[(checks["src_out"] | checks["dst_out"], ErrorCode.ADDRESS_OUT_OF_RANGE)])
+            self._add_states(m, index, elements, src, src2, dst, param,
+                             src_checks=[(checks["src_out"] | checks["src2_out"] | checks["add_param_out"],
+                                          ErrorCode.ADDRESS_OUT_OF_RANGE)],
+                             dst_out=checks["dst_out"])
+            if layernorm is not None:
+                self._layernorm_states(m, layernorm, index, elements, cols, src, dst, param,
+                                       header_out=checks["layernorm_header_out"],
+                                       block_out=checks["layernorm_block_out"],
+                                       src_out=checks["src_out"], dst_out=checks["dst_out"])
+            if softmax is not None:
+                self._softmax_states(m, softmax, index, elements, cols, src, dst, param,
+                                     src_out=checks["softmax_src_out"], param_out=checks["softmax_param_out"],
+                                     dst_out=checks["dst_out"])
+        return m
+
+    # -- GELU ----------------------------------------------------------------------------------
+
+    def _gelu_states(self, m: Module, gelu, index, elements, read_lane, byte, src_byte, dst, *, checks) -> None:
+        """GELU (``nonlinear.gelu``) one byte per four cycles through lane 0 of ``Gelu``."""
+        with m.State("GELU_CHECK"):
+            m.d.sync += index.eq(0)
+            self._checks(m, checks)
+            with m.Elif(elements == 0):
+                m.d.comb += self.done.eq(1)
+                m.next = "IDLE"
+            with m.Else():
+                m.next = "GELU_READ"
+        with m.State("GELU_READ"):
+            m.d.comb += [self.vector_read.eq(1), self.vector_read_addr.eq(src_byte)]
+            m.d.sync += read_lane.eq(src_byte[:_LANE_BITS])
+            m.next = "GELU_FEED"
+        held = Signal(8)
+        m.d.comb += gelu.i.payload.eq(held)   # lane 0; the other lanes are zero
+        with m.State("GELU_FEED"):   # the read byte is only valid this cycle: keep it
+            m.d.sync += held.eq(byte)
+            m.next = "GELU_SEND"
+        with m.State("GELU_SEND"):
+            m.d.comb += gelu.i.valid.eq(1)
+            with m.If(gelu.i.ready):
+                m.next = "GELU_WRITE"
+        with m.State("GELU_WRITE"):
+            with m.If(gelu.o.valid):
+                m.d.comb += gelu.o.ready.eq(1)
+                self._write_byte(m, dst * ADDR_UNIT + index, gelu.o.payload[0])
+                m.d.sync += index.eq(index + 1)
+                with m.If(index == elements - 1):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = "GELU_READ"
+
+    # -- ADD -----------------------------------------------------------------------------------
+
+    def _add_states(self, m: Module, index, elements, src, src2, dst, param, *, src_checks, dst_out) -> None:
+        """ADD (``nonlinear.add``), one element per three cycles.
+
+        The checks run in the golden machine's order: sources, parameter block (ADDRESS_OUT_OF_RANGE),
+        the shift the rounding rule accepts (INVALID_OPERAND), destination. Elements stream
+        in order (read a, read b, write), so ``dst`` may equal ``src`` or ``src2`` (in place)."""
+        from vitaccel.hw.nonlinear.arith import SHIFT_BITS, round_shift, saturate
+        from vitaccel.hw.spec.numerics import MAX_SHIFT
+
+        # The block's three words (isa.pack_add_params order) share one 16-byte ACC row.
+        a_multiplier, b_multiplier, shift = Signal(32), Signal(32), Signal(32)
+        held_a = Signal(signed(8))
+        read_lane = Signal(_LANE_BITS)
+        byte = self.vector_read_data.word_select(read_lane, 8)
+        total = held_a * a_multiplier + byte.as_signed() * b_multiplier
+        result = saturate(round_shift(total, shift[:SHIFT_BITS]), 8)
+
+        def read_vector(base):
+            address = base * ADDR_UNIT + index
+            m.d.comb += [self.vector_read.eq(1), self.vector_read_addr.eq(address)]
+            m.d.sync += read_lane.eq(address[:_LANE_BITS])
+
+        with m.State("ADD_CHECK"):
+            m.d.sync += index.eq(0)
+            self._checks(m, src_checks)
+            with m.Else():
+                m.next = "ADD_PARAMS"
+        with m.State("ADD_PARAMS"):
+            m.d.comb += [self.acc_read.eq(1), self.acc_read_addr.eq(param * ADDR_UNIT)]
+            m.next = "ADD_PARAMS_TAKE"
+        with m.State("ADD_PARAMS_TAKE"):   # the ACC row is only valid this cycle: keep it
+            row = self.acc_read_data
+            m.d.sync += [a_multiplier.eq(row[0:32]), b_multiplier.eq(row[32:64]), shift.eq(row[64:96])]
+            m.next = "ADD_PARAMS_CHECK"
+        with m.State("ADD_PARAMS_CHECK"):
+            self._checks(m, [(shift > MAX_SHIFT, ErrorCode.INVALID_OPERAND),
+                                      (dst_out, ErrorCode.ADDRESS_OUT_OF_RANGE)])
+            with m.Elif(elements == 0):
+                m.d.comb += self.done.eq(1)
+                m.next = "IDLE"
+            with m.Else():
+                m.next = "ADD_READ_A"
+        with m.State("ADD_READ_A"):
+            read_vector(src)
+            m.next = "ADD_READ_B"
+        with m.State("ADD_READ_B"):
+            read_vector(src2)
+            m.d.sync += held_a.eq(byte.as_signed())
+            m.next = "ADD_WRITE"
+        with m.State("ADD_WRITE"):
+            self._write_byte(m, dst * ADDR_UNIT + index, result)
+            m.d.sync += index.eq(index + 1)
+            with m.If(index == elements - 1):
+                m.d.comb += self.done.eq(1)
+                m.next = "IDLE"
+            with m.Else():
+                m.next = "ADD_READ_A"
+
+    # -- SOFTMAX -------------------------------------------------------------------------------
+
+    def _softmax_states(self, m: Module, softmax, index, elements, cols, src, dst, param, *,
+                        src_out, param_out, dst_out) -> None:
+        """FSM states of SOFTMAX through the non-linear unit's ``Softmax``, one row at a time:
+        gather the row's int32 scores from ACC (one per cycle) into beats of ``vector_lanes``,
+        then write the row's uint8 probabilities to VECTOR (one byte per cycle).
+
+        Checks in the golden machine's order: scores and parameter block out of ACC
+        (ADDRESS_OUT_OF_RANGE); a shift above ``MAX_SHIFT`` (INVALID_OPERAND as in the golden
+        kernel) and what the unit is not built for (INVALID_OPERAND, as the golden machine):
+        table widths other than the config's, a multiplier of more than
+        ``SOFTMAX_MULT_BITS`` bits, rows longer than ``max_tokens``; then the destination."""
+        from vitaccel.hw.nonlinear.arith import SHIFT_BITS
+        from vitaccel.hw.spec.nonlinear import SOFTMAX_MULT_BITS
+        from vitaccel.hw.spec.numerics import MAX_SHIFT
+
+        config, lanes = self.config, softmax.lanes
+        multiplier, shift, exp_bits, recip_bits = (Signal(32, name=f"softmax_{n}") for n in
+                                                    ("multiplier", "shift", "exp_bits", "recip_bits"))
+        m.d.comb += [softmax.length.eq(cols), softmax.multiplier.eq(multiplier),
+                     softmax.shift.eq(shift[:SHIFT_BITS])]
+        beat = Signal(data.ArrayLayout(signed(32), lanes))
+        m.d.comb += [softmax.i.payload.scores.eq(beat), softmax.i.payload.mask.eq((1 << lanes) - 1)]
+        stream_reset = self._row_stream_states(m, "SOFTMAX", softmax, beat, index, elements, cols,
+                                               read=(self.acc_read, self.acc_read_addr),
+                                               read_data=self.acc_read_data, element_bits=32, src=src, dst=dst)
+
+        with m.State("SOFTMAX_CHECK"):
+            m.d.sync += stream_reset
+            self._checks(m, [(src_out | param_out, ErrorCode.ADDRESS_OUT_OF_RANGE)])
+            with m.Else():
+                m.next = "SOFTMAX_PARAMS"
+        with m.State("SOFTMAX_PARAMS"):
+            m.d.comb += [self.acc_read.eq(1), self.acc_read_addr.eq(param * ADDR_UNIT)]
+            m.next = "SOFTMAX_PARAMS_TAKE"
+        with m.State("SOFTMAX_PARAMS_TAKE"):   # isa.pack_softmax_params order, one ACC row
+            row = self.acc_read_data
+            m.d.sync += [multiplier.eq(row[0:32]), shift.eq(row[32:64]), exp_bits.eq(row[64:96]),
+                         recip_bits.eq(row[96:128])]
+            m.next = "SOFTMAX_PARAMS_CHECK"
+        with m.State("SOFTMAX_PARAMS_CHECK"):
+            unbuilt = ((exp_bits != config.exp_lut_bits) | (recip_bits != config.recip_lut_bits)
+                       | (multiplier >= 1 << SOFTMAX_MULT_BITS) | (cols > config.max_tokens))
+            self._checks(m, [((shift > MAX_SHIFT) | unbuilt, ErrorCode.INVALID_OPERAND),
+                                      (dst_out, ErrorCode.ADDRESS_OUT_OF_RANGE)])
+            with m.Elif(elements == 0):
+                m.d.comb += self.done.eq(1)
+                m.next = "IDLE"
+            with m.Else():
+                m.next = "SOFTMAX_READ"
+
+    # -- LAYERNORM -----------------------------------------------------------------------------
+
+    def _layernorm_states(self, m: Module, layernorm, index, elements, cols, src, dst, param, *,
+                          header_out, block_out, src_out, dst_out) -> None:
+        """FSM states of LAYERNORM through the non-linear unit's ``LayerNorm``: read the header
+        (``isa.pack_layernorm_params``), copy gamma / beta into the unit (three ACC words per
+        channel), then stream the rows (:meth:`_row_stream_states`).
+
+        Checks in the golden machine's order: header out of ACC (ADDRESS_OUT_OF_RANGE); header
+        channels != ``cols`` (INVALID_OPERAND); whole block out of ACC, source out of VECTOR
+        (ADDRESS_OUT_OF_RANGE); ``out_shift`` above ``MAX_SHIFT`` (INVALID_OPERAND, as the golden
+        kernel) and what the unit is not built for (INVALID_OPERAND, as the golden machine:
+        another ``rsqrt_lut_bits``, more than ``LAYERNORM_MAX_CHANNELS`` channels); the
+        destination (ADDRESS_OUT_OF_RANGE); then, while copying, a gamma beyond
+        ``LAYERNORM_GAMMA_BITS`` or a beta beyond ``LAYERNORM_BETA_BITS`` bits (INVALID_OPERAND,
+        as the golden machine) before any output is written."""
+        from vitaccel.hw.nonlinear.arith import SHIFT_BITS
+        from vitaccel.hw.spec.nonlinear import LAYERNORM_BETA_BITS, LAYERNORM_GAMMA_BITS
+        from vitaccel.hw.spec.numerics import MAX_SHIFT
+
+        config, lanes = self.config, layernorm.lanes
+        acc_data = self.acc_read_data
+        channels, eps_term, out_shift, rsqrt_bits = (Signal(32, name=f"layernorm_{n}") for n in
+                                                     ("channels", "eps_term", "out_shift", "rsqrt_bits"))
+        m.d.comb += [layernorm.length.eq(cols), layernorm.eps_term.eq(eps_term),
+                     layernorm.out_shift.eq(out_shift[:SHIFT_BITS])]
+        beat = Signal(layernorm.i.payload.shape())
+        m.d.comb += layernorm.i.payload.eq(beat)
+        stream_reset = self._row_stream_states(m, "LAYERNORM", layernorm, beat, index, elements, cols,
+                                               read=(self.vector_read, self.vector_read_addr),
+                                               read_data=self.vector_read_data, element_bits=8, src=src, dst=dst)
+        # Parameter copy: channel, word (0 gamma, 1 beta low, 2 beta high), lane, unit address.
+        write = layernorm.param_write
+        channel = Signal(13)
+        part = Signal(range(3))
+        lane = Signal(range(lanes))
+        beta_low = Signal(32)
+        out_of_range = Signal()
+        word_lane = Signal(2)
+        part_offset = Mux(part == 0, 0, Mux(part == 1, cols, 2 * cols))
+        word_addr = Signal(_ADDR_BITS)
+        m.d.comb += word_addr.eq(param * ADDR_UNIT + 4 * (isa.LAYERNORM_HEADER_WORDS + part_offset + channel))
+        word = acc_data.word_select(word_lane, 32).as_signed()
+        beta_high_limit = 1 << (LAYERNORM_BETA_BITS - 33)   # beta's high word is its top bits, signed
+
+        with m.State("LAYERNORM_CHECK"):
+            m.d.sync += [*stream_reset, channel.eq(0), part.eq(0), lane.eq(0), write.addr.eq(0),
+                         out_of_range.eq(0)]
+            self._checks(m, [(header_out, ErrorCode.ADDRESS_OUT_OF_RANGE)])
+            with m.Else():
+                m.next = "LAYERNORM_HEADER"
+        with m.State("LAYERNORM_HEADER"):
+            m.d.comb += [self.acc_read.eq(1), self.acc_read_addr.eq(param * ADDR_UNIT)]
+            m.next = "LAYERNORM_HEADER_TAKE"
+        with m.State("LAYERNORM_HEADER_TAKE"):
+            m.d.sync += [channels.eq(acc_data[0:32]), eps_term.eq(acc_data[32:64]),
+                         out_shift.eq(acc_data[64:96]), rsqrt_bits.eq(acc_data[96:128])]
+            m.next = "LAYERNORM_HEADER_CHECK"
+        with m.State("LAYERNORM_HEADER_CHECK"):
+            unbuilt = (rsqrt_bits != config.rsqrt_lut_bits) | (cols > layernorm.max_channels)
+            self._checks(m, [(channels != cols, ErrorCode.INVALID_OPERAND),
+                                      (block_out | src_out, ErrorCode.ADDRESS_OUT_OF_RANGE),
+                                      ((out_shift > MAX_SHIFT) | unbuilt, ErrorCode.INVALID_OPERAND),
+                                      (dst_out, ErrorCode.ADDRESS_OUT_OF_RANGE)])
+            with m.Elif(elements == 0):
+                m.d.comb += self.done.eq(1)
+                m.next = "IDLE"
+            with m.Else():
+                m.next = "LAYERNORM_PARAM_READ"
+        with m.State("LAYERNORM_PARAM_READ"):
+            m.d.comb += [self.acc_read.eq(1), self.acc_read_addr.eq(word_addr)]
+            m.d.sync += word_lane.eq(word_addr[2:_LANE_BITS])
+            m.next = "LAYERNORM_PARAM_TAKE"
+        with m.State("LAYERNORM_PARAM_TAKE"):   # the ACC word is only valid this cycle
+            m.next = "LAYERNORM_PARAM_READ"
+            with m.Switch(part):
+                with m.Case(0):
+                    m.d.sync += [write.gamma[lane].eq(word), part.eq(1)]
+                    with m.If((word >= 1 << (LAYERNORM_GAMMA_BITS - 1)) | (word < -(1 << (LAYERNORM_GAMMA_BITS - 1)))):
+                        m.d.sync += out_of_range.eq(1)
+                with m.Case(1):
+                    m.d.sync += [beta_low.eq(word), part.eq(2)]
+                with m.Case(2):
+                    m.d.sync += [write.beta[lane].eq(Cat(beta_low, word)), part.eq(0), channel.eq(channel + 1),
+                                 lane.eq(lane + 1)]
+                    with m.If((word >= beta_high_limit) | (word < -beta_high_limit)):
+                        m.d.sync += out_of_range.eq(1)
+                    with m.If((lane == lanes - 1) | (channel == cols - 1)):
+                        m.next = "LAYERNORM_PARAM_WRITE"
+        with m.State("LAYERNORM_PARAM_WRITE"):
+            m.d.comb += write.en.eq(1)
+            m.d.sync += [write.addr.eq(write.addr + 1), lane.eq(0)]
+            with m.If(channel != cols):
+                m.next = "LAYERNORM_PARAM_READ"
+            with m.Elif(out_of_range):
+                m.d.comb += self._fail(ErrorCode.INVALID_OPERAND)
+                m.next = "IDLE"
+            with m.Else():
+                m.next = "LAYERNORM_READ"
+
+    # -- row stream (SOFTMAX, LAYERNORM) -------------------------------------------------------
+
+    def _row_stream_states(self, m: Module, prefix: str, unit, beat: Signal, index: Signal, elements: Signal,
+                           cols, *, read, read_data, element_bits: int, src, dst) -> list:
+        """FSM states ``<prefix>_READ`` (the entry) .. ``<prefix>_WRITE`` that stream ``elements``
+        (rows of ``cols``) through a row unit (``i`` / ``o`` streams of ``unit.lanes`` lanes):
+        gather a row's elements (``element_bits`` wide, dense from unit address ``src`` of the
+        buffer ``read`` / ``read_data`` belong to, one per two cycles) into ``beat`` and send
+        it, then write the row's int8/uint8 outputs to VECTOR at ``dst`` (one per cycle).
+        Rows go through one at a time. Returns the statements that reset the counters."""
+        lanes = unit.lanes
+        read_enable, read_addr = read
+        element_bytes = element_bits // 8
+        outputs = Signal(unit.o.payload.shape(), name=f"{prefix.lower()}_outputs")
+        lane = Signal(range(lanes), name=f"{prefix.lower()}_lane")
+        col = Signal(13, name=f"{prefix.lower()}_col")
+        out_index = Signal(25, name=f"{prefix.lower()}_out_index")
+        log_bytes = element_bytes.bit_length() - 1
+        element_lane = Signal(_LANE_BITS - log_bytes, name=f"{prefix.lower()}_element_lane")
+        address = Signal(_ADDR_BITS, name=f"{prefix.lower()}_element_addr")
+        m.d.comb += address.eq(src * ADDR_UNIT + element_bytes * index)
+        last_col = col == cols - 1
+        with m.State(f"{prefix}_READ"):
+            m.d.comb += [read_enable.eq(1), read_addr.eq(address)]
+            m.d.sync += element_lane.eq(address[log_bytes:_LANE_BITS])
+            m.next = f"{prefix}_TAKE"
+        with m.State(f"{prefix}_TAKE"):   # the word read is only valid this cycle
+            m.d.sync += [beat[lane].eq(read_data.word_select(element_lane, element_bits)),
+                         index.eq(index + 1), lane.eq(lane + 1), col.eq(col + 1)]
+            with m.If(last_col | (lane == lanes - 1)):
+                m.next = f"{prefix}_SEND"
+            with m.Else():
+                m.next = f"{prefix}_READ"
+        with m.State(f"{prefix}_SEND"):   # lanes past the row's end are masked by the unit
+            m.d.comb += unit.i.valid.eq(1)
+            with m.If(unit.i.ready):
+                m.d.sync += lane.eq(0)
+                with m.If(col == cols):
+                    m.d.sync += col.eq(0)
+                    m.next = f"{prefix}_RECEIVE"
+                with m.Else():
+                    m.next = f"{prefix}_READ"
+        with m.State(f"{prefix}_RECEIVE"):
+            m.d.comb += unit.o.ready.eq(1)
+            with m.If(unit.o.valid):
+                m.d.sync += outputs.eq(unit.o.payload)
+                m.next = f"{prefix}_WRITE"
+        with m.State(f"{prefix}_WRITE"):
+            self._write_byte(m, dst * ADDR_UNIT + out_index, outputs[lane])
+            m.d.sync += [out_index.eq(out_index + 1), lane.eq(lane + 1), col.eq(col + 1)]
+            with m.If(last_col):
+                m.d.sync += [lane.eq(0), col.eq(0)]
+                with m.If(out_index == elements - 1):
+                    m.d.comb += self.done.eq(1)
+                    m.next = "IDLE"
+                with m.Else():
+                    m.next = f"{prefix}_READ"
+            with m.Elif(lane == lanes - 1):
+                m.d.sync += lane.eq(0)
+                m.next = f"{prefix}_RECEIVE"
+        return [index.eq(0), out_index.eq(0), col.eq(0), lane.eq(0)]
