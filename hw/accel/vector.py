@@ -152,9 +152,11 @@ class VectorController(wiring.Component):
         read_lane = Signal(_LANE_BITS)
         byte = self.vector_read_data.word_select(read_lane, 8)
         src_byte = Signal(_ADDR_BITS)
-        m.d.comb += src_byte.eq(Mux(opcode == Opcode.GELU, src, lut.src_addr) * ADDR_UNIT + index)
-        entry = {Opcode.LUT_LOAD: "LUT_CHECK", Opcode.GELU: "GELU_CHECK", Opcode.ADD: "ADD_CHECK",
-                 Opcode.SOFTMAX: "SOFTMAX_CHECK", Opcode.LAYERNORM: "LAYERNORM_CHECK"}
+        m.d.comb += src_byte.eq(lut.src_addr * ADDR_UNIT + index)
+        entry = {Opcode.LUT_LOAD: "LUT_CHECK", Opcode.ADD: "ADD_CHECK"}
+        for op, unit in ((Opcode.GELU, gelu), (Opcode.SOFTMAX, softmax), (Opcode.LAYERNORM, layernorm)):
+            if unit is not None:   # without it the core never starts the opcode (``executes``)
+                entry[op] = f"{op.name}_CHECK"
 
         with m.FSM(name="vector"):
             with m.State("IDLE"):
@@ -187,9 +189,9 @@ class VectorController(wiring.Component):
                 with m.Else():
                     m.next = "LUT_READ"
             if gelu is not None:
-                self._gelu_states(m, gelu, index, elements, read_lane, byte, src_byte, dst,
+                self._gelu_states(m, gelu, elements, src, dst,
                                   checks=[(checks["src_out"] | checks["dst_out"], ErrorCode.ADDRESS_OUT_OF_RANGE)])
-            self._add_states(m, index, elements, src, src2, dst, param,
+            self._add_states(m, elements, src, src2, dst, param,
                              src_checks=[(checks["src_out"] | checks["src2_out"] | checks["add_param_out"],
                                           ErrorCode.ADDRESS_OUT_OF_RANGE)],
                              dst_out=checks["dst_out"])
@@ -204,68 +206,130 @@ class VectorController(wiring.Component):
                                      dst_out=checks["dst_out"])
         return m
 
+    # -- word streaming (GELU, ADD) ---------------------------------------------------------
+
+    def _beats(self) -> tuple[int, int]:
+        """(elements per beat, beats per 16-byte word): a beat is ``vector_lanes`` bytes, at most
+        a word (the buffers' width bounds a cycle's bytes)."""
+        beat = min(self.config.vector_lanes, ADDR_UNIT)
+        return beat, ADDR_UNIT // beat
+
+    def _word_walk(self, m: Module, elements):
+        """Counters that walk ``elements`` int8 elements beat by beat: ``word`` (16-byte word
+        index), ``part`` (beat within the word), ``remaining`` (elements from this beat on).
+        Returns (reset statements, step statements, word, part, lane mask, last beat, last
+        beat of its word, byte enables of the beat within its word)."""
+        beat, parts = self._beats()
+        word = Signal(21, name="walk_word")
+        part = Signal(range(max(parts, 2)), name="walk_part")
+        remaining = Signal(26, name="walk_remaining")
+        mask = Cat(remaining > lane for lane in range(beat))
+        last = remaining <= beat
+        word_end = last | (part == parts - 1)
+        enables = (mask << (part * beat))[:ADDR_UNIT] if parts > 1 else mask
+        reset = [word.eq(0), part.eq(0), remaining.eq(elements)]
+        step = [remaining.eq(remaining - beat)]
+        if parts > 1:
+            step.append(part.eq(Mux(part == parts - 1, 0, part + 1)))
+        step.append(word.eq(Mux(part == parts - 1, word + 1, word)))
+        return reset, step, word, part, mask, last, word_end, enables
+
+    @staticmethod
+    def _beat_of(word_bits, part, beat: int) -> Value:
+        """Beat ``part`` (``beat`` bytes) of a 16-byte word."""
+        return word_bits.word_select(part, beat * 8) if beat < ADDR_UNIT else word_bits
+
     # -- GELU ----------------------------------------------------------------------------------
 
-    def _gelu_states(self, m: Module, gelu, index, elements, read_lane, byte, src_byte, dst, *, checks) -> None:
-        """GELU (``nonlinear.gelu``) one byte per four cycles through lane 0 of ``Gelu``."""
+    def _gelu_states(self, m: Module, gelu, elements, src, dst, *, checks) -> None:
+        """GELU (``nonlinear.gelu``), a beat of ``min(vector_lanes, 16)`` bytes per cycle through
+        ``Gelu``: word ``w`` of the source is read in the cycle the last beat of word ``w - 1``
+        goes in (its first beat takes the word as it arrives, the others a copy), and each beat's
+        outputs are written to VECTOR with byte enables the cycle ``Gelu`` answers (one table
+        read). ``src`` and ``dst`` are 16-byte aligned (unit addresses); lanes past
+        ``elements`` in the last beat are not written. A word is written after it was read, so
+        ``dst`` may equal ``src`` (in place) or lie below it; a destination that overlaps the
+        source at a higher address would read bytes already written (the golden machine reads
+        the whole source first; the compiler never emits that)."""
+        beat, parts = self._beats()
+        reset, step, word, part, mask, last, word_end, enables = self._word_walk(m, elements)
+        held = Signal(_UNIT_BITS)
+        current = Mux(part == 0, self.vector_read_data, held) if parts > 1 else self.vector_read_data
+        feeding = Signal()
+        # The beat in ``Gelu`` (one stage, always drained): where its outputs go.
+        out_addr = Signal(_ADDR_BITS)
+        out_enables = Signal(ADDR_UNIT)
+        out_last = Signal()
+        m.d.comb += gelu.i.payload.eq(self._beat_of(current, part, beat))
+
+        def read(word_index):
+            m.d.comb += [self.vector_read.eq(1), self.vector_read_addr.eq((src + word_index) * ADDR_UNIT)]
+
         with m.State("GELU_CHECK"):
-            m.d.sync += index.eq(0)
+            m.d.sync += [*reset, feeding.eq(1)]
             self._checks(m, checks)
             with m.Elif(elements == 0):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
             with m.Else():
-                m.next = "GELU_READ"
-        with m.State("GELU_READ"):
-            m.d.comb += [self.vector_read.eq(1), self.vector_read_addr.eq(src_byte)]
-            m.d.sync += read_lane.eq(src_byte[:_LANE_BITS])
-            m.next = "GELU_FEED"
-        held = Signal(8)
-        m.d.comb += gelu.i.payload.eq(held)   # lane 0; the other lanes are zero
-        with m.State("GELU_FEED"):   # the read byte is only valid this cycle: keep it
-            m.d.sync += held.eq(byte)
-            m.next = "GELU_SEND"
-        with m.State("GELU_SEND"):
-            m.d.comb += gelu.i.valid.eq(1)
-            with m.If(gelu.i.ready):
-                m.next = "GELU_WRITE"
-        with m.State("GELU_WRITE"):
+                read(0)
+                m.next = "GELU_STREAM"
+        with m.State("GELU_STREAM"):
+            m.d.comb += [gelu.i.valid.eq(feeding), gelu.o.ready.eq(1)]
+            with m.If(feeding):   # ``Gelu`` is always ready: its output is always taken
+                m.d.sync += [*step, out_addr.eq((dst + word) * ADDR_UNIT), out_enables.eq(enables),
+                             out_last.eq(last)]
+                if parts > 1:
+                    with m.If(part == 0):
+                        m.d.sync += held.eq(self.vector_read_data)
+                with m.If(last):
+                    m.d.sync += feeding.eq(0)
+                with m.Elif(word_end):
+                    read(word + 1)
             with m.If(gelu.o.valid):
-                m.d.comb += gelu.o.ready.eq(1)
-                self._write_byte(m, dst * ADDR_UNIT + index, gelu.o.payload[0])
-                m.d.sync += index.eq(index + 1)
-                with m.If(index == elements - 1):
+                m.d.comb += [self.vector_write.eq(out_enables), self.vector_write_addr.eq(out_addr),
+                             self.vector_write_data.eq(Value.cast(gelu.o.payload)[:beat * 8].replicate(parts))]
+                with m.If(out_last):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
-                with m.Else():
-                    m.next = "GELU_READ"
 
     # -- ADD -----------------------------------------------------------------------------------
 
-    def _add_states(self, m: Module, index, elements, src, src2, dst, param, *, src_checks, dst_out) -> None:
-        """ADD (``nonlinear.add``), one element per three cycles.
+    def _add_states(self, m: Module, elements, src, src2, dst, param, *, src_checks, dst_out) -> None:
+        """ADD (``nonlinear.add``), a beat of ``min(vector_lanes, 16)`` elements per cycle.
 
         The checks run in the golden machine's order: sources, parameter block (ADDRESS_OUT_OF_RANGE),
-        the shift the rounding rule accepts (INVALID_OPERAND), destination. Elements stream
-        in order (read a, read b, write), so ``dst`` may equal ``src`` or ``src2`` (in place)."""
+        the shift the rounding rule accepts (INVALID_OPERAND), destination. Per 16-byte word:
+        ADD_READ_B reads ``src2``'s word (``src``'s arrived: kept), then ADD_BEATS computes and
+        writes a beat per cycle (byte enables); the first beat takes ``src2``'s word as it
+        arrives. The next word of ``src`` is read in the cycle of the last beat, so a word
+        costs ``1 + beats`` cycles (the single VECTOR read port takes two reads per word).
+        A word is written after both its source words were read, so ``dst`` may equal ``src``
+        or ``src2`` (in place) or lie below them; not overlap them at a higher address."""
         from vitaccel.hw.nonlinear.arith import SHIFT_BITS, round_shift, saturate
         from vitaccel.hw.spec.numerics import MAX_SHIFT
 
+        beat, parts = self._beats()
+        reset, step, word, part, mask, last, word_end, enables = self._word_walk(m, elements)
         # The block's three words (isa.pack_add_params order) share one 16-byte ACC row.
         a_multiplier, b_multiplier, shift = Signal(32), Signal(32), Signal(32)
-        held_a = Signal(signed(8))
-        read_lane = Signal(_LANE_BITS)
-        byte = self.vector_read_data.word_select(read_lane, 8)
-        total = held_a * a_multiplier + byte.as_signed() * b_multiplier
-        result = saturate(round_shift(total, shift[:SHIFT_BITS]), 8)
+        held_a, held_b = Signal(_UNIT_BITS), Signal(_UNIT_BITS)
+        b_word = Mux(part == 0, self.vector_read_data, held_b) if parts > 1 else self.vector_read_data
+        a_beat = self._beat_of(held_a, part, beat)
+        b_beat = self._beat_of(b_word, part, beat)
+        results = []
+        for lane in range(beat):
+            a = a_beat.word_select(lane, 8).as_signed()
+            b = b_beat.word_select(lane, 8).as_signed()
+            total = a * a_multiplier + b * b_multiplier
+            results.append(saturate(round_shift(total, shift[:SHIFT_BITS]), 8)[:8])
+        outputs = Cat(*results)
 
-        def read_vector(base):
-            address = base * ADDR_UNIT + index
-            m.d.comb += [self.vector_read.eq(1), self.vector_read_addr.eq(address)]
-            m.d.sync += read_lane.eq(address[:_LANE_BITS])
+        def read(base, word_index):
+            m.d.comb += [self.vector_read.eq(1), self.vector_read_addr.eq((base + word_index) * ADDR_UNIT)]
 
         with m.State("ADD_CHECK"):
-            m.d.sync += index.eq(0)
+            m.d.sync += reset
             self._checks(m, src_checks)
             with m.Else():
                 m.next = "ADD_PARAMS"
@@ -278,27 +342,30 @@ class VectorController(wiring.Component):
             m.next = "ADD_PARAMS_CHECK"
         with m.State("ADD_PARAMS_CHECK"):
             self._checks(m, [(shift > MAX_SHIFT, ErrorCode.INVALID_OPERAND),
-                                      (dst_out, ErrorCode.ADDRESS_OUT_OF_RANGE)])
+                             (dst_out, ErrorCode.ADDRESS_OUT_OF_RANGE)])
             with m.Elif(elements == 0):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
             with m.Else():
-                m.next = "ADD_READ_A"
-        with m.State("ADD_READ_A"):
-            read_vector(src)
-            m.next = "ADD_READ_B"
+                read(src, 0)
+                m.next = "ADD_READ_B"
         with m.State("ADD_READ_B"):
-            read_vector(src2)
-            m.d.sync += held_a.eq(byte.as_signed())
-            m.next = "ADD_WRITE"
-        with m.State("ADD_WRITE"):
-            self._write_byte(m, dst * ADDR_UNIT + index, result)
-            m.d.sync += index.eq(index + 1)
-            with m.If(index == elements - 1):
+            read(src2, word)
+            m.d.sync += held_a.eq(self.vector_read_data)
+            m.next = "ADD_BEATS"
+        with m.State("ADD_BEATS"):
+            m.d.comb += [self.vector_write.eq(enables), self.vector_write_addr.eq((dst + word) * ADDR_UNIT),
+                         self.vector_write_data.eq(outputs.replicate(parts))]
+            m.d.sync += step
+            if parts > 1:
+                with m.If(part == 0):
+                    m.d.sync += held_b.eq(self.vector_read_data)
+            with m.If(last):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
-            with m.Else():
-                m.next = "ADD_READ_A"
+            with m.Elif(word_end):
+                read(src, word + 1)
+                m.next = "ADD_READ_B"
 
     # -- SOFTMAX -------------------------------------------------------------------------------
 

@@ -10,10 +10,13 @@ for SYNC and FINISH; other files named):
 
 * SYNC, FINISH: DECIDE only.
 * LUT_LOAD: DECIDE, LUT_CHECK, then LUT_READ + LUT_WRITE per entry.
-* GELU: DECIDE, GELU_CHECK, then per element GELU_READ, GELU_FEED, GELU_SEND, GELU_WRITE
-  (``Gelu`` in ``hw/nonlinear/units.py`` answers the cycle after its input: one table read).
-* ADD (``_add_states``): DECIDE, ADD_CHECK, ADD_PARAMS, ADD_PARAMS_TAKE, ADD_PARAMS_CHECK,
-  then ADD_READ_A, ADD_READ_B, ADD_WRITE per element.
+* GELU (``_gelu_states``): DECIDE, GELU_CHECK (reads the first source word), then GELU_STREAM:
+  one beat of ``min(vector_lanes, 16)`` elements per cycle, and one more cycle for the last
+  beat's output (``Gelu`` in ``hw/nonlinear/units.py`` answers the cycle after its input: one
+  table read). Nothing but the check for no elements.
+* ADD (``_add_states``): DECIDE, ADD_CHECK, ADD_PARAMS, ADD_PARAMS_TAKE, ADD_PARAMS_CHECK
+  (reads the first ``src`` word), then per 16-byte word ADD_READ_B and one ADD_BEATS cycle per
+  beat (the next ``src`` word is read in the last beat).
 * LAYERNORM (``_layernorm_states``): DECIDE, CHECK, HEADER, HEADER_TAKE, HEADER_CHECK;
   PARAM_READ + PARAM_TAKE for each of gamma / beta low / beta high per channel and a
   PARAM_WRITE per beat of channels; then the rows (``_row_stream_states``).
@@ -37,10 +40,10 @@ from __future__ import annotations
 from vitaccel.hw.nonlinear.arith import ExpStage, InvSqrt, Reciprocal
 from vitaccel.hw.nonlinear.units import LayerNorm, Softmax
 from vitaccel.hw.spec.config import AccelConfig
-from vitaccel.hw.spec.isa import Instruction, Opcode
+from vitaccel.hw.spec.isa import ADDR_UNIT, Instruction, Opcode
 from vitaccel.hw.spec.sparse import topk_passes
 
-__all__ = ["compute_cycles", "layernorm_row_wait", "softmax_row_wait", "TOPK_ENGINE_EXTRA"]
+__all__ = ["compute_cycles", "word_beats", "layernorm_row_wait", "softmax_row_wait", "TOPK_ENGINE_EXTRA"]
 
 def _tree_levels(lanes: int) -> int:
     """Levels of the units' pipelined adder / compare trees over ``lanes`` values."""
@@ -74,6 +77,12 @@ TOPK_ENGINE_EXTRA = 0
 
 def _ceil(a: int, b: int) -> int:
     return -(-a // b)
+
+
+def word_beats(config: AccelConfig) -> int:
+    """Elements per beat of the word-streaming opcodes (GELU, ADD): ``vector_lanes``, at most a
+    16-byte buffer word (``VectorController._beats``)."""
+    return min(config.vector_lanes, ADDR_UNIT)
 
 
 def _row_stream(rows: int, cols: int, lanes: int, wait: int) -> int:
@@ -125,10 +134,11 @@ def compute_cycles(config: AccelConfig, instr: Instruction) -> int:
     if op is Opcode.LUT_LOAD:
         return 2 + 2 * f["count"]
     elements = f.get("rows", 0) * f.get("cols", 0)
+    beat = word_beats(config)
     if op is Opcode.GELU:
-        return 2 + 4 * elements
+        return 2 + (_ceil(elements, beat) + 1 if elements else 0)
     if op is Opcode.ADD:
-        return 5 + 3 * elements
+        return 5 + _ceil(elements, ADDR_UNIT) + _ceil(elements, beat)
     if op is Opcode.LAYERNORM:
         cols = f["cols"]
         params = 6 * cols + _ceil(cols, lanes)
