@@ -196,12 +196,12 @@ class VectorController(wiring.Component):
                                           ErrorCode.ADDRESS_OUT_OF_RANGE)],
                              dst_out=checks["dst_out"])
             if layernorm is not None:
-                self._layernorm_states(m, layernorm, index, elements, cols, src, dst, param,
+                self._layernorm_states(m, layernorm, elements, cols, src, dst, param,
                                        header_out=checks["layernorm_header_out"],
                                        block_out=checks["layernorm_block_out"],
                                        src_out=checks["src_out"], dst_out=checks["dst_out"])
             if softmax is not None:
-                self._softmax_states(m, softmax, index, elements, cols, src, dst, param,
+                self._softmax_states(m, softmax, elements, cols, src, dst, param,
                                      src_out=checks["softmax_src_out"], param_out=checks["softmax_param_out"],
                                      dst_out=checks["dst_out"])
         return m
@@ -369,7 +369,7 @@ class VectorController(wiring.Component):
 
     # -- SOFTMAX -------------------------------------------------------------------------------
 
-    def _softmax_states(self, m: Module, softmax, index, elements, cols, src, dst, param, *,
+    def _softmax_states(self, m: Module, softmax, elements, cols, src, dst, param, *,
                         src_out, param_out, dst_out) -> None:
         """FSM states of SOFTMAX through the non-linear unit's ``Softmax``, one row at a time:
         gather the row's int32 scores from ACC (one per cycle) into beats of ``vector_lanes``,
@@ -389,9 +389,8 @@ class VectorController(wiring.Component):
                                                     ("multiplier", "shift", "exp_bits", "recip_bits"))
         m.d.comb += [softmax.length.eq(cols), softmax.multiplier.eq(multiplier),
                      softmax.shift.eq(shift[:SHIFT_BITS])]
-        beat = Signal(data.ArrayLayout(signed(32), lanes))
-        m.d.comb += [softmax.i.payload.scores.eq(beat), softmax.i.payload.mask.eq((1 << lanes) - 1)]
-        stream_reset = self._row_stream_states(m, "SOFTMAX", softmax, beat, index, elements, cols,
+        m.d.comb += softmax.i.payload.mask.eq((1 << lanes) - 1)
+        stream_reset = self._row_stream_states(m, "SOFTMAX", softmax, softmax.i.payload.scores, elements, cols,
                                                read=(self.acc_read, self.acc_read_addr),
                                                read_data=self.acc_read_data, element_bits=32, src=src, dst=dst)
 
@@ -421,7 +420,7 @@ class VectorController(wiring.Component):
 
     # -- LAYERNORM -----------------------------------------------------------------------------
 
-    def _layernorm_states(self, m: Module, layernorm, index, elements, cols, src, dst, param, *,
+    def _layernorm_states(self, m: Module, layernorm, elements, cols, src, dst, param, *,
                           header_out, block_out, src_out, dst_out) -> None:
         """FSM states of LAYERNORM through the non-linear unit's ``LayerNorm``: read the header
         (``isa.pack_layernorm_params``), copy gamma / beta into the unit (three ACC words per
@@ -445,9 +444,7 @@ class VectorController(wiring.Component):
                                                      ("channels", "eps_term", "out_shift", "rsqrt_bits"))
         m.d.comb += [layernorm.length.eq(cols), layernorm.eps_term.eq(eps_term),
                      layernorm.out_shift.eq(out_shift[:SHIFT_BITS])]
-        beat = Signal(layernorm.i.payload.shape())
-        m.d.comb += layernorm.i.payload.eq(beat)
-        stream_reset = self._row_stream_states(m, "LAYERNORM", layernorm, beat, index, elements, cols,
+        stream_reset = self._row_stream_states(m, "LAYERNORM", layernorm, layernorm.i.payload, elements, cols,
                                                read=(self.vector_read, self.vector_read_addr),
                                                read_data=self.vector_read_data, element_bits=8, src=src, dst=dst)
         # Parameter copy: channel, word (0 gamma, 1 beta low, 2 beta high), lane, unit address.
@@ -521,62 +518,112 @@ class VectorController(wiring.Component):
 
     # -- row stream (SOFTMAX, LAYERNORM) -------------------------------------------------------
 
-    def _row_stream_states(self, m: Module, prefix: str, unit, beat: Signal, index: Signal, elements: Signal,
-                           cols, *, read, read_data, element_bits: int, src, dst) -> list:
+    def _row_stream_states(self, m: Module, prefix: str, unit, payload, elements: Signal, cols, *, read,
+                           read_data, element_bits: int, src, dst) -> list:
         """FSM states ``<prefix>_READ`` (the entry) .. ``<prefix>_WRITE`` that stream ``elements``
-        (rows of ``cols``) through a row unit (``i`` / ``o`` streams of ``unit.lanes`` lanes):
-        gather a row's elements (``element_bits`` wide, dense from unit address ``src`` of the
-        buffer ``read`` / ``read_data`` belong to, one per two cycles) into ``beat`` and send
-        it, then write the row's int8/uint8 outputs to VECTOR at ``dst`` (one per cycle).
-        Rows go through one at a time. Returns the statements that reset the counters."""
+        (rows of ``cols``) through a row unit (``i`` / ``o`` streams of ``unit.lanes`` lanes),
+        one row at a time.
+
+        Gather: each READ cycle reads the 16-byte word (of the buffer ``read`` / ``read_data``
+        belong to) holding the row's next element, ``element_bits`` wide, dense from unit
+        address ``src``, and takes the chunk of it that fits: what is left of the word, of the
+        beat and of the row (:func:`row_chunks`); the chunk lands in the beat the cycle after
+        (the next word's address is already out). SEND offers the beat (``payload``) the cycle
+        after its last chunk was read. Write: RECEIVE takes an output beat, then each WRITE
+        cycle writes the chunk of it that fits in the current 16-byte VECTOR word (byte
+        enables) at ``dst``. Rows need no alignment. Returns the statements that reset the
+        counters."""
         lanes = unit.lanes
         read_enable, read_addr = read
         element_bytes = element_bits // 8
-        outputs = Signal(unit.o.payload.shape(), name=f"{prefix.lower()}_outputs")
-        lane = Signal(range(lanes), name=f"{prefix.lower()}_lane")
-        col = Signal(13, name=f"{prefix.lower()}_col")
-        out_index = Signal(25, name=f"{prefix.lower()}_out_index")
         log_bytes = element_bytes.bit_length() - 1
-        element_lane = Signal(_LANE_BITS - log_bytes, name=f"{prefix.lower()}_element_lane")
-        address = Signal(_ADDR_BITS, name=f"{prefix.lower()}_element_addr")
-        m.d.comb += address.eq(src * ADDR_UNIT + element_bytes * index)
-        last_col = col == cols - 1
+        per_word = ADDR_UNIT // element_bytes
+        name = prefix.lower()
+        lane_bits = max(1, (lanes - 1).bit_length())
+        chunk_bits = max(lanes, per_word, ADDR_UNIT).bit_length()
+        # -- gather -------------------------------------------------------------------------
+        row_addr = Signal(_ADDR_BITS, name=f"{name}_row_addr")      # byte address of the row's first element
+        col = Signal(13, name=f"{name}_col")
+        lane = Signal(range(lanes + 1), name=f"{name}_lane")
+        address = Signal(_ADDR_BITS, name=f"{name}_element_addr")
+        m.d.comb += address.eq(row_addr + (col << log_bytes))
+        offset = address[log_bytes:_LANE_BITS] if per_word > 1 else Value.cast(0)
+        in_word = per_word - offset
+        in_beat = lanes - lane
+        in_row = cols - col
+        first = Mux(in_word < in_beat, in_word, in_beat)
+        count = Signal(chunk_bits, name=f"{name}_chunk")
+        m.d.comb += count.eq(Mux(in_row < first, in_row, first))
+        beat_full = (lane + count == lanes) | (col + count == cols)
+        # The chunk in flight: its element offset in the word, first beat lane and count.
+        pending = Signal(name=f"{name}_pending")
+        pending_offset = Signal(max(1, _LANE_BITS - log_bytes), name=f"{name}_pending_offset")
+        pending_lane = Signal(lane_bits, name=f"{name}_pending_lane")
+        pending_count = Signal(chunk_bits, name=f"{name}_pending_count")
+        element_shape = signed(element_bits)
+        beat = Signal(data.ArrayLayout(element_shape, lanes), name=f"{name}_beat")
+        merged = Signal(data.ArrayLayout(element_shape, lanes), name=f"{name}_merged")
+        for j in range(lanes):
+            source = (pending_offset + j - pending_lane)[:max(1, _LANE_BITS - log_bytes)] if per_word > 1 else 0
+            take = pending & (pending_lane <= j) & (j < pending_lane + pending_count)
+            m.d.comb += merged[j].eq(Mux(take, read_data.word_select(source, element_bits) if per_word > 1
+                                         else read_data[:element_bits], beat[j]))
+        m.d.sync += beat.eq(merged)
+        m.d.comb += payload.eq(merged)
+        # -- write --------------------------------------------------------------------------
+        outputs = Signal(unit.o.payload.shape(), name=f"{name}_outputs")
+        out_row_addr = Signal(_ADDR_BITS, name=f"{name}_out_row_addr")
+        out_col = Signal(13, name=f"{name}_out_col")
+        out_lane = Signal(range(lanes + 1), name=f"{name}_out_lane")
+        out_index = Signal(25, name=f"{name}_out_index")
+        out_address = Signal(_ADDR_BITS, name=f"{name}_out_addr")
+        m.d.comb += out_address.eq(out_row_addr + out_col)
+        out_offset = out_address[:_LANE_BITS]
+        out_first = Mux(ADDR_UNIT - out_offset < lanes - out_lane, ADDR_UNIT - out_offset, lanes - out_lane)
+        out_count = Signal(chunk_bits, name=f"{name}_out_chunk")
+        m.d.comb += out_count.eq(Mux(cols - out_col < out_first, cols - out_col, out_first))
+        out_bytes = Value.cast(outputs)
+        word_bytes = []
+        enables = []
+        for k in range(ADDR_UNIT):
+            source = (k + out_lane - out_offset)[:lane_bits]
+            word_bytes.append(out_bytes.word_select(source, 8) if lanes > 1 else out_bytes[:8])
+            enables.append((out_offset <= k) & (k < out_offset + out_count))
+        row_done = out_col + out_count == cols
         with m.State(f"{prefix}_READ"):
             m.d.comb += [read_enable.eq(1), read_addr.eq(address)]
-            m.d.sync += element_lane.eq(address[log_bytes:_LANE_BITS])
-            m.next = f"{prefix}_TAKE"
-        with m.State(f"{prefix}_TAKE"):   # the word read is only valid this cycle
-            m.d.sync += [beat[lane].eq(read_data.word_select(element_lane, element_bits)),
-                         index.eq(index + 1), lane.eq(lane + 1), col.eq(col + 1)]
-            with m.If(last_col | (lane == lanes - 1)):
+            m.d.sync += [pending.eq(1), pending_offset.eq(offset), pending_lane.eq(lane), pending_count.eq(count),
+                         col.eq(col + count), lane.eq(lane + count)]
+            with m.If(beat_full):
                 m.next = f"{prefix}_SEND"
-            with m.Else():
-                m.next = f"{prefix}_READ"
         with m.State(f"{prefix}_SEND"):   # lanes past the row's end are masked by the unit
             m.d.comb += unit.i.valid.eq(1)
+            m.d.sync += pending.eq(0)
             with m.If(unit.i.ready):
                 m.d.sync += lane.eq(0)
                 with m.If(col == cols):
-                    m.d.sync += col.eq(0)
                     m.next = f"{prefix}_RECEIVE"
                 with m.Else():
                     m.next = f"{prefix}_READ"
         with m.State(f"{prefix}_RECEIVE"):
             m.d.comb += unit.o.ready.eq(1)
             with m.If(unit.o.valid):
-                m.d.sync += outputs.eq(unit.o.payload)
+                m.d.sync += [outputs.eq(unit.o.payload), out_lane.eq(0)]
                 m.next = f"{prefix}_WRITE"
         with m.State(f"{prefix}_WRITE"):
-            self._write_byte(m, dst * ADDR_UNIT + out_index, outputs[lane])
-            m.d.sync += [out_index.eq(out_index + 1), lane.eq(lane + 1), col.eq(col + 1)]
-            with m.If(last_col):
-                m.d.sync += [lane.eq(0), col.eq(0)]
-                with m.If(out_index == elements - 1):
+            m.d.comb += [self.vector_write.eq(Cat(*enables)), self.vector_write_addr.eq(out_address),
+                         self.vector_write_data.eq(Cat(*word_bytes))]
+            m.d.sync += [out_col.eq(out_col + out_count), out_lane.eq(out_lane + out_count),
+                         out_index.eq(out_index + out_count)]
+            with m.If(row_done):
+                m.d.sync += [col.eq(0), out_col.eq(0), row_addr.eq(row_addr + (cols << log_bytes)),
+                             out_row_addr.eq(out_row_addr + cols)]
+                with m.If(out_index + out_count == elements):
                     m.d.comb += self.done.eq(1)
                     m.next = "IDLE"
                 with m.Else():
                     m.next = f"{prefix}_READ"
-            with m.Elif(lane == lanes - 1):
-                m.d.sync += lane.eq(0)
+            with m.Elif(out_lane + out_count == lanes):
                 m.next = f"{prefix}_RECEIVE"
-        return [index.eq(0), out_index.eq(0), col.eq(0), lane.eq(0)]
+        return [row_addr.eq(src * ADDR_UNIT), out_row_addr.eq(dst * ADDR_UNIT), out_index.eq(0), col.eq(0),
+                out_col.eq(0), lane.eq(0), pending.eq(0)]
