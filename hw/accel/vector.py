@@ -15,7 +15,7 @@ cycle after.
 
 from __future__ import annotations
 
-from amaranth import Cat, Module, Mux, Signal, Value
+from amaranth import Cat, Const, Module, Mux, Signal, Value
 from amaranth.hdl import signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
@@ -35,6 +35,12 @@ VECTOR_OPCODES = (Opcode.LUT_LOAD, Opcode.GELU, Opcode.ADD, Opcode.SOFTMAX, Opco
 _ADDR_BITS = 24
 _UNIT_BITS = ADDR_UNIT * 8
 _LANE_BITS = (ADDR_UNIT - 1).bit_length()
+
+
+def _at_least(bound: int, value) -> Value:
+    """``value <= bound``, without the comparison when it always holds (a lint warning)."""
+    value = Value.cast(value)
+    return Const(1) if bound >= (1 << len(value)) - 1 else value <= bound
 
 
 class VectorController(wiring.Component):
@@ -565,7 +571,7 @@ class VectorController(wiring.Component):
         merged = Signal(data.ArrayLayout(element_shape, lanes), name=f"{name}_merged")
         for j in range(lanes):
             source = (pending_offset + j - pending_lane)[:max(1, _LANE_BITS - log_bytes)] if per_word > 1 else 0
-            take = pending & (pending_lane <= j) & (j < pending_lane + pending_count)
+            take = pending & _at_least(j, pending_lane) & (j < pending_lane + pending_count)
             m.d.comb += merged[j].eq(Mux(take, read_data.word_select(source, element_bits) if per_word > 1
                                          else read_data[:element_bits], beat[j]))
         m.d.sync += beat.eq(merged)
@@ -588,7 +594,7 @@ class VectorController(wiring.Component):
         for k in range(ADDR_UNIT):
             source = (k + out_lane - out_offset)[:lane_bits]
             word_bytes.append(out_bytes.word_select(source, 8) if lanes > 1 else out_bytes[:8])
-            enables.append((out_offset <= k) & (k < out_offset + out_count))
+            enables.append(_at_least(k, out_offset) & (k < out_offset + out_count))
         row_done = out_col + out_count == cols
         with m.State(f"{prefix}_READ"):
             m.d.comb += [read_enable.eq(1), read_addr.eq(address)]
