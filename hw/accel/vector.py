@@ -104,6 +104,18 @@ class VectorController(wiring.Component):
             m.d.comb += self._fail(code)
             m.next = "IDLE"
 
+    def _start_or_retire(self, m: Module, checks, *, elements, first_state: str, on_start=None) -> None:
+        """An opcode's last check state: fail with the first of ``checks`` that holds, retire an
+        instruction without ``elements``, or run ``on_start`` and go to ``first_state``."""
+        self._checks(m, checks)
+        with m.Elif(elements == 0):
+            m.d.comb += self.done.eq(1)
+            m.next = "IDLE"
+        with m.Else():
+            if on_start is not None:
+                on_start()
+            m.next = first_state
+
     def _write_byte(self, m: Module, address, value) -> None:
         m.d.comb += [self.vector_write.eq(1 << address[:_LANE_BITS]), self.vector_write_addr.eq(address),
                      self.vector_write_data.eq(Value.cast(value)[:8].replicate(ADDR_UNIT))]
@@ -173,13 +185,10 @@ class VectorController(wiring.Component):
                                 m.next = state
             with m.State("LUT_CHECK"):
                 m.d.sync += index.eq(0)
-                self._checks(m, [(checks["lut_range_bad"], ErrorCode.INVALID_OPERAND),
-                                          (checks["lut_src_out"], ErrorCode.ADDRESS_OUT_OF_RANGE)])
-                with m.Elif((lut.count == 0) | (gelu is None)):   # no table without the unit
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
-                with m.Else():
-                    m.next = "LUT_READ"
+                # Without the unit there is no table to load: nothing to do.
+                self._start_or_retire(m, [(checks["lut_range_bad"], ErrorCode.INVALID_OPERAND),
+                                          (checks["lut_src_out"], ErrorCode.ADDRESS_OUT_OF_RANGE)],
+                                      elements=lut.count if gelu is not None else Const(0), first_state="LUT_READ")
             with m.State("LUT_READ"):
                 m.d.comb += [self.vector_read.eq(1), self.vector_read_addr.eq(src_byte)]
                 m.d.sync += read_lane.eq(src_byte[:_LANE_BITS])
@@ -273,13 +282,7 @@ class VectorController(wiring.Component):
 
         with m.State("GELU_CHECK"):
             m.d.sync += [*reset, feeding.eq(1)]
-            self._checks(m, checks)
-            with m.Elif(elements == 0):
-                m.d.comb += self.done.eq(1)
-                m.next = "IDLE"
-            with m.Else():
-                read(0)
-                m.next = "GELU_STREAM"
+            self._start_or_retire(m, checks, elements=elements, first_state="GELU_STREAM", on_start=lambda: read(0))
         with m.State("GELU_STREAM"):
             m.d.comb += [gelu.i.valid.eq(feeding), gelu.o.ready.eq(1)]
             with m.If(feeding):   # ``Gelu`` is always ready: its output is always taken
@@ -347,14 +350,9 @@ class VectorController(wiring.Component):
             m.d.sync += [a_multiplier.eq(row[0:32]), b_multiplier.eq(row[32:64]), shift.eq(row[64:96])]
             m.next = "ADD_PARAMS_CHECK"
         with m.State("ADD_PARAMS_CHECK"):
-            self._checks(m, [(shift > MAX_SHIFT, ErrorCode.INVALID_OPERAND),
-                             (dst_out, ErrorCode.ADDRESS_OUT_OF_RANGE)])
-            with m.Elif(elements == 0):
-                m.d.comb += self.done.eq(1)
-                m.next = "IDLE"
-            with m.Else():
-                read(src, 0)
-                m.next = "ADD_READ_B"
+            self._start_or_retire(m, [(shift > MAX_SHIFT, ErrorCode.INVALID_OPERAND),
+                                      (dst_out, ErrorCode.ADDRESS_OUT_OF_RANGE)],
+                                  elements=elements, first_state="ADD_READ_B", on_start=lambda: read(src, 0))
         with m.State("ADD_READ_B"):
             read(src2, word)
             m.d.sync += held_a.eq(self.vector_read_data)
@@ -416,13 +414,9 @@ class VectorController(wiring.Component):
         with m.State("SOFTMAX_PARAMS_CHECK"):
             unbuilt = ((exp_bits != config.exp_lut_bits) | (recip_bits != config.recip_lut_bits)
                        | (multiplier >= 1 << SOFTMAX_MULT_BITS) | (cols > config.max_tokens))
-            self._checks(m, [((shift > MAX_SHIFT) | unbuilt, ErrorCode.INVALID_OPERAND),
-                                      (dst_out, ErrorCode.ADDRESS_OUT_OF_RANGE)])
-            with m.Elif(elements == 0):
-                m.d.comb += self.done.eq(1)
-                m.next = "IDLE"
-            with m.Else():
-                m.next = "SOFTMAX_READ"
+            self._start_or_retire(m, [((shift > MAX_SHIFT) | unbuilt, ErrorCode.INVALID_OPERAND),
+                                      (dst_out, ErrorCode.ADDRESS_OUT_OF_RANGE)],
+                                  elements=elements, first_state="SOFTMAX_READ")
 
     # -- LAYERNORM -----------------------------------------------------------------------------
 
@@ -482,15 +476,11 @@ class VectorController(wiring.Component):
             m.next = "LAYERNORM_HEADER_CHECK"
         with m.State("LAYERNORM_HEADER_CHECK"):
             unbuilt = (rsqrt_bits != config.rsqrt_lut_bits) | (cols > layernorm.max_channels)
-            self._checks(m, [(channels != cols, ErrorCode.INVALID_OPERAND),
+            self._start_or_retire(m, [(channels != cols, ErrorCode.INVALID_OPERAND),
                                       (block_out | src_out, ErrorCode.ADDRESS_OUT_OF_RANGE),
                                       ((out_shift > MAX_SHIFT) | unbuilt, ErrorCode.INVALID_OPERAND),
-                                      (dst_out, ErrorCode.ADDRESS_OUT_OF_RANGE)])
-            with m.Elif(elements == 0):
-                m.d.comb += self.done.eq(1)
-                m.next = "IDLE"
-            with m.Else():
-                m.next = "LAYERNORM_PARAM_READ"
+                                      (dst_out, ErrorCode.ADDRESS_OUT_OF_RANGE)],
+                                  elements=elements, first_state="LAYERNORM_PARAM_READ")
         with m.State("LAYERNORM_PARAM_READ"):
             m.d.comb += [self.acc_read.eq(1), self.acc_read_addr.eq(word_addr)]
             m.d.sync += word_lane.eq(word_addr[2:_LANE_BITS])
