@@ -375,9 +375,10 @@ class VectorController(wiring.Component):
 
     def _softmax_states(self, m: Module, softmax, elements, cols, src, dst, param, *,
                         src_out, param_out, dst_out) -> None:
-        """FSM states of SOFTMAX through the non-linear unit's ``Softmax``, one row at a time:
-        gather the row's int32 scores from ACC (one per cycle) into beats of ``vector_lanes``,
-        then write the row's uint8 probabilities to VECTOR (one byte per cycle).
+        """FSM states of SOFTMAX through the non-linear unit's ``Softmax``, one row at a time
+        (:meth:`_row_stream_states`): gather the row's int32 scores from ACC (up to four per
+        16-byte word read) into beats of ``vector_lanes``, then write the row's uint8
+        probabilities to VECTOR (a word chunk per cycle).
 
         Checks in the golden machine's order: scores and parameter block out of ACC
         (ADDRESS_OUT_OF_RANGE); a shift above ``MAX_SHIFT`` (INVALID_OPERAND as in the golden
