@@ -21,8 +21,8 @@ The on-chip buffers are :class:`amaranth.lib.memory.Memory` instances 16 bytes
 paths take any alignment and stride; each cycle they move the bytes that are left of the current
 DMA word, of the current row and of the current 16-byte buffer word (one byte-enabled buffer
 write or one buffer read, through a byte rotator): up to a DMA word per cycle. The compute queue executes SYNC,
-FINISH, LUT_LOAD, GELU and LAYERNORM (through the non-linear unit's ``Gelu`` and
-``LayerNorm``), SOFTMAX (``Softmax``), ADD (elementwise, in the controller) and GEMM
+FINISH, LUT_LOAD, GELU, ADD, SOFTMAX and LAYERNORM (through :mod:`vitaccel.hw.accel.vector`'s
+controller and the non-linear units) and GEMM
 (through the matrix engine, :mod:`vitaccel.hw.accel.gemm`, whose output rows go out as
 16-byte writes with byte enables): requantizing to int8 in VECTOR, or raw int32 to ACC (with
 ``accumulate`` adding the ACC partials); only ``accumulate`` together with ``requant`` stops with
@@ -54,6 +54,7 @@ from .decode import InstructionChecker, field_slice
 from .gemm import GemmController, engine_supported
 from .requant import RequantController
 from .tokens import TOKEN_OPCODES, TokenController
+from .vector import VectorController
 
 __all__ = ["AcceleratorCore", "accelerator_top", "ACCEL_TOP_NAME", "IMPLEMENTED_OPCODES", "UNSUPPORTED_OPCODES",
            "QUEUE_DEPTH"]
@@ -494,21 +495,14 @@ class AcceleratorCore(wiring.Component):
 
     def _compute_unit(self, m: Module, port: _QueuePort, opcode_bits, others_drained, finished,
                       reads, writes, vector: _VectorPorts, engine_step: Signal) -> None:
-        """SYNC, FINISH, LUT_LOAD, GELU (one byte per cycle through the non-linear unit's ``Gelu``,
-        lane 0), ADD (:meth:`_add_states`), LAYERNORM (:meth:`_layernorm_states`), SOFTMAX
-        (:meth:`_softmax_states`), GEMM (:class:`~vitaccel.hw.accel.gemm.GemmController`, which
+        """SYNC, FINISH, LUT_LOAD / GELU / ADD / SOFTMAX / LAYERNORM
+        (:class:`~vitaccel.hw.accel.vector.VectorController`), GEMM (:class:`~vitaccel.hw.accel.gemm.GemmController`, which
         writes VECTOR bytes and ACC int32 elements through ``vector``), REQUANT
         (:class:`~vitaccel.hw.accel.requant.RequantController`) and TOPK / GATHER / PACKAGE
         (:class:`~vitaccel.hw.accel.tokens.TokenController`, with ``has_topk``); any other opcode
         stops with INVALID_OPERAND. ``engine_step`` is driven high in the cycles the matrix
         engine takes a k-step."""
         config = self.config
-        vector_bytes = isa.buffer_bytes(config, Buffer.VECTOR)
-        gelu = None
-        if config.has_gelu:
-            from vitaccel.hw.nonlinear.units import Gelu
-
-            m.submodules.gelu = gelu = Gelu(config=config)
         gemm = None
         if engine_supported(config) is None:
             m.submodules.gemm = gemm = GemmController(config=config)
@@ -540,51 +534,19 @@ class AcceleratorCore(wiring.Component):
             with m.If(tokens.write):
                 m.d.comb += [vector.write.eq(1), vector.write_addr.eq(tokens.write_addr),
                              vector.write_data.eq(tokens.write_data)]
-        rows, cols = port.field(Opcode.GELU, "rows"), port.field(Opcode.GELU, "cols")
-        src, dst = port.field(Opcode.GELU, "src_addr"), port.field(Opcode.GELU, "dst_addr")
-        lut_offset, lut_count = port.field(Opcode.LUT_LOAD, "offset"), port.field(Opcode.LUT_LOAD, "count")
-        lut_src = port.field(Opcode.LUT_LOAD, "src_addr")
-        # Registered operand checks in the golden machine's order (DECIDE computes, CHECK tests).
-        elements = Signal(25)
-        gelu_src_out, gelu_dst_out, lut_range_bad, lut_src_out = Signal(), Signal(), Signal(), Signal()
-        m.d.sync += [
-            elements.eq(rows * cols),
-            gelu_src_out.eq(src * ADDR_UNIT + rows * cols > vector_bytes),
-            gelu_dst_out.eq(dst * ADDR_UNIT + rows * cols > vector_bytes),
-            lut_range_bad.eq(lut_offset + lut_count > isa.GELU_LUT_ENTRIES),
-            lut_src_out.eq(lut_src * ADDR_UNIT + lut_count > vector_bytes),
-        ]
-        # ADD, LAYERNORM, SOFTMAX (same operand layout as GELU): second source, parameter block.
-        src2, param = port.field(Opcode.ADD, "src2_addr"), port.field(Opcode.ADD, "param_addr")
-        acc_bytes = isa.buffer_bytes(config, Buffer.ACC)
-        add_src2_out, add_param_out = Signal(), Signal()
-        layernorm_header_out, layernorm_block_out = Signal(), Signal()
-        m.d.sync += [
-            add_src2_out.eq(src2 * ADDR_UNIT + rows * cols > vector_bytes),
-            add_param_out.eq(param * ADDR_UNIT + 4 * isa.ADD_PARAM_WORDS > acc_bytes),
-            layernorm_header_out.eq(param * ADDR_UNIT + 4 * isa.LAYERNORM_HEADER_WORDS > acc_bytes),
-            layernorm_block_out.eq(param * ADDR_UNIT + 4 * (isa.LAYERNORM_HEADER_WORDS + 3 * cols) > acc_bytes),
-        ]
-        layernorm = None
-        if config.has_layernorm:
-            from vitaccel.hw.nonlinear.units import LayerNorm
-
-            m.submodules.layernorm = layernorm = LayerNorm(config=config)
-        softmax = None
-        if config.has_softmax:
-            from vitaccel.hw.nonlinear.units import Softmax
-
-            m.submodules.softmax = softmax = Softmax(config=config)
-        softmax_src_out, softmax_param_out = Signal(), Signal()
-        m.d.sync += [
-            softmax_src_out.eq(src * ADDR_UNIT + rows * cols * 4 > acc_bytes),
-            softmax_param_out.eq(param * ADDR_UNIT + 4 * isa.SOFTMAX_PARAM_WORDS > acc_bytes),
-        ]
-        index = Signal(25)
-        read_lane = Signal(_LANE_BITS)
-        byte = reads[Buffer.VECTOR].data.word_select(read_lane, 8)
-        src_byte = Signal(24)
-        m.d.comb += src_byte.eq(Mux(opcode_bits == Opcode.GELU, src, lut_src) * ADDR_UNIT + index)
+        # LUT_LOAD, GELU, ADD, SOFTMAX, LAYERNORM (hw/accel/vector.py)
+        m.submodules.vector = vector_unit = VectorController(config=config)
+        m.d.comb += [vector_unit.word.eq(port.word), vector_unit.vector_read_data.eq(reads[Buffer.VECTOR].data),
+                     vector_unit.acc_read_data.eq(reads[Buffer.ACC].data)]
+        for buffer, enable, address in ((Buffer.VECTOR, vector_unit.vector_read, vector_unit.vector_read_addr),
+                                        (Buffer.ACC, vector_unit.acc_read, vector_unit.acc_read_addr)):
+            compute_read, compute_addr = vector.reads[buffer]
+            with m.If(enable):
+                m.d.comb += [compute_read.eq(1), compute_addr.eq(address)]
+        with m.If(vector_unit.vector_write.any()):
+            m.d.comb += [vector.word_write.eq(vector_unit.vector_write),
+                         vector.word_write_addr.eq(vector_unit.vector_write_addr),
+                         vector.word_write_data.eq(vector_unit.vector_write_data)]
 
         def fail(code):
             return [port.error.eq(1), port.error_code.eq(code)]
@@ -604,16 +566,9 @@ class AcceleratorCore(wiring.Component):
                     with m.Else():
                         m.d.comb += fail(ErrorCode.MISSING_FINISH)
                     m.next = "IDLE"
-                with m.Elif(opcode_bits == Opcode.LUT_LOAD):
-                    m.next = "LUT_CHECK"
-                with m.Elif((opcode_bits == Opcode.GELU) & (gelu is not None)):
-                    m.next = "GELU_CHECK"
-                with m.Elif(opcode_bits == Opcode.ADD):
-                    m.next = "ADD_CHECK"
-                with m.Elif((opcode_bits == Opcode.LAYERNORM) & (layernorm is not None)):
-                    m.next = "LAYERNORM_CHECK"
-                with m.Elif((opcode_bits == Opcode.SOFTMAX) & (softmax is not None)):
-                    m.next = "SOFTMAX_CHECK"
+                with m.Elif(vector_unit.executes(opcode_bits)):
+                    m.d.comb += vector_unit.start.eq(1)
+                    m.next = "VECTOR_RUN"
                 with m.Elif((opcode_bits == Opcode.GEMM) & (gemm is not None)):
                     m.d.comb += gemm.start.eq(1)
                     m.next = "GEMM_RUN"
@@ -628,35 +583,9 @@ class AcceleratorCore(wiring.Component):
                 with m.Else():
                     m.d.comb += fail(ErrorCode.INVALID_OPERAND)
                     m.next = "IDLE"
-            with m.State("LUT_CHECK"):
-                m.d.sync += index.eq(0)
-                with m.If(lut_range_bad):
-                    m.d.comb += fail(ErrorCode.INVALID_OPERAND)
-                    m.next = "IDLE"
-                with m.Elif(lut_src_out):
-                    m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                    m.next = "IDLE"
-                with m.Elif((lut_count == 0) | (gelu is None)):   # no table without the unit
-                    m.d.comb += port.complete.eq(1)
-                    m.next = "IDLE"
-                with m.Else():
-                    m.next = "LUT_READ"
-            with m.State("LUT_READ"):
-                m.d.comb += [vector.read.eq(1), vector.read_addr.eq(src_byte)]
-                m.d.sync += read_lane.eq(src_byte[:_LANE_BITS])
-                m.next = "LUT_WRITE"
-            with m.State("LUT_WRITE"):
-                if gelu is not None:
-                    m.d.comb += [gelu.lut_write.addr.eq(lut_offset + index), gelu.lut_write.data.eq(byte),
-                                 gelu.lut_write.en.eq(1)]
-                m.d.sync += index.eq(index + 1)
-                with m.If(index == lut_count - 1):
-                    m.d.comb += port.complete.eq(1)
-                    m.next = "IDLE"
-                with m.Else():
-                    m.next = "LUT_READ"
             # Controllers in their own files: wait for done / error.
-            for state, unit in (("GEMM_RUN", gemm), ("TOKENS_RUN", tokens), ("REQUANT_RUN", requant)):
+            for state, unit in (("GEMM_RUN", gemm), ("TOKENS_RUN", tokens), ("REQUANT_RUN", requant),
+                                ("VECTOR_RUN", vector_unit)):
                 if unit is not None:
                     with m.State(state):
                         with m.If(unit.error):
@@ -665,51 +594,6 @@ class AcceleratorCore(wiring.Component):
                         with m.Elif(unit.done):
                             m.d.comb += port.complete.eq(1)
                             m.next = "IDLE"
-            with m.State("GELU_CHECK"):
-                m.d.sync += index.eq(0)
-                with m.If(gelu_src_out | gelu_dst_out):
-                    m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                    m.next = "IDLE"
-                with m.Elif(elements == 0):
-                    m.d.comb += port.complete.eq(1)
-                    m.next = "IDLE"
-                with m.Else():
-                    m.next = "GELU_READ"
-            with m.State("GELU_READ"):
-                m.d.comb += [vector.read.eq(1), vector.read_addr.eq(src_byte)]
-                m.d.sync += read_lane.eq(src_byte[:_LANE_BITS])
-                m.next = "GELU_FEED"
-            if gelu is not None:
-                held = Signal(8)
-                m.d.comb += gelu.i.payload.eq(held)   # lane 0; the other lanes are zero
-                with m.State("GELU_FEED"):   # the read byte is only valid this cycle: keep it
-                    m.d.sync += held.eq(byte)
-                    m.next = "GELU_SEND"
-                with m.State("GELU_SEND"):
-                    m.d.comb += gelu.i.valid.eq(1)
-                    with m.If(gelu.i.ready):
-                        m.next = "GELU_WRITE"
-                with m.State("GELU_WRITE"):
-                    with m.If(gelu.o.valid):
-                        m.d.comb += [gelu.o.ready.eq(1), vector.write.eq(1),
-                                     vector.write_addr.eq(dst * ADDR_UNIT + index),
-                                     vector.write_data.eq(gelu.o.payload[0])]
-                        m.d.sync += index.eq(index + 1)
-                        with m.If(index == elements - 1):
-                            m.d.comb += port.complete.eq(1)
-                            m.next = "IDLE"
-                        with m.Else():
-                            m.next = "GELU_READ"
-            self._add_states(m, port, fail, index, elements, reads, vector,
-                             src_out=gelu_src_out, src2_out=add_src2_out, param_out=add_param_out,
-                             dst_out=gelu_dst_out)
-            if layernorm is not None:
-                self._layernorm_states(m, port, fail, layernorm, index, elements, reads, vector,
-                                       header_out=layernorm_header_out, block_out=layernorm_block_out,
-                                       src_out=gelu_src_out, dst_out=gelu_dst_out)
-            if softmax is not None:
-                self._softmax_states(m, port, fail, softmax, index, elements, reads, vector,
-                                     src_out=softmax_src_out, param_out=softmax_param_out, dst_out=gelu_dst_out)
         write = writes[Buffer.VECTOR]
         with m.If(vector.write):
             m.d.comb += [write.addr.eq(vector.write_addr[_LANE_BITS:]),
@@ -722,312 +606,6 @@ class AcceleratorCore(wiring.Component):
             with m.If(enables.any()):
                 m.d.comb += [writes[buffer].addr.eq(address[_LANE_BITS:]), writes[buffer].data.eq(word),
                              writes[buffer].en.eq(enables)]
-
-    def _add_states(self, m: Module, port: _QueuePort, fail, index: Signal, elements: Signal, reads,
-                    vector: _VectorPorts, *, src_out, src2_out, param_out, dst_out) -> None:
-        """FSM states of ADD (``nonlinear.add``), one element per three cycles.
-
-        The checks run in the golden machine's order: sources, parameter block (ADDRESS_OUT_OF_RANGE),
-        the shift the rounding rule accepts (INVALID_OPERAND), destination. Elements stream
-        in order (read a, read b, write), so ``dst`` may equal ``src`` or ``src2`` (in place)."""
-        from vitaccel.hw.nonlinear.arith import SHIFT_BITS, round_shift, saturate
-        from vitaccel.hw.spec.numerics import MAX_SHIFT
-
-        src, src2 = port.field(Opcode.ADD, "src_addr"), port.field(Opcode.ADD, "src2_addr")
-        dst, param = port.field(Opcode.ADD, "dst_addr"), port.field(Opcode.ADD, "param_addr")
-        acc_read, acc_addr = vector.reads[Buffer.ACC]
-        # The block's three words (isa.pack_add_params order) share one 16-byte ACC row.
-        a_multiplier, b_multiplier, shift = Signal(32), Signal(32), Signal(32)
-        held_a = Signal(signed(8))
-        read_lane = Signal(_LANE_BITS)
-        byte = reads[Buffer.VECTOR].data.word_select(read_lane, 8)
-        total = held_a * a_multiplier + byte.as_signed() * b_multiplier
-        result = saturate(round_shift(total, shift[:SHIFT_BITS]), 8)
-
-        def read_vector(base):
-            address = base * ADDR_UNIT + index
-            return [vector.read.eq(1), vector.read_addr.eq(address)], [read_lane.eq(address[:_LANE_BITS])]
-
-        with m.State("ADD_CHECK"):
-            m.d.sync += index.eq(0)
-            with m.If(src_out | src2_out | param_out):
-                m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                m.next = "IDLE"
-            with m.Else():
-                m.next = "ADD_PARAMS"
-        with m.State("ADD_PARAMS"):
-            m.d.comb += [acc_read.eq(1), acc_addr.eq(param * ADDR_UNIT)]
-            m.next = "ADD_PARAMS_TAKE"
-        with m.State("ADD_PARAMS_TAKE"):   # the ACC row is only valid this cycle: keep it
-            row = reads[Buffer.ACC].data
-            m.d.sync += [a_multiplier.eq(row[0:32]), b_multiplier.eq(row[32:64]), shift.eq(row[64:96])]
-            m.next = "ADD_PARAMS_CHECK"
-        with m.State("ADD_PARAMS_CHECK"):
-            with m.If(shift > MAX_SHIFT):
-                m.d.comb += fail(ErrorCode.INVALID_OPERAND)
-                m.next = "IDLE"
-            with m.Elif(dst_out):
-                m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                m.next = "IDLE"
-            with m.Elif(elements == 0):
-                m.d.comb += port.complete.eq(1)
-                m.next = "IDLE"
-            with m.Else():
-                m.next = "ADD_READ_A"
-        with m.State("ADD_READ_A"):
-            comb, sync = read_vector(src)
-            m.d.comb += comb
-            m.d.sync += sync
-            m.next = "ADD_READ_B"
-        with m.State("ADD_READ_B"):
-            comb, sync = read_vector(src2)
-            m.d.comb += comb
-            m.d.sync += [*sync, held_a.eq(byte.as_signed())]
-            m.next = "ADD_WRITE"
-        with m.State("ADD_WRITE"):
-            m.d.comb += [vector.write.eq(1), vector.write_addr.eq(dst * ADDR_UNIT + index),
-                         vector.write_data.eq(result)]
-            m.d.sync += index.eq(index + 1)
-            with m.If(index == elements - 1):
-                m.d.comb += port.complete.eq(1)
-                m.next = "IDLE"
-            with m.Else():
-                m.next = "ADD_READ_A"
-
-    def _softmax_states(self, m: Module, port: _QueuePort, fail, softmax, index: Signal, elements: Signal,
-                        reads, vector: _VectorPorts, *, src_out, param_out, dst_out) -> None:
-        """FSM states of SOFTMAX through the non-linear unit's ``Softmax``, one row at a time:
-        gather the row's int32 scores from ACC (one per cycle) into beats of ``vector_lanes``,
-        then write the row's uint8 probabilities to VECTOR (one byte per cycle).
-
-        Checks in the golden machine's order: scores and parameter block out of ACC
-        (ADDRESS_OUT_OF_RANGE); a shift above ``MAX_SHIFT`` (INVALID_OPERAND as in the golden
-        kernel) and what the unit is not built for (INVALID_OPERAND, as the golden machine):
-        table widths other than the config's, a multiplier of more than
-        ``SOFTMAX_MULT_BITS`` bits, rows longer than ``max_tokens``; then the destination."""
-        from vitaccel.hw.nonlinear.arith import SHIFT_BITS
-        from vitaccel.hw.spec.nonlinear import SOFTMAX_MULT_BITS
-        from vitaccel.hw.spec.numerics import MAX_SHIFT
-
-        config, lanes = self.config, softmax.lanes
-        cols = port.field(Opcode.SOFTMAX, "cols")
-        src, dst = port.field(Opcode.SOFTMAX, "src_addr"), port.field(Opcode.SOFTMAX, "dst_addr")
-        param = port.field(Opcode.SOFTMAX, "param_addr")
-        acc_read, acc_addr = vector.reads[Buffer.ACC]
-        multiplier, shift, exp_bits, recip_bits = (Signal(32, name=f"softmax_{n}") for n in
-                                                    ("multiplier", "shift", "exp_bits", "recip_bits"))
-        m.d.comb += [softmax.length.eq(cols), softmax.multiplier.eq(multiplier),
-                     softmax.shift.eq(shift[:SHIFT_BITS])]
-        beat = Signal(data.ArrayLayout(signed(32), lanes))
-        m.d.comb += [softmax.i.payload.scores.eq(beat), softmax.i.payload.mask.eq((1 << lanes) - 1)]
-        stream_reset = self._row_stream_states(m, "SOFTMAX", port, softmax, beat, index, elements, cols,
-                                               read=vector.reads[Buffer.ACC], read_data=reads[Buffer.ACC].data,
-                                               element_bits=32, src=src, dst=dst, vector=vector)
-
-        with m.State("SOFTMAX_CHECK"):
-            m.d.sync += stream_reset
-            with m.If(src_out | param_out):
-                m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                m.next = "IDLE"
-            with m.Else():
-                m.next = "SOFTMAX_PARAMS"
-        with m.State("SOFTMAX_PARAMS"):
-            m.d.comb += [acc_read.eq(1), acc_addr.eq(param * ADDR_UNIT)]
-            m.next = "SOFTMAX_PARAMS_TAKE"
-        with m.State("SOFTMAX_PARAMS_TAKE"):   # isa.pack_softmax_params order, one ACC row
-            row = reads[Buffer.ACC].data
-            m.d.sync += [multiplier.eq(row[0:32]), shift.eq(row[32:64]), exp_bits.eq(row[64:96]),
-                         recip_bits.eq(row[96:128])]
-            m.next = "SOFTMAX_PARAMS_CHECK"
-        with m.State("SOFTMAX_PARAMS_CHECK"):
-            unbuilt = ((exp_bits != config.exp_lut_bits) | (recip_bits != config.recip_lut_bits)
-                       | (multiplier >= 1 << SOFTMAX_MULT_BITS) | (cols > config.max_tokens))
-            with m.If((shift > MAX_SHIFT) | unbuilt):
-                m.d.comb += fail(ErrorCode.INVALID_OPERAND)
-                m.next = "IDLE"
-            with m.Elif(dst_out):
-                m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                m.next = "IDLE"
-            with m.Elif(elements == 0):
-                m.d.comb += port.complete.eq(1)
-                m.next = "IDLE"
-            with m.Else():
-                m.next = "SOFTMAX_READ"
-
-    def _layernorm_states(self, m: Module, port: _QueuePort, fail, layernorm, index: Signal, elements: Signal,
-                          reads, vector: _VectorPorts, *, header_out, block_out, src_out, dst_out) -> None:
-        """FSM states of LAYERNORM through the non-linear unit's ``LayerNorm``: read the header
-        (``isa.pack_layernorm_params``), copy gamma / beta into the unit (three ACC words per
-        channel), then stream the rows (:meth:`_row_stream_states`).
-
-        Checks in the golden machine's order: header out of ACC (ADDRESS_OUT_OF_RANGE); header
-        channels != ``cols`` (INVALID_OPERAND); whole block out of ACC, source out of VECTOR
-        (ADDRESS_OUT_OF_RANGE); ``out_shift`` above ``MAX_SHIFT`` (INVALID_OPERAND, as the golden
-        kernel) and what the unit is not built for (INVALID_OPERAND, as the golden machine:
-        another ``rsqrt_lut_bits``, more than ``LAYERNORM_MAX_CHANNELS`` channels); the
-        destination (ADDRESS_OUT_OF_RANGE); then, while copying, a gamma beyond
-        ``LAYERNORM_GAMMA_BITS`` or a beta beyond ``LAYERNORM_BETA_BITS`` bits (INVALID_OPERAND,
-        as the golden machine) before any output is written."""
-        from vitaccel.hw.nonlinear.arith import SHIFT_BITS
-        from vitaccel.hw.spec.nonlinear import LAYERNORM_BETA_BITS, LAYERNORM_GAMMA_BITS
-        from vitaccel.hw.spec.numerics import MAX_SHIFT
-
-        config, lanes = self.config, layernorm.lanes
-        cols = port.field(Opcode.LAYERNORM, "cols")
-        src, dst = port.field(Opcode.LAYERNORM, "src_addr"), port.field(Opcode.LAYERNORM, "dst_addr")
-        param = port.field(Opcode.LAYERNORM, "param_addr")
-        acc_read, acc_addr = vector.reads[Buffer.ACC]
-        acc_data = reads[Buffer.ACC].data
-        channels, eps_term, out_shift, rsqrt_bits = (Signal(32, name=f"layernorm_{n}") for n in
-                                                     ("channels", "eps_term", "out_shift", "rsqrt_bits"))
-        m.d.comb += [layernorm.length.eq(cols), layernorm.eps_term.eq(eps_term),
-                     layernorm.out_shift.eq(out_shift[:SHIFT_BITS])]
-        beat = Signal(layernorm.i.payload.shape())
-        m.d.comb += layernorm.i.payload.eq(beat)
-        stream_reset = self._row_stream_states(m, "LAYERNORM", port, layernorm, beat, index, elements, cols,
-                                               read=vector.reads[Buffer.VECTOR],
-                                               read_data=reads[Buffer.VECTOR].data, element_bits=8,
-                                               src=src, dst=dst, vector=vector)
-        # Parameter copy: channel, word (0 gamma, 1 beta low, 2 beta high), lane, unit address.
-        write = layernorm.param_write
-        channel = Signal(13)
-        part = Signal(range(3))
-        lane = Signal(range(lanes))
-        beta_low = Signal(32)
-        out_of_range = Signal()
-        word_lane = Signal(2)
-        part_offset = Mux(part == 0, 0, Mux(part == 1, cols, 2 * cols))
-        word_addr = Signal(24)
-        m.d.comb += word_addr.eq(param * ADDR_UNIT + 4 * (isa.LAYERNORM_HEADER_WORDS + part_offset + channel))
-        word = acc_data.word_select(word_lane, 32).as_signed()
-        beta_high_limit = 1 << (LAYERNORM_BETA_BITS - 33)   # beta's high word is its top bits, signed
-
-        with m.State("LAYERNORM_CHECK"):
-            m.d.sync += [*stream_reset, channel.eq(0), part.eq(0), lane.eq(0), write.addr.eq(0),
-                         out_of_range.eq(0)]
-            with m.If(header_out):
-                m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                m.next = "IDLE"
-            with m.Else():
-                m.next = "LAYERNORM_HEADER"
-        with m.State("LAYERNORM_HEADER"):
-            m.d.comb += [acc_read.eq(1), acc_addr.eq(param * ADDR_UNIT)]
-            m.next = "LAYERNORM_HEADER_TAKE"
-        with m.State("LAYERNORM_HEADER_TAKE"):
-            m.d.sync += [channels.eq(acc_data[0:32]), eps_term.eq(acc_data[32:64]),
-                         out_shift.eq(acc_data[64:96]), rsqrt_bits.eq(acc_data[96:128])]
-            m.next = "LAYERNORM_HEADER_CHECK"
-        with m.State("LAYERNORM_HEADER_CHECK"):
-            unbuilt = (rsqrt_bits != config.rsqrt_lut_bits) | (cols > layernorm.max_channels)
-            with m.If(channels != cols):
-                m.d.comb += fail(ErrorCode.INVALID_OPERAND)
-                m.next = "IDLE"
-            with m.Elif(block_out | src_out):
-                m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                m.next = "IDLE"
-            with m.Elif((out_shift > MAX_SHIFT) | unbuilt):
-                m.d.comb += fail(ErrorCode.INVALID_OPERAND)
-                m.next = "IDLE"
-            with m.Elif(dst_out):
-                m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                m.next = "IDLE"
-            with m.Elif(elements == 0):
-                m.d.comb += port.complete.eq(1)
-                m.next = "IDLE"
-            with m.Else():
-                m.next = "LAYERNORM_PARAM_READ"
-        with m.State("LAYERNORM_PARAM_READ"):
-            m.d.comb += [acc_read.eq(1), acc_addr.eq(word_addr)]
-            m.d.sync += word_lane.eq(word_addr[2:_LANE_BITS])
-            m.next = "LAYERNORM_PARAM_TAKE"
-        with m.State("LAYERNORM_PARAM_TAKE"):   # the ACC word is only valid this cycle
-            m.next = "LAYERNORM_PARAM_READ"
-            with m.Switch(part):
-                with m.Case(0):
-                    m.d.sync += [write.gamma[lane].eq(word), part.eq(1)]
-                    with m.If((word >= 1 << (LAYERNORM_GAMMA_BITS - 1)) | (word < -(1 << (LAYERNORM_GAMMA_BITS - 1)))):
-                        m.d.sync += out_of_range.eq(1)
-                with m.Case(1):
-                    m.d.sync += [beta_low.eq(word), part.eq(2)]
-                with m.Case(2):
-                    m.d.sync += [write.beta[lane].eq(Cat(beta_low, word)), part.eq(0), channel.eq(channel + 1),
-                                 lane.eq(lane + 1)]
-                    with m.If((word >= beta_high_limit) | (word < -beta_high_limit)):
-                        m.d.sync += out_of_range.eq(1)
-                    with m.If((lane == lanes - 1) | (channel == cols - 1)):
-                        m.next = "LAYERNORM_PARAM_WRITE"
-        with m.State("LAYERNORM_PARAM_WRITE"):
-            m.d.comb += write.en.eq(1)
-            m.d.sync += [write.addr.eq(write.addr + 1), lane.eq(0)]
-            with m.If(channel != cols):
-                m.next = "LAYERNORM_PARAM_READ"
-            with m.Elif(out_of_range):
-                m.d.comb += fail(ErrorCode.INVALID_OPERAND)
-                m.next = "IDLE"
-            with m.Else():
-                m.next = "LAYERNORM_READ"
-
-    def _row_stream_states(self, m: Module, prefix: str, port: _QueuePort, unit, beat: Signal, index: Signal,
-                           elements: Signal, cols, *, read, read_data, element_bits: int, src, dst,
-                           vector: _VectorPorts) -> list:
-        """FSM states ``<prefix>_READ`` (the entry) .. ``<prefix>_WRITE`` that stream ``elements``
-        (rows of ``cols``) through a row unit (``i`` / ``o`` streams of ``unit.lanes`` lanes):
-        gather a row's elements (``element_bits`` wide, dense from unit address ``src`` of the
-        buffer ``read`` / ``read_data`` belong to, one per two cycles) into ``beat`` and send
-        it, then write the row's int8/uint8 outputs to VECTOR at ``dst`` (one per cycle).
-        Rows go through one at a time. Returns the statements that reset the counters."""
-        lanes = unit.lanes
-        read_enable, read_addr = read
-        element_bytes = element_bits // 8
-        outputs = Signal(unit.o.payload.shape(), name=f"{prefix.lower()}_outputs")
-        lane = Signal(range(lanes), name=f"{prefix.lower()}_lane")
-        col = Signal(13, name=f"{prefix.lower()}_col")
-        out_index = Signal(25, name=f"{prefix.lower()}_out_index")
-        log_bytes = element_bytes.bit_length() - 1
-        element_lane = Signal(_LANE_BITS - log_bytes, name=f"{prefix.lower()}_element_lane")
-        address = Signal(24, name=f"{prefix.lower()}_element_addr")
-        m.d.comb += address.eq(src * ADDR_UNIT + element_bytes * index)
-        last_col = col == cols - 1
-        with m.State(f"{prefix}_READ"):
-            m.d.comb += [read_enable.eq(1), read_addr.eq(address)]
-            m.d.sync += element_lane.eq(address[log_bytes:_LANE_BITS])
-            m.next = f"{prefix}_TAKE"
-        with m.State(f"{prefix}_TAKE"):   # the word read is only valid this cycle
-            m.d.sync += [beat[lane].eq(read_data.word_select(element_lane, element_bits)),
-                         index.eq(index + 1), lane.eq(lane + 1), col.eq(col + 1)]
-            with m.If(last_col | (lane == lanes - 1)):
-                m.next = f"{prefix}_SEND"
-            with m.Else():
-                m.next = f"{prefix}_READ"
-        with m.State(f"{prefix}_SEND"):   # lanes past the row's end are masked by the unit
-            m.d.comb += unit.i.valid.eq(1)
-            with m.If(unit.i.ready):
-                m.d.sync += lane.eq(0)
-                with m.If(col == cols):
-                    m.d.sync += col.eq(0)
-                    m.next = f"{prefix}_RECEIVE"
-                with m.Else():
-                    m.next = f"{prefix}_READ"
-        with m.State(f"{prefix}_RECEIVE"):
-            m.d.comb += unit.o.ready.eq(1)
-            with m.If(unit.o.valid):
-                m.d.sync += outputs.eq(unit.o.payload)
-                m.next = f"{prefix}_WRITE"
-        with m.State(f"{prefix}_WRITE"):
-            m.d.comb += [vector.write.eq(1), vector.write_addr.eq(dst * ADDR_UNIT + out_index),
-                         vector.write_data.eq(outputs[lane])]
-            m.d.sync += [out_index.eq(out_index + 1), lane.eq(lane + 1), col.eq(col + 1)]
-            with m.If(last_col):
-                m.d.sync += [lane.eq(0), col.eq(0)]
-                with m.If(out_index == elements - 1):
-                    m.d.comb += port.complete.eq(1)
-                    m.next = "IDLE"
-                with m.Else():
-                    m.next = f"{prefix}_READ"
-            with m.Elif(lane == lanes - 1):
-                m.d.sync += lane.eq(0)
-                m.next = f"{prefix}_RECEIVE"
-        return [index.eq(0), out_index.eq(0), col.eq(0), lane.eq(0)]
 
     # -- load and store queues ------------------------------------------------------------------
 

@@ -8,15 +8,15 @@ width and enum value comes from ``isa.LAYOUTS``, so hardware and spec cannot dri
 
 from __future__ import annotations
 
-from amaranth import Module, Value
-from amaranth.lib import enum, wiring
+from amaranth import Module, Mux, Value
+from amaranth.lib import data, enum, wiring
 from amaranth.lib.wiring import In, Out
 
 from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.isa import Opcode, Queue
 from vitaccel.hw.spec.regmap import ErrorCode
 
-__all__ = ["field_slice", "InstructionChecker", "instruction_unit_members"]
+__all__ = ["field_slice", "first_failure", "InstructionChecker", "instruction_unit_members", "instruction_view"]
 
 _LOAD_RESERVED_FLAGS = ("pop_prev", "push_prev")    # the load queue has no previous queue
 _STORE_RESERVED_FLAGS = ("pop_next", "push_next")   # the store queue has no next queue
@@ -93,3 +93,26 @@ def instruction_unit_members() -> dict[str, wiring.Member]:
     with ``error_code``. Controllers add their buffer ports to a copy of this."""
     return {"word": In(isa.INSTRUCTION_BITS), "start": In(1), "done": Out(1), "error": Out(1),
             "error_code": Out(ErrorCode)}
+
+
+def first_failure(checks) -> tuple[Value, Value]:
+    """The ordered "first failing check wins" chain of a controller state.
+
+    ``checks`` is a sequence of ``(condition, ErrorCode)`` in the golden machine's check order.
+    Returns ``(failed, code)``: ``failed`` is 1 when any condition holds and ``code`` is the
+    code of the first one that holds (meaningful only with ``failed``)."""
+    checks = list(checks)
+    if not checks:
+        raise ValueError("first_failure: no checks")
+    failed = Value.cast(0)
+    code = Value.cast(checks[-1][1])
+    for condition, error in reversed(checks):
+        failed = failed | condition
+        code = Mux(condition, error, code)
+    return failed, code
+
+
+def instruction_view(word: Value) -> data.View:
+    """``word`` seen through :data:`isa.INSTRUCTION`, every opcode's layout overlaid:
+    ``instruction_view(word).gelu.rows`` is GELU's ``rows`` field."""
+    return data.View(isa.INSTRUCTION, word)

@@ -5,22 +5,27 @@ DECIDE state after issue to the state that raises ``complete``, both included. T
 unit has the buffers' ports first, so these instructions never wait for the load or store
 paths. ``E`` is ``rows * cols`` elements; ``beats`` a row's beats of ``vector_lanes``.
 
-Sources (``hw/accel/core.py`` unless named):
+Sources (``hw/accel/vector.py``'s ``VectorController`` for the vector opcodes; ``hw/accel/core.py``
+for SYNC and FINISH; other files named):
 
 * SYNC, FINISH: DECIDE only.
 * LUT_LOAD: DECIDE, LUT_CHECK, then LUT_READ + LUT_WRITE per entry.
-* GELU: DECIDE, GELU_CHECK, then per element GELU_READ, GELU_FEED, GELU_SEND, GELU_WRITE
-  (``Gelu`` in ``hw/nonlinear/units.py`` answers the cycle after its input: one table read).
-* ADD (``_add_states``): DECIDE, ADD_CHECK, ADD_PARAMS, ADD_PARAMS_TAKE, ADD_PARAMS_CHECK,
-  then ADD_READ_A, ADD_READ_B, ADD_WRITE per element.
+* GELU (``_gelu_states``): DECIDE, GELU_CHECK (reads the first source word), then GELU_STREAM:
+  one beat of ``min(vector_lanes, 16)`` elements per cycle, and one more cycle for the last
+  beat's output (``Gelu`` in ``hw/nonlinear/units.py`` answers the cycle after its input: one
+  table read). Nothing but the check for no elements.
+* ADD (``_add_states``): DECIDE, ADD_CHECK, ADD_PARAMS, ADD_PARAMS_TAKE, ADD_PARAMS_CHECK
+  (reads the first ``src`` word), then per 16-byte word ADD_READ_B and one ADD_BEATS cycle per
+  beat (the next ``src`` word is read in the last beat).
 * LAYERNORM (``_layernorm_states``): DECIDE, CHECK, HEADER, HEADER_TAKE, HEADER_CHECK;
   PARAM_READ + PARAM_TAKE for each of gamma / beta low / beta high per channel and a
   PARAM_WRITE per beat of channels; then the rows (``_row_stream_states``).
 * SOFTMAX (``_softmax_states``): DECIDE, CHECK, PARAMS, PARAMS_TAKE, PARAMS_CHECK; then
   the rows.
-* Row stream, per row: READ + TAKE per element, SEND per beat; RECEIVE waits for the unit's
-  first output beat; then per output beat RECEIVE + one WRITE per element:
-  ``3 cols + 2 beats + wait``. The wait is the unit's hand-over of one row through its
+* Row stream, per row: a READ per source chunk (:func:`row_chunks`: what is left of the
+  16-byte word, the beat and the row), SEND per beat; RECEIVE waits for the unit's first
+  output beat; then per output beat RECEIVE + a WRITE per destination chunk:
+  ``chunks_in + chunks_out + 2 beats + wait``. The wait is the unit's hand-over of one row through its
   pipelines (the controller sends one row and waits for it): :func:`layernorm_row_wait`
   and :func:`softmax_row_wait`, counted from the stage constants of the units.
 * REQUANT (``hw/accel/requant.py``): DECIDE, CHECK, per column PARAM_MULTIPLIER,
@@ -33,13 +38,15 @@ Sources (``hw/accel/core.py`` unless named):
 
 from __future__ import annotations
 
+import functools
+
 from vitaccel.hw.nonlinear.arith import ExpStage, InvSqrt, Reciprocal
 from vitaccel.hw.nonlinear.units import LayerNorm, Softmax
 from vitaccel.hw.spec.config import AccelConfig
-from vitaccel.hw.spec.isa import Instruction, Opcode
+from vitaccel.hw.spec.isa import ADDR_UNIT, Instruction, Opcode
 from vitaccel.hw.spec.sparse import topk_passes
 
-__all__ = ["compute_cycles", "layernorm_row_wait", "softmax_row_wait", "TOPK_ENGINE_EXTRA"]
+__all__ = ["compute_cycles", "word_beats", "row_chunks", "layernorm_row_wait", "softmax_row_wait", "TOPK_ENGINE_EXTRA"]
 
 def _tree_levels(lanes: int) -> int:
     """Levels of the units' pipelined adder / compare trees over ``lanes`` values."""
@@ -75,9 +82,40 @@ def _ceil(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _row_stream(rows: int, cols: int, lanes: int, wait: int) -> int:
+def word_beats(config: AccelConfig) -> int:
+    """Elements per beat of the word-streaming opcodes (GELU, ADD): ``vector_lanes``, at most a
+    16-byte buffer word (``VectorController._beats``)."""
+    return min(config.vector_lanes, ADDR_UNIT)
+
+
+@functools.lru_cache(maxsize=4096)
+def row_chunks(start: int, cols: int, element_bytes: int, lanes: int) -> int:
+    """Chunks of a row of ``cols`` elements of ``element_bytes`` from byte address ``start``
+    (only ``start % 16`` matters) in beats of ``lanes``: each chunk is what is left of the
+    16-byte word, of the beat and of the row (``VectorController._row_stream_states``, READ
+    and WRITE)."""
+    per_word = ADDR_UNIT // element_bytes
+    chunks = col = lane = 0
+    while col < cols:
+        offset = (start + col * element_bytes) % ADDR_UNIT // element_bytes
+        count = min(per_word - offset, lanes - lane, cols - col)
+        chunks += 1
+        col += count
+        lane = 0 if lane + count == lanes else lane + count
+    return chunks
+
+
+def _row_stream(f: dict, element_bytes: int, lanes: int, wait: int) -> int:
+    """Rows through a row unit: per row a READ per source chunk, a SEND and a RECEIVE per
+    beat, the unit's ``wait``, a WRITE per destination chunk."""
+    rows, cols = f["rows"], f["cols"]
     beats = _ceil(cols, lanes)
-    return rows * (3 * cols + 2 * beats + wait)
+    src, dst = f["src_addr"] * ADDR_UNIT, f["dst_addr"] * ADDR_UNIT
+    total = 0
+    for row in range(rows):
+        total += (row_chunks((src + row * cols * element_bytes) % ADDR_UNIT, cols, element_bytes, lanes)
+                  + row_chunks((dst + row * cols) % ADDR_UNIT, cols, 1, lanes))
+    return total + rows * (2 * beats + wait)
 
 
 def topk_cycles(config: AccelConfig, f: dict) -> int:
@@ -124,17 +162,18 @@ def compute_cycles(config: AccelConfig, instr: Instruction) -> int:
     if op is Opcode.LUT_LOAD:
         return 2 + 2 * f["count"]
     elements = f.get("rows", 0) * f.get("cols", 0)
+    beat = word_beats(config)
     if op is Opcode.GELU:
-        return 2 + 4 * elements
+        return 2 + (_ceil(elements, beat) + 1 if elements else 0)
     if op is Opcode.ADD:
-        return 5 + 3 * elements
+        return 5 + _ceil(elements, ADDR_UNIT) + _ceil(elements, beat)
     if op is Opcode.LAYERNORM:
         cols = f["cols"]
         params = 6 * cols + _ceil(cols, lanes)
-        return 5 + params + _row_stream(f["rows"], cols, lanes, layernorm_row_wait(lanes))
+        return 5 + params + _row_stream(f, 1, lanes, layernorm_row_wait(lanes))
     if op is Opcode.SOFTMAX:
         cols = f["cols"]
-        return 5 + _row_stream(f["rows"], cols, lanes, softmax_row_wait(lanes, _ceil(cols, lanes)))
+        return 5 + _row_stream(f, 4, lanes, softmax_row_wait(lanes, _ceil(cols, lanes)))
     if op is Opcode.REQUANT:
         return 5 + 3 * f["cols"] + 9 * elements
     if op is Opcode.TOPK:
