@@ -808,8 +808,13 @@ def stored_ranges(words: list[int]) -> list[tuple[int, int]]:
             continue
         if instr.opcode is Opcode.STORE and instr.rows and instr.row_bytes:
             spans.append((instr.dram_addr, instr.dram_addr + (instr.rows - 1) * instr.dram_stride + instr.row_bytes))
+    return merge_ranges(spans)
+
+
+def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Half-open ranges ``[start, end)`` sorted, with overlapping and touching ones joined."""
     merged: list[tuple[int, int]] = []
-    for start, end in sorted(spans):
+    for start, end in sorted(ranges):
         if merged and start <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(merged[-1][1], end))
         else:

@@ -34,6 +34,7 @@ from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.hw.spec.isa import Buffer, Opcode, Queue
 from vitaccel.hw.spec.regmap import ErrorCode
+from vitaccel.sim.golden.machine import merge_ranges
 from vitaccel.sim.regress.fuzz_gen import FuzzProgram, crc_of
 
 __all__ = ["Outcome", "golden_outcome", "golden_problems", "Ordering", "ordering", "compare",
@@ -348,16 +349,6 @@ _SCRUB_ROW = 256   # bytes per LOAD row of a scrub (the zero DDR row is re-read:
 _SCRUB_ROWS = 16   # rows per LOAD: 4 KiB retire well within the watchdog's 20000 cycles of DMA slack
 
 
-def _merged(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for lo, hi in sorted(ranges):
-        if out and lo <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], hi))
-        else:
-            out.append((lo, hi))
-    return out
-
-
 def scrub_program(config: AccelConfig, words: tuple[int, ...] | list[int]) -> list[int]:
     """A program that zeroes every on-chip byte (and the GELU table) ``words`` may read, from a
     zero DDR window; empty if it reads nothing (or a word does not decode: the scan stops it).
@@ -385,7 +376,7 @@ def scrub_program(config: AccelConfig, words: tuple[int, ...] | list[int]) -> li
         reads.setdefault("VECTOR", []).append((0, isa.GELU_LUT_ENTRIES))
     for space in sorted(set(reads) - {"LUT"}):
         size = isa.buffer_bytes(config, Buffer[space])
-        for lo, hi in _merged([(max(0, lo), min(hi, size)) for lo, hi in reads[space] if lo < size]):
+        for lo, hi in merge_ranges([(max(0, lo), min(hi, size)) for lo, hi in reads[space] if lo < size]):
             start = lo // isa.ADDR_UNIT * isa.ADDR_UNIT
             rows = -(-(hi - start) // _SCRUB_ROW)
             start = min(start, max(0, size - rows * _SCRUB_ROW) // isa.ADDR_UNIT * isa.ADDR_UNIT)
