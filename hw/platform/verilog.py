@@ -74,6 +74,8 @@ def accelerator_verilog(config: Any, *, cache_dir: Path | None = None) -> str:
     ``$VITACCEL_VERILOG_CACHE`` or ``~/.cache/vitaccel/verilog``."""
     from vitaccel.hw.accel import ACCEL_TOP_NAME, accelerator_top
 
+    from .tools import write_text_atomically
+
     root = cache_dir or Path(os.environ.get("VITACCEL_VERILOG_CACHE", Path.home() / ".cache" / "vitaccel" / "verilog"))
     key = hashlib.sha256(f"{config.to_json()}\n{_gateware_digest()}".encode()).hexdigest()[:24]
     path = root / f"{config.name}-{key}.v"
@@ -81,7 +83,5 @@ def accelerator_verilog(config: Any, *, cache_dir: Path | None = None) -> str:
         return path.read_text()
     text = emit_verilog(accelerator_top(config), ACCEL_TOP_NAME)
     root.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(f".{os.getpid()}.partial")
-    partial.write_text(text)
-    os.replace(partial, path)   # atomic: a concurrent reader sees the whole file or none
+    write_text_atomically(path, text)   # a concurrent reader sees the whole file or none
     return text

@@ -227,13 +227,13 @@ def emit_package(config: Any, out_dir: str | Path, *, synth: bool = True, synth_
     vitaccel.hw.platform.board_package.LintError
         If Verilator reports an error.
     """
-    from vitaccel.hw.accel import ACCEL_TOP_NAME, accelerator_top
+    from vitaccel.hw.accel import ACCEL_TOP_NAME
     from vitaccel.hw.platform.board_package import LINT_WAIVERS, check_resources, lint_verilog, write_board_package
     from vitaccel.hw.platform.boards import board as board_named
-    from vitaccel.hw.platform.verilog import emit_verilog
+    from vitaccel.hw.platform.verilog import accelerator_verilog
 
     target = board_named(board)  # an unknown board fails before minutes of work
-    verilog = emit_verilog(accelerator_top(config), ACCEL_TOP_NAME)
+    verilog = accelerator_verilog(config)
     resources = (measure_resources(config, verilog, method=synth_method, timeout=synth_timeout, jobs=synth_jobs)
                  if synth else None)
     if resources is not None:
@@ -260,13 +260,13 @@ def emit_asic(config: Any, out_dir: str | Path, *, timeout: float | None = 1800.
     import json
     import os
 
-    from vitaccel.hw.accel import ACCEL_TOP_NAME, accelerator_top
+    from vitaccel.hw.accel import ACCEL_TOP_NAME
     from vitaccel.hw.platform.asic import ASIC_FLOW, synthesize_asic_parts
     from vitaccel.hw.platform.tools import write_text_atomically
-    from vitaccel.hw.platform.verilog import emit_verilog
+    from vitaccel.hw.platform.verilog import accelerator_verilog
 
     started = time.monotonic()
-    verilog = emit_verilog(accelerator_top(config), ACCEL_TOP_NAME)
+    verilog = accelerator_verilog(config)
     measured = synthesize_asic_parts(verilog, ACCEL_TOP_NAME, modules=split_modules(config), timeout=timeout,
                                      jobs=jobs or min(2, os.cpu_count() or 1), only=parts)
     unmeasured = sorted(name for name, part in measured.items() if "error" in part)
