@@ -5,7 +5,7 @@
 runs every image of a batch in ONE simulator launch (each launch costs seconds) through the
 cocotb testbench :mod:`vitaccel.sim.cocotb.tb_system`: cocotbext-axi's ``AxiRam`` with random
 back-pressure and read latency as DDR, ``AxiLiteMaster`` as the host, driven by the same
-register sequence as the board (:func:`vitaccel.sw.device.run_on_accelerator`). Each run is
+register sequence as the board (:func:`vitaccel.hw.spec.driver.run_on_accelerator`). Each run is
 replayed on the golden machine; a run that stops with an error code raises
 :class:`~vitaccel.sw.device.DeviceError` naming the code, the pc and its layer.
 """

@@ -12,7 +12,7 @@ instruction word before anything executes) computes the CRC-32 of the program's 
 ``PROGRAM_CHECKSUM`` (``ERROR_PC`` 0) before executing anything if it differs from
 ``PROGRAM_CRC``; a checksum mismatch wins over an illegal word found in the same scan. The
 check is off after reset (``PROGRAM_CHECK`` 0), so hand-written test programs run without a
-checksum; the runtime (:func:`vitaccel.sw.device.run_on_accelerator`) always enables it for
+checksum; the runtime (:func:`vitaccel.hw.spec.driver.run_on_accelerator`) always enables it for
 compiled programs, whose manifest carries the CRC. An empty program (``PROGRAM_LENGTH`` 0)
 stops with ``MISSING_FINISH`` without a scan.
 

@@ -596,16 +596,13 @@ def default_programs(config: AccelConfig, *, seed: int, quick: bool, ddr_size: i
 
 
 def run_program_case(config: AccelConfig, *, seed: int = 0, simulator: str = "verilator",
-                     program_dir: str | Path | None = None, words: list[int] | None = None,
-                     ddr: np.ndarray | None = None, quick: bool = False, backpressure: float = 0.3,
+                     words: list[int] | None = None, ddr: np.ndarray | None = None, quick: bool = False, backpressure: float = 0.3,
                      max_latency: int = 4, max_cycles: int | None = None, program_offset: int = 0,
                      programs: list[Program] | None = None) -> dict[str, Any]:
     """Programs on the RTL and on the golden machine, compared (see the module docstring).
 
     Parameters
     ----------
-    program_dir : path, optional
-        A compiled program directory (``sw.program.load_program``) to run once.
     words, ddr : optional
         One program and its DDR image to run (instead of the default suite).
     programs : list of Program, optional
@@ -629,11 +626,6 @@ def run_program_case(config: AccelConfig, *, seed: int = 0, simulator: str = "ve
     given = programs
     if programs is not None:
         programs = list(programs)
-    elif program_dir is not None:
-        from vitaccel.sw.program import load_program
-
-        compiled = load_program(program_dir)
-        programs = [Program(Path(program_dir).name, list(compiled.words), compiled.fresh_ddr())]
     elif words is not None:
         if ddr is None:
             raise ValueError("run_program_case: words needs its ddr image")
@@ -641,7 +633,7 @@ def run_program_case(config: AccelConfig, *, seed: int = 0, simulator: str = "ve
     else:
         programs = default_programs(config, seed=seed, quick=quick)
     if max_cycles is None:
-        max_cycles = 200_000 if program_dir is None and words is None and given is None else 10_000_000
+        max_cycles = 200_000 if words is None and given is None else 10_000_000
     golden_outcomes(config, programs)
     biggest = max(p.ddr.size for p in programs)
     program_addr = max(_PROGRAM_ADDR, -(-(_DDR_BASE + biggest) // 4096) * 4096)

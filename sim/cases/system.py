@@ -6,11 +6,10 @@ under Verilator or Icarus, a stressed ``AxiRam`` as DDR, the runtime's driver se
 host) and returns the driver's record and the final DDR window of each run.
 :func:`check_runs` runs the same images in the same order on one golden machine and
 compares: the error code and pc, and for runs that finish, every byte of the DDR window.
-:func:`run_system_case` combines both for tests and the regression runner; the runtime's
-``rtl`` backend (:class:`vitaccel.sw.rtl_device.RtlDevice`) uses the two halves directly.
-
-:func:`deit_tiny_block` is a DeiT-T-shaped model (dim 192, 3 heads, MLP 768) of one encoder
-block on few tokens, for a system test that a full DeiT-T would make hours long.
+Both take instruction words and DDR images, never a model: compiled models are run by
+:mod:`vitaccel.sw.system_case` (tests, the regression's system cases, benchmarks) and by the
+runtime's ``rtl`` backend (:class:`vitaccel.sw.rtl_device.RtlDevice`), on the compiler's side
+of the ``sw -> sim`` dependency.
 """
 
 from __future__ import annotations
@@ -29,15 +28,9 @@ from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.hw.spec.isa import Opcode
 from vitaccel.hw.spec.regmap import ErrorCode
 
-__all__ = ["simulate_runs", "check_runs", "run_system_case", "run_regress_case", "default_watchdog",
-           "default_max_cycles", "compile_for_test", "deit_tiny_block", "DEIT_BLOCK_SPEC",
-           "run_one_image"]
+__all__ = ["simulate_runs", "check_runs", "default_watchdog", "default_max_cycles"]
 
 Progress = Callable[[str, float], Any]
-
-#: Model spec (``file.py:function``) of :func:`deit_tiny_block`, for ``vitaccel compile``.
-DEIT_BLOCK_SPEC = f"{Path(__file__).resolve()}:deit_tiny_block"
-
 
 def default_watchdog(config: AccelConfig, words: list[int]) -> int:
     """A ``WATCHDOG_LIMIT`` no correct instruction of ``words`` comes near: four times the
@@ -104,7 +97,7 @@ def simulate_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray],
     waves : bool
         Dump waveforms (VCD from Verilator, FST from Icarus); their path is returned.
     checksum : int, optional
-        ``PROGRAM_CRC`` with the check enabled (:func:`vitaccel.sw.device.run_on_accelerator`);
+        ``PROGRAM_CRC`` with the check enabled (:func:`vitaccel.hw.spec.driver.run_on_accelerator`);
         ``None``: the check is off.
     progress : callable, optional
         ``progress(text, fraction)``: building, then one call per finished run.
@@ -112,7 +105,7 @@ def simulate_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray],
     Returns
     -------
     dict
-        ``records``: per run the driver's record (:func:`vitaccel.sw.device.run_on_accelerator`)
+        ``records``: per run the driver's record (:func:`vitaccel.hw.spec.driver.run_on_accelerator`)
         plus ``ddr``, the final DDR window (absent after a hang); ``simulator``; ``waves``;
         ``seconds`` (wall time of the launch, build included).
     """
@@ -122,7 +115,7 @@ def simulate_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray],
     from vitaccel.sim.cocotb.board_ddr import BOARD_TOP_NAME, board_ddr_top
     from vitaccel.sim.perf.ddr import ddr_model as ddr_model_named
     from vitaccel.sim.runner import run_testbench
-    from vitaccel.sw.device import program_layout
+    from vitaccel.hw.spec.driver import program_layout
 
     if not ddrs:
         raise ValueError("simulate_runs needs at least one DDR image")
@@ -261,125 +254,3 @@ def check_runs(config: AccelConfig, words: list[int], ddrs: list[np.ndarray], re
             entry["ddr"] = rtl_ddr
         checked.append(entry)
     return checked
-
-
-def compile_for_test(model: str, directory: str | Path, *, config: str | AccelConfig = "tiny",
-                     calib: int = 4) -> Path:
-    """``vitaccel compile`` of ``model`` into ``directory`` (few calibration images: fast)."""
-    from vitaccel.sw.compile import compile_model
-
-    compile_model(model, config, directory, calib=calib)
-    return Path(directory)
-
-
-def run_system_case(config: str | AccelConfig | None = None, *, program_dir: str | Path | None = None,
-                    model: str = "digits-vit", images: int = 2, seed: int = 0, simulator: str = "verilator",
-                    backpressure: float = 0.3, max_latency: int = 4,
-                    words: list[int] | None = None, ddr_model: str | None = None) -> dict[str, Any]:
-    """A compiled program on its model's first test images, in RTL and on the golden machine.
-
-    ``ddr_model`` names a board-like DDR (see :func:`simulate_runs`). ``program_dir`` is a ``vitaccel compile`` output; without it ``model`` (zoo name or
-    ``file.py:function``) is compiled for ``config`` (preset name or config) into a temporary
-    directory. ``words`` replaces the program's instructions
-    (a corrupted program: then the error code and pc are compared). The runs check the
-    program's CRC-32 (``PROGRAM_CHECK.crc``) against the checksum of the words run, so every
-    system case also checks the scan pass's CRC against :func:`~vitaccel.hw.spec.regmap.program_crc32`.
-
-    Returns
-    -------
-    dict
-        ``passed``, ``runs`` (per image: codes, pcs, cycles, problems), ``cycles`` (per
-        image), ``mismatches``, ``simulator``, ``seconds``.
-    """
-    from vitaccel.hw.spec.numerics import quantize
-    from vitaccel.hw.spec.regmap import program_crc32
-    from vitaccel.sim.golden.machine import words_to_bytes
-    from vitaccel.sw.data import images_for
-    from vitaccel.sw.device import GoldenDevice
-    from vitaccel.sw.program import load_program
-
-    with tempfile.TemporaryDirectory(prefix="vitaccel-system-prog-") as tmp:
-        if program_dir is None:
-            if config is None:
-                raise ValueError("run_system_case needs a config or a program_dir")
-            program_dir = compile_for_test(model, Path(tmp) / "program", config=config)
-        program = load_program(program_dir)
-    config = program.config
-    spec = program.manifest["inputs"][0]
-    data = images_for(tuple(program.manifest["model"]["input_shape"]), images)
-    codes = quantize(data.images[:images], spec["scale"]).astype(np.int8)
-    device = GoldenDevice(program)   # only for its DDR image builder
-    ddrs = [device.input_ddr(code) for code in codes]
-    words = list(program.words) if words is None else list(words)
-    checksum = program_crc32(words_to_bytes(words))
-    outcome = simulate_runs(config, words, ddrs, simulator=simulator, seed=seed, backpressure=backpressure,
-                            max_latency=max_latency, macs=int(program.manifest["macs"]), checksum=checksum,
-                            ddr_model=ddr_model)
-    regions = [(o["name"], o["addr"], int(np.prod(o["shape"])) * np.dtype(o["dtype"]).itemsize)
-               for o in program.manifest["outputs"]]
-    runs = check_runs(config, words, ddrs, outcome["records"], regions=regions, checksum=checksum)
-    for run in runs:
-        run.pop("ddr", None)
-        run.pop("counters", None)
-    mismatches = [{"run": r["run"], "problems": r["problems"]} for r in runs if r["problems"]]
-    return {"passed": not mismatches, "config": config.name, "simulator": simulator, "seed": seed,
-            "runs": runs, "cycles": [r["cycles"] for r in runs], "mismatches": mismatches,
-            "seconds": outcome["seconds"]}
-
-
-def run_one_image(program: Any, *, ddr_model: str | None, simulator: str = "verilator",
-                  verilog_ddr: bool | None = None) -> dict[str, Any]:
-    """The compiled ``program`` (a :class:`~vitaccel.sw.program.CompiledProgram`) on its
-    model's first test image in RTL, checked against the golden machine
-    (:func:`check_runs`, every DDR byte). Returns that run's entry with ``counters`` (the RTL
-    counters, lower-case register names) and ``seconds`` (wall time of the launch).
-    ``verilog_ddr`` as in :func:`simulate_runs`."""
-    from vitaccel.hw.spec.numerics import quantize
-    from vitaccel.sw.data import images_for
-    from vitaccel.sw.device import GoldenDevice
-
-    spec = program.manifest["inputs"][0]
-    image = images_for(tuple(program.manifest["model"]["input_shape"]), 1).images[:1]
-    ddrs = [GoldenDevice(program).input_ddr(quantize(image, spec["scale"]).astype(np.int8)[0])]
-    words = list(program.words)
-    outcome = simulate_runs(program.config, words, ddrs, simulator=simulator, macs=int(program.manifest["macs"]),
-                            ddr_model=ddr_model, verilog_ddr=verilog_ddr)
-    run = check_runs(program.config, words, ddrs, outcome["records"], regions=[])[0]
-    run.pop("ddr", None)
-    run["seconds"] = outcome["seconds"]
-    return run
-
-
-def run_regress_case(config: AccelConfig, *, seed: int = 0, simulator: str = "verilator", quick: bool = False,
-                     model: str = "digits-vit", images: int = 2) -> dict[str, Any]:
-    """:func:`run_system_case` in the regression runner's terms (``cycles`` summed over the
-    images, ``mismatch`` the first run that differs); ``quick`` runs one image."""
-    outcome = run_system_case(config, model=model, images=1 if quick else images, seed=seed, simulator=simulator)
-    return {"passed": outcome["passed"], "cycles": sum(outcome["cycles"]),
-            "mismatch": outcome["mismatches"][0] if outcome["mismatches"] else None,
-            "runs": len(outcome["runs"])}
-
-
-def deit_tiny_block(tokens: int = 4) -> tuple[Any, tuple[int, int, int]]:
-    """One DeiT-T encoder block (dim 192, 3 heads, MLP 768) with a patch embedding, CLS
-    token, final LayerNorm and a 10-way head, on ``tokens`` patches (+ CLS) of a 3-channel
-    image: the full model's shapes per token, with far fewer tokens.
-
-    ``tokens`` must be a square (4: an 8x8 image of 4x4 patches).
-    """
-    import torch
-
-    from vitaccel.sw.models.vit import VisionTransformer
-
-    side = int(round(tokens ** 0.5))
-    if side * side != tokens:
-        raise ValueError(f"tokens must be a square, got {tokens}")
-    torch.manual_seed(7)
-    model = VisionTransformer(img_size=4 * side, patch_size=4, in_chans=3, num_classes=10, embed_dim=192,
-                              depth=1, num_heads=3, mlp_ratio=4.0)
-    return model, (3, 4 * side, 4 * side)
-
-
-def deit_tiny_block_16() -> tuple[Any, tuple[int, int, int]]:
-    """:func:`deit_tiny_block` on 16 patches (+ CLS): 17 tokens."""
-    return deit_tiny_block(16)

@@ -4,7 +4,7 @@ DDR is the stressed ``AxiRam`` of :mod:`vitaccel.sim.cocotb.axi_models` (random 
 latency) with random pauses on every channel (:func:`shared_pauses`: cheaper per cycle), or,
 when the case names a board-like DDR model (``ddr_model``, :mod:`vitaccel.sim.perf.ddr`), the
 deterministic ``board_ram`` for latency records; the host is ``AxiLiteMaster`` on ``s_axi_control_*``
-driven by the runtime's own driver sequence, :func:`vitaccel.sw.device.run_on_accelerator`,
+driven by the runtime's own driver sequence, :func:`vitaccel.hw.spec.driver.run_on_accelerator`,
 so the simulated host and the board run the same register code. Every run of one program
 (one per image) happens in this one simulator launch: per run the testbench writes the DDR
 window and the program, runs, and writes the final DDR window and the driver's record to
@@ -29,7 +29,7 @@ from vitaccel.sim.cocotb.axi_models import board_ram, stressed_ram
 from vitaccel.sim.cocotb.board_ddr import PROTOCOL_ERRORS, read_memory_hex, write_memory_hex
 from vitaccel.sim.perf.ddr import ddr_model
 from vitaccel.sim.runner import tb_params, write_tb_output
-from vitaccel.sw.device import ControlPort, run_on_accelerator
+from vitaccel.hw.spec.driver import ControlPort, run_on_accelerator
 
 CLOCK_NS = 10
 

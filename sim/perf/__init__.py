@@ -20,8 +20,8 @@ __all__ = ["estimate", "PerfResult", "PerfModelError", "DdrModel", "DDR_MODELS",
 
 def estimate(config: AccelConfig, words: list[int], ddr_size: int, *, ddr: DdrModel | str = BOARD_DDR_MODEL) -> PerfResult:
     """Estimated counters of one run of ``words`` with a DDR window of ``ddr_size`` bytes,
-    laid out as the runtime does (:func:`vitaccel.sw.device.program_layout`)."""
-    from vitaccel.sw.device import program_layout
+    laid out as the runtime does (:func:`vitaccel.hw.spec.driver.program_layout`)."""
+    from vitaccel.hw.spec.driver import program_layout
 
     model = ddr_model(ddr) if isinstance(ddr, str) else ddr
     layout = program_layout(ddr_size, len(words))

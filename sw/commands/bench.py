@@ -1,6 +1,7 @@
 """``vitaccel bench``: measured performance and accuracy, printed as JSON.
 
-Each benchmark is a module ``vitaccel.sim.bench.<name>`` with
+Each benchmark is a module ``vitaccel.sim.bench.<name>`` (units and programs: no compiler) or
+``vitaccel.sw.bench.<name>`` (whole compiled models) with
 ``run(config, *, simulator, quick, progress) -> list[dict]``; cycle counts in its records
 come from RTL simulation.
 """
@@ -55,11 +56,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+#: Benchmarks that compile models live on the compiler's side of the sw -> sim dependency.
+COMPILING_BENCHMARKS = ("pruning", "e2e")
+
+
 def _load(name: str):
+    module = f"vitaccel.{'sw' if name in COMPILING_BENCHMARKS else 'sim'}.bench.{name}"
     try:
-        return importlib.import_module(f"vitaccel.sim.bench.{name}")
+        return importlib.import_module(module)
     except ModuleNotFoundError as err:
-        if err.name == f"vitaccel.sim.bench.{name}":
+        if err.name == module:
             raise UserError(f"benchmark {name!r} is not available in this build") from None
         raise
 
@@ -75,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if args.benchmark != "e2e" and any(value is not None for value in e2e_options.values()):
         raise UserError("--models, --methods and --backend are only for the e2e benchmark")
     if args.benchmark == "e2e":
-        from vitaccel.sim.bench.e2e import METHODS, MODELS
+        from vitaccel.sw.bench.e2e import METHODS, MODELS
 
         for method in args.methods or ():
             if method not in METHODS:

@@ -169,7 +169,8 @@ def _run_fuzz(args: argparse.Namespace, config) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.fuzz is not None or args.replay is not None:
         return _run_fuzz(args, load_config(args.config))
-    from vitaccel.sim.regress import ClusterError, make_plan, print_summary, run_regression, write_junit
+    from vitaccel.sim.regress import CASES, ClusterError, make_plan, print_summary, run_regression, write_junit
+    from vitaccel.sw.system_case import SYSTEM_CASES
 
     config = load_config(args.config)  # ConfigError -> one-line message from the CLI
     reason = simulator_available(args.sim)
@@ -179,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--jobs: must be at least 1, got {args.jobs}")
     try:
         plan = make_plan(config, config_source=args.config, simulator=args.sim, seeds=_seeds(args),
-                         quick=args.quick, case=args.case)
+                         quick=args.quick, case=args.case, cases=CASES + SYSTEM_CASES)
     except ValueError as err:
         raise UserError(str(err)) from None
 

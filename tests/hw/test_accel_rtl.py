@@ -9,10 +9,18 @@ import json
 import pytest
 
 from vitaccel.hw.spec.config import PRESETS
-from vitaccel.sim.cases.accel import run_program_case
+from vitaccel.sim.cases.accel import Program, run_program_case
 from vitaccel.sim.runner import simulator_available
 
 TINY = PRESETS["tiny"]
+
+
+def _compiled(directory) -> Program:
+    """The ``vitaccel compile`` output in ``directory`` as one program of the case."""
+    from vitaccel.sw.program import load_program
+
+    compiled = load_program(directory)
+    return Program(directory.name, list(compiled.words), compiled.fresh_ddr())
 
 
 def _check(result: dict) -> None:
@@ -83,7 +91,8 @@ def test_compiled_vit_bit_exact_verilator(tmp_path):
     from vitaccel.sw.compile import compile_model
 
     compile_model("digits-vit", "tiny", tmp_path / "program", calib=4)
-    result = run_program_case(TINY, program_dir=tmp_path / "program", simulator="verilator", max_cycles=3_000_000)
+    result = run_program_case(TINY, programs=[_compiled(tmp_path / "program")], simulator="verilator",
+                              max_cycles=3_000_000)
     assert result["passed"], json.dumps(result["mismatches"], indent=1)
     assert [p["error_code"] for p in result["programs"]] == ["NONE"]
 
@@ -123,6 +132,7 @@ def test_compiled_pruned_vit_bit_exact_verilator(tmp_path, package_token):
 
     compile_model("digits-vit", "tiny", tmp_path / "program", calib=4, prune_tokens="0.7@1,2,3",
                   package_token=package_token)
-    result = run_program_case(TINY, program_dir=tmp_path / "program", simulator="verilator", max_cycles=3_000_000)
+    result = run_program_case(TINY, programs=[_compiled(tmp_path / "program")], simulator="verilator",
+                              max_cycles=3_000_000)
     assert result["passed"], json.dumps(result["mismatches"], indent=1)
     assert [p["error_code"] for p in result["programs"]] == ["NONE"]

@@ -1,6 +1,8 @@
-"""Layering: nothing under ``vitaccel.hw`` (gateware, spec, board flow) imports ``vitaccel.sim``
-or ``vitaccel.sw`` (issue 15). Read from the source files' import statements, lazy imports
-inside functions included, so a violation fails here before it makes an import cycle."""
+"""Layering (issue 15): nothing under ``vitaccel.hw`` (gateware, spec, board flow) imports
+``vitaccel.sim`` or ``vitaccel.sw``, and ``vitaccel.sim`` does not import ``vitaccel.sw`` (the
+compiler and runtime use the golden machine and the perf model, never the other way round).
+Read from the source files' import statements, lazy imports inside functions included, so a
+violation fails here before it makes an import cycle."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import ast
 from pathlib import Path
 
 import vitaccel.hw
+import vitaccel.sim
 
 FORBIDDEN = ("vitaccel.sim", "vitaccel.sw")
 
@@ -29,14 +32,14 @@ def _imported_modules(path: Path, package: str) -> list[tuple[int, str]]:
     return sorted(found)
 
 
-def _violations(root: Path, package: str) -> list[str]:
+def _violations(root: Path, package: str, forbidden: tuple[str, ...] = FORBIDDEN) -> list[str]:
     bad = []
     for path in sorted(root.rglob("*.py")):
         relative = path.relative_to(root).with_suffix("").parts
         module_package = ".".join((package, *relative[:-1]))
         for line, module in _imported_modules(path, module_package):
             where = f"{path.relative_to(root.parent)}:{line}"
-            if any(module == name or module.startswith(name + ".") for name in FORBIDDEN) \
+            if any(module == name or module.startswith(name + ".") for name in forbidden) \
                     and not any(entry.startswith(where + " ") for entry in bad):
                 bad.append(f"{where} imports {module}")
     return bad
@@ -46,6 +49,12 @@ def test_hw_imports_neither_sim_nor_sw():
     root = Path(vitaccel.hw.__file__).parent
     assert len(list(root.rglob("*.py"))) > 20                      # the walk sees the package
     assert _violations(root, "vitaccel.hw") == []
+
+
+def test_sim_does_not_import_sw():
+    root = Path(vitaccel.sim.__file__).parent
+    assert len(list(root.rglob("*.py"))) > 20
+    assert _violations(root, "vitaccel.sim", ("vitaccel.sw",)) == []
 
 
 def test_the_check_sees_every_kind_of_import(tmp_path):

@@ -35,7 +35,8 @@ def test_wrapper_keeps_the_control_port_and_hides_the_manager_port():
 def test_verilog_ddr_gives_axiram_s_cycles_and_bytes(tmp_path):
     """The DeiT-T-shaped block on tiny, once on AxiRam and once on the Verilog DDR: every RTL
     counter equal (TOTAL_CYCLES included), both bit-exact against the golden machine."""
-    from vitaccel.sim.cases.system import DEIT_BLOCK_SPEC, compile_for_test, run_one_image
+    from vitaccel.sw.models.blocks import DEIT_BLOCK_SPEC
+    from vitaccel.sw.system_case import compile_for_test, run_one_image
     from vitaccel.sw.program import load_program
 
     program = load_program(compile_for_test(DEIT_BLOCK_SPEC, tmp_path / "block", config="tiny"))

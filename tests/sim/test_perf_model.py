@@ -99,7 +99,7 @@ def test_gemm_engine_steps_and_monotonic():
 
 @pytest.fixture(scope="module")
 def digits_dir(tmp_path_factory):
-    from vitaccel.sim.cases.system import compile_for_test
+    from vitaccel.sw.system_case import compile_for_test
 
     return compile_for_test("digits-vit", tmp_path_factory.mktemp("perf") / "digits", config="tiny")
 
@@ -136,7 +136,7 @@ rtl = pytest.mark.skipif(simulator_available("verilator") is not None, reason=st
 def _compare_with_rtl(program_dir) -> tuple[dict, dict]:
     """One image of the program in RTL on the board-like DDR (checked bit-exact against the
     golden machine): its counters, and the perf model's estimate."""
-    from vitaccel.sim.cases.system import run_one_image
+    from vitaccel.sw.system_case import run_one_image
     from vitaccel.sw.program import load_program
 
     program = load_program(program_dir)
@@ -152,7 +152,8 @@ def _compare_with_rtl(program_dir) -> tuple[dict, dict]:
 def test_perf_model_within_3_percent_of_rtl_deit_block(tmp_path):
     """The DeiT-T-shaped block (dim 192, 3 heads, MLP 768; every opcode of an encoder block)
     in RTL with the zcu102-ps-ddr4-hp DDR: TOTAL_CYCLES within 3 %, compute busy within 1 %."""
-    from vitaccel.sim.cases.system import DEIT_BLOCK_SPEC, compile_for_test
+    from vitaccel.sw.models.blocks import DEIT_BLOCK_SPEC
+    from vitaccel.sw.system_case import compile_for_test
 
     program_dir = compile_for_test(DEIT_BLOCK_SPEC, tmp_path / "block", config="tiny")
     rtl_counters, estimated = _compare_with_rtl(program_dir)
@@ -204,11 +205,11 @@ def test_deit_tiny_block_197_tokens_zcu102_rtl(tmp_path):
     zcu102, bit-exact in RTL with the board-like DDR; the perf model within 3 % of its
     TOTAL_CYCLES and equal in DMA bytes and engine k-steps. (Tens of minutes: the zcu102 top in
     Verilator; the build is cached.)"""
-    from vitaccel.sim.bench import e2e
-    from vitaccel.sim.cases.system import compile_for_test
+    from vitaccel.sw.models import blocks
+    from vitaccel.sw.system_case import compile_for_test
 
-    assert e2e.deit_tiny_block_196()[1] == (3, 56, 56)
-    program_dir = compile_for_test(f"{e2e.__file__}:deit_tiny_block_196", tmp_path / "block197", config="zcu102")
+    assert blocks.deit_tiny_block_196()[1] == (3, 56, 56)
+    program_dir = compile_for_test(blocks.spec("deit_tiny_block_196"), tmp_path / "block197", config="zcu102")
     rtl_counters, estimated = _compare_with_rtl(program_dir)
     cycles = rtl_counters["total_cycles"]
     assert abs(estimated["cycles"] - cycles) / cycles <= TOLERANCE, (estimated["cycles"], cycles)

@@ -108,7 +108,7 @@ def test_compile_nm_option_prunes_and_emits_nm_gemms(tmp_path):
 
 
 def test_bench_deit_s_shapes_and_acceptance_and_plot(tmp_path):
-    from vitaccel.sim.bench.pruning import acceptance, deit_s_gemms, plot
+    from vitaccel.sw.bench.pruning import acceptance, deit_s_gemms, plot
 
     dense, sparse, tokens = deit_s_gemms(), deit_s_gemms(nm=(2, 4)), deit_s_gemms(keep=0.7)
     assert len(dense) == len(sparse) == len(tokens) == 1 + 12 * (4 + 2 * 6) + 1

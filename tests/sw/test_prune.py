@@ -327,7 +327,7 @@ def test_token_pruning_at_three_points_cuts_digits_vit_macs_by_a_quarter():
 @pytest.mark.slow
 def test_pruning_benchmark_quick_records():
     from vitaccel.hw.spec.config import PRESETS
-    from vitaccel.sim.bench.pruning import run
+    from vitaccel.sw.bench.pruning import run
 
     seen = []
     records = run(PRESETS["tiny"], quick=True, progress=lambda text, fraction: seen.append(fraction))

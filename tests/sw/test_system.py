@@ -12,7 +12,8 @@ import pytest
 
 from vitaccel.hw.spec.isa import INSTRUCTION_BITS
 from vitaccel.hw.spec.regmap import ErrorCode
-from vitaccel.sim.cases.system import DEIT_BLOCK_SPEC, compile_for_test, run_system_case
+from vitaccel.sw.models.blocks import DEIT_BLOCK_SPEC, spec
+from vitaccel.sw.system_case import compile_for_test, run_system_case
 from vitaccel.sim.runner import simulator_available
 
 pytestmark = [pytest.mark.cocotb,
@@ -52,7 +53,7 @@ def test_deit_tiny_block_bit_exact():
 
 @pytest.mark.slow
 def test_deit_tiny_block_17_tokens_bit_exact():
-    _passed(run_system_case("tiny", model=DEIT_BLOCK_SPEC.replace(":deit_tiny_block", ":deit_tiny_block_16"),
+    _passed(run_system_case("tiny", model=spec("deit_tiny_block_16"),
                             images=1, seed=4))
 
 

@@ -9,8 +9,8 @@ performance model's (``source: "perf"``). ``perf_error`` is ``|perf - rtl| / rtl
 ran. A record whose RTL run was not attempted says why in ``rtl_skipped`` (the extrapolated
 simulation time from :data:`RTL_CYCLES_PER_SECOND`).
 
-Like :mod:`vitaccel.sim.bench.pruning`, this benchmark compiles models: it imports the
-compiler (``vitaccel.sw``) inside its functions only.
+Like :mod:`vitaccel.sw.bench.pruning`, this benchmark compiles models, so it lives beside
+the compiler (imported inside functions: torch loads only when a model is built).
 
 :func:`layer_breakdown` attributes every cycle of a perf-model run to a layer and to what the
 matrix engine was doing (:data:`ACTIVITIES`); :func:`plot` draws it and a roofline.
@@ -29,10 +29,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from vitaccel.hw.spec.config import AccelConfig
+from vitaccel.sw.models import blocks
 
 __all__ = ["run", "plot", "layer_breakdown", "block_latency_table", "make_record", "RECORD_KEYS", "METHODS",
            "MODELS", "DEFAULT_METHODS", "TOKEN_PRUNING", "RTL_CYCLES_PER_SECOND", "RTL_BUDGET_SECONDS",
-           "ACTIVITIES", "KEEP_RATIOS", "deit_tiny_two_blocks", "deit_small_two_blocks", "deit_tiny_block_196",
+           "ACTIVITIES", "KEEP_RATIOS",
            "BACKENDS", "main"]
 
 #: Keys of every record (``rtl_skipped`` is added where RTL was not attempted, ``error`` where
@@ -44,13 +45,12 @@ METHODS = ("dense", "tokens", "nm-2:4")
 #: INVALID_OPERAND: its record only says so).
 DEFAULT_METHODS = ("dense", "tokens")
 BACKENDS = ("rtl", "perf", "both")
-_HERE = Path(__file__).resolve()
 #: Models per config preset. ``deit-tiny-block-197`` is one DeiT-T encoder block (dim 192,
-#: 3 heads, MLP 768) on 196 patches + CLS (:func:`deit_tiny_block_196`); ``deit-tiny-block-17``
+#: 3 heads, MLP 768) on 196 patches + CLS (:func:`vitaccel.sw.models.blocks.deit_tiny_block_196`); ``deit-tiny-block-17``
 #: (by name only) the same on 16 patches + CLS: a short program to measure a top's RTL speed.
 MODELS = {"tiny": ("digits-vit",), "zcu102": ("deit-tiny-block-197", "deit-tiny", "deit-small")}
-_MODEL_SPECS = {"deit-tiny-block-197": f"{_HERE}:deit_tiny_block_196",
-                "deit-tiny-block-17": f"{_HERE.parent.parent}/cases/system.py:deit_tiny_block_16"}
+_MODEL_SPECS = {"deit-tiny-block-197": blocks.spec("deit_tiny_block_196"),
+                "deit-tiny-block-17": blocks.spec("deit_tiny_block_16")}
 #: ``--prune-tokens`` of the ``tokens`` method per model (EViT at SPViT's points 3, 6, 9 for
 #: the 12-block DeiTs; after blocks 1, 2, 3 of digits-vit's 4).
 TOKEN_PRUNING = {"digits-vit": "0.7@1,2,3", "deit-tiny": "0.7@3,6,9", "deit-small": "0.7@3,6,9"}
@@ -71,40 +71,10 @@ KEEP_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5)
 Progress = Callable[[str, float], None]
 
 
-def _deit_blocks(dim: int, heads: int, depth: int, img: int = 224, patch: int = 16) -> tuple[Any, tuple[int, int, int]]:
-    import torch
-
-    from vitaccel.sw.models.vit import VisionTransformer
-
-    torch.manual_seed(7)
-    model = VisionTransformer(img_size=img, patch_size=patch, in_chans=3, num_classes=1000, embed_dim=dim,
-                              depth=depth, num_heads=heads, mlp_ratio=4.0)
-    return model, (3, img, img)
-
-
-def deit_tiny_two_blocks() -> tuple[Any, tuple[int, int, int]]:
-    """DeiT-T's first two blocks on 224x224 (196 patches + CLS): the second block runs at the
-    kept token count when compiled with ``--prune-tokens KEEP@1``."""
-    return _deit_blocks(192, 3, 2)
-
-
-def deit_small_two_blocks() -> tuple[Any, tuple[int, int, int]]:
-    """DeiT-S's first two blocks (as :func:`deit_tiny_two_blocks`)."""
-    return _deit_blocks(384, 6, 2)
-
-
-def deit_tiny_block_196() -> tuple[Any, tuple[int, int, int]]:
-    """One DeiT-T encoder block on 196 patches + CLS (:func:`vitaccel.sim.cases.system.deit_tiny_block`
-    with 14 x 14 patches of 4 x 4 pixels: the block's shapes are DeiT-T's exactly)."""
-    from vitaccel.sim.cases.system import deit_tiny_block
-
-    return deit_tiny_block(196)
-
-
 def make_record(*, model: str, method: str, config: AccelConfig, macs: int, ddr_model: str,
                 perf: dict[str, Any] | None, rtl: dict[str, Any] | None, wall_seconds: float) -> dict[str, Any]:
     """The record of one (model, method) from the perf model's counters and/or one RTL run
-    (:func:`vitaccel.sim.cases.system.run_one_image`'s entry). RTL's counters win where both
+    (:func:`vitaccel.sw.system_case.run_one_image`'s entry). RTL's counters win where both
     ran; ``perf_error`` compares the two TOTAL_CYCLES."""
     counters = rtl["counters"] if rtl is not None else perf
     if counters is None:
@@ -156,7 +126,7 @@ def run(config: AccelConfig, *, simulator: str = "verilator", quick: bool = Fals
     (default :data:`DEFAULT_METHODS`) with ``backend`` (``rtl``, ``perf`` or ``both``).
     ``plot_dir``: also :func:`plot` the last model's dense perf run there (else its first run). ``quick`` is
     accepted for the bench command's interface and changes nothing."""
-    from vitaccel.sim.cases.system import run_one_image
+    from vitaccel.sw.system_case import run_one_image
     from vitaccel.sim.perf import BOARD_DDR_MODEL, PerfModelError, estimate
     from vitaccel.sw.program import load_program
 
@@ -346,7 +316,7 @@ def _save(fig: Any, path: Path) -> Path:
 def block_latency_table(config: AccelConfig, *, keeps: Sequence[float] = KEEP_RATIOS,
                         models: dict[str, str] | None = None) -> list[dict[str, Any]]:
     """Latency of one encoder block against the token keep ratio, from the perf model: each
-    model's two-block version (:func:`deit_tiny_two_blocks`) compiled with ``--prune-tokens
+    model's two-block version (:func:`vitaccel.sw.models.blocks.deit_tiny_two_blocks`) compiled with ``--prune-tokens
     KEEP@1`` (dense at 1.0), and the cycles of the second block's layers (``blocks.1.``; the
     pruning itself runs between the blocks and is not counted, as in SPViT's table). One row per
     (model, keep): ``tokens`` (CLS included), ``cycles``, ``latency_ms``."""
@@ -355,7 +325,8 @@ def block_latency_table(config: AccelConfig, *, keeps: Sequence[float] = KEEP_RA
     from vitaccel.sw.program import load_program
     from vitaccel.sw.prune.tokens import kept_tokens
 
-    models = models or {"deit-tiny": f"{_HERE}:deit_tiny_two_blocks", "deit-small": f"{_HERE}:deit_small_two_blocks"}
+    models = models or {"deit-tiny": blocks.spec("deit_tiny_two_blocks"),
+                        "deit-small": blocks.spec("deit_small_two_blocks")}
     table = []
     for name, spec in models.items():
         for keep in keeps:
@@ -380,14 +351,14 @@ def _in_block(row: dict[str, Any], block: int) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m vitaccel.sim.bench.e2e [--config NAME]``: the SPViT-style table
+    """``python -m vitaccel.sw.bench.e2e [--config NAME]``: the SPViT-style table
     (:func:`block_latency_table`) as JSON."""
     import argparse
     import json
 
     from vitaccel.hw.spec.config import load_config
 
-    parser = argparse.ArgumentParser(prog="python -m vitaccel.sim.bench.e2e", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m vitaccel.sw.bench.e2e", description=main.__doc__)
     parser.add_argument("--config", default="zcu102")
     args = parser.parse_args(argv)
     print(json.dumps(block_latency_table(load_config(args.config)), indent=2))

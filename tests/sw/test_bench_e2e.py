@@ -9,7 +9,7 @@ import json
 import pytest
 
 from vitaccel.hw.spec.config import load_config
-from vitaccel.sim.bench import e2e
+from vitaccel.sw.bench import e2e
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
