@@ -123,3 +123,9 @@ def test_bench_deit_s_shapes_and_acceptance_and_plot(tmp_path):
                      "tokens macs <= 0.75 x dense": True, "tokens int8_top1 >= dense - 0.01": False}
     plot(records, tmp_path / "p.png")
     assert (tmp_path / "p.png").read_bytes()[:4] == b"\x89PNG"
+    # An N:M record the top cannot run falls back to engine cycles: compared with dense's
+    # engine cycles, never with dense's whole-program RTL cycles.
+    records[0].update(cycles_source="rtl", cycles=300, engine_cycles=100)
+    records[1].update(cycles_source="engine", cycles=75, engine_cycles=75)
+    figure = acceptance(records)["nm-2:4 cycles <= 0.7 x dense"]
+    assert (figure["value"], figure["limit"], figure["holds"]) == (75, 70.0, False)
