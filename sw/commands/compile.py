@@ -16,8 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                "  vitaccel compile digits-vit --prune-tokens 0.7@1,2,3 -o out/digits-pruned\n"
                "  vitaccel compile digits-vit --config tiny_nm24.json --nm 2:4 -o out/digits-nm",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", metavar="MODEL", help="zoo name (digits-vit, deit-tiny, deit-small, deit-base) "
-                                                       "or path/to/file.py:function")
+    parser.add_argument("model", metavar="MODEL", help="zoo name (digits-vit, digits-vit-197, deit-tiny, deit-small, "
+                                                       "deit-base) or path/to/file.py:function")
     parser.add_argument("--config", default="tiny", metavar="NAME|FILE", help="preset or JSON file (default: tiny)")
     parser.add_argument("--weights", metavar="FILE", help="state dict with timm/DeiT parameter names")
     parser.add_argument("--calib", type=int, default=None, metavar="N", help="calibration images (default: 32, or 4 for 224x224 models)")

@@ -15,18 +15,51 @@ from vitaccel.sw.commands import UserError
 from vitaccel.sw.models.vit import VisionTransformer
 from vitaccel.sw.torch_util import torch_threads
 
-__all__ = ["ZOO", "get_model", "zoo_names", "build_digits_vit", "DIGITS_CHECKPOINT"]
+__all__ = ["ZOO", "get_model", "zoo_names", "build_digits_vit", "build_digits_vit_197", "DIGITS_CHECKPOINT",
+           "DIGITS_197_CHECKPOINT", "CHECKPOINTS"]
 
 #: Seed of random initialisation when no weights are given (reproducible random DeiTs).
 INIT_SEED = 0
 #: The trained digits-vit shipped in the package (``vitaccel train digits-vit`` rewrites it).
 DIGITS_CHECKPOINT = Path(__file__).with_name("digits_vit.pt")
+#: The trained digits-vit-197 (fp16 state dict; ``vitaccel train digits-vit-197`` rewrites it).
+DIGITS_197_CHECKPOINT = Path(__file__).with_name("digits_vit_197.pt")
 
 
 def build_digits_vit() -> VisionTransformer:
     """Small ViT for 8x8 digits: 2x2 patches -> 16 tokens + CLS, dim 64, 4 blocks, 4 heads."""
     return VisionTransformer(img_size=8, patch_size=2, in_chans=1, num_classes=10, embed_dim=64,
                              depth=4, num_heads=4, mlp_ratio=2.0)
+
+
+def build_digits_vit_197() -> VisionTransformer:
+    """DeiT-T-wide ViT with DeiT's token count on digits upsampled to 28x28: 2x2 patches ->
+    196 tokens + CLS = 197, dim 192, 3 heads, MLP ratio 4, 4 blocks.
+
+    The position embedding starts as 2-D sine-cosine (MAE's), not timm's small noise: a 2x2
+    patch of an upsampled digit says little by itself, and with near-zero positions training
+    sat at chance for epochs (measured: 12 % test top-1 after 4 epochs).
+    """
+    model = VisionTransformer(img_size=28, patch_size=2, in_chans=1, num_classes=10, embed_dim=192,
+                              depth=4, num_heads=3, mlp_ratio=4.0)
+    with torch.no_grad():
+        model.pos_embed[0, 1:] = _sincos_2d(model.pos_embed.shape[-1], 28 // 2)
+    return model
+
+
+def _sincos_2d(dim: int, grid: int) -> torch.Tensor:
+    """``[grid*grid, dim]`` sine-cosine embedding of a row-major ``grid x grid`` of positions:
+    half the channels encode the row, half the column, each half as sines then cosines of
+    geometrically spaced frequencies (MAE, Transformer)."""
+    quarter = dim // 4
+    frequencies = 1.0 / 10000 ** (torch.arange(quarter, dtype=torch.float64) / quarter)
+    rows, cols = torch.meshgrid(torch.arange(grid, dtype=torch.float64), torch.arange(grid, dtype=torch.float64),
+                                indexing="ij")
+    parts = []
+    for coordinate in (rows.flatten(), cols.flatten()):
+        angles = coordinate[:, None] * frequencies[None, :]
+        parts += [angles.sin(), angles.cos()]
+    return torch.cat(parts, dim=1).float()
 
 
 def _deit(dim: int, heads: int) -> Callable[[], VisionTransformer]:
@@ -40,7 +73,11 @@ ZOO: dict[str, Callable[[], nn.Module]] = {
     "deit-small": _deit(384, 6),
     "deit-base": _deit(768, 12),
     "digits-vit": build_digits_vit,
+    "digits-vit-197": build_digits_vit_197,
 }
+
+#: Zoo models that load a checkpoint shipped in the package when no weights are given.
+CHECKPOINTS: dict[str, Path] = {"digits-vit": DIGITS_CHECKPOINT, "digits-vit-197": DIGITS_197_CHECKPOINT}
 
 
 def zoo_names() -> list[str]:
@@ -119,7 +156,8 @@ def get_model(name_or_path: str, weights: str | Path | None = None) -> tuple[nn.
         the module, or ``(module, input_shape)`` if the input is not ``3x224x224``.
     weights : path, optional
         A state dict (timm/DeiT names for the zoo ViTs). Without it, zoo models get a seeded
-        random initialisation, except ``digits-vit`` which loads its shipped checkpoint.
+        random initialisation, except ``digits-vit`` and ``digits-vit-197`` which load their
+        shipped checkpoint (:data:`CHECKPOINTS`).
     """
     if ":" in name_or_path and name_or_path.rpartition(":")[0].endswith(".py"):
         model, shape = _from_file(name_or_path)
@@ -128,10 +166,10 @@ def get_model(name_or_path: str, weights: str | Path | None = None) -> tuple[nn.
         with torch_threads(1):
             model = ZOO[name_or_path]()
         shape = model.input_shape
-        if weights is None and name_or_path == "digits-vit":
-            if not DIGITS_CHECKPOINT.is_file():
-                raise UserError("digits-vit has no checkpoint: run `vitaccel train digits-vit` first")
-            weights = DIGITS_CHECKPOINT
+        if weights is None and name_or_path in CHECKPOINTS:
+            if not CHECKPOINTS[name_or_path].is_file():
+                raise UserError(f"{name_or_path} has no checkpoint: run `vitaccel train {name_or_path}` first")
+            weights = CHECKPOINTS[name_or_path]
     else:
         raise UserError(f"unknown model {name_or_path!r}: expected one of {', '.join(zoo_names())} "
                         "or path/to/file.py:function")
