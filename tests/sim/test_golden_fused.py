@@ -1,0 +1,101 @@
+"""The in-place blocked kernels (``linear_into``, ``layernorm_into``, ``softmax_into``) equal the
+plain integer kernels bit for bit, with the compiled (Numba) passes and with NumPy alone, on
+random and extreme operands, written into strided views of a batch buffer as the golden
+machine does."""
+
+import numpy as np
+import pytest
+
+from vitaccel.hw.spec.nonlinear import layernorm_params, softmax_params
+from vitaccel.hw.spec.numerics import requantize, saturate
+from vitaccel.sim.golden import fused, gemm, nonlinear
+
+
+@pytest.fixture(params=["compiled", "numpy"])
+def kernels(request, monkeypatch):
+    """Each test runs with the compiled passes (when Numba is installed) and without them."""
+    if request.param == "compiled" and fused.kernels() is None:
+        pytest.skip("Numba is not installed: only the NumPy path exists")
+    monkeypatch.setattr(fused, "ENABLED", request.param == "compiled")
+    return request.param
+
+
+def _views(rng, images, shape, dtype, row_bytes=4096):
+    """A (images, *shape) view of ``dtype`` inside a (images, row_bytes) byte buffer, at an offset."""
+    memory = np.zeros((images, row_bytes), np.uint8)
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    start = 8 * int(rng.integers(1, 16))
+    return memory[:, start:start + nbytes].view(dtype).reshape(images, *shape)
+
+
+def _exact(a, w):
+    return np.matmul(a.astype(np.int64), w.astype(np.int64))
+
+
+def test_linear_into_equals_integer_linear(kernels):
+    rng = np.random.default_rng(31)
+    for trial in range(40):
+        images, m, k, n = int(rng.integers(1, 40)), int(rng.integers(1, 20)), int(rng.choice([1, 17, 64, 300])), \
+            int(rng.integers(1, 70))
+        unsigned = trial % 3 == 0
+        a = rng.integers(0, 256, (images, m, k)) if unsigned else rng.integers(-128, 128, (images, m, k))
+        a = a.astype(np.uint8 if unsigned else np.int8)
+        per_image = trial % 4 == 1
+        w = rng.integers(-128, 128, (images, k, n) if per_image else (k, n)).astype(np.int8)
+        if trial % 5 == 0:   # the extremes: every product at its largest
+            a[...] = 255 if unsigned else -128
+            w[...] = -128
+        bias = rng.integers(-(1 << 20), 1 << 20, n)
+        mult = rng.integers(1 << 20, 1 << 28, n)   # (K 255 128 + |bias|) M < 2^52: the exact float path
+        shift = rng.integers(25, 45, n)
+        if trial % 7 == 0:   # exact ties of the rounding
+            mult[:], shift[:] = 1 << 26, 27
+        out = _views(rng, images, (m, n), np.int8, row_bytes=8192)
+        assert gemm.linear_into(out, a, w, bias, mult, shift)
+        want = requantize(saturate(_exact(a, w) + bias, 32), mult, shift)
+        np.testing.assert_array_equal(out, want)
+
+
+def test_linear_into_declines_what_it_cannot_prove(kernels):
+    rng = np.random.default_rng(3)
+    a = rng.integers(-128, 128, (2, 3, 1100)).astype(np.int8)   # K beyond one exact float32 chunk
+    w = rng.integers(-128, 128, (1100, 4)).astype(np.int8)
+    out = np.zeros((2, 3, 4), np.int8)
+    args = (np.zeros(4, np.int64), np.full(4, 1 << 30), np.full(4, 40))
+    assert not gemm.linear_into(out, a, w, *args)
+    assert not gemm.linear_into(out, a[..., :64], w[:64], np.full(4, 1 << 31), *args[1:])   # bias may saturate
+    assert not gemm.linear_into(out, a[..., :64], w[:64], args[0], args[1], np.full(4, 50))  # shift > 44
+    assert not (out != 0).any()   # nothing written
+
+
+def test_layernorm_into_equals_integer_layernorm(kernels):
+    rng = np.random.default_rng(32)
+    for channels, out_scale, images in ((64, 0.05, 300), (7, 0.001, 5), (384, 0.3, 3), (64, 4.0, 2)):
+        params = layernorm_params(0.05, rng.uniform(0.2, 3, channels), rng.normal(0, 1, channels), out_scale,
+                                  rsqrt_lut_bits=8)
+        x = _views(rng, images, (9, channels), np.int8)
+        x[...] = rng.integers(-128, 128, x.shape)
+        x[0, 0], x[0, 1, ::2], x[-1, 2] = -128, 127, 5   # extremes and a constant row
+        want = nonlinear.layernorm(x.astype(np.int64), params)
+        out = _views(rng, images, (9, channels), np.int8)
+        assert nonlinear.layernorm_into(out, x, params)
+        np.testing.assert_array_equal(out, want)
+        assert nonlinear.layernorm_into(x, x, params)   # in place, as LAYERNORM src == dst
+        np.testing.assert_array_equal(x, want)
+
+
+@pytest.mark.parametrize("shape", [(300, 17, 17), (3, 5, 150), (40, 2, 64)])
+def test_softmax_into_equals_integer_softmax(kernels, shape):
+    rng = np.random.default_rng(33)
+    for scale in (1e-5, 1e-4, 0.02):
+        params = softmax_params(scale)
+        for dtype in (np.int32, np.int16):
+            info = np.iinfo(dtype)
+            scores = _views(rng, shape[0], shape[1:], dtype, row_bytes=65536)
+            scores[...] = rng.integers(info.min, info.max, shape, endpoint=True)
+            scores[0] = rng.integers(-300, 300, shape[1:])
+            scores[1, ..., 0], scores[1, ..., 1] = info.max, info.min
+            scores[2, 0] = 7   # a row of ties
+            out = _views(rng, shape[0], shape[1:], np.uint8, row_bytes=65536)
+            assert nonlinear.softmax_into(out, scores, params)
+            np.testing.assert_array_equal(out, nonlinear.softmax(scores.astype(np.int64), params))
