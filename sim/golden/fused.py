@@ -95,8 +95,8 @@ def _build() -> SimpleNamespace:
 
     @jit
     def softmax_exp(scores, table, e, total):
-        """Per row of ``scores`` (G, M, N): ``e = table[min(max - s, len - 1)]`` (float64) and
-        the row's sum of ``e`` (exact: integers below 2^53)."""
+        """Per row of ``scores`` (G, M, N): ``e = table[min(max - s, len - 1)]`` and the row's
+        sum of ``e`` (integers, exact in ``e``'s and ``total``'s float types)."""
         images, rows, cols = scores.shape
         last = table.shape[0] - 1
         for g in range(images):
@@ -104,10 +104,10 @@ def _build() -> SimpleNamespace:
                 top = np.int64(scores[g, i, 0])
                 for j in range(1, cols):
                     top = max(top, np.int64(scores[g, i, j]))
-                s = 0.0
+                s = np.int64(0)
                 for j in range(cols):
                     d = min(top - np.int64(scores[g, i, j]), last)
-                    v = table[d]
+                    v = np.int64(table[d])
                     e[g, i, j] = v
                     s += v
                 total[g, i, 0] = s
@@ -123,5 +123,23 @@ def _build() -> SimpleNamespace:
                     v = e[g, i, j] * f + 0.5
                     out[g, i, j] = 255 if v >= 255.0 else np.int32(v)
 
-    return SimpleNamespace(requantize=requantize, row_sums=row_sums, layernorm=layernorm,
+    @jit
+    def lookup(x, table, out):
+        """``out = table[byte of x]`` element-wise, (G, M, N)."""
+        images, rows, cols = x.shape
+        for g in range(images):
+            for i in range(rows):
+                for j in range(cols):
+                    out[g, i, j] = table[np.int32(x[g, i, j]) & 0xFF]
+
+    @jit
+    def lookup_pair(a, b, table, out):
+        """``out = table[(byte of a) * 256 + byte of b]`` element-wise, (G, M, N)."""
+        images, rows, cols = a.shape
+        for g in range(images):
+            for i in range(rows):
+                for j in range(cols):
+                    out[g, i, j] = table[((np.int32(a[g, i, j]) & 0xFF) << 8) | (np.int32(b[g, i, j]) & 0xFF)]
+
+    return SimpleNamespace(lookup=lookup, lookup_pair=lookup_pair, requantize=requantize, row_sums=row_sums, layernorm=layernorm,
                            softmax_exp=softmax_exp, softmax_out=softmax_out)

@@ -703,8 +703,13 @@ class GoldenMachine:
         a = self._matrix(Buffer.VECTOR, instr.src_addr, rows, cols, np.int8, pc)
         b = self._matrix(Buffer.VECTOR, instr.src2_addr, rows, cols, np.int8, pc)
         params = isa.unpack_add_params(self._param_words(instr.param_addr, isa.ADD_PARAM_WORDS, pc))
-        y = self._nonlinear(instr.opcode, pc, lambda: nonlinear.add(a, b, params))
-        self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.int8, pc, write=True)[...] = y
+        try:
+            out = self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.int8, pc, write=True)
+        except AddressError:   # parameters the kernel rejects are reported first
+            self._nonlinear(instr.opcode, pc, lambda: nonlinear.add(a, b, params))
+            raise
+        if not nonlinear.add_into(out, a, b, params):
+            out[...] = self._nonlinear(instr.opcode, pc, lambda: nonlinear.add(a, b, params))
 
     def _softmax(self, instr: Instruction, pc: int) -> None:
         from vitaccel.sim.golden import nonlinear
@@ -725,7 +730,7 @@ class GoldenMachine:
         if params.multiplier >= 1 << SOFTMAX_MULT_BITS:
             raise InvalidOperandError(f"SOFTMAX: multiplier {params.multiplier} exceeds {SOFTMAX_MULT_BITS} bits", pc)
         out = self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.uint8, pc, write=True)
-        if np.shares_memory(out, scores) or not nonlinear.softmax_into(out, scores, params):
+        if not nonlinear.softmax_into(out, scores, params):   # ACC into VECTOR: no overlap
             out[...] = self._nonlinear(instr.opcode, pc, lambda: nonlinear.softmax(scores, params))
 
     def _gelu(self, instr: Instruction, pc: int) -> None:
@@ -735,8 +740,9 @@ class GoldenMachine:
         rows, cols = instr.rows, instr.cols
         x = self._matrix(Buffer.VECTOR, instr.src_addr, rows, cols, np.int8, pc)
         table = _shared(self.luts[isa.LutId.GELU])
-        y = self._nonlinear(instr.opcode, pc, lambda: nonlinear.gelu(x, table))
-        self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.int8, pc, write=True)[...] = y
+        out = self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.int8, pc, write=True)
+        if not nonlinear.gelu_into(out, x, table):
+            out[...] = self._nonlinear(instr.opcode, pc, lambda: nonlinear.gelu(x, table))
 
     def _layernorm(self, instr: Instruction, pc: int) -> None:
         from vitaccel.sim.golden import nonlinear

@@ -240,9 +240,9 @@ def softmax_into(out: np.ndarray, scores: np.ndarray, params: SoftmaxParams) -> 
     fused = kernels()
     by_diff = _exp_of_diff(params)
     if fused is not None and by_diff is not None:
-        e = scratch("softmax.e", scores.shape, np.float64)
+        e = scratch("softmax.e", scores.shape, np.float32)   # integers below 2^16: exact
         total = np.empty((images, m, 1), np.float64)
-        fused.softmax_exp(scores, by_diff, e, total)
+        fused.softmax_exp(scores, _narrow_table(by_diff), e, total)
         factor = _softmax_factor(total, params)
         if factor is None:
             return False
@@ -279,6 +279,16 @@ def softmax_into(out: np.ndarray, scores: np.ndarray, params: SoftmaxParams) -> 
     return True
 
 
+def _narrow_table(table: np.ndarray) -> np.ndarray:
+    """``table`` (float64 holding integers below 2^16) as uint16, cached: a quarter of the bytes
+    for a gather that misses the cache less."""
+    key = (_narrow_table, id(table))
+    narrow = _TABLES.get(key)
+    if narrow is None or narrow[0] is not table:
+        narrow = _TABLES[key] = (table, table.astype(np.uint16))
+    return narrow[1]
+
+
 def _softmax_factor(total: np.ndarray, params: SoftmaxParams) -> np.ndarray | None:
     """Per row, ``y 2^-shift`` of the output rounding ``round_shift(e y, shift)`` (``y`` the
     reciprocal of the row's ``total``), or None where the float64 rounding is not exact or a
@@ -302,6 +312,34 @@ def gelu(x: np.ndarray, table: np.ndarray) -> np.ndarray:
         raise ValueError(f"table: must have 256 entries, got shape {table.shape}")
     table = _as_int(table, 8, "table")
     return table[x & 0xFF].astype(np.int8)
+
+
+def gelu_into(out: np.ndarray, x: np.ndarray, table: np.ndarray) -> bool:
+    """:func:`gelu` of int8 ``x`` ``(G, M, N)`` written into int8 ``out`` (the same elements as
+    ``x`` or none of them) in one compiled pass, or False (nothing written) where that does
+    not apply (no Numba, other dtypes or shapes)."""
+    fused = kernels()
+    if (fused is None or x.dtype != np.int8 or out.dtype != np.int8 or x.ndim != 3 or out.shape != x.shape
+            or table.dtype != np.int8 or table.shape != (256,) or not _same_or_disjoint(out, x)):
+        return False
+    fused.lookup(x, table, out)
+    return True
+
+
+def add_into(out: np.ndarray, a: np.ndarray, b: np.ndarray, params: AddParams) -> bool:
+    """:func:`add` of int8 ``a`` and ``b`` ``(G, M, N)`` written into int8 ``out`` (the same
+    elements as each input or none of them) in one compiled pass over the table of every
+    byte pair (built by :func:`add`'s int32 code), or False (nothing written) where that does
+    not apply."""
+    fused = kernels()
+    if (fused is None or a.dtype != np.int8 or b.dtype != np.int8 or out.dtype != np.int8 or a.ndim != 3
+            or a.shape != b.shape or out.shape != a.shape or not isinstance(params, AddParams)
+            or not _valid_int(params.a_multiplier, -(1 << 20), 1 << 20)
+            or not _valid_int(params.b_multiplier, -(1 << 20), 1 << 20) or not _valid_int(params.shift, 0, 29)
+            or not (_same_or_disjoint(out, a) and _same_or_disjoint(out, b))):
+        return False
+    fused.lookup_pair(a, b, _add_table(params), out)
+    return True
 
 
 def gelu_int16(x: np.ndarray, params: GeluInt16Params) -> np.ndarray:
@@ -353,8 +391,22 @@ def _layernorm_float(x, params: LayerNormParams) -> np.ndarray | None:
 _BLOCK_ELEMENTS = 1 << 16
 
 
-def _same_layout(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.strides == b.strides
+def _same_or_disjoint(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether ``a`` and ``b`` (one shape and dtype) are the same elements or share no byte.
+    Stacks of dense blocks at one stride (the golden machine's batch views) are decided from
+    their addresses; anything else by NumPy's exact test."""
+    if not np.may_share_memory(a, b):   # their extents do not meet
+        return True
+    offset = a.__array_interface__["data"][0] - b.__array_interface__["data"][0]
+    if a.strides == b.strides:
+        if offset == 0:
+            return True
+        block = a[0].nbytes if a.ndim else a.nbytes
+        if a.ndim == 3 and a.strides[2] == a.itemsize and a.strides[1] == a.shape[2] * a.itemsize \
+                and a.strides[0] >= block:
+            d = offset % a.strides[0]   # a's image i against b's image j: a distance of d + (i - j) stride
+            return a.shape[0] == 1 and abs(offset) >= block or (d >= block and a.strides[0] - d >= block)
+    return not np.shares_memory(a, b)
 
 
 def layernorm_into(out: np.ndarray, x: np.ndarray, params: LayerNormParams) -> bool:
@@ -380,7 +432,7 @@ def layernorm_into(out: np.ndarray, x: np.ndarray, params: LayerNormParams) -> b
     if (x.dtype != np.int8 or out.dtype != np.int8 or x.ndim != 3 or out.shape != x.shape or x.size == 0
             or not isinstance(params, LayerNormParams)):
         return False
-    if np.shares_memory(out, x) and not _same_layout(out, x):
+    if not _same_or_disjoint(out, x):
         return False
     images, m, n = x.shape
     if (not _valid_int(params.channels, 1, 1024) or n != params.channels or len(params.gamma) != n

@@ -115,7 +115,8 @@ def test_digits_fast_kernels_equal_integer_kernels(digits_program, monkeypatch):
     monkeypatch.setattr(nonlinear, "_layernorm_float", lambda *args: None)
     monkeypatch.setattr(gemm, "_requantize_float", lambda *args: None)
     monkeypatch.setattr(gemm, "exact_product", lambda a, b: None)
-    for name, module in (("linear_into", gemm), ("softmax_into", nonlinear), ("layernorm_into", nonlinear)):
+    for name, module in (("linear_into", gemm), ("softmax_into", nonlinear), ("layernorm_into", nonlinear),
+                         ("add_into", nonlinear), ("gelu_into", nonlinear)):
         monkeypatch.setattr(module, name, lambda *args: False)
     slow = ddrs.copy()
     GoldenMachine(digits_program.config).run_batch(digits_program.words, slow)

@@ -99,3 +99,46 @@ def test_softmax_into_equals_integer_softmax(kernels, shape):
             out = _views(rng, shape[0], shape[1:], np.uint8, row_bytes=65536)
             assert nonlinear.softmax_into(out, scores, params)
             np.testing.assert_array_equal(out, nonlinear.softmax(scores.astype(np.int64), params))
+
+
+def test_layernorm_into_declines_partly_overlapping_rows():
+    """A destination that overlaps the source shifted (not in place) is left to the plain kernel."""
+    rng = np.random.default_rng(34)
+    params = layernorm_params(0.05, rng.uniform(0.2, 3, 64), rng.normal(0, 1, 64), 0.05, rsqrt_lut_bits=8)
+    memory = rng.integers(0, 256, (4, 4096)).astype(np.uint8)
+    x = memory[:, 64:64 + 2 * 64].view(np.int8).reshape(4, 2, 64)
+    for start, fits in ((96, False), (0, False), (64, True), (192, True), (4096 - 128, True)):
+        out = memory[:, start:start + 2 * 64].view(np.int8).reshape(4, 2, 64)
+        assert nonlinear.layernorm_into(out.copy(), x, params) is True   # a separate array: always
+        assert nonlinear.layernorm_into(out, x.copy(), params) is True
+        assert nonlinear.layernorm_into(out, x, params) is fits, start
+        memory[:, 64:192] = rng.integers(0, 256, (4, 128))
+    far = memory[:, 1024:1024 + 128].view(np.int8).reshape(4, 2, 64)
+    want = nonlinear.layernorm(x.astype(np.int64), params)
+    assert nonlinear.layernorm_into(far, x, params)
+    np.testing.assert_array_equal(far, want)
+
+
+def test_add_and_gelu_into_equal_integer_kernels(kernels):
+    from vitaccel.hw.spec.nonlinear import AddParams
+
+    rng = np.random.default_rng(35)
+    a = _views(rng, 30, (17, 64), np.int8)
+    b = _views(rng, 30, (17, 64), np.int8)
+    a[...], b[...] = rng.integers(-128, 128, (2, 30, 17, 64))
+    a[0], b[1] = -128, 127
+    table = rng.integers(-128, 128, 256).astype(np.int8)
+    for params in (AddParams(40000, 65535, 16), AddParams(-3, 7, 0), AddParams(1 << 20, -(1 << 20), 29)):
+        want = nonlinear.add(a.astype(np.int64), b.astype(np.int64), params)
+        out = _views(rng, 30, (17, 64), np.int8)
+        assert nonlinear.add_into(out, a, b, params) == (kernels == "compiled")
+        if kernels == "compiled":
+            np.testing.assert_array_equal(out, want)
+            keep = b.copy()
+            assert nonlinear.add_into(b, a, b, params)   # in place, as a residual ADD
+            np.testing.assert_array_equal(b, want)
+            b[...] = keep
+    out = _views(rng, 30, (17, 64), np.int8)
+    assert nonlinear.gelu_into(out, a, table) == (kernels == "compiled")
+    if kernels == "compiled":
+        np.testing.assert_array_equal(out, nonlinear.gelu(a.astype(np.int64), table))
