@@ -545,7 +545,10 @@ class GoldenMachine:
         start = instr.sram_addr * ADDR_UNIT
         if start + (rows - 1) * sram_stride + row_bytes > memory.shape[1]:
             return slow
-        sram = self._region(memory, instr.buffer.name, start, rows, row_bytes, sram_stride, None)
+        # Each row one item (a void of row_bytes): NumPy copies whole rows instead of looping
+        # over their bytes.
+        row_item = np.dtype((np.void, row_bytes))
+        sram = self._region(memory, instr.buffer.name, start, rows, row_bytes, sram_stride, None).view(row_item)
         buffer, nbytes = instr.buffer, rows * row_bytes
         dram_start = instr.dram_addr
         dram_end = dram_start + (rows - 1) * stride + row_bytes
@@ -566,6 +569,7 @@ class GoldenMachine:
                 dram = ddr[:, dram_start:dram_start + rows * stride].reshape(images, rows, stride)[:, :, :row_bytes]
             else:
                 return slow(instr, pc)
+            dram = dram.view(row_item)
             if writing_ddr:
                 if lazy[buffer]:
                     self._materialize(buffer, start, sram_end)
