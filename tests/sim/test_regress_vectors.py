@@ -66,7 +66,8 @@ def test_vectors_must_be_positive_one_line(capsys):
 # -- real simulations -------------------------------------------------------------------------
 
 @pytest.mark.cocotb
-@pytest.mark.parametrize("unit", ["softmax", "matrix_engine"])
+@pytest.mark.parametrize("unit", ["softmax", "matrix_engine",
+                                  pytest.param("sparse_attention", marks=pytest.mark.slow)])  # ~35 s, two launches
 def test_small_vector_run_passes_and_a_wrong_result_fails(unit):
     """A few vectors (two GEMMs of the engine) pass; the same run with one expected value
     flipped fails and names where."""
@@ -76,17 +77,22 @@ def test_small_vector_run_passes_and_a_wrong_result_fails(unit):
 
         def run(**kw):
             return run_vectors_case("softmax", CONFIG, seed=3, vectors=24, width=8, **kw)
-    else:
+    elif unit == "matrix_engine":
         from vitaccel.sim.cases.matrix_engine import run_vectors_case
 
         def run(**kw):
             return run_vectors_case(CONFIG, seed=3, vectors=9, rows_per_gemm=5, **kw)
+    else:
+        from vitaccel.sim.cases.sparse import run_attention_vectors_case
+
+        def run(**kw):
+            return run_attention_vectors_case(CONFIG, seed=3, vectors=9, tokens=5, head_dim=4, **kw)
     good = run()
     assert good["passed"] and good["mismatch"] is None and good["vectors"] in (24, 9), good
     bad = run(break_reference=True)
     assert not bad["passed"] and bad["mismatch"] is not None, bad
-    if unit == "matrix_engine":
-        assert bad["mismatch"]["case"] == 1 and bad["mismatch"]["first_vector"] == 5
+    if unit != "softmax":   # two cases of 5 and 4 vectors: the second one is wrong
+        assert bad["mismatch"]["case"] == 1 and bad["mismatch"]["first_vector"] == 5, bad
 
 
 @pytest.mark.cocotb
