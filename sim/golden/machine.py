@@ -118,6 +118,10 @@ def words_to_bytes(words: list[int]) -> bytes:
     return b"".join(int(w).to_bytes(_WORD_BYTES, "little") for w in words)
 
 
+#: ``op.name`` of every opcode (an enum member's ``name`` is a property: slow in a loop over images).
+_OPCODE_NAMES = {op: op.name for op in Opcode}
+
+
 @dataclass
 class RunStats:
     """What one run did: instructions per opcode, multiply-accumulates, DMA bytes."""
@@ -128,7 +132,7 @@ class RunStats:
     dma_write_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"instructions": {op.name: n for op, n in self.instructions.items()},
+        return {"instructions": {_OPCODE_NAMES[op]: n for op, n in self.instructions.items()},
                 "total_instructions": sum(self.instructions.values()), "macs": self.macs,
                 "dma_read_bytes": self.dma_read_bytes, "dma_write_bytes": self.dma_write_bytes}
 
@@ -464,7 +468,7 @@ class GoldenMachine:
 
     def _covered(self, buffer: Buffer, start: int, end: int) -> bool:
         """Whether every image holds the same bytes ``[start, end)`` of ``buffer`` (as recorded)."""
-        return any(a <= start and end <= b for a, b in self._uniform[buffer])
+        return any(a <= start and end <= b for a, b in reversed(self._uniform[buffer]))   # the latest first
 
     def _written(self, buffer: Buffer, start: int, end: int, *, uniform: bool = False, lazy: bool = False,
                  unlazy: bool = False) -> None:
