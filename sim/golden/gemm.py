@@ -195,10 +195,10 @@ def linear_into(out: np.ndarray, a: np.ndarray, w: np.ndarray, bias, multiplier,
 
     ``a`` is int8 or uint8 ``(G, M, K)``, ``w`` int8 ``(K, N)`` or ``(G, K, N)``, ``out`` int8
     ``(G, M, N)`` (any strides; it must not overlap ``a`` or ``w``). The same integers as
-    :func:`linear`, computed in blocks of images whose float32 product (one exact BLAS call,
-    ``K * max|a| * 128 <= 2^24``) and float64 requantization (:func:`_requant_terms`) stay in
-    cache, in :func:`scratch` arrays: the unblocked passes over fresh multi-MB temporaries
-    cost more than the product.
+    :func:`linear`, computed in blocks of images whose float32 product (one exact BLAS call
+    per K-chunk, ``chunk * max|a| * 128 <= 2^24``, chunks summed in float64) and float64
+    requantization (:func:`_requant_terms`) stay in cache, in :func:`scratch` arrays: the
+    unblocked passes over fresh multi-MB temporaries cost more than the product.
     """
     if (out.dtype != np.int8 or a.ndim != 3 or w.dtype != np.int8 or w.ndim not in (2, 3)
             or a.dtype not in (np.dtype(np.int8), np.dtype(np.uint8))):
@@ -207,9 +207,13 @@ def linear_into(out: np.ndarray, a: np.ndarray, w: np.ndarray, bias, multiplier,
     n = w.shape[-1]
     if w.shape[-2] != k or out.shape != (images, m, n) or (w.ndim == 3 and w.shape[0] != images):
         return False
-    bound = k * _dtype_bound(a) * _dtype_bound(w)
-    if bound > _FLOAT32_EXACT or m * n == 0 or images == 0:
+    product = _dtype_bound(a) * _dtype_bound(w)
+    bound = k * product
+    chunk = _FLOAT32_EXACT // product
+    if m * n == 0 or images == 0 or bound >= _FLOAT_EXACT or (k > chunk and chunk < _FLOAT32_MIN_CHUNK):
         return False
+    # K beyond one exact float32 chunk: chunk products (exact) summed in float64 (exact below 2^53).
+    parts = _chunks(k, chunk) if k > chunk else None
     terms = _requant_terms(bound, bias, multiplier, shift, 8, n)
     if terms is None:
         return False
@@ -226,14 +230,22 @@ def linear_into(out: np.ndarray, a: np.ndarray, w: np.ndarray, bias, multiplier,
         count = last - first
         a_block, p_block, v_block = a32[:count], p32[:count], v64[:count]
         np.copyto(a_block, a[first:last], casting="unsafe")   # integers: exact
-        if w32.ndim == 2:   # one BLAS call for the block's stacked rows
-            np.matmul(a_block.reshape(count * m, k), w32, out=p_block.reshape(count * m, n))
-        else:
-            np.matmul(a_block, w32[first:last], out=p_block)
+        for index, part in enumerate(parts or (slice(None),)):
+            a_part, w_part = (a_block, w32) if parts is None else (a_block[..., part], w32[..., part, :])
+            if w32.ndim == 2:   # one BLAS call for the block's stacked rows
+                np.matmul(a_part.reshape(count * m, -1), w_part, out=p_block.reshape(count * m, n))
+            else:
+                np.matmul(a_part, w_part[first:last], out=p_block)
+            if parts is not None:
+                if index == 0:
+                    np.copyto(v_block, p_block)
+                else:
+                    v_block += p_block
+        product_block = p_block if parts is None else v_block
         if fused is not None:   # the four passes below in one
-            fused.requantize(p_block, scale, offset, out[first:last])
+            fused.requantize(product_block, scale, offset, out[first:last])
             continue
-        np.multiply(p_block, scale, out=v_block)
+        np.multiply(product_block, scale, out=v_block)
         v_block += offset
         block = codes[first:last]
         np.clip(v_block, 0, 255, out=block, casting="unsafe")   # floor (non-negative), saturate

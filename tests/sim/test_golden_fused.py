@@ -35,8 +35,8 @@ def _exact(a, w):
 def test_linear_into_equals_integer_linear(kernels):
     rng = np.random.default_rng(31)
     for trial in range(40):
-        images, m, k, n = int(rng.integers(1, 40)), int(rng.integers(1, 20)), int(rng.choice([1, 17, 64, 300])), \
-            int(rng.integers(1, 70))
+        images, m, k, n = int(rng.integers(1, 40)), int(rng.integers(1, 20)), \
+            int(rng.choice([1, 17, 64, 300, 1100, 1536])), int(rng.integers(1, 70))   # 1100, 1536: K-chunks
         unsigned = trial % 3 == 0
         a = rng.integers(0, 256, (images, m, k)) if unsigned else rng.integers(-128, 128, (images, m, k))
         a = a.astype(np.uint8 if unsigned else np.int8)
@@ -46,10 +46,10 @@ def test_linear_into_equals_integer_linear(kernels):
             a[...] = 255 if unsigned else -128
             w[...] = -128
         bias = rng.integers(-(1 << 20), 1 << 20, n)
-        mult = rng.integers(1 << 20, 1 << 28, n)   # (K 255 128 + |bias|) M < 2^52: the exact float path
+        mult = rng.integers(1 << 20, 1 << 26, n)   # (K 255 128 + |bias|) M < 2^52: the exact float path
         shift = rng.integers(25, 45, n)
         if trial % 7 == 0:   # exact ties of the rounding
-            mult[:], shift[:] = 1 << 26, 27
+            mult[:], shift[:] = 1 << 24, 25
         out = _views(rng, images, (m, n), np.int8, row_bytes=8192)
         assert gemm.linear_into(out, a, w, bias, mult, shift)
         want = requantize(saturate(_exact(a, w) + bias, 32), mult, shift)
@@ -58,11 +58,12 @@ def test_linear_into_equals_integer_linear(kernels):
 
 def test_linear_into_declines_what_it_cannot_prove(kernels):
     rng = np.random.default_rng(3)
-    a = rng.integers(-128, 128, (2, 3, 1100)).astype(np.int8)   # K beyond one exact float32 chunk
+    a = rng.integers(-128, 128, (2, 3, 1100)).astype(np.int8)
     w = rng.integers(-128, 128, (1100, 4)).astype(np.int8)
     out = np.zeros((2, 3, 4), np.int8)
     args = (np.zeros(4, np.int64), np.full(4, 1 << 30), np.full(4, 40))
-    assert not gemm.linear_into(out, a, w, *args)
+    assert not gemm.linear_into(out, a, w, *args)   # (K 2^14) M >= 2^52: float64 would round
+    assert not gemm.linear_into(out, a.astype(np.int16), w, *args)   # not 8-bit operands
     assert not gemm.linear_into(out, a[..., :64], w[:64], np.full(4, 1 << 31), *args[1:])   # bias may saturate
     assert not gemm.linear_into(out, a[..., :64], w[:64], args[0], args[1], np.full(4, 50))  # shift > 44
     assert not (out != 0).any()   # nothing written
