@@ -160,20 +160,29 @@ def scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
     return buffer[:size].reshape(shape)
 
 
+def _float_scale(multiplier, shift, out_bits: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(multiplier, shift)`` as integer arrays where the float64 requantization takes them
+    (an 8-bit or narrower result, multipliers of MULTIPLIER_BITS, shifts 1..44), else None."""
+    if not (2 <= out_bits <= 8):
+        return None
+    multiplier, shift = np.asarray(multiplier), np.asarray(shift)
+    if multiplier.dtype.kind not in "iu" or shift.dtype.kind not in "iu":
+        return None
+    if (multiplier.size and (multiplier.min() < 0 or multiplier.max() >= 1 << MULTIPLIER_BITS)) or (
+            shift.size and (shift.min() < 1 or shift.max() > _FLOAT_MAX_SHIFT)):
+        return None
+    return multiplier, shift
+
+
 def _requant_terms(product_bound: int, bias, multiplier, shift, out_bits: int, n: int
                    ) -> tuple[np.ndarray, np.ndarray] | None:
     """``(c, d)`` per output channel with ``requantize(sat32(p + bias))`` = ``clip(floor(p c + d)) -
     2^(out_bits-1)`` for every exact ``|p| <= product_bound``, with ``p c`` and ``p c + d`` exact
     (see :func:`_requantize_float`, its first branch); None where that does not hold."""
-    if not (2 <= out_bits <= 8):
+    scaled = _float_scale(multiplier, shift, out_bits)
+    if scaled is None or scaled[0].shape not in ((), (n,)) or scaled[1].shape not in ((), (n,)):
         return None
-    multiplier, shift = np.asarray(multiplier), np.asarray(shift)
-    if (multiplier.dtype.kind not in "iu" or shift.dtype.kind not in "iu"
-            or multiplier.shape not in ((), (n,)) or shift.shape not in ((), (n,))):
-        return None
-    if (multiplier.size and (multiplier.min() < 0 or multiplier.max() >= 1 << MULTIPLIER_BITS)) or (
-            shift.size and (shift.min() < 1 or shift.max() > _FLOAT_MAX_SHIFT)):
-        return None
+    multiplier, shift = scaled
     bias_bound = 0
     if bias is not None:
         bias = np.asarray(bias)
@@ -269,14 +278,10 @@ def _requantize_float(product: np.ndarray, product_bound: int, bias, multiplier,
     exact ``|x| >= 2^out_bits``, ``v * c`` is within a relative 2^-53 of it, so ``z`` is
     clipped to the same end as the exact value would be.
     """
-    if not (2 <= out_bits <= 8):
+    scaled = _float_scale(multiplier, shift, out_bits)
+    if scaled is None:
         return None
-    multiplier, shift = np.asarray(multiplier), np.asarray(shift)
-    if multiplier.dtype.kind not in "iu" or shift.dtype.kind not in "iu":
-        return None
-    if (multiplier.size and (multiplier.min() < 0 or multiplier.max() >= 1 << MULTIPLIER_BITS)) or (
-            shift.size and (shift.min() < 1 or shift.max() > _FLOAT_MAX_SHIFT)):
-        return None
+    multiplier, shift = scaled
     bias_bound = 0
     if bias is not None:
         bias = np.asarray(bias)

@@ -211,11 +211,15 @@ def _softmax_unmasked(scores, params: SoftmaxParams) -> np.ndarray | None:
     s = np.asarray(scores)
     if s.ndim == 0 or s.shape[-1] == 0:
         return None
-    cols = s.shape[-1]
-    out = np.empty(s.shape, np.uint8)
-    if not softmax_into(out.reshape(-1, 1, cols), s.reshape(-1, 1, cols), params):
-        return None
-    return out
+    return _by_rows(softmax_into, s, np.uint8, params)
+
+
+def _by_rows(into, x: np.ndarray, dtype, params) -> np.ndarray | None:
+    """``into(out, x, params)`` on ``x`` seen as ``(rows, 1, last axis)``, into a fresh array of
+    ``dtype`` shaped like ``x``; None where ``into`` declines."""
+    last = x.shape[-1]
+    out = np.empty(x.shape, dtype)
+    return out if into(out.reshape(-1, 1, last), x.reshape(-1, 1, last), params) else None
 
 
 def softmax_into(out: np.ndarray, scores: np.ndarray, params: SoftmaxParams) -> bool:
@@ -380,11 +384,7 @@ def _layernorm_float(x, params: LayerNormParams) -> np.ndarray | None:
     x = np.asarray(x)
     if x.dtype != np.int8 or x.ndim == 0 or x.size == 0 or not isinstance(params, LayerNormParams):
         return None
-    n = x.shape[-1]
-    out = np.empty(x.shape, np.int8)
-    if not layernorm_into(out.reshape(-1, 1, n), x.reshape(-1, 1, n), params):
-        return None
-    return out
+    return _by_rows(layernorm_into, x, np.int8, params)
 
 
 #: Elements per block of the blocked kernels: their float64 work arrays stay in a core's L2 cache.

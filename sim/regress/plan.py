@@ -125,25 +125,32 @@ def make_plan(config: AccelConfig, *, config_source: str, simulator: str, seeds:
     plan = Plan(config=config, simulator=simulator, seeds=list(seeds), quick=quick)
     config_dict = config.to_dict()
     for variant in _select(case, quick=quick, cases=table):
-        disabled = variant.spec.disabled_reason(config)
-        if disabled:
-            plan.not_run.append(NotRun(variant.name, "disabled", disabled))
+        not_run = _not_run(variant.name, variant.spec, variant.spec.function, config)
+        if not_run is not None:
+            plan.not_run.append(not_run)
             continue
-        try:
-            resolve_runner(variant.spec.module, variant.spec.function)
-        except CaseUnavailable as err:
-            plan.not_run.append(NotRun(variant.name, "unavailable", str(err)))
-            continue
-        # A case module that exists but fails to import is not "unavailable": it runs and
-        # fails with the import error, so a broken unit never disappears from the report.
-        except Exception:  # noqa: BLE001 - reported by the task itself
-            pass
         for seed in seeds:
             plan.tasks.append(Task(case=variant.name, module=variant.spec.module,
                                    function=variant.spec.function, args=variant.spec.args,
                                    params=dict(variant.params), seed=seed, simulator=simulator,
                                    quick=quick, config=config_dict, config_source=config_source))
     return plan
+
+
+def _not_run(name: str, spec: CaseSpec, function: str, config: AccelConfig) -> NotRun | None:
+    """Why ``spec`` cannot run ``function`` for ``config`` (disabled unit, missing module), or None."""
+    disabled = spec.disabled_reason(config)
+    if disabled:
+        return NotRun(name, "disabled", disabled)
+    try:
+        resolve_runner(spec.module, function)
+    except CaseUnavailable as err:
+        return NotRun(name, "unavailable", str(err))
+    # A case module that exists but fails to import is not "unavailable": it runs and
+    # fails with the import error, so a broken unit never disappears from the report.
+    except Exception:  # noqa: BLE001 - reported by the task itself
+        pass
+    return None
 
 
 def _vector_plan(config: AccelConfig, *, config_source: str, simulator: str, seeds: list[int], quick: bool,
@@ -159,20 +166,11 @@ def _vector_plan(config: AccelConfig, *, config_source: str, simulator: str, see
     plan = Plan(config=config, simulator=simulator, seeds=list(seeds), quick=quick, vectors=vectors)
     config_dict = config.to_dict()
     for spec in specs:
-        if spec.vectors is None:
-            plan.not_run.append(NotRun(spec.name, "disabled", "no random-vector mode (--vectors) for this case"))
+        not_run = (NotRun(spec.name, "disabled", "no random-vector mode (--vectors) for this case")
+                   if spec.vectors is None else _not_run(spec.name, spec, spec.vectors, config))
+        if not_run is not None:
+            plan.not_run.append(not_run)
             continue
-        disabled = spec.disabled_reason(config)
-        if disabled:
-            plan.not_run.append(NotRun(spec.name, "disabled", disabled))
-            continue
-        try:
-            resolve_runner(spec.module, spec.vectors)
-        except CaseUnavailable as err:
-            plan.not_run.append(NotRun(spec.name, "unavailable", str(err)))
-            continue
-        except Exception:  # noqa: BLE001 - reported by the task itself
-            pass
         for seed in seeds:
             plan.tasks.append(Task(case=spec.name, module=spec.module, function=spec.vectors, args=spec.args,
                                    params=dict(spec.vector_params), seed=seed, simulator=simulator, quick=quick,
