@@ -26,7 +26,7 @@ TIMING_THREADS = 1
 TIMING_REPEATS = 3
 #: Runs shorter than this are timed :data:`_SHORT_RUN_REPEATS` times instead: a sub-second run
 #: on a shared machine is often slowed by other jobs in all of three tries (either side).
-_SHORT_RUN_SECONDS = 0.5
+_SHORT_RUN_SECONDS = 1.0
 _SHORT_RUN_REPEATS = 7
 #: A device run longer than this is timed once (its warm-up run already cost as much).
 _LONG_RUN_SECONDS = 2.0
@@ -138,7 +138,7 @@ def run_program_dir(directory: str | Path, *, backend: str = "golden", images: i
     Speed: the float model is rebuilt (:func:`float_model`) and timed on the same images in
     the same batches as the device, both on :data:`TIMING_THREADS` thread(s). For the
     ``golden`` and ``perf`` backends each side runs once untimed (warm-up) and then up to
-    :data:`TIMING_REPEATS` times (7 for runs under 0.5 s), interleaved, the fastest counting; ``rtl`` and ``board`` are
+    :data:`TIMING_REPEATS` times (7 for runs under 1 s), interleaved, the fastest counting; ``rtl`` and ``board`` are
     timed on their one run. Where the model cannot be rebuilt, the compile-time figure (batch
     1) is used and ``timing`` says so.
 
