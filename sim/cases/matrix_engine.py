@@ -26,7 +26,7 @@ from vitaccel.sim.golden.gemm import linear, matmul
 from vitaccel.sim.golden.nm import nm_linear
 
 __all__ = ["GemmCase", "EDGE_PATTERNS", "make_case", "case_streams", "simulate", "first_mismatch", "engine_verilog", "run_case",
-           "run_cases", "TOPLEVEL", "TB_MODULE"]
+           "run_cases", "run_vectors_case", "TOPLEVEL", "TB_MODULE"]
 
 TOPLEVEL = "matrix_engine"
 TB_MODULE = "vitaccel.sim.cocotb.tb_matrix_engine"
@@ -336,3 +336,29 @@ def run_case(config: AccelConfig, *, seed: int, simulator: str = "verilator", M:
     return run_cases(config, [dict(seed=seed, M=M, K=K, N=N, stall_prob=stall_prob, quick=quick,
                                    unsigned_a=unsigned_a, residual=residual, extremes=extremes, nm=nm)],
                      simulator=simulator, waves=waves)[0]
+
+
+def run_vectors_case(config: AccelConfig, *, seed: int, simulator: str = "verilator", quick: bool = False,
+                     vectors: int, K: int = 8, N: int = 4, rows_per_gemm: int = 256,
+                     break_reference: bool = False) -> dict[str, Any]:
+    """``vectors`` random rows of A (one vector each: a K-vector through the engine against N
+    weight columns) as GEMMs of up to ``rows_per_gemm`` rows, all in one simulator launch.
+
+    The GEMMs vary as :func:`run_cases` allows: stalls on every other one, unsigned A on every
+    third, residual on every other, extreme operands on every eighth and the
+    :data:`EDGE_PATTERNS` on others; each is drawn from its own seed
+    (:func:`~vitaccel.sim.regress.vectors.sub_seeds`). ``break_reference`` flips one expected
+    value of the last GEMM (tests prove a wrong result fails).
+    """
+    from vitaccel.sim.regress.vectors import combine, split, sub_seeds
+
+    sizes = split(vectors, rows_per_gemm)
+    cases = []
+    for index, (rows, case_seed) in enumerate(zip(sizes, sub_seeds(seed, len(sizes)))):
+        cases.append(dict(seed=case_seed, M=rows, K=K, N=N, stall_prob=0.2 if index % 2 else 0.0,
+                          unsigned_a=index % 3 == 1, residual=index % 2 == 0, extremes=index % 8 == 7,
+                          pattern=EDGE_PATTERNS[(index // 8) % len(EDGE_PATTERNS)] if index % 8 == 3 else None,
+                          break_reference=break_reference and index == len(sizes) - 1))
+    outcome = combine(run_cases(config, cases, simulator=simulator), vectors, sizes=sizes)
+    outcome["simulator"] = simulator
+    return outcome

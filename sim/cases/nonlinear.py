@@ -24,7 +24,8 @@ from vitaccel.hw.spec.nonlinear import (LAYERNORM_BETA_BITS, LAYERNORM_GAMMA_BIT
                                         softmax_params)
 from vitaccel.sim.golden import nonlinear as golden
 
-__all__ = ["UNITS", "ALL_UNITS", "Case", "make_case", "build_unit", "run_case", "pack_lanes", "unpack_lanes",
+__all__ = ["UNITS", "ALL_UNITS", "Case", "make_case", "build_unit", "run_case", "run_vectors_case", "pack_lanes",
+           "unpack_lanes",
            "softmax_scores", "gelu_inputs", "layernorm_inputs"]
 
 #: The units benchmarked (issue 4), and every unit the case runner can build.
@@ -290,6 +291,25 @@ def run_case(unit: str, config: AccelConfig, *, seed: int, simulator: str = "ver
     return {"passed": mismatch is None, "cycles": cycles, "cycles_per_row": cycles / case.rows,
             "steady_cycles_per_row": _steady_cycles_per_row(case, result.output.get("out_cycles", [])),
             "mismatch": mismatch, "simulator": simulator, "rows": case.rows, "width": case.width}
+
+
+def run_vectors_case(unit: str, config: AccelConfig, *, seed: int, simulator: str = "verilator",
+                     quick: bool = False, vectors: int, width: int = 8, stall: float = 0.3,
+                     break_reference: bool = False) -> dict[str, Any]:
+    """``vectors`` random rows of ``width`` (one vector each; :func:`make_case`'s edge rows recur
+    among them) through ``unit`` in one simulator launch, bit-exact against golden.
+
+    ``break_reference`` flips one expected value (a row drawn from the seed) so that tests can
+    prove a wrong result fails. Returns :func:`run_case`'s dict plus ``vectors``.
+    """
+    case = make_case(unit, config, seed=seed, rows=vectors, width=width, stall=stall)
+    if break_reference:
+        row = int(np.random.default_rng(seed).integers(vectors))
+        case.expected = case.expected.copy()
+        case.expected[row, 0] ^= 1
+    outcome = run_case(unit, config, seed=seed, simulator=simulator, case=case)
+    outcome["vectors"] = vectors
+    return outcome
 
 
 def _steady_cycles_per_row(case: Case, out_cycles: list[int]) -> float | None:

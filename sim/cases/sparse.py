@@ -19,7 +19,7 @@ from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.hw.spec.sparse import TOPK_SCORE_BITS, AttentionLoad, index_bits
 
 __all__ = ["TOPK_SCORE_KINDS", "MASK_KINDS", "topk_scores", "decode_topk_beats", "first_mismatch",
-           "run_topk_case", "make_mask", "attention_case", "attention_program", "decode_rows",
+           "run_topk_case", "run_attention_vectors_case", "make_mask", "attention_case", "attention_program", "decode_rows",
            "run_attention_case", "run_attention_cases"]
 
 TOPK_SCORE_KINDS = ("random", "ties", "constant", "edges")
@@ -228,10 +228,16 @@ def _judge(case: dict[str, Any], output: dict[str, Any], head_dim: int) -> dict[
 
 
 def run_attention_cases(config: AccelConfig, *, cases: list[dict[str, Any]], head_dim: int,
-                        simulator: str = "verilator", seed: int = 0, waves: bool = False) -> list[dict[str, Any]]:
+                        simulator: str = "verilator", seed: int = 0, waves: bool = False,
+                        break_reference: int | None = None) -> list[dict[str, Any]]:
     """Several attention cases (keyword dicts of :func:`attention_case`: ``seed``, ``tokens``,
-    ``density``, ``mask_kind``) in one simulator run; one result dict per case."""
+    ``density``, ``mask_kind``) in one simulator run; one result dict per case.
+    ``break_reference``: the index of a case whose expected output gets one value flipped
+    (tests prove a wrong result fails)."""
     built = [attention_case(config, head_dim=head_dim, **kwargs) for kwargs in cases]
+    if break_reference is not None:
+        built[break_reference]["expected"] = built[break_reference]["expected"].copy()
+        built[break_reference]["expected"][0, 0] ^= 1
     programs = [attention_program(config, case) for case in built]
     outputs = _run_programs(config, head_dim, [(p, c["expected"], str(kw)) for p, c, kw in zip(programs, built, cases)],
                             seed=seed, simulator=simulator, waves=waves)
@@ -274,3 +280,23 @@ def run_attention_case(config: AccelConfig, *, seed: int, simulator: str = "veri
         if out["mismatch"] is None and dense["mismatch"] is not None:
             out["mismatch"] = dict(dense["mismatch"], position=["dense", dense["mismatch"]["position"]])
     return out
+
+
+def run_attention_vectors_case(config: AccelConfig, *, seed: int, simulator: str = "verilator", quick: bool = False,
+                               vectors: int, tokens: int = 16, head_dim: int = 8,
+                               break_reference: bool = False) -> dict[str, Any]:
+    """``vectors`` random query rows (one vector each: a row of Q against its head's K and V
+    under its mask row) as attention heads of ``tokens`` rows, all in one simulator launch;
+    the masks cycle through :data:`MASK_KINDS` and densities 0.1 .. 0.9, each head drawn from
+    its own seed. ``break_reference`` flips one expected value of the last head."""
+    from vitaccel.sim.regress.vectors import combine, split, sub_seeds
+
+    sizes = split(vectors, tokens)
+    cases = [dict(seed=case_seed, tokens=rows, density=0.1 + 0.2 * (index % 5),
+                  mask_kind=MASK_KINDS[(index // 5) % len(MASK_KINDS)])
+             for index, (rows, case_seed) in enumerate(zip(sizes, sub_seeds(seed, len(sizes))))]
+    results = run_attention_cases(config, cases=cases, head_dim=head_dim, simulator=simulator, seed=seed,
+                                  break_reference=len(cases) - 1 if break_reference else None)
+    outcome = combine(results, vectors, sizes=sizes)
+    outcome["simulator"] = simulator
+    return outcome

@@ -25,12 +25,15 @@ Its fast path does steps 2-3 in float64, exactly (see :func:`_requantize_float`)
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from vitaccel.hw.spec.matrix import BIAS_BITS
 from vitaccel.hw.spec.numerics import MULTIPLIER_BITS, int_range, requantize, saturate
+from vitaccel.sim.golden.fused import kernels
 
-__all__ = ["matmul", "linear", "exact_product", "product_bound"]
+__all__ = ["matmul", "linear", "linear_into", "exact_product", "product_bound", "scratch"]
 
 _FLOAT_EXACT = 1 << 53
 #: Every integer of magnitude up to 2^24 is a float32.
@@ -134,6 +137,131 @@ def matmul(a, b) -> np.ndarray:
     raise ValueError(f"matmul: sums may reach {bound}, which overflows int64")
 
 
+#: Output elements per block of :func:`linear_into`: its float32 product and float64 scaled block
+#: (12 bytes an element) stay in a core's L2 cache between passes.
+_BLOCK_ELEMENTS = 1 << 16
+_SCRATCH = threading.local()
+
+
+def scratch(name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    """A reusable uninitialised work array of ``shape`` and ``dtype``, one per ``name`` and thread.
+
+    Fresh temporaries of a few MB each cost page faults on every call (glibc maps and unmaps
+    them); the blocked kernels work in these instead. The caller owns its contents until it
+    asks for the same ``name`` again."""
+    size = 1
+    for extent in shape:
+        size *= extent
+    dtype = np.dtype(dtype)
+    buffers = _SCRATCH.__dict__
+    buffer = buffers.get((name, dtype))
+    if buffer is None or buffer.size < size:
+        buffer = buffers[(name, dtype)] = np.empty(max(size, 1), dtype)
+    return buffer[:size].reshape(shape)
+
+
+def _float_scale(multiplier, shift, out_bits: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(multiplier, shift)`` as integer arrays where the float64 requantization takes them
+    (an 8-bit or narrower result, multipliers of MULTIPLIER_BITS, shifts 1..44), else None."""
+    if not (2 <= out_bits <= 8):
+        return None
+    multiplier, shift = np.asarray(multiplier), np.asarray(shift)
+    if multiplier.dtype.kind not in "iu" or shift.dtype.kind not in "iu":
+        return None
+    if (multiplier.size and (multiplier.min() < 0 or multiplier.max() >= 1 << MULTIPLIER_BITS)) or (
+            shift.size and (shift.min() < 1 or shift.max() > _FLOAT_MAX_SHIFT)):
+        return None
+    return multiplier, shift
+
+
+def _requant_terms(product_bound: int, bias, multiplier, shift, out_bits: int, n: int
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(c, d)`` per output channel with ``requantize(sat32(p + bias))`` = ``clip(floor(p c + d)) -
+    2^(out_bits-1)`` for every exact ``|p| <= product_bound``, with ``p c`` and ``p c + d`` exact
+    (see :func:`_requantize_float`, its first branch); None where that does not hold."""
+    scaled = _float_scale(multiplier, shift, out_bits)
+    if scaled is None or scaled[0].shape not in ((), (n,)) or scaled[1].shape not in ((), (n,)):
+        return None
+    multiplier, shift = scaled
+    bias_bound = 0
+    if bias is not None:
+        bias = np.asarray(bias)
+        if bias.dtype.kind not in "iu" or bias.shape not in ((), (n,)):
+            return None
+        bias_bound = int(np.abs(bias).max()) if bias.size else 0
+    largest = int(multiplier.max()) if multiplier.size else 0
+    if not (product_bound + bias_bound < 1 << (BIAS_BITS - 1) and (product_bound + bias_bound) * largest < 1 << 52):
+        return None
+    scale = np.broadcast_to(np.ldexp(multiplier.astype(np.float64), -shift.astype(np.int64)), (n,))
+    offset = (1 << (out_bits - 1)) + 0.5
+    terms = np.broadcast_to(offset if bias is None else bias.astype(np.float64) * scale + offset, (n,))
+    return np.ascontiguousarray(scale), np.ascontiguousarray(terms)
+
+
+def linear_into(out: np.ndarray, a: np.ndarray, w: np.ndarray, bias, multiplier, shift) -> bool:
+    """:func:`linear` (8-bit result, no residual) written into ``out``, or False (``out``
+    untouched) where this path does not apply; then :func:`linear` computes, or raises.
+
+    ``a`` is int8 or uint8 ``(G, M, K)``, ``w`` int8 ``(K, N)`` or ``(G, K, N)``, ``out`` int8
+    ``(G, M, N)`` (any strides; it must not overlap ``a`` or ``w``). The same integers as
+    :func:`linear`, computed in blocks of images whose float32 product (one exact BLAS call
+    per K-chunk, ``chunk * max|a| * 128 <= 2^24``, chunks summed in float64) and float64
+    requantization (:func:`_requant_terms`) stay in cache, in :func:`scratch` arrays: the
+    unblocked passes over fresh multi-MB temporaries cost more than the product.
+    """
+    if (out.dtype != np.int8 or a.ndim != 3 or w.dtype != np.int8 or w.ndim not in (2, 3)
+            or a.dtype not in (np.dtype(np.int8), np.dtype(np.uint8))):
+        return False
+    images, m, k = a.shape
+    n = w.shape[-1]
+    if w.shape[-2] != k or out.shape != (images, m, n) or (w.ndim == 3 and w.shape[0] != images):
+        return False
+    product = _dtype_bound(a) * _dtype_bound(w)
+    bound = k * product
+    chunk = _FLOAT32_EXACT // product
+    if m * n == 0 or images == 0 or bound >= _FLOAT_EXACT or (k > chunk and chunk < _FLOAT32_MIN_CHUNK):
+        return False
+    # K beyond one exact float32 chunk: chunk products (exact) summed in float64 (exact below 2^53).
+    parts = _chunks(k, chunk) if k > chunk else None
+    terms = _requant_terms(bound, bias, multiplier, shift, 8, n)
+    if terms is None:
+        return False
+    scale, offset = terms
+    fused = kernels()
+    group = max(1, min(images, _BLOCK_ELEMENTS // (m * n)))
+    a32 = scratch("linear.a", (group, m, k), np.float32)
+    p32 = scratch("linear.p", (group, m, n), np.float32)
+    v64 = scratch("linear.v", (group, m, n), np.float64)
+    w32 = w.astype(np.float32)
+    codes = out.view(np.uint8)
+    for first in range(0, images, group):
+        last = min(first + group, images)
+        count = last - first
+        a_block, p_block, v_block = a32[:count], p32[:count], v64[:count]
+        np.copyto(a_block, a[first:last], casting="unsafe")   # integers: exact
+        for index, part in enumerate(parts or (slice(None),)):
+            a_part, w_part = (a_block, w32) if parts is None else (a_block[..., part], w32[..., part, :])
+            if w32.ndim == 2:   # one BLAS call for the block's stacked rows
+                np.matmul(a_part.reshape(count * m, -1), w_part, out=p_block.reshape(count * m, n))
+            else:
+                np.matmul(a_part, w_part[first:last], out=p_block)
+            if parts is not None:
+                if index == 0:
+                    np.copyto(v_block, p_block)
+                else:
+                    v_block += p_block
+        product_block = p_block if parts is None else v_block
+        if fused is not None:   # the four passes below in one
+            fused.requantize(product_block, scale, offset, out[first:last])
+            continue
+        np.multiply(product_block, scale, out=v_block)
+        v_block += offset
+        block = codes[first:last]
+        np.clip(v_block, 0, 255, out=block, casting="unsafe")   # floor (non-negative), saturate
+        np.bitwise_xor(block, 0x80, out=block)                  # the code minus 128, as int8
+    return True
+
+
 def _requantize_float(product: np.ndarray, product_bound: int, bias, multiplier, shift, out_bits: int
                       ) -> np.ndarray | None:
     """Steps 2-3 of :func:`linear` (``sat(requantize(sat32(product + bias)))``) in float64 on
@@ -150,14 +278,10 @@ def _requantize_float(product: np.ndarray, product_bound: int, bias, multiplier,
     exact ``|x| >= 2^out_bits``, ``v * c`` is within a relative 2^-53 of it, so ``z`` is
     clipped to the same end as the exact value would be.
     """
-    if not (2 <= out_bits <= 8):
+    scaled = _float_scale(multiplier, shift, out_bits)
+    if scaled is None:
         return None
-    multiplier, shift = np.asarray(multiplier), np.asarray(shift)
-    if multiplier.dtype.kind not in "iu" or shift.dtype.kind not in "iu":
-        return None
-    if (multiplier.size and (multiplier.min() < 0 or multiplier.max() >= 1 << MULTIPLIER_BITS)) or (
-            shift.size and (shift.min() < 1 or shift.max() > _FLOAT_MAX_SHIFT)):
-        return None
+    multiplier, shift = scaled
     bias_bound = 0
     if bias is not None:
         bias = np.asarray(bias)

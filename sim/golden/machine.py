@@ -118,6 +118,10 @@ def words_to_bytes(words: list[int]) -> bytes:
     return b"".join(int(w).to_bytes(_WORD_BYTES, "little") for w in words)
 
 
+#: ``op.name`` of every opcode (an enum member's ``name`` is a property: slow in a loop over images).
+_OPCODE_NAMES = {op: op.name for op in Opcode}
+
+
 @dataclass
 class RunStats:
     """What one run did: instructions per opcode, multiply-accumulates, DMA bytes."""
@@ -128,7 +132,7 @@ class RunStats:
     dma_write_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"instructions": {op.name: n for op, n in self.instructions.items()},
+        return {"instructions": {_OPCODE_NAMES[op]: n for op, n in self.instructions.items()},
                 "total_instructions": sum(self.instructions.values()), "macs": self.macs,
                 "dma_read_bytes": self.dma_read_bytes, "dma_write_bytes": self.dma_write_bytes}
 
@@ -201,9 +205,13 @@ class GoldenMachine:
         # to add to than an array, and a DMA is the most frequent instruction).
         self._dma_read_all = self._dma_write_all = 0
         self._live: list[int] = [0]
-        #: DDR ranges equal in every image (run_batch's ``shared``), WEIGHT byte ranges loaded from them.
+        #: DDR ranges equal in every image (run_batch's ``shared``).
         self._shared_ddr: list[tuple[int, int]] = []
-        self._uniform_weight: list[tuple[int, int]] = []
+        #: Per buffer, byte ranges ``[start, end)`` equal in every image (loaded from shared DDR and
+        #: not written since), and the ranges of those only image 0's row holds (``_lazy``: a LOAD
+        #: of constants writes one row; every access of all rows copies it to the others first).
+        self._uniform: dict[Buffer, list[tuple[int, int]]] = {buf: [] for buf in Buffer}
+        self._lazy: dict[Buffer, list[tuple[int, int]]] = {buf: [] for buf in Buffer}
         self._decoded: tuple[tuple[int, ...], list[list[tuple]]] | None = None
         self._checksummed: tuple[tuple[int, ...], int] | None = None   # the last program and its CRC
         self._layernorm_params: dict[bytes, Any] = {}
@@ -269,20 +277,21 @@ class GoldenMachine:
         self._dma_read_all = self._dma_write_all = 0
         self._live = list(range(images))
         self._shared_ddr = sorted(shared or ())
-        self._uniform_weight = []
+        self._uniform = {buf: [] for buf in Buffer}
         outcomes: list[BatchOutcome | None] = [None] * images
         faulted: dict[int, np.ndarray] = {}   # image -> its DDR at the fault
         counts: Counter = Counter()
+        schedule_error: MachineError | None = None
         try:
             self._execute(words, queues, counts, outcomes, faulted)
         except MachineError as err:   # the schedule's faults: every image still running has them
-            for image in self._live:
-                outcomes[image] = err
-        else:
-            for image in self._live:
-                outcomes[image] = RunStats(Counter(counts), int(self._macs[image]),
-                                           self._dma_read_all + int(self._dma_read[image]),
-                                           self._dma_write_all + int(self._dma_write[image]))
+            schedule_error = err
+        finally:
+            self._materialize_all()   # the buffers persist between runs: every image's row as it is
+        for image in self._live:
+            outcomes[image] = schedule_error or RunStats(
+                Counter(counts), int(self._macs[image]), self._dma_read_all + int(self._dma_read[image]),
+                self._dma_write_all + int(self._dma_write[image]))
         for image, ddr in faulted.items():
             ddrs[image] = ddr
         self.stats = outcomes[-1] if isinstance(outcomes[-1], RunStats) else RunStats()
@@ -351,6 +360,7 @@ class GoldenMachine:
                     outcomes: list[BatchOutcome | None], faulted: dict[int, np.ndarray]) -> None:
         """Run one instruction image by image (views of one image each); an image it faults on
         stops: its outcome is the error, its DDR is kept as it is now."""
+        self._materialize_all()
         whole = (self.buffers, self.luts, self.ddr, self._macs, self._dma_read, self._dma_write)
         buffers, luts, ddr, macs, dma_read, dma_write = whole
         try:
@@ -421,8 +431,11 @@ class GoldenMachine:
         return np.lib.stride_tricks.as_strided(memory[:, start:end], shape=(images, rows, row_bytes),
                                                strides=(memory.strides[0], stride, 1))
 
-    def _matrix(self, buffer: Buffer, addr: int, rows: int, cols: int, dtype: Any, pc: int) -> np.ndarray:
-        """Dense row-major (images, rows, cols) matrices of ``dtype`` at unit address ``addr`` of ``buffer``."""
+    def _matrix(self, buffer: Buffer, addr: int, rows: int, cols: int, dtype: Any, pc: int, *,
+                write: bool = False, first: bool = False) -> np.ndarray:
+        """Dense row-major (images, rows, cols) matrices of ``dtype`` at unit address ``addr`` of
+        ``buffer``. ``write``: the caller writes it (it stops being uniform). ``first``: only
+        image 0's matrix, ``(1, rows, cols)``, for a caller that knows every image holds the same."""
         itemsize = _ITEMSIZE.get(dtype) or np.dtype(dtype).itemsize
         start = addr * ADDR_UNIT
         nbytes = rows * cols * itemsize
@@ -431,11 +444,67 @@ class GoldenMachine:
         if start + nbytes > size:
             raise AddressError(f"{buffer.name} access [{start:#x}, {start + nbytes:#x}) is outside its "
                                f"{size} bytes", pc)
+        if first:
+            return memory[:1, start:start + nbytes].view(dtype).reshape(1, rows, cols)
+        if self._lazy[buffer]:
+            self._materialize(buffer, start, start + nbytes)
+        if write and self._uniform[buffer]:
+            self._written(buffer, start, start + nbytes)
         return memory[:, start:start + nbytes].view(dtype).reshape(images, rows, cols)
 
     def _words(self, addr: int, count: int, pc: int) -> np.ndarray:
         """(images, count) int32 words of ACC."""
         return self._matrix(Buffer.ACC, addr, 1, count, np.int32, pc)[:, 0]
+
+    def _param_words(self, addr: int, count: int, pc: int) -> np.ndarray:
+        """(count,) int32 words of ACC that every image holds (a parameter block): loaded from
+        shared DDR, or compared; ``_PerImage`` where images differ."""
+        start = addr * ADDR_UNIT
+        if self._covered(Buffer.ACC, start, start + 4 * count):
+            return self._matrix(Buffer.ACC, addr, 1, count, np.int32, pc, first=True)[0, 0]
+        return _shared(self._words(addr, count, pc))
+
+    # -- uniform and lazily copied buffer ranges -----------------------------------------------
+
+    def _covered(self, buffer: Buffer, start: int, end: int) -> bool:
+        """Whether every image holds the same bytes ``[start, end)`` of ``buffer`` (as recorded)."""
+        return any(a <= start and end <= b for a, b in reversed(self._uniform[buffer]))   # the latest first
+
+    def _written(self, buffer: Buffer, start: int, end: int, *, uniform: bool = False, lazy: bool = False,
+                 unlazy: bool = False) -> None:
+        """Bytes ``[start, end)`` of ``buffer`` were (or are about to be) written: the same in every
+        image (``uniform``) or maybe not; ``lazy``: in image 0's row only (uniform, dense);
+        ``unlazy``: in every row, densely (the lazy ranges it covers end). Lazy ranges any other
+        write overlaps must have been materialized first."""
+        ranges = self._uniform[buffer]
+        if ranges or uniform:
+            kept = [(a, b) for a, b in ranges if b <= start or a >= end]
+            if uniform:
+                kept.append((start, end))
+            self._uniform[buffer] = kept
+        ranges = self._lazy[buffer]
+        if lazy or unlazy:
+            kept = [(a, min(b, start)) for a, b in ranges if a < start]   # the parts outside stay lazy
+            kept += [(max(a, end), b) for a, b in ranges if b > end]
+            if lazy:
+                kept.append((start, end))
+            self._lazy[buffer] = kept
+
+    def _materialize(self, buffer: Buffer, start: int, end: int) -> None:
+        """Copy image 0's row of the lazy ranges overlapping ``[start, end)`` to every image."""
+        memory = self.buffers[buffer]
+        kept = []
+        for a, b in self._lazy[buffer]:
+            if b <= start or a >= end:
+                kept.append((a, b))
+            else:
+                memory[1:, a:b] = memory[0, a:b]
+        self._lazy[buffer] = kept
+
+    def _materialize_all(self) -> None:
+        for buffer, ranges in self._lazy.items():
+            if ranges:
+                self._materialize(buffer, 0, self.buffers[buffer].shape[1])
 
     def _require(self, condition: bool, message: str, pc: int) -> None:
         if not condition:
@@ -447,16 +516,6 @@ class GoldenMachine:
 
     # -- DMA -----------------------------------------------------------------------------------
 
-    def _weight_written(self, start: int, end: int, uniform: bool) -> None:
-        """WEIGHT bytes ``[start, end)`` were written: equal in every image, or maybe not."""
-        kept = [(a, b) for a, b in self._uniform_weight if b <= start or a >= end]
-        if uniform:
-            kept.append((start, end))
-        self._uniform_weight = kept
-
-    def _weight_uniform(self, start: int, end: int) -> bool:
-        return any(a <= start and end <= b for a, b in self._uniform_weight)
-
     def _dma_regions(self, instr: Instruction, pc: int, writing_ddr: bool) -> tuple[np.ndarray, np.ndarray]:
         rows, row_bytes = instr.rows, instr.row_bytes
         if writing_ddr and rows > 1 and instr.dram_stride < row_bytes:
@@ -466,8 +525,14 @@ class GoldenMachine:
             raise InvalidOperandError(f"LOAD: sram_stride {instr.sram_stride} < row_bytes {row_bytes} "
                                       "would write rows over each other", pc)
         dram = self._region(self.ddr, "DDR", instr.dram_addr, rows, row_bytes, instr.dram_stride, pc)
-        sram = self._region(self.buffers[instr.buffer], instr.buffer.name, instr.sram_addr * ADDR_UNIT,
-                            rows, row_bytes, instr.sram_stride, pc)
+        start = instr.sram_addr * ADDR_UNIT
+        sram = self._region(self.buffers[instr.buffer], instr.buffer.name, start, rows, row_bytes, instr.sram_stride, pc)
+        if rows and row_bytes:
+            end = start + (rows - 1) * instr.sram_stride + row_bytes
+            if self._lazy[instr.buffer]:
+                self._materialize(instr.buffer, start, end)
+            if not writing_ddr:
+                self._written(instr.buffer, start, end)
         return dram, sram
 
     def _dma_handler(self, instr: Instruction, writing_ddr: bool) -> Callable[[Instruction, int], None]:
@@ -484,13 +549,18 @@ class GoldenMachine:
         start = instr.sram_addr * ADDR_UNIT
         if start + (rows - 1) * sram_stride + row_bytes > memory.shape[1]:
             return slow
-        sram = self._region(memory, instr.buffer.name, start, rows, row_bytes, sram_stride, None)
+        # Each row one item (a void of row_bytes): NumPy copies whole rows instead of looping
+        # over their bytes.
+        row_item = np.dtype((np.void, row_bytes))
+        sram = self._region(memory, instr.buffer.name, start, rows, row_bytes, sram_stride, None).view(row_item)
         buffer, nbytes = instr.buffer, rows * row_bytes
         dram_start = instr.dram_addr
         dram_end = dram_start + (rows - 1) * stride + row_bytes
         contiguous = rows == 1 or stride == row_bytes  # on the DDR side
-        weight_load = buffer is Buffer.WEIGHT and not writing_ddr
+        # A dense SRAM side can be written lazily (image 0's row only): no gaps of other data.
+        dense = rows == 1 or sram_stride == row_bytes
         sram_end = start + (rows - 1) * sram_stride + row_bytes
+        lazy = self._lazy
 
         def dma(instr: Instruction, pc: int) -> None:
             ddr = self.ddr
@@ -503,25 +573,28 @@ class GoldenMachine:
                 dram = ddr[:, dram_start:dram_start + rows * stride].reshape(images, rows, stride)[:, :, :row_bytes]
             else:
                 return slow(instr, pc)
+            dram = dram.view(row_item)
             if writing_ddr:
+                if lazy[buffer]:
+                    self._materialize(buffer, start, sram_end)
                 dram[...] = sram
                 self._dma_write_all += nbytes
-            elif weight_load:
-                uniform = any(a <= dram_start and dram_end <= b for a, b in self._shared_ddr)
-                sram[...] = dram[:1] if uniform else dram
-                self._weight_written(start, sram_end, uniform)
-                self._dma_read_all += nbytes
-            else:
-                sram[...] = dram
-                self._dma_read_all += nbytes
+                return
+            self._dma_read_all += nbytes
+            if images > 1 and dense and any(a <= dram_start and dram_end <= b for a, b in self._shared_ddr):
+                sram[:1] = dram[:1]   # constants: one row; copied to the others when all are read
+                self._written(buffer, start, sram_end, uniform=True, lazy=True)
+                return
+            if lazy[buffer]:   # what a dense write covers needs no copy: it stops being lazy
+                self._materialize(buffer, start, sram_end) if not dense else self._written(
+                    buffer, start, sram_end, lazy=False, unlazy=True)
+            sram[...] = dram
+            self._written(buffer, start, sram_end)
 
         return dma
 
     def _load(self, instr: Instruction, pc: int) -> None:
         dram, sram = self._dma_regions(instr, pc, writing_ddr=False)
-        if instr.buffer is Buffer.WEIGHT and dram[0].size:
-            start = instr.sram_addr * ADDR_UNIT
-            self._weight_written(start, start + (instr.rows - 1) * instr.sram_stride + instr.row_bytes, False)
         sram[...] = dram
         self._dma_read += dram[0].size
 
@@ -556,20 +629,22 @@ class GoldenMachine:
             values = self._matrix(Buffer.WEIGHT, instr.b_addr, layout.rows, n, np.int8, pc)
             indices = self._matrix(Buffer.WEIGHT, instr.b_addr + layout.indices_offset // ADDR_UNIT,
                                    layout.rows, n, np.uint8, pc)
-        elif instr.b_transposed:
-            b = self._matrix(Buffer.WEIGHT, instr.b_addr, n, k, np.int8, pc).transpose(0, 2, 1)
         else:
-            b = self._matrix(Buffer.WEIGHT, instr.b_addr, k, n, np.int8, pc)
-        b_start = instr.b_addr * ADDR_UNIT
-        if not instr.nm and (self._weight_uniform(b_start, b_start + k * n)
-                             or _same_bytes(self.buffers[Buffer.WEIGHT], b_start, k * n)):
-            b = b[:1]   # every image has these weights: one product for the whole batch
+            # Weights every image holds (constants): image 0's, one product for the whole batch.
+            b_start = instr.b_addr * ADDR_UNIT
+            uniform = self._covered(Buffer.WEIGHT, b_start, b_start + k * n)
+            if instr.b_transposed:
+                b = self._matrix(Buffer.WEIGHT, instr.b_addr, n, k, np.int8, pc, first=uniform).transpose(0, 2, 1)
+            else:
+                b = self._matrix(Buffer.WEIGHT, instr.b_addr, k, n, np.int8, pc, first=uniform)
+            if not uniform and _same_bytes(self.buffers[Buffer.WEIGHT], b_start, k * n):
+                b = b[:1]
         macs = m * (layout.rows if instr.nm else k) * n  # executed: kept weights only
         addend = None  # what the engine adds to A @ B before requantization: ACC partials and bias
         if instr.accumulate:
             addend = self._matrix(Buffer.ACC, instr.acc_addr, m, n, np.int32, pc).astype(np.int64)
         if instr.bias or instr.requant:
-            params = _shared(self._words(instr.param_addr, 3 * n, pc)).astype(np.int64)
+            params = self._param_words(instr.param_addr, 3 * n, pc).astype(np.int64)
             bias, multiplier, shift = params[:n], params[n:2 * n], params[2 * n:]
             if instr.bias:
                 addend = bias if addend is None else addend + bias
@@ -584,7 +659,7 @@ class GoldenMachine:
                                         < 1 << 31):   # cannot overflow int32: stored as it is
                 if addend is not None:
                     product = np.add(product, addend, dtype=np.float64)
-                self._matrix(Buffer.ACC, instr.acc_addr, m, n, np.int32, pc)[...] = product
+                self._matrix(Buffer.ACC, instr.acc_addr, m, n, np.int32, pc, write=True)[...] = product
                 self._macs += macs
                 return
             acc = nm_kernels.nm_matmul(a, b) if instr.nm else gemm.matmul(a, b)
@@ -592,9 +667,14 @@ class GoldenMachine:
                 acc = acc + addend
             self._require(bool(np.all((acc >= -(1 << 31)) & (acc < (1 << 31)))),
                           "GEMM: accumulator overflows int32", pc)
-            self._matrix(Buffer.ACC, instr.acc_addr, m, n, np.int32, pc)[...] = acc
+            self._matrix(Buffer.ACC, instr.acc_addr, m, n, np.int32, pc, write=True)[...] = acc
         else:
-            out = self._matrix(Buffer.VECTOR, instr.out_addr, m, n, np.int8, pc)
+            out = self._matrix(Buffer.VECTOR, instr.out_addr, m, n, np.int8, pc, write=True)
+            # Blocked in cache, written in place; False (nothing written) where it does not apply.
+            if not (instr.nm or instr.residual or instr.accumulate) and gemm.linear_into(
+                    out, a, b, addend, multiplier, shift):
+                self._macs += macs
+                return
             residual = out if instr.residual else None
             if instr.nm:
                 y = self._nonlinear(instr.opcode, pc, lambda: nm_kernels.nm_linear(
@@ -612,10 +692,10 @@ class GoldenMachine:
 
         rows, cols = instr.rows, instr.cols
         acc = self._matrix(Buffer.ACC, instr.src_addr, rows, cols, np.int32, pc).astype(np.int64)
-        params = _shared(self._words(instr.param_addr, 3 * cols, pc)).astype(np.int64)
+        params = self._param_words(instr.param_addr, 3 * cols, pc).astype(np.int64)
         y = self._nonlinear(instr.opcode, pc, lambda: requantize(
             acc + params[:cols], params[cols:2 * cols], params[2 * cols:]))
-        self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.int8, pc)[...] = y
+        self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.int8, pc, write=True)[...] = y
 
     def _nonlinear(self, opcode: Opcode, pc: int, call: Callable[[], np.ndarray]) -> np.ndarray:
         """Call a golden kernel; parameters it rejects are the program's fault."""
@@ -630,9 +710,14 @@ class GoldenMachine:
         rows, cols = instr.rows, instr.cols
         a = self._matrix(Buffer.VECTOR, instr.src_addr, rows, cols, np.int8, pc)
         b = self._matrix(Buffer.VECTOR, instr.src2_addr, rows, cols, np.int8, pc)
-        params = isa.unpack_add_params(_shared(self._words(instr.param_addr, isa.ADD_PARAM_WORDS, pc)))
-        y = self._nonlinear(instr.opcode, pc, lambda: nonlinear.add(a, b, params))
-        self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.int8, pc)[...] = y
+        params = isa.unpack_add_params(self._param_words(instr.param_addr, isa.ADD_PARAM_WORDS, pc))
+        try:
+            out = self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.int8, pc, write=True)
+        except AddressError:   # parameters the kernel rejects are reported first
+            self._nonlinear(instr.opcode, pc, lambda: nonlinear.add(a, b, params))
+            raise
+        if not nonlinear.add_into(out, a, b, params):
+            out[...] = self._nonlinear(instr.opcode, pc, lambda: nonlinear.add(a, b, params))
 
     def _softmax(self, instr: Instruction, pc: int) -> None:
         from vitaccel.sim.golden import nonlinear
@@ -640,7 +725,7 @@ class GoldenMachine:
         self._require_unit("has_softmax", instr.opcode, pc)
         rows, cols = instr.rows, instr.cols
         scores = self._matrix(Buffer.ACC, instr.src_addr, rows, cols, np.int32, pc)
-        params = isa.unpack_softmax_params(_shared(self._words(instr.param_addr, isa.SOFTMAX_PARAM_WORDS, pc)))
+        params = isa.unpack_softmax_params(self._param_words(instr.param_addr, isa.SOFTMAX_PARAM_WORDS, pc))
         # What the unit is not built for (the RTL checks it with the parameters): rows longer
         # than max_tokens, tables of other widths than the config's, wider multipliers.
         config = self.config
@@ -652,8 +737,9 @@ class GoldenMachine:
                                       f"{config.recip_lut_bits}", pc)
         if params.multiplier >= 1 << SOFTMAX_MULT_BITS:
             raise InvalidOperandError(f"SOFTMAX: multiplier {params.multiplier} exceeds {SOFTMAX_MULT_BITS} bits", pc)
-        y = self._nonlinear(instr.opcode, pc, lambda: nonlinear.softmax(scores, params))
-        self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.uint8, pc)[...] = y
+        out = self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.uint8, pc, write=True)
+        if not nonlinear.softmax_into(out, scores, params):   # ACC into VECTOR: no overlap
+            out[...] = self._nonlinear(instr.opcode, pc, lambda: nonlinear.softmax(scores, params))
 
     def _gelu(self, instr: Instruction, pc: int) -> None:
         from vitaccel.sim.golden import nonlinear
@@ -662,19 +748,20 @@ class GoldenMachine:
         rows, cols = instr.rows, instr.cols
         x = self._matrix(Buffer.VECTOR, instr.src_addr, rows, cols, np.int8, pc)
         table = _shared(self.luts[isa.LutId.GELU])
-        y = self._nonlinear(instr.opcode, pc, lambda: nonlinear.gelu(x, table))
-        self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.int8, pc)[...] = y
+        out = self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.int8, pc, write=True)
+        if not nonlinear.gelu_into(out, x, table):
+            out[...] = self._nonlinear(instr.opcode, pc, lambda: nonlinear.gelu(x, table))
 
     def _layernorm(self, instr: Instruction, pc: int) -> None:
         from vitaccel.sim.golden import nonlinear
 
         self._require_unit("has_layernorm", instr.opcode, pc)
         rows, cols = instr.rows, instr.cols
-        header = _shared(self._words(instr.param_addr, isa.LAYERNORM_HEADER_WORDS, pc))
+        header = self._param_words(instr.param_addr, isa.LAYERNORM_HEADER_WORDS, pc)
         if int(header[0]) != cols:
             raise InvalidOperandError(f"LAYERNORM: parameter block is for {int(header[0])} "
                                       f"channels, instruction has cols={cols}", pc)
-        block = _shared(self._words(instr.param_addr, isa.layernorm_param_words(cols), pc))
+        block = self._param_words(instr.param_addr, isa.layernorm_param_words(cols), pc)
         # Unpacking (gamma, beta to Python ints) is slow and the blocks repeat every image:
         # memoised by content, the parameters being immutable tuples.
         key = block.tobytes()
@@ -698,11 +785,12 @@ class GoldenMachine:
         if params.rsqrt_lut_bits != self.config.rsqrt_lut_bits:
             raise InvalidOperandError(f"LAYERNORM: parameters for a {params.rsqrt_lut_bits}-bit rsqrt table, "
                                       f"the unit has {self.config.rsqrt_lut_bits}", pc)
-        out = self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.int8, pc)
+        out = self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.int8, pc, write=True)
         if not fits and rows * cols:
             raise InvalidOperandError(f"LAYERNORM: a gamma beyond {LAYERNORM_GAMMA_BITS} or a beta beyond "
                                       f"{LAYERNORM_BETA_BITS} signed bits", pc)
-        out[...] = self._nonlinear(instr.opcode, pc, lambda: nonlinear.layernorm(x, params))
+        if not nonlinear.layernorm_into(out, x, params):
+            out[...] = self._nonlinear(instr.opcode, pc, lambda: nonlinear.layernorm(x, params))
 
     def _lut_load(self, instr: Instruction, pc: int) -> None:
         table = self.luts[instr.lut]
@@ -747,7 +835,7 @@ class GoldenMachine:
             scores = self._summed_scores(instr.opcode, instr.src_addr, rows, n, pc)[:, None]
         else:
             scores = self._matrix(Buffer.VECTOR, instr.src_addr, rows, n, np.uint16, pc)
-        out = self._matrix(Buffer.VECTOR, instr.dst_addr, scores.shape[1], k, np.uint16, pc)
+        out = self._matrix(Buffer.VECTOR, instr.dst_addr, scores.shape[1], k, np.uint16, pc, write=True)
         out[...] = self._nonlinear(instr.opcode, pc, lambda: topk.topk_rows(scores, k))
 
     def _gather(self, instr: Instruction, pc: int) -> None:
@@ -757,7 +845,7 @@ class GoldenMachine:
         indices = self._kept_indices(instr.opcode, instr.index_addr, rows, n, pc)
         # A copy: the destination may overlap the source.
         gathered = np.take_along_axis(source, indices[:, :, None], axis=1)
-        self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.uint8, pc)[...] = gathered
+        self._matrix(Buffer.VECTOR, instr.dst_addr, rows, cols, np.uint8, pc, write=True)[...] = gathered
 
     def _package(self, instr: Instruction, pc: int) -> None:
         from vitaccel.sim.golden import topk
@@ -773,7 +861,7 @@ class GoldenMachine:
             raise _PerImage   # the pruned set differs from image to image: one at a time
         pruned = np.setdiff1d(np.arange(n), kept[0])
         y = self._nonlinear(instr.opcode, pc, lambda: topk.package_token(x[0], scores[0], pruned))
-        self._matrix(Buffer.VECTOR, instr.dst_addr, 1, cols, np.int8, pc)[0, 0] = y
+        self._matrix(Buffer.VECTOR, instr.dst_addr, 1, cols, np.int8, pc, write=True)[0, 0] = y
         self._macs += pruned.size * cols
 
     def _sparse_attn(self, instr: Instruction, pc: int) -> None:
@@ -792,7 +880,7 @@ class GoldenMachine:
             raise _PerImage   # the kernel takes one image's matrices
         y = self._nonlinear(instr.opcode, pc, lambda: attention.masked_attention(
             q[0], k[0], v[0], mask[0], **isa.unpack_sparse_attn_params(params[0])))
-        self._matrix(Buffer.VECTOR, instr.out_addr, m, d, np.int8, pc)[0] = y
+        self._matrix(Buffer.VECTOR, instr.out_addr, m, d, np.int8, pc, write=True)[0] = y
         self._macs += 2 * int(mask.sum()) * d
 
 

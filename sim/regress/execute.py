@@ -44,7 +44,9 @@ def _jsonable(value: Any) -> Any:
 
 def _record(task: Task, *, result: str, cycles: int | None, mismatch: Any, message: str,
             duration_s: float) -> dict[str, Any]:
-    return {
+    vectors = {} if task.vectors is None else {"vectors": task.vectors,
+                                               "vectors_per_s": round(task.vectors / max(duration_s, 1e-9), 1)}
+    return {**vectors,
         "name": task.case, "seed": task.seed, "simulator": task.simulator, "result": result,
         "cycles": cycles, "mismatch": _jsonable(mismatch), "message": message,
         "params": dict(task.params), "duration_s": round(duration_s, 3),
@@ -74,8 +76,9 @@ def _execute(task: Task) -> dict[str, Any]:
     try:
         runner = resolve_runner(task.module, task.function)
         config = AccelConfig.from_dict(dict(task.config))
+        extra = {} if task.vectors is None else {"vectors": task.vectors}
         outcome = runner(*task.args, config, seed=task.seed, simulator=task.simulator,
-                         quick=task.quick, **task.params)
+                         quick=task.quick, **extra, **task.params)
         if not isinstance(outcome, Mapping) or not isinstance(outcome.get("passed"), (bool, np.bool_)):
             raise TypeError(f"{task.module}.{task.function} must return a dict with a bool 'passed', "
                             f"got {outcome!r:.200}")

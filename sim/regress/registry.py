@@ -48,6 +48,13 @@ class CaseSpec:
         Leading positional arguments (the nonlinear runner takes the unit name first).
     requires : str, optional
         ``AccelConfig`` flag (``has_softmax``, ...) that must be true for the unit to exist.
+    vectors : str, optional
+        Name of the unit's random-vector runner in ``module`` (``vitaccel regress --vectors
+        N``): called as ``vectors(*args, config, seed=, simulator=, quick=, vectors=N,
+        **vector_params)``, it runs N random vectors (edge cases among them, drawn from the
+        seed) in one simulator launch. None: the case has no such mode.
+    vector_params : mapping
+        The shape of one vector (e.g. the row width), passed to ``vectors``.
     """
 
     name: str
@@ -57,6 +64,8 @@ class CaseSpec:
     full: tuple[Mapping[str, Any], ...]
     args: tuple[Any, ...] = ()
     requires: str | None = None
+    vectors: str | None = None
+    vector_params: Mapping[str, Any] = field(default_factory=dict)
 
     def disabled_reason(self, config: AccelConfig) -> str | None:
         """Why ``config`` has no such unit, or ``None`` if it has one."""
@@ -90,20 +99,25 @@ CASES: tuple[CaseSpec, ...] = (
     CaseSpec("selftest_mac", "vitaccel.sim.regress.selftest", "run_case",
              quick=_sizes({"steps": 24}), full=_sizes({"steps": 24}, {"steps": 400})),
     CaseSpec("matrix_engine", "vitaccel.sim.cases.matrix_engine", "run_case",
+             vectors="run_vectors_case", vector_params={"K": 8, "N": 4},
              quick=_sizes({"M": 4, "K": 8, "N": 4}),
              full=_sizes({"M": 4, "K": 8, "N": 4}, {"M": 8, "K": 32, "N": 12}, {"M": 5, "K": 7, "N": 3})),
     CaseSpec("softmax", "vitaccel.sim.cases.nonlinear", "run_case", args=("softmax",),
+             vectors="run_vectors_case", vector_params={"width": 8},
              requires="has_softmax", quick=_sizes({"rows": 2, "width": 8}),
              full=_sizes({"rows": 2, "width": 8}, {"rows": 4, "width": 64})),
     CaseSpec("gelu", "vitaccel.sim.cases.nonlinear", "run_case", args=("gelu",),
+             vectors="run_vectors_case", vector_params={"width": 8},
              requires="has_gelu", quick=_sizes({"rows": 2, "width": 8}),
              full=_sizes({"rows": 2, "width": 8}, {"rows": 4, "width": 64})),
     CaseSpec("layernorm", "vitaccel.sim.cases.nonlinear", "run_case", args=("layernorm",),
+             vectors="run_vectors_case", vector_params={"width": 8},
              requires="has_layernorm", quick=_sizes({"rows": 2, "width": 8}),
              full=_sizes({"rows": 2, "width": 8}, {"rows": 4, "width": 64})),
     CaseSpec("topk", "vitaccel.sim.cases.sparse", "run_topk_case", requires="has_topk",
              quick=_sizes({"n": 16, "k": 4}), full=_sizes({"n": 16, "k": 4}, {"n": 64, "k": 8})),
     CaseSpec("sparse_attention", "vitaccel.sim.cases.sparse", "run_attention_case",
+             vectors="run_attention_vectors_case", vector_params={"tokens": 16, "head_dim": 8},
              requires="has_sparse_attention",
              quick=_sizes({"tokens": 8, "head_dim": 4, "density": 0.5, "mask_kind": "random"}),
              full=_sizes({"tokens": 8, "head_dim": 4, "density": 0.5, "mask_kind": "random"},

@@ -22,7 +22,7 @@ def summary_document(plan: Plan, records: list[dict[str, Any]], *, duration_s: f
     passed = sum(1 for r in cases if r["result"] == "passed")
     return {
         "config": plan.config.name, "config_hash": plan.config.hash(), "simulator": plan.simulator,
-        "quick": plan.quick, "seeds": plan.seeds,
+        "quick": plan.quick, "seeds": plan.seeds, "vectors": plan.vectors,
         "total": len(cases), "passed": passed, "failed": len(cases) - passed,
         "not_run": [n.to_dict() for n in plan.not_run],
         "duration_s": round(duration_s, 2), "cases": cases,

@@ -34,6 +34,7 @@ examples:
   vitaccel regress --config tiny --case softmax --seeds 10
   vitaccel regress --config tiny --case selftest_mac:steps=24 --seed 1234 --sim icarus
   vitaccel regress --config tiny --quick --json > regress.json      (progress on stderr)
+  vitaccel regress --config tiny --vectors 100000 --case softmax --seed 1   10^5 rows, one launch
 
 fuzzing (generated programs, golden machine against the RTL; see docs/regress.md):
   vitaccel regress --config tiny --fuzz 10000 --backend golden --json   golden invariants, ~15 s
@@ -66,6 +67,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="small shapes and one seed: minutes on 2 cores, for CI and iterating")
     parser.add_argument("--case", default=None, metavar="NAME",
                         help="run only this case (e.g. softmax) or parameter set (e.g. softmax:rows=2,width=8)")
+    parser.add_argument("--vectors", type=int, default=None, metavar="N",
+                        help="random-vector mode: each unit case (matrix engine rows, softmax/GELU/LayerNorm rows, "
+                             "attention query rows) checks N random vectors, edge cases among them, in one "
+                             "simulator launch per seed; cases without such a mode are listed as not run")
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N",
                         help="parallel local processes (default: CPU count); ignored with --scheduler")
     parser.add_argument("--scheduler", default=None, metavar="ADDRESS",
@@ -179,8 +184,10 @@ def run(args: argparse.Namespace) -> int:
     if args.jobs < 1:
         raise UserError(f"--jobs: must be at least 1, got {args.jobs}")
     try:
+        if args.vectors is not None and args.vectors < 1:
+            raise UserError(f"--vectors: need at least one vector, got {args.vectors}")
         plan = make_plan(config, config_source=args.config, simulator=args.sim, seeds=_seeds(args),
-                         quick=args.quick, case=args.case, cases=CASES + SYSTEM_CASES)
+                         quick=args.quick, case=args.case, cases=CASES + SYSTEM_CASES, vectors=args.vectors)
     except ValueError as err:
         raise UserError(str(err)) from None
 

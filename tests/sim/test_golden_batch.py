@@ -9,7 +9,7 @@ from vitaccel.hw.spec.config import PRESETS
 from vitaccel.hw.spec.isa import Buffer, Instruction, Opcode
 from vitaccel.hw.spec.nonlinear import AddParams, layernorm_params, softmax_params
 from vitaccel.hw.spec.numerics import quantize, requantize, saturate
-from vitaccel.sim.golden import gemm, nonlinear
+from vitaccel.sim.golden import fused, gemm, nonlinear
 from vitaccel.sim.golden.machine import GoldenMachine, InvalidOperandError, MachineError, RunStats
 from vitaccel.sw.backend.emitter import Pipeline, ProgramBuilder
 from vitaccel.sw.models.zoo import DIGITS_CHECKPOINT
@@ -90,7 +90,7 @@ def test_digits_batch_equals_one_image_runs(digits_program):
     codes = ddrs[:, spec["addr"]:spec["addr"] + int(np.prod(spec["shape"]))].view(np.int8).reshape(-1, *spec["shape"])
     for _ in range(2):
         logits = device.infer_batch(codes)
-        assert device.machine._shared_ddr and device.machine._uniform_weight   # the shared path ran
+        assert device.machine._shared_ddr and device.machine._uniform[Buffer.WEIGHT]   # the shared path ran
         nbytes = int(np.prod(out["shape"])) * np.dtype(out["dtype"]).itemsize
         want = want_ddrs[:, out["addr"]:out["addr"] + nbytes].view(out["dtype"]).reshape(logits.shape)
         np.testing.assert_array_equal(logits, want)
@@ -107,10 +107,17 @@ def test_digits_fast_kernels_equal_integer_kernels(digits_program, monkeypatch):
     ddrs = _digits_ddrs(digits_program, 3)
     fast = ddrs.copy()
     GoldenMachine(digits_program.config).run_batch(digits_program.words, fast)
+    numpy_only = ddrs.copy()   # the blocked NumPy kernels without the compiled (Numba) passes
+    monkeypatch.setattr(fused, "ENABLED", False)
+    GoldenMachine(digits_program.config).run_batch(digits_program.words, numpy_only)
+    np.testing.assert_array_equal(fast, numpy_only)
     monkeypatch.setattr(nonlinear, "_softmax_unmasked", lambda *args: None)
     monkeypatch.setattr(nonlinear, "_layernorm_float", lambda *args: None)
     monkeypatch.setattr(gemm, "_requantize_float", lambda *args: None)
     monkeypatch.setattr(gemm, "exact_product", lambda a, b: None)
+    for name, module in (("linear_into", gemm), ("softmax_into", nonlinear), ("layernorm_into", nonlinear),
+                         ("add_into", nonlinear), ("gelu_into", nonlinear)):
+        monkeypatch.setattr(module, name, lambda *args: False)
     slow = ddrs.copy()
     GoldenMachine(digits_program.config).run_batch(digits_program.words, slow)
     np.testing.assert_array_equal(fast, slow)
@@ -352,5 +359,5 @@ def test_shared_weights_then_per_image_weights_in_the_same_place():
     outcomes = machine.run_batch(words, ddrs, shared=[(w_addr, w_addr + k * n), (p_addr, p_addr + 3 * n * 4)])
     assert [_outcome(o) for o in outcomes] == want_outcomes
     np.testing.assert_array_equal(ddrs, want_ddrs)
-    assert machine._uniform_weight == []   # the per-image LOAD ended the shared range
+    assert machine._uniform[Buffer.WEIGHT] == []   # the per-image LOAD ended the shared range
     assert len({ddrs[i, 2560:2560 + m * n].tobytes() for i in range(images)}) == images
