@@ -110,7 +110,10 @@ class _SegmentReader:
     the window are read, so a segment that walks forward through a row (an A row or a
     transposed-B column across k steps) reads each buffer word once; with ``prefetch``, a
     segment whose oldest slot is no longer needed reads the next word while the port is
-    otherwise idle, so such walks rarely wait.
+    otherwise idle, so such walks rarely wait. A reader with ``step == 0`` (never advanced)
+    fills each window from its first slot instead, so a segment's bytes are only a lane shift
+    away. The requesting segment is picked one-hot (the lowest that needs a word, else the
+    lowest with a spare slot), its address through an OR tree.
 
     ``restart`` (comb) sets ``start[o] = origin + o * stride`` and empties the windows;
     ``advance`` (comb) adds ``step`` to every start. While ``enable`` is 1 the reader reads
@@ -148,8 +151,14 @@ class _SegmentReader:
         cap_target = Signal(tag_bits, name=f"{name}_cap_target")
         pick = Signal(range(max(outer, 2)), name=f"{name}_pick")
         target = Signal(tag_bits, name=f"{name}_target")
-        any_need, any_spare, cap_needed = Value.cast(0), Value.cast(0), Value.cast(0)
-        for o in reversed(range(outer)):   # the lowest segment that needs a word wins
+        cap_needed = Value.cast(0)
+        # The lowest segment that needs a word wins, else (prefetch) the lowest with a spare
+        # slot: a one-hot pick and an AND-OR tree of the segments' addresses (log depth, not
+        # a priority chain through every segment).
+        needs, spares = Signal(outer, name=f"{name}_needs"), Signal(outer, name=f"{name}_spares")
+        lowest = Signal(outer, name=f"{name}_lowest")
+        targets = []
+        for o in range(outer):
             start = Signal(_ADDR_BITS, name=f"{name}_start{o}")
             tag = Signal(tag_bits, name=f"{name}_tag{o}")
             wtag = Signal(tag_bits, name=f"{name}_wtag{o}")
@@ -161,18 +170,14 @@ class _SegmentReader:
             last = Signal(tag_bits, name=f"{name}_last{o}")
             m.d.comb += last.eq((start + valid_bytes - 1)[_LANE_BITS:_ADDR_BITS])
             in_window = (count != 0) & (first <= tag) & (tag - first < count)
-            need = active & ~(in_window & (last <= tag))
-            any_need = any_need | need
+            need = needs[o]
+            m.d.comb += need.eq(active & ~(in_window & (last <= tag)))
             # A word in flight is needed if the segment's bytes reach it.
             cap_needed = cap_needed | ((cap_seg == o) & active & (last >= cap_target))
             if prefetch:   # the oldest slot holds none of the segment's bytes: fetch ahead
-                spare = active & ~need & (first + (nw - 1) > tag)
-                any_spare = any_spare | spare
-                with m.If(~any_need & spare):
-                    m.d.comb += [pick.eq(o), target.eq(tag + 1)]
-            with m.If(need):
-                m.d.comb += [pick.eq(o), target.eq(Mux(in_window, tag + 1, first))]
-            with m.If(self.read & (pick == o)):
+                m.d.comb += spares[o].eq(active & ~need & (first + (nw - 1) > tag))
+            targets.append(Mux(need & ~in_window, first, tag + 1)[:tag_bits])
+            with m.If(self.read & lowest[o]):
                 m.d.sync += [tag.eq(target), count.eq(Mux(in_window, Mux(count == nw, nw, count + 1), 1))]
             if fills:
                 fill = Signal(range(nw + 1), name=f"{name}_fill{o}")   # words captured since the restart
@@ -194,10 +199,22 @@ class _SegmentReader:
             seg = window.bit_select(offset, length * 8)
             m.d.comb += self.word[o * length * 8:(o + 1) * length * 8].eq(
                 Cat(*(Mux(active & (i < valid_bytes), seg[i * 8:(i + 1) * 8], 0) for i in range(length))))
+        any_need, any_spare = needs.any(), spares.any()
+        chosen = Signal(outer, name=f"{name}_chosen")
+        m.d.comb += [chosen.eq(Mux(any_need, needs, spares)), lowest.eq(chosen & (~chosen + 1)),
+                     pick.eq(_or_tree([Mux(lowest[o], o, 0) for o in range(outer)])),
+                     target.eq(_or_tree([Mux(lowest[o], targets[o], 0) for o in range(outer)]))]
         m.d.comb += [self.read.eq(self.enable & (any_need | any_spare)),
                      self.read_addr.eq(Cat(Const(0, _LANE_BITS), target)),
                      self.ready.eq(~any_need & ~(cap_valid & (~cap_prefetch | cap_needed)))]
         m.d.sync += [cap_valid.eq(self.read), cap_seg.eq(pick), cap_target.eq(target), cap_prefetch.eq(~any_need)]
+
+
+def _or_tree(values: list) -> Value:
+    """The OR of ``values`` as a balanced tree."""
+    while len(values) > 1:
+        values = [values[i] | values[i + 1] if i + 1 < len(values) else values[i] for i in range(0, len(values), 2)]
+    return Value.cast(values[0])
 
 
 def _row_write(start, row, byte_mask, index, *, words: int):
@@ -280,20 +297,25 @@ class GemmController(wiring.Component):
         invalid_shape, a_out, b_out, acc_out, param_out, unsupported, out_out, raw_out = (
             Signal(name=n) for n in ("invalid_shape", "a_out", "b_out", "acc_out", "param_out", "unsupported",
                                      "out_out", "raw_out"))
-        acc_region_out = acc_base + mm * nn * 4 > size[Buffer.ACC]   # partials / raw output (int32)
+        # The operand sizes are registered a cycle before the checks (the word is valid from the
+        # start cycle on), so a DSP multiply and the adder and compare after it are two stages.
+        mk, kn, mn = (Signal(len(x) + len(y), name=name) for x, y, name in ((mm, kk, "m_k"), (kk, nn, "k_n"),
+                                                                          (mm, nn, "m_n")))
+        m.d.sync += [mk.eq(mm * kk), kn.eq(kk * nn), mn.eq(mm * nn)]
+        acc_region_out = acc_base + mn * 4 > size[Buffer.ACC]   # partials / raw output (int32)
         k_words, m_tiles, n_tiles = Signal(16), Signal(16), Signal(16)
         m.d.sync += [
             # nm=1: this top runs no sparse GEMMs yet; the golden machine rejects nm=1 (on
             # configs without nm_sparsity) with the shape checks, so the code and pc agree.
             invalid_shape.eq((mm == 0) | (kk == 0) | (nn == 0) | (kk > cfg.max_k)
                              | (flags["residual"] & ~flags["requant"]) | f("nm")),
-            a_out.eq(a_base + mm * kk > size[Buffer.INPUT]),
-            b_out.eq(b_base + kk * nn > size[Buffer.WEIGHT]),
+            a_out.eq(a_base + mk > size[Buffer.INPUT]),
+            b_out.eq(b_base + kn > size[Buffer.WEIGHT]),
             acc_out.eq(flags["accumulate"] & acc_region_out),
             param_out.eq((flags["bias"] | flags["requant"])
                          & (param_base + nn * (3 * _PARAM_BYTES) > size[Buffer.ACC])),
             unsupported.eq(flags["accumulate"] & flags["requant"]),
-            out_out.eq(out_base + mm * nn > size[Buffer.VECTOR]),
+            out_out.eq(out_base + mn > size[Buffer.VECTOR]),
             raw_out.eq(acc_region_out),
             k_words.eq(_ceil_div(kk, b)), m_tiles.eq(_ceil_div(mm, tr)), n_tiles.eq(_ceil_div(nn, tc)),
         ]
