@@ -110,7 +110,10 @@ class _SegmentReader:
     the window are read, so a segment that walks forward through a row (an A row or a
     transposed-B column across k steps) reads each buffer word once; with ``prefetch``, a
     segment whose oldest slot is no longer needed reads the next word while the port is
-    otherwise idle, so such walks rarely wait.
+    otherwise idle, so such walks rarely wait. A reader with ``step == 0`` (never advanced)
+    fills each window from its first slot instead, so a segment's bytes are only a lane shift
+    away. The requesting segment is picked one-hot (the lowest that needs a word, else the
+    lowest with a spare slot), its address through an OR tree.
 
     ``restart`` (comb) sets ``start[o] = origin + o * stride`` and empties the windows;
     ``advance`` (comb) adds ``step`` to every start. While ``enable`` is 1 the reader reads
@@ -129,6 +132,11 @@ class _SegmentReader:
         self.read_addr = Signal(_ADDR_BITS, name=f"{name}_read_addr")
         self.word = Signal(outer * length * 8, name=f"{name}_word")
         nw = -(-length // ADDR_UNIT) + 1
+        # A reader that never advances (``step == 0``: one fetch of each segment per restart,
+        # its words in address order) fills each window from slot 0, so a segment's first
+        # word is always in slot 0 and its bytes are a shift by the start lane (16 places);
+        # a walking reader's window slides, and its bytes move by slot and lane.
+        fills = isinstance(step, int) and step == 0 and not prefetch
         # Signals, not expressions: Amaranth would rebuild an expression at each of its uses.
         shared = {}
         for key, value, shape in (("valid_bytes", valid_bytes, range(length + 1)), ("origin", origin, _ADDR_BITS),
@@ -143,8 +151,14 @@ class _SegmentReader:
         cap_target = Signal(tag_bits, name=f"{name}_cap_target")
         pick = Signal(range(max(outer, 2)), name=f"{name}_pick")
         target = Signal(tag_bits, name=f"{name}_target")
-        any_need, any_spare, cap_needed = Value.cast(0), Value.cast(0), Value.cast(0)
-        for o in reversed(range(outer)):   # the lowest segment that needs a word wins
+        cap_needed = Value.cast(0)
+        # The lowest segment that needs a word wins, else (prefetch) the lowest with a spare
+        # slot: a one-hot pick and an AND-OR tree of the segments' addresses (log depth, not
+        # a priority chain through every segment).
+        needs, spares = Signal(outer, name=f"{name}_needs"), Signal(outer, name=f"{name}_spares")
+        lowest = Signal(outer, name=f"{name}_lowest")
+        targets = []
+        for o in range(outer):
             start = Signal(_ADDR_BITS, name=f"{name}_start{o}")
             tag = Signal(tag_bits, name=f"{name}_tag{o}")
             wtag = Signal(tag_bits, name=f"{name}_wtag{o}")
@@ -156,47 +170,68 @@ class _SegmentReader:
             last = Signal(tag_bits, name=f"{name}_last{o}")
             m.d.comb += last.eq((start + valid_bytes - 1)[_LANE_BITS:_ADDR_BITS])
             in_window = (count != 0) & (first <= tag) & (tag - first < count)
-            need = active & ~(in_window & (last <= tag))
-            any_need = any_need | need
+            need = needs[o]
+            m.d.comb += need.eq(active & ~(in_window & (last <= tag)))
             # A word in flight is needed if the segment's bytes reach it.
             cap_needed = cap_needed | ((cap_seg == o) & active & (last >= cap_target))
             if prefetch:   # the oldest slot holds none of the segment's bytes: fetch ahead
-                spare = active & ~need & (first + (nw - 1) > tag)
-                any_spare = any_spare | spare
-                with m.If(~any_need & spare):
-                    m.d.comb += [pick.eq(o), target.eq(tag + 1)]
-            with m.If(need):
-                m.d.comb += [pick.eq(o), target.eq(Mux(in_window, tag + 1, first))]
-            with m.If(self.read & (pick == o)):
+                m.d.comb += spares[o].eq(active & ~need & (first + (nw - 1) > tag))
+            targets.append(Mux(need & ~in_window, first, tag + 1)[:tag_bits])
+            with m.If(self.read & lowest[o]):
                 m.d.sync += [tag.eq(target), count.eq(Mux(in_window, Mux(count == nw, nw, count + 1), 1))]
-            with m.If(cap_valid & (cap_seg == o)):
-                m.d.sync += [window.eq(Cat(window[_WORD_BITS:], data)), wtag.eq(cap_target)]
+            if fills:
+                fill = Signal(range(nw + 1), name=f"{name}_fill{o}")   # words captured since the restart
+                with m.If(cap_valid & (cap_seg == o)):
+                    m.d.sync += [window.word_select(fill, _WORD_BITS).eq(data), fill.eq(fill + 1)]
+                offset = Cat(Const(0, 3), start[:_LANE_BITS])
+            else:
+                with m.If(cap_valid & (cap_seg == o)):
+                    m.d.sync += [window.eq(Cat(window[_WORD_BITS:], data)), wtag.eq(cap_target)]
+                # The segment's first word sits in slot first - (wtag - nw + 1) of the window.
+                slot = (first + (nw - 1) - wtag)[:slot_bits]
+                offset = Cat(Const(0, 3), start[:_LANE_BITS], slot)
             with m.If(self.advance):
                 m.d.sync += start.eq(start + step)
             with m.If(self.restart):
                 m.d.sync += [start.eq(origin + stride * o), count.eq(0)]
-            # The segment's first word sits in slot first - (wtag - nw + 1) of the window.
-            slot = (first + (nw - 1) - wtag)[:slot_bits]
-            offset = Cat(Const(0, 3), start[:_LANE_BITS], slot)
+                if fills:
+                    m.d.sync += fill.eq(0)
             seg = window.bit_select(offset, length * 8)
             m.d.comb += self.word[o * length * 8:(o + 1) * length * 8].eq(
                 Cat(*(Mux(active & (i < valid_bytes), seg[i * 8:(i + 1) * 8], 0) for i in range(length))))
+        any_need, any_spare = needs.any(), spares.any()
+        chosen = Signal(outer, name=f"{name}_chosen")
+        m.d.comb += [chosen.eq(Mux(any_need, needs, spares)), lowest.eq(chosen & (~chosen + 1)),
+                     pick.eq(_or_tree([Mux(lowest[o], o, 0) for o in range(outer)])),
+                     target.eq(_or_tree([Mux(lowest[o], targets[o], 0) for o in range(outer)]))]
         m.d.comb += [self.read.eq(self.enable & (any_need | any_spare)),
                      self.read_addr.eq(Cat(Const(0, _LANE_BITS), target)),
                      self.ready.eq(~any_need & ~(cap_valid & (~cap_prefetch | cap_needed)))]
         m.d.sync += [cap_valid.eq(self.read), cap_seg.eq(pick), cap_target.eq(target), cap_prefetch.eq(~any_need)]
 
 
+def _or_tree(values: list) -> Value:
+    """The OR of ``values`` as a balanced tree."""
+    while len(values) > 1:
+        values = [values[i] | values[i + 1] if i + 1 < len(values) else values[i] for i in range(0, len(values), 2)]
+    return Value.cast(values[0])
+
+
 def _row_write(start, row, byte_mask, index, *, words: int):
     """The ``index``-th of at most ``words`` 16-byte writes that store the bytes of ``row``
     (a multiple of 8 bits) ``byte_mask`` selects at byte address ``start``: (the word's byte
     address, data, byte enables, 1 if no selected byte is left for later writes)."""
+    # Write ``index`` holds the row's bytes [16 * index - lane, 16 * index - lane + 16): pick the
+    # two 16-byte chunks it overlaps (a word mux), then one 16-byte rotator by ``lane``, instead
+    # of shifting the whole row (a ``words * 16``-byte barrel shifter).
     lane = start[:_LANE_BITS]
-    data = (Cat(row, Const(0, words * _WORD_BITS - len(row))) << Cat(Const(0, 3), lane))[:words * _WORD_BITS]
-    data = data.word_select(index, _WORD_BITS)
-    mask = (Cat(byte_mask, Const(0, words * ADDR_UNIT - len(byte_mask))) << lane)[:words * ADDR_UNIT]
-    enables = mask.word_select(index, ADDR_UNIT)
-    last = (mask >> Cat(Const(0, _LANE_BITS), index + 1)) == 0
+    back = (ADDR_UNIT - lane)[:_LANE_BITS + 1]   # 1..16: where the write's bytes start in the pair
+    padded = Cat(Const(0, _WORD_BITS), row, Const(0, words * _WORD_BITS - len(row)))   # chunk -1: zeros
+    data = padded.bit_select(index * _WORD_BITS, 2 * _WORD_BITS).bit_select(back * 8, _WORD_BITS)
+    mask_padded = Cat(Const(0, ADDR_UNIT), byte_mask, Const(0, words * ADDR_UNIT - len(byte_mask)))
+    enables = mask_padded.bit_select(index * ADDR_UNIT, 2 * ADDR_UNIT).bit_select(back, ADDR_UNIT)
+    # No selected byte after this write: none of the mask's from 16 * (index + 1) - lane on.
+    last = (Cat(byte_mask, Const(0, ADDR_UNIT)) >> (index * ADDR_UNIT + back)) == 0
     return Cat(Const(0, _LANE_BITS), start[_LANE_BITS:] + index), data, enables, last
 
 
@@ -262,26 +297,38 @@ class GemmController(wiring.Component):
         invalid_shape, a_out, b_out, acc_out, param_out, unsupported, out_out, raw_out = (
             Signal(name=n) for n in ("invalid_shape", "a_out", "b_out", "acc_out", "param_out", "unsupported",
                                      "out_out", "raw_out"))
-        acc_region_out = acc_base + mm * nn * 4 > size[Buffer.ACC]   # partials / raw output (int32)
+        # The operand sizes are registered a cycle before the checks (the word is valid from the
+        # start cycle on), so a DSP multiply and the adder and compare after it are two stages.
+        mk, kn, mn = (Signal(len(x) + len(y), name=name) for x, y, name in ((mm, kk, "m_k"), (kk, nn, "k_n"),
+                                                                          (mm, nn, "m_n")))
+        m.d.sync += [mk.eq(mm * kk), kn.eq(kk * nn), mn.eq(mm * nn)]
+        acc_region_out = acc_base + mn * 4 > size[Buffer.ACC]   # partials / raw output (int32)
         k_words, m_tiles, n_tiles = Signal(16), Signal(16), Signal(16)
         m.d.sync += [
             # nm=1: this top runs no sparse GEMMs yet; the golden machine rejects nm=1 (on
             # configs without nm_sparsity) with the shape checks, so the code and pc agree.
             invalid_shape.eq((mm == 0) | (kk == 0) | (nn == 0) | (kk > cfg.max_k)
                              | (flags["residual"] & ~flags["requant"]) | f("nm")),
-            a_out.eq(a_base + mm * kk > size[Buffer.INPUT]),
-            b_out.eq(b_base + kk * nn > size[Buffer.WEIGHT]),
+            a_out.eq(a_base + mk > size[Buffer.INPUT]),
+            b_out.eq(b_base + kn > size[Buffer.WEIGHT]),
             acc_out.eq(flags["accumulate"] & acc_region_out),
             param_out.eq((flags["bias"] | flags["requant"])
                          & (param_base + nn * (3 * _PARAM_BYTES) > size[Buffer.ACC])),
             unsupported.eq(flags["accumulate"] & flags["requant"]),
-            out_out.eq(out_base + mm * nn > size[Buffer.VECTOR]),
+            out_out.eq(out_base + mn > size[Buffer.VECTOR]),
             raw_out.eq(acc_region_out),
             k_words.eq(_ceil_div(kk, b)), m_tiles.eq(_ceil_div(mm, tr)), n_tiles.eq(_ceil_div(nn, tc)),
         ]
 
         # ---- plan: block_tiles = min(n_tiles, b_half_words // k_words), n_blocks, last block
         block_tiles, block_words, n_blocks, remaining = Signal(16), Signal(32), Signal(16), Signal(16)
+        # Strength reduction: the walks below keep their addresses, element indices and
+        # in-range tests in registers, updated with their counters by adding these registered
+        # steps, so no multiplier or subtract-and-compare sits between a counter and the
+        # readers' request logic (the instruction word is held while the GEMM runs).
+        block_cols, block_b_bytes = Signal(16), Signal(_ADDR_BITS)   # block_tiles * tc, its B bytes (transposed)
+        band_a_bytes, tile_b_bytes, band_elems = Signal(_ADDR_BITS), Signal(_ADDR_BITS), Signal(32)
+        m.d.sync += [band_a_bytes.eq(kk * tr), tile_b_bytes.eq(kk * tc), band_elems.eq(nn * tr)]
 
         def tiles_in_block(block):
             return Mux(block == n_blocks - 1, remaining, block_tiles)
@@ -326,7 +373,7 @@ class GemmController(wiring.Component):
             with m.State("CALC"):
                 m.next = "CHECK"
             with m.State("CHECK"):
-                m.d.sync += [block_tiles.eq(0), block_words.eq(k_words)]
+                m.d.sync += [block_tiles.eq(0), block_words.eq(k_words), block_cols.eq(0), block_b_bytes.eq(0)]
                 with m.If(invalid_shape):
                     m.d.comb += fail(ErrorCode.INVALID_OPERAND)
                     m.next = "IDLE"
@@ -361,7 +408,8 @@ class GemmController(wiring.Component):
             with m.State("PLAN_TILES"):   # largest block that fits one B scratchpad half, capped
                 with m.If((block_tiles < n_tiles) & (block_words <= b_half_words(cfg))
                           & (block_tiles < MAX_BLOCK_TILES)):
-                    m.d.sync += [block_tiles.eq(block_tiles + 1), block_words.eq(block_words + k_words)]
+                    m.d.sync += [block_tiles.eq(block_tiles + 1), block_words.eq(block_words + k_words),
+                                 block_cols.eq(block_cols + tc), block_b_bytes.eq(block_b_bytes + tile_b_bytes)]
                 with m.Else():
                     m.d.sync += [n_blocks.eq(1), remaining.eq(n_tiles)]
                     m.next = "PLAN_BLOCKS"
@@ -391,24 +439,36 @@ class GemmController(wiring.Component):
         def k_valid_bytes(k_offset, width):   # bytes of a k-run of ``width`` before K
             return Mux(kk - k_offset >= width, width, kk - k_offset)
 
+        def set_kofs(kofs, kvalid, value):   # a k offset and its k_valid_bytes (from registers)
+            return [kofs.eq(value), kvalid.eq(k_valid_bytes(value[:16], b))]
+
         a_block, a_band, a_k, a_kofs = Signal(16), Signal(16), Signal(16), Signal(16)
+        a_origin = Signal(_ADDR_BITS)   # a_base + a_band * tr * kk
+        a_rows_left = Signal(signed(18))   # mm - a_band * tr
+        a_kvalid = Signal(range(b + 1))   # k_valid_bytes(a_kofs, b)
         a_reader = _SegmentReader(m, "a_reader", outer=tr, length=b, data=self.read_port(Buffer.INPUT)[2],
-                                  origin=a_base + (a_band * tr) * kk, stride=kk, step=b,
-                                  valid=lambda o: a_band * tr + o < mm, valid_bytes=k_valid_bytes(a_kofs, b),
-                                  prefetch=True)
+                                  origin=a_origin, stride=kk, step=b,
+                                  valid=lambda o: a_rows_left > o, valid_bytes=a_kvalid, prefetch=True)
         b_block, b_tile, b_k, b_kofs = Signal(16), Signal(16), Signal(16), Signal(16)
-        b_col_base = Signal(16)
-        m.d.comb += b_col_base.eq((b_block * block_tiles + b_tile) * tc)
+        # b_col_base = (b_block * block_tiles + b_tile) * tc; b_block_col: its value at b_tile 0
+        b_col_base, b_block_col = Signal(16), Signal(16)
+        bt_origin, bt_block_origin = Signal(_ADDR_BITS), Signal(_ADDR_BITS)   # b_base + (those) * kk
+        b_cols_left, b_k_left = Signal(signed(18)), Signal(signed(18))   # nn - b_col_base, kk - b_kofs
+        b_kvalid, b_col_bytes = Signal(range(b + 1)), Signal(range(tc + 1))   # k_valid_bytes(b_kofs, b), min(tc, cols left)
+
+        def set_b_col(value):
+            value = value[:16]
+            return [b_col_base.eq(value), b_cols_left.eq(nn - value),
+                    b_col_bytes.eq(Mux(nn - value >= tc, tc, nn - value))]
+
         weight_data = self.read_port(Buffer.WEIGHT)[2]
         # Transposed B ([n, k]): one segment per column, k consecutive; else one per k row.
         bt_reader = _SegmentReader(m, "bt_reader", outer=tc, length=b, data=weight_data,
-                                   origin=b_base + b_col_base * kk, stride=kk, step=b,
-                                   valid=lambda o: b_col_base + o < nn, valid_bytes=k_valid_bytes(b_kofs, b),
-                                   prefetch=True)
+                                   origin=bt_origin, stride=kk, step=b,
+                                   valid=lambda o: b_cols_left > o, valid_bytes=b_kvalid, prefetch=True)
         bn_reader = _SegmentReader(m, "bn_reader", outer=b, length=tc, data=weight_data,
                                    origin=b_base + b_col_base, stride=nn, step=b * nn,
-                                   valid=lambda o: b_kofs + o < kk,
-                                   valid_bytes=Mux(nn - b_col_base >= tc, tc, nn - b_col_base))
+                                   valid=lambda o: b_k_left > o, valid_bytes=b_col_bytes)
         transposed = flags["b_transposed"]
         for buffer, reads in ((Buffer.INPUT, [a_reader]), (Buffer.WEIGHT, [bt_reader, bn_reader])):
             read, addr, _ = self.read_port(buffer)
@@ -427,22 +487,24 @@ class GemmController(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += a_feed_done.eq(1)
                 with m.If(feed_start):
-                    m.d.sync += [a_block.eq(0), a_band.eq(0)]
+                    m.d.sync += [a_block.eq(0), a_band.eq(0), a_origin.eq(a_base), a_rows_left.eq(mm)]
                     m.next = "PANEL"
             with m.State("PANEL"):
                 m.d.comb += a_reader.restart.eq(1)
-                m.d.sync += [a_k.eq(0), a_kofs.eq(0)]
+                m.d.sync += [a_k.eq(0), *set_kofs(a_kofs, a_kvalid, Const(0, 16))]
                 m.next = "SEND"
             with m.State("SEND"):
                 m.d.comb += [a_reader.enable.eq(1), engine.a_load.valid.eq(a_reader.ready)]
                 with m.If(engine.a_load.valid & engine.a_load.ready):
                     m.d.comb += a_reader.advance.eq(1)
-                    m.d.sync += [a_k.eq(a_k + 1), a_kofs.eq(a_kofs + b)]
+                    m.d.sync += [a_k.eq(a_k + 1), *set_kofs(a_kofs, a_kvalid, a_kofs + b)]
                     with m.If(a_k == k_words - 1):
-                        m.d.sync += a_band.eq(a_band + 1)
+                        m.d.sync += [a_band.eq(a_band + 1), a_origin.eq(a_origin + band_a_bytes),
+                                     a_rows_left.eq(a_rows_left - tr)]
                         m.next = "PANEL"
                         with m.If(a_band == m_tiles - 1):
-                            m.d.sync += [a_band.eq(0), a_block.eq(a_block + 1)]
+                            m.d.sync += [a_band.eq(0), a_block.eq(a_block + 1), a_origin.eq(a_base),
+                                         a_rows_left.eq(mm)]
                             with m.If(a_block == n_blocks - 1):
                                 m.next = "IDLE"
 
@@ -450,34 +512,49 @@ class GemmController(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += b_feed_done.eq(1)
                 with m.If(feed_start):
-                    m.d.sync += [b_block.eq(0), b_tile.eq(0)]
+                    m.d.sync += [b_block.eq(0), b_tile.eq(0), b_block_col.eq(0), *set_b_col(Const(0, 16)),
+                                 bt_origin.eq(b_base), bt_block_origin.eq(b_base)]
                     m.next = "TILE"
             with m.State("TILE"):
                 m.d.comb += [bt_reader.restart.eq(1), bn_reader.restart.eq(1)]
-                m.d.sync += [b_k.eq(0), b_kofs.eq(0)]
+                m.d.sync += [b_k.eq(0), *set_kofs(b_kofs, b_kvalid, Const(0, 16)), b_k_left.eq(kk)]
                 m.next = "SEND"
             with m.State("SEND"):
                 m.d.comb += [bt_reader.enable.eq(transposed), bn_reader.enable.eq(~transposed),
                              engine.b_load.valid.eq(b_ready)]
                 with m.If(engine.b_load.valid & engine.b_load.ready):
                     m.d.comb += [bt_reader.advance.eq(1), bn_reader.advance.eq(1)]
-                    m.d.sync += [b_k.eq(b_k + 1), b_kofs.eq(b_kofs + b)]
+                    m.d.sync += [b_k.eq(b_k + 1), *set_kofs(b_kofs, b_kvalid, b_kofs + b), b_k_left.eq(b_k_left - b)]
                     with m.If(b_k == k_words - 1):
-                        m.d.sync += b_tile.eq(b_tile + 1)
+                        m.d.sync += [b_tile.eq(b_tile + 1), *set_b_col(b_col_base + tc),
+                                     bt_origin.eq(bt_origin + tile_b_bytes)]
                         m.next = "TILE"
                         with m.If(b_tile == tiles_in_block(b_block) - 1):
-                            m.d.sync += [b_tile.eq(0), b_block.eq(b_block + 1)]
+                            m.d.sync += [b_tile.eq(0), b_block.eq(b_block + 1), b_block_col.eq(b_block_col + block_cols),
+                                         *set_b_col(b_block_col + block_cols),
+                                         bt_block_origin.eq(bt_block_origin + block_b_bytes),
+                                         bt_origin.eq(bt_block_origin + block_b_bytes)]
                             with m.If(b_block == n_blocks - 1):
                                 m.next = "IDLE"
 
         # ---- drain: parameter word per tile, residual / partials row and output row per row --
         d_block, d_band, d_tile, d_row = Signal(16), Signal(16), Signal(16), Signal(range(max(tr, 2)))
-        d_col_base, d_row_abs, d_row_in = Signal(16), Signal(16), Signal()
-        d_cols = Signal(range(tc + 1))   # in-range columns of the tile
-        m.d.comb += [d_col_base.eq((d_block * block_tiles + d_tile) * tc), d_row_abs.eq(d_band * tr + d_row),
-                     d_row_in.eq(d_row_abs < mm), d_cols.eq(Mux(nn - d_col_base >= tc, tc, nn - d_col_base))]
-        d_row_index = Signal(32)   # element index of the row's first column
-        m.d.comb += d_row_index.eq(d_row_abs * nn + d_col_base)
+        # Registers, updated with the counters: d_col_base = (d_block * block_tiles + d_tile) * tc,
+        # d_row_abs = d_band * tr + d_row, d_row_in = d_row_abs < mm, d_cols the tile's in-range
+        # columns, d_row_index = d_row_abs * nn + d_col_base (element index of the row's first
+        # column); d_block_col, d_band_row, d_tile_index, d_band_index: their values at the
+        # first tile of the block, first row of the band, first row of the tile and band.
+        d_col_base, d_block_col, d_row_abs, d_band_row, d_row_in = Signal(16), Signal(16), Signal(16), Signal(16), Signal()
+        d_cols = Signal(range(tc + 1))
+        d_row_index, d_tile_index, d_band_index = Signal(32), Signal(32), Signal(32)
+
+        def set_d_col(value):
+            value = value[:16]
+            return [d_col_base.eq(value), d_cols.eq(Mux(nn - value >= tc, tc, nn - value))]
+
+        def set_d_row(value):
+            value = value[:16]
+            return [d_row_abs.eq(value), d_row_in.eq(value < mm)]
 
         acc_read, acc_addr, acc_data = self.read_port(Buffer.ACC)
         vec_read, vec_addr, vec_data = self.read_port(Buffer.VECTOR)
@@ -526,7 +603,7 @@ class GemmController(wiring.Component):
         row_words = -(-(tc * 4 + ADDR_UNIT - 1) // ADDR_UNIT)   # an int32 row at any 4-byte alignment
         w_index = Signal(range(max(row_words, 2)))
         vec_row = _row_write(out_base + d_row_index, engine.output.payload.as_value(), col_in, w_index,
-                             words=row_words)
+                             words=-(-(tc + ADDR_UNIT - 1) // ADDR_UNIT))   # an int8 row at any alignment
         acc_row = _row_write(acc_base + d_row_index * 4, Cat(*raw_lanes), Cat(*raw_keep), w_index, words=row_words)
         requant = flags["requant"]
         m.d.comb += [self.vector_write_addr.eq(vec_row[0]), self.vector_write_data.eq(vec_row[1]),
@@ -539,7 +616,8 @@ class GemmController(wiring.Component):
                 m.d.comb += drain_done.eq(1)
                 with m.If(drain_start):
                     m.d.sync += [d_block.eq(0), d_band.eq(0), d_tile.eq(0), d_row.eq(0), params_valid.eq(0),
-                                 overflow.eq(0)]
+                                 overflow.eq(0), *set_d_col(Const(0, 16)), d_block_col.eq(0), *set_d_row(Const(0, 16)),
+                                 d_band_row.eq(0), d_row_index.eq(0), d_tile_index.eq(0), d_band_index.eq(0)]
                     m.next = "PARAMS"
             with m.State("PARAMS"):   # a raw GEMM without bias reads none (the engine's word is unused)
                 m.d.comb += params.restart.eq(1)
@@ -565,18 +643,30 @@ class GemmController(wiring.Component):
                     m.d.sync += w_index.eq(w_index + 1)
                     with m.If(row_last):
                         m.d.comb += engine.output.ready.eq(1)
-                        m.d.sync += [w_index.eq(0), d_row.eq(d_row + 1)]
+                        m.d.sync += [w_index.eq(0), d_row.eq(d_row + 1), *set_d_row(d_row_abs + 1),
+                                     d_row_index.eq(d_row_index + nn)]
                         with m.If(~requant & row_overflows):
                             m.d.sync += overflow.eq(1)
                         with m.If(row_reads):
                             m.next = "ROW"
                         with m.If(d_row == tr - 1):
-                            m.d.sync += [d_row.eq(0), d_tile.eq(d_tile + 1)]
+                            m.d.sync += [d_row.eq(0), d_tile.eq(d_tile + 1), *set_d_col(d_col_base + tc),
+                                         *set_d_row(d_band_row), d_tile_index.eq(d_tile_index + tc),
+                                         d_row_index.eq(d_tile_index + tc)]
                             m.next = "PARAMS"
                             with m.If(d_tile == tiles_in_block(d_block) - 1):
-                                m.d.sync += [d_tile.eq(0), d_band.eq(d_band + 1)]
+                                m.d.sync += [d_tile.eq(0), d_band.eq(d_band + 1), *set_d_col(d_block_col),
+                                             d_band_row.eq(d_band_row + tr), *set_d_row(d_band_row + tr),
+                                             d_band_index.eq(d_band_index + band_elems),
+                                             d_tile_index.eq(d_band_index + band_elems),
+                                             d_row_index.eq(d_band_index + band_elems)]
                                 with m.If(d_band == m_tiles - 1):
-                                    m.d.sync += [d_band.eq(0), d_block.eq(d_block + 1)]
+                                    m.d.sync += [d_band.eq(0), d_block.eq(d_block + 1),
+                                                 d_block_col.eq(d_block_col + block_cols),
+                                                 *set_d_col(d_block_col + block_cols), d_band_row.eq(0),
+                                                 *set_d_row(Const(0, 16)), d_band_index.eq(d_block_col + block_cols),
+                                                 d_tile_index.eq(d_block_col + block_cols),
+                                                 d_row_index.eq(d_block_col + block_cols)]
                                     with m.If(d_block == n_blocks - 1):
                                         m.next = "IDLE"
         return m

@@ -174,6 +174,29 @@ def _resource_table(check: Mapping[str, Any], board: Board) -> str:
     return "\n".join(rows)
 
 
+def _part_table(resources: Mapping[str, Any]) -> str:
+    """Per-part counts (``resources["parts"]``, the per-unit method) with each part's Fmax
+    estimate, and the emitted Verilog's size with its largest modules; "" without them."""
+    lines = []
+    parts = resources.get("parts") or {}
+    fmax = ((resources.get("timing") or {}).get("parts")) or {}
+    if parts:
+        lines += ["| part | instances | LUT | FF | DSP48E2 | BRAM36 | Fmax estimate (MHz) |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, part in parts.items():
+            if "error" in part:
+                lines.append(f"| {name} | {part.get('instances', 1)} | not measured | | | | |")
+                continue
+            mhz = (fmax.get(name) or {}).get("fmax_mhz_estimate")
+            lines.append(f"| {name} | {part.get('instances', 1)} | {part['LUT']} | {part['FF']} | {part['DSP48E2']} "
+                         f"| {part['BRAM36']} | {'n/a' if mhz is None else mhz} |")
+    if resources.get("verilog_bytes"):
+        largest = ", ".join(f"`{row['module']}` {row['bytes']:,}" for row in resources.get("verilog_largest_modules", []))
+        lines += ["", f"Emitted Verilog: {resources['verilog_bytes']:,} bytes" + (f"; largest modules: {largest}."
+                                                                                  if largest else ".")]
+    return "\n".join(lines).strip()
+
+
 def _verdict(check: Mapping[str, Any], board: Board) -> str:
     if check["fits"] is None:
         return f"Resource check against the {board.device}'s limits: not decided (counts missing or a lower bound)."
@@ -252,6 +275,7 @@ def write_board_package(top_verilog: str, top_name: str, config, out_dir: str | 
         "RESOURCE_SOURCE": resources["source"],
         "RESOURCE_METHOD": resources.get("method") or "not measured.",
         "TIMING_SUMMARY": _timing_summary(resources.get("timing"), config.clock_mhz),
+        "PART_TABLE": _part_table(resources),
     }
     report = {**resources, "config": config.name, "board": target.name, "device": target.device,
               "part": target.part, "available": dict(target.resources), "budget": dict(target.budget),

@@ -115,7 +115,9 @@ def measure_resources(config: Any, verilog: str, *, method: str | None = None,
     dict
         Totals (``DSP48E2``, ``LUT``, ``FF``, ``BRAM36`` with BRAM18 counted as half,
         ``CARRY``), ``method`` (what was synthesized and summed), ``parts`` (counts per
-        part), ``synth_seconds`` and ``note``. Results are cached (see
+        part), ``synth_seconds``, ``timing``, ``verilog_bytes`` and ``verilog_largest_modules``
+        (:func:`verilog_size`), ``logic`` (the logic part's ``LUT``, ``FF`` and
+        ``fmax_mhz_estimate``, when measured) and ``note``. Results are cached (see
         :func:`vitaccel.hw.platform.synth.cache_dir`), so a second emit is quick.
     """
     import os
@@ -163,12 +165,17 @@ def measure_resources(config: Any, verilog: str, *, method: str | None = None,
     if unmeasured:
         note = (f"INCOMPLETE: yosys did not finish part(s) {', '.join(unmeasured)} (see parts); the totals "
                 f"leave them out and are a lower bound. " + note)
-    return {**totals, "complete": not unmeasured, "unmeasured": unmeasured, "method": how,
-            "synth_seconds": round(time.monotonic() - started, 1),
-            "parts": {name: {key: part[key] for key in (*COUNT_KEYS, "instances", "error") if key in part}
-                      for name, part in parts.items()},
-            "timing": timing_summary(parts, config.clock_mhz),
-            "note": note}
+    timing = timing_summary(parts, config.clock_mhz)
+    summary = {"complete": not unmeasured, "unmeasured": unmeasured, "method": how,
+               "synth_seconds": round(time.monotonic() - started, 1),
+               "parts": {name: {key: part[key] for key in (*COUNT_KEYS, "instances", "error") if key in part}
+                         for name, part in parts.items()},
+               "timing": timing, **verilog_size(verilog), "note": note}
+    logic = parts.get("logic")
+    if logic is not None and "error" not in logic:   # the control logic alone (issue 13 tracks it)
+        summary["logic"] = {"LUT": logic["LUT"], "FF": logic["FF"],
+                            "fmax_mhz_estimate": timing["parts"].get("logic", {}).get("fmax_mhz_estimate")}
+    return {**totals, **summary}
 
 
 def timing_summary(parts: dict[str, Any], clock_mhz: float) -> dict[str, Any]:
@@ -197,6 +204,21 @@ def timing_summary(parts: dict[str, Any], clock_mhz: float) -> dict[str, Any]:
                                                                 "bram", "worst_path")},
                        meets_clock=worst["fmax_mhz_estimate"] >= clock_mhz)
     return summary
+
+
+#: Modules listed by :func:`verilog_size`.
+LARGEST_MODULES = 5
+
+
+def verilog_size(verilog: str) -> dict[str, Any]:
+    """``verilog_bytes`` (the emitted top's size) and ``verilog_largest_modules``: the
+    :data:`LARGEST_MODULES` largest modules (``module``, ``bytes``), largest first. Verilog size
+    tracks what yosys and Verilator must chew through (emit, synthesis and build time)."""
+    from vitaccel.hw.platform.synth import verilog_modules
+
+    sizes = sorted(((len(text.encode()), name) for name, text in verilog_modules(verilog).items()), reverse=True)
+    return {"verilog_bytes": len(verilog.encode()),
+            "verilog_largest_modules": [{"module": name, "bytes": size} for size, name in sizes[:LARGEST_MODULES]]}
 
 
 def _resources_note(verilog: str) -> str:
@@ -236,8 +258,6 @@ def emit_package(config: Any, out_dir: str | Path, *, synth: bool = True, synth_
     verilog = accelerator_verilog(config)
     resources = (measure_resources(config, verilog, method=synth_method, timeout=synth_timeout, jobs=synth_jobs)
                  if synth else None)
-    if resources is not None:
-        resources["verilog_bytes"] = len(verilog.encode())
     files = write_board_package(verilog, ACCEL_TOP_NAME, config, out_dir, resources, board=target)
     verilog_file = next(path for path in files if path.suffix == ".v")
     warnings = lint_verilog(verilog_file, top=ACCEL_TOP_NAME, waivers={**LINT_WAIVERS, **EXTRA_LINT_WAIVERS})
@@ -320,6 +340,9 @@ def run(args: argparse.Namespace) -> int:
         if logic and "error" not in logic:
             print(f"control logic (the top without the engine, units and memories): LUT {logic['LUT']}, "
                   f"FF {logic['FF']}; Verilog {resources['verilog_bytes'] / 1e6:.1f} MB")
+        largest = resources.get("verilog_largest_modules") or []
+        if largest:
+            print("largest modules: " + ", ".join(f"{row['module']} {row['bytes'] / 1e6:.2f} MB" for row in largest))
         timing = resources.get("timing") or {}
         if timing.get("fmax_mhz_estimate"):
             verdict = "meets" if timing["meets_clock"] else "BELOW"

@@ -203,6 +203,15 @@ def test_per_unit_resources_count_every_part_once(monkeypatch, tmp_path):
     write_board_package(verilog, ACCEL_TOP_NAME, tiny, tmp_path, got)
     data = json.loads((tmp_path / "resources.json").read_text())
     assert data["parts"]["block_unit"]["instances"] == units and data["method"] == got["method"]
+    # The control logic and the Verilog size (issue 13), in resources.json and the README.
+    assert data["logic"]["LUT"] == parts["logic"]["LUT"] and data["logic"]["FF"] == parts["logic"]["FF"]
+    assert data["verilog_bytes"] == len(verilog.encode())
+    largest = data["verilog_largest_modules"]
+    assert [row["bytes"] for row in largest] == sorted((row["bytes"] for row in largest), reverse=True)
+    assert largest[0]["bytes"] == max(len(text.encode()) for text in synth.verilog_modules(verilog).values())
+    readme = (tmp_path / "README.md").read_text()
+    assert f"| logic | 1 | {parts['logic']['LUT']} | {parts['logic']['FF']} |" in readme
+    assert f"Emitted Verilog: {len(verilog.encode()):,} bytes" in readme and f"`{largest[0]['module']}`" in readme
     assert got["complete"] and got["unmeasured"] == []
     with pytest.raises(ValueError, match="method"):
         measure_resources(tiny, verilog, method="guess")
