@@ -34,7 +34,8 @@ cycles measured in Verilator per shape (:func:`vitaccel.sim.bench.nm_cycles.gemm
 as ``engine_cycles``. ``cycles_ratio`` is to dense, ``program_macs`` the program's executed
 MACs. The N:M and token records also run :data:`GOLDEN_CHECK_IMAGES` test images of their
 program on the golden machine against the integer reference (``golden_bit_exact_images``).
-Outside quick mode, four more records (``model: "deit-s shapes"``) sum the engine cycles of
+Outside quick mode, a ``digits-vit-197`` record (:func:`digits_197_record`: the shipped
+197-token model, dense, whole-program RTL cycles on :data:`DIGITS_197_CONFIG`) and four more records (``model: "deit-s shapes"``) sum the engine cycles of
 DeiT-S's GEMM shapes (:func:`deit_s_gemms`) on the :data:`DEIT_S_CONFIG` engine: dense, 2:4,
 1:4 and token pruning at keep 0.7 after blocks 3, 6, 9. :func:`acceptance` checks issue 8's
 bounds; :func:`plot` draws int8 top-1 against cycles.
@@ -52,7 +53,8 @@ from vitaccel.hw.spec.config import AccelConfig
 __all__ = ["run", "plot", "acceptance", "deit_s_gemms", "deit_s_records", "program_gemms", "summed_cycles",
            "FINETUNE_EPOCHS", "FINETUNE_LR", "QUICK_EPOCHS", "TOKEN_KEEP", "HEADS_KEPT", "CALIB_IMAGES_FOR_HEADS",
            "GOLDEN_CHECK_IMAGES", "DEIT_S", "DEIT_S_TOKEN_POINTS", "DEIT_S_CONFIG", "DEIT_S_SETTINGS",
-           "CYCLES_SOURCE", "DEIT_S_CYCLES_SOURCE", "whole_program_cycles"]
+           "CYCLES_SOURCE", "DEIT_S_CYCLES_SOURCE", "whole_program_cycles", "digits_197_record", "DIGITS_197",
+           "DIGITS_197_CONFIG"]
 
 #: Fine-tuning epochs per method (digits-vit: a few seconds per epoch on one busy core).
 FINETUNE_EPOCHS = {"nm-2:4": 10, "nm-1:4": 20, "heads": 10, "tokens": 20, "tokens+package": 20}
@@ -69,6 +71,11 @@ HEADS_KEPT = 3
 CALIB_IMAGES_FOR_HEADS = 400
 #: Test images on which the compiled token-pruned program runs on the golden machine.
 GOLDEN_CHECK_IMAGES = 16
+
+#: The 197-token model (DeiT-T's width and token count on real data) and the config it runs on
+#: in RTL: ``tiny``'s 32 MACs per cycle would need some 13 M cycles per image, the zcu102 top
+#: about 2 M (under a minute of simulation).
+DIGITS_197, DIGITS_197_CONFIG = "digits-vit-197", "zcu102"
 
 #: DeiT-S's architecture (only shapes matter for cycles): blocks, patch tokens, width, heads,
 #: MLP width, patch-embedding depth (3 x 16 x 16) and classes.
@@ -119,13 +126,13 @@ DEIT_S_SETTINGS = (
 def _int8_top1(model, shape, config: AccelConfig):
     """Top-1 of ``model`` through the compile pipeline's quantizer and integer reference."""
     from vitaccel.sw.compile import default_calibration
-    from vitaccel.sw.data import digits, images_for
+    from vitaccel.sw.data import images_for
     from vitaccel.sw.quantize import quantize_model
     from vitaccel.sw.reference import quantize_images, run_reference
 
     calib = default_calibration(shape)
     qgraph = quantize_model(model, shape, images_for(shape, calib, split="train").images[:calib], config=config)
-    test = digits("test")
+    test = images_for(shape)
     [logits] = run_reference(qgraph, quantize_images(qgraph, test.images), keep_all=False).values()
     return float(np.mean(logits.reshape(len(test), -1).argmax(1) == test.labels)), qgraph
 
@@ -216,6 +223,31 @@ def _comparable_cycles(record: dict[str, Any], dense: dict[str, Any]) -> tuple[i
     if record.get("cycles_source") == dense.get("cycles_source") or "engine_cycles" not in record:
         return record["cycles"], dense["cycles"]
     return record["engine_cycles"], dense["engine_cycles"]
+
+
+def digits_197_record(simulator: str = "verilator") -> dict[str, Any]:
+    """:data:`DIGITS_197` dense on :data:`DIGITS_197_CONFIG`: float and int8 top-1 on the 449
+    test images, executed MACs, and whole-program RTL cycles for one image (no fine-tuning:
+    the shipped weights)."""
+    from vitaccel.hw.spec.config import load_config
+    from vitaccel.sw import train
+    from vitaccel.sw.backend import compile_qgraph
+    from vitaccel.sw.data import images_for
+    from vitaccel.sw.models.zoo import get_model
+    from vitaccel.sw.prune import count_macs
+
+    config = load_config(DIGITS_197_CONFIG)
+    model, shape = get_model(DIGITS_197)
+    int8, qgraph = _int8_top1(model, shape, config)
+    program = compile_qgraph(qgraph, config)
+    whole = whole_program_cycles(program, simulator)
+    if "unavailable" in whole:
+        raise RuntimeError(f"{DIGITS_197}: {whole['unavailable']}")
+    return {"method": "dense", "parameter": None, "model": DIGITS_197, "config": config.name,
+            "float_top1": train.evaluate_float(model, images_for(shape)), "int8_top1": int8,
+            "macs": count_macs(model, shape), "program_macs": program.manifest["macs"], "cycles": whole["cycles"],
+            "cycles_source": CYCLES_SOURCE, "rtl_bit_exact": whole["bit_exact"], "perf_cycles": whole["perf_cycles"],
+            "rtl_seconds": whole["rtl_seconds"], "cycles_ratio": 1.0, "macs_ratio": 1.0}
 
 
 def acceptance(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -369,6 +401,8 @@ def run(config: AccelConfig, *, simulator: str = "verilator", quick: bool = Fals
                wrapper, wrapper, before, epochs(method), qgraph, golden_check=True, int8_top1=int8,
                tokens_per_block=wrapper.token_counts(base.patch_embed.num_patches))
     if not quick:
+        report(DIGITS_197)
+        records.append(digits_197_record(simulator))
         report("deit-s shapes")
         records.extend(deit_s_records(simulator))
     for name, figure in acceptance(records).items():
