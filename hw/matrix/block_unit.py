@@ -4,15 +4,16 @@ per DSP48E2 multiplier."""
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Shape, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..spec.dsp_packing import LANE_SHIFT, MULT_A_BITS, engine_lanes
 from ..spec.nm import check_nm, index_bits
 from .layouts import block_control_layout
+from .pipeline import adder_tree, register, tree_levels
 
-__all__ = ["BlockUnit", "block_operand_layouts"]
+__all__ = ["BlockUnit", "block_operand_layouts", "block_unit_latency"]
 
 
 def block_operand_layouts(block_size: int, a_width: int, b_width: int,
@@ -27,11 +28,22 @@ def block_operand_layouts(block_size: int, a_width: int, b_width: int,
 class BlockUnit(wiring.Component):
     """Computes ``P += A_blk @ B_blk`` each valid cycle and forwards its operands.
 
+    Tiles are delimited by ``last``: the accumulators are 0 after reset and after every
+    ``last`` step, so each tile must end with one (the engine's always do; ``first`` marks
+    the start for the forwarded control only).
+
     Inside the unit, row ``i`` of the A block and column ``j`` of the B block are broadcast to
     the ``b`` multipliers of output ``(i, j)`` (second broadcast level). The operands and the
     control leave through registers (``a_out`` east, ``b_out`` south): one systolic hop, so
     a grid of units has no long wires. On a ``last`` step the finished sums are copied into
     ``result`` (the accumulator buffer) while the next tile starts accumulating.
+
+    The datapath is a pipeline of :attr:`latency` cycles (:func:`block_unit_latency`), one
+    carry chain or one multiply per cycle so that it closes the ``zcu102`` clock
+    (docs/timing.md): operand registers, products into registers, a registered adder tree,
+    the accumulate. The control bits travel beside the data; ``tile_done`` is high in the
+    cycle the accumulate stage takes a ``last`` step (``result`` holds the tile from the next
+    cycle on). The systolic hop (``a_out``, ``b_out``, ``ctl_out``) stays one cycle.
 
     Built with ``nm = (N, M)``, the B block holds ``b`` compressed slots and ``meta_in``
     (forwarded south with B as ``meta_out``) their in-group indices; the A block spans
@@ -56,7 +68,8 @@ class BlockUnit(wiring.Component):
         and ``2p + 1`` of an output column share each B operand: one 27x18 multiply of
         ``(a[2p+1] << 18) + a[2p]`` by ``b[kk][j]`` gives both products. The packed
         products of up to :attr:`PackedLanes.max_terms` k's are summed, then separated into
-        the two rows' sums (sign borrow corrected) and accumulated as usual. Needs 8-bit B,
+        the two rows' sums (the low-lane sum is the low 18 bits read as signed, the high
+        lane the rest plus bit 17: the sign-borrow correction) and accumulated as usual. Needs 8-bit B,
         9-bit A holding int8 or uint8 values (the engine's operands), an even
         ``block_size``.
     """
@@ -80,13 +93,21 @@ class BlockUnit(wiring.Component):
         if packing == 2 and (b_width != 8 or a_width != 9 or block_size % 2):
             raise ValueError(f"packing=2 needs a_width=9, b_width=8 and an even block_size, got "
                              f"{a_width}, {b_width}, {block_size}")
+        if packing == 2:
+            lanes = engine_lanes(b_width)
+            half = 1 << (LANE_SHIFT - 1)
+            # The separation reads the low field as signed: every low-lane sum must fit it.
+            if not all(-half <= lanes.low_range(n)[0] and lanes.low_range(n)[1] < half
+                       for n in range(1, lanes.max_terms + 1)):
+                raise ValueError(f"low-lane sums of {lanes.max_terms} products do not fit {LANE_SHIFT} signed bits")
         self.block_size, self.nm, self.packing = block_size, nm, packing
+        self.latency = block_unit_latency(block_size, packing)
         a_layout, b_layout = block_operand_layouts(block_size, a_width, b_width, a_span)
         result = data.ArrayLayout(data.ArrayLayout(signed(acc_width), block_size), block_size)
         ports = {
             "a_in": In(a_layout), "b_in": In(b_layout), "ctl_in": In(block_control_layout()),
             "a_out": Out(a_layout), "b_out": Out(b_layout), "ctl_out": Out(block_control_layout()),
-            "result": Out(result),
+            "result": Out(result), "tile_done": Out(1),
         }
         if nm is not None:
             meta = data.ArrayLayout(data.ArrayLayout(unsigned(index_bits(nm[1])), block_size), block_size)
@@ -129,48 +150,102 @@ class BlockUnit(wiring.Component):
             return lane(kk)
         return self._nm_pick(m, lane, j, kk, signed(MULT_A_BITS), f"psel_{pair}_{j}_{kk}")
 
-    def _dots(self, m: Module, j: int) -> list:
-        """The ``b`` dot products ``sum_kk a[i][kk] * b[kk][j]`` of column ``j``, by row ``i``."""
-        b = self.block_size
+    def _products(self, m: Module, j: int, kk: int) -> list:
+        """Registered products of multiplier column ``(j, kk)``, one per row (packing 1) or
+        per row pair (packing 2): operand registers, then the multiply into a register."""
+        b_operand = self._b_regs[kk][j]
         if self.packing == 1:
-            return [sum(self._operand(m, i, j, kk) * self.b_in[kk][j] for kk in range(b)) for i in range(b)]
-        b_width = self.b_in.shape().elem_shape.elem_shape.width
-        lanes = engine_lanes(b_width)
-        sum_bits = MULT_A_BITS + b_width + (lanes.max_terms).bit_length()
+            rows = range(self.block_size)
+            operand = lambda i: self._operand(m, i, j, kk)
+        else:
+            rows = range(self.block_size // 2)
+            operand = lambda pair: self._packed_operand(m, pair, j, kk)
+        products = []
+        for row in rows:
+            key = (row, kk) if self.nm is None else (row, j, kk)   # dense operands serve every column
+            if key not in self._operand_regs:
+                self._operand_regs[key] = register(m, operand(row), "op_" + "_".join(map(str, key)), keep=True)
+            products.append(register(m, self._operand_regs[key] * b_operand, f"prod_{row}_{j}_{kk}", keep=True))
+        return products
+
+    def _dots(self, m: Module, j: int) -> list:
+        """The ``b`` dot products ``sum_kk a[i][kk] * b[kk][j]`` of column ``j``, by row ``i``,
+        :func:`block_unit_latency` ``- 1`` cycles after the operands."""
+        b = self.block_size
+        by_kk = [self._products(m, j, kk) for kk in range(b)]
+        if self.packing == 1:
+            return [adder_tree(m, [by_kk[kk][i] for kk in range(b)], f"dot_{i}_{j}") for i in range(b)]
+        terms = engine_lanes(self.b_in.shape().elem_shape.elem_shape.width).max_terms
+        group_levels = tree_levels(min(b, terms))
+        group_count = -(-b // terms)
         dots = [None] * b
         for pair in range(b // 2):
             low_sums, high_sums = [], []
-            # Packed sums of at most max_terms products, each separated exactly (see spec).
-            for start in range(0, b, lanes.max_terms):
-                terms = range(start, min(b, start + lanes.max_terms))
-                packed_sum = Signal(signed(sum_bits), name=f"psum_{pair}_{j}_{start}")
-                m.d.comb += packed_sum.eq(sum(self._packed_operand(m, pair, j, kk) * self.b_in[kk][j]
-                                              for kk in terms))
-                field = packed_sum[:LANE_SHIFT]
-                borrow = Signal(name=f"borrow_{pair}_{j}_{start}")
-                m.d.comb += borrow.eq(field > lanes.threshold(len(terms)))
-                low = Signal(signed(LANE_SHIFT + 1), name=f"low_{pair}_{j}_{start}")
-                m.d.comb += low.eq(Cat(field, borrow).as_signed())   # u, or u - 2^18 on a borrow
-                low_sums.append(low)
-                high_sums.append((packed_sum >> LANE_SHIFT) + borrow)
-            dots[2 * pair], dots[2 * pair + 1] = sum(low_sums), sum(high_sums)
+            # Packed sums of at most max_terms products, each separated exactly (see spec):
+            # the low-lane sum fits 18 signed bits, so it is the field read as signed and the
+            # high lane is the rest plus the field's sign (bit 17) -- docs/dsp_packing.md.
+            for start in range(0, b, terms):
+                packed_sum = adder_tree(m, [by_kk[kk][pair] for kk in range(start, min(b, start + terms))],
+                                        f"psum_{pair}_{j}_{start}", levels=group_levels)
+                low_sums.append(register(m, packed_sum[:LANE_SHIFT].as_signed(), f"low_{pair}_{j}_{start}"))
+                high_sums.append(register(m, packed_sum[LANE_SHIFT:].as_signed() + packed_sum[LANE_SHIFT - 1],
+                                          f"high_{pair}_{j}_{start}"))
+            levels = tree_levels(group_count)
+            dots[2 * pair] = adder_tree(m, low_sums, f"dot_{2 * pair}_{j}", levels=levels)
+            dots[2 * pair + 1] = adder_tree(m, high_sums, f"dot_{2 * pair + 1}_{j}", levels=levels)
         return dots
 
     def elaborate(self, platform):
         m = Module()
         b = self.block_size
-        self._packed = {}
+        self._packed, self._operand_regs = {}, {}
         m.d.sync += [self.a_out.eq(self.a_in), self.b_out.eq(self.b_in), self.ctl_out.eq(self.ctl_in)]
         if self.nm is not None:
             m.d.sync += self.meta_out.eq(self.meta_in)
+        # B is registered beside the A operands (after packing / selection) it meets.
+        self._b_regs = [[register(m, self.b_in[kk][j], f"b_{kk}_{j}", keep=True) for j in range(b)] for kk in range(b)]
+        # The control bits travel beside the data to the accumulate stage (valid keeps its reset).
+        ctl = self.ctl_in.as_value()
+        for stage in range(self.latency - 1):
+            previous = data.View(block_control_layout(), ctl)
+            delayed = Signal(len(ctl), name=f"ctl_d{stage}")
+            m.d.sync += delayed.eq(ctl)
+            ctl = delayed
+        ctl = data.View(block_control_layout(), ctl)
+        m.d.comb += self.tile_done.eq(ctl.valid & ctl.last)
+        # `clear` is `tile_done` from a register of its own (it drives the synchronous reset
+        # of every accumulator bit), and 1 after a reset, which clears the accumulators too.
+        clear = Signal(init=1)
+        m.d.sync += clear.eq(previous.valid & previous.last)
         acc_shape = self.result.shape().elem_shape.elem_shape
+        # A tile's last step clears the accumulators (a synchronous reset), so the next tile
+        # starts from 0 without a `first` multiplexer in front of every accumulator's adder
+        # (`first` would fan out to all of them inside the critical cycle).
         for j in range(b):
             for i, dot in enumerate(self._dots(m, j)):
-                acc = Signal(acc_shape, name=f"acc_{i}_{j}")
+                acc = Signal(acc_shape, name=f"acc_{i}_{j}", reset_less=True)
                 total = Signal(acc_shape, name=f"sum_{i}_{j}")
-                m.d.comb += total.eq(Mux(self.ctl_in.first, 0, acc) + dot)
-                with m.If(self.ctl_in.valid):
+                m.d.comb += total.eq(acc + dot)
+                with m.If(self.tile_done):
+                    m.d.sync += self.result[i][j].eq(total)
+                with m.If(clear):
+                    m.d.sync += acc.eq(0)
+                with m.Elif(ctl.valid):
                     m.d.sync += acc.eq(total)
-                    with m.If(self.ctl_in.last):
-                        m.d.sync += self.result[i][j].eq(total)
         return m
+
+
+def block_unit_latency(block_size: int, packing: int = 1) -> int:
+    """Cycles from a k-step's operands at a block unit's inputs to its sums in the
+    accumulators (``result`` holds a finished tile one cycle later).
+
+    Every carry chain and every multiply has a cycle of its own (docs/timing.md): the
+    operand registers (after packing and the N:M selection), the multiply into a register,
+    the adder tree over the block's ``b`` k's (``ceil(log2 b)`` levels), with packing 2 the
+    separation of each packed group of at most ``max_terms`` k's and the tree over the
+    groups, then the accumulate.
+    """
+    if packing == 1:
+        return 2 + tree_levels(block_size) + 1
+    terms = engine_lanes(8).max_terms
+    return 2 + tree_levels(min(block_size, terms)) + 1 + tree_levels(-(-block_size // terms)) + 1

@@ -52,7 +52,8 @@ class MatrixEngine(wiring.Component):
     scratchpads are double-buffered, so the next A panel and the next B block load while
     the block grid computes on the current ones. The sequencer walks
     ``for block: for band: for tile in block: for k_word``; each finished tile is copied
-    into the accumulator buffer and drained row by row through the post-processor into
+    into the accumulator buffer and drained row by row through the post-processor (a
+    pipeline: :attr:`PostProcessor.LATENCY` cycles, :attr:`PostProcessor.DEPTH` rows) into
     ``output`` while the grid already computes the next tile; ``output_acc`` holds the same
     row's raw accumulators (before bias) while ``output`` is valid, for raw int32 GEMMs
     (their host still supplies a parameter word per tile). ``params`` supplies one word
@@ -129,7 +130,8 @@ class MatrixEngine(wiring.Component):
 
         cmd = Signal(lay.command)
         active = Signal()
-        m.d.comb += [self.busy.eq(active), self.command.ready.eq(~active)]
+        # Busy until the last row has left the post-processor (its residual input follows the command).
+        m.d.comb += [self.busy.eq(active | post.busy), self.command.ready.eq(~active & ~post.busy)]
         last_k = cmd.k_words - 1
         # A words per panel: R per k-step in sparse mode.
         last_a = last_k if nm is None else Mux(cmd.nm, (cmd.k_words << bank_bits) - 1, last_k)
@@ -248,29 +250,29 @@ class MatrixEngine(wiring.Component):
                 m.d.comb += grid.a[row][lane].eq(Mux(cmd.unsigned_a, raw, raw.as_signed()))
         m.d.comb += [grid.b.eq(b_read.data), grid.ctl.eq(ctl)]
 
-        # -- drain: accumulator buffer -> post-processor -> output register ----------------
+        # -- drain: accumulator buffer -> post-processor pipeline -> output ---------------
+        # A row enters the post-processor once its tile is captured and the tile's parameters
+        # are offered; it leaves PostProcessor.LATENCY cycles later at the earliest, taking
+        # its residual then (the pipeline holds several rows, so a tile drains back to back).
         tile_ready = Signal()
         drain_row = Signal(range(cfg.tile_rows), name="drain_row")
         m.d.comb += [
             post.acc.eq(grid.result[drain_row]),
             post.params.eq(self.params.payload),
-            post.residual.eq(self.residual.payload),
             post.residual_enable.eq(cmd.residual),
+            self.output_acc.eq(post.output_acc),
         ]
+        wiring.connect(m, wiring.flipped(self.residual), post.residual)
+        wiring.connect(m, post.output, wiring.flipped(self.output))
         emit = Signal()
-        m.d.comb += emit.eq(tile_ready & self.params.valid & (~cmd.residual | self.residual.valid)
-                            & (~self.output.valid | self.output.ready))
+        m.d.comb += [emit.eq(tile_ready & self.params.valid & post.ready), post.enter.eq(emit)]
         with m.If(emit):
-            m.d.sync += [self.output.payload.eq(post.result), self.output_acc.eq(post.acc),
-                         self.output.valid.eq(1), drain_row.eq(drain_row + 1)]
-            m.d.comb += self.residual.ready.eq(cmd.residual)
+            m.d.sync += drain_row.eq(drain_row + 1)
             with m.If(drain_row == cfg.tile_rows - 1):
                 m.d.sync += [drain_row.eq(0), tile_ready.eq(0), tile_in_flight.eq(0)]
                 m.d.comb += self.params.ready.eq(1)
                 with m.If(c_done):
                     m.d.sync += active.eq(0)  # this was the GEMM's last tile
-        with m.Elif(self.output.ready):
-            m.d.sync += self.output.valid.eq(0)
         with m.If(grid.captured):
             m.d.sync += tile_ready.eq(1)
 

@@ -7,7 +7,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..spec.config import AccelConfig
-from .block_unit import BlockUnit
+from .block_unit import BlockUnit, block_unit_latency
 from .layouts import EngineLayouts, block_control_layout
 
 __all__ = ["BlockGrid"]
@@ -35,12 +35,16 @@ class BlockGrid(wiring.Component):
     B; each unit's A block then spans one sparse step (see :class:`BlockUnit`).
 
     ``captured`` is high in the cycle the last unit (the one furthest from the feeder)
-    stores a finished tile: from the next cycle all of ``result`` holds that tile.
+    stores a finished tile: from the next cycle all of ``result`` holds that tile. That is
+    ``block_rows + block_cols - 2`` hops plus the units' pipeline (:attr:`latency` - 1 more
+    cycles than a unit's accumulate register alone) after the tile's last step enters.
     """
 
     def __init__(self, config: AccelConfig):
         self.config = config
         self.layouts = EngineLayouts(config)
+        #: Cycles of one block unit's pipeline (:func:`~vitaccel.hw.matrix.block_unit.block_unit_latency`).
+        self.latency = block_unit_latency(config.block_size, config.dsp_packing)
         ports = {
             "a": In(self.layouts.a_operand), "b": In(self.layouts.b_word), "ctl": In(block_control_layout()),
             "result": Out(self.layouts.accumulators), "captured": Out(1),
@@ -86,6 +90,5 @@ class BlockGrid(wiring.Component):
                 for i in range(b):
                     for j in range(b):
                         m.d.comb += self.result[r * b + i][c * b + j].eq(unit.result[i][j])
-        last = units[rows - 1][cols - 1]
-        m.d.comb += self.captured.eq(last.ctl_in.valid & last.ctl_in.last)
+        m.d.comb += self.captured.eq(units[rows - 1][cols - 1].tile_done)
         return m

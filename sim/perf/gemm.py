@@ -22,13 +22,16 @@ is free again once the band (block) that used it issued its last k-step.
 **Engine**: a tile's k-steps issue back to back; its last step waits until the previous tile
 has left the accumulator buffer (``tile_in_flight``, cleared when its last row is emitted);
 the result is captured ``block_rows + block_cols`` cycles after the last step (the grid's
-skew: ``hw/matrix/grid.py``) plus the unit's accumulate register.
+skew: ``hw/matrix/grid.py``) plus the block unit's pipeline (``block_unit_latency``).
+A captured tile's rows enter the post-processor's pipeline back to back (it holds
+``PostProcessor.DEPTH`` rows) and each leaves ``LATENCY`` cycles after entering at the
+earliest; the tile's buffer is free once its last row has entered.
 
 **Drain** (FSM ``gemm_drain``): per tile PARAMS and WAIT_PARAMS (the tile's bias /
 multiplier / shift runs of ``tile_cols`` int32 from ACC: their words plus a capture cycle);
 per row one 16-byte write per buffer word the row spans (a row out of M: one cycle); with a
 residual (or ACC partials) a ROW state and the row's reads first. The engine emits the next
-row in the cycle the previous one's last write ends.
+row in the cycle the previous one's last write ends, or when it leaves the post-processor.
 """
 
 from __future__ import annotations
@@ -37,16 +40,22 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from vitaccel.hw.accel.gemm import MAX_BLOCK_TILES
+from vitaccel.hw.matrix.block_unit import block_unit_latency
+from vitaccel.hw.matrix.postprocess import PostProcessor
 from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.hw.spec.isa import ADDR_UNIT
 from vitaccel.hw.spec.matrix import b_half_words
 
-__all__ = ["GemmTiming", "gemm_cycles", "MAX_BLOCK_TILES", "GRID_EXTRA"]
+__all__ = ["GemmTiming", "gemm_cycles", "MAX_BLOCK_TILES", "GRID_EXTRA", "POST_LATENCY", "POST_DEPTH"]
 
 #: Cycles from the last k-step's issue to the first row the engine may emit, beyond the
-#: grid's skew (``block_rows + block_cols - 2``): the control register aligned with the
-#: scratchpad read, and ``tile_ready`` registered from ``captured``.
+#: grid's skew (``block_rows + block_cols - 2``) and the block unit's pipeline before its
+#: accumulate register: the control register aligned with the scratchpad read, and
+#: ``tile_ready`` registered from ``captured``.
 GRID_EXTRA = 2
+#: Cycles from a row's entry into the post-processor to the earliest cycle the engine can
+#: emit it, and the rows it holds (a row's credit returns two cycles after it is emitted).
+POST_LATENCY, POST_DEPTH = PostProcessor.LATENCY, PostProcessor.DEPTH
 #: Cycles from COMMAND to the feeders' and drain's first state.
 _PARAM_BYTES = 4
 
@@ -138,7 +147,8 @@ def _gemm_cycles(config: AccelConfig, key: tuple) -> GemmTiming:
             reads = 1 + _span(acc_base + index * 4, cols * 4) + 1
         return writes, reads
 
-    capture_delay = config.block_rows + config.block_cols - 2 + GRID_EXTRA
+    capture_delay = (config.block_rows + config.block_cols - 2 + GRID_EXTRA
+                     + block_unit_latency(b, config.dsp_packing) - 1)
     b_feed_t = start
     a_feed_t = start
     b_half_free = [start, start]
@@ -168,15 +178,22 @@ def _gemm_cycles(config: AccelConfig, key: tuple) -> GemmTiming:
                 capture = last_step + capture_delay
                 # drain of this tile: PARAMS, WAIT_PARAMS, then the rows
                 params_ready = drain_t + 1 + params_cycles(col_base)
-                emit = max(capture, params_ready + 1)
+                # rows enter the post-processor back to back while it has room (it holds
+                # POST_DEPTH rows; one more enters two cycles after a row is emitted)
+                entry = max(capture, params_ready + 1)
+                entries, emits = [], []
+                emit = entry
                 for r in range(tr):
                     writes, reads = row_cycles(band * tr + r, col_base)
+                    entries.append(entry + r if r < POST_DEPTH else max(entry + r, emits[r - POST_DEPTH] + 2))
                     if r:
                         emit += reads
                     elif reads:
                         emit = max(emit, params_ready + 1 + reads)
+                    emit = max(emit, entries[r] + POST_LATENCY)
+                    emits.append(emit)
                     if r == tr - 1:
-                        in_flight_clear = emit + 1
+                        in_flight_clear = entries[r] + 1
                         drain_t = emit + writes
                     else:
                         emit += writes
