@@ -35,7 +35,7 @@ gives the controller priority over the load and store queues.
 
 from __future__ import annotations
 
-from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -85,6 +85,9 @@ class TokenController(wiring.Component):
         If ``config.has_topk`` is false.
     """
 
+    #: Registers between the instruction word and the operand checks (product, sum, compare).
+    CHECK_STAGES = 3
+
     def __init__(self, *, config: AccelConfig):
         if not isinstance(config, AccelConfig):
             raise TypeError(f"config: expected an AccelConfig, got {type(config).__name__}")
@@ -123,35 +126,47 @@ class TokenController(wiring.Component):
         p_index, p_dst = f(Opcode.PACKAGE, "index_addr") * ADDR_UNIT, f(Opcode.PACKAGE, "dst_addr") * ADDR_UNIT
         is_topk, is_gather = opcode == Opcode.TOPK, opcode == Opcode.GATHER
 
-        t_bad_shape, t_bad_rows, t_src_out, t_dst_out = (Signal(name=f"topk_{n}") for n in
-                                                          ("bad_shape", "bad_rows", "src_out", "dst_out"))
-        g_src_out, g_index_out, g_dst_out = (Signal(name=f"gather_{n}") for n in ("src_out", "index_out", "dst_out"))
-        p_bad_shape, p_bad_heads, p_prob_out, p_src_out, p_index_out, p_dst_out = (
-            Signal(name=f"package_{n}") for n in ("bad_shape", "bad_heads", "prob_out", "src_out", "index_out",
-                                                  "dst_out"))
-        m.d.sync += [
-            t_bad_shape.eq((t_k > t_n) | (t_n > cfg.max_tokens)),
-            t_bad_rows.eq(sum_rows & ((t_rows == 0) | (t_rows > SUM_ROWS_LIMIT))),
-            t_src_out.eq(t_src + Mux(sum_rows, t_rows * t_n, 2 * t_rows * t_n) > vector_bytes),
-            t_dst_out.eq(t_dst + 2 * Mux(sum_rows, 1, t_rows) * t_k > vector_bytes),
-            g_src_out.eq(g_src + g_n * g_cols > vector_bytes),
-            g_index_out.eq(g_index + 2 * g_rows > vector_bytes),
-            g_dst_out.eq(g_dst + g_rows * g_cols > vector_bytes),
-            p_bad_shape.eq((p_k > p_n) | (p_n > cfg.max_tokens)),
-            p_bad_heads.eq((p_heads == 0) | (p_heads > SUM_ROWS_LIMIT)),
-            p_prob_out.eq(p_prob + p_heads * p_n > vector_bytes),
-            p_src_out.eq(p_src + p_n * p_cols > vector_bytes),
-            p_index_out.eq(p_index + 2 * p_k > vector_bytes),
-            p_dst_out.eq(p_dst + p_cols > vector_bytes),
-        ]
+        # Operand checks from the held instruction word: products, sums, compares, one register
+        # each (:attr:`CHECK_STAGES`); CHECK reads them after the SETTLE states.
+        def reg(value, name):
+            value = Value.cast(value)
+            r = Signal(value.shape(), name=name)
+            m.d.sync += r.eq(value)
+            return r
+
+        t_elements = reg(t_rows * t_n, "topk_elements")
+        g_src_bytes, g_dst_bytes = reg(g_n * g_cols, "gather_src_bytes"), reg(g_rows * g_cols, "gather_dst_bytes")
+        p_prob_bytes, p_src_bytes = reg(p_heads * p_n, "package_prob_bytes"), reg(p_n * p_cols, "package_src_bytes")
+        t_src_end = reg(t_src + Mux(sum_rows, t_elements, 2 * t_elements), "topk_src_end")
+        t_dst_bytes = reg(2 * Mux(sum_rows, 1, t_rows) * t_k, "topk_dst_bytes")
+        t_dst_end = reg(t_dst + t_dst_bytes, "topk_dst_end")
+        g_src_end, g_index_end = reg(g_src + g_src_bytes, "gather_src_end"), reg(g_index + 2 * g_rows, "gather_index_end")
+        g_dst_end = reg(g_dst + g_dst_bytes, "gather_dst_end")
+        p_prob_end, p_src_end = reg(p_prob + p_prob_bytes, "package_prob_end"), reg(p_src + p_src_bytes, "package_src_end")
+        p_index_end, p_dst_end = reg(p_index + 2 * p_k, "package_index_end"), reg(p_dst + p_cols, "package_dst_end")
+        t_bad_shape = reg(reg((t_k > t_n) | (t_n > cfg.max_tokens), "topk_bad_shape0"), "topk_bad_shape")
+        t_bad_rows = reg(reg(sum_rows & ((t_rows == 0) | (t_rows > SUM_ROWS_LIMIT)), "topk_bad_rows0"), "topk_bad_rows")
+        t_src_out, t_dst_out = reg(t_src_end > vector_bytes, "topk_src_out"), reg(t_dst_end > vector_bytes, "topk_dst_out")
+        g_src_out, g_index_out = reg(g_src_end > vector_bytes, "gather_src_out"), reg(g_index_end > vector_bytes, "gather_index_out")
+        g_dst_out = reg(g_dst_end > vector_bytes, "gather_dst_out")
+        p_bad_shape = reg(reg((p_k > p_n) | (p_n > cfg.max_tokens), "package_bad_shape0"), "package_bad_shape")
+        p_bad_heads = reg(reg((p_heads == 0) | (p_heads > SUM_ROWS_LIMIT), "package_bad_heads0"), "package_bad_heads")
+        p_prob_out, p_src_out = reg(p_prob_end > vector_bytes, "package_prob_out"), reg(p_src_end > vector_bytes, "package_src_out")
+        p_index_out, p_dst_out = reg(p_index_end > vector_bytes, "package_index_out"), reg(p_dst_end > vector_bytes, "package_dst_out")
+        # Loop bounds as registers (``x - 1`` and compares kept off the loops' paths).
+        summed_last = reg(Mux(sum_rows, t_rows, 1) - 1, "summed_last")
+        t_n_last, p_heads_last = reg(t_n - 1, "topk_n_last"), reg(p_heads - 1, "package_heads_last")
+        element_step = reg(Mux(sum_rows, t_n, 2 * t_n), "element_step")   # bytes between summed rows
+        element_bytes = reg(Mux(sum_rows, 1, 2), "element_bytes")
 
         def fail(code):
             return [self.error.eq(1), self.error_code.eq(code)]
 
-        # ---- VECTOR reads: address this cycle, element the next -------------------------------
+        # ---- VECTOR reads: address this cycle, element the next, registered the one after ------
         read_lane = Signal(_LANE_BITS)
         byte = self.read_data.word_select(read_lane, 8)
         half = self.read_data.word_select(read_lane[1:], 16)   # uint16 elements are 2-aligned
+        byte_r, half_r = reg(byte, "byte_r"), reg(half, "half_r")   # a read's element 2 cycles on
 
         def read_at(address):
             return [self.read.eq(1), self.read_addr.eq(address)], [read_lane.eq(address[:_LANE_BITS])]
@@ -163,26 +178,36 @@ class TokenController(wiring.Component):
         outer = Signal(13)          # selection row (TOPK), output row (GATHER), column (PACKAGE)
         col = Signal(13)            # score column (TOPK), byte (GATHER), token (PACKAGE)
         inner = Signal(13)          # summed row (TOPK sum_rows / PACKAGE heads)
+        inner_last = Signal()       # inner is the last summed row / head (a register)
         address = Signal(_ADDR_BITS)
+        column_address = Signal(_ADDR_BITS)   # TOPK: the column's first row; PACKAGE: prob + token
         row_address = Signal(_ADDR_BITS)
         out_address = Signal(_ADDR_BITS)
         count = Signal(13)          # index list entries: GATHER rows, PACKAGE k
         token_n = Signal(13)
         index_base = Signal(_ADDR_BITS)
         pending = Signal()          # a GATHER byte read last cycle waits to be written
+        settle = Signal(range(self.CHECK_STAGES))
 
         # TOPK front end: a beat of lane scores, the column sum in progress.
         beat = Signal(data.ArrayLayout(unsigned(TOPK_SCORE_BITS), lanes))
         lane = Signal(range(lanes))
         total = Signal(TOPK_SCORE_BITS)
         selections = Mux(sum_rows, 1, t_rows)
-        summed = Mux(sum_rows, t_rows, 1)                 # rows added per score
-        element_step = Mux(sum_rows, t_n, 2 * t_n)        # bytes between summed rows
-        element = Mux(sum_rows, byte, half)
+        element = Mux(sum_rows, byte_r, half_r)
         m.d.comb += [engine.scores.payload.eq(beat), engine.n.eq(t_n), engine.k.eq(t_k)]
         result = engine.result.payload
-        slot = Signal(range(lanes))
+        # TOPK results: a beat is copied into ``kept_indices`` (shifted down as they are written),
+        # so that ``engine.result.ready`` is an AND of registers (it stalls the engine's pipeline).
+        collecting = Signal()       # in TOPK_RESULT
+        held = Signal()             # a beat with kept indices is being written
+        final = Signal()            # this cycle writes the held beat's last byte
+        held_last = Signal()        # the held beat is the selection's last
+        kept_indices = Signal(data.ArrayLayout(unsigned(16), lanes))
+        bytes_left = Signal(range(2 * lanes + 1))
         high = Signal()
+        ready = Signal()
+        m.d.comb += [ready.eq(collecting & (~held | final)), engine.result.ready.eq(ready)]
 
         # PACKAGE: kept flags and pruned weights per token (weight 0 = kept), sums, division.
         kept = Memory(shape=1, depth=cfg.max_tokens, init=[])
@@ -191,26 +216,42 @@ class TokenController(wiring.Component):
         m.submodules.weights = weights
         kept_w, kept_r = kept.write_port(), kept.read_port(domain="comb")
         weights_w, weights_r = weights.write_port(), weights.read_port(domain="comb")
+        kept_now, weight_now = reg(kept_r.data, "kept_now"), reg(weights_r.data, "weight_now")   # token col's
         count_bits = (cfg.max_tokens * 0xFFFF).bit_length()
         weight_total = Signal(count_bits)
         numerator = Signal(signed(count_bits + 9))
+        product = Signal(signed(count_bits + 9))
+        dividend = Signal(signed(count_bits + 11))
         divisor = Signal(count_bits + 1)
         remainder = Signal(count_bits + 11)
+        trial = Signal(count_bits + _QUOTIENT_BITS)
         quotient = Signal(_QUOTIENT_BITS)
         negative = Signal()
         step = Signal(range(_QUOTIENT_BITS))
-        m.d.comb += [kept_r.addr.eq(col), weights_r.addr.eq(col), weights_w.data.eq(Mux(kept_r.data, 0, total)),
+        pruned_weight = Mux(kept_now, 0, total)
+        m.d.comb += [kept_r.addr.eq(col), weights_r.addr.eq(col), weights_w.data.eq(pruned_weight),
                      weights_w.addr.eq(col)]
+
+        def first_summed(last):
+            return [inner.eq(0), inner_last.eq(last == 0)]
+
+        def next_summed(last):
+            return [inner.eq(inner + 1), inner_last.eq(inner + 1 == last)]
 
         with m.FSM(name="tokens"):
             with m.State("IDLE"):
                 with m.If(self.start):
+                    m.d.sync += settle.eq(self.CHECK_STAGES - 2)
+                    m.next = "SETTLE"
+            with m.State("SETTLE"):   # the operand checks' registers
+                m.d.sync += settle.eq(settle - 1)
+                with m.If(settle == 0):
                     m.next = "CHECK"
             with m.State("CHECK"):
-                m.d.sync += [outer.eq(0), col.eq(0), inner.eq(0), lane.eq(0), total.eq(0), slot.eq(0),
-                             high.eq(0), weight_total.eq(0)]
+                m.d.sync += [outer.eq(0), col.eq(0), inner.eq(0), lane.eq(0), total.eq(0),
+                             weight_total.eq(0)]
                 with m.If(is_topk):
-                    m.d.sync += [row_address.eq(t_src), address.eq(t_src), out_address.eq(t_dst)]
+                    m.d.sync += [row_address.eq(t_src), out_address.eq(t_dst)]
                     with m.If(t_bad_shape | t_bad_rows):
                         m.d.comb += fail(ErrorCode.INVALID_OPERAND)
                         m.next = "IDLE"
@@ -245,25 +286,28 @@ class TokenController(wiring.Component):
                 with m.Elif(t_n == 0):        # nothing to select (k == 0): no output
                     m.d.sync += outer.eq(outer + 1)
                 with m.Else():
-                    m.d.sync += [col.eq(0), inner.eq(0), lane.eq(0), total.eq(0), address.eq(row_address)]
+                    m.d.sync += [col.eq(0), *first_summed(summed_last), lane.eq(0), total.eq(0),
+                                 address.eq(row_address), column_address.eq(row_address)]
                     m.next = "TOPK_READ"
             with m.State("TOPK_READ"):
                 comb, sync = read_at(address)
                 m.d.comb += comb
                 m.d.sync += sync
+                m.next = "TOPK_WAIT"
+            with m.State("TOPK_WAIT"):    # the element reaches ``byte_r`` / ``half_r``
                 m.next = "TOPK_ADD"
             with m.State("TOPK_ADD"):
                 score = total + element
-                with m.If(inner == summed - 1):   # the column's score is complete
-                    next_column = row_address + Mux(sum_rows, col + 1, 2 * (col + 1))
-                    m.d.sync += [beat[lane].eq(score), total.eq(0), inner.eq(0), col.eq(col + 1),
-                                 lane.eq(lane + 1), address.eq(next_column)]
-                    with m.If((lane == lanes - 1) | (col == t_n - 1)):
+                with m.If(inner_last):   # the column's score is complete
+                    next_column = column_address + element_bytes
+                    m.d.sync += [beat[lane].eq(score), total.eq(0), *first_summed(summed_last), col.eq(col + 1),
+                                 lane.eq(lane + 1), address.eq(next_column), column_address.eq(next_column)]
+                    with m.If((lane == lanes - 1) | (col == t_n_last)):
                         m.next = "TOPK_SEND"
                     with m.Else():
                         m.next = "TOPK_READ"
                 with m.Else():
-                    m.d.sync += [total.eq(score), inner.eq(inner + 1), address.eq(address + element_step)]
+                    m.d.sync += [total.eq(score), *next_summed(summed_last), address.eq(address + element_step)]
                     m.next = "TOPK_READ"
             with m.State("TOPK_SEND"):   # lanes past n are masked by the engine
                 m.d.comb += engine.scores.valid.eq(1)
@@ -275,23 +319,29 @@ class TokenController(wiring.Component):
                         m.next = "TOPK_READ"
             with m.State("TOPK_START"):
                 m.d.comb += engine.start.eq(1)
-                m.d.sync += [slot.eq(0), high.eq(0)]
+                m.d.sync += [collecting.eq(1), held.eq(0), final.eq(0)]
                 m.next = "TOPK_RESULT"
-            with m.State("TOPK_RESULT"):   # one result beat: its kept indices, two bytes each
-                with m.If(engine.result.valid):
-                    index = result.indices[slot]
-                    last_slot = (slot == result.count - 1) & high
-                    with m.If(result.count != 0):
-                        m.d.comb += write_at(out_address, Mux(high, index[8:16], index[:8]))
-                        m.d.sync += [out_address.eq(out_address + 1), high.eq(~high)]
-                        with m.If(high):
-                            m.d.sync += slot.eq(slot + 1)
-                    with m.If((result.count == 0) | last_slot):
-                        m.d.comb += engine.result.ready.eq(1)
-                        m.d.sync += [slot.eq(0), high.eq(0)]
-                        with m.If(result.last):
-                            m.d.sync += [outer.eq(outer + 1), row_address.eq(row_address + 2 * t_n)]
-                            m.next = "TOPK_ROW"
+            with m.State("TOPK_RESULT"):   # per result beat its kept indices, two bytes each
+                selection_done = Signal()
+                with m.If(held):
+                    index = kept_indices[0]
+                    m.d.comb += write_at(out_address, Mux(high, index[8:16], index[:8]))
+                    m.d.sync += [out_address.eq(out_address + 1), high.eq(~high), bytes_left.eq(bytes_left - 1),
+                                 final.eq(bytes_left == 2)]
+                    with m.If(high):
+                        m.d.sync += kept_indices.eq(kept_indices.as_value() >> 16)
+                    with m.If(final):
+                        m.d.sync += held.eq(0)
+                        m.d.comb += selection_done.eq(held_last)
+                with m.If(ready & engine.result.valid):   # take the next beat
+                    m.d.sync += [held.eq(result.count != 0), held_last.eq(result.last), final.eq(0), high.eq(0),
+                                 bytes_left.eq(2 * result.count),
+                                 *[kept_indices[i].eq(result.indices[i]) for i in range(lanes)]]
+                    with m.If(result.count == 0):
+                        m.d.comb += selection_done.eq(result.last)
+                with m.If(selection_done):
+                    m.d.sync += [collecting.eq(0), outer.eq(outer + 1), row_address.eq(row_address + 2 * t_n)]
+                    m.next = "TOPK_ROW"
 
             # ---- index list pass (GATHER, PACKAGE): every index below n; PACKAGE marks them -----
             with m.State("INDEX_READ"):
@@ -302,14 +352,16 @@ class TokenController(wiring.Component):
                     comb, sync = read_at(index_base + 2 * inner)
                     m.d.comb += comb
                     m.d.sync += sync
-                    m.next = "INDEX_TAKE"
+                    m.next = "INDEX_WAIT"
+            with m.State("INDEX_WAIT"):
+                m.next = "INDEX_TAKE"
             with m.State("INDEX_TAKE"):
                 m.d.sync += inner.eq(inner + 1)
-                with m.If(half >= token_n):
+                with m.If(half_r >= token_n):
                     m.d.comb += fail(ErrorCode.INVALID_OPERAND)
                     m.next = "IDLE"
                 with m.Else():
-                    m.d.comb += [kept_w.addr.eq(half), kept_w.data.eq(1), kept_w.en.eq(~is_gather)]
+                    m.d.comb += [kept_w.addr.eq(half_r), kept_w.data.eq(1), kept_w.en.eq(~is_gather)]
                     m.next = "INDEX_READ"
             with m.State("INDEX_DONE"):
                 with m.If(is_gather):
@@ -320,10 +372,12 @@ class TokenController(wiring.Component):
                     with m.Else():
                         m.next = "GATHER_ROW"
                 with m.Else():
-                    m.d.sync += [address.eq(p_prob), total.eq(0)]
+                    m.d.sync += [address.eq(p_prob), column_address.eq(p_prob), total.eq(0),
+                                 *first_summed(p_heads_last)]
                     m.next = "PACKAGE_WEIGHT_READ"
 
             # ---- GATHER: per output row, its index, then the row's bytes ------------------------
+            row_offset = Signal(_ADDR_BITS)
             with m.State("GATHER_ROW"):
                 with m.If(outer == g_rows):
                     m.d.comb += self.done.eq(1)
@@ -332,9 +386,14 @@ class TokenController(wiring.Component):
                     comb, sync = read_at(g_index + 2 * outer)
                     m.d.comb += comb
                     m.d.sync += [*sync, col.eq(0)]
-                    m.next = "GATHER_INDEX"
-            with m.State("GATHER_INDEX"):
-                m.d.sync += [row_address.eq(g_src + half * g_cols), pending.eq(0)]
+                    m.next = "GATHER_INDEX_WAIT"
+            with m.State("GATHER_INDEX_WAIT"):
+                m.next = "GATHER_INDEX"
+            with m.State("GATHER_INDEX"):   # the row's offset (a DSP multiply), then its address
+                m.d.sync += row_offset.eq(half_r * g_cols)
+                m.next = "GATHER_ADDRESS"
+            with m.State("GATHER_ADDRESS"):
+                m.d.sync += [row_address.eq(g_src + row_offset), pending.eq(0)]
                 m.next = "GATHER_COPY"
             with m.State("GATHER_COPY"):   # pipelined: read byte col, write the byte read last cycle
                 with m.If(pending):
@@ -365,18 +424,21 @@ class TokenController(wiring.Component):
                     comb, sync = read_at(address)
                     m.d.comb += comb
                     m.d.sync += sync
-                    m.next = "PACKAGE_WEIGHT_ADD"
+                    m.next = "PACKAGE_WEIGHT_WAIT"
+            with m.State("PACKAGE_WEIGHT_WAIT"):
+                m.next = "PACKAGE_WEIGHT_ADD"
             with m.State("PACKAGE_WEIGHT_ADD"):
-                with m.If(inner == p_heads - 1):
-                    m.d.sync += [total.eq(total + byte), inner.eq(0), address.eq(p_prob + col + 1)]
+                m.d.sync += total.eq(total + byte_r)
+                with m.If(inner_last):
+                    m.d.sync += [*first_summed(p_heads_last), address.eq(column_address + 1),
+                                 column_address.eq(column_address + 1)]
                     m.next = "PACKAGE_WEIGHT_WRITE"
                 with m.Else():
-                    m.d.sync += [total.eq(total + byte), inner.eq(inner + 1), address.eq(address + p_n)]
+                    m.d.sync += [*next_summed(p_heads_last), address.eq(address + p_n)]
                     m.next = "PACKAGE_WEIGHT_READ"
-            with m.State("PACKAGE_WEIGHT_WRITE"):
+            with m.State("PACKAGE_WEIGHT_WRITE"):   # kept_now: token col's flag, read last cycle
                 m.d.comb += weights_w.en.eq(1)
-                m.d.sync += [weight_total.eq(weight_total + Mux(kept_r.data, 0, total)), total.eq(0),
-                             col.eq(col + 1)]
+                m.d.sync += [weight_total.eq(weight_total + pruned_weight), total.eq(0), col.eq(col + 1)]
                 m.next = "PACKAGE_WEIGHT_READ"
             with m.State("PACKAGE_DST"):
                 with m.If(p_dst_out):
@@ -391,38 +453,48 @@ class TokenController(wiring.Component):
                     m.next = "IDLE"
                 with m.Else():
                     m.d.sync += [numerator.eq(0), col.eq(0), address.eq(p_src + outer)]
-                    m.next = "PACKAGE_X_READ"
+                    m.next = "PACKAGE_X_LOOK"
+            with m.State("PACKAGE_X_LOOK"):   # token col's weight reaches weight_now
+                m.next = "PACKAGE_X_READ"
             with m.State("PACKAGE_X_READ"):
                 with m.If(col == p_n):
                     m.next = "PACKAGE_DIVIDE_SETUP"
-                with m.Elif(weights_r.data == 0):   # kept (or weightless): adds nothing
+                with m.Elif(weight_now == 0):   # kept (or weightless): adds nothing
                     m.d.sync += [col.eq(col + 1), address.eq(address + p_cols)]
+                    m.next = "PACKAGE_X_LOOK"
                 with m.Else():
                     comb, sync = read_at(address)
                     m.d.comb += comb
                     m.d.sync += sync
-                    m.next = "PACKAGE_X_ADD"
+                    m.next = "PACKAGE_X_WAIT"
+            with m.State("PACKAGE_X_WAIT"):
+                m.next = "PACKAGE_X_MULTIPLY"
+            with m.State("PACKAGE_X_MULTIPLY"):
+                m.d.sync += product.eq(byte_r.as_signed() * weight_now)
+                m.next = "PACKAGE_X_ADD"
             with m.State("PACKAGE_X_ADD"):
-                m.d.sync += [numerator.eq(numerator + byte.as_signed() * weights_r.data),
-                             col.eq(col + 1), address.eq(address + p_cols)]
-                m.next = "PACKAGE_X_READ"
+                m.d.sync += [numerator.eq(numerator + product), col.eq(col + 1), address.eq(address + p_cols)]
+                m.next = "PACKAGE_X_LOOK"
             with m.State("PACKAGE_DIVIDE_SETUP"):
                 # floor(a / b), a = 2 num + total, b = 2 total: on |a| (+ b - 1 if a < 0, the ceiling).
-                dividend = Signal(signed(count_bits + 11))
-                m.d.comb += dividend.eq(2 * numerator + weight_total)
-                m.d.sync += [divisor.eq(2 * weight_total), negative.eq(dividend < 0), quotient.eq(0),
-                             step.eq(_QUOTIENT_BITS - 1),
-                             remainder.eq(Mux(dividend < 0, -dividend + 2 * weight_total - 1, dividend))]
-                with m.If(weight_total == 0):
+                m.d.sync += [dividend.eq(2 * numerator + weight_total), divisor.eq(2 * weight_total)]
+                m.next = "PACKAGE_DIVIDE_SIGN"
+            with m.State("PACKAGE_DIVIDE_SIGN"):
+                # -a + b - 1 == b + ~a
+                m.d.sync += [negative.eq(dividend < 0), quotient.eq(0), step.eq(_QUOTIENT_BITS - 1),
+                             remainder.eq(Mux(dividend < 0, divisor + ~dividend, dividend)),
+                             trial.eq(divisor << (_QUOTIENT_BITS - 1))]
+                with m.If(divisor == 0):
                     m.next = "PACKAGE_WRITE"
                 with m.Else():
                     m.next = "PACKAGE_DIVIDE"
-            with m.State("PACKAGE_DIVIDE"):
-                trial = divisor << step
-                m.d.sync += step.eq(step - 1)
-                with m.If(remainder >= trial):
-                    m.d.sync += [remainder.eq(remainder - trial),
-                                 quotient.eq(quotient | (Const(1, _QUOTIENT_BITS) << step))]
+            with m.State("PACKAGE_DIVIDE"):   # restoring division, one quotient bit per cycle
+                difference = Signal(signed(len(remainder) + 1))
+                m.d.comb += difference.eq(remainder - trial)
+                fits = difference >= 0
+                m.d.sync += [step.eq(step - 1), trial.eq(trial >> 1), quotient.eq(Cat(fits, quotient[:-1]))]
+                with m.If(fits):
+                    m.d.sync += remainder.eq(difference)
                 with m.If(step == 0):
                     m.next = "PACKAGE_WRITE"
             with m.State("PACKAGE_WRITE"):
