@@ -229,8 +229,16 @@ class TokenController(wiring.Component):
         negative = Signal()
         step = Signal(range(_QUOTIENT_BITS))
         pruned_weight = Mux(kept_now, 0, total)
-        m.d.comb += [kept_r.addr.eq(col), weights_r.addr.eq(col), weights_w.data.eq(pruned_weight),
-                     weights_w.addr.eq(col)]
+        m.d.comb += [kept_r.addr.eq(col), weights_r.addr.eq(col)]
+        # The memories' writes come from registers (set a cycle ahead): no state decode before a
+        # LUT-RAM's address or write enable. Nothing reads a flag or weight the cycle after its write.
+        kept_write = Signal(data.StructLayout({"en": 1, "addr": range(cfg.max_tokens), "data": 1}))
+        weight_write = Signal(data.StructLayout({"en": 1, "addr": range(cfg.max_tokens),
+                                                  "data": unsigned(TOPK_SCORE_BITS)}))
+        m.d.sync += [kept_write.en.eq(0), weight_write.en.eq(0)]
+        m.d.comb += [kept_w.en.eq(kept_write.en), kept_w.addr.eq(kept_write.addr), kept_w.data.eq(kept_write.data),
+                     weights_w.en.eq(weight_write.en), weights_w.addr.eq(weight_write.addr),
+                     weights_w.data.eq(weight_write.data)]
 
         def first_summed(last):
             return [inner.eq(0), inner_last.eq(last == 0)]
@@ -361,7 +369,7 @@ class TokenController(wiring.Component):
                     m.d.comb += fail(ErrorCode.INVALID_OPERAND)
                     m.next = "IDLE"
                 with m.Else():
-                    m.d.comb += [kept_w.addr.eq(half_r), kept_w.data.eq(1), kept_w.en.eq(~is_gather)]
+                    m.d.sync += [kept_write.addr.eq(half_r), kept_write.data.eq(1), kept_write.en.eq(~is_gather)]
                     m.next = "INDEX_READ"
             with m.State("INDEX_DONE"):
                 with m.If(is_gather):
@@ -413,7 +421,7 @@ class TokenController(wiring.Component):
                     m.d.sync += [col.eq(0), inner.eq(0)]
                     m.next = "INDEX_READ"
                 with m.Else():
-                    m.d.comb += [kept_w.addr.eq(col), kept_w.data.eq(0), kept_w.en.eq(1)]
+                    m.d.sync += [kept_write.addr.eq(col), kept_write.data.eq(0), kept_write.en.eq(1)]
                     m.d.sync += col.eq(col + 1)
             # Weights: token col's heads probabilities summed (address walks prob + h * n + col).
             with m.State("PACKAGE_WEIGHT_READ"):
@@ -437,7 +445,7 @@ class TokenController(wiring.Component):
                     m.d.sync += [*next_summed(p_heads_last), address.eq(address + p_n)]
                     m.next = "PACKAGE_WEIGHT_READ"
             with m.State("PACKAGE_WEIGHT_WRITE"):   # kept_now: token col's flag, read last cycle
-                m.d.comb += weights_w.en.eq(1)
+                m.d.sync += [weight_write.en.eq(1), weight_write.addr.eq(col), weight_write.data.eq(pruned_weight)]
                 m.d.sync += [weight_total.eq(weight_total + pruned_weight), total.eq(0), col.eq(col + 1)]
                 m.next = "PACKAGE_WEIGHT_READ"
             with m.State("PACKAGE_DST"):
