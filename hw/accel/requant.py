@@ -192,7 +192,12 @@ class RequantController(wiring.Component):
         # ---- sequencing -----------------------------------------------------------------------
         last_col = Signal()    # col == cols - 1 (registered, updated with col)
         last_row = Signal()
-        wait = Signal(range(max(self.COMPUTE_LATENCY, self.SCAN_LATENCY, self.CHECK_STAGES) + 1))
+        # Waits as strobes through delay lines (registers only): the start (the check registers),
+        # the scans' last read (its check), the compute's last read (its byte write).
+        settle_go, scan_go, compute_go = Signal(), Signal(), Signal()
+        settled = _delay(m, settle_go, self.CHECK_STAGES - 1, "settled", reset=True)
+        scanned = _delay(m, scan_go, self.SCAN_LATENCY, "scanned", reset=True)
+        computed = _delay(m, compute_go, self.COMPUTE_LATENCY, "computed", reset=True)
 
         def first_column():
             return [col.eq(0), last_col.eq(cols_last == 0), bias_ptr.eq(param), mult_ptr.eq(mult_base),
@@ -206,91 +211,103 @@ class RequantController(wiring.Component):
                 m.d.sync += [col.eq(col + 1), last_col.eq(col + 1 == cols_last), bias_ptr.eq(bias_ptr + 4),
                              mult_ptr.eq(mult_ptr + 4), shift_ptr.eq(shift_ptr + 4)]
 
-        with m.FSM(name="requant"):
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.d.sync += wait.eq(self.CHECK_STAGES - 2)
-                    m.next = "SETTLE"
-            with m.State("SETTLE"):   # the operand checks' registers
-                m.d.sync += wait.eq(wait - 1)
-                with m.If(wait == 0):
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                m.d.sync += [*first_column(), row.eq(0), last_row.eq(rows_last == 0), failed.eq(0),
-                             acc_ptr.eq(src), dst_ptr.eq(dst), kind.eq(MULT)]
-                with m.If(src_out | param_out):
-                    m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                    m.next = "IDLE"
-                with m.Elif(no_cols):
-                    m.d.sync += wait.eq(self.SCAN_LATENCY - 1)
-                    m.next = "SCAN_DRAIN"
-                with m.Else():
-                    m.d.sync += reading.eq(1)
-                    m.next = "PARAM_SCAN"
-            # ---- parameter scan: multiplier and shift of every column ------------------------
-            with m.State("PARAM_SCAN"):
-                with m.If(kind == MULT):
-                    m.d.sync += kind.eq(SHIFT)
-                with m.Else():
-                    with m.If(last_col):
-                        m.d.sync += [*first_column(), kind.eq(ACC)]
-                        with m.If(empty):
-                            m.d.sync += [reading.eq(0), wait.eq(self.SCAN_LATENCY - 1)]
-                            m.next = "SCAN_DRAIN"
-                        with m.Else():
-                            m.next = "VALUE_SCAN"
+        # One-hot states (registers): every enable and output is a LUT or two from registers.
+        state = {name: Signal(name=f"requant_{name.lower()}", init=name == "IDLE") for name in (
+            'IDLE', 'SETTLE', 'CHECK', 'PARAM_SCAN', 'VALUE_SCAN', 'SCAN_DRAIN', 'DST', 'COMPUTE', 'COMPUTE_DRAIN', 'FINISH')}
+
+        def goto(current, following):
+            m.d.sync += [state[current].eq(0), state[following].eq(1)]
+
+        with m.If(state["IDLE"]):
+            with m.If(self.start):
+                m.d.comb += settle_go.eq(1)
+                goto("IDLE", "SETTLE")
+        with m.If(state["SETTLE"]):   # the operand checks' registers
+            with m.If(settled):
+                goto("SETTLE", "CHECK")
+        with m.If(state["CHECK"]):
+            m.d.sync += [*first_column(), row.eq(0), last_row.eq(rows_last == 0), failed.eq(0),
+                         acc_ptr.eq(src), dst_ptr.eq(dst), kind.eq(MULT)]
+            with m.If(src_out | param_out):
+                m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                goto("CHECK", "IDLE")
+            with m.Elif(no_cols):
+                m.d.comb += scan_go.eq(1)
+                goto("CHECK", "SCAN_DRAIN")
+            with m.Else():
+                m.d.sync += reading.eq(1)
+                goto("CHECK", "PARAM_SCAN")
+        # ---- parameter scan: multiplier and shift of every column ------------------------
+        with m.If(state["PARAM_SCAN"]):
+            with m.If(kind == MULT):
+                m.d.sync += kind.eq(SHIFT)
+            with m.Else():
+                with m.If(last_col):
+                    m.d.sync += [*first_column(), kind.eq(ACC)]
+                    with m.If(empty):
+                        m.d.sync += reading.eq(0)
+                        m.d.comb += scan_go.eq(1)
+                        goto("PARAM_SCAN", "SCAN_DRAIN")
                     with m.Else():
-                        m.d.sync += [kind.eq(MULT), col.eq(col + 1), last_col.eq(col + 1 == cols_last),
-                                     mult_ptr.eq(mult_ptr + 4), shift_ptr.eq(shift_ptr + 4)]
-            # ---- value scan: |acc + bias| <= 2^31 for every element ---------------------------
-            with m.State("VALUE_SCAN"):
-                with m.If(kind == ACC):
-                    m.d.sync += kind.eq(BIAS)
+                        goto("PARAM_SCAN", "VALUE_SCAN")
                 with m.Else():
-                    m.d.sync += [kind.eq(ACC), acc_ptr.eq(acc_ptr + 4)]
-                    next_column()
-                    with m.If(last_col & last_row):
-                        m.d.sync += [reading.eq(0), wait.eq(self.SCAN_LATENCY - 1)]
-                        m.next = "SCAN_DRAIN"
-            with m.State("SCAN_DRAIN"):   # the last read's check reaches ``failed``
-                m.d.sync += wait.eq(wait - 1)
-                with m.If(wait == 0):
-                    m.next = "DST"
-            with m.State("DST"):
-                m.d.sync += [*first_column(), row.eq(0), last_row.eq(rows_last == 0), acc_ptr.eq(src),
-                             kind.eq(ACC)]
-                with m.If(failed):
-                    m.d.comb += fail(ErrorCode.INVALID_OPERAND)
-                    m.next = "IDLE"
-                with m.Elif(dst_out):
-                    m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                    m.next = "IDLE"
-                with m.Elif(empty):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
-                with m.Else():
-                    m.d.sync += [reading.eq(1), computing.eq(1)]
-                    m.next = "COMPUTE"
-            # ---- compute: four reads per element, back to back; the pipeline writes ----------
-            with m.State("COMPUTE"):
-                m.d.sync += kind.eq(kind + 1)
-                with m.If(kind == SHIFT):
-                    m.d.sync += acc_ptr.eq(acc_ptr + 4)
-                    next_column()
-                    with m.If(last_col & last_row):
-                        m.d.sync += [reading.eq(0), computing.eq(0), wait.eq(self.COMPUTE_LATENCY - 1)]
-                        m.next = "COMPUTE_DRAIN"
-            with m.State("COMPUTE_DRAIN"):   # the last element's byte is written
-                m.d.sync += wait.eq(wait - 1)
-                with m.If(wait == 0):
-                    m.next = "FINISH"
-            with m.State("FINISH"):
+                    m.d.sync += [kind.eq(MULT), col.eq(col + 1), last_col.eq(col + 1 == cols_last),
+                                 mult_ptr.eq(mult_ptr + 4), shift_ptr.eq(shift_ptr + 4)]
+        # ---- value scan: |acc + bias| <= 2^31 for every element ---------------------------
+        with m.If(state["VALUE_SCAN"]):
+            with m.If(kind == ACC):
+                m.d.sync += kind.eq(BIAS)
+            with m.Else():
+                m.d.sync += [kind.eq(ACC), acc_ptr.eq(acc_ptr + 4)]
+                next_column()
+                with m.If(last_col & last_row):
+                    m.d.sync += reading.eq(0)
+                    m.d.comb += scan_go.eq(1)
+                    goto("VALUE_SCAN", "SCAN_DRAIN")
+        with m.If(state["SCAN_DRAIN"]):   # the last read's check reaches ``failed``
+            with m.If(scanned):
+                goto("SCAN_DRAIN", "DST")
+        with m.If(state["DST"]):
+            m.d.sync += [*first_column(), row.eq(0), last_row.eq(rows_last == 0), acc_ptr.eq(src),
+                         kind.eq(ACC)]
+            with m.If(failed):
+                m.d.comb += fail(ErrorCode.INVALID_OPERAND)
+                goto("DST", "IDLE")
+            with m.Elif(dst_out):
+                m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                goto("DST", "IDLE")
+            with m.Elif(empty):
                 m.d.comb += self.done.eq(1)
-                m.next = "IDLE"
+                goto("DST", "IDLE")
+            with m.Else():
+                m.d.sync += [reading.eq(1), computing.eq(1)]
+                goto("DST", "COMPUTE")
+        # ---- compute: four reads per element, back to back; the pipeline writes ----------
+        with m.If(state["COMPUTE"]):
+            m.d.sync += kind.eq(kind + 1)
+            with m.If(kind == SHIFT):
+                m.d.sync += acc_ptr.eq(acc_ptr + 4)
+                next_column()
+                with m.If(last_col & last_row):
+                    m.d.sync += [reading.eq(0), computing.eq(0)]
+                    m.d.comb += compute_go.eq(1)
+                    goto("COMPUTE", "COMPUTE_DRAIN")
+        with m.If(state["COMPUTE_DRAIN"]):   # the last element's byte is written
+            with m.If(computed):
+                goto("COMPUTE_DRAIN", "FINISH")
+        with m.If(state["FINISH"]):
+            m.d.comb += self.done.eq(1)
+            goto("FINISH", "IDLE")
         return m
 
 
-def _delay(m: Module, value, cycles: int, name: str) -> Value:
+def _delay(m: Module, value, cycles: int, name: str, *, reset: bool = False) -> Value:
+    """``value`` ``cycles`` cycles later (``reset``: registers with a reset, for strobes)."""
     for i in range(cycles):
-        value = register(m, value, f"{name}_d{i}")
+        if reset:
+            delayed = Signal(name=f"{name}_d{i}")
+            m.d.sync += delayed.eq(value)
+            value = delayed
+        else:
+            value = register(m, value, f"{name}_d{i}")
     return value

@@ -217,6 +217,7 @@ class TokenController(wiring.Component):
         kept_w, kept_r = kept.write_port(), kept.read_port(domain="comb")
         weights_w, weights_r = weights.write_port(), weights.read_port(domain="comb")
         kept_now, weight_now = reg(kept_r.data, "kept_now"), reg(weights_r.data, "weight_now")   # token col's
+        weight_zero = reg(weights_r.data == 0, "weight_zero")
         count_bits = (cfg.max_tokens * 0xFFFF).bit_length()
         weight_total = Signal(count_bits)
         numerator = Signal(signed(count_bits + 9))
@@ -246,268 +247,274 @@ class TokenController(wiring.Component):
         def next_summed(last):
             return [inner.eq(inner + 1), inner_last.eq(inner + 1 == last)]
 
-        with m.FSM(name="tokens"):
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.d.sync += settle.eq(self.CHECK_STAGES - 2)
-                    m.next = "SETTLE"
-            with m.State("SETTLE"):   # the operand checks' registers
-                m.d.sync += settle.eq(settle - 1)
-                with m.If(settle == 0):
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                m.d.sync += [outer.eq(0), col.eq(0), inner.eq(0), lane.eq(0), total.eq(0),
-                             weight_total.eq(0)]
-                with m.If(is_topk):
-                    m.d.sync += [row_address.eq(t_src), out_address.eq(t_dst)]
-                    with m.If(t_bad_shape | t_bad_rows):
-                        m.d.comb += fail(ErrorCode.INVALID_OPERAND)
-                        m.next = "IDLE"
-                    with m.Elif(t_src_out | t_dst_out):
-                        m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.next = "TOPK_ROW"
-                with m.Elif(is_gather):
-                    m.d.sync += [count.eq(g_rows), token_n.eq(g_n), index_base.eq(g_index)]
-                    with m.If(g_src_out | g_index_out):
-                        m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.next = "INDEX_READ"
-                with m.Else():   # PACKAGE
-                    m.d.sync += [count.eq(p_k), token_n.eq(p_n), index_base.eq(p_index)]
-                    with m.If(p_bad_shape | p_bad_heads):
-                        m.d.comb += fail(ErrorCode.INVALID_OPERAND)
-                        m.next = "IDLE"
-                    with m.Elif(p_prob_out | p_src_out | p_index_out):
-                        m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.next = "PACKAGE_CLEAR"
+        # One-hot states (registers): every enable and output is a LUT or two from registers.
+        state = {name: Signal(name=f"tokens_{name.lower()}", init=name == "IDLE") for name in (
+            'IDLE', 'SETTLE', 'CHECK', 'TOPK_ROW', 'TOPK_READ', 'TOPK_WAIT', 'TOPK_ADD', 'TOPK_SEND', 'TOPK_START', 'TOPK_RESULT', 'INDEX_READ', 'INDEX_WAIT', 'INDEX_TAKE', 'INDEX_DONE', 'GATHER_ROW', 'GATHER_INDEX_WAIT', 'GATHER_INDEX', 'GATHER_ADDRESS', 'GATHER_COPY', 'PACKAGE_CLEAR', 'PACKAGE_WEIGHT_READ', 'PACKAGE_WEIGHT_WAIT', 'PACKAGE_WEIGHT_ADD', 'PACKAGE_WEIGHT_WRITE', 'PACKAGE_DST', 'PACKAGE_COLUMN', 'PACKAGE_X_LOOK', 'PACKAGE_X_READ', 'PACKAGE_X_WAIT', 'PACKAGE_X_MULTIPLY', 'PACKAGE_X_ADD', 'PACKAGE_DIVIDE_SETUP', 'PACKAGE_DIVIDE_SIGN', 'PACKAGE_DIVIDE', 'PACKAGE_WRITE')}
 
-            # ---- TOPK: per selection, feed the scores, start, write the kept indices ------------
-            with m.State("TOPK_ROW"):
-                with m.If(outer == selections):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
-                with m.Elif(t_n == 0):        # nothing to select (k == 0): no output
-                    m.d.sync += outer.eq(outer + 1)
+        def goto(current, following):
+            m.d.sync += [state[current].eq(0), state[following].eq(1)]
+
+        with m.If(state["IDLE"]):
+            with m.If(self.start):
+                m.d.sync += settle.eq(self.CHECK_STAGES - 2)
+                goto("IDLE", "SETTLE")
+        with m.If(state["SETTLE"]):   # the operand checks' registers
+            m.d.sync += settle.eq(settle - 1)
+            with m.If(settle == 0):
+                goto("SETTLE", "CHECK")
+        with m.If(state["CHECK"]):
+            m.d.sync += [outer.eq(0), col.eq(0), inner.eq(0), lane.eq(0), total.eq(0),
+                         weight_total.eq(0)]
+            with m.If(is_topk):
+                m.d.sync += [row_address.eq(t_src), out_address.eq(t_dst)]
+                with m.If(t_bad_shape | t_bad_rows):
+                    m.d.comb += fail(ErrorCode.INVALID_OPERAND)
+                    goto("CHECK", "IDLE")
+                with m.Elif(t_src_out | t_dst_out):
+                    m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                    goto("CHECK", "IDLE")
                 with m.Else():
-                    m.d.sync += [col.eq(0), *first_summed(summed_last), lane.eq(0), total.eq(0),
-                                 address.eq(row_address), column_address.eq(row_address)]
-                    m.next = "TOPK_READ"
-            with m.State("TOPK_READ"):
+                    goto("CHECK", "TOPK_ROW")
+            with m.Elif(is_gather):
+                m.d.sync += [count.eq(g_rows), token_n.eq(g_n), index_base.eq(g_index)]
+                with m.If(g_src_out | g_index_out):
+                    m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                    goto("CHECK", "IDLE")
+                with m.Else():
+                    goto("CHECK", "INDEX_READ")
+            with m.Else():   # PACKAGE
+                m.d.sync += [count.eq(p_k), token_n.eq(p_n), index_base.eq(p_index)]
+                with m.If(p_bad_shape | p_bad_heads):
+                    m.d.comb += fail(ErrorCode.INVALID_OPERAND)
+                    goto("CHECK", "IDLE")
+                with m.Elif(p_prob_out | p_src_out | p_index_out):
+                    m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                    goto("CHECK", "IDLE")
+                with m.Else():
+                    goto("CHECK", "PACKAGE_CLEAR")
+
+        # ---- TOPK: per selection, feed the scores, start, write the kept indices ------------
+        with m.If(state["TOPK_ROW"]):
+            with m.If(outer == selections):
+                m.d.comb += self.done.eq(1)
+                goto("TOPK_ROW", "IDLE")
+            with m.Elif(t_n == 0):        # nothing to select (k == 0): no output
+                m.d.sync += outer.eq(outer + 1)
+            with m.Else():
+                m.d.sync += [col.eq(0), *first_summed(summed_last), lane.eq(0), total.eq(0),
+                             address.eq(row_address), column_address.eq(row_address)]
+                goto("TOPK_ROW", "TOPK_READ")
+        with m.If(state["TOPK_READ"]):
+            comb, sync = read_at(address)
+            m.d.comb += comb
+            m.d.sync += sync
+            goto("TOPK_READ", "TOPK_WAIT")
+        with m.If(state["TOPK_WAIT"]):    # the element reaches ``byte_r`` / ``half_r``
+            goto("TOPK_WAIT", "TOPK_ADD")
+        with m.If(state["TOPK_ADD"]):
+            score = total + element
+            with m.If(inner_last):   # the column's score is complete
+                next_column = column_address + element_bytes
+                m.d.sync += [beat[lane].eq(score), total.eq(0), *first_summed(summed_last), col.eq(col + 1),
+                             lane.eq(lane + 1), address.eq(next_column), column_address.eq(next_column)]
+                with m.If((lane == lanes - 1) | (col == t_n_last)):
+                    goto("TOPK_ADD", "TOPK_SEND")
+                with m.Else():
+                    goto("TOPK_ADD", "TOPK_READ")
+            with m.Else():
+                m.d.sync += [total.eq(score), *next_summed(summed_last), address.eq(address + element_step)]
+                goto("TOPK_ADD", "TOPK_READ")
+        with m.If(state["TOPK_SEND"]):   # lanes past n are masked by the engine
+            m.d.comb += engine.scores.valid.eq(1)
+            with m.If(engine.scores.ready):
+                m.d.sync += [lane.eq(0), beat.eq(0)]
+                with m.If(col == t_n):
+                    goto("TOPK_SEND", "TOPK_START")
+                with m.Else():
+                    goto("TOPK_SEND", "TOPK_READ")
+        with m.If(state["TOPK_START"]):
+            m.d.comb += engine.start.eq(1)
+            m.d.sync += [collecting.eq(1), held.eq(0), final.eq(0)]
+            goto("TOPK_START", "TOPK_RESULT")
+        with m.If(state["TOPK_RESULT"]):   # per result beat its kept indices, two bytes each
+            selection_done = Signal()
+            with m.If(held):
+                index = kept_indices[0]
+                m.d.comb += write_at(out_address, Mux(high, index[8:16], index[:8]))
+                m.d.sync += [out_address.eq(out_address + 1), high.eq(~high), bytes_left.eq(bytes_left - 1),
+                             final.eq(bytes_left == 2)]
+                with m.If(high):
+                    m.d.sync += kept_indices.eq(kept_indices.as_value() >> 16)
+                with m.If(final):
+                    m.d.sync += held.eq(0)
+                    m.d.comb += selection_done.eq(held_last)
+            with m.If(ready & engine.result.valid):   # take the next beat
+                m.d.sync += [held.eq(result.count != 0), held_last.eq(result.last), final.eq(0), high.eq(0),
+                             bytes_left.eq(2 * result.count),
+                             *[kept_indices[i].eq(result.indices[i]) for i in range(lanes)]]
+                with m.If(result.count == 0):
+                    m.d.comb += selection_done.eq(result.last)
+            with m.If(selection_done):
+                m.d.sync += [collecting.eq(0), outer.eq(outer + 1), row_address.eq(row_address + 2 * t_n)]
+                goto("TOPK_RESULT", "TOPK_ROW")
+
+        # ---- index list pass (GATHER, PACKAGE): every index below n; PACKAGE marks them -----
+        with m.If(state["INDEX_READ"]):
+            with m.If(inner == count):
+                m.d.sync += [inner.eq(0), col.eq(0), outer.eq(0)]
+                goto("INDEX_READ", "INDEX_DONE")
+            with m.Else():
+                comb, sync = read_at(index_base + 2 * inner)
+                m.d.comb += comb
+                m.d.sync += sync
+                goto("INDEX_READ", "INDEX_WAIT")
+        with m.If(state["INDEX_WAIT"]):
+            goto("INDEX_WAIT", "INDEX_TAKE")
+        with m.If(state["INDEX_TAKE"]):
+            m.d.sync += inner.eq(inner + 1)
+            with m.If(half_r >= token_n):
+                m.d.comb += fail(ErrorCode.INVALID_OPERAND)
+                goto("INDEX_TAKE", "IDLE")
+            with m.Else():
+                m.d.sync += [kept_write.addr.eq(half_r), kept_write.data.eq(1), kept_write.en.eq(~is_gather)]
+                goto("INDEX_TAKE", "INDEX_READ")
+        with m.If(state["INDEX_DONE"]):
+            with m.If(is_gather):
+                m.d.sync += out_address.eq(g_dst)
+                with m.If(g_dst_out):
+                    m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                    goto("INDEX_DONE", "IDLE")
+                with m.Else():
+                    goto("INDEX_DONE", "GATHER_ROW")
+            with m.Else():
+                m.d.sync += [address.eq(p_prob), column_address.eq(p_prob), total.eq(0),
+                             *first_summed(p_heads_last)]
+                goto("INDEX_DONE", "PACKAGE_WEIGHT_READ")
+
+        # ---- GATHER: per output row, its index, then the row's bytes ------------------------
+        row_offset = Signal(_ADDR_BITS)
+        with m.If(state["GATHER_ROW"]):
+            with m.If(outer == g_rows):
+                m.d.comb += self.done.eq(1)
+                goto("GATHER_ROW", "IDLE")
+            with m.Else():
+                comb, sync = read_at(g_index + 2 * outer)
+                m.d.comb += comb
+                m.d.sync += [*sync, col.eq(0)]
+                goto("GATHER_ROW", "GATHER_INDEX_WAIT")
+        with m.If(state["GATHER_INDEX_WAIT"]):
+            goto("GATHER_INDEX_WAIT", "GATHER_INDEX")
+        with m.If(state["GATHER_INDEX"]):   # the row's offset (a DSP multiply), then its address
+            m.d.sync += row_offset.eq(half_r * g_cols)
+            goto("GATHER_INDEX", "GATHER_ADDRESS")
+        with m.If(state["GATHER_ADDRESS"]):
+            m.d.sync += [row_address.eq(g_src + row_offset), pending.eq(0)]
+            goto("GATHER_ADDRESS", "GATHER_COPY")
+        with m.If(state["GATHER_COPY"]):   # pipelined: read byte col, write the byte read last cycle
+            with m.If(pending):
+                m.d.comb += write_at(out_address, byte)
+                m.d.sync += out_address.eq(out_address + 1)
+            with m.If(col == g_cols):
+                m.d.sync += [pending.eq(0), outer.eq(outer + 1)]
+                goto("GATHER_COPY", "GATHER_ROW")
+            with m.Else():
+                comb, sync = read_at(row_address + col)
+                m.d.comb += comb
+                m.d.sync += [*sync, pending.eq(1), col.eq(col + 1)]
+
+        # ---- PACKAGE ------------------------------------------------------------------------
+        with m.If(state["PACKAGE_CLEAR"]):   # no token kept yet
+            with m.If(col == p_n):
+                m.d.sync += [col.eq(0), inner.eq(0)]
+                goto("PACKAGE_CLEAR", "INDEX_READ")
+            with m.Else():
+                m.d.sync += [kept_write.addr.eq(col), kept_write.data.eq(0), kept_write.en.eq(1)]
+                m.d.sync += col.eq(col + 1)
+        # Weights: token col's heads probabilities summed (address walks prob + h * n + col).
+        with m.If(state["PACKAGE_WEIGHT_READ"]):
+            with m.If(col == p_n):
+                m.d.sync += [outer.eq(0), col.eq(0)]
+                goto("PACKAGE_WEIGHT_READ", "PACKAGE_DST")
+            with m.Else():
                 comb, sync = read_at(address)
                 m.d.comb += comb
                 m.d.sync += sync
-                m.next = "TOPK_WAIT"
-            with m.State("TOPK_WAIT"):    # the element reaches ``byte_r`` / ``half_r``
-                m.next = "TOPK_ADD"
-            with m.State("TOPK_ADD"):
-                score = total + element
-                with m.If(inner_last):   # the column's score is complete
-                    next_column = column_address + element_bytes
-                    m.d.sync += [beat[lane].eq(score), total.eq(0), *first_summed(summed_last), col.eq(col + 1),
-                                 lane.eq(lane + 1), address.eq(next_column), column_address.eq(next_column)]
-                    with m.If((lane == lanes - 1) | (col == t_n_last)):
-                        m.next = "TOPK_SEND"
-                    with m.Else():
-                        m.next = "TOPK_READ"
-                with m.Else():
-                    m.d.sync += [total.eq(score), *next_summed(summed_last), address.eq(address + element_step)]
-                    m.next = "TOPK_READ"
-            with m.State("TOPK_SEND"):   # lanes past n are masked by the engine
-                m.d.comb += engine.scores.valid.eq(1)
-                with m.If(engine.scores.ready):
-                    m.d.sync += [lane.eq(0), beat.eq(0)]
-                    with m.If(col == t_n):
-                        m.next = "TOPK_START"
-                    with m.Else():
-                        m.next = "TOPK_READ"
-            with m.State("TOPK_START"):
-                m.d.comb += engine.start.eq(1)
-                m.d.sync += [collecting.eq(1), held.eq(0), final.eq(0)]
-                m.next = "TOPK_RESULT"
-            with m.State("TOPK_RESULT"):   # per result beat its kept indices, two bytes each
-                selection_done = Signal()
-                with m.If(held):
-                    index = kept_indices[0]
-                    m.d.comb += write_at(out_address, Mux(high, index[8:16], index[:8]))
-                    m.d.sync += [out_address.eq(out_address + 1), high.eq(~high), bytes_left.eq(bytes_left - 1),
-                                 final.eq(bytes_left == 2)]
-                    with m.If(high):
-                        m.d.sync += kept_indices.eq(kept_indices.as_value() >> 16)
-                    with m.If(final):
-                        m.d.sync += held.eq(0)
-                        m.d.comb += selection_done.eq(held_last)
-                with m.If(ready & engine.result.valid):   # take the next beat
-                    m.d.sync += [held.eq(result.count != 0), held_last.eq(result.last), final.eq(0), high.eq(0),
-                                 bytes_left.eq(2 * result.count),
-                                 *[kept_indices[i].eq(result.indices[i]) for i in range(lanes)]]
-                    with m.If(result.count == 0):
-                        m.d.comb += selection_done.eq(result.last)
-                with m.If(selection_done):
-                    m.d.sync += [collecting.eq(0), outer.eq(outer + 1), row_address.eq(row_address + 2 * t_n)]
-                    m.next = "TOPK_ROW"
-
-            # ---- index list pass (GATHER, PACKAGE): every index below n; PACKAGE marks them -----
-            with m.State("INDEX_READ"):
-                with m.If(inner == count):
-                    m.d.sync += [inner.eq(0), col.eq(0), outer.eq(0)]
-                    m.next = "INDEX_DONE"
-                with m.Else():
-                    comb, sync = read_at(index_base + 2 * inner)
-                    m.d.comb += comb
-                    m.d.sync += sync
-                    m.next = "INDEX_WAIT"
-            with m.State("INDEX_WAIT"):
-                m.next = "INDEX_TAKE"
-            with m.State("INDEX_TAKE"):
-                m.d.sync += inner.eq(inner + 1)
-                with m.If(half_r >= token_n):
-                    m.d.comb += fail(ErrorCode.INVALID_OPERAND)
-                    m.next = "IDLE"
-                with m.Else():
-                    m.d.sync += [kept_write.addr.eq(half_r), kept_write.data.eq(1), kept_write.en.eq(~is_gather)]
-                    m.next = "INDEX_READ"
-            with m.State("INDEX_DONE"):
-                with m.If(is_gather):
-                    m.d.sync += out_address.eq(g_dst)
-                    with m.If(g_dst_out):
-                        m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.next = "GATHER_ROW"
-                with m.Else():
-                    m.d.sync += [address.eq(p_prob), column_address.eq(p_prob), total.eq(0),
-                                 *first_summed(p_heads_last)]
-                    m.next = "PACKAGE_WEIGHT_READ"
-
-            # ---- GATHER: per output row, its index, then the row's bytes ------------------------
-            row_offset = Signal(_ADDR_BITS)
-            with m.State("GATHER_ROW"):
-                with m.If(outer == g_rows):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
-                with m.Else():
-                    comb, sync = read_at(g_index + 2 * outer)
-                    m.d.comb += comb
-                    m.d.sync += [*sync, col.eq(0)]
-                    m.next = "GATHER_INDEX_WAIT"
-            with m.State("GATHER_INDEX_WAIT"):
-                m.next = "GATHER_INDEX"
-            with m.State("GATHER_INDEX"):   # the row's offset (a DSP multiply), then its address
-                m.d.sync += row_offset.eq(half_r * g_cols)
-                m.next = "GATHER_ADDRESS"
-            with m.State("GATHER_ADDRESS"):
-                m.d.sync += [row_address.eq(g_src + row_offset), pending.eq(0)]
-                m.next = "GATHER_COPY"
-            with m.State("GATHER_COPY"):   # pipelined: read byte col, write the byte read last cycle
-                with m.If(pending):
-                    m.d.comb += write_at(out_address, byte)
-                    m.d.sync += out_address.eq(out_address + 1)
-                with m.If(col == g_cols):
-                    m.d.sync += [pending.eq(0), outer.eq(outer + 1)]
-                    m.next = "GATHER_ROW"
-                with m.Else():
-                    comb, sync = read_at(row_address + col)
-                    m.d.comb += comb
-                    m.d.sync += [*sync, pending.eq(1), col.eq(col + 1)]
-
-            # ---- PACKAGE ------------------------------------------------------------------------
-            with m.State("PACKAGE_CLEAR"):   # no token kept yet
-                with m.If(col == p_n):
-                    m.d.sync += [col.eq(0), inner.eq(0)]
-                    m.next = "INDEX_READ"
-                with m.Else():
-                    m.d.sync += [kept_write.addr.eq(col), kept_write.data.eq(0), kept_write.en.eq(1)]
-                    m.d.sync += col.eq(col + 1)
-            # Weights: token col's heads probabilities summed (address walks prob + h * n + col).
-            with m.State("PACKAGE_WEIGHT_READ"):
-                with m.If(col == p_n):
-                    m.d.sync += [outer.eq(0), col.eq(0)]
-                    m.next = "PACKAGE_DST"
-                with m.Else():
-                    comb, sync = read_at(address)
-                    m.d.comb += comb
-                    m.d.sync += sync
-                    m.next = "PACKAGE_WEIGHT_WAIT"
-            with m.State("PACKAGE_WEIGHT_WAIT"):
-                m.next = "PACKAGE_WEIGHT_ADD"
-            with m.State("PACKAGE_WEIGHT_ADD"):
-                m.d.sync += total.eq(total + byte_r)
-                with m.If(inner_last):
-                    m.d.sync += [*first_summed(p_heads_last), address.eq(column_address + 1),
-                                 column_address.eq(column_address + 1)]
-                    m.next = "PACKAGE_WEIGHT_WRITE"
-                with m.Else():
-                    m.d.sync += [*next_summed(p_heads_last), address.eq(address + p_n)]
-                    m.next = "PACKAGE_WEIGHT_READ"
-            with m.State("PACKAGE_WEIGHT_WRITE"):   # kept_now: token col's flag, read last cycle
-                m.d.sync += [weight_write.en.eq(1), weight_write.addr.eq(col), weight_write.data.eq(pruned_weight)]
-                m.d.sync += [weight_total.eq(weight_total + pruned_weight), total.eq(0), col.eq(col + 1)]
-                m.next = "PACKAGE_WEIGHT_READ"
-            with m.State("PACKAGE_DST"):
-                with m.If(p_dst_out):
-                    m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                    m.next = "IDLE"
-                with m.Else():
-                    m.next = "PACKAGE_COLUMN"
-            # Per column (outer): numerator over the pruned tokens (col), then the division.
-            with m.State("PACKAGE_COLUMN"):
-                with m.If(outer == p_cols):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
-                with m.Else():
-                    m.d.sync += [numerator.eq(0), col.eq(0), address.eq(p_src + outer)]
-                    m.next = "PACKAGE_X_LOOK"
-            with m.State("PACKAGE_X_LOOK"):   # token col's weight reaches weight_now
-                m.next = "PACKAGE_X_READ"
-            with m.State("PACKAGE_X_READ"):
-                with m.If(col == p_n):
-                    m.next = "PACKAGE_DIVIDE_SETUP"
-                with m.Elif(weight_now == 0):   # kept (or weightless): adds nothing
-                    m.d.sync += [col.eq(col + 1), address.eq(address + p_cols)]
-                    m.next = "PACKAGE_X_LOOK"
-                with m.Else():
-                    comb, sync = read_at(address)
-                    m.d.comb += comb
-                    m.d.sync += sync
-                    m.next = "PACKAGE_X_WAIT"
-            with m.State("PACKAGE_X_WAIT"):
-                m.next = "PACKAGE_X_MULTIPLY"
-            with m.State("PACKAGE_X_MULTIPLY"):
-                m.d.sync += product.eq(byte_r.as_signed() * weight_now)
-                m.next = "PACKAGE_X_ADD"
-            with m.State("PACKAGE_X_ADD"):
-                m.d.sync += [numerator.eq(numerator + product), col.eq(col + 1), address.eq(address + p_cols)]
-                m.next = "PACKAGE_X_LOOK"
-            with m.State("PACKAGE_DIVIDE_SETUP"):
-                # floor(a / b), a = 2 num + total, b = 2 total: on |a| (+ b - 1 if a < 0, the ceiling).
-                m.d.sync += [dividend.eq(2 * numerator + weight_total), divisor.eq(2 * weight_total)]
-                m.next = "PACKAGE_DIVIDE_SIGN"
-            with m.State("PACKAGE_DIVIDE_SIGN"):
-                # -a + b - 1 == b + ~a
-                m.d.sync += [negative.eq(dividend < 0), quotient.eq(0), step.eq(_QUOTIENT_BITS - 1),
-                             remainder.eq(Mux(dividend < 0, divisor + ~dividend, dividend)),
-                             trial.eq(divisor << (_QUOTIENT_BITS - 1))]
-                with m.If(divisor == 0):
-                    m.next = "PACKAGE_WRITE"
-                with m.Else():
-                    m.next = "PACKAGE_DIVIDE"
-            with m.State("PACKAGE_DIVIDE"):   # restoring division, one quotient bit per cycle
-                difference = Signal(signed(len(remainder) + 1))
-                m.d.comb += difference.eq(remainder - trial)
-                fits = difference >= 0
-                m.d.sync += [step.eq(step - 1), trial.eq(trial >> 1), quotient.eq(Cat(fits, quotient[:-1]))]
-                with m.If(fits):
-                    m.d.sync += remainder.eq(difference)
-                with m.If(step == 0):
-                    m.next = "PACKAGE_WRITE"
-            with m.State("PACKAGE_WRITE"):
-                value = Mux(negative, -quotient, quotient)
-                m.d.comb += write_at(p_dst + outer, value[:8])
-                m.d.sync += outer.eq(outer + 1)
-                m.next = "PACKAGE_COLUMN"
+                goto("PACKAGE_WEIGHT_READ", "PACKAGE_WEIGHT_WAIT")
+        with m.If(state["PACKAGE_WEIGHT_WAIT"]):
+            goto("PACKAGE_WEIGHT_WAIT", "PACKAGE_WEIGHT_ADD")
+        with m.If(state["PACKAGE_WEIGHT_ADD"]):
+            m.d.sync += total.eq(total + byte_r)
+            with m.If(inner_last):
+                m.d.sync += [*first_summed(p_heads_last), address.eq(column_address + 1),
+                             column_address.eq(column_address + 1)]
+                goto("PACKAGE_WEIGHT_ADD", "PACKAGE_WEIGHT_WRITE")
+            with m.Else():
+                m.d.sync += [*next_summed(p_heads_last), address.eq(address + p_n)]
+                goto("PACKAGE_WEIGHT_ADD", "PACKAGE_WEIGHT_READ")
+        with m.If(state["PACKAGE_WEIGHT_WRITE"]):   # kept_now: token col's flag, read last cycle
+            m.d.sync += [weight_write.en.eq(1), weight_write.addr.eq(col), weight_write.data.eq(pruned_weight)]
+            m.d.sync += [weight_total.eq(weight_total + pruned_weight), total.eq(0), col.eq(col + 1)]
+            goto("PACKAGE_WEIGHT_WRITE", "PACKAGE_WEIGHT_READ")
+        with m.If(state["PACKAGE_DST"]):
+            with m.If(p_dst_out):
+                m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                goto("PACKAGE_DST", "IDLE")
+            with m.Else():
+                goto("PACKAGE_DST", "PACKAGE_COLUMN")
+        # Per column (outer): numerator over the pruned tokens (col), then the division.
+        with m.If(state["PACKAGE_COLUMN"]):
+            with m.If(outer == p_cols):
+                m.d.comb += self.done.eq(1)
+                goto("PACKAGE_COLUMN", "IDLE")
+            with m.Else():
+                m.d.sync += [numerator.eq(0), col.eq(0), address.eq(p_src + outer)]
+                goto("PACKAGE_COLUMN", "PACKAGE_X_LOOK")
+        with m.If(state["PACKAGE_X_LOOK"]):   # token col's weight reaches weight_now
+            goto("PACKAGE_X_LOOK", "PACKAGE_X_READ")
+        with m.If(state["PACKAGE_X_READ"]):
+            with m.If(col == p_n):
+                goto("PACKAGE_X_READ", "PACKAGE_DIVIDE_SETUP")
+            with m.Elif(weight_zero):   # kept (or weightless): adds nothing
+                m.d.sync += [col.eq(col + 1), address.eq(address + p_cols)]
+                goto("PACKAGE_X_READ", "PACKAGE_X_LOOK")
+            with m.Else():
+                comb, sync = read_at(address)
+                m.d.comb += comb
+                m.d.sync += sync
+                goto("PACKAGE_X_READ", "PACKAGE_X_WAIT")
+        with m.If(state["PACKAGE_X_WAIT"]):
+            goto("PACKAGE_X_WAIT", "PACKAGE_X_MULTIPLY")
+        with m.If(state["PACKAGE_X_MULTIPLY"]):
+            m.d.sync += product.eq(byte_r.as_signed() * weight_now)
+            goto("PACKAGE_X_MULTIPLY", "PACKAGE_X_ADD")
+        with m.If(state["PACKAGE_X_ADD"]):
+            m.d.sync += [numerator.eq(numerator + product), col.eq(col + 1), address.eq(address + p_cols)]
+            goto("PACKAGE_X_ADD", "PACKAGE_X_LOOK")
+        with m.If(state["PACKAGE_DIVIDE_SETUP"]):
+            # floor(a / b), a = 2 num + total, b = 2 total: on |a| (+ b - 1 if a < 0, the ceiling).
+            m.d.sync += [dividend.eq(2 * numerator + weight_total), divisor.eq(2 * weight_total)]
+            goto("PACKAGE_DIVIDE_SETUP", "PACKAGE_DIVIDE_SIGN")
+        with m.If(state["PACKAGE_DIVIDE_SIGN"]):
+            # -a + b - 1 == b + ~a
+            m.d.sync += [negative.eq(dividend < 0), quotient.eq(0), step.eq(_QUOTIENT_BITS - 1),
+                         remainder.eq(Mux(dividend < 0, divisor + ~dividend, dividend)),
+                         trial.eq(divisor << (_QUOTIENT_BITS - 1))]
+            with m.If(divisor == 0):
+                goto("PACKAGE_DIVIDE_SIGN", "PACKAGE_WRITE")
+            with m.Else():
+                goto("PACKAGE_DIVIDE_SIGN", "PACKAGE_DIVIDE")
+        with m.If(state["PACKAGE_DIVIDE"]):   # restoring division, one quotient bit per cycle
+            difference = Signal(signed(len(remainder) + 1))
+            m.d.comb += difference.eq(remainder - trial)
+            fits = difference >= 0
+            m.d.sync += [step.eq(step - 1), trial.eq(trial >> 1), quotient.eq(Cat(fits, quotient[:-1]))]
+            with m.If(fits):
+                m.d.sync += remainder.eq(difference)
+            with m.If(step == 0):
+                goto("PACKAGE_DIVIDE", "PACKAGE_WRITE")
+        with m.If(state["PACKAGE_WRITE"]):
+            value = Mux(negative, -quotient, quotient)
+            m.d.comb += write_at(p_dst + outer, value[:8])
+            m.d.sync += outer.eq(outer + 1)
+            goto("PACKAGE_WRITE", "PACKAGE_COLUMN")
         return m
