@@ -199,17 +199,24 @@ class RequantController(wiring.Component):
         scanned = _delay(m, scan_go, self.SCAN_LATENCY, "scanned", reset=True)
         computed = _delay(m, compute_go, self.COMPUTE_LATENCY, "computed", reset=True)
 
-        def first_column():
-            return [col.eq(0), last_col.eq(cols_last == 0), bias_ptr.eq(param), mult_ptr.eq(mult_base),
-                    shift_ptr.eq(shift_base)]
-
-        def next_column():
-            """col + 1 (and the column pointers); at the row's end column 0 of the next row."""
-            with m.If(last_col):
-                m.d.sync += [*first_column(), row.eq(row + 1), last_row.eq(row + 1 == rows_last)]
-            with m.Else():
-                m.d.sync += [col.eq(col + 1), last_col.eq(col + 1 == cols_last), bias_ptr.eq(bias_ptr + 4),
-                             mult_ptr.eq(mult_ptr + 4), shift_ptr.eq(shift_ptr + 4)]
+        # Counters and pointers: each updated in one place from strobes (the states are one-hot,
+        # so the strobes are ORs of a state and a flag or two; no chain of per-state priorities).
+        col_reset, col_step, row_reset = Signal(), Signal(), Signal()
+        acc_reset, acc_step, kind_to_mult, kind_to_acc = Signal(), Signal(), Signal(), Signal()
+        with m.If(col_reset | (col_step & last_col)):
+            m.d.sync += [col.eq(0), last_col.eq(cols_last == 0), bias_ptr.eq(param), mult_ptr.eq(mult_base),
+                         shift_ptr.eq(shift_base)]
+        with m.Elif(col_step):
+            m.d.sync += [col.eq(col + 1), last_col.eq(col + 1 == cols_last), bias_ptr.eq(bias_ptr + 4),
+                         mult_ptr.eq(mult_ptr + 4), shift_ptr.eq(shift_ptr + 4)]
+        with m.If(row_reset):
+            m.d.sync += [row.eq(0), last_row.eq(rows_last == 0)]
+        with m.Elif(col_step & last_col):
+            m.d.sync += [row.eq(row + 1), last_row.eq(row + 1 == rows_last)]
+        with m.If(acc_reset):
+            m.d.sync += acc_ptr.eq(src)
+        with m.Elif(acc_step):
+            m.d.sync += acc_ptr.eq(acc_ptr + 4)
 
         # One-hot states (registers): every enable and output is a LUT or two from registers.
         state = {name: Signal(name=f"requant_{name.lower()}", init=name == "IDLE") for name in (
@@ -226,8 +233,8 @@ class RequantController(wiring.Component):
             with m.If(settled):
                 goto("SETTLE", "CHECK")
         with m.If(state["CHECK"]):
-            m.d.sync += [*first_column(), row.eq(0), last_row.eq(rows_last == 0), failed.eq(0),
-                         acc_ptr.eq(src), dst_ptr.eq(dst), kind.eq(MULT)]
+            m.d.comb += [col_reset.eq(1), row_reset.eq(1), acc_reset.eq(1), kind_to_mult.eq(1)]
+            m.d.sync += [failed.eq(0), dst_ptr.eq(dst)]
             with m.If(src_out | param_out):
                 m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
                 goto("CHECK", "IDLE")
@@ -239,11 +246,9 @@ class RequantController(wiring.Component):
                 goto("CHECK", "PARAM_SCAN")
         # ---- parameter scan: multiplier and shift of every column ------------------------
         with m.If(state["PARAM_SCAN"]):
-            with m.If(kind == MULT):
-                m.d.sync += kind.eq(SHIFT)
-            with m.Else():
+            with m.If(kind == SHIFT):
                 with m.If(last_col):
-                    m.d.sync += [*first_column(), kind.eq(ACC)]
+                    m.d.comb += [col_reset.eq(1), kind_to_acc.eq(1)]
                     with m.If(empty):
                         m.d.sync += reading.eq(0)
                         m.d.comb += scan_go.eq(1)
@@ -251,15 +256,11 @@ class RequantController(wiring.Component):
                     with m.Else():
                         goto("PARAM_SCAN", "VALUE_SCAN")
                 with m.Else():
-                    m.d.sync += [kind.eq(MULT), col.eq(col + 1), last_col.eq(col + 1 == cols_last),
-                                 mult_ptr.eq(mult_ptr + 4), shift_ptr.eq(shift_ptr + 4)]
+                    m.d.comb += col_step.eq(1)
         # ---- value scan: |acc + bias| <= 2^31 for every element ---------------------------
         with m.If(state["VALUE_SCAN"]):
-            with m.If(kind == ACC):
-                m.d.sync += kind.eq(BIAS)
-            with m.Else():
-                m.d.sync += [kind.eq(ACC), acc_ptr.eq(acc_ptr + 4)]
-                next_column()
+            with m.If(kind == BIAS):
+                m.d.comb += [col_step.eq(1), acc_step.eq(1)]
                 with m.If(last_col & last_row):
                     m.d.sync += reading.eq(0)
                     m.d.comb += scan_go.eq(1)
@@ -268,8 +269,7 @@ class RequantController(wiring.Component):
             with m.If(scanned):
                 goto("SCAN_DRAIN", "DST")
         with m.If(state["DST"]):
-            m.d.sync += [*first_column(), row.eq(0), last_row.eq(rows_last == 0), acc_ptr.eq(src),
-                         kind.eq(ACC)]
+            m.d.comb += [col_reset.eq(1), row_reset.eq(1), acc_reset.eq(1), kind_to_acc.eq(1)]
             with m.If(failed):
                 m.d.comb += fail(ErrorCode.INVALID_OPERAND)
                 goto("DST", "IDLE")
@@ -284,10 +284,8 @@ class RequantController(wiring.Component):
                 goto("DST", "COMPUTE")
         # ---- compute: four reads per element, back to back; the pipeline writes ----------
         with m.If(state["COMPUTE"]):
-            m.d.sync += kind.eq(kind + 1)
             with m.If(kind == SHIFT):
-                m.d.sync += acc_ptr.eq(acc_ptr + 4)
-                next_column()
+                m.d.comb += [col_step.eq(1), acc_step.eq(1)]
                 with m.If(last_col & last_row):
                     m.d.sync += [reading.eq(0), computing.eq(0)]
                     m.d.comb += compute_go.eq(1)
@@ -298,6 +296,16 @@ class RequantController(wiring.Component):
         with m.If(state["FINISH"]):
             m.d.comb += self.done.eq(1)
             goto("FINISH", "IDLE")
+        # the next read's kind: the scans alternate (multiplier / shift, accumulator / bias),
+        # the compute phase counts through all four
+        with m.If(kind_to_mult):
+            m.d.sync += kind.eq(MULT)
+        with m.Elif(kind_to_acc):
+            m.d.sync += kind.eq(ACC)
+        with m.Elif(state["COMPUTE"]):
+            m.d.sync += kind.eq(kind + 1)
+        with m.Elif(state["PARAM_SCAN"] | state["VALUE_SCAN"]):
+            m.d.sync += kind[0].eq(~kind[0])
         return m
 
 
