@@ -13,7 +13,7 @@ the parameters and every element before anything is written); the destination ou
 VECTOR (ADDRESS_OUT_OF_RANGE).
 
 Pipelined for the zcu102's 300 MHz (docs/timing.md): ACC is read one int32 word per cycle
-(addresses from pointer registers, no multiplies), each word is registered before use, the
+(addresses from counters and one add, no multiplies), each word is registered before use, the
 checks take a register each, and the operand checks take three registers from the
 instruction word (product, sum, compare: :attr:`CHECK_STAGES`). The scans issue two reads
 per column (multiplier, shift) and two per element (accumulator, bias) back to back and
@@ -125,13 +125,14 @@ class RequantController(wiring.Component):
 
         # ---- ACC reads: one word per cycle from pointer registers -----------------------------
         row, col = Signal(12), Signal(13)
-        acc_ptr, bias_ptr, mult_ptr, shift_ptr = (Signal(_ADDR_BITS, name=f"{n}_ptr")
-                                                  for n in ("acc", "bias", "mult", "shift"))
+        acc_ptr = Signal(_ADDR_BITS)
+        col_offset = Signal(_ADDR_BITS)   # 4 * col: the column's parameter words from their bases
         dst_ptr = Signal(_ADDR_BITS)
         kind = Signal(2)          # the next read: 0 acc, 1 bias, 2 multiplier, 3 shift
         ACC, BIAS, MULT, SHIFT = range(4)
         reading, computing = Signal(), Signal()
-        address = Mux(kind[1], Mux(kind[0], shift_ptr, mult_ptr), Mux(kind[0], bias_ptr, acc_ptr))
+        param_base = Mux(kind[1], Mux(kind[0], shift_base, mult_base), param)
+        address = Mux(kind == ACC, acc_ptr, param_base + col_offset)
         m.d.comb += [self.acc_read.eq(reading), self.acc_read_addr.eq(address)]
 
         # the read's tags, one cycle (the data) then one more (the word register)
@@ -204,11 +205,9 @@ class RequantController(wiring.Component):
         col_reset, col_step, row_reset = Signal(), Signal(), Signal()
         acc_reset, acc_step, kind_to_mult, kind_to_acc = Signal(), Signal(), Signal(), Signal()
         with m.If(col_reset | (col_step & last_col)):
-            m.d.sync += [col.eq(0), last_col.eq(cols_last == 0), bias_ptr.eq(param), mult_ptr.eq(mult_base),
-                         shift_ptr.eq(shift_base)]
+            m.d.sync += [col.eq(0), last_col.eq(cols_last == 0), col_offset.eq(0)]
         with m.Elif(col_step):
-            m.d.sync += [col.eq(col + 1), last_col.eq(col + 1 == cols_last), bias_ptr.eq(bias_ptr + 4),
-                         mult_ptr.eq(mult_ptr + 4), shift_ptr.eq(shift_ptr + 4)]
+            m.d.sync += [col.eq(col + 1), last_col.eq(col + 1 == cols_last), col_offset.eq(col_offset + 4)]
         with m.If(row_reset):
             m.d.sync += [row.eq(0), last_row.eq(rows_last == 0)]
         with m.Elif(col_step & last_col):

@@ -60,6 +60,21 @@ SUM_ROWS_LIMIT = ((1 << TOPK_SCORE_BITS) - 1) // 0xFF
 _QUOTIENT_BITS = 9
 
 
+class _Counter:
+    """A counter stepped or cleared by comb strobes, with a registered flag ``at[key]``
+    (value == bound) per bound: no compare between the counter and the state machine."""
+
+    def __init__(self, m: Module, name: str, bounds: dict) -> None:
+        self.value = Signal(13, name=name)
+        self.clear, self.step = Signal(name=f"{name}_clear"), Signal(name=f"{name}_step")
+        self.at = {key: Signal(name=f"{name}_at_{key}") for key in bounds}
+        with m.If(self.clear):
+            m.d.sync += [self.value.eq(0), *(self.at[key].eq(bound == 0) for key, bound in bounds.items())]
+        with m.Elif(self.step):
+            m.d.sync += [self.value.eq(self.value + 1),
+                         *(self.at[key].eq(self.value + 1 == bound) for key, bound in bounds.items())]
+
+
 class TokenController(wiring.Component):
     """Executes TOPK, GATHER and PACKAGE (see the module docstring).
 
@@ -175,15 +190,18 @@ class TokenController(wiring.Component):
             return [self.write.eq(1), self.write_addr.eq(address), self.write_data.eq(value)]
 
         # ---- shared counters ------------------------------------------------------------------
-        outer = Signal(13)          # selection row (TOPK), output row (GATHER), column (PACKAGE)
-        col = Signal(13)            # score column (TOPK), byte (GATHER), token (PACKAGE)
-        inner = Signal(13)          # summed row (TOPK sum_rows / PACKAGE heads)
-        inner_last = Signal()       # inner is the last summed row / head (a register)
+        # selection row (TOPK), output row (GATHER), column (PACKAGE)
+        outer_c = _Counter(m, "outer", {"selections": Mux(sum_rows, 1, t_rows), "g_rows": g_rows, "p_cols": p_cols})
+        # score column (TOPK), byte (GATHER), token (PACKAGE)
+        col_c = _Counter(m, "col", {"t_n": t_n, "t_n_last": t_n_last, "g_cols": g_cols, "p_n": p_n})
+        # summed row (TOPK sum_rows / PACKAGE heads), index list entry
+        inner_c = _Counter(m, "inner", {"summed_last": summed_last, "heads_last": p_heads_last,
+                                               "count": Mux(is_gather, g_rows, p_k)})
+        outer, col, inner = outer_c.value, col_c.value, inner_c.value
         address = Signal(_ADDR_BITS)
         column_address = Signal(_ADDR_BITS)   # TOPK: the column's first row; PACKAGE: prob + token
         row_address = Signal(_ADDR_BITS)
         out_address = Signal(_ADDR_BITS)
-        count = Signal(13)          # index list entries: GATHER rows, PACKAGE k
         token_n = Signal(13)
         index_base = Signal(_ADDR_BITS)
         pending = Signal()          # a GATHER byte read last cycle waits to be written
@@ -193,7 +211,6 @@ class TokenController(wiring.Component):
         beat = Signal(data.ArrayLayout(unsigned(TOPK_SCORE_BITS), lanes))
         lane = Signal(range(lanes))
         total = Signal(TOPK_SCORE_BITS)
-        selections = Mux(sum_rows, 1, t_rows)
         element = Mux(sum_rows, byte_r, half_r)
         m.d.comb += [engine.scores.payload.eq(beat), engine.n.eq(t_n), engine.k.eq(t_k)]
         result = engine.result.payload
@@ -241,12 +258,6 @@ class TokenController(wiring.Component):
                      weights_w.en.eq(weight_write.en), weights_w.addr.eq(weight_write.addr),
                      weights_w.data.eq(weight_write.data)]
 
-        def first_summed(last):
-            return [inner.eq(0), inner_last.eq(last == 0)]
-
-        def next_summed(last):
-            return [inner.eq(inner + 1), inner_last.eq(inner + 1 == last)]
-
         # One-hot states (registers): every enable and output is a LUT or two from registers.
         state = {name: Signal(name=f"tokens_{name.lower()}", init=name == "IDLE") for name in (
             'IDLE', 'SETTLE', 'CHECK', 'TOPK_ROW', 'TOPK_READ', 'TOPK_WAIT', 'TOPK_ADD', 'TOPK_SEND', 'TOPK_START', 'TOPK_RESULT', 'INDEX_READ', 'INDEX_WAIT', 'INDEX_TAKE', 'INDEX_DONE', 'GATHER_ROW', 'GATHER_INDEX_WAIT', 'GATHER_INDEX', 'GATHER_ADDRESS', 'GATHER_COPY', 'PACKAGE_CLEAR', 'PACKAGE_WEIGHT_READ', 'PACKAGE_WEIGHT_WAIT', 'PACKAGE_WEIGHT_ADD', 'PACKAGE_WEIGHT_WRITE', 'PACKAGE_DST', 'PACKAGE_COLUMN', 'PACKAGE_X_LOOK', 'PACKAGE_X_READ', 'PACKAGE_X_WAIT', 'PACKAGE_X_MULTIPLY', 'PACKAGE_X_ADD', 'PACKAGE_DIVIDE_SETUP', 'PACKAGE_DIVIDE_SIGN', 'PACKAGE_DIVIDE', 'PACKAGE_WRITE')}
@@ -263,7 +274,8 @@ class TokenController(wiring.Component):
             with m.If(settle == 0):
                 goto("SETTLE", "CHECK")
         with m.If(state["CHECK"]):
-            m.d.sync += [outer.eq(0), col.eq(0), inner.eq(0), lane.eq(0), total.eq(0),
+            m.d.comb += [outer_c.clear.eq(1), col_c.clear.eq(1), inner_c.clear.eq(1)]
+            m.d.sync += [lane.eq(0), total.eq(0),
                          weight_total.eq(0)]
             with m.If(is_topk):
                 m.d.sync += [row_address.eq(t_src), out_address.eq(t_dst)]
@@ -276,14 +288,14 @@ class TokenController(wiring.Component):
                 with m.Else():
                     goto("CHECK", "TOPK_ROW")
             with m.Elif(is_gather):
-                m.d.sync += [count.eq(g_rows), token_n.eq(g_n), index_base.eq(g_index)]
+                m.d.sync += [token_n.eq(g_n), index_base.eq(g_index)]
                 with m.If(g_src_out | g_index_out):
                     m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
                     goto("CHECK", "IDLE")
                 with m.Else():
                     goto("CHECK", "INDEX_READ")
             with m.Else():   # PACKAGE
-                m.d.sync += [count.eq(p_k), token_n.eq(p_n), index_base.eq(p_index)]
+                m.d.sync += [token_n.eq(p_n), index_base.eq(p_index)]
                 with m.If(p_bad_shape | p_bad_heads):
                     m.d.comb += fail(ErrorCode.INVALID_OPERAND)
                     goto("CHECK", "IDLE")
@@ -295,13 +307,14 @@ class TokenController(wiring.Component):
 
         # ---- TOPK: per selection, feed the scores, start, write the kept indices ------------
         with m.If(state["TOPK_ROW"]):
-            with m.If(outer == selections):
+            with m.If(outer_c.at["selections"]):
                 m.d.comb += self.done.eq(1)
                 goto("TOPK_ROW", "IDLE")
             with m.Elif(t_n == 0):        # nothing to select (k == 0): no output
-                m.d.sync += outer.eq(outer + 1)
+                m.d.comb += outer_c.step.eq(1)
             with m.Else():
-                m.d.sync += [col.eq(0), *first_summed(summed_last), lane.eq(0), total.eq(0),
+                m.d.comb += [col_c.clear.eq(1), inner_c.clear.eq(1)]
+                m.d.sync += [lane.eq(0), total.eq(0),
                              address.eq(row_address), column_address.eq(row_address)]
                 goto("TOPK_ROW", "TOPK_READ")
         with m.If(state["TOPK_READ"]):
@@ -313,22 +326,24 @@ class TokenController(wiring.Component):
             goto("TOPK_WAIT", "TOPK_ADD")
         with m.If(state["TOPK_ADD"]):
             score = total + element
-            with m.If(inner_last):   # the column's score is complete
+            with m.If(inner_c.at["summed_last"]):   # the column's score is complete
                 next_column = column_address + element_bytes
-                m.d.sync += [beat[lane].eq(score), total.eq(0), *first_summed(summed_last), col.eq(col + 1),
+                m.d.comb += [inner_c.clear.eq(1), col_c.step.eq(1)]
+                m.d.sync += [beat[lane].eq(score), total.eq(0),
                              lane.eq(lane + 1), address.eq(next_column), column_address.eq(next_column)]
-                with m.If((lane == lanes - 1) | (col == t_n_last)):
+                with m.If((lane == lanes - 1) | col_c.at["t_n_last"]):
                     goto("TOPK_ADD", "TOPK_SEND")
                 with m.Else():
                     goto("TOPK_ADD", "TOPK_READ")
             with m.Else():
-                m.d.sync += [total.eq(score), *next_summed(summed_last), address.eq(address + element_step)]
+                m.d.comb += inner_c.step.eq(1)
+                m.d.sync += [total.eq(score), address.eq(address + element_step)]
                 goto("TOPK_ADD", "TOPK_READ")
         with m.If(state["TOPK_SEND"]):   # lanes past n are masked by the engine
             m.d.comb += engine.scores.valid.eq(1)
             with m.If(engine.scores.ready):
                 m.d.sync += [lane.eq(0), beat.eq(0)]
-                with m.If(col == t_n):
+                with m.If(col_c.at["t_n"]):
                     goto("TOPK_SEND", "TOPK_START")
                 with m.Else():
                     goto("TOPK_SEND", "TOPK_READ")
@@ -355,13 +370,14 @@ class TokenController(wiring.Component):
                 with m.If(result.count == 0):
                     m.d.comb += selection_done.eq(result.last)
             with m.If(selection_done):
-                m.d.sync += [collecting.eq(0), outer.eq(outer + 1), row_address.eq(row_address + 2 * t_n)]
+                m.d.comb += outer_c.step.eq(1)
+                m.d.sync += [collecting.eq(0), row_address.eq(row_address + 2 * t_n)]
                 goto("TOPK_RESULT", "TOPK_ROW")
 
         # ---- index list pass (GATHER, PACKAGE): every index below n; PACKAGE marks them -----
         with m.If(state["INDEX_READ"]):
-            with m.If(inner == count):
-                m.d.sync += [inner.eq(0), col.eq(0), outer.eq(0)]
+            with m.If(inner_c.at["count"]):
+                m.d.comb += [inner_c.clear.eq(1), col_c.clear.eq(1), outer_c.clear.eq(1)]
                 goto("INDEX_READ", "INDEX_DONE")
             with m.Else():
                 comb, sync = read_at(index_base + 2 * inner)
@@ -371,7 +387,7 @@ class TokenController(wiring.Component):
         with m.If(state["INDEX_WAIT"]):
             goto("INDEX_WAIT", "INDEX_TAKE")
         with m.If(state["INDEX_TAKE"]):
-            m.d.sync += inner.eq(inner + 1)
+            m.d.comb += inner_c.step.eq(1)
             with m.If(half_r >= token_n):
                 m.d.comb += fail(ErrorCode.INVALID_OPERAND)
                 goto("INDEX_TAKE", "IDLE")
@@ -388,19 +404,21 @@ class TokenController(wiring.Component):
                     goto("INDEX_DONE", "GATHER_ROW")
             with m.Else():
                 m.d.sync += [address.eq(p_prob), column_address.eq(p_prob), total.eq(0),
-                             *first_summed(p_heads_last)]
+]
+                m.d.comb += inner_c.clear.eq(1)
                 goto("INDEX_DONE", "PACKAGE_WEIGHT_READ")
 
         # ---- GATHER: per output row, its index, then the row's bytes ------------------------
         row_offset = Signal(_ADDR_BITS)
         with m.If(state["GATHER_ROW"]):
-            with m.If(outer == g_rows):
+            with m.If(outer_c.at["g_rows"]):
                 m.d.comb += self.done.eq(1)
                 goto("GATHER_ROW", "IDLE")
             with m.Else():
                 comb, sync = read_at(g_index + 2 * outer)
                 m.d.comb += comb
-                m.d.sync += [*sync, col.eq(0)]
+                m.d.sync += sync
+                m.d.comb += col_c.clear.eq(1)
                 goto("GATHER_ROW", "GATHER_INDEX_WAIT")
         with m.If(state["GATHER_INDEX_WAIT"]):
             goto("GATHER_INDEX_WAIT", "GATHER_INDEX")
@@ -414,26 +432,28 @@ class TokenController(wiring.Component):
             with m.If(pending):
                 m.d.comb += write_at(out_address, byte)
                 m.d.sync += out_address.eq(out_address + 1)
-            with m.If(col == g_cols):
-                m.d.sync += [pending.eq(0), outer.eq(outer + 1)]
+            with m.If(col_c.at["g_cols"]):
+                m.d.sync += pending.eq(0)
+                m.d.comb += outer_c.step.eq(1)
                 goto("GATHER_COPY", "GATHER_ROW")
             with m.Else():
                 comb, sync = read_at(row_address + col)
                 m.d.comb += comb
-                m.d.sync += [*sync, pending.eq(1), col.eq(col + 1)]
+                m.d.sync += [*sync, pending.eq(1)]
+                m.d.comb += col_c.step.eq(1)
 
         # ---- PACKAGE ------------------------------------------------------------------------
         with m.If(state["PACKAGE_CLEAR"]):   # no token kept yet
-            with m.If(col == p_n):
-                m.d.sync += [col.eq(0), inner.eq(0)]
+            with m.If(col_c.at["p_n"]):
+                m.d.comb += [col_c.clear.eq(1), inner_c.clear.eq(1)]
                 goto("PACKAGE_CLEAR", "INDEX_READ")
             with m.Else():
                 m.d.sync += [kept_write.addr.eq(col), kept_write.data.eq(0), kept_write.en.eq(1)]
-                m.d.sync += col.eq(col + 1)
+                m.d.comb += col_c.step.eq(1)
         # Weights: token col's heads probabilities summed (address walks prob + h * n + col).
         with m.If(state["PACKAGE_WEIGHT_READ"]):
-            with m.If(col == p_n):
-                m.d.sync += [outer.eq(0), col.eq(0)]
+            with m.If(col_c.at["p_n"]):
+                m.d.comb += [outer_c.clear.eq(1), col_c.clear.eq(1)]
                 goto("PACKAGE_WEIGHT_READ", "PACKAGE_DST")
             with m.Else():
                 comb, sync = read_at(address)
@@ -444,16 +464,19 @@ class TokenController(wiring.Component):
             goto("PACKAGE_WEIGHT_WAIT", "PACKAGE_WEIGHT_ADD")
         with m.If(state["PACKAGE_WEIGHT_ADD"]):
             m.d.sync += total.eq(total + byte_r)
-            with m.If(inner_last):
-                m.d.sync += [*first_summed(p_heads_last), address.eq(column_address + 1),
+            with m.If(inner_c.at["heads_last"]):
+                m.d.comb += inner_c.clear.eq(1)
+                m.d.sync += [address.eq(column_address + 1),
                              column_address.eq(column_address + 1)]
                 goto("PACKAGE_WEIGHT_ADD", "PACKAGE_WEIGHT_WRITE")
             with m.Else():
-                m.d.sync += [*next_summed(p_heads_last), address.eq(address + p_n)]
+                m.d.comb += inner_c.step.eq(1)
+                m.d.sync += address.eq(address + p_n)
                 goto("PACKAGE_WEIGHT_ADD", "PACKAGE_WEIGHT_READ")
         with m.If(state["PACKAGE_WEIGHT_WRITE"]):   # kept_now: token col's flag, read last cycle
             m.d.sync += [weight_write.en.eq(1), weight_write.addr.eq(col), weight_write.data.eq(pruned_weight)]
-            m.d.sync += [weight_total.eq(weight_total + pruned_weight), total.eq(0), col.eq(col + 1)]
+            m.d.sync += [weight_total.eq(weight_total + pruned_weight), total.eq(0)]
+            m.d.comb += col_c.step.eq(1)
             goto("PACKAGE_WEIGHT_WRITE", "PACKAGE_WEIGHT_READ")
         with m.If(state["PACKAGE_DST"]):
             with m.If(p_dst_out):
@@ -463,19 +486,21 @@ class TokenController(wiring.Component):
                 goto("PACKAGE_DST", "PACKAGE_COLUMN")
         # Per column (outer): numerator over the pruned tokens (col), then the division.
         with m.If(state["PACKAGE_COLUMN"]):
-            with m.If(outer == p_cols):
+            with m.If(outer_c.at["p_cols"]):
                 m.d.comb += self.done.eq(1)
                 goto("PACKAGE_COLUMN", "IDLE")
             with m.Else():
-                m.d.sync += [numerator.eq(0), col.eq(0), address.eq(p_src + outer)]
+                m.d.sync += [numerator.eq(0), address.eq(p_src + outer)]
+                m.d.comb += col_c.clear.eq(1)
                 goto("PACKAGE_COLUMN", "PACKAGE_X_LOOK")
         with m.If(state["PACKAGE_X_LOOK"]):   # token col's weight reaches weight_now
             goto("PACKAGE_X_LOOK", "PACKAGE_X_READ")
         with m.If(state["PACKAGE_X_READ"]):
-            with m.If(col == p_n):
+            with m.If(col_c.at["p_n"]):
                 goto("PACKAGE_X_READ", "PACKAGE_DIVIDE_SETUP")
             with m.Elif(weight_zero):   # kept (or weightless): adds nothing
-                m.d.sync += [col.eq(col + 1), address.eq(address + p_cols)]
+                m.d.sync += address.eq(address + p_cols)
+                m.d.comb += col_c.step.eq(1)
                 goto("PACKAGE_X_READ", "PACKAGE_X_LOOK")
             with m.Else():
                 comb, sync = read_at(address)
@@ -488,7 +513,8 @@ class TokenController(wiring.Component):
             m.d.sync += product.eq(byte_r.as_signed() * weight_now)
             goto("PACKAGE_X_MULTIPLY", "PACKAGE_X_ADD")
         with m.If(state["PACKAGE_X_ADD"]):
-            m.d.sync += [numerator.eq(numerator + product), col.eq(col + 1), address.eq(address + p_cols)]
+            m.d.sync += [numerator.eq(numerator + product), address.eq(address + p_cols)]
+            m.d.comb += col_c.step.eq(1)
             goto("PACKAGE_X_ADD", "PACKAGE_X_LOOK")
         with m.If(state["PACKAGE_DIVIDE_SETUP"]):
             # floor(a / b), a = 2 num + total, b = 2 total: on |a| (+ b - 1 if a < 0, the ceiling).
@@ -515,6 +541,6 @@ class TokenController(wiring.Component):
         with m.If(state["PACKAGE_WRITE"]):
             value = Mux(negative, -quotient, quotient)
             m.d.comb += write_at(p_dst + outer, value[:8])
-            m.d.sync += outer.eq(outer + 1)
+            m.d.comb += outer_c.step.eq(1)
             goto("PACKAGE_WRITE", "PACKAGE_COLUMN")
         return m
