@@ -224,6 +224,16 @@ class RequantController(wiring.Component):
         def goto(current, following):
             m.d.sync += [state[current].eq(0), state[following].eq(1)]
 
+        # the strobes, each one expression of one-hot states and flags
+        is_shift, is_bias = kind == SHIFT, kind == BIAS
+        params_done = state["PARAM_SCAN"] & is_shift & last_col
+        element_done = (state["VALUE_SCAN"] & is_bias) | (state["COMPUTE"] & is_shift)
+        m.d.comb += [col_reset.eq(state["CHECK"] | state["DST"] | params_done),
+                     col_step.eq((state["PARAM_SCAN"] & is_shift & ~last_col) | element_done),
+                     row_reset.eq(state["CHECK"] | state["DST"]), acc_reset.eq(state["CHECK"] | state["DST"]),
+                     acc_step.eq(element_done), kind_to_mult.eq(state["CHECK"]),
+                     kind_to_acc.eq(state["DST"] | params_done)]
+
         with m.If(state["IDLE"]):
             with m.If(self.start):
                 m.d.comb += settle_go.eq(1)
@@ -232,7 +242,6 @@ class RequantController(wiring.Component):
             with m.If(settled):
                 goto("SETTLE", "CHECK")
         with m.If(state["CHECK"]):
-            m.d.comb += [col_reset.eq(1), row_reset.eq(1), acc_reset.eq(1), kind_to_mult.eq(1)]
             m.d.sync += [failed.eq(0), dst_ptr.eq(dst)]
             with m.If(src_out | param_out):
                 m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
@@ -247,19 +256,15 @@ class RequantController(wiring.Component):
         with m.If(state["PARAM_SCAN"]):
             with m.If(kind == SHIFT):
                 with m.If(last_col):
-                    m.d.comb += [col_reset.eq(1), kind_to_acc.eq(1)]
                     with m.If(empty):
                         m.d.sync += reading.eq(0)
                         m.d.comb += scan_go.eq(1)
                         goto("PARAM_SCAN", "SCAN_DRAIN")
                     with m.Else():
                         goto("PARAM_SCAN", "VALUE_SCAN")
-                with m.Else():
-                    m.d.comb += col_step.eq(1)
         # ---- value scan: |acc + bias| <= 2^31 for every element ---------------------------
         with m.If(state["VALUE_SCAN"]):
             with m.If(kind == BIAS):
-                m.d.comb += [col_step.eq(1), acc_step.eq(1)]
                 with m.If(last_col & last_row):
                     m.d.sync += reading.eq(0)
                     m.d.comb += scan_go.eq(1)
@@ -268,7 +273,6 @@ class RequantController(wiring.Component):
             with m.If(scanned):
                 goto("SCAN_DRAIN", "DST")
         with m.If(state["DST"]):
-            m.d.comb += [col_reset.eq(1), row_reset.eq(1), acc_reset.eq(1), kind_to_acc.eq(1)]
             with m.If(failed):
                 m.d.comb += fail(ErrorCode.INVALID_OPERAND)
                 goto("DST", "IDLE")
@@ -284,7 +288,6 @@ class RequantController(wiring.Component):
         # ---- compute: four reads per element, back to back; the pipeline writes ----------
         with m.If(state["COMPUTE"]):
             with m.If(kind == SHIFT):
-                m.d.comb += [col_step.eq(1), acc_step.eq(1)]
                 with m.If(last_col & last_row):
                     m.d.sync += [reading.eq(0), computing.eq(0)]
                     m.d.comb += compute_go.eq(1)

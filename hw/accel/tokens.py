@@ -62,17 +62,23 @@ _QUOTIENT_BITS = 9
 
 class _Counter:
     """A counter stepped or cleared by comb strobes, with a registered flag ``at[key]``
-    (value == bound) per bound: no compare between the counter and the state machine."""
+    (value == bound) per bound: no compare between the counter and the state machine. The
+    bounds must be stable (instruction fields); ``bound - 1`` is kept in a register, so a
+    step's flag is one equality of two registers."""
 
     def __init__(self, m: Module, name: str, bounds: dict) -> None:
         self.value = Signal(13, name=name)
         self.clear, self.step = Signal(name=f"{name}_clear"), Signal(name=f"{name}_step")
         self.at = {key: Signal(name=f"{name}_at_{key}") for key in bounds}
+        before = {}
+        for key, bound in bounds.items():
+            before[key] = Signal(signed(15), name=f"{name}_{key}_minus_1")
+            m.d.sync += before[key].eq(bound - 1)
         with m.If(self.clear):
             m.d.sync += [self.value.eq(0), *(self.at[key].eq(bound == 0) for key, bound in bounds.items())]
         with m.Elif(self.step):
             m.d.sync += [self.value.eq(self.value + 1),
-                         *(self.at[key].eq(self.value + 1 == bound) for key, bound in bounds.items())]
+                         *(self.at[key].eq(self.value == before[key]) for key in bounds)]
 
 
 class TokenController(wiring.Component):
