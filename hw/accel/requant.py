@@ -112,6 +112,9 @@ class RequantController(wiring.Component):
         mult_base = register(m, param + 4 * cols, "mult_base")
         shift_base = register(m, param + 8 * cols, "shift_base")
         rows_last, cols_last = register(m, rows - 1, "rows_last"), register(m, cols - 1, "cols_last")
+        # "the next one is the last" as an equality of registers (no incrementer before it)
+        rows_before_last = register(m, rows - 2, "rows_before_last", signed(14))
+        cols_before_last = register(m, cols - 2, "cols_before_last", signed(15))
         empty = register(m, (rows == 0) | (cols == 0), "empty")
         no_cols = register(m, cols == 0, "no_cols")
         src_end = register(m, src + 4 * elements, "src_end")
@@ -207,11 +210,11 @@ class RequantController(wiring.Component):
         with m.If(col_reset | (col_step & last_col)):
             m.d.sync += [col.eq(0), last_col.eq(cols_last == 0), col_offset.eq(0)]
         with m.Elif(col_step):
-            m.d.sync += [col.eq(col + 1), last_col.eq(col + 1 == cols_last), col_offset.eq(col_offset + 4)]
+            m.d.sync += [col.eq(col + 1), last_col.eq(col == cols_before_last), col_offset.eq(col_offset + 4)]
         with m.If(row_reset):
             m.d.sync += [row.eq(0), last_row.eq(rows_last == 0)]
         with m.Elif(col_step & last_col):
-            m.d.sync += [row.eq(row + 1), last_row.eq(row + 1 == rows_last)]
+            m.d.sync += [row.eq(row + 1), last_row.eq(row == rows_before_last)]
         with m.If(acc_reset):
             m.d.sync += acc_ptr.eq(src)
         with m.Elif(acc_step):

@@ -145,7 +145,8 @@ class TokenController(wiring.Component):
         p_heads = f(Opcode.PACKAGE, "heads")
         p_src, p_prob = f(Opcode.PACKAGE, "src_addr") * ADDR_UNIT, f(Opcode.PACKAGE, "prob_addr") * ADDR_UNIT
         p_index, p_dst = f(Opcode.PACKAGE, "index_addr") * ADDR_UNIT, f(Opcode.PACKAGE, "dst_addr") * ADDR_UNIT
-        is_topk, is_gather = opcode == Opcode.TOPK, opcode == Opcode.GATHER
+        is_topk, is_gather = Signal(), Signal()   # registered (the word is held)
+        m.d.sync += [is_topk.eq(opcode == Opcode.TOPK), is_gather.eq(opcode == Opcode.GATHER)]
 
         # Operand checks from the held instruction word: products, sums, compares, one register
         # each (:attr:`CHECK_STAGES`); CHECK reads them after the SETTLE states.
@@ -179,6 +180,7 @@ class TokenController(wiring.Component):
         t_n_last, p_heads_last = reg(t_n - 1, "topk_n_last"), reg(p_heads - 1, "package_heads_last")
         element_step = reg(Mux(sum_rows, t_n, 2 * t_n), "element_step")   # bytes between summed rows
         element_bytes = reg(Mux(sum_rows, 1, 2), "element_bytes")
+        t_n_zero = reg(t_n == 0, "topk_n_zero")
 
         def fail(code):
             return [self.error.eq(1), self.error_code.eq(code)]
@@ -280,7 +282,6 @@ class TokenController(wiring.Component):
             with m.If(settle == 0):
                 goto("SETTLE", "CHECK")
         with m.If(state["CHECK"]):
-            m.d.comb += [outer_c.clear.eq(1), col_c.clear.eq(1), inner_c.clear.eq(1)]
             m.d.sync += [lane.eq(0), total.eq(0),
                          weight_total.eq(0)]
             with m.If(is_topk):
@@ -316,10 +317,9 @@ class TokenController(wiring.Component):
             with m.If(outer_c.at["selections"]):
                 m.d.comb += self.done.eq(1)
                 goto("TOPK_ROW", "IDLE")
-            with m.Elif(t_n == 0):        # nothing to select (k == 0): no output
-                m.d.comb += outer_c.step.eq(1)
+            with m.Elif(t_n_zero):        # nothing to select (k == 0): no output
+                pass   # the counters' strobes are below
             with m.Else():
-                m.d.comb += [col_c.clear.eq(1), inner_c.clear.eq(1)]
                 m.d.sync += [lane.eq(0), total.eq(0),
                              address.eq(row_address), column_address.eq(row_address)]
                 goto("TOPK_ROW", "TOPK_READ")
@@ -334,7 +334,6 @@ class TokenController(wiring.Component):
             score = total + element
             with m.If(inner_c.at["summed_last"]):   # the column's score is complete
                 next_column = column_address + element_bytes
-                m.d.comb += [inner_c.clear.eq(1), col_c.step.eq(1)]
                 m.d.sync += [beat[lane].eq(score), total.eq(0),
                              lane.eq(lane + 1), address.eq(next_column), column_address.eq(next_column)]
                 with m.If((lane == lanes - 1) | col_c.at["t_n_last"]):
@@ -342,7 +341,6 @@ class TokenController(wiring.Component):
                 with m.Else():
                     goto("TOPK_ADD", "TOPK_READ")
             with m.Else():
-                m.d.comb += inner_c.step.eq(1)
                 m.d.sync += [total.eq(score), address.eq(address + element_step)]
                 goto("TOPK_ADD", "TOPK_READ")
         with m.If(state["TOPK_SEND"]):   # lanes past n are masked by the engine
@@ -376,14 +374,12 @@ class TokenController(wiring.Component):
                 with m.If(result.count == 0):
                     m.d.comb += selection_done.eq(result.last)
             with m.If(selection_done):
-                m.d.comb += outer_c.step.eq(1)
                 m.d.sync += [collecting.eq(0), row_address.eq(row_address + 2 * t_n)]
                 goto("TOPK_RESULT", "TOPK_ROW")
 
         # ---- index list pass (GATHER, PACKAGE): every index below n; PACKAGE marks them -----
         with m.If(state["INDEX_READ"]):
             with m.If(inner_c.at["count"]):
-                m.d.comb += [inner_c.clear.eq(1), col_c.clear.eq(1), outer_c.clear.eq(1)]
                 goto("INDEX_READ", "INDEX_DONE")
             with m.Else():
                 comb, sync = read_at(index_base + 2 * inner)
@@ -393,7 +389,6 @@ class TokenController(wiring.Component):
         with m.If(state["INDEX_WAIT"]):
             goto("INDEX_WAIT", "INDEX_TAKE")
         with m.If(state["INDEX_TAKE"]):
-            m.d.comb += inner_c.step.eq(1)
             with m.If(half_r >= token_n):
                 m.d.comb += fail(ErrorCode.INVALID_OPERAND)
                 goto("INDEX_TAKE", "IDLE")
@@ -411,7 +406,6 @@ class TokenController(wiring.Component):
             with m.Else():
                 m.d.sync += [address.eq(p_prob), column_address.eq(p_prob), total.eq(0),
 ]
-                m.d.comb += inner_c.clear.eq(1)
                 goto("INDEX_DONE", "PACKAGE_WEIGHT_READ")
 
         # ---- GATHER: per output row, its index, then the row's bytes ------------------------
@@ -424,7 +418,6 @@ class TokenController(wiring.Component):
                 comb, sync = read_at(g_index + 2 * outer)
                 m.d.comb += comb
                 m.d.sync += sync
-                m.d.comb += col_c.clear.eq(1)
                 goto("GATHER_ROW", "GATHER_INDEX_WAIT")
         with m.If(state["GATHER_INDEX_WAIT"]):
             goto("GATHER_INDEX_WAIT", "GATHER_INDEX")
@@ -440,26 +433,21 @@ class TokenController(wiring.Component):
                 m.d.sync += out_address.eq(out_address + 1)
             with m.If(col_c.at["g_cols"]):
                 m.d.sync += pending.eq(0)
-                m.d.comb += outer_c.step.eq(1)
                 goto("GATHER_COPY", "GATHER_ROW")
             with m.Else():
                 comb, sync = read_at(row_address + col)
                 m.d.comb += comb
                 m.d.sync += [*sync, pending.eq(1)]
-                m.d.comb += col_c.step.eq(1)
 
         # ---- PACKAGE ------------------------------------------------------------------------
         with m.If(state["PACKAGE_CLEAR"]):   # no token kept yet
             with m.If(col_c.at["p_n"]):
-                m.d.comb += [col_c.clear.eq(1), inner_c.clear.eq(1)]
                 goto("PACKAGE_CLEAR", "INDEX_READ")
             with m.Else():
                 m.d.sync += [kept_write.addr.eq(col), kept_write.data.eq(0), kept_write.en.eq(1)]
-                m.d.comb += col_c.step.eq(1)
         # Weights: token col's heads probabilities summed (address walks prob + h * n + col).
         with m.If(state["PACKAGE_WEIGHT_READ"]):
             with m.If(col_c.at["p_n"]):
-                m.d.comb += [outer_c.clear.eq(1), col_c.clear.eq(1)]
                 goto("PACKAGE_WEIGHT_READ", "PACKAGE_DST")
             with m.Else():
                 comb, sync = read_at(address)
@@ -471,18 +459,15 @@ class TokenController(wiring.Component):
         with m.If(state["PACKAGE_WEIGHT_ADD"]):
             m.d.sync += total.eq(total + byte_r)
             with m.If(inner_c.at["heads_last"]):
-                m.d.comb += inner_c.clear.eq(1)
                 m.d.sync += [address.eq(column_address + 1),
                              column_address.eq(column_address + 1)]
                 goto("PACKAGE_WEIGHT_ADD", "PACKAGE_WEIGHT_WRITE")
             with m.Else():
-                m.d.comb += inner_c.step.eq(1)
                 m.d.sync += address.eq(address + p_n)
                 goto("PACKAGE_WEIGHT_ADD", "PACKAGE_WEIGHT_READ")
         with m.If(state["PACKAGE_WEIGHT_WRITE"]):   # kept_now: token col's flag, read last cycle
             m.d.sync += [weight_write.en.eq(1), weight_write.addr.eq(col), weight_write.data.eq(pruned_weight)]
             m.d.sync += [weight_total.eq(weight_total + pruned_weight), total.eq(0)]
-            m.d.comb += col_c.step.eq(1)
             goto("PACKAGE_WEIGHT_WRITE", "PACKAGE_WEIGHT_READ")
         with m.If(state["PACKAGE_DST"]):
             with m.If(p_dst_out):
@@ -497,7 +482,6 @@ class TokenController(wiring.Component):
                 goto("PACKAGE_COLUMN", "IDLE")
             with m.Else():
                 m.d.sync += [numerator.eq(0), address.eq(p_src + outer)]
-                m.d.comb += col_c.clear.eq(1)
                 goto("PACKAGE_COLUMN", "PACKAGE_X_LOOK")
         with m.If(state["PACKAGE_X_LOOK"]):   # token col's weight reaches weight_now
             goto("PACKAGE_X_LOOK", "PACKAGE_X_READ")
@@ -506,7 +490,6 @@ class TokenController(wiring.Component):
                 goto("PACKAGE_X_READ", "PACKAGE_DIVIDE_SETUP")
             with m.Elif(weight_zero):   # kept (or weightless): adds nothing
                 m.d.sync += address.eq(address + p_cols)
-                m.d.comb += col_c.step.eq(1)
                 goto("PACKAGE_X_READ", "PACKAGE_X_LOOK")
             with m.Else():
                 comb, sync = read_at(address)
@@ -520,7 +503,6 @@ class TokenController(wiring.Component):
             goto("PACKAGE_X_MULTIPLY", "PACKAGE_X_ADD")
         with m.If(state["PACKAGE_X_ADD"]):
             m.d.sync += [numerator.eq(numerator + product), address.eq(address + p_cols)]
-            m.d.comb += col_c.step.eq(1)
             goto("PACKAGE_X_ADD", "PACKAGE_X_LOOK")
         with m.If(state["PACKAGE_DIVIDE_SETUP"]):
             # floor(a / b), a = 2 num + total, b = 2 total: on |a| (+ b - 1 if a < 0, the ceiling).
@@ -547,6 +529,27 @@ class TokenController(wiring.Component):
         with m.If(state["PACKAGE_WRITE"]):
             value = Mux(negative, -quotient, quotient)
             m.d.comb += write_at(p_dst + outer, value[:8])
-            m.d.comb += outer_c.step.eq(1)
             goto("PACKAGE_WRITE", "PACKAGE_COLUMN")
+        # The counters' strobes, one expression each (one-hot states, registered flags).
+        selection_next = state["TOPK_ROW"] & ~outer_c.at["selections"]
+        summed_done = state["TOPK_ADD"] & inner_c.at["summed_last"]
+        index_done = state["INDEX_READ"] & inner_c.at["count"]
+        tokens_cleared = state["PACKAGE_CLEAR"] & col_c.at["p_n"]
+        weights_done = state["PACKAGE_WEIGHT_READ"] & col_c.at["p_n"]
+        heads_done = state["PACKAGE_WEIGHT_ADD"] & inner_c.at["heads_last"]
+        m.d.comb += [
+            col_c.clear.eq(state["CHECK"] | (selection_next & ~t_n_zero) | index_done
+                           | (state["GATHER_ROW"] & ~outer_c.at["g_rows"]) | tokens_cleared | weights_done
+                           | (state["PACKAGE_COLUMN"] & ~outer_c.at["p_cols"])),
+            col_c.step.eq(summed_done | (state["GATHER_COPY"] & ~col_c.at["g_cols"])
+                          | (state["PACKAGE_CLEAR"] & ~col_c.at["p_n"]) | state["PACKAGE_WEIGHT_WRITE"]
+                          | (state["PACKAGE_X_READ"] & ~col_c.at["p_n"] & weight_zero) | state["PACKAGE_X_ADD"]),
+            outer_c.clear.eq(state["CHECK"] | index_done | weights_done),
+            outer_c.step.eq((selection_next & t_n_zero) | selection_done
+                            | (state["GATHER_COPY"] & col_c.at["g_cols"]) | state["PACKAGE_WRITE"]),
+            inner_c.clear.eq(state["CHECK"] | (selection_next & ~t_n_zero) | summed_done | index_done
+                             | (state["INDEX_DONE"] & ~is_gather) | tokens_cleared | heads_done),
+            inner_c.step.eq((state["TOPK_ADD"] & ~inner_c.at["summed_last"]) | state["INDEX_TAKE"]
+                            | (state["PACKAGE_WEIGHT_ADD"] & ~inner_c.at["heads_last"])),
+        ]
         return m
