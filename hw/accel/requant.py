@@ -228,7 +228,7 @@ class RequantController(wiring.Component):
             m.d.sync += [state[current].eq(0), state[following].eq(1)]
 
         # the strobes, each one expression of one-hot states and flags
-        is_shift, is_bias = kind == SHIFT, kind == BIAS
+        is_shift, is_bias = Signal(), Signal()   # kind == SHIFT, kind == BIAS (registers)
         params_done = state["PARAM_SCAN"] & is_shift & last_col
         element_done = (state["VALUE_SCAN"] & is_bias) | (state["COMPUTE"] & is_shift)
         m.d.comb += [col_reset.eq(state["CHECK"] | state["DST"] | params_done),
@@ -257,7 +257,7 @@ class RequantController(wiring.Component):
                 goto("CHECK", "PARAM_SCAN")
         # ---- parameter scan: multiplier and shift of every column ------------------------
         with m.If(state["PARAM_SCAN"]):
-            with m.If(kind == SHIFT):
+            with m.If(is_shift):
                 with m.If(last_col):
                     with m.If(empty):
                         m.d.sync += reading.eq(0)
@@ -267,7 +267,7 @@ class RequantController(wiring.Component):
                         goto("PARAM_SCAN", "VALUE_SCAN")
         # ---- value scan: |acc + bias| <= 2^31 for every element ---------------------------
         with m.If(state["VALUE_SCAN"]):
-            with m.If(kind == BIAS):
+            with m.If(is_bias):
                 with m.If(last_col & last_row):
                     m.d.sync += reading.eq(0)
                     m.d.comb += scan_go.eq(1)
@@ -290,7 +290,7 @@ class RequantController(wiring.Component):
                 goto("DST", "COMPUTE")
         # ---- compute: four reads per element, back to back; the pipeline writes ----------
         with m.If(state["COMPUTE"]):
-            with m.If(kind == SHIFT):
+            with m.If(is_shift):
                 with m.If(last_col & last_row):
                     m.d.sync += [reading.eq(0), computing.eq(0)]
                     m.d.comb += compute_go.eq(1)
@@ -303,14 +303,18 @@ class RequantController(wiring.Component):
             goto("FINISH", "IDLE")
         # the next read's kind: the scans alternate (multiplier / shift, accumulator / bias),
         # the compute phase counts through all four
+        kind_next = Signal(2)
+        m.d.comb += kind_next.eq(kind)
         with m.If(kind_to_mult):
-            m.d.sync += kind.eq(MULT)
+            m.d.comb += kind_next.eq(MULT)
         with m.Elif(kind_to_acc):
-            m.d.sync += kind.eq(ACC)
+            m.d.comb += kind_next.eq(ACC)
         with m.Elif(state["COMPUTE"]):
-            m.d.sync += kind.eq(kind + 1)
+            m.d.comb += kind_next.eq(kind + 1)
         with m.Elif(state["PARAM_SCAN"] | state["VALUE_SCAN"]):
-            m.d.sync += kind[0].eq(~kind[0])
+            m.d.comb += kind_next.eq(Cat(~kind[0], kind[1]))
+        # kind and its decoded flags, registered together (the strobes use the flags)
+        m.d.sync += [kind.eq(kind_next), is_shift.eq(kind_next == SHIFT), is_bias.eq(kind_next == BIAS)]
         return m
 
 
