@@ -25,7 +25,7 @@ not in the loop) and ``min(ties before the lane, ties_left)``. All stages move o
 
 Cycles from ``start`` to the last result beat: ``passes * (groups + pass_extra) +
 compact_latency + groups`` with ``groups = ceil(n / lanes)`` (``passes = 4`` for 16-bit
-scores; :meth:`TopKEngine.cycles`), 291 for ``n = 197`` on 4 lanes.
+scores; :func:`topk_engine_cycles`), 289 for ``n = 197`` on 4 lanes.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@
   ``k <= n <= max_tokens``, ``1 <= rows <= 257`` with ``sum_rows`` (INVALID_OPERAND); the
   scores, then the indices out of VECTOR (ADDRESS_OUT_OF_RANGE).
 * **GATHER** copies the source rows an index list names (one byte per cycle, reads and writes
-  pipelined, plus three cycles per row). Checks:
+  pipelined, plus five cycles per row). Checks:
   source, index list (ADDRESS_OUT_OF_RANGE); every index below ``n`` (INVALID_OPERAND, a
   pass over the list before anything is written); destination (ADDRESS_OUT_OF_RANGE).
 * **PACKAGE** (SPViT's package token): a pass over the kept indices marks them (and checks
@@ -31,6 +31,15 @@ them, is still exact); TOPK's and PACKAGE's outputs are written after their inpu
 The VECTOR buffer is read through a synchronous port (``read`` / ``read_addr`` this cycle,
 the 16-byte ``read_data`` the next) and written one byte at a time (``write``); the core
 gives the controller priority over the load and store queues.
+
+Pipelined for the zcu102's 300 MHz (docs/timing.md): the operand checks take three registers
+from the instruction word (:attr:`TokenController.CHECK_STAGES`); every element read is
+registered before use (a read costs three states: address, data, use); multiplies
+(GATHER's row offset, PACKAGE's weighted token) have a state of their own; the division
+shifts its trial divisor instead of shifting by the step; the states are one-hot registers
+and the counters carry registered end flags; a TOPK result beat is copied into the
+controller, so that the engine's ``result.ready`` is an AND of registers (it stalls the
+engine's whole pipeline). ``sim/perf/units.py`` counts the states.
 """
 
 from __future__ import annotations
@@ -268,7 +277,7 @@ class TokenController(wiring.Component):
 
         # One-hot states (registers): every enable and output is a LUT or two from registers.
         state = {name: Signal(name=f"tokens_{name.lower()}", init=name == "IDLE") for name in (
-            'IDLE', 'SETTLE', 'CHECK', 'TOPK_ROW', 'TOPK_READ', 'TOPK_WAIT', 'TOPK_ADD', 'TOPK_SEND', 'TOPK_START', 'TOPK_RESULT', 'INDEX_READ', 'INDEX_WAIT', 'INDEX_TAKE', 'INDEX_DONE', 'GATHER_ROW', 'GATHER_INDEX_WAIT', 'GATHER_INDEX', 'GATHER_ADDRESS', 'GATHER_COPY', 'PACKAGE_CLEAR', 'PACKAGE_WEIGHT_READ', 'PACKAGE_WEIGHT_WAIT', 'PACKAGE_WEIGHT_ADD', 'PACKAGE_WEIGHT_WRITE', 'PACKAGE_DST', 'PACKAGE_COLUMN', 'PACKAGE_X_LOOK', 'PACKAGE_X_READ', 'PACKAGE_X_WAIT', 'PACKAGE_X_MULTIPLY', 'PACKAGE_X_ADD', 'PACKAGE_DIVIDE_SETUP', 'PACKAGE_DIVIDE_SIGN', 'PACKAGE_DIVIDE', 'PACKAGE_WRITE')}
+            'IDLE', 'SETTLE', 'CHECK', 'TOPK_ROW', 'TOPK_READ', 'TOPK_WAIT', 'TOPK_ADD', 'TOPK_SEND', 'TOPK_START', 'TOPK_RESULT', 'TOPK_NEXT', 'INDEX_READ', 'INDEX_WAIT', 'INDEX_TAKE', 'INDEX_DONE', 'GATHER_ROW', 'GATHER_INDEX_WAIT', 'GATHER_INDEX', 'GATHER_ADDRESS', 'GATHER_COPY', 'PACKAGE_CLEAR', 'PACKAGE_WEIGHT_READ', 'PACKAGE_WEIGHT_WAIT', 'PACKAGE_WEIGHT_ADD', 'PACKAGE_WEIGHT_WRITE', 'PACKAGE_DST', 'PACKAGE_COLUMN', 'PACKAGE_X_LOOK', 'PACKAGE_X_READ', 'PACKAGE_X_WAIT', 'PACKAGE_X_MULTIPLY', 'PACKAGE_X_ADD', 'PACKAGE_DIVIDE_SETUP', 'PACKAGE_DIVIDE_SIGN', 'PACKAGE_DIVIDE', 'PACKAGE_WRITE')}
 
         def goto(current, following):
             m.d.sync += [state[current].eq(0), state[following].eq(1)]
@@ -374,8 +383,11 @@ class TokenController(wiring.Component):
                 with m.If(result.count == 0):
                     m.d.comb += selection_done.eq(result.last)
             with m.If(selection_done):
-                m.d.sync += [collecting.eq(0), row_address.eq(row_address + 2 * t_n)]
-                goto("TOPK_RESULT", "TOPK_ROW")
+                m.d.sync += collecting.eq(0)
+                goto("TOPK_RESULT", "TOPK_NEXT")
+        with m.If(state["TOPK_NEXT"]):   # the next selection (a state: selection_done is late)
+            m.d.sync += row_address.eq(row_address + 2 * t_n)
+            goto("TOPK_NEXT", "TOPK_ROW")
 
         # ---- index list pass (GATHER, PACKAGE): every index below n; PACKAGE marks them -----
         with m.If(state["INDEX_READ"]):
@@ -545,7 +557,7 @@ class TokenController(wiring.Component):
                           | (state["PACKAGE_CLEAR"] & ~col_c.at["p_n"]) | state["PACKAGE_WEIGHT_WRITE"]
                           | (state["PACKAGE_X_READ"] & ~col_c.at["p_n"] & weight_zero) | state["PACKAGE_X_ADD"]),
             outer_c.clear.eq(state["CHECK"] | index_done | weights_done),
-            outer_c.step.eq((selection_next & t_n_zero) | selection_done
+            outer_c.step.eq((selection_next & t_n_zero) | state["TOPK_NEXT"]
                             | (state["GATHER_COPY"] & col_c.at["g_cols"]) | state["PACKAGE_WRITE"]),
             inner_c.clear.eq(state["CHECK"] | (selection_next & ~t_n_zero) | summed_done | index_done
                              | (state["INDEX_DONE"] & ~is_gather) | tokens_cleared | heads_done),

@@ -124,7 +124,7 @@ def topk_cycles(config: AccelConfig, f: dict) -> int:
     TOPK_START, the engine (:func:`~vitaccel.hw.topk.topk_engine_cycles`: its passes and the
     compaction's latency; the first result beat is taken the cycle it is valid), then per
     result beat one write per kept index byte (two per index) or one cycle for an empty
-    beat; a final TOPK_ROW."""
+    beat, TOPK_NEXT; a final TOPK_ROW."""
     lanes = config.topk_lanes
     n, k, rows = f["n"], f["k"], f["rows"]
     sum_rows = f["sum_rows"]
@@ -136,7 +136,7 @@ def topk_cycles(config: AccelConfig, f: dict) -> int:
         per_selection += 3 * summed * n + groups + 1 + topk_engine_cycles(lanes, n) - groups + 1
         # Result beats (the compaction pass): 2 bytes per kept index; a beat keeping none
         # still takes a cycle (which beats keep none depends on the scores: assume the fewest).
-        per_selection += 2 * k + max(0, groups - k)
+        per_selection += 2 * k + max(0, groups - k) + 1
     return _TOKEN_HEAD + selections * per_selection + 1
 
 
