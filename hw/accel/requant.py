@@ -207,14 +207,19 @@ class RequantController(wiring.Component):
         # so the strobes are ORs of a state and a flag or two; no chain of per-state priorities).
         col_reset, col_step, row_reset = Signal(), Signal(), Signal()
         acc_reset, acc_step, kind_to_mult, kind_to_acc = Signal(), Signal(), Signal(), Signal()
+        # col / row are never stepped the cycle after they change: their compares are registers
+        col_before_last = register(m, col == cols_before_last, "col_before_last", 1)
+        row_before_last = register(m, row == rows_before_last, "row_before_last", 1)
+        single_col = register(m, cols_last == 0, "single_col", 1)
+        single_row = register(m, rows_last == 0, "single_row", 1)
         with m.If(col_reset | (col_step & last_col)):
-            m.d.sync += [col.eq(0), last_col.eq(cols_last == 0), col_offset.eq(0)]
+            m.d.sync += [col.eq(0), last_col.eq(single_col), col_offset.eq(0)]
         with m.Elif(col_step):
-            m.d.sync += [col.eq(col + 1), last_col.eq(col == cols_before_last), col_offset.eq(col_offset + 4)]
+            m.d.sync += [col.eq(col + 1), last_col.eq(col_before_last), col_offset.eq(col_offset + 4)]
         with m.If(row_reset):
-            m.d.sync += [row.eq(0), last_row.eq(rows_last == 0)]
+            m.d.sync += [row.eq(0), last_row.eq(single_row)]
         with m.Elif(col_step & last_col):
-            m.d.sync += [row.eq(row + 1), last_row.eq(row == rows_before_last)]
+            m.d.sync += [row.eq(row + 1), last_row.eq(row_before_last)]
         with m.If(acc_reset):
             m.d.sync += acc_ptr.eq(src)
         with m.Elif(acc_step):
