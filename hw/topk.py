@@ -53,17 +53,6 @@ def topk_result_layout(lanes: int, max_tokens: int) -> data.StructLayout:
     })
 
 
-def popcount(bits: list) -> Value:
-    """Number of set bits among single-bit values (an adder tree, combinational)."""
-    values = list(bits)
-    if not values:
-        return Const(0, 1)
-    while len(values) > 1:
-        values = [values[i] + values[i + 1] if i + 1 < len(values) else values[i]
-                  for i in range(0, len(values), 2)]
-    return values[0]
-
-
 #: Lanes counted by one table look-up (a LUT level: each count bit is a function of 4 bits).
 _CHUNK = 4
 
