@@ -10,19 +10,28 @@ Checks in the golden machine's order (``GoldenMachine._requant`` and
 of ACC (ADDRESS_OUT_OF_RANGE); a multiplier outside ``0 .. 2^31 - 1``, a shift outside
 ``1 .. MAX_SHIFT``, or an ``|accumulator + bias|`` above ``2^31`` (INVALID_OPERAND: a scan over
 the parameters and every element before anything is written); the destination out of
-VECTOR (ADDRESS_OUT_OF_RANGE). Then one element per six cycles: its four int32 words are read
-back to back from ACC (synchronous reads, one per cycle), the product is registered, the
-rounded and saturated byte is written. Elements go in order, so ``dst`` may alias nothing in
-ACC; VECTOR and ACC are separate buffers.
+VECTOR (ADDRESS_OUT_OF_RANGE).
+
+Pipelined for the zcu102's 300 MHz (docs/timing.md): ACC is read one int32 word per cycle
+(addresses from counters and one add, no multiplies), each word is registered before use, the
+checks take a register each, and the operand checks take three registers from the
+instruction word (product, sum, compare: :attr:`CHECK_STAGES`). The scans issue two reads
+per column (multiplier, shift) and two per element (accumulator, bias) back to back and
+report a failure after the last one. The compute phase issues four reads per element
+(accumulator, bias, multiplier, shift) back to back into a pipeline: the sum, four 17-bit
+partial products (one DSP48E2 each), two adds, the three-register rounding shift, the
+saturation in two registers, then the byte write (:attr:`COMPUTE_LATENCY` cycles after the
+shift's read). Elements go in order, so ``dst`` may alias nothing in ACC; VECTOR and ACC are
+separate buffers.
 """
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, signed
+from amaranth import Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from vitaccel.hw.nonlinear.arith import SHIFT_BITS, round_shift, saturate
+from vitaccel.hw.nonlinear.arith import DSP_B_UNSIGNED_BITS, SHIFT_BITS, pipelined_round_shift, register
 from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.hw.spec.isa import ADDR_UNIT, Buffer, Opcode
@@ -57,6 +66,15 @@ class RequantController(wiring.Component):
     write, write_addr, write_data : VECTOR byte write.
     """
 
+    #: Registers between the instruction word and the operand checks (product, sum, compare).
+    CHECK_STAGES = 3
+    #: Cycles from a read to its check's effect on ``failed``: the data, the word register,
+    #: the sum, the compare.
+    SCAN_LATENCY = 4
+    #: Cycles from a shift's read to its element's byte write: the data, the word register,
+    #: the partial products, two adds, three rounding registers, two saturation registers.
+    COMPUTE_LATENCY = 11
+
     def __init__(self, *, config: AccelConfig):
         if not isinstance(config, AccelConfig):
             raise TypeError(f"config: expected an AccelConfig, got {type(config).__name__}")
@@ -66,6 +84,16 @@ class RequantController(wiring.Component):
             "acc_read": Out(1), "acc_read_addr": Out(_ADDR_BITS), "acc_read_data": In(ADDR_UNIT * 8),
             "write": Out(1), "write_addr": Out(_ADDR_BITS), "write_data": Out(8),
         })
+
+    @classmethod
+    def cycles(cls, rows: int, cols: int) -> int:
+        """Cycles from ``start`` to ``done`` of a REQUANT that retires (the core's DECIDE
+        cycle, where ``start`` is raised, included)."""
+        elements = rows * cols
+        scan = 2 * cols + 2 * elements
+        compute = 4 * elements + cls.COMPUTE_LATENCY + 1 if elements else 0   # + FINISH
+        # DECIDE, the check registers (the last one read in CHECK), the scans, their drain, DST
+        return 1 + cls.CHECK_STAGES + scan + cls.SCAN_LATENCY + 1 + compute
 
     def elaborate(self, platform):
         m = Module()
@@ -77,128 +105,231 @@ class RequantController(wiring.Component):
 
         rows, cols = f("rows"), f("cols")
         src, dst, param = f("src_addr") * ADDR_UNIT, f("dst_addr") * ADDR_UNIT, f("param_addr") * ADDR_UNIT
-        src_out, param_out, dst_out = Signal(), Signal(), Signal()
-        m.d.sync += [src_out.eq(src + 4 * rows * cols > acc_bytes),
-                     param_out.eq(param + 12 * cols > acc_bytes),
-                     dst_out.eq(dst + rows * cols > vector_bytes)]
+
+        # ---- operand checks: product, sums, compares, one register each ----------------------
+        elements = register(m, rows * cols, "elements")
+        param_bytes = register(m, 12 * cols, "param_bytes")
+        mult_base = register(m, param + 4 * cols, "mult_base")
+        shift_base = register(m, param + 8 * cols, "shift_base")
+        rows_last, cols_last = register(m, rows - 1, "rows_last"), register(m, cols - 1, "cols_last")
+        # "the next one is the last" as an equality of registers (no incrementer before it)
+        rows_before_last = register(m, rows - 2, "rows_before_last", signed(14))
+        cols_before_last = register(m, cols - 2, "cols_before_last", signed(15))
+        empty = register(m, (rows == 0) | (cols == 0), "empty")
+        no_cols = register(m, cols == 0, "no_cols")
+        src_end = register(m, src + 4 * elements, "src_end")
+        param_end = register(m, param + param_bytes, "param_end")
+        dst_end = register(m, dst + elements, "dst_end")
+        src_out, param_out = register(m, src_end > acc_bytes, "src_out"), register(m, param_end > acc_bytes, "param_out")
+        dst_out = register(m, dst_end > vector_bytes, "dst_out")
 
         def fail(code):
             return [self.error.eq(1), self.error_code.eq(code)]
 
-        # ACC reads: address this cycle, the int32 word the next.
-        read_lane = Signal(_LANE_BITS - 2)
-        word = self.acc_read_data.word_select(read_lane, 32).as_signed()
-
-        def read(address):
-            m.d.comb += [self.acc_read.eq(1), self.acc_read_addr.eq(address)]
-            m.d.sync += read_lane.eq(address[2:_LANE_BITS])
-
+        # ---- ACC reads: one word per cycle from pointer registers -----------------------------
         row, col = Signal(12), Signal(13)
-        element = Signal(_ADDR_BITS)   # row * cols + col
-        acc, bias, multiplier = Signal(signed(32)), Signal(signed(32)), Signal(signed(32))
-        shift = Signal(SHIFT_BITS)
-        product = Signal(signed(34 + MULTIPLIER_BITS))
-        bias_addr = param + 4 * col
-        multiplier_addr = param + 4 * (cols + col)
-        shift_addr = param + 4 * (2 * cols + col)
-        acc_addr = src + 4 * element
-        total = acc + bias                                  # 33 bits: |total| <= 2^31 is checked
+        acc_ptr = Signal(_ADDR_BITS)
+        col_offset = Signal(_ADDR_BITS)   # 4 * col: the column's parameter words from their bases
+        dst_ptr = Signal(_ADDR_BITS)
+        kind = Signal(2)          # the next read: 0 acc, 1 bias, 2 multiplier, 3 shift
+        ACC, BIAS, MULT, SHIFT = range(4)
+        reading, computing = Signal(), Signal()
+        param_base = Mux(kind[1], Mux(kind[0], shift_base, mult_base), param)
+        address = Mux(kind == ACC, acc_ptr, param_base + col_offset)
+        m.d.comb += [self.acc_read.eq(reading), self.acc_read_addr.eq(address)]
 
-        def advance(done_state, next_state):
-            """Next element in row-major order; ``done_state`` after the last."""
-            last_col = col == cols - 1
-            m.d.sync += [element.eq(element + 1), col.eq(Mux(last_col, 0, col + 1))]
-            with m.If(last_col):
-                m.d.sync += row.eq(row + 1)
-                with m.If(row == rows - 1):
-                    m.next = done_state
-                with m.Else():
-                    m.next = next_state
+        # the read's tags, one cycle (the data) then one more (the word register)
+        read_lane = Signal(_LANE_BITS - 2)
+        tag = Signal(4)           # valid, compute, kind
+        m.d.sync += [read_lane.eq(address[2:_LANE_BITS]), tag.eq(Cat(reading, computing, kind))]
+        word = register(m, self.acc_read_data.word_select(read_lane, 32).as_signed(), "word")
+        word_tag = register(m, tag, "word_tag")
+        word_valid, word_compute, word_kind = word_tag[0], word_tag[1], word_tag[2:]
+
+        def at(k, compute):
+            return word_valid & (word_compute == compute) & (word_kind == k)
+
+        acc, total, multiplier = Signal(signed(32)), Signal(signed(33)), Signal(unsigned(MULTIPLIER_BITS))
+        with m.If(at(ACC, 0) | at(ACC, 1)):
+            m.d.sync += acc.eq(word)
+        with m.If(at(BIAS, 0) | at(BIAS, 1)):
+            m.d.sync += total.eq(acc + word)    # 33 bits: |total| <= 2^31 is checked
+        with m.If(at(MULT, 1)):
+            m.d.sync += multiplier.eq(word[:MULTIPLIER_BITS])
+
+        # ---- the scans' checks: each a register, ``failed`` sticky -----------------------------
+        failed = Signal()
+        bad_multiplier = register(m, at(MULT, 0) & (word < 0), "bad_multiplier")
+        bad_shift = register(m, at(SHIFT, 0) & ((word < 1) | (word > MAX_SHIFT)), "bad_shift")
+        total_check = register(m, at(BIAS, 0), "total_check")
+        bad_total = register(m, total_check & ((total > (1 << 31)) | (total < -(1 << 31))), "bad_total")
+        with m.If(bad_multiplier | bad_shift | bad_total):
+            m.d.sync += failed.eq(1)
+
+        # ---- compute: partial products, adds, rounding shift, saturation -----------------------
+        launch = at(SHIFT, 1)
+        low_bits = DSP_B_UNSIGNED_BITS
+        total_low, total_high = total[:low_bits], total[low_bits:].as_signed()
+        mult_low, mult_high = multiplier[:low_bits], multiplier[low_bits:]
+        ll = register(m, total_low * mult_low, "product_ll")
+        lh = register(m, total_low * mult_high, "product_lh")
+        hl = register(m, total_high * mult_low, "product_hl")
+        hh = register(m, total_high * mult_high, "product_hh")
+        middle = register(m, lh + hl, "product_middle")
+        ll2, hh2 = register(m, ll, "product_ll2"), register(m, hh, "product_hh2")
+        low = register(m, ll2 + (middle << low_bits), "product_low")
+        hh3 = register(m, hh2, "product_hh3")
+        product = register(m, low + (hh3 << (2 * low_bits)), "product", signed(34 + MULTIPLIER_BITS))
+        shift = _delay(m, word[:SHIFT_BITS], 4, "shift")
+        rounded = pipelined_round_shift(m, product, shift, register, "rounded")
+        upper = rounded[7:]
+        in_range = register(m, upper.all() | ~upper.any(), "in_range")
+        negative = register(m, rounded[-1], "negative")
+        low_byte = register(m, rounded[:8], "low_byte")
+        result = register(m, Mux(in_range, low_byte, Mux(negative, 0x80, 0x7F)), "result")
+        write_valid = _delay(m, launch, 9, "write_valid")
+        write_addr = _delay(m, dst_ptr, 9, "write_addr")
+        with m.If(launch):
+            m.d.sync += dst_ptr.eq(dst_ptr + 1)
+        m.d.comb += [self.write.eq(write_valid), self.write_addr.eq(write_addr), self.write_data.eq(result)]
+
+        # ---- sequencing -----------------------------------------------------------------------
+        last_col = Signal()    # col == cols - 1 (registered, updated with col)
+        last_row = Signal()
+        # Waits as strobes through delay lines (registers only): the start (the check registers),
+        # the scans' last read (its check), the compute's last read (its byte write).
+        settle_go, scan_go, compute_go = Signal(), Signal(), Signal()
+        settled = _delay(m, settle_go, self.CHECK_STAGES - 1, "settled", reset=True)
+        scanned = _delay(m, scan_go, self.SCAN_LATENCY, "scanned", reset=True)
+        computed = _delay(m, compute_go, self.COMPUTE_LATENCY, "computed", reset=True)
+
+        # Counters and pointers: each updated in one place from strobes (the states are one-hot,
+        # so the strobes are ORs of a state and a flag or two; no chain of per-state priorities).
+        col_reset, col_step, row_reset = Signal(), Signal(), Signal()
+        acc_reset, acc_step, kind_to_mult, kind_to_acc = Signal(), Signal(), Signal(), Signal()
+        # col / row are never stepped the cycle after they change: their compares are registers
+        col_before_last = register(m, col == cols_before_last, "col_before_last", 1)
+        row_before_last = register(m, row == rows_before_last, "row_before_last", 1)
+        single_col = register(m, cols_last == 0, "single_col", 1)
+        single_row = register(m, rows_last == 0, "single_row", 1)
+        with m.If(col_reset | (col_step & last_col)):
+            m.d.sync += [col.eq(0), last_col.eq(single_col), col_offset.eq(0)]
+        with m.Elif(col_step):
+            m.d.sync += [col.eq(col + 1), last_col.eq(col_before_last), col_offset.eq(col_offset + 4)]
+        with m.If(row_reset):
+            m.d.sync += [row.eq(0), last_row.eq(single_row)]
+        with m.Elif(col_step & last_col):
+            m.d.sync += [row.eq(row + 1), last_row.eq(row_before_last)]
+        with m.If(acc_reset):
+            m.d.sync += acc_ptr.eq(src)
+        with m.Elif(acc_step):
+            m.d.sync += acc_ptr.eq(acc_ptr + 4)
+
+        # One-hot states (registers): every enable and output is a LUT or two from registers.
+        state = {name: Signal(name=f"requant_{name.lower()}", init=name == "IDLE") for name in (
+            'IDLE', 'SETTLE', 'CHECK', 'PARAM_SCAN', 'VALUE_SCAN', 'SCAN_DRAIN', 'DST', 'COMPUTE', 'COMPUTE_DRAIN', 'FINISH')}
+
+        def goto(current, following):
+            m.d.sync += [state[current].eq(0), state[following].eq(1)]
+
+        # the strobes, each one expression of one-hot states and flags
+        is_shift, is_bias = Signal(), Signal()   # kind == SHIFT, kind == BIAS (registers)
+        params_done = state["PARAM_SCAN"] & is_shift & last_col
+        element_done = (state["VALUE_SCAN"] & is_bias) | (state["COMPUTE"] & is_shift)
+        m.d.comb += [col_reset.eq(state["CHECK"] | state["DST"] | params_done),
+                     col_step.eq((state["PARAM_SCAN"] & is_shift & ~last_col) | element_done),
+                     row_reset.eq(state["CHECK"] | state["DST"]), acc_reset.eq(state["CHECK"] | state["DST"]),
+                     acc_step.eq(element_done), kind_to_mult.eq(state["CHECK"]),
+                     kind_to_acc.eq(state["DST"] | params_done)]
+
+        with m.If(state["IDLE"]):
+            with m.If(self.start):
+                m.d.comb += settle_go.eq(1)
+                goto("IDLE", "SETTLE")
+        with m.If(state["SETTLE"]):   # the operand checks' registers
+            with m.If(settled):
+                goto("SETTLE", "CHECK")
+        with m.If(state["CHECK"]):
+            m.d.sync += [failed.eq(0), dst_ptr.eq(dst)]
+            with m.If(src_out | param_out):
+                m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                goto("CHECK", "IDLE")
+            with m.Elif(no_cols):
+                m.d.comb += scan_go.eq(1)
+                goto("CHECK", "SCAN_DRAIN")
             with m.Else():
-                m.next = next_state
-
-        with m.FSM(name="requant"):
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                m.d.sync += [row.eq(0), col.eq(0), element.eq(0)]
-                with m.If(src_out | param_out):
-                    m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                    m.next = "IDLE"
-                with m.Else():
-                    m.next = "PARAM_MULTIPLIER"
-            # ---- parameter scan: multiplier and shift of every column ------------------------
-            with m.State("PARAM_MULTIPLIER"):
-                with m.If(col == cols):
-                    m.d.sync += col.eq(0)
-                    m.next = "VALUE_ACC"
-                with m.Else():
-                    read(multiplier_addr)
-                    m.next = "PARAM_SHIFT"
-            with m.State("PARAM_SHIFT"):
-                read(shift_addr)
-                m.d.sync += multiplier.eq(word)
-                m.next = "PARAM_TEST"
-            with m.State("PARAM_TEST"):
-                with m.If((multiplier < 0) | (word < 1) | (word > MAX_SHIFT)):
-                    m.d.comb += fail(ErrorCode.INVALID_OPERAND)
-                    m.next = "IDLE"
-                with m.Else():
-                    m.d.sync += col.eq(col + 1)
-                    m.next = "PARAM_MULTIPLIER"
-            # ---- value scan: |acc + bias| <= 2^31 for every element ---------------------------
-            with m.State("VALUE_ACC"):
-                with m.If((rows == 0) | (cols == 0)):
-                    m.next = "DST"
-                with m.Else():
-                    read(acc_addr)
-                    m.next = "VALUE_BIAS"
-            with m.State("VALUE_BIAS"):
-                read(bias_addr)
-                m.d.sync += acc.eq(word)
-                m.next = "VALUE_TEST"
-            with m.State("VALUE_TEST"):
-                value = acc + word
-                with m.If((value > (1 << 31)) | (value < -(1 << 31))):
-                    m.d.comb += fail(ErrorCode.INVALID_OPERAND)
-                    m.next = "IDLE"
-                with m.Else():
-                    advance("DST", "VALUE_ACC")
-            with m.State("DST"):
-                m.d.sync += [row.eq(0), col.eq(0), element.eq(0)]
-                with m.If(dst_out):
-                    m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                    m.next = "IDLE"
-                with m.Elif((rows == 0) | (cols == 0)):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
-                with m.Else():
-                    m.next = "READ_ACC"
-            # ---- compute: four reads back to back, product, write -----------------------------
-            with m.State("READ_ACC"):
-                read(acc_addr)
-                m.next = "READ_BIAS"
-            with m.State("READ_BIAS"):
-                read(bias_addr)
-                m.d.sync += acc.eq(word)
-                m.next = "READ_MULTIPLIER"
-            with m.State("READ_MULTIPLIER"):
-                read(multiplier_addr)
-                m.d.sync += bias.eq(word)
-                m.next = "READ_SHIFT"
-            with m.State("READ_SHIFT"):
-                read(shift_addr)
-                m.d.sync += multiplier.eq(word)
-                m.next = "MULTIPLY"
-            with m.State("MULTIPLY"):
-                m.d.sync += [shift.eq(word[:SHIFT_BITS]), product.eq(total * multiplier[:MULTIPLIER_BITS])]
-                m.next = "WRITE"
-            with m.State("WRITE"):
-                m.d.comb += [self.write.eq(1), self.write_addr.eq(dst + element),
-                             self.write_data.eq(saturate(round_shift(product, shift), 8))]
-                advance("FINISH", "READ_ACC")
-            with m.State("FINISH"):
+                m.d.sync += reading.eq(1)
+                goto("CHECK", "PARAM_SCAN")
+        # ---- parameter scan: multiplier and shift of every column ------------------------
+        with m.If(state["PARAM_SCAN"]):
+            with m.If(is_shift):
+                with m.If(last_col):
+                    with m.If(empty):
+                        m.d.sync += reading.eq(0)
+                        m.d.comb += scan_go.eq(1)
+                        goto("PARAM_SCAN", "SCAN_DRAIN")
+                    with m.Else():
+                        goto("PARAM_SCAN", "VALUE_SCAN")
+        # ---- value scan: |acc + bias| <= 2^31 for every element ---------------------------
+        with m.If(state["VALUE_SCAN"]):
+            with m.If(is_bias):
+                with m.If(last_col & last_row):
+                    m.d.sync += reading.eq(0)
+                    m.d.comb += scan_go.eq(1)
+                    goto("VALUE_SCAN", "SCAN_DRAIN")
+        with m.If(state["SCAN_DRAIN"]):   # the last read's check reaches ``failed``
+            with m.If(scanned):
+                goto("SCAN_DRAIN", "DST")
+        with m.If(state["DST"]):
+            with m.If(failed):
+                m.d.comb += fail(ErrorCode.INVALID_OPERAND)
+                goto("DST", "IDLE")
+            with m.Elif(dst_out):
+                m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                goto("DST", "IDLE")
+            with m.Elif(empty):
                 m.d.comb += self.done.eq(1)
-                m.next = "IDLE"
+                goto("DST", "IDLE")
+            with m.Else():
+                m.d.sync += [reading.eq(1), computing.eq(1)]
+                goto("DST", "COMPUTE")
+        # ---- compute: four reads per element, back to back; the pipeline writes ----------
+        with m.If(state["COMPUTE"]):
+            with m.If(is_shift):
+                with m.If(last_col & last_row):
+                    m.d.sync += [reading.eq(0), computing.eq(0)]
+                    m.d.comb += compute_go.eq(1)
+                    goto("COMPUTE", "COMPUTE_DRAIN")
+        with m.If(state["COMPUTE_DRAIN"]):   # the last element's byte is written
+            with m.If(computed):
+                goto("COMPUTE_DRAIN", "FINISH")
+        with m.If(state["FINISH"]):
+            m.d.comb += self.done.eq(1)
+            goto("FINISH", "IDLE")
+        # the next read's kind: the scans alternate (multiplier / shift, accumulator / bias),
+        # the compute phase counts through all four
+        kind_next = Signal(2)
+        m.d.comb += kind_next.eq(kind)
+        with m.If(kind_to_mult):
+            m.d.comb += kind_next.eq(MULT)
+        with m.Elif(kind_to_acc):
+            m.d.comb += kind_next.eq(ACC)
+        with m.Elif(state["COMPUTE"]):
+            m.d.comb += kind_next.eq(kind + 1)
+        with m.Elif(state["PARAM_SCAN"] | state["VALUE_SCAN"]):
+            m.d.comb += kind_next.eq(Cat(~kind[0], kind[1]))
+        # kind and its decoded flags, registered together (the strobes use the flags)
+        m.d.sync += [kind.eq(kind_next), is_shift.eq(kind_next == SHIFT), is_bias.eq(kind_next == BIAS)]
         return m
+
+
+def _delay(m: Module, value, cycles: int, name: str, *, reset: bool = False) -> Value:
+    """``value`` ``cycles`` cycles later (``reset``: registers with a reset, for strobes)."""
+    for i in range(cycles):
+        if reset:
+            delayed = Signal(name=f"{name}_d{i}")
+            m.d.sync += delayed.eq(value)
+            value = delayed
+        else:
+            value = register(m, value, f"{name}_d{i}")
+    return value

@@ -11,7 +11,7 @@
   ``k <= n <= max_tokens``, ``1 <= rows <= 257`` with ``sum_rows`` (INVALID_OPERAND); the
   scores, then the indices out of VECTOR (ADDRESS_OUT_OF_RANGE).
 * **GATHER** copies the source rows an index list names (one byte per cycle, reads and writes
-  pipelined, plus three cycles per row). Checks:
+  pipelined, plus five cycles per row). Checks:
   source, index list (ADDRESS_OUT_OF_RANGE); every index below ``n`` (INVALID_OPERAND, a
   pass over the list before anything is written); destination (ADDRESS_OUT_OF_RANGE).
 * **PACKAGE** (SPViT's package token): a pass over the kept indices marks them (and checks
@@ -31,11 +31,20 @@ them, is still exact); TOPK's and PACKAGE's outputs are written after their inpu
 The VECTOR buffer is read through a synchronous port (``read`` / ``read_addr`` this cycle,
 the 16-byte ``read_data`` the next) and written one byte at a time (``write``); the core
 gives the controller priority over the load and store queues.
+
+Pipelined for the zcu102's 300 MHz (docs/timing.md): the operand checks take three registers
+from the instruction word (:attr:`TokenController.CHECK_STAGES`); every element read is
+registered before use (a read costs three states: address, data, use); multiplies
+(GATHER's row offset, PACKAGE's weighted token) have a state of their own; the division
+shifts its trial divisor instead of shifting by the step; the states are one-hot registers
+and the counters carry registered end flags; a TOPK result beat is copied into the
+controller, so that the engine's ``result.ready`` is an AND of registers (it stalls the
+engine's whole pipeline). ``sim/perf/units.py`` counts the states.
 """
 
 from __future__ import annotations
 
-from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -58,6 +67,27 @@ TOKEN_OPCODES = (Opcode.TOPK, Opcode.GATHER, Opcode.PACKAGE)
 SUM_ROWS_LIMIT = ((1 << TOPK_SCORE_BITS) - 1) // 0xFF
 #: Quotient bits of the package token's division (its result is an int8 mean, |q| <= 128).
 _QUOTIENT_BITS = 9
+
+
+class _Counter:
+    """A counter stepped or cleared by comb strobes, with a registered flag ``at[key]``
+    (value == bound) per bound: no compare between the counter and the state machine. The
+    bounds must be stable (instruction fields); ``bound - 1`` is kept in a register, so a
+    step's flag is one equality of two registers."""
+
+    def __init__(self, m: Module, name: str, bounds: dict) -> None:
+        self.value = Signal(13, name=name)
+        self.clear, self.step = Signal(name=f"{name}_clear"), Signal(name=f"{name}_step")
+        self.at = {key: Signal(name=f"{name}_at_{key}") for key in bounds}
+        before = {}
+        for key, bound in bounds.items():
+            before[key] = Signal(signed(15), name=f"{name}_{key}_minus_1")
+            m.d.sync += before[key].eq(bound - 1)
+        with m.If(self.clear):
+            m.d.sync += [self.value.eq(0), *(self.at[key].eq(bound == 0) for key, bound in bounds.items())]
+        with m.Elif(self.step):
+            m.d.sync += [self.value.eq(self.value + 1),
+                         *(self.at[key].eq(self.value == before[key]) for key in bounds)]
 
 
 class TokenController(wiring.Component):
@@ -84,6 +114,9 @@ class TokenController(wiring.Component):
     ConfigError
         If ``config.has_topk`` is false.
     """
+
+    #: Registers between the instruction word and the operand checks (product, sum, compare).
+    CHECK_STAGES = 3
 
     def __init__(self, *, config: AccelConfig):
         if not isinstance(config, AccelConfig):
@@ -121,37 +154,51 @@ class TokenController(wiring.Component):
         p_heads = f(Opcode.PACKAGE, "heads")
         p_src, p_prob = f(Opcode.PACKAGE, "src_addr") * ADDR_UNIT, f(Opcode.PACKAGE, "prob_addr") * ADDR_UNIT
         p_index, p_dst = f(Opcode.PACKAGE, "index_addr") * ADDR_UNIT, f(Opcode.PACKAGE, "dst_addr") * ADDR_UNIT
-        is_topk, is_gather = opcode == Opcode.TOPK, opcode == Opcode.GATHER
+        is_topk, is_gather = Signal(), Signal()   # registered (the word is held)
+        m.d.sync += [is_topk.eq(opcode == Opcode.TOPK), is_gather.eq(opcode == Opcode.GATHER)]
 
-        t_bad_shape, t_bad_rows, t_src_out, t_dst_out = (Signal(name=f"topk_{n}") for n in
-                                                          ("bad_shape", "bad_rows", "src_out", "dst_out"))
-        g_src_out, g_index_out, g_dst_out = (Signal(name=f"gather_{n}") for n in ("src_out", "index_out", "dst_out"))
-        p_bad_shape, p_bad_heads, p_prob_out, p_src_out, p_index_out, p_dst_out = (
-            Signal(name=f"package_{n}") for n in ("bad_shape", "bad_heads", "prob_out", "src_out", "index_out",
-                                                  "dst_out"))
-        m.d.sync += [
-            t_bad_shape.eq((t_k > t_n) | (t_n > cfg.max_tokens)),
-            t_bad_rows.eq(sum_rows & ((t_rows == 0) | (t_rows > SUM_ROWS_LIMIT))),
-            t_src_out.eq(t_src + Mux(sum_rows, t_rows * t_n, 2 * t_rows * t_n) > vector_bytes),
-            t_dst_out.eq(t_dst + 2 * Mux(sum_rows, 1, t_rows) * t_k > vector_bytes),
-            g_src_out.eq(g_src + g_n * g_cols > vector_bytes),
-            g_index_out.eq(g_index + 2 * g_rows > vector_bytes),
-            g_dst_out.eq(g_dst + g_rows * g_cols > vector_bytes),
-            p_bad_shape.eq((p_k > p_n) | (p_n > cfg.max_tokens)),
-            p_bad_heads.eq((p_heads == 0) | (p_heads > SUM_ROWS_LIMIT)),
-            p_prob_out.eq(p_prob + p_heads * p_n > vector_bytes),
-            p_src_out.eq(p_src + p_n * p_cols > vector_bytes),
-            p_index_out.eq(p_index + 2 * p_k > vector_bytes),
-            p_dst_out.eq(p_dst + p_cols > vector_bytes),
-        ]
+        # Operand checks from the held instruction word: products, sums, compares, one register
+        # each (:attr:`CHECK_STAGES`); CHECK reads them after the SETTLE states.
+        def reg(value, name):
+            value = Value.cast(value)
+            r = Signal(value.shape(), name=name)
+            m.d.sync += r.eq(value)
+            return r
+
+        t_elements = reg(t_rows * t_n, "topk_elements")
+        g_src_bytes, g_dst_bytes = reg(g_n * g_cols, "gather_src_bytes"), reg(g_rows * g_cols, "gather_dst_bytes")
+        p_prob_bytes, p_src_bytes = reg(p_heads * p_n, "package_prob_bytes"), reg(p_n * p_cols, "package_src_bytes")
+        t_src_end = reg(t_src + Mux(sum_rows, t_elements, 2 * t_elements), "topk_src_end")
+        t_dst_bytes = reg(2 * Mux(sum_rows, 1, t_rows) * t_k, "topk_dst_bytes")
+        t_dst_end = reg(t_dst + t_dst_bytes, "topk_dst_end")
+        g_src_end, g_index_end = reg(g_src + g_src_bytes, "gather_src_end"), reg(g_index + 2 * g_rows, "gather_index_end")
+        g_dst_end = reg(g_dst + g_dst_bytes, "gather_dst_end")
+        p_prob_end, p_src_end = reg(p_prob + p_prob_bytes, "package_prob_end"), reg(p_src + p_src_bytes, "package_src_end")
+        p_index_end, p_dst_end = reg(p_index + 2 * p_k, "package_index_end"), reg(p_dst + p_cols, "package_dst_end")
+        t_bad_shape = reg(reg((t_k > t_n) | (t_n > cfg.max_tokens), "topk_bad_shape0"), "topk_bad_shape")
+        t_bad_rows = reg(reg(sum_rows & ((t_rows == 0) | (t_rows > SUM_ROWS_LIMIT)), "topk_bad_rows0"), "topk_bad_rows")
+        t_src_out, t_dst_out = reg(t_src_end > vector_bytes, "topk_src_out"), reg(t_dst_end > vector_bytes, "topk_dst_out")
+        g_src_out, g_index_out = reg(g_src_end > vector_bytes, "gather_src_out"), reg(g_index_end > vector_bytes, "gather_index_out")
+        g_dst_out = reg(g_dst_end > vector_bytes, "gather_dst_out")
+        p_bad_shape = reg(reg((p_k > p_n) | (p_n > cfg.max_tokens), "package_bad_shape0"), "package_bad_shape")
+        p_bad_heads = reg(reg((p_heads == 0) | (p_heads > SUM_ROWS_LIMIT), "package_bad_heads0"), "package_bad_heads")
+        p_prob_out, p_src_out = reg(p_prob_end > vector_bytes, "package_prob_out"), reg(p_src_end > vector_bytes, "package_src_out")
+        p_index_out, p_dst_out = reg(p_index_end > vector_bytes, "package_index_out"), reg(p_dst_end > vector_bytes, "package_dst_out")
+        # Loop bounds as registers (``x - 1`` and compares kept off the loops' paths).
+        summed_last = reg(Mux(sum_rows, t_rows, 1) - 1, "summed_last")
+        t_n_last, p_heads_last = reg(t_n - 1, "topk_n_last"), reg(p_heads - 1, "package_heads_last")
+        element_step = reg(Mux(sum_rows, t_n, 2 * t_n), "element_step")   # bytes between summed rows
+        element_bytes = reg(Mux(sum_rows, 1, 2), "element_bytes")
+        t_n_zero = reg(t_n == 0, "topk_n_zero")
 
         def fail(code):
             return [self.error.eq(1), self.error_code.eq(code)]
 
-        # ---- VECTOR reads: address this cycle, element the next -------------------------------
+        # ---- VECTOR reads: address this cycle, element the next, registered the one after ------
         read_lane = Signal(_LANE_BITS)
         byte = self.read_data.word_select(read_lane, 8)
         half = self.read_data.word_select(read_lane[1:], 16)   # uint16 elements are 2-aligned
+        byte_r, half_r = reg(byte, "byte_r"), reg(half, "half_r")   # a read's element 2 cycles on
 
         def read_at(address):
             return [self.read.eq(1), self.read_addr.eq(address)], [read_lane.eq(address[:_LANE_BITS])]
@@ -160,29 +207,41 @@ class TokenController(wiring.Component):
             return [self.write.eq(1), self.write_addr.eq(address), self.write_data.eq(value)]
 
         # ---- shared counters ------------------------------------------------------------------
-        outer = Signal(13)          # selection row (TOPK), output row (GATHER), column (PACKAGE)
-        col = Signal(13)            # score column (TOPK), byte (GATHER), token (PACKAGE)
-        inner = Signal(13)          # summed row (TOPK sum_rows / PACKAGE heads)
+        # selection row (TOPK), output row (GATHER), column (PACKAGE)
+        outer_c = _Counter(m, "outer", {"selections": Mux(sum_rows, 1, t_rows), "g_rows": g_rows, "p_cols": p_cols})
+        # score column (TOPK), byte (GATHER), token (PACKAGE)
+        col_c = _Counter(m, "col", {"t_n": t_n, "t_n_last": t_n_last, "g_cols": g_cols, "p_n": p_n})
+        # summed row (TOPK sum_rows / PACKAGE heads), index list entry
+        inner_c = _Counter(m, "inner", {"summed_last": summed_last, "heads_last": p_heads_last,
+                                               "count": Mux(is_gather, g_rows, p_k)})
+        outer, col, inner = outer_c.value, col_c.value, inner_c.value
         address = Signal(_ADDR_BITS)
+        column_address = Signal(_ADDR_BITS)   # TOPK: the column's first row; PACKAGE: prob + token
         row_address = Signal(_ADDR_BITS)
         out_address = Signal(_ADDR_BITS)
-        count = Signal(13)          # index list entries: GATHER rows, PACKAGE k
         token_n = Signal(13)
         index_base = Signal(_ADDR_BITS)
         pending = Signal()          # a GATHER byte read last cycle waits to be written
+        settle = Signal(range(self.CHECK_STAGES))
 
         # TOPK front end: a beat of lane scores, the column sum in progress.
         beat = Signal(data.ArrayLayout(unsigned(TOPK_SCORE_BITS), lanes))
         lane = Signal(range(lanes))
         total = Signal(TOPK_SCORE_BITS)
-        selections = Mux(sum_rows, 1, t_rows)
-        summed = Mux(sum_rows, t_rows, 1)                 # rows added per score
-        element_step = Mux(sum_rows, t_n, 2 * t_n)        # bytes between summed rows
-        element = Mux(sum_rows, byte, half)
+        element = Mux(sum_rows, byte_r, half_r)
         m.d.comb += [engine.scores.payload.eq(beat), engine.n.eq(t_n), engine.k.eq(t_k)]
         result = engine.result.payload
-        slot = Signal(range(lanes))
+        # TOPK results: a beat is copied into ``kept_indices`` (shifted down as they are written),
+        # so that ``engine.result.ready`` is an AND of registers (it stalls the engine's pipeline).
+        collecting = Signal()       # in TOPK_RESULT
+        held = Signal()             # a beat with kept indices is being written
+        final = Signal()            # this cycle writes the held beat's last byte
+        held_last = Signal()        # the held beat is the selection's last
+        kept_indices = Signal(data.ArrayLayout(unsigned(16), lanes))
+        bytes_left = Signal(range(2 * lanes + 1))
         high = Signal()
+        ready = Signal()
+        m.d.comb += [ready.eq(collecting & (~held | final)), engine.result.ready.eq(ready)]
 
         # PACKAGE: kept flags and pruned weights per token (weight 0 = kept), sums, division.
         kept = Memory(shape=1, depth=cfg.max_tokens, init=[])
@@ -191,243 +250,318 @@ class TokenController(wiring.Component):
         m.submodules.weights = weights
         kept_w, kept_r = kept.write_port(), kept.read_port(domain="comb")
         weights_w, weights_r = weights.write_port(), weights.read_port(domain="comb")
+        kept_now, weight_now = reg(kept_r.data, "kept_now"), reg(weights_r.data, "weight_now")   # token col's
+        weight_zero = reg(weights_r.data == 0, "weight_zero")
         count_bits = (cfg.max_tokens * 0xFFFF).bit_length()
         weight_total = Signal(count_bits)
         numerator = Signal(signed(count_bits + 9))
+        product = Signal(signed(count_bits + 9))
+        dividend = Signal(signed(count_bits + 11))
         divisor = Signal(count_bits + 1)
         remainder = Signal(count_bits + 11)
+        trial = Signal(count_bits + _QUOTIENT_BITS)
         quotient = Signal(_QUOTIENT_BITS)
         negative = Signal()
         step = Signal(range(_QUOTIENT_BITS))
-        m.d.comb += [kept_r.addr.eq(col), weights_r.addr.eq(col), weights_w.data.eq(Mux(kept_r.data, 0, total)),
-                     weights_w.addr.eq(col)]
+        pruned_weight = Mux(kept_now, 0, total)
+        m.d.comb += [kept_r.addr.eq(col), weights_r.addr.eq(col)]
+        # The memories' writes come from registers (set a cycle ahead): no state decode before a
+        # LUT-RAM's address or write enable. Nothing reads a flag or weight the cycle after its write.
+        kept_write = Signal(data.StructLayout({"en": 1, "addr": range(cfg.max_tokens), "data": 1}))
+        weight_write = Signal(data.StructLayout({"en": 1, "addr": range(cfg.max_tokens),
+                                                  "data": unsigned(TOPK_SCORE_BITS)}))
+        m.d.sync += [kept_write.en.eq(0), weight_write.en.eq(0)]
+        m.d.comb += [kept_w.en.eq(kept_write.en), kept_w.addr.eq(kept_write.addr), kept_w.data.eq(kept_write.data),
+                     weights_w.en.eq(weight_write.en), weights_w.addr.eq(weight_write.addr),
+                     weights_w.data.eq(weight_write.data)]
 
-        with m.FSM(name="tokens"):
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.next = "CHECK"
-            with m.State("CHECK"):
-                m.d.sync += [outer.eq(0), col.eq(0), inner.eq(0), lane.eq(0), total.eq(0), slot.eq(0),
-                             high.eq(0), weight_total.eq(0)]
-                with m.If(is_topk):
-                    m.d.sync += [row_address.eq(t_src), address.eq(t_src), out_address.eq(t_dst)]
-                    with m.If(t_bad_shape | t_bad_rows):
-                        m.d.comb += fail(ErrorCode.INVALID_OPERAND)
-                        m.next = "IDLE"
-                    with m.Elif(t_src_out | t_dst_out):
-                        m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.next = "TOPK_ROW"
-                with m.Elif(is_gather):
-                    m.d.sync += [count.eq(g_rows), token_n.eq(g_n), index_base.eq(g_index)]
-                    with m.If(g_src_out | g_index_out):
-                        m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.next = "INDEX_READ"
-                with m.Else():   # PACKAGE
-                    m.d.sync += [count.eq(p_k), token_n.eq(p_n), index_base.eq(p_index)]
-                    with m.If(p_bad_shape | p_bad_heads):
-                        m.d.comb += fail(ErrorCode.INVALID_OPERAND)
-                        m.next = "IDLE"
-                    with m.Elif(p_prob_out | p_src_out | p_index_out):
-                        m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.next = "PACKAGE_CLEAR"
+        # One-hot states (registers): every enable and output is a LUT or two from registers.
+        state = {name: Signal(name=f"tokens_{name.lower()}", init=name == "IDLE") for name in (
+            'IDLE', 'SETTLE', 'CHECK', 'TOPK_ROW', 'TOPK_READ', 'TOPK_WAIT', 'TOPK_ADD', 'TOPK_SEND', 'TOPK_START', 'TOPK_RESULT', 'TOPK_NEXT', 'INDEX_READ', 'INDEX_WAIT', 'INDEX_TAKE', 'INDEX_DONE', 'GATHER_ROW', 'GATHER_INDEX_WAIT', 'GATHER_INDEX', 'GATHER_ADDRESS', 'GATHER_COPY', 'PACKAGE_CLEAR', 'PACKAGE_WEIGHT_READ', 'PACKAGE_WEIGHT_WAIT', 'PACKAGE_WEIGHT_ADD', 'PACKAGE_WEIGHT_WRITE', 'PACKAGE_DST', 'PACKAGE_COLUMN', 'PACKAGE_X_LOOK', 'PACKAGE_X_READ', 'PACKAGE_X_WAIT', 'PACKAGE_X_MULTIPLY', 'PACKAGE_X_ADD', 'PACKAGE_DIVIDE_SETUP', 'PACKAGE_DIVIDE_SIGN', 'PACKAGE_DIVIDE', 'PACKAGE_WRITE')}
 
-            # ---- TOPK: per selection, feed the scores, start, write the kept indices ------------
-            with m.State("TOPK_ROW"):
-                with m.If(outer == selections):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
-                with m.Elif(t_n == 0):        # nothing to select (k == 0): no output
-                    m.d.sync += outer.eq(outer + 1)
+        def goto(current, following):
+            m.d.sync += [state[current].eq(0), state[following].eq(1)]
+
+        with m.If(state["IDLE"]):
+            with m.If(self.start):
+                m.d.sync += settle.eq(self.CHECK_STAGES - 2)
+                goto("IDLE", "SETTLE")
+        with m.If(state["SETTLE"]):   # the operand checks' registers
+            m.d.sync += settle.eq(settle - 1)
+            with m.If(settle == 0):
+                goto("SETTLE", "CHECK")
+        with m.If(state["CHECK"]):
+            m.d.sync += [lane.eq(0), total.eq(0),
+                         weight_total.eq(0)]
+            with m.If(is_topk):
+                m.d.sync += [row_address.eq(t_src), out_address.eq(t_dst)]
+                with m.If(t_bad_shape | t_bad_rows):
+                    m.d.comb += fail(ErrorCode.INVALID_OPERAND)
+                    goto("CHECK", "IDLE")
+                with m.Elif(t_src_out | t_dst_out):
+                    m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                    goto("CHECK", "IDLE")
                 with m.Else():
-                    m.d.sync += [col.eq(0), inner.eq(0), lane.eq(0), total.eq(0), address.eq(row_address)]
-                    m.next = "TOPK_READ"
-            with m.State("TOPK_READ"):
+                    goto("CHECK", "TOPK_ROW")
+            with m.Elif(is_gather):
+                m.d.sync += [token_n.eq(g_n), index_base.eq(g_index)]
+                with m.If(g_src_out | g_index_out):
+                    m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                    goto("CHECK", "IDLE")
+                with m.Else():
+                    goto("CHECK", "INDEX_READ")
+            with m.Else():   # PACKAGE
+                m.d.sync += [token_n.eq(p_n), index_base.eq(p_index)]
+                with m.If(p_bad_shape | p_bad_heads):
+                    m.d.comb += fail(ErrorCode.INVALID_OPERAND)
+                    goto("CHECK", "IDLE")
+                with m.Elif(p_prob_out | p_src_out | p_index_out):
+                    m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                    goto("CHECK", "IDLE")
+                with m.Else():
+                    goto("CHECK", "PACKAGE_CLEAR")
+
+        # ---- TOPK: per selection, feed the scores, start, write the kept indices ------------
+        with m.If(state["TOPK_ROW"]):
+            with m.If(outer_c.at["selections"]):
+                m.d.comb += self.done.eq(1)
+                goto("TOPK_ROW", "IDLE")
+            with m.Elif(t_n_zero):        # nothing to select (k == 0): no output
+                pass   # the counters' strobes are below
+            with m.Else():
+                m.d.sync += [lane.eq(0), total.eq(0),
+                             address.eq(row_address), column_address.eq(row_address)]
+                goto("TOPK_ROW", "TOPK_READ")
+        with m.If(state["TOPK_READ"]):
+            comb, sync = read_at(address)
+            m.d.comb += comb
+            m.d.sync += sync
+            goto("TOPK_READ", "TOPK_WAIT")
+        with m.If(state["TOPK_WAIT"]):    # the element reaches ``byte_r`` / ``half_r``
+            goto("TOPK_WAIT", "TOPK_ADD")
+        with m.If(state["TOPK_ADD"]):
+            score = total + element
+            with m.If(inner_c.at["summed_last"]):   # the column's score is complete
+                next_column = column_address + element_bytes
+                m.d.sync += [beat[lane].eq(score), total.eq(0),
+                             lane.eq(lane + 1), address.eq(next_column), column_address.eq(next_column)]
+                with m.If((lane == lanes - 1) | col_c.at["t_n_last"]):
+                    goto("TOPK_ADD", "TOPK_SEND")
+                with m.Else():
+                    goto("TOPK_ADD", "TOPK_READ")
+            with m.Else():
+                m.d.sync += [total.eq(score), address.eq(address + element_step)]
+                goto("TOPK_ADD", "TOPK_READ")
+        with m.If(state["TOPK_SEND"]):   # lanes past n are masked by the engine
+            m.d.comb += engine.scores.valid.eq(1)
+            with m.If(engine.scores.ready):
+                m.d.sync += [lane.eq(0), beat.eq(0)]
+                with m.If(col_c.at["t_n"]):
+                    goto("TOPK_SEND", "TOPK_START")
+                with m.Else():
+                    goto("TOPK_SEND", "TOPK_READ")
+        with m.If(state["TOPK_START"]):
+            m.d.comb += engine.start.eq(1)
+            m.d.sync += [collecting.eq(1), held.eq(0), final.eq(0)]
+            goto("TOPK_START", "TOPK_RESULT")
+        with m.If(state["TOPK_RESULT"]):   # per result beat its kept indices, two bytes each
+            selection_done = Signal()
+            with m.If(held):
+                index = kept_indices[0]
+                m.d.comb += write_at(out_address, Mux(high, index[8:16], index[:8]))
+                m.d.sync += [out_address.eq(out_address + 1), high.eq(~high), bytes_left.eq(bytes_left - 1),
+                             final.eq(bytes_left == 2)]
+                with m.If(high):
+                    m.d.sync += kept_indices.eq(kept_indices.as_value() >> 16)
+                with m.If(final):
+                    m.d.sync += held.eq(0)
+                    m.d.comb += selection_done.eq(held_last)
+            with m.If(ready & engine.result.valid):   # take the next beat
+                m.d.sync += [held.eq(result.count != 0), held_last.eq(result.last), final.eq(0), high.eq(0),
+                             bytes_left.eq(2 * result.count),
+                             *[kept_indices[i].eq(result.indices[i]) for i in range(lanes)]]
+                with m.If(result.count == 0):
+                    m.d.comb += selection_done.eq(result.last)
+            with m.If(selection_done):
+                m.d.sync += collecting.eq(0)
+                goto("TOPK_RESULT", "TOPK_NEXT")
+        with m.If(state["TOPK_NEXT"]):   # the next selection (a state: selection_done is late)
+            m.d.sync += row_address.eq(row_address + 2 * t_n)
+            goto("TOPK_NEXT", "TOPK_ROW")
+
+        # ---- index list pass (GATHER, PACKAGE): every index below n; PACKAGE marks them -----
+        with m.If(state["INDEX_READ"]):
+            with m.If(inner_c.at["count"]):
+                goto("INDEX_READ", "INDEX_DONE")
+            with m.Else():
+                comb, sync = read_at(index_base + 2 * inner)
+                m.d.comb += comb
+                m.d.sync += sync
+                goto("INDEX_READ", "INDEX_WAIT")
+        with m.If(state["INDEX_WAIT"]):
+            goto("INDEX_WAIT", "INDEX_TAKE")
+        with m.If(state["INDEX_TAKE"]):
+            with m.If(half_r >= token_n):
+                m.d.comb += fail(ErrorCode.INVALID_OPERAND)
+                goto("INDEX_TAKE", "IDLE")
+            with m.Else():
+                m.d.sync += [kept_write.addr.eq(half_r), kept_write.data.eq(1), kept_write.en.eq(~is_gather)]
+                goto("INDEX_TAKE", "INDEX_READ")
+        with m.If(state["INDEX_DONE"]):
+            with m.If(is_gather):
+                m.d.sync += out_address.eq(g_dst)
+                with m.If(g_dst_out):
+                    m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                    goto("INDEX_DONE", "IDLE")
+                with m.Else():
+                    goto("INDEX_DONE", "GATHER_ROW")
+            with m.Else():
+                m.d.sync += [address.eq(p_prob), column_address.eq(p_prob), total.eq(0),
+]
+                goto("INDEX_DONE", "PACKAGE_WEIGHT_READ")
+
+        # ---- GATHER: per output row, its index, then the row's bytes ------------------------
+        row_offset = Signal(_ADDR_BITS)
+        with m.If(state["GATHER_ROW"]):
+            with m.If(outer_c.at["g_rows"]):
+                m.d.comb += self.done.eq(1)
+                goto("GATHER_ROW", "IDLE")
+            with m.Else():
+                comb, sync = read_at(g_index + 2 * outer)
+                m.d.comb += comb
+                m.d.sync += sync
+                goto("GATHER_ROW", "GATHER_INDEX_WAIT")
+        with m.If(state["GATHER_INDEX_WAIT"]):
+            goto("GATHER_INDEX_WAIT", "GATHER_INDEX")
+        with m.If(state["GATHER_INDEX"]):   # the row's offset (a DSP multiply), then its address
+            m.d.sync += row_offset.eq(half_r * g_cols)
+            goto("GATHER_INDEX", "GATHER_ADDRESS")
+        with m.If(state["GATHER_ADDRESS"]):
+            m.d.sync += [row_address.eq(g_src + row_offset), pending.eq(0)]
+            goto("GATHER_ADDRESS", "GATHER_COPY")
+        with m.If(state["GATHER_COPY"]):   # pipelined: read byte col, write the byte read last cycle
+            with m.If(pending):
+                m.d.comb += write_at(out_address, byte)
+                m.d.sync += out_address.eq(out_address + 1)
+            with m.If(col_c.at["g_cols"]):
+                m.d.sync += pending.eq(0)
+                goto("GATHER_COPY", "GATHER_ROW")
+            with m.Else():
+                comb, sync = read_at(row_address + col)
+                m.d.comb += comb
+                m.d.sync += [*sync, pending.eq(1)]
+
+        # ---- PACKAGE ------------------------------------------------------------------------
+        with m.If(state["PACKAGE_CLEAR"]):   # no token kept yet
+            with m.If(col_c.at["p_n"]):
+                goto("PACKAGE_CLEAR", "INDEX_READ")
+            with m.Else():
+                m.d.sync += [kept_write.addr.eq(col), kept_write.data.eq(0), kept_write.en.eq(1)]
+        # Weights: token col's heads probabilities summed (address walks prob + h * n + col).
+        with m.If(state["PACKAGE_WEIGHT_READ"]):
+            with m.If(col_c.at["p_n"]):
+                goto("PACKAGE_WEIGHT_READ", "PACKAGE_DST")
+            with m.Else():
                 comb, sync = read_at(address)
                 m.d.comb += comb
                 m.d.sync += sync
-                m.next = "TOPK_ADD"
-            with m.State("TOPK_ADD"):
-                score = total + element
-                with m.If(inner == summed - 1):   # the column's score is complete
-                    next_column = row_address + Mux(sum_rows, col + 1, 2 * (col + 1))
-                    m.d.sync += [beat[lane].eq(score), total.eq(0), inner.eq(0), col.eq(col + 1),
-                                 lane.eq(lane + 1), address.eq(next_column)]
-                    with m.If((lane == lanes - 1) | (col == t_n - 1)):
-                        m.next = "TOPK_SEND"
-                    with m.Else():
-                        m.next = "TOPK_READ"
-                with m.Else():
-                    m.d.sync += [total.eq(score), inner.eq(inner + 1), address.eq(address + element_step)]
-                    m.next = "TOPK_READ"
-            with m.State("TOPK_SEND"):   # lanes past n are masked by the engine
-                m.d.comb += engine.scores.valid.eq(1)
-                with m.If(engine.scores.ready):
-                    m.d.sync += [lane.eq(0), beat.eq(0)]
-                    with m.If(col == t_n):
-                        m.next = "TOPK_START"
-                    with m.Else():
-                        m.next = "TOPK_READ"
-            with m.State("TOPK_START"):
-                m.d.comb += engine.start.eq(1)
-                m.d.sync += [slot.eq(0), high.eq(0)]
-                m.next = "TOPK_RESULT"
-            with m.State("TOPK_RESULT"):   # one result beat: its kept indices, two bytes each
-                with m.If(engine.result.valid):
-                    index = result.indices[slot]
-                    last_slot = (slot == result.count - 1) & high
-                    with m.If(result.count != 0):
-                        m.d.comb += write_at(out_address, Mux(high, index[8:16], index[:8]))
-                        m.d.sync += [out_address.eq(out_address + 1), high.eq(~high)]
-                        with m.If(high):
-                            m.d.sync += slot.eq(slot + 1)
-                    with m.If((result.count == 0) | last_slot):
-                        m.d.comb += engine.result.ready.eq(1)
-                        m.d.sync += [slot.eq(0), high.eq(0)]
-                        with m.If(result.last):
-                            m.d.sync += [outer.eq(outer + 1), row_address.eq(row_address + 2 * t_n)]
-                            m.next = "TOPK_ROW"
-
-            # ---- index list pass (GATHER, PACKAGE): every index below n; PACKAGE marks them -----
-            with m.State("INDEX_READ"):
-                with m.If(inner == count):
-                    m.d.sync += [inner.eq(0), col.eq(0), outer.eq(0)]
-                    m.next = "INDEX_DONE"
-                with m.Else():
-                    comb, sync = read_at(index_base + 2 * inner)
-                    m.d.comb += comb
-                    m.d.sync += sync
-                    m.next = "INDEX_TAKE"
-            with m.State("INDEX_TAKE"):
-                m.d.sync += inner.eq(inner + 1)
-                with m.If(half >= token_n):
-                    m.d.comb += fail(ErrorCode.INVALID_OPERAND)
-                    m.next = "IDLE"
-                with m.Else():
-                    m.d.comb += [kept_w.addr.eq(half), kept_w.data.eq(1), kept_w.en.eq(~is_gather)]
-                    m.next = "INDEX_READ"
-            with m.State("INDEX_DONE"):
-                with m.If(is_gather):
-                    m.d.sync += out_address.eq(g_dst)
-                    with m.If(g_dst_out):
-                        m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                        m.next = "IDLE"
-                    with m.Else():
-                        m.next = "GATHER_ROW"
-                with m.Else():
-                    m.d.sync += [address.eq(p_prob), total.eq(0)]
-                    m.next = "PACKAGE_WEIGHT_READ"
-
-            # ---- GATHER: per output row, its index, then the row's bytes ------------------------
-            with m.State("GATHER_ROW"):
-                with m.If(outer == g_rows):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
-                with m.Else():
-                    comb, sync = read_at(g_index + 2 * outer)
-                    m.d.comb += comb
-                    m.d.sync += [*sync, col.eq(0)]
-                    m.next = "GATHER_INDEX"
-            with m.State("GATHER_INDEX"):
-                m.d.sync += [row_address.eq(g_src + half * g_cols), pending.eq(0)]
-                m.next = "GATHER_COPY"
-            with m.State("GATHER_COPY"):   # pipelined: read byte col, write the byte read last cycle
-                with m.If(pending):
-                    m.d.comb += write_at(out_address, byte)
-                    m.d.sync += out_address.eq(out_address + 1)
-                with m.If(col == g_cols):
-                    m.d.sync += [pending.eq(0), outer.eq(outer + 1)]
-                    m.next = "GATHER_ROW"
-                with m.Else():
-                    comb, sync = read_at(row_address + col)
-                    m.d.comb += comb
-                    m.d.sync += [*sync, pending.eq(1), col.eq(col + 1)]
-
-            # ---- PACKAGE ------------------------------------------------------------------------
-            with m.State("PACKAGE_CLEAR"):   # no token kept yet
-                with m.If(col == p_n):
-                    m.d.sync += [col.eq(0), inner.eq(0)]
-                    m.next = "INDEX_READ"
-                with m.Else():
-                    m.d.comb += [kept_w.addr.eq(col), kept_w.data.eq(0), kept_w.en.eq(1)]
-                    m.d.sync += col.eq(col + 1)
-            # Weights: token col's heads probabilities summed (address walks prob + h * n + col).
-            with m.State("PACKAGE_WEIGHT_READ"):
-                with m.If(col == p_n):
-                    m.d.sync += [outer.eq(0), col.eq(0)]
-                    m.next = "PACKAGE_DST"
-                with m.Else():
-                    comb, sync = read_at(address)
-                    m.d.comb += comb
-                    m.d.sync += sync
-                    m.next = "PACKAGE_WEIGHT_ADD"
-            with m.State("PACKAGE_WEIGHT_ADD"):
-                with m.If(inner == p_heads - 1):
-                    m.d.sync += [total.eq(total + byte), inner.eq(0), address.eq(p_prob + col + 1)]
-                    m.next = "PACKAGE_WEIGHT_WRITE"
-                with m.Else():
-                    m.d.sync += [total.eq(total + byte), inner.eq(inner + 1), address.eq(address + p_n)]
-                    m.next = "PACKAGE_WEIGHT_READ"
-            with m.State("PACKAGE_WEIGHT_WRITE"):
-                m.d.comb += weights_w.en.eq(1)
-                m.d.sync += [weight_total.eq(weight_total + Mux(kept_r.data, 0, total)), total.eq(0),
-                             col.eq(col + 1)]
-                m.next = "PACKAGE_WEIGHT_READ"
-            with m.State("PACKAGE_DST"):
-                with m.If(p_dst_out):
-                    m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
-                    m.next = "IDLE"
-                with m.Else():
-                    m.next = "PACKAGE_COLUMN"
-            # Per column (outer): numerator over the pruned tokens (col), then the division.
-            with m.State("PACKAGE_COLUMN"):
-                with m.If(outer == p_cols):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
-                with m.Else():
-                    m.d.sync += [numerator.eq(0), col.eq(0), address.eq(p_src + outer)]
-                    m.next = "PACKAGE_X_READ"
-            with m.State("PACKAGE_X_READ"):
-                with m.If(col == p_n):
-                    m.next = "PACKAGE_DIVIDE_SETUP"
-                with m.Elif(weights_r.data == 0):   # kept (or weightless): adds nothing
-                    m.d.sync += [col.eq(col + 1), address.eq(address + p_cols)]
-                with m.Else():
-                    comb, sync = read_at(address)
-                    m.d.comb += comb
-                    m.d.sync += sync
-                    m.next = "PACKAGE_X_ADD"
-            with m.State("PACKAGE_X_ADD"):
-                m.d.sync += [numerator.eq(numerator + byte.as_signed() * weights_r.data),
-                             col.eq(col + 1), address.eq(address + p_cols)]
-                m.next = "PACKAGE_X_READ"
-            with m.State("PACKAGE_DIVIDE_SETUP"):
-                # floor(a / b), a = 2 num + total, b = 2 total: on |a| (+ b - 1 if a < 0, the ceiling).
-                dividend = Signal(signed(count_bits + 11))
-                m.d.comb += dividend.eq(2 * numerator + weight_total)
-                m.d.sync += [divisor.eq(2 * weight_total), negative.eq(dividend < 0), quotient.eq(0),
-                             step.eq(_QUOTIENT_BITS - 1),
-                             remainder.eq(Mux(dividend < 0, -dividend + 2 * weight_total - 1, dividend))]
-                with m.If(weight_total == 0):
-                    m.next = "PACKAGE_WRITE"
-                with m.Else():
-                    m.next = "PACKAGE_DIVIDE"
-            with m.State("PACKAGE_DIVIDE"):
-                trial = divisor << step
-                m.d.sync += step.eq(step - 1)
-                with m.If(remainder >= trial):
-                    m.d.sync += [remainder.eq(remainder - trial),
-                                 quotient.eq(quotient | (Const(1, _QUOTIENT_BITS) << step))]
-                with m.If(step == 0):
-                    m.next = "PACKAGE_WRITE"
-            with m.State("PACKAGE_WRITE"):
-                value = Mux(negative, -quotient, quotient)
-                m.d.comb += write_at(p_dst + outer, value[:8])
-                m.d.sync += outer.eq(outer + 1)
-                m.next = "PACKAGE_COLUMN"
+                goto("PACKAGE_WEIGHT_READ", "PACKAGE_WEIGHT_WAIT")
+        with m.If(state["PACKAGE_WEIGHT_WAIT"]):
+            goto("PACKAGE_WEIGHT_WAIT", "PACKAGE_WEIGHT_ADD")
+        with m.If(state["PACKAGE_WEIGHT_ADD"]):
+            m.d.sync += total.eq(total + byte_r)
+            with m.If(inner_c.at["heads_last"]):
+                m.d.sync += [address.eq(column_address + 1),
+                             column_address.eq(column_address + 1)]
+                goto("PACKAGE_WEIGHT_ADD", "PACKAGE_WEIGHT_WRITE")
+            with m.Else():
+                m.d.sync += address.eq(address + p_n)
+                goto("PACKAGE_WEIGHT_ADD", "PACKAGE_WEIGHT_READ")
+        with m.If(state["PACKAGE_WEIGHT_WRITE"]):   # kept_now: token col's flag, read last cycle
+            m.d.sync += [weight_write.en.eq(1), weight_write.addr.eq(col), weight_write.data.eq(pruned_weight)]
+            m.d.sync += [weight_total.eq(weight_total + pruned_weight), total.eq(0)]
+            goto("PACKAGE_WEIGHT_WRITE", "PACKAGE_WEIGHT_READ")
+        with m.If(state["PACKAGE_DST"]):
+            with m.If(p_dst_out):
+                m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+                goto("PACKAGE_DST", "IDLE")
+            with m.Else():
+                goto("PACKAGE_DST", "PACKAGE_COLUMN")
+        # Per column (outer): numerator over the pruned tokens (col), then the division.
+        with m.If(state["PACKAGE_COLUMN"]):
+            with m.If(outer_c.at["p_cols"]):
+                m.d.comb += self.done.eq(1)
+                goto("PACKAGE_COLUMN", "IDLE")
+            with m.Else():
+                m.d.sync += [numerator.eq(0), address.eq(p_src + outer)]
+                goto("PACKAGE_COLUMN", "PACKAGE_X_LOOK")
+        with m.If(state["PACKAGE_X_LOOK"]):   # token col's weight reaches weight_now
+            goto("PACKAGE_X_LOOK", "PACKAGE_X_READ")
+        with m.If(state["PACKAGE_X_READ"]):
+            with m.If(col_c.at["p_n"]):
+                goto("PACKAGE_X_READ", "PACKAGE_DIVIDE_SETUP")
+            with m.Elif(weight_zero):   # kept (or weightless): adds nothing
+                m.d.sync += address.eq(address + p_cols)
+                goto("PACKAGE_X_READ", "PACKAGE_X_LOOK")
+            with m.Else():
+                comb, sync = read_at(address)
+                m.d.comb += comb
+                m.d.sync += sync
+                goto("PACKAGE_X_READ", "PACKAGE_X_WAIT")
+        with m.If(state["PACKAGE_X_WAIT"]):
+            goto("PACKAGE_X_WAIT", "PACKAGE_X_MULTIPLY")
+        with m.If(state["PACKAGE_X_MULTIPLY"]):
+            m.d.sync += product.eq(byte_r.as_signed() * weight_now)
+            goto("PACKAGE_X_MULTIPLY", "PACKAGE_X_ADD")
+        with m.If(state["PACKAGE_X_ADD"]):
+            m.d.sync += [numerator.eq(numerator + product), address.eq(address + p_cols)]
+            goto("PACKAGE_X_ADD", "PACKAGE_X_LOOK")
+        with m.If(state["PACKAGE_DIVIDE_SETUP"]):
+            # floor(a / b), a = 2 num + total, b = 2 total: on |a| (+ b - 1 if a < 0, the ceiling).
+            m.d.sync += [dividend.eq(2 * numerator + weight_total), divisor.eq(2 * weight_total)]
+            goto("PACKAGE_DIVIDE_SETUP", "PACKAGE_DIVIDE_SIGN")
+        with m.If(state["PACKAGE_DIVIDE_SIGN"]):
+            # -a + b - 1 == b + ~a
+            m.d.sync += [negative.eq(dividend < 0), quotient.eq(0), step.eq(_QUOTIENT_BITS - 1),
+                         remainder.eq(Mux(dividend < 0, divisor + ~dividend, dividend)),
+                         trial.eq(divisor << (_QUOTIENT_BITS - 1))]
+            with m.If(divisor == 0):
+                goto("PACKAGE_DIVIDE_SIGN", "PACKAGE_WRITE")
+            with m.Else():
+                goto("PACKAGE_DIVIDE_SIGN", "PACKAGE_DIVIDE")
+        with m.If(state["PACKAGE_DIVIDE"]):   # restoring division, one quotient bit per cycle
+            difference = Signal(signed(len(remainder) + 1))
+            m.d.comb += difference.eq(remainder - trial)
+            fits = difference >= 0
+            m.d.sync += [step.eq(step - 1), trial.eq(trial >> 1), quotient.eq(Cat(fits, quotient[:-1]))]
+            with m.If(fits):
+                m.d.sync += remainder.eq(difference)
+            with m.If(step == 0):
+                goto("PACKAGE_DIVIDE", "PACKAGE_WRITE")
+        with m.If(state["PACKAGE_WRITE"]):
+            value = Mux(negative, -quotient, quotient)
+            m.d.comb += write_at(p_dst + outer, value[:8])
+            goto("PACKAGE_WRITE", "PACKAGE_COLUMN")
+        # The counters' strobes, one expression each (one-hot states, registered flags).
+        selection_next = state["TOPK_ROW"] & ~outer_c.at["selections"]
+        summed_done = state["TOPK_ADD"] & inner_c.at["summed_last"]
+        index_done = state["INDEX_READ"] & inner_c.at["count"]
+        tokens_cleared = state["PACKAGE_CLEAR"] & col_c.at["p_n"]
+        weights_done = state["PACKAGE_WEIGHT_READ"] & col_c.at["p_n"]
+        heads_done = state["PACKAGE_WEIGHT_ADD"] & inner_c.at["heads_last"]
+        m.d.comb += [
+            col_c.clear.eq(state["CHECK"] | (selection_next & ~t_n_zero) | index_done
+                           | (state["GATHER_ROW"] & ~outer_c.at["g_rows"]) | tokens_cleared | weights_done
+                           | (state["PACKAGE_COLUMN"] & ~outer_c.at["p_cols"])),
+            col_c.step.eq(summed_done | (state["GATHER_COPY"] & ~col_c.at["g_cols"])
+                          | (state["PACKAGE_CLEAR"] & ~col_c.at["p_n"]) | state["PACKAGE_WEIGHT_WRITE"]
+                          | (state["PACKAGE_X_READ"] & ~col_c.at["p_n"] & weight_zero) | state["PACKAGE_X_ADD"]),
+            outer_c.clear.eq(state["CHECK"] | index_done | weights_done),
+            outer_c.step.eq((selection_next & t_n_zero) | state["TOPK_NEXT"]
+                            | (state["GATHER_COPY"] & col_c.at["g_cols"]) | state["PACKAGE_WRITE"]),
+            inner_c.clear.eq(state["CHECK"] | (selection_next & ~t_n_zero) | summed_done | index_done
+                             | (state["INDEX_DONE"] & ~is_gather) | tokens_cleared | heads_done),
+            inner_c.step.eq((state["TOPK_ADD"] & ~inner_c.at["summed_last"]) | state["INDEX_TAKE"]
+                            | (state["PACKAGE_WEIGHT_ADD"] & ~inner_c.at["heads_last"])),
+        ]
         return m

@@ -190,15 +190,16 @@ class _NewtonUnit(wiring.Component):
             "exponent": Out(range(value_bits + 1)),
         })
 
-    #: Cycles from ``start`` to ``done``: IDLE, LOG2, AMOUNT, COARSE, SHIFT, ROUND, INDEX, READ,
+    #: Cycles from ``start`` to ``done``: IDLE, LOG2_BYTES, LOG2, AMOUNT, COARSE, SHIFT, ROUND, INDEX, READ,
     #: SEED (:data:`_SETUP_CYCLES`), then one per Newton step (``len(self._newton(...))``).
     LATENCY: int
 
     def _table(self):
         raise NotImplementedError
 
-    def _log2(self, m: Module, value: Signal):
-        """``(exponent of the result, exponent of the normalisation)`` of the latched input."""
+    def _log2(self, k: Value):
+        """``(exponent of the result, exponent of the normalisation)`` from ``k``, the latched
+        input's leading one."""
         raise NotImplementedError
 
     def _frac_bits(self) -> int:
@@ -240,7 +241,17 @@ class _NewtonUnit(wiring.Component):
         mantissa = Signal(self._mantissa_bits, reset_less=True)
         index = Signal(bits, reset_less=True)
         seed = Signal(self._seed_bits(), reset_less=True)
-        result_exponent, normalise_exponent = self._log2(m, value)
+        # the leading one in two cycles: per byte its leading one and whether it has one
+        # (LOG2_BYTES), then the highest byte's (LOG2): each a priority encoder of 8 or fewer
+        chunks = [value[i:i + 8] for i in range(0, len(value), 8)]
+        chunk_any = Signal(len(chunks), reset_less=True)
+        chunk_one = [Signal(3, name=f"log2_byte_{i}", reset_less=True) for i in range(len(chunks))]
+        byte_ones = [leading_one(m, c, f"log2_byte_{i}_one") for i, c in enumerate(chunks)]
+        leading = Signal(range(max(self.value_bits, 2)))
+        for i in range(len(chunks)):
+            with m.If(chunk_any[i]):
+                m.d.comb += leading.eq(8 * i + chunk_one[i])   # later (higher) bytes take priority
+        result_exponent, normalise_exponent = self._log2(leading)
         raw_index = self._index(mantissa)
         m.d.comb += port.addr.eq(index)
         steps = self._newton(mantissa, seed)
@@ -248,7 +259,12 @@ class _NewtonUnit(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += value.eq(self.value)
-                    m.next = "LOG2"
+                    m.next = "LOG2_BYTES"
+            with m.State("LOG2_BYTES"):
+                m.d.comb += self.busy.eq(1)
+                m.d.sync += [chunk_any.eq(Cat(*(c.any() for c in chunks))),
+                             *(one.eq(byte_one) for one, byte_one in zip(chunk_one, byte_ones))]
+                m.next = "LOG2"
             with m.State("LOG2"):          # priority encoder
                 m.d.comb += self.busy.eq(1)
                 m.d.sync += [self.exponent.eq(result_exponent), norm_exponent.eq(normalise_exponent)]
@@ -300,7 +316,7 @@ class _NewtonUnit(wiring.Component):
 
 
 #: Cycles of :class:`_NewtonUnit` from ``start`` to the first Newton step's state.
-_SETUP_CYCLES = 9
+_SETUP_CYCLES = 10
 
 
 def _rounded_product_bits(a_bits: int, b_max: int, shift: int) -> int:
@@ -327,8 +343,7 @@ class Reciprocal(_NewtonUnit):
     def _frac_bits(self):
         return RECIP_MANTISSA_FRAC_BITS
 
-    def _log2(self, m, value):
-        k = leading_one(m, value, "recip_log2")
+    def _log2(self, k):
         return k, k
 
     def _index(self, mantissa):
@@ -368,8 +383,8 @@ class InvSqrt(_NewtonUnit):
     def _frac_bits(self):
         return RSQRT_MANTISSA_FRAC_BITS
 
-    def _log2(self, m, value):
-        half_k = leading_one(m, value, "rsqrt_log2") >> 1
+    def _log2(self, k):
+        half_k = k >> 1
         return half_k, Cat(Const(0, 1), half_k)
 
     def _index(self, mantissa):

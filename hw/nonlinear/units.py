@@ -153,24 +153,39 @@ class _BeatCounter:
 class _OutPipeline:
     """The OUT stage of a row unit: read the beats of the rows ``rows`` counts (ready, not yet
     read) through synchronous ``ports`` into ``stages`` pipeline stages that advance together,
-    while ``out`` takes the last or the last is empty (the stream may stall at any cycle; no
-    beat is lost or repeated).
+    then a skid register before ``out`` (the stream may stall at any cycle; no beat is lost
+    or repeated).
 
     ``tags[0]`` describes the ports' data, ``tags[k]`` the registers the unit fills under
-    ``m.If(advance)`` (:meth:`stage`) from stage ``k - 1``, and the last one ``out.payload``.
+    ``m.If(advance)`` (:meth:`stage`) from stage ``k - 1``, and the last one :attr:`payload`.
     Reads run ahead into the next ready row while a row drains, so rows follow each other
     without a bubble. ``release`` strobes when a row's last beat leaves (its slot is free).
+
+    ``advance`` is a register (``~skid_valid``), not ``~out.valid | out.ready``: it reaches
+    every stage register (thousands of clock enables at 16 lanes), so ``out.ready`` must not
+    be in front of it. When ``out`` stalls, the pipeline moves once more and the last stage's
+    beat waits in the skid register (shown first), then the pipeline holds until it leaves.
+    ``out`` sees the beats exactly when it would without the skid register.
     """
 
     def __init__(self, m: Module, *, ports, rows: _RowCount, base, last_beat, depth: int,
                  out: stream.Interface, stages: int, name: str) -> None:
         self.advance = advance = Signal(name=f"{name}_advance")
         self.tags = tags = _tags(f"{name}_tag", stages, depth)
+        #: The last stage's beat (what the unit computes); ``out.payload`` shows it or the skid's.
+        self.payload = payload = Signal(out.payload.shape(), name=f"{name}_payload")
+        skid_valid, skid_last = Signal(name=f"{name}_skid_valid"), Signal(name=f"{name}_skid_last")
+        skid = Signal(out.payload.shape(), name=f"{name}_skid", reset_less=True)
         read_slot = _slot_signal(f"{name}_read_slot")
         pointer = _BeatCounter(m, f"{name}_pointer", last_beat, depth, idle=~rows.any)
         issue = rows.any
-        m.d.comb += [advance.eq(~out.valid | out.ready), out.valid.eq(tags[-1].valid),
+        m.d.comb += [advance.eq(~skid_valid), out.valid.eq(skid_valid | tags[-1].valid),
+                     out.payload.eq(Mux(skid_valid, skid.as_value(), payload.as_value())),
                      pointer.step.eq(advance & issue), rows.remove.eq(advance & issue & pointer.last)]
+        with m.If(~skid_valid & tags[-1].valid & ~out.ready):
+            m.d.sync += [skid_valid.eq(1), skid.eq(payload), skid_last.eq(tags[-1].last)]
+        with m.If(skid_valid & out.ready):
+            m.d.sync += skid_valid.eq(0)
         for port in ports:
             m.d.comb += [port.addr.eq(base(read_slot) + pointer.value), port.en.eq(advance)]
         with m.If(advance):
@@ -181,8 +196,8 @@ class _OutPipeline:
         with m.If(rows.remove):
             m.d.sync += read_slot.eq(_next_slot(read_slot))
         self.release = Signal(name=f"{name}_release")
-        m.d.comb += self.release.eq(out.valid & out.ready & tags[-1].last)
-        self.busy = Cat(*(tag.valid for tag in tags)).any() | (pointer.value != 0)
+        m.d.comb += self.release.eq(out.valid & out.ready & Mux(skid_valid, skid_last, tags[-1].last))
+        self.busy = Cat(*(tag.valid for tag in tags)).any() | (pointer.value != 0) | skid_valid
 
     def stage(self, m: Module, value, name: str, shape=None) -> Signal:
         """A register of the pipeline loaded with ``value`` when it advances."""
@@ -456,7 +471,7 @@ class Softmax(wiring.Component):
             high = stage(m, scaled > (1 << SOFTMAX_OUTPUT_BITS) - 1, f"out_high_{lane}")     # 6
             code = stage(m, scaled[:SOFTMAX_OUTPUT_BITS], f"out_code_{lane}")
             with m.If(out.advance):                                                            # 7
-                m.d.sync += self.o.payload[lane].eq(
+                m.d.sync += out.payload[lane].eq(
                     Mux(empty, 0, Mux(high, (1 << SOFTMAX_OUTPUT_BITS) - 1, code)))
 
         m.d.comb += self.busy.eq((load_beat.value != 0) | scores_held.any | (exps_held.count > release) | out.busy)
@@ -724,7 +739,7 @@ class LayerNorm(wiring.Component):
             low = stage(m, scaled < -128, f"out_low_{lane}")
             code = stage(m, scaled[:8], f"out_code_{lane}", signed(8))
             with m.If(out.advance):                                                              # 14
-                m.d.sync += self.o.payload[lane].eq(
+                m.d.sync += out.payload[lane].eq(
                     Mux(in_row[lane], Mux(high, 127, Mux(low, -128, code)), 0))
 
         m.d.comb += self.busy.eq((load_beat.value != 0) | (rows_in.count > release) | out.busy)

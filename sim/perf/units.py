@@ -28,10 +28,10 @@ for SYNC and FINISH; other files named):
   ``chunks_in + chunks_out + 2 beats + wait``. The wait is the unit's hand-over of one row through its
   pipelines (the controller sends one row and waits for it): :func:`layernorm_row_wait`
   and :func:`softmax_row_wait`, counted from the stage constants of the units.
-* REQUANT (``hw/accel/requant.py``): DECIDE, CHECK, per column PARAM_MULTIPLIER,
-  PARAM_SHIFT, PARAM_TEST, one more PARAM_MULTIPLIER, per element VALUE_ACC, VALUE_BIAS,
-  VALUE_TEST, DST, per element READ_ACC, READ_BIAS, READ_MULTIPLIER, READ_SHIFT, MULTIPLY,
-  WRITE, and FINISH.
+* REQUANT (``hw/accel/requant.py``, ``RequantController.cycles``): DECIDE, the check
+  registers (SETTLE, CHECK), two reads per column (multiplier, shift) and two per element
+  (accumulator, bias) back to back, the scans' drain, DST; then four reads per element back
+  to back, the compute pipeline's latency and FINISH.
 * TOPK, GATHER, PACKAGE (``hw/accel/tokens.py``, top-k engine ``hw/topk.py``): see
   :func:`topk_cycles`, :func:`gather_cycles`, :func:`package_cycles`.
 """
@@ -40,13 +40,15 @@ from __future__ import annotations
 
 import functools
 
+from vitaccel.hw.accel.requant import RequantController
+from vitaccel.hw.accel.tokens import TokenController
 from vitaccel.hw.nonlinear.arith import ExpStage, InvSqrt, Reciprocal
 from vitaccel.hw.nonlinear.units import LayerNorm, Softmax
 from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.hw.spec.isa import ADDR_UNIT, Instruction, Opcode
-from vitaccel.hw.spec.sparse import topk_passes
+from vitaccel.hw.topk import topk_engine_cycles
 
-__all__ = ["compute_cycles", "word_beats", "row_chunks", "layernorm_row_wait", "softmax_row_wait", "TOPK_ENGINE_EXTRA"]
+__all__ = ["compute_cycles", "word_beats", "row_chunks", "layernorm_row_wait", "softmax_row_wait"]
 
 def _tree_levels(lanes: int) -> int:
     """Levels of the units' pipelined adder / compare trees over ``lanes`` values."""
@@ -71,11 +73,6 @@ def softmax_row_wait(lanes: int, beats: int) -> int:
     levels = _tree_levels(lanes)
     return (Softmax.LOAD_STAGES + levels + 2 + beats + Softmax.EXP_INPUT_STAGES + ExpStage.LATENCY + levels
             + 1 + Reciprocal.LATENCY + 1 + Softmax.OUT_STAGES - 1)
-
-
-#: Top-k engine: cycles beyond ``passes * groups`` from start to its first result beat (the
-#: compaction pass emits a group's beat as it reads it; ``hw/topk.py``).
-TOPK_ENGINE_EXTRA = 0
 
 
 def _ceil(a: int, b: int) -> int:
@@ -118,10 +115,16 @@ def _row_stream(f: dict, element_bytes: int, lanes: int, wait: int) -> int:
     return total + rows * (2 * beats + wait)
 
 
+#: DECIDE, the token controller's check registers (SETTLE) and CHECK.
+_TOKEN_HEAD = 1 + TokenController.CHECK_STAGES
+
+
 def topk_cycles(config: AccelConfig, f: dict) -> int:
-    """TOPK: per selection TOPK_ROW, READ + ADD per summed element, SEND per beat,
-    TOPK_START, the engine's passes, then per result beat one write per kept index byte
-    (two per index) or one cycle for an empty beat; a final TOPK_ROW."""
+    """TOPK: per selection TOPK_ROW, READ + WAIT + ADD per summed element, SEND per beat,
+    TOPK_START, the engine (:func:`~vitaccel.hw.topk.topk_engine_cycles`: its passes and the
+    compaction's latency; the first result beat is taken the cycle it is valid), then per
+    result beat one write per kept index byte (two per index) or one cycle for an empty
+    beat, TOPK_NEXT; a final TOPK_ROW."""
     lanes = config.topk_lanes
     n, k, rows = f["n"], f["k"], f["rows"]
     sum_rows = f["sum_rows"]
@@ -129,28 +132,31 @@ def topk_cycles(config: AccelConfig, f: dict) -> int:
     groups = _ceil(n, lanes)
     per_selection = 1
     if n:
-        per_selection += 2 * summed * n + groups + 1 + topk_passes() * groups + TOPK_ENGINE_EXTRA
+        # TOPK_ROW, the reads, the SEND beats, TOPK_START, the engine up to its first beat.
+        per_selection += 3 * summed * n + groups + 1 + topk_engine_cycles(lanes, n) - groups + 1
         # Result beats (the compaction pass): 2 bytes per kept index; a beat keeping none
         # still takes a cycle (which beats keep none depends on the scores: assume the fewest).
-        per_selection += 2 * k + max(0, groups - k)
-    return 2 + selections * per_selection + 1
+        per_selection += 2 * k + max(0, groups - k) + 1
+    return _TOKEN_HEAD + selections * per_selection + 1
 
 
 def gather_cycles(f: dict) -> int:
-    """GATHER: index pass (INDEX_READ + INDEX_TAKE per index, one more INDEX_READ),
-    INDEX_DONE; per row GATHER_ROW, GATHER_INDEX and cols + 1 GATHER_COPY; a final GATHER_ROW."""
+    """GATHER: index pass (INDEX_READ + INDEX_WAIT + INDEX_TAKE per index, one more
+    INDEX_READ), INDEX_DONE; per row GATHER_ROW, GATHER_INDEX_WAIT, GATHER_INDEX,
+    GATHER_ADDRESS and cols + 1 GATHER_COPY; a final GATHER_ROW."""
     rows, cols = f["rows"], f["cols"]
-    return 2 + 2 * rows + 1 + 1 + rows * (cols + 3) + 1
+    return _TOKEN_HEAD + 3 * rows + 1 + 1 + rows * (cols + 5) + 1
 
 
 def package_cycles(f: dict) -> int:
     """PACKAGE: PACKAGE_CLEAR per token + 1, the index pass, the weight sums (heads reads of
-    two cycles and a write per token), PACKAGE_DST, per column the pruned tokens' products
-    (two cycles per pruned token, one per kept), the 9-step division and the write."""
+    three cycles and a write per token), PACKAGE_DST, per column the pruned tokens' products
+    (five cycles per pruned token, two per kept, two to close), the division's two setup
+    states, its 9 steps and the write."""
     n, cols, k, heads = f["n"], f["cols"], f["k"], f["heads"]
     pruned = n - k
-    per_column = 1 + (2 * pruned + k + 1) + 1 + 9 + 1
-    return 2 + (n + 1) + (2 * k + 1) + 1 + (n * (2 * heads + 1) + 1) + 1 + cols * per_column + 1
+    per_column = 1 + (5 * pruned + 2 * k + 2) + 2 + 9 + 1
+    return _TOKEN_HEAD + (n + 1) + (3 * k + 1) + 1 + (n * (3 * heads + 1) + 1) + 1 + cols * per_column + 1
 
 
 def compute_cycles(config: AccelConfig, instr: Instruction) -> int:
@@ -175,7 +181,7 @@ def compute_cycles(config: AccelConfig, instr: Instruction) -> int:
         cols = f["cols"]
         return 5 + _row_stream(f, 4, lanes, softmax_row_wait(lanes, _ceil(cols, lanes)))
     if op is Opcode.REQUANT:
-        return 5 + 3 * f["cols"] + 9 * elements
+        return RequantController.cycles(f["rows"], f["cols"])
     if op is Opcode.TOPK:
         return topk_cycles(config, f)
     if op is Opcode.GATHER:
