@@ -286,16 +286,16 @@ def plot(records: list[dict[str, Any]], path) -> None:
     points = [r for r in records if r.get("model") == "digits-vit" and r.get("cycles") is not None]
     if not points:
         raise ValueError("plot: no digits-vit record with cycles")
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = plt.subplots(figsize=(7.2, 4.4))
     for r in points:
-        ax.scatter(r["cycles"], 100 * r["int8_top1"], s=36)
-        ax.annotate(r["method"], (r["cycles"], 100 * r["int8_top1"]), textcoords="offset points", xytext=(5, 4),
+        engine_only = r.get("cycles_source") == ENGINE_CYCLES_SOURCE
+        ax.scatter(r["cycles"], 100 * r["int8_top1"], s=36, facecolors="none" if engine_only else None,
+                   edgecolors="C0" if engine_only else None, color=None if engine_only else "C0")
+        label = r["method"] + (" (engine only)" if engine_only else "")
+        ax.annotate(label, (r["cycles"], 100 * r["int8_top1"]), textcoords="offset points", xytext=(5, 4),
                     fontsize=9)
     config = points[0].get("config", "tiny")
-    sources = {r.get("cycles_source") == CYCLES_SOURCE for r in points}
-    what = ("whole-program RTL cycles per image" if sources == {True} else
-            "cycles per image (RTL whole program; engine-only where the top cannot run it)")
-    ax.set_xlabel(f"{what} ({config} config, Verilator)")
+    ax.set_xlabel(f"cycles per image, {config} config, Verilator (filled: whole program; hollow: GEMMs only)")
     ax.set_ylabel("int8 top-1 on digits test split (%)")
     ax.set_title("digits-vit: pruning methods, accuracy against cycles")
     ax.grid(True, alpha=0.3)
