@@ -336,7 +336,7 @@ class TopKEngine(wiring.Component):
         with m.If(state["PREPARE"]):   # from registers: k clamped to n, the last group and its lanes
             tail = n_last[:lane_bits] if lane_bits else Const(0, 1)
             m.d.sync += [k.eq(Mux(k_raw > n_raw, n_raw, k_raw)), last_group.eq(n_last >> lane_bits),
-                         tail_mask.eq(Cat(*(tail >= lane for lane in range(lanes))))]
+                         tail_mask.eq(Cat(Const(1, 1), *(tail >= lane for lane in range(1, lanes))))]
             goto("PREPARE", "SETUP")
         with m.If(state["SETUP"]):   # this pass's candidates, counts cleared
             for p in range(passes):
