@@ -201,7 +201,10 @@ class TokenController(wiring.Component):
         byte_r, half_r = reg(byte, "byte_r"), reg(half, "half_r")   # a read's element 2 cycles on
 
         def read_at(address):
-            return [self.read.eq(1), self.read_addr.eq(address)], [read_lane.eq(address[:_LANE_BITS])]
+            """Issue a VECTOR read of ``address`` in the current ``m.If`` context (the data
+            arrives next cycle; ``read_lane`` remembers its byte lane)."""
+            m.d.comb += [self.read.eq(1), self.read_addr.eq(address)]
+            m.d.sync += read_lane.eq(address[:_LANE_BITS])
 
         def write_at(address, value):
             return [self.write.eq(1), self.write_addr.eq(address), self.write_data.eq(value)]
@@ -333,9 +336,7 @@ class TokenController(wiring.Component):
                              address.eq(row_address), column_address.eq(row_address)]
                 goto("TOPK_ROW", "TOPK_READ")
         with m.If(state["TOPK_READ"]):
-            comb, sync = read_at(address)
-            m.d.comb += comb
-            m.d.sync += sync
+            read_at(address)
             goto("TOPK_READ", "TOPK_WAIT")
         with m.If(state["TOPK_WAIT"]):    # the element reaches ``byte_r`` / ``half_r``
             goto("TOPK_WAIT", "TOPK_ADD")
@@ -394,9 +395,7 @@ class TokenController(wiring.Component):
             with m.If(inner_c.at["count"]):
                 goto("INDEX_READ", "INDEX_DONE")
             with m.Else():
-                comb, sync = read_at(index_base + 2 * inner)
-                m.d.comb += comb
-                m.d.sync += sync
+                read_at(index_base + 2 * inner)
                 goto("INDEX_READ", "INDEX_WAIT")
         with m.If(state["INDEX_WAIT"]):
             goto("INDEX_WAIT", "INDEX_TAKE")
@@ -427,9 +426,7 @@ class TokenController(wiring.Component):
                 m.d.comb += self.done.eq(1)
                 goto("GATHER_ROW", "IDLE")
             with m.Else():
-                comb, sync = read_at(g_index + 2 * outer)
-                m.d.comb += comb
-                m.d.sync += sync
+                read_at(g_index + 2 * outer)
                 goto("GATHER_ROW", "GATHER_INDEX_WAIT")
         with m.If(state["GATHER_INDEX_WAIT"]):
             goto("GATHER_INDEX_WAIT", "GATHER_INDEX")
@@ -447,9 +444,8 @@ class TokenController(wiring.Component):
                 m.d.sync += pending.eq(0)
                 goto("GATHER_COPY", "GATHER_ROW")
             with m.Else():
-                comb, sync = read_at(row_address + col)
-                m.d.comb += comb
-                m.d.sync += [*sync, pending.eq(1)]
+                read_at(row_address + col)
+                m.d.sync += pending.eq(1)
 
         # ---- PACKAGE ------------------------------------------------------------------------
         with m.If(state["PACKAGE_CLEAR"]):   # no token kept yet
@@ -462,9 +458,7 @@ class TokenController(wiring.Component):
             with m.If(col_c.at["p_n"]):
                 goto("PACKAGE_WEIGHT_READ", "PACKAGE_DST")
             with m.Else():
-                comb, sync = read_at(address)
-                m.d.comb += comb
-                m.d.sync += sync
+                read_at(address)
                 goto("PACKAGE_WEIGHT_READ", "PACKAGE_WEIGHT_WAIT")
         with m.If(state["PACKAGE_WEIGHT_WAIT"]):
             goto("PACKAGE_WEIGHT_WAIT", "PACKAGE_WEIGHT_ADD")
@@ -504,9 +498,7 @@ class TokenController(wiring.Component):
                 m.d.sync += address.eq(address + p_cols)
                 goto("PACKAGE_X_READ", "PACKAGE_X_LOOK")
             with m.Else():
-                comb, sync = read_at(address)
-                m.d.comb += comb
-                m.d.sync += sync
+                read_at(address)
                 goto("PACKAGE_X_READ", "PACKAGE_X_WAIT")
         with m.If(state["PACKAGE_X_WAIT"]):
             goto("PACKAGE_X_WAIT", "PACKAGE_X_MULTIPLY")
