@@ -45,19 +45,23 @@ def _build() -> SimpleNamespace:
     jit = numba.njit(cache=True, nogil=True)
 
     @jit
+    def centred_uint8(v):
+        """``clip(floor(v), 0, 255) - 128`` for a float ``v``: the int8 both requantizations
+        end in (truncating a positive value is its floor)."""
+        if v <= 0.0:
+            return -128
+        if v >= 255.0:
+            return 127
+        return np.int32(v) - 128
+
+    @jit
     def requantize(product, scale, offset, out):
         """``out = clip(floor(product scale + offset), 0, 255) - 128`` as int8, (G, M, N)."""
         images, rows, cols = product.shape
         for g in range(images):
             for i in range(rows):
                 for j in range(cols):
-                    v = product[g, i, j] * scale[j] + offset[j]
-                    if v <= 0.0:
-                        out[g, i, j] = -128
-                    elif v >= 255.0:
-                        out[g, i, j] = 127
-                    else:
-                        out[g, i, j] = np.int32(v) - 128   # truncation of a positive value: floor
+                    out[g, i, j] = centred_uint8(product[g, i, j] * scale[j] + offset[j])
 
     @jit
     def row_sums(x, sum_x, sum_xx):
@@ -85,13 +89,7 @@ def _build() -> SimpleNamespace:
                 b = row_offset[g, i, 0]
                 for j in range(cols):
                     z = np.floor(np.float64(x[g, i, j]) * a + b)
-                    v = z * gamma[j] + beta[j]
-                    if v <= 0.0:
-                        out[g, i, j] = -128
-                    elif v >= 255.0:
-                        out[g, i, j] = 127
-                    else:
-                        out[g, i, j] = np.int32(v) - 128
+                    out[g, i, j] = centred_uint8(z * gamma[j] + beta[j])
 
     @jit
     def softmax_exp(scores, table, e, total):
