@@ -358,8 +358,8 @@ def run(config: AccelConfig, *, simulator: str = "verilator", quick: bool = Fals
                          perf_cycles=whole["perf_cycles"], rtl_seconds=whole["rtl_seconds"])
         if golden_check:
             entry["golden_bit_exact_images"] = _golden_bit_exact(qgraph, program, GOLDEN_CHECK_IMAGES)
-        entry["cycles_ratio"] = round(_comparable_cycles(entry, records[0])[0] / _comparable_cycles(entry, records[0])[1],
-                                      4) if records else 1.0
+        cycles, dense_cycles = _comparable_cycles(entry, records[0]) if records else (1, 1)
+        entry["cycles_ratio"] = round(cycles / dense_cycles, 4)
         records.append(entry)
         return entry
 
