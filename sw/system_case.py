@@ -21,7 +21,8 @@ from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.sim.cases.system import check_runs, simulate_runs
 from vitaccel.sim.regress.registry import CaseSpec
 
-__all__ = ["compile_for_test", "run_system_case", "run_one_image", "run_regress_case", "SYSTEM_CASES"]
+__all__ = ["compile_for_test", "input_ddrs", "run_system_case", "run_one_image", "run_regress_case",
+           "SYSTEM_CASES"]
 
 
 def compile_for_test(model: str, directory: str | Path, *, config: str | AccelConfig = "tiny",
@@ -31,6 +32,19 @@ def compile_for_test(model: str, directory: str | Path, *, config: str | AccelCo
 
     compile_model(model, config, directory, calib=calib)
     return Path(directory)
+
+
+def input_ddrs(program: Any, count: int) -> list[np.ndarray]:
+    """DDR images of the compiled ``program`` with its model's first ``count`` test images,
+    quantized at the input's scale, as the runtime builds them."""
+    from vitaccel.hw.spec.numerics import quantize
+    from vitaccel.sw.data import images_for
+    from vitaccel.sw.device import GoldenDevice
+
+    spec = program.manifest["inputs"][0]
+    images = images_for(tuple(program.manifest["model"]["input_shape"]), count).images[:count]
+    device = GoldenDevice(program)   # only for its DDR image builder
+    return [device.input_ddr(code) for code in quantize(images, spec["scale"]).astype(np.int8)]
 
 
 def run_system_case(config: str | AccelConfig | None = None, *, program_dir: str | Path | None = None,
@@ -52,11 +66,8 @@ def run_system_case(config: str | AccelConfig | None = None, *, program_dir: str
         ``passed``, ``runs`` (per image: codes, pcs, cycles, problems), ``cycles`` (per
         image), ``mismatches``, ``simulator``, ``seconds``.
     """
-    from vitaccel.hw.spec.numerics import quantize
     from vitaccel.hw.spec.regmap import program_crc32
     from vitaccel.sim.golden.machine import words_to_bytes
-    from vitaccel.sw.data import images_for
-    from vitaccel.sw.device import GoldenDevice
     from vitaccel.sw.program import load_program
 
     with tempfile.TemporaryDirectory(prefix="vitaccel-system-prog-") as tmp:
@@ -66,11 +77,7 @@ def run_system_case(config: str | AccelConfig | None = None, *, program_dir: str
             program_dir = compile_for_test(model, Path(tmp) / "program", config=config)
         program = load_program(program_dir)
     config = program.config
-    spec = program.manifest["inputs"][0]
-    data = images_for(tuple(program.manifest["model"]["input_shape"]), images)
-    codes = quantize(data.images[:images], spec["scale"]).astype(np.int8)
-    device = GoldenDevice(program)   # only for its DDR image builder
-    ddrs = [device.input_ddr(code) for code in codes]
+    ddrs = input_ddrs(program, images)
     words = list(program.words) if words is None else list(words)
     checksum = program_crc32(words_to_bytes(words))
     outcome = simulate_runs(config, words, ddrs, simulator=simulator, seed=seed, backpressure=backpressure,
@@ -95,13 +102,7 @@ def run_one_image(program: Any, *, ddr_model: str | None, simulator: str = "veri
     (:func:`check_runs`, every DDR byte). Returns that run's entry with ``counters`` (the RTL
     counters, lower-case register names) and ``seconds`` (wall time of the launch).
     ``verilog_ddr`` as in :func:`simulate_runs`."""
-    from vitaccel.hw.spec.numerics import quantize
-    from vitaccel.sw.data import images_for
-    from vitaccel.sw.device import GoldenDevice
-
-    spec = program.manifest["inputs"][0]
-    image = images_for(tuple(program.manifest["model"]["input_shape"]), 1).images[:1]
-    ddrs = [GoldenDevice(program).input_ddr(quantize(image, spec["scale"]).astype(np.int8)[0])]
+    ddrs = input_ddrs(program, 1)
     words = list(program.words)
     outcome = simulate_runs(program.config, words, ddrs, simulator=simulator, macs=int(program.manifest["macs"]),
                             ddr_model=ddr_model, verilog_ddr=verilog_ddr)
