@@ -31,6 +31,7 @@ from amaranth import Cat, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from vitaccel.hw.matrix.pipeline import register as pipeline_register
 from vitaccel.hw.nonlinear.arith import DSP_B_UNSIGNED_BITS, SHIFT_BITS, pipelined_round_shift, register
 from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.config import AccelConfig
@@ -72,8 +73,8 @@ class RequantController(wiring.Component):
     #: the sum, the compare.
     SCAN_LATENCY = 4
     #: Cycles from a shift's read to its element's byte write: the data, the word register,
-    #: the partial products, two adds, three rounding registers, two saturation registers.
-    COMPUTE_LATENCY = 11
+    #: the partial products, two adds, three rounding registers, three saturation registers.
+    COMPUTE_LATENCY = 12
 
     def __init__(self, *, config: AccelConfig):
         if not isinstance(config, AccelConfig):
@@ -129,13 +130,14 @@ class RequantController(wiring.Component):
         # ---- ACC reads: one word per cycle from pointer registers -----------------------------
         row, col = Signal(12), Signal(13)
         acc_ptr = Signal(_ADDR_BITS)
-        col_offset = Signal(_ADDR_BITS)   # 4 * col: the column's parameter words from their bases
+        # the column's bias, multiplier and shift words: pointers stepped with ``col`` (no add
+        # between a register and the read address)
+        bias_ptr, mult_ptr, shift_ptr = (Signal(_ADDR_BITS, name=f"{n}_ptr") for n in ("bias", "mult", "shift"))
         dst_ptr = Signal(_ADDR_BITS)
         kind = Signal(2)          # the next read: 0 acc, 1 bias, 2 multiplier, 3 shift
         ACC, BIAS, MULT, SHIFT = range(4)
         reading, computing = Signal(), Signal()
-        param_base = Mux(kind[1], Mux(kind[0], shift_base, mult_base), param)
-        address = Mux(kind == ACC, acc_ptr, param_base + col_offset)
+        address = Mux(kind[1], Mux(kind[0], shift_ptr, mult_ptr), Mux(kind[0], bias_ptr, acc_ptr))
         m.d.comb += [self.acc_read.eq(reading), self.acc_read_addr.eq(address)]
 
         # the read's tags, one cycle (the data) then one more (the word register)
@@ -160,7 +162,12 @@ class RequantController(wiring.Component):
         # ---- the scans' checks: each a register, ``failed`` sticky -----------------------------
         failed = Signal()
         bad_multiplier = register(m, at(MULT, 0) & (word < 0), "bad_multiplier")
-        bad_shift = register(m, at(SHIFT, 0) & ((word < 1) | (word > MAX_SHIFT)), "bad_shift")
+        # the shift's range compares in registers of their own, then the check (as late as
+        # ``bad_total``, so SCAN_LATENCY holds)
+        shift_below = register(m, word < 1, "shift_below")
+        shift_above = register(m, word > MAX_SHIFT, "shift_above")
+        shift_check = register(m, at(SHIFT, 0), "shift_check")
+        bad_shift = register(m, shift_check & (shift_below | shift_above), "bad_shift")
         total_check = register(m, at(BIAS, 0), "total_check")
         bad_total = register(m, total_check & ((total > (1 << 31)) | (total < -(1 << 31))), "bad_total")
         with m.If(bad_multiplier | bad_shift | bad_total):
@@ -171,10 +178,11 @@ class RequantController(wiring.Component):
         low_bits = DSP_B_UNSIGNED_BITS
         total_low, total_high = total[:low_bits], total[low_bits:].as_signed()
         mult_low, mult_high = multiplier[:low_bits], multiplier[low_bits:]
-        ll = register(m, total_low * mult_low, "product_ll")
+        # the products are flip-flops: a run of copies behind a DSP48E2 became an SRL16E
+        ll = pipeline_register(m, total_low * mult_low, "product_ll", keep=True)
         lh = register(m, total_low * mult_high, "product_lh")
         hl = register(m, total_high * mult_low, "product_hl")
-        hh = register(m, total_high * mult_high, "product_hh")
+        hh = pipeline_register(m, total_high * mult_high, "product_hh", keep=True)
         middle = register(m, lh + hl, "product_middle")
         ll2, hh2 = register(m, ll, "product_ll2"), register(m, hh, "product_hh2")
         low = register(m, ll2 + (middle << low_bits), "product_low")
@@ -182,13 +190,17 @@ class RequantController(wiring.Component):
         product = register(m, low + (hh3 << (2 * low_bits)), "product", signed(34 + MULTIPLIER_BITS))
         shift = _delay(m, word[:SHIFT_BITS], 4, "shift")
         rounded = pipelined_round_shift(m, product, shift, register, "rounded")
+        # the range test in two registers: all-ones / all-zeros per group of 6 bits, then over the groups
         upper = rounded[7:]
-        in_range = register(m, upper.all() | ~upper.any(), "in_range")
-        negative = register(m, rounded[-1], "negative")
-        low_byte = register(m, rounded[:8], "low_byte")
+        groups = [upper[i:i + 6] for i in range(0, len(upper), 6)]
+        ones = register(m, Cat(*(g.all() for g in groups)), "upper_ones")
+        zeros = register(m, Cat(*(~g.any() for g in groups)), "upper_zeros")
+        in_range = register(m, ones.all() | zeros.all(), "in_range")
+        negative = register(m, register(m, rounded[-1], "negative_d"), "negative")
+        low_byte = register(m, register(m, rounded[:8], "low_byte_d"), "low_byte")
         result = register(m, Mux(in_range, low_byte, Mux(negative, 0x80, 0x7F)), "result")
-        write_valid = _delay(m, launch, 9, "write_valid")
-        write_addr = _delay(m, dst_ptr, 9, "write_addr")
+        write_valid = _delay(m, launch, 10, "write_valid")
+        write_addr = _delay(m, dst_ptr, 10, "write_addr")
         with m.If(launch):
             m.d.sync += dst_ptr.eq(dst_ptr + 1)
         m.d.comb += [self.write.eq(write_valid), self.write_addr.eq(write_addr), self.write_data.eq(result)]
@@ -206,19 +218,22 @@ class RequantController(wiring.Component):
         # Counters and pointers: each updated in one place from strobes (the states are one-hot,
         # so the strobes are ORs of a state and a flag or two; no chain of per-state priorities).
         col_reset, col_step, row_reset = Signal(), Signal(), Signal()
+        params_done, params_step, element_wrap, element_step = Signal(), Signal(), Signal(), Signal()
         acc_reset, acc_step, kind_to_mult, kind_to_acc = Signal(), Signal(), Signal(), Signal()
         # col / row are never stepped the cycle after they change: their compares are registers
         col_before_last = register(m, col == cols_before_last, "col_before_last", 1)
         row_before_last = register(m, row == rows_before_last, "row_before_last", 1)
         single_col = register(m, cols_last == 0, "single_col", 1)
         single_row = register(m, rows_last == 0, "single_row", 1)
-        with m.If(col_reset | (col_step & last_col)):
-            m.d.sync += [col.eq(0), last_col.eq(single_col), col_offset.eq(0)]
+        with m.If(col_reset):   # includes the last column's step
+            m.d.sync += [col.eq(0), last_col.eq(single_col),
+                         bias_ptr.eq(param), mult_ptr.eq(mult_base), shift_ptr.eq(shift_base)]
         with m.Elif(col_step):
-            m.d.sync += [col.eq(col + 1), last_col.eq(col_before_last), col_offset.eq(col_offset + 4)]
+            m.d.sync += [col.eq(col + 1), last_col.eq(col_before_last),
+                         bias_ptr.eq(bias_ptr + 4), mult_ptr.eq(mult_ptr + 4), shift_ptr.eq(shift_ptr + 4)]
         with m.If(row_reset):
             m.d.sync += [row.eq(0), last_row.eq(single_row)]
-        with m.Elif(col_step & last_col):
+        with m.Elif(element_wrap):
             m.d.sync += [row.eq(row + 1), last_row.eq(row_before_last)]
         with m.If(acc_reset):
             m.d.sync += acc_ptr.eq(src)
@@ -234,10 +249,21 @@ class RequantController(wiring.Component):
 
         # the strobes, each one expression of one-hot states and flags
         is_shift, is_bias = Signal(), Signal()   # kind == SHIFT, kind == BIAS (registers)
-        params_done = state["PARAM_SCAN"] & is_shift & last_col
-        element_done = (state["VALUE_SCAN"] & is_bias) | (state["COMPUTE"] & is_shift)
-        m.d.comb += [col_reset.eq(state["CHECK"] | state["DST"] | params_done),
-                     col_step.eq((state["PARAM_SCAN"] & is_shift & ~last_col) | element_done),
+        # The scans' and the compute's column steps, registered a cycle ahead: a shift read
+        # always follows a multiplier read in PARAM_SCAN and COMPUTE (and a bias read an
+        # accumulator read in VALUE_SCAN), in the same state and column.
+        # ``col`` does not step in the cycle between, so ``last_col`` is known a cycle ahead too.
+        element_next = (state["VALUE_SCAN"] & (kind == ACC)) | (state["COMPUTE"] & (kind == MULT))
+        m.d.sync += [params_done.eq(state["PARAM_SCAN"] & ~is_shift & last_col),
+                     params_step.eq(state["PARAM_SCAN"] & ~is_shift & ~last_col),
+                     element_wrap.eq(element_next & last_col), element_step.eq(element_next & ~last_col)]
+        element_done = element_wrap | element_step
+        # col_reset too is a register: CHECK and DST are entered from SETTLE / SCAN_DRAIN on
+        # ``settled`` / ``scanned``, and the two wraps are the registers' inputs above.
+        m.d.sync += col_reset.eq((state["SETTLE"] & settled) | (state["SCAN_DRAIN"] & scanned)
+                                 | (state["PARAM_SCAN"] & ~is_shift & last_col) | (element_next & last_col))
+        m.d.comb += [
+                     col_step.eq(params_step | element_step),
                      row_reset.eq(state["CHECK"] | state["DST"]), acc_reset.eq(state["CHECK"] | state["DST"]),
                      acc_step.eq(element_done), kind_to_mult.eq(state["CHECK"]),
                      kind_to_acc.eq(state["DST"] | params_done)]
@@ -261,22 +287,19 @@ class RequantController(wiring.Component):
                 m.d.sync += reading.eq(1)
                 goto("CHECK", "PARAM_SCAN")
         # ---- parameter scan: multiplier and shift of every column ------------------------
-        with m.If(state["PARAM_SCAN"]):
-            with m.If(is_shift):
-                with m.If(last_col):
-                    with m.If(empty):
-                        m.d.sync += reading.eq(0)
-                        m.d.comb += scan_go.eq(1)
-                        goto("PARAM_SCAN", "SCAN_DRAIN")
-                    with m.Else():
-                        goto("PARAM_SCAN", "VALUE_SCAN")
+        with m.If(params_done):   # in PARAM_SCAN, the last column's shift
+            with m.If(empty):
+                m.d.sync += reading.eq(0)
+                m.d.comb += scan_go.eq(1)
+                goto("PARAM_SCAN", "SCAN_DRAIN")
+            with m.Else():
+                goto("PARAM_SCAN", "VALUE_SCAN")
         # ---- value scan: |acc + bias| <= 2^31 for every element ---------------------------
         with m.If(state["VALUE_SCAN"]):
-            with m.If(is_bias):
-                with m.If(last_col & last_row):
-                    m.d.sync += reading.eq(0)
-                    m.d.comb += scan_go.eq(1)
-                    goto("VALUE_SCAN", "SCAN_DRAIN")
+            with m.If(element_wrap & last_row):   # the last element's bias
+                m.d.sync += reading.eq(0)
+                m.d.comb += scan_go.eq(1)
+                goto("VALUE_SCAN", "SCAN_DRAIN")
         with m.If(state["SCAN_DRAIN"]):   # the last read's check reaches ``failed``
             with m.If(scanned):
                 goto("SCAN_DRAIN", "DST")
@@ -295,11 +318,10 @@ class RequantController(wiring.Component):
                 goto("DST", "COMPUTE")
         # ---- compute: four reads per element, back to back; the pipeline writes ----------
         with m.If(state["COMPUTE"]):
-            with m.If(is_shift):
-                with m.If(last_col & last_row):
-                    m.d.sync += [reading.eq(0), computing.eq(0)]
-                    m.d.comb += compute_go.eq(1)
-                    goto("COMPUTE", "COMPUTE_DRAIN")
+            with m.If(element_wrap & last_row):   # the last element's shift
+                m.d.sync += [reading.eq(0), computing.eq(0)]
+                m.d.comb += compute_go.eq(1)
+                goto("COMPUTE", "COMPUTE_DRAIN")
         with m.If(state["COMPUTE_DRAIN"]):   # the last element's byte is written
             with m.If(computed):
                 goto("COMPUTE_DRAIN", "FINISH")
