@@ -236,8 +236,10 @@ class _NewtonUnit(wiring.Component):
         use_right = Signal(reset_less=True)
         base, bit = Signal(self._mantissa_bits, reset_less=True), Signal(reset_less=True)
         doubled = Signal(self.value_bits + 1, reset_less=True)   # (value << 1) >> shift: its bit 0 rounds
-        # value shifted by the amounts' multiples of 8 (wide enough for the mantissa's bits)
-        coarse = Signal(max(self.value_bits, self._mantissa_bits), reset_less=True)
+        # value shifted by the amounts' multiples of 8 (wide enough for the mantissa's bits),
+        # right and left each in a register of its own: SHIFT chooses (no mux after the shifters)
+        coarse_right = Signal(max(self.value_bits, self._mantissa_bits), reset_less=True)
+        coarse_left = Signal(max(self.value_bits, self._mantissa_bits), reset_less=True)
         mantissa = Signal(self._mantissa_bits, reset_less=True)
         index = Signal(bits, reset_less=True)
         seed = Signal(self._seed_bits(), reset_less=True)
@@ -276,13 +278,14 @@ class _NewtonUnit(wiring.Component):
                 m.next = "COARSE"
             with m.State("COARSE"):        # shifts by the amounts' multiples of 8
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [coarse.eq(Mux(use_right, value >> Cat(Const(0, 3), right[3:]),
-                                           value << Cat(Const(0, 3), left[3:]))),
-                             doubled.eq(Mux(use_right, (value << 1) >> Cat(Const(0, 3), right[3:]), 0))]
+                m.d.sync += [coarse_right.eq(value >> Cat(Const(0, 3), right[3:])),
+                             coarse_left.eq(value << Cat(Const(0, 3), left[3:])),
+                             doubled.eq((value << 1) >> Cat(Const(0, 3), right[3:]))]   # used under use_right
                 m.next = "SHIFT"
             with m.State("SHIFT"):         # the rest (right shifts round in the next state)
                 m.d.comb += self.busy.eq(1)
-                m.d.sync += [base.eq(Mux(use_right, coarse >> right[:3], (coarse << left[:3])[:self._mantissa_bits])),
+                m.d.sync += [base.eq(Mux(use_right, coarse_right >> right[:3],
+                                         (coarse_left << left[:3])[:self._mantissa_bits])),
                              bit.eq(use_right & (doubled >> right[:3])[0])]
                 m.next = "ROUND"
             with m.State("ROUND"):

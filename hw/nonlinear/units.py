@@ -79,11 +79,15 @@ def _tags(name: str, count: int, depth: int) -> list[_Tag]:
     return [_Tag(f"{name}_{stage}", depth) for stage in range(count)]
 
 
-def _delay(m: Module, value, cycles: int, name: str, enable=None):
-    """``value`` ``cycles`` cycles later through reset-less registers (advancing on ``enable``)."""
+def _delay(m: Module, value, cycles: int, name: str, enable=None, *, keep: bool = False):
+    """``value`` ``cycles`` cycles later through reset-less registers (advancing on ``enable``).
+
+    ``keep`` gives the registers a reset, so that they stay flip-flops: yosys folds a chain of
+    reset-less copies into an SRL16E, whose clock-to-out (0.72 ns in docs/timing.md's model)
+    is too slow in front of a value broadcast to every lane."""
     for stage in range(cycles):
-        reg = Signal.like(value, name=f"{name}_{stage}", reset_less=True) if isinstance(value, Signal) \
-            else Signal(Value.cast(value).shape(), name=f"{name}_{stage}", reset_less=True)
+        reg = Signal.like(value, name=f"{name}_{stage}", reset_less=not keep) if isinstance(value, Signal) \
+            else Signal(Value.cast(value).shape(), name=f"{name}_{stage}", reset_less=not keep)
         statement = reg.eq(value)
         if enable is None:
             m.d.sync += statement
@@ -462,8 +466,8 @@ class Softmax(wiring.Component):
         m.d.comb += exps_held.remove.eq(release)
         stage, first = out.stage, out.tags[0].slot
         reciprocal = stage(m, reciprocals[first], "out_reciprocal")                          # 1
-        out_shift = _delay(m, out_shifts[first], 2, "out_shift", out.advance)                 # 1, 2
-        empty = _delay(m, empty_rows[first], 6, "out_empty", out.advance)                      # 1..6
+        out_shift = _delay(m, out_shifts[first], 2, "out_shift", out.advance, keep=True)                 # 1, 2
+        empty = _delay(m, empty_rows[first], 6, "out_empty", out.advance, keep=True)                      # 1..6
         for lane in range(lanes):
             value = stage(m, exp_read.data[lane], f"out_exp_{lane}")                          # 1
             product = stage(m, value * reciprocal, f"out_product_{lane}")                      # 2
@@ -718,9 +722,9 @@ class LayerNorm(wiring.Component):
         # gamma / beta arrive at stage 6, from the address stage 5 held
         m.d.comb += [param_read.addr.eq(tags[5].beat), param_read.en.eq(out.advance)]
         stage = out.stage
-        offset = _delay(m, -sums_x[tags[0].slot], 2, "out_offset", out.advance)              # 1, 2
-        inv_std = _delay(m, inv_stds[tags[0].slot], 2, "out_inv_std", out.advance)            # 1, 2
-        norm_shift = _delay(m, norm_shifts[tags[0].slot], 4, "out_norm_shift", out.advance)     # 1..4
+        offset = _delay(m, -sums_x[tags[0].slot], 2, "out_offset", out.advance, keep=True)              # 1, 2
+        inv_std = _delay(m, inv_stds[tags[0].slot], 2, "out_inv_std", out.advance, keep=True)            # 1, 2
+        norm_shift = _delay(m, norm_shifts[tags[0].slot], 4, "out_norm_shift", out.advance, keep=True)     # 1..4
         in_row = [_delay(m, ~tags[11].last | last_lanes[lane], 2, f"out_in_row_{lane}",
                          out.advance) for lane in range(lanes)]                                  # 12, 13
         for lane in range(lanes):
