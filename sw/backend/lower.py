@@ -269,7 +269,15 @@ class Lowering:
         tensor = self.graph.tensors[name]
         shape = tuple(tensor.shape) if len(tensor.shape) >= 2 else (1,) + tuple(tensor.shape)
         layout = Resident(0, shape, tensor.dtype)
-        base = self.arena.allocate(layout.nbytes)
+        reused = self._dying_input(op, layout)
+        if reused is not None:   # element-wise in place, as the vector units allow
+            resident = Resident(self.resident.pop(reused).base, shape, tensor.dtype)
+            self.resident[name] = resident
+            return resident
+        # Tensors read more than one op later (the residual stream) from the top, the rest from
+        # the bottom: the short-lived ones then free one contiguous region.
+        long_lived = self.last_use.get(name, -1) > self.graph.ops.index(op) + 1
+        base = self.arena.allocate(layout.nbytes, from_top=long_lived)
         if base is None:
             return None
         resident = Resident(base, shape, tensor.dtype)
@@ -283,6 +291,19 @@ class Lowering:
         if resident is not None:
             return resident.view(), True
         return self._input(name), False
+
+    def _dying_input(self, op: QOp, layout: Resident) -> str | None:
+        """The first input of a vector op if it is on chip, laid out as ``layout`` and read by no
+        later op: the op may write its output over it (as the DDR path does in its slot)."""
+        if op.kind not in ("add", "layernorm", "gelu"):
+            return None
+        name = op.inputs[0]
+        held = self.resident.get(name)
+        if (held is not None and self.last_use.get(name) == self.graph.ops.index(op)
+                and name not in self.graph.outputs and held.shape == layout.shape
+                and held.itemsize == layout.itemsize):
+            return name
+        return None
 
     def _drop_on_chip(self, name: str) -> None:
         """Give back an arena block the producer could not use after all."""

@@ -98,15 +98,19 @@ class Arena:
     def size(self) -> int:
         return self.end - self.start
 
-    def allocate(self, nbytes: int) -> int | None:
+    def allocate(self, nbytes: int, *, from_top: bool = False) -> int | None:
+        """First fit from the bottom, or with ``from_top`` from the top (the lowering puts
+        long-lived tensors there, so that short-lived ones do not fragment the middle)."""
         need = align(max(int(nbytes), 1))
-        cursor = self.start
+        gaps, cursor = [], self.start
         for begin in sorted(self.blocks):
-            if begin - cursor >= need:
-                break
+            gaps.append((cursor, begin))
             cursor = max(cursor, begin + self.blocks[begin])
-        if cursor + need > self.end:
+        gaps.append((cursor, self.end))
+        fits = [(lo, hi) for lo, hi in gaps if hi - lo >= need]
+        if not fits:
             return None
+        cursor = fits[-1][1] - need if from_top else fits[0][0]
         self.blocks[cursor] = need
         self.peak = max(self.peak, sum(self.blocks.values()))
         return cursor
