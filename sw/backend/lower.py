@@ -93,6 +93,42 @@ def _block(view: TensorView, index: tuple[int, ...]) -> TensorView:
     return view
 
 
+def _copy_pieces(src: TensorView, dst: TensorView, cap: int) -> list[tuple[int, int, int, int, int, int, int]]:
+    """The DMA pieces of copying ``src`` into ``dst`` (same shape), each at most ``cap`` bytes
+    where rows allow: (src offset, src row stride, dst offset, dst row stride, rows, row bytes,
+    element bytes)."""
+    if src.shape != dst.shape:
+        raise AssertionError(f"copy of {src.shape} into {dst.shape}")
+    isz = src.itemsize
+    if len(src.shape) == 1:
+        src = TensorView(src.base, (1,) + src.shape, (0,) + src.strides, src.dtype)
+        dst = TensorView(dst.base, (1,) + dst.shape, (0,) + dst.strides, dst.dtype)
+    # (src offset, src row stride, dst offset, dst row stride, rows, row bytes, element bytes)
+    pieces: list[tuple[int, int, int, int, int, int, int]] = []
+    if src.strides[-1] == isz and dst.strides[-1] == isz:
+        # Rows along the longest non-last axis; iterate the others.
+        axes = list(range(len(src.shape) - 1))
+        row_axis = max(axes, key=lambda ax: src.shape[ax])
+        others = [ax for ax in axes if ax != row_axis]
+        for index in itertools.product(*(range(src.shape[ax]) for ax in others)):
+            s_off = src.base + sum(i * src.strides[ax] for i, ax in zip(index, others))
+            d_off = dst.base + sum(i * dst.strides[ax] for i, ax in zip(index, others))
+            rows, row_bytes = src.shape[row_axis], src.shape[-1] * isz
+            step = max(1, min(rows, cap // max(row_bytes, 1), MAX_ROWS))
+            for r0 in range(0, rows, step):
+                r = min(step, rows - r0)
+                pieces.append((s_off + r0 * src.strides[row_axis], src.strides[row_axis],
+                               d_off + r0 * dst.strides[row_axis], dst.strides[row_axis], r, row_bytes, row_bytes))
+    else:
+        # Element-granular gather: one DMA per destination row (rows of one element each).
+        axes = list(range(len(src.shape) - 1))
+        for index in itertools.product(*(range(src.shape[ax]) for ax in axes)):
+            s_off = src.base + sum(i * src.strides[ax] for i, ax in zip(index, axes))
+            d_off = dst.base + sum(i * dst.strides[ax] for i, ax in zip(index, axes))
+            pieces.append((s_off, src.strides[-1], d_off, dst.strides[-1], src.shape[-1], isz, isz))
+    return pieces
+
+
 class Lowering:
     """Lower one QGraph for one config into a :class:`ProgramBuilder` and a DDR image.
 
@@ -570,36 +606,7 @@ class Lowering:
 
     def _copy(self, src: TensorView, dst: TensorView) -> None:
         """Copy ``src`` into ``dst`` (same shape) with LOAD/STORE pairs through the vector buffer."""
-        if src.shape != dst.shape:
-            raise AssertionError(f"copy of {src.shape} into {dst.shape}")
-        isz = src.itemsize
-        if len(src.shape) == 1:
-            src = TensorView(src.base, (1,) + src.shape, (0,) + src.strides, src.dtype)
-            dst = TensorView(dst.base, (1,) + dst.shape, (0,) + dst.strides, dst.dtype)
-        cap = SlotPlan(self.config, 0).capacity[Buffer.VECTOR]
-        # (src offset, src row stride, dst offset, dst row stride, rows, row bytes, element bytes)
-        pieces: list[tuple[int, int, int, int, int, int, int]] = []
-        if src.strides[-1] == isz and dst.strides[-1] == isz:
-            # Rows along the longest non-last axis; iterate the others.
-            axes = list(range(len(src.shape) - 1))
-            row_axis = max(axes, key=lambda ax: src.shape[ax])
-            others = [ax for ax in axes if ax != row_axis]
-            for index in itertools.product(*(range(src.shape[ax]) for ax in others)):
-                s_off = src.base + sum(i * src.strides[ax] for i, ax in zip(index, others))
-                d_off = dst.base + sum(i * dst.strides[ax] for i, ax in zip(index, others))
-                rows, row_bytes = src.shape[row_axis], src.shape[-1] * isz
-                step = max(1, min(rows, cap // max(row_bytes, 1), MAX_ROWS))
-                for r0 in range(0, rows, step):
-                    r = min(step, rows - r0)
-                    pieces.append((s_off + r0 * src.strides[row_axis], src.strides[row_axis],
-                                   d_off + r0 * dst.strides[row_axis], dst.strides[row_axis], r, row_bytes, row_bytes))
-        else:
-            # Element-granular gather: one DMA per destination row (rows of one element each).
-            axes = list(range(len(src.shape) - 1))
-            for index in itertools.product(*(range(src.shape[ax]) for ax in axes)):
-                s_off = src.base + sum(i * src.strides[ax] for i, ax in zip(index, axes))
-                d_off = dst.base + sum(i * dst.strides[ax] for i, ax in zip(index, axes))
-                pieces.append((s_off, src.strides[-1], d_off, dst.strides[-1], src.shape[-1], isz, isz))
+        pieces = _copy_pieces(src, dst, self.tiler.capacity[Buffer.VECTOR])
         tile_loads: list[Instruction] = []
         tile_stores: list[Instruction] = []
         slot = self._slot()
@@ -627,9 +634,32 @@ class Lowering:
         p = op.attrs["patch"]
         sc, sh, sw = x.strides
         patches = TensorView(x.base, (h // p, w // p, c, p, p), (p * sh, p * sw, sc, sh, sw), x.dtype)
+        if self._gather_on_chip(op, patches):
+            return
         out = self._new_tensor(op.output)
         self._copy(patches, TensorView.contiguous(out.base, patches.shape, out.dtype))
         self.views[op.output] = out
+
+    def _gather_on_chip(self, op: QOp, src: TensorView) -> bool:
+        """LOAD ``src`` (a DDR view) straight into an arena block for ``op``'s output, if it stays
+        on chip and every piece starts on a 16-byte boundary there. Only where the pipeline is
+        drained (program start, after a barrier): the load queue runs ahead of compute, so an
+        arena block freed by a compute still to come must not be loaded into."""
+        if self.pipeline.tiles:
+            return False
+        resident = self._keep_on_chip(op)
+        if resident is None:
+            return False
+        dst = TensorView.contiguous(resident.base, src.shape, src.dtype)
+        pieces = _copy_pieces(src, dst, resident.nbytes)
+        if any(d_off % ADDR_UNIT for _, _, d_off, *_ in pieces):
+            self._drop_on_chip(op.output)
+            return False
+        loads = [Instruction(Opcode.LOAD, buffer=Buffer.VECTOR, sram_addr=d_off // ADDR_UNIT, dram_addr=s_off,
+                             rows=rows, row_bytes=row_bytes, dram_stride=s_stride, sram_stride=d_stride)
+                 for s_off, s_stride, d_off, d_stride, rows, row_bytes, _ in pieces]
+        self.pipeline.tile(loads, [], [])
+        return True
 
     def _view_or_copy(self, op: QOp, view: TensorView | None, fallback: TensorView, shape: tuple[int, ...]) -> None:
         if view is None:
