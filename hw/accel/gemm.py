@@ -17,8 +17,9 @@ on :class:`~vitaccel.hw.matrix.engine.MatrixEngine`:
 2. **Plan**: the engine's command word (as :func:`vitaccel.hw.spec.matrix.plan_gemm`, but
    with at most :data:`MAX_BLOCK_TILES` tiles per B block), with ``block_tiles`` /
    ``n_blocks`` computed by short iterations instead of dividers.
-3. **Run**: two *feeders* (A from INPUT, B from WEIGHT, each on its own read port, so they
-   run concurrently) assemble the engine's words from 16-byte buffer words through
+3. **Run**: two *feeders* (A from INPUT -- or from VECTOR with ``a_vector``, a port the
+   residual then does not use -- and B from WEIGHT, each on its own read port, so they run
+   concurrently) assemble the engine's words from 16-byte buffer words through
    :class:`_SegmentReader`: an A word is ``tile_rows`` runs of ``b`` consecutive bytes (one
    per row), a B word ``tile_cols`` such runs (one per column, ``b_transposed``) or ``b``
    runs of ``tile_cols`` bytes (one per k row). Each run keeps the buffer words it read, so
@@ -287,7 +288,7 @@ class GemmController(wiring.Component):
 
         mm, kk, nn = f("m"), f("k"), f("n")
         flags = {name: f(name) for name in ("accumulate", "bias", "requant", "residual", "unsigned_a",
-                                            "b_transposed")}
+                                            "b_transposed", "a_vector")}
         a_base, b_base = f("a_addr") * ADDR_UNIT, f("b_addr") * ADDR_UNIT
         out_base, param_base = f("out_addr") * ADDR_UNIT, f("param_addr") * ADDR_UNIT
         acc_base = f("acc_addr") * ADDR_UNIT
@@ -308,8 +309,9 @@ class GemmController(wiring.Component):
             # nm=1: this top runs no sparse GEMMs yet; the golden machine rejects nm=1 (on
             # configs without nm_sparsity) with the shape checks, so the code and pc agree.
             invalid_shape.eq((mm == 0) | (kk == 0) | (nn == 0) | (kk > cfg.max_k)
-                             | (flags["residual"] & ~flags["requant"]) | f("nm")),
-            a_out.eq(a_base + mk > size[Buffer.INPUT]),
+                             | (flags["residual"] & ~flags["requant"]) | f("nm")
+                             | (flags["a_vector"] & flags["residual"])),   # one VECTOR read port
+            a_out.eq(a_base + mk > Mux(flags["a_vector"], size[Buffer.VECTOR], size[Buffer.INPUT])),
             b_out.eq(b_base + kn > size[Buffer.WEIGHT]),
             acc_out.eq(flags["accumulate"] & acc_region_out),
             param_out.eq((flags["bias"] | flags["requant"])
@@ -446,7 +448,10 @@ class GemmController(wiring.Component):
         a_origin = Signal(_ADDR_BITS)   # a_base + a_band * tr * kk
         a_rows_left = Signal(signed(18))   # mm - a_band * tr
         a_kvalid = Signal(range(b + 1))   # k_valid_bytes(a_kofs, b)
-        a_reader = _SegmentReader(m, "a_reader", outer=tr, length=b, data=self.read_port(Buffer.INPUT)[2],
+        # A from INPUT, or with a_vector from VECTOR (whose port the residual reader, excluded
+        # then, would otherwise use).
+        a_data = Mux(flags["a_vector"], self.read_port(Buffer.VECTOR)[2], self.read_port(Buffer.INPUT)[2])
+        a_reader = _SegmentReader(m, "a_reader", outer=tr, length=b, data=a_data,
                                   origin=a_origin, stride=kk, step=b,
                                   valid=lambda o: a_rows_left > o, valid_bytes=a_kvalid, prefetch=True)
         b_block, b_tile, b_k, b_kofs = Signal(16), Signal(16), Signal(16), Signal(16)
@@ -470,7 +475,9 @@ class GemmController(wiring.Component):
                                    origin=b_base + b_col_base, stride=nn, step=b * nn,
                                    valid=lambda o: b_k_left > o, valid_bytes=b_col_bytes)
         transposed = flags["b_transposed"]
-        for buffer, reads in ((Buffer.INPUT, [a_reader]), (Buffer.WEIGHT, [bt_reader, bn_reader])):
+        m.d.comb += [self.input_read.eq(a_reader.read & ~flags["a_vector"]),
+                     self.input_read_addr.eq(a_reader.read_addr)]
+        for buffer, reads in ((Buffer.WEIGHT, [bt_reader, bn_reader]),):
             read, addr, _ = self.read_port(buffer)
             m.d.comb += [read.eq(Cat(*(r.read for r in reads)).any()),
                          addr.eq(Mux(reads[-1].read, reads[-1].read_addr, reads[0].read_addr))]
@@ -571,7 +578,8 @@ class GemmController(wiring.Component):
                                   valid=lambda o: flags["accumulate"] & d_row_in, valid_bytes=d_cols * 4)
         m.d.comb += [acc_read.eq(params.read | scan_read | partials.read),
                      acc_addr.eq(Mux(scan_read, scan_addr, Mux(partials.read, partials.read_addr, params.read_addr))),
-                     vec_read.eq(residual.read), vec_addr.eq(residual.read_addr),
+                     vec_read.eq(residual.read | (a_reader.read & flags["a_vector"])),
+                     vec_addr.eq(Mux(residual.read, residual.read_addr, a_reader.read_addr)),
                      engine.residual.payload.eq(residual.word)]
         param_word = engine.params.payload
         entry_word = [params.word.word_select(index, 8 * _PARAM_BYTES) for index in range(len(PARAM_FIELDS) * tc)]

@@ -156,6 +156,9 @@ _BODIES: dict[Opcode, dict[str, Any]] = {
         # nm comes after the original fields (a bit that used to be reserved): dense words keep
         # their meaning.
         "nm": _u(1),
+        # a_vector takes the last free bit: A is read from VECTOR, where the vector units leave
+        # activations, instead of INPUT (0: every earlier word keeps its meaning).
+        "a_vector": _u(1),
     },
     Opcode.ADD: _VECTOR,
     Opcode.REQUANT: _VECTOR,
@@ -221,8 +224,13 @@ for r in range(rows):
     Opcode.STORE: """DMA on-chip buffer -> DDR (store queue).
 for r in range(rows):
     DDR[dram_addr + r*dram_stride : +row_bytes] = buffer[sram_addr*16 + r*sram_stride : +row_bytes]""",
-    Opcode.GEMM: """Tile matrix multiply A[m,k] (INPUT, int8, or uint8 if unsigned_a) x B (WEIGHT, int8,
+    Opcode.GEMM: """Tile matrix multiply A[m,k] (int8, or uint8 if unsigned_a) x B (WEIGHT, int8,
 [k,n], or [n,k] if b_transposed); the engine's sequencer walks its block grid.
+A is read from INPUT at a_addr, or with a_vector=1 from VECTOR at a_addr (an activation a
+vector unit or a requantizing GEMM left there: no copy through DDR). The VECTOR read port
+serves either A or the residual: a_vector=1 with residual=1 is INVALID_OPERAND (with the
+shape checks).
+    A_BUF = VECTOR if a_vector else INPUT
 With nm=1, B is N:M sparse along k in the compressed format of hw/spec/nm.py, (N, M) =
 config.nm_sparsity; k stays the dense K. INVALID_OPERAND (with the shape checks) if nm=1 and
 the config has no nm_sparsity or b_transposed=1. In WEIGHT at b_addr, G = ceil(k/M) groups:
@@ -233,7 +241,7 @@ the config has no nm_sparsity or b_transposed=1. In WEIGHT at b_addr, G = ceil(k
 and only the G*N kept rows are multiplied: m*G*N*n MACs (A is zero past k).
 P = ACC int32 words at param_addr: bias[n], multiplier[n], shift[n]
 for i in range(m): for j in range(n):
-    s = sum(A[i, kk] * B[kk, j] for kk in range(k))          # int32 accumulation
+    s = sum(A_BUF[a_addr][i, kk] * B[kk, j] for kk in range(k))   # int32 accumulation
     if accumulate: s += ACC[acc_addr][i, j]
     if bias:       s += P.bias[j]
     if requant:

@@ -259,9 +259,10 @@ def layernorm_program(rng: random.Random, config: AccelConfig, ddr_size: int, *,
 def gemm_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, m: int, k: int, n: int,
                  bias: bool = True, residual: bool = False, unsigned_a: bool = False, b_transposed: bool = False,
                  extreme: bool = False, requant: bool = True, accumulate: bool = False,
-                 bias_limit: int = 1 << 14) -> tuple[list[int], np.ndarray]:
-    """LOAD A (INPUT), B (WEIGHT), a parameter block (ACC) and, with ``residual``, the
-    residual (VECTOR); one GEMM; STORE its result. Returns (words, DDR).
+                 bias_limit: int = 1 << 14, a_vector: bool = False) -> tuple[list[int], np.ndarray]:
+    """LOAD A (INPUT, or VECTOR with ``a_vector``, after the output region), B (WEIGHT), a
+    parameter block (ACC) and, with ``residual``, the residual (VECTOR); one GEMM; STORE its
+    result. Returns (words, DDR).
 
     With ``requant`` the result is int8 in VECTOR. Without it the GEMM is raw: int32 sums
     to ACC (after the parameter block), with ``accumulate`` added to random int32 partials
@@ -299,7 +300,10 @@ def gemm_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, m: i
         return Instruction(opcode, buffer=buffer, sram_addr=sram, dram_addr=dram, rows=1, row_bytes=nbytes,
                            dram_stride=nbytes, sram_stride=nbytes, **flags)
 
-    transfers = [(Buffer.INPUT, a_at, 0), (Buffer.WEIGHT, b_at, 1), (Buffer.ACC, p_at, 2)]
+    if a_vector:   # past a requantized output (m x n bytes at out_at), which it must not overlap
+        a_at = out_at + -(-m * n // isa.ADDR_UNIT) + rng.randrange(0, 3)
+    transfers = [(Buffer.VECTOR if a_vector else Buffer.INPUT, a_at, 0), (Buffer.WEIGHT, b_at, 1),
+                 (Buffer.ACC, p_at, 2)]
     if residual:
         transfers.append((Buffer.VECTOR, out_at, 3))
     if accumulate:
@@ -310,7 +314,7 @@ def gemm_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, m: i
                for j, (buffer, sram, i) in enumerate(transfers)] + [
         Instruction(Opcode.GEMM, m=m, k=k, n=n, requant=int(requant), accumulate=int(accumulate), bias=int(bias),
                     residual=int(residual), unsigned_a=int(unsigned_a), b_transposed=int(b_transposed),
-                    a_addr=a_at, b_addr=b_at, param_addr=p_at, out_addr=out_at, acc_addr=acc_at,
+                    a_vector=int(a_vector), a_addr=a_at, b_addr=b_at, param_addr=p_at, out_addr=out_at, acc_addr=acc_at,
                     pop_prev=1, push_next=1),
         dma(Opcode.STORE, out_buffer, out_unit, free_at, out_bytes, pop_prev=1, push_prev=1),
         Instruction(Opcode.FINISH, pop_next=1),
@@ -375,6 +379,14 @@ def bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
                                  finish], None),
         ("gemm residual without requant", [encode(Instruction(Opcode.GEMM, m=1, k=1, n=1, residual=1)), finish],
          None),
+        ("gemm a_vector with residual", [encode(Instruction(Opcode.GEMM, m=1, k=1, n=1, requant=1, residual=1,
+                                                            a_vector=1)), finish], None),
+        ("gemm a_vector a out of range", [encode(Instruction(Opcode.GEMM, m=2, k=16, n=1, requant=1, a_vector=1,
+                                                             a_addr=vector_bytes // 16 - 1)), finish], None),
+        # In range of VECTOR (which is larger than INPUT on every preset): runs.
+        ("gemm a_vector past input", [encode(Instruction(Opcode.GEMM, m=1, k=16, n=1, a_vector=1,
+                                                         a_addr=isa.buffer_bytes(config, Buffer.INPUT) // 16)),
+                                      finish], None),
         ("gemm zero k", [encode(Instruction(Opcode.GEMM, m=1, k=0, n=1, requant=1)), finish], None),
         ("gemm output out of range", [encode(Instruction(Opcode.GEMM, m=4, k=1, n=5, requant=1, bias=1,
                                                          out_addr=vector_bytes // 16 - 1)), finish], None),

@@ -615,12 +615,15 @@ class GoldenMachine:
         if not k <= self.config.max_k:
             raise InvalidOperandError(f"GEMM: k={k} exceeds max_k={self.config.max_k}", pc)
         self._require(not (instr.residual and not instr.requant), "GEMM: residual needs requant", pc)
+        self._require(not (instr.a_vector and instr.residual), "GEMM: a_vector=1 with residual=1 (the VECTOR "
+                      "read port serves either A or the residual)", pc)
         # With the shape checks, so that hardware can fold them into one INVALID_OPERAND test.
         if instr.nm and self.config.nm_sparsity is None:
             raise InvalidOperandError(f"GEMM: nm=1 but config {self.config.name!r} has no nm_sparsity", pc)
         self._require(not (instr.nm and instr.b_transposed), "GEMM: nm=1 with b_transposed=1 "
                       "(the compressed B is [ceil(k/M)*N, n], never transposed)", pc)
-        a = self._matrix(Buffer.INPUT, instr.a_addr, m, k, np.uint8 if instr.unsigned_a else np.int8, pc)
+        a_buffer = Buffer.VECTOR if instr.a_vector else Buffer.INPUT
+        a = self._matrix(a_buffer, instr.a_addr, m, k, np.uint8 if instr.unsigned_a else np.int8, pc)
         if instr.nm:
             keep, group = self.config.nm_sparsity
             layout = isa.nm_weight_layout(k, n, self.config.nm_sparsity)

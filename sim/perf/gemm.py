@@ -11,7 +11,8 @@ walks ``for block: for band: for tile in block: for k_word`` issuing one k-step 
 the A panel of the band and the B block are both in their scratchpad halves.
 
 **Feeders** (``_SegmentReader``): one 16-byte buffer word per cycle per feeder (A from INPUT,
-B from WEIGHT, own ports). An A word is ``tile_rows`` runs of ``block_size`` bytes, a
+or VECTOR with ``a_vector``, whose port the residual then leaves alone: the same cycles; B
+from WEIGHT, own ports). An A word is ``tile_rows`` runs of ``block_size`` bytes, a
 transposed B word ``tile_cols`` such runs; each run keeps the words it read and prefetches
 while the port is idle, so a panel (tile) costs ``max(k_words + rows, words spanned by its
 rows)`` cycles plus its PANEL (TILE) state and the capture cycle. A non-transposed B word is

@@ -32,5 +32,10 @@ def compile_qgraph(qgraph: QGraph, config: AccelConfig, *,
         For an operation the back end cannot map (the message names it and its source).
     """
     qgraph.verify()
-    lowering = Lowering(qgraph, config, reuse_ddr=reuse_ddr).run(progress)
+    try:
+        lowering = Lowering(qgraph, config, reuse_ddr=reuse_ddr).run(progress)
+    except BackendError:
+        # On-chip activations take half of VECTOR from the tile slots: an op whose tiles need
+        # all of it (a small vector buffer) compiles with every activation in DDR instead.
+        lowering = Lowering(qgraph, config, reuse_ddr=reuse_ddr, onchip=False).run(progress)
     return CompiledProgram.from_lowering(lowering, qgraph, config, meta or {})

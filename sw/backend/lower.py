@@ -1,9 +1,13 @@
 """Lowering of a :class:`~vitaccel.sw.qgraph.QGraph` to instructions.
 
-Every operation reads its inputs from DDR and writes its output to DDR, tiled to the config's
-buffers, through the double-buffered :class:`~vitaccel.sw.backend.emitter.Pipeline` (loads of
-the next tile overlap compute of this one and stores of the previous one). Operations are
-separated by a pipeline barrier because their data flows through DDR.
+Operations are tiled to the config's buffers and emitted through the double-buffered
+:class:`~vitaccel.sw.backend.emitter.Pipeline` (loads of the next tile overlap compute of this
+one and stores of the previous one). An activation stays on chip, in the arena half of the
+VECTOR buffer (:mod:`~vitaccel.sw.backend.onchip`), when every reader can read it there (the
+vector units' sources, a GEMM's A through ``a_vector``) and it fits: it is then neither stored
+nor loaded, and no barrier follows its producer (producer and readers run in order on the
+compute queue). Every other activation goes through DDR: its producer stores it, a pipeline
+barrier follows, and its readers load it. Weights and parameters are always loaded.
 
 Layout operations become strided views of DDR (no instructions) where the DMA's row strides
 can read them, and LOAD/STORE copies through the vector buffer otherwise.
@@ -34,6 +38,7 @@ from vitaccel.hw.spec.isa import ADDR_UNIT, Buffer, Instruction, Opcode, nm_weig
 from vitaccel.hw.spec.nm import NMWeights, compress, magnitude_keep_mask
 from vitaccel.sw.backend.emitter import Pipeline, ProgramBuilder
 from vitaccel.sw.backend.memory import DdrAllocator, TensorView, align
+from vitaccel.sw.backend.onchip import Arena, Resident
 from vitaccel.sw.backend.tiling import (MAX_COLS, MAX_GATHER_BYTES, MAX_PACKAGE_COLS, MAX_ROWS, SlotPlan, Tiler,
                                         blocks)
 from vitaccel.sw.qgraph import QGraph, QOp
@@ -72,6 +77,13 @@ def _store(buffer: Buffer, sram_addr: int, base: int, rows: int, row_bytes: int,
                        row_bytes=row_bytes, dram_stride=row_stride, sram_stride=row_bytes)
 
 
+def _unit(byte_addr: int) -> int:
+    """The unit address of an on-chip byte address (which the lowering keeps aligned)."""
+    if byte_addr % ADDR_UNIT:
+        raise AssertionError(f"on-chip address {byte_addr} is not {ADDR_UNIT}-byte aligned")
+    return byte_addr // ADDR_UNIT
+
+
 def _block(view: TensorView, index: tuple[int, ...]) -> TensorView:
     """The 2-D block at ``index`` of the leading axes; 1-D views become one row."""
     if len(view.shape) == 1:
@@ -81,6 +93,42 @@ def _block(view: TensorView, index: tuple[int, ...]) -> TensorView:
     return view
 
 
+def _copy_pieces(src: TensorView, dst: TensorView, cap: int) -> list[tuple[int, int, int, int, int, int, int]]:
+    """The DMA pieces of copying ``src`` into ``dst`` (same shape), each at most ``cap`` bytes
+    where rows allow: (src offset, src row stride, dst offset, dst row stride, rows, row bytes,
+    element bytes)."""
+    if src.shape != dst.shape:
+        raise AssertionError(f"copy of {src.shape} into {dst.shape}")
+    isz = src.itemsize
+    if len(src.shape) == 1:
+        src = TensorView(src.base, (1,) + src.shape, (0,) + src.strides, src.dtype)
+        dst = TensorView(dst.base, (1,) + dst.shape, (0,) + dst.strides, dst.dtype)
+    # (src offset, src row stride, dst offset, dst row stride, rows, row bytes, element bytes)
+    pieces: list[tuple[int, int, int, int, int, int, int]] = []
+    if src.strides[-1] == isz and dst.strides[-1] == isz:
+        # Rows along the longest non-last axis; iterate the others.
+        axes = list(range(len(src.shape) - 1))
+        row_axis = max(axes, key=lambda ax: src.shape[ax])
+        others = [ax for ax in axes if ax != row_axis]
+        for index in itertools.product(*(range(src.shape[ax]) for ax in others)):
+            s_off = src.base + sum(i * src.strides[ax] for i, ax in zip(index, others))
+            d_off = dst.base + sum(i * dst.strides[ax] for i, ax in zip(index, others))
+            rows, row_bytes = src.shape[row_axis], src.shape[-1] * isz
+            step = max(1, min(rows, cap // max(row_bytes, 1), MAX_ROWS))
+            for r0 in range(0, rows, step):
+                r = min(step, rows - r0)
+                pieces.append((s_off + r0 * src.strides[row_axis], src.strides[row_axis],
+                               d_off + r0 * dst.strides[row_axis], dst.strides[row_axis], r, row_bytes, row_bytes))
+    else:
+        # Element-granular gather: one DMA per destination row (rows of one element each).
+        axes = list(range(len(src.shape) - 1))
+        for index in itertools.product(*(range(src.shape[ax]) for ax in axes)):
+            s_off = src.base + sum(i * src.strides[ax] for i, ax in zip(index, axes))
+            d_off = dst.base + sum(i * dst.strides[ax] for i, ax in zip(index, axes))
+            pieces.append((s_off, src.strides[-1], d_off, dst.strides[-1], src.shape[-1], isz, isz))
+    return pieces
+
+
 class Lowering:
     """Lower one QGraph for one config into a :class:`ProgramBuilder` and a DDR image.
 
@@ -88,17 +136,26 @@ class Lowering:
     (constants), ``ddr_size`` the bytes the program needs, ``views`` every tensor's DDR view,
     ``layers`` the per-op table. With ``reuse_ddr`` (the default) an activation's DDR block is
     reused once no later operation reads it, so after a run only constants, inputs and outputs
-    still hold their values; ``reuse_ddr=False`` keeps every tensor (for debugging).
+    still hold their values; ``reuse_ddr=False`` keeps every tensor (for debugging), in DDR.
+    With ``onchip`` (the default, with ``reuse_ddr``) the upper half of VECTOR holds on-chip
+    activations (``resident``; they have no DDR view); ``onchip=False`` sends every activation
+    through DDR.
     """
 
-    def __init__(self, qgraph: QGraph, config: AccelConfig, *, reuse_ddr: bool = True) -> None:
+    def __init__(self, qgraph: QGraph, config: AccelConfig, *, reuse_ddr: bool = True, onchip: bool = True) -> None:
         isa.check_config(config)
         self.reuse_ddr = reuse_ddr
+        self.onchip = onchip and reuse_ddr
         self.graph = qgraph
         self.config = config
         self.builder = ProgramBuilder()
         self.pipeline = Pipeline(self.builder)
-        self.tiler = Tiler(config)
+        vector = isa.buffer_bytes(config, Buffer.VECTOR)
+        #: VECTOR bytes the tile slots share; the arena holds on-chip activations above them.
+        self.slot_vector_bytes = vector // 2 if self.onchip else vector
+        self.arena = Arena(self.slot_vector_bytes, vector)
+        self.resident: dict[str, Resident] = {}
+        self.tiler = Tiler(config, vector_bytes=self.slot_vector_bytes)
         self.alloc = DdrAllocator()
         self.views: dict[str, TensorView] = {}
         # Tensors never written to DDR: token scores, which the top-k engine sums from the
@@ -135,6 +192,8 @@ class Lowering:
         for start in self.alloc.activations():
             if start not in live:
                 self.alloc.free(start)
+        for name in [name for name in self.resident if self.last_use.get(name, -1) <= done]:
+            self.arena.free(self.resident.pop(name).base)
 
     # -- driver --------------------------------------------------------------------------------
 
@@ -168,7 +227,8 @@ class Lowering:
                 if isinstance(err, BackendError):
                     raise
                 raise BackendError(f"{op!r} ({op.source or 'no source'}): {err}") from None
-            self.pipeline.barrier()
+            if self._stored_since(first):   # its output flows through DDR to later loads
+                self.pipeline.barrier()
             if self.reuse_ddr:
                 self._release_dead(number)
             record.first_instruction = first
@@ -191,6 +251,9 @@ class Lowering:
             self.ddr_image[addr:addr + len(data)] = np.frombuffer(data, dtype=np.uint8)
         return self
 
+    def _stored_since(self, first: int) -> bool:
+        return any(instr.opcode is Opcode.STORE for instr in self.builder.instructions[first:])
+
     def _input(self, name: str) -> TensorView:
         """A view of tensor ``name`` whose rows are dense (copied if they are not)."""
         view = self.views[name]
@@ -203,17 +266,110 @@ class Lowering:
         return dense
 
     def _slot(self) -> SlotPlan:
-        return SlotPlan(self.config, self.pipeline.slot)
+        return SlotPlan(self.config, self.pipeline.slot, vector_bytes=self.slot_vector_bytes)
+
+    # -- on-chip activations -------------------------------------------------------------------
+
+    def _reads_on_chip(self, op: QOp, position: int) -> bool:
+        """Whether ``op`` can read its input ``position`` from the arena (with the tiles it will use)."""
+        tensor = self.graph.tensors[op.inputs[position]]
+        shape, itemsize = tuple(tensor.shape), np.dtype(tensor.numpy_dtype).itemsize
+        if op.kind in ("layernorm", "gelu", "add"):   # every row tile starts aligned
+            return shape[-1] * itemsize % ADDR_UNIT == 0 and shape[-1] <= MAX_COLS
+        if op.kind == "linear" and position == 0 and len(shape) == 2 and len(op.inputs) == 3:
+            weight = self.graph.constants[op.inputs[1]]
+            nmw = self._nm_weights(weight)
+            nm = self.config.nm_sparsity if nmw is not None else None
+            return self._single_m_tile(shape[0], shape[1], weight.shape[1], requant=True, has_params=True, nm=nm)
+        if op.kind == "matmul" and position == 0 and len(shape) >= 2:
+            out = self.graph.tensors[op.output]
+            requant = bool(op.attrs.get("requant"))
+            return self._single_m_tile(shape[-2], shape[-1], out.shape[-1], requant=requant, has_params=requant)
+        return False
+
+    def _single_m_tile(self, m: int, k: int, n: int, **plan: Any) -> bool:
+        """A GEMM whose A is read in place takes all ``m`` rows in one tile (so ``a_addr`` is the
+        block's, always aligned), whatever its output does."""
+        m_tile, _ = self.tiler.gemm_tile(m, k, n, a_in_input=False, **plan)
+        return k <= self.config.max_k and m_tile == m
+
+    def _keep_on_chip(self, op: QOp) -> Resident | None:
+        """An arena block for ``op``'s output if every reader reads it on chip and it fits, else None."""
+        name = op.output
+        if not self.onchip or name in self.graph.outputs:
+            return None
+        readers = [(reader, i) for reader in self.graph.consumers(name) for i, x in enumerate(reader.inputs)
+                   if x == name]
+        if not readers or not all(self._reads_on_chip(reader, i) for reader, i in readers):
+            return None
+        tensor = self.graph.tensors[name]
+        shape = tuple(tensor.shape) if len(tensor.shape) >= 2 else (1,) + tuple(tensor.shape)
+        layout = Resident(0, shape, tensor.dtype)
+        reused = self._dying_input(op, layout)
+        if reused is not None:   # element-wise in place, as the vector units allow
+            resident = Resident(self.resident.pop(reused).base, shape, tensor.dtype)
+            self.resident[name] = resident
+            return resident
+        # Tensors read more than one op later (the residual stream) from the top, the rest from
+        # the bottom: the short-lived ones then free one contiguous region.
+        long_lived = self.last_use.get(name, -1) > self.graph.ops.index(op) + 1
+        base = self.arena.allocate(layout.nbytes, from_top=long_lived)
+        if base is None:
+            return None
+        resident = Resident(base, shape, tensor.dtype)
+        self.resident[name] = resident
+        return resident
+
+    def _operand(self, name: str) -> tuple[TensorView, bool]:
+        """Tensor ``name`` as a view, and whether it is on chip (then ``base`` is a VECTOR byte
+        address); a DDR tensor's rows are made dense (:meth:`_input`)."""
+        resident = self.resident.get(name)
+        if resident is not None:
+            return resident.view(), True
+        return self._input(name), False
+
+    def _dying_input(self, op: QOp, layout: Resident) -> str | None:
+        """The first input of a vector op if it is on chip, laid out as ``layout`` and read by no
+        later op: the op may write its output over it (as the DDR path does in its slot)."""
+        if op.kind not in ("add", "layernorm", "gelu"):
+            return None
+        name = op.inputs[0]
+        held = self.resident.get(name)
+        if (held is not None and self.last_use.get(name) == self.graph.ops.index(op)
+                and name not in self.graph.outputs and held.shape == layout.shape
+                and held.itemsize == layout.itemsize):
+            return name
+        return None
+
+    def _drop_on_chip(self, name: str) -> None:
+        """Give back an arena block the producer could not use after all."""
+        self.arena.free(self.resident.pop(name).base)
 
     # -- GEMMs -----------------------------------------------------------------------------------
 
+    def _gemm_plan(self, m: int, k: int, n: int, *, requant: bool, has_params: bool, nm: tuple[int, int] | None,
+                   a_onchip: bool, out_onchip: bool) -> tuple[int, int]:
+        return self.tiler.gemm_tile(m, k, n, requant=requant, has_params=has_params, nm=nm,
+                                    a_in_input=not a_onchip, out_in_slot=not out_onchip)
+
+    @staticmethod
+    def _writes_in_place(plan: tuple[int, int], m: int, n: int) -> bool:
+        """Whether GEMM tiles of ``plan`` can write an ``m x n`` int8 output in place: whole rows,
+        each tile starting on a 16-byte boundary."""
+        m_tile, n_tile = plan
+        return n_tile == n and (m_tile >= m or m_tile * n % ADDR_UNIT == 0)
+
     def _gemm_tiles(self, op: QOp, record: LayerRecord, a: TensorView, b: TensorView, b_transposed: bool,
                     out: TensorView, params_addr: int | None, requant: bool, unsigned_a: bool,
-                    nm_indices: TensorView | None = None) -> None:
+                    nm_indices: TensorView | None = None, *, a_onchip: bool = False,
+                    out_onchip: bool = False) -> None:
         """Tile ``out[M, N] = a[M, K] @ B`` (B stored [N, K] if ``b_transposed`` else [K, N]).
 
         With ``nm_indices``, B is N:M compressed under the config's ``nm_sparsity``: ``b`` holds
-        its int8 values and ``nm_indices`` its uint8 indices, both ``[ceil(K/M)*N, N]``."""
+        its int8 values and ``nm_indices`` its uint8 indices, both ``[ceil(K/M)*N, N]``.
+        ``a_onchip`` / ``out_onchip``: ``a`` / ``out`` are dense matrices in the VECTOR arena
+        (their ``base`` a VECTOR byte address): A is read there (``a_vector``), the
+        requantized output written there, neither loaded nor stored."""
         m_total, k = a.shape
         nm = self.config.nm_sparsity if nm_indices is not None else None
         n_total = out.shape[1]
@@ -221,8 +377,10 @@ class Lowering:
             raise BackendError(f"{op!r}: K={k} exceeds max_k={self.config.max_k} ({op.source})")
         out_bytes = 1 if requant else 4
         out_buf = Buffer.VECTOR if requant else Buffer.ACC
-        m_tile, n_tile = self.tiler.gemm_tile(m_total, k, n_total, requant=requant,
-                                              has_params=params_addr is not None, nm=nm)
+        m_tile, n_tile = self._gemm_plan(m_total, k, n_total, requant=requant, has_params=params_addr is not None,
+                                         nm=nm, a_onchip=a_onchip, out_onchip=out_onchip)
+        if out_onchip and not (requant and self._writes_in_place((m_tile, n_tile), m_total, n_total)):
+            raise AssertionError(f"{op!r}: on-chip output with tiles {m_tile} x {n_tile}")
         if m_tile <= 0 or n_tile <= 0:
             raise BackendError(f"{op!r}: a tile of K={k} does not fit the {self.config.name} buffers ({op.source})")
         for n0 in range(0, n_total, n_tile):
@@ -230,9 +388,14 @@ class Lowering:
             for m0 in range(0, m_total, m_tile):
                 mt = min(m_tile, m_total - m0)
                 slot = self._slot()
-                a_addr = slot.take(Buffer.INPUT, mt * k)
+                loads = []
+                if a_onchip:
+                    a_addr = _unit(a.slice(0, m0, m0 + mt).base)
+                else:
+                    a_addr = slot.take(Buffer.INPUT, mt * k)
+                    loads.append(_load(Buffer.INPUT, a_addr, a.slice(0, m0, m0 + mt), mt, k * a.itemsize,
+                                       a.strides[0]))
                 b_addr = slot.take(Buffer.WEIGHT, self.tiler.weight_bytes(k, nt, nm))
-                loads = [_load(Buffer.INPUT, a_addr, a.slice(0, m0, m0 + mt), mt, k * a.itemsize, a.strides[0])]
                 depth = k  # rows of B the GEMM multiplies
                 if nm is not None:
                     layout = nm_weight_layout(k, nt, nm)
@@ -250,22 +413,25 @@ class Lowering:
                     loads.append(Instruction(Opcode.LOAD, buffer=Buffer.ACC, sram_addr=param_addr,
                                              dram_addr=params_addr + 4 * n0, rows=3, row_bytes=4 * nt,
                                              dram_stride=4 * n_total, sram_stride=4 * nt))
-                out_addr = slot.take(out_buf, mt * nt * out_bytes)
+                if out_onchip:
+                    out_addr, stores = _unit(out.slice(0, m0, m0 + mt).base), []
+                else:
+                    out_addr = slot.take(out_buf, mt * nt * out_bytes)
+                    stores = [_store(out_buf, out_addr, out.slice(0, m0, m0 + mt).base + n0 * out.strides[1],
+                                     mt, nt * out_bytes, out.strides[0])]
                 gemm = Instruction(Opcode.GEMM, requant=int(requant), bias=int(requant), unsigned_a=int(unsigned_a),
                                    b_transposed=int(b_transposed), nm=int(nm is not None), m=mt, k=k, n=nt,
-                                   a_addr=a_addr, b_addr=b_addr,
+                                   a_vector=int(a_onchip), a_addr=a_addr, b_addr=b_addr,
                                    acc_addr=0 if requant else out_addr, out_addr=out_addr if requant else 0,
                                    param_addr=param_addr)
-                store = _store(out_buf, out_addr, out.slice(0, m0, m0 + mt).base + n0 * out.strides[1],
-                               mt, nt * out_bytes, out.strides[0])
-                self.pipeline.tile(loads, [gemm], [store])
+                self.pipeline.tile(loads, [gemm], stores)
                 record.macs += mt * depth * nt
 
     def _op_linear(self, op: QOp, record: LayerRecord) -> None:
         if len(op.inputs) == 4:
             raise BackendError(f"{op!r}: linear with a fused residual is not supported by the back end "
                                f"({op.source})")
-        x = self._input(op.inputs[0])
+        x, x_onchip = self._operand(op.inputs[0])
         weight = self.graph.constants[op.inputs[1]]  # [K, N]
         bias = self.graph.constants[op.inputs[2]]
         n, k = weight.shape[1], weight.shape[0]
@@ -282,13 +448,30 @@ class Lowering:
             record.nm = {"n": nmw.n, "m": nmw.m, "k": k, "compressed_k": nmw.values.shape[0], "columns": n}
         p_addr = self._constant(op.output + ".params",
                                 isa.pack_gemm_params(bias, op.attrs["multiplier"], op.attrs["shift"]))
-        out = self._new_tensor(op.output)
-        self.views[op.output] = out
         x2 = x if len(x.shape) == 2 else x.reshape((int(np.prod(x.shape[:-1])), x.shape[-1]))
         if x2 is None:
             raise BackendError(f"{op!r}: input layout not supported ({op.source})")
-        self._gemm_tiles(op, record, x2, w_view, nmw is None, out.reshape((x2.shape[0], n)), p_addr, True, False,
-                         nm_indices=indices)
+        nm = self.config.nm_sparsity if nmw is not None else None
+        out_onchip = self._linear_output_on_chip(op, x2.shape[0], k, n, nm, x_onchip)
+        if out_onchip:
+            out2 = self.resident[op.output].view()
+        else:
+            out = self._new_tensor(op.output)
+            self.views[op.output] = out
+            out2 = out.reshape((x2.shape[0], n))
+        self._gemm_tiles(op, record, x2, w_view, nmw is None, out2, p_addr, True, False,
+                         nm_indices=indices, a_onchip=x_onchip, out_onchip=out_onchip)
+
+    def _linear_output_on_chip(self, op: QOp, m: int, k: int, n: int, nm: tuple[int, int] | None,
+                               a_onchip: bool) -> bool:
+        """Keep a linear layer's (2-D) output on chip if its GEMM tiles can write it in place."""
+        if len(self.graph.tensors[op.output].shape) != 2 or self._keep_on_chip(op) is None:
+            return False
+        plan = self._gemm_plan(m, k, n, requant=True, has_params=True, nm=nm, a_onchip=a_onchip, out_onchip=True)
+        if not self._writes_in_place(plan, m, n):
+            self._drop_on_chip(op.output)
+            return False
+        return True
 
     def _nm_weights(self, weight: np.ndarray) -> NMWeights | None:
         """``weight [K, N]`` compressed to the config's ``nm_sparsity`` if it is N:M sparse along
@@ -302,7 +485,7 @@ class Lowering:
         return compress(weight, n, m)
 
     def _op_matmul(self, op: QOp, record: LayerRecord) -> None:
-        a = self._input(op.inputs[0])
+        a, a_onchip = self._operand(op.inputs[0])
         b = self._input(op.inputs[1])
         transpose_b = bool(op.attrs.get("transpose_b"))
         requant = bool(op.attrs.get("requant"))
@@ -316,28 +499,36 @@ class Lowering:
         unsigned_a = self.graph.tensors[op.inputs[0]].dtype == "uint8"
         for index in blocks(out.shape):
             self._gemm_tiles(op, record, _block(a, index), _block(b, index), transpose_b, _block(out, index),
-                             p_addr, requant, unsigned_a)
+                             p_addr, requant, unsigned_a, a_onchip=a_onchip)
 
     # -- vector unit -----------------------------------------------------------------------------
 
-    def _rowwise(self, op: QOp, opcode: Opcode, sources: list[TensorView], src_buf: Buffer, src_bytes: int,
+    def _rowwise(self, op: QOp, opcode: Opcode, names: list[str], src_buf: Buffer, src_bytes: int,
                  params_addr: int | None, param_words: int, out_dtype: str, record: LayerRecord,
                  prologue: tuple[list[Instruction], list[Instruction]] | None = None) -> None:
-        out = self._new_tensor(op.output)
-        self.views[op.output] = out
+        """One vector instruction per row tile. Sources in DDR are loaded into the tile's slot
+        (the output then overwrites the first one there when it is in VECTOR), on-chip sources
+        are read in place; the output is written in the arena if it stays on chip, else stored."""
+        operands = [self._operand(name) for name in names]
+        shape = tuple(self.graph.tensors[op.output].shape)
         if prologue is not None:
             self.pipeline.tile(prologue[0], prologue[1], [])
-        cols = out.shape[-1]
+        cols = shape[-1]
         if cols > MAX_COLS:
             raise ValueError(f"rows of {cols} elements exceed the vector unit's {MAX_COLS}")
-        per_row = {src_buf: len(sources) * cols * src_bytes}
-        per_row[Buffer.VECTOR] = per_row.get(Buffer.VECTOR, 0) + cols
+        out_bytes = np.dtype(out_dtype).itemsize
         fixed = {Buffer.ACC: 4 * param_words}
-        for index, r0, rows in self.tiler.row_tiles(out.shape, per_row, fixed):
+        loaded = sum(1 for _, onchip in operands if not onchip)
+        out, tiles = self._rowwise_output(op, shape, cols, out_bytes, src_buf, loaded * cols * src_bytes, fixed)
+        in_place = src_buf is Buffer.VECTOR and bool(operands) and not operands[0][1]
+        for index, r0, rows in tiles:
             slot = self._slot()
             loads, src_addrs = [], []
-            for src in sources:
+            for src, onchip in operands:
                 block = _block(src, index).slice(0, r0, r0 + rows)
+                if onchip:
+                    src_addrs.append(_unit(block.base))
+                    continue
                 addr = slot.take(src_buf, rows * cols * src_bytes)
                 loads.append(_load(src_buf, addr, block, rows, cols * src_bytes, block.strides[0]))
                 src_addrs.append(addr)
@@ -349,12 +540,34 @@ class Lowering:
                 loads.append(Instruction(Opcode.LOAD, buffer=Buffer.ACC, sram_addr=fields["param_addr"],
                                          dram_addr=params_addr, rows=1, row_bytes=4 * param_words,
                                          dram_stride=4 * param_words, sram_stride=4 * param_words))
-            out_bytes = np.dtype(out_dtype).itemsize
-            dst = src_addrs[0] if src_buf is Buffer.VECTOR else slot.take(Buffer.VECTOR, rows * cols * out_bytes)
-            fields["dst_addr"] = dst
             block = _block(out, index).slice(0, r0, r0 + rows)
-            store = _store(Buffer.VECTOR, dst, block.base, rows, cols * out_bytes, block.strides[0])
-            self.pipeline.tile(loads, [Instruction(opcode, **fields)], [store])
+            stores = []
+            if op.output in self.resident:
+                fields["dst_addr"] = _unit(block.base)
+            else:
+                dst = src_addrs[0] if in_place else slot.take(Buffer.VECTOR, rows * cols * out_bytes)
+                fields["dst_addr"] = dst
+                stores.append(_store(Buffer.VECTOR, dst, block.base, rows, cols * out_bytes, block.strides[0]))
+            self.pipeline.tile(loads, [Instruction(opcode, **fields)], stores)
+
+    def _rowwise_output(self, op: QOp, shape: tuple[int, ...], cols: int, out_bytes: int, src_buf: Buffer,
+                        loaded_per_row: int, fixed: dict[Buffer, int]) -> tuple[TensorView, list]:
+        """Where a row-wise op's output goes (an arena view if it stays on chip: every row tile
+        then starts aligned; else a new DDR tensor) and its row tiles."""
+        def tiles(out_in_slot: bool) -> list:
+            per_row = {src_buf: loaded_per_row}
+            per_row[Buffer.VECTOR] = per_row.get(Buffer.VECTOR, 0) + (cols * out_bytes if out_in_slot else 0)
+            return list(self.tiler.row_tiles(shape, per_row, fixed))
+
+        resident = self._keep_on_chip(op)
+        if resident is not None:
+            onchip_tiles = tiles(False)
+            if all(resident.row_aligned(r0) for _, r0, _ in onchip_tiles):
+                return resident.view().reshape(shape) if len(shape) < 2 else resident.view(), onchip_tiles
+            self._drop_on_chip(op.output)
+        out = self._new_tensor(op.output)
+        self.views[op.output] = out
+        return out, tiles(True)
 
     def _op_softmax(self, op: QOp, record: LayerRecord) -> None:
         cols = self.graph.tensors[op.output].shape[-1]
@@ -363,7 +576,7 @@ class Lowering:
                              f"max_tokens={self.config.max_tokens} (the softmax unit refuses longer rows)")
         words = isa.pack_softmax_params(op.attrs["params"])
         p_addr = self._constant(op.output + ".params", words)
-        self._rowwise(op, Opcode.SOFTMAX, [self._input(op.inputs[0])], Buffer.ACC, 4, p_addr, words.size,
+        self._rowwise(op, Opcode.SOFTMAX, [op.inputs[0]], Buffer.ACC, 4, p_addr, words.size,
                       "uint8", record)
 
     def _op_gelu(self, op: QOp, record: LayerRecord) -> None:
@@ -374,55 +587,26 @@ class Lowering:
         load = Instruction(Opcode.LOAD, buffer=Buffer.VECTOR, sram_addr=v_addr, dram_addr=t_addr, rows=1,
                            row_bytes=table.size, dram_stride=table.size, sram_stride=table.size)
         lut = Instruction(Opcode.LUT_LOAD, lut=isa.LutId.GELU, offset=0, count=table.size, src_addr=v_addr)
-        self._rowwise(op, Opcode.GELU, [self._input(op.inputs[0])], Buffer.VECTOR, 1, None, 0, "int8", record,
+        self._rowwise(op, Opcode.GELU, [op.inputs[0]], Buffer.VECTOR, 1, None, 0, "int8", record,
                       prologue=([load], [lut]))
 
     def _op_layernorm(self, op: QOp, record: LayerRecord) -> None:
         words = isa.pack_layernorm_params(op.attrs["params"])
         p_addr = self._constant(op.output + ".params", words)
-        self._rowwise(op, Opcode.LAYERNORM, [self._input(op.inputs[0])], Buffer.VECTOR, 1, p_addr, words.size,
+        self._rowwise(op, Opcode.LAYERNORM, [op.inputs[0]], Buffer.VECTOR, 1, p_addr, words.size,
                       "int8", record)
 
     def _op_add(self, op: QOp, record: LayerRecord) -> None:
         words = isa.pack_add_params(op.attrs["params"])
         p_addr = self._constant(op.output + ".params", words)
-        self._rowwise(op, Opcode.ADD, [self._input(op.inputs[0]), self._input(op.inputs[1])], Buffer.VECTOR, 1,
+        self._rowwise(op, Opcode.ADD, [op.inputs[0], op.inputs[1]], Buffer.VECTOR, 1,
                       p_addr, words.size, "int8", record)
 
     # -- layout ----------------------------------------------------------------------------------
 
     def _copy(self, src: TensorView, dst: TensorView) -> None:
         """Copy ``src`` into ``dst`` (same shape) with LOAD/STORE pairs through the vector buffer."""
-        if src.shape != dst.shape:
-            raise AssertionError(f"copy of {src.shape} into {dst.shape}")
-        isz = src.itemsize
-        if len(src.shape) == 1:
-            src = TensorView(src.base, (1,) + src.shape, (0,) + src.strides, src.dtype)
-            dst = TensorView(dst.base, (1,) + dst.shape, (0,) + dst.strides, dst.dtype)
-        cap = SlotPlan(self.config, 0).capacity[Buffer.VECTOR]
-        # (src offset, src row stride, dst offset, dst row stride, rows, row bytes, element bytes)
-        pieces: list[tuple[int, int, int, int, int, int, int]] = []
-        if src.strides[-1] == isz and dst.strides[-1] == isz:
-            # Rows along the longest non-last axis; iterate the others.
-            axes = list(range(len(src.shape) - 1))
-            row_axis = max(axes, key=lambda ax: src.shape[ax])
-            others = [ax for ax in axes if ax != row_axis]
-            for index in itertools.product(*(range(src.shape[ax]) for ax in others)):
-                s_off = src.base + sum(i * src.strides[ax] for i, ax in zip(index, others))
-                d_off = dst.base + sum(i * dst.strides[ax] for i, ax in zip(index, others))
-                rows, row_bytes = src.shape[row_axis], src.shape[-1] * isz
-                step = max(1, min(rows, cap // max(row_bytes, 1), MAX_ROWS))
-                for r0 in range(0, rows, step):
-                    r = min(step, rows - r0)
-                    pieces.append((s_off + r0 * src.strides[row_axis], src.strides[row_axis],
-                                   d_off + r0 * dst.strides[row_axis], dst.strides[row_axis], r, row_bytes, row_bytes))
-        else:
-            # Element-granular gather: one DMA per destination row (rows of one element each).
-            axes = list(range(len(src.shape) - 1))
-            for index in itertools.product(*(range(src.shape[ax]) for ax in axes)):
-                s_off = src.base + sum(i * src.strides[ax] for i, ax in zip(index, axes))
-                d_off = dst.base + sum(i * dst.strides[ax] for i, ax in zip(index, axes))
-                pieces.append((s_off, src.strides[-1], d_off, dst.strides[-1], src.shape[-1], isz, isz))
+        pieces = _copy_pieces(src, dst, self.tiler.capacity[Buffer.VECTOR])
         tile_loads: list[Instruction] = []
         tile_stores: list[Instruction] = []
         slot = self._slot()
@@ -450,9 +634,32 @@ class Lowering:
         p = op.attrs["patch"]
         sc, sh, sw = x.strides
         patches = TensorView(x.base, (h // p, w // p, c, p, p), (p * sh, p * sw, sc, sh, sw), x.dtype)
+        if self._gather_on_chip(op, patches):
+            return
         out = self._new_tensor(op.output)
         self._copy(patches, TensorView.contiguous(out.base, patches.shape, out.dtype))
         self.views[op.output] = out
+
+    def _gather_on_chip(self, op: QOp, src: TensorView) -> bool:
+        """LOAD ``src`` (a DDR view) straight into an arena block for ``op``'s output, if it stays
+        on chip and every piece starts on a 16-byte boundary there. Only where the pipeline is
+        drained (program start, after a barrier): the load queue runs ahead of compute, so an
+        arena block freed by a compute still to come must not be loaded into."""
+        if self.pipeline.tiles:
+            return False
+        resident = self._keep_on_chip(op)
+        if resident is None:
+            return False
+        dst = TensorView.contiguous(resident.base, src.shape, src.dtype)
+        pieces = _copy_pieces(src, dst, resident.nbytes)
+        if any(d_off % ADDR_UNIT for _, _, d_off, *_ in pieces):
+            self._drop_on_chip(op.output)
+            return False
+        loads = [Instruction(Opcode.LOAD, buffer=Buffer.VECTOR, sram_addr=d_off // ADDR_UNIT, dram_addr=s_off,
+                             rows=rows, row_bytes=row_bytes, dram_stride=s_stride, sram_stride=d_stride)
+                 for s_off, s_stride, d_off, d_stride, rows, row_bytes, _ in pieces]
+        self.pipeline.tile(loads, [], [])
+        return True
 
     def _view_or_copy(self, op: QOp, view: TensorView | None, fallback: TensorView, shape: tuple[int, ...]) -> None:
         if view is None:

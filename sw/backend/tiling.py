@@ -35,12 +35,16 @@ MAX_PACKAGE_COLS = _field_max(Opcode.PACKAGE, "cols")
 
 
 class SlotPlan:
-    """Byte regions inside one slot of each buffer, allocated in order for one tile."""
+    """Byte regions inside one slot of each buffer, allocated in order for one tile.
 
-    def __init__(self, config: AccelConfig, slot: int) -> None:
+    ``vector_bytes``: the bytes at the start of VECTOR the slots share (default: all of it;
+    the lowering keeps the rest for on-chip activations)."""
+
+    def __init__(self, config: AccelConfig, slot: int, *, vector_bytes: int | None = None) -> None:
+        vector = config.vector_kib * 1024 if vector_bytes is None else vector_bytes
         self.capacity = {
             Buffer.INPUT: config.input_spad_kib * 1024, Buffer.WEIGHT: config.weight_spad_kib * 1024,
-            Buffer.ACC: config.acc_kib * 1024 // SLOTS, Buffer.VECTOR: config.vector_kib * 1024 // SLOTS,
+            Buffer.ACC: config.acc_kib * 1024 // SLOTS, Buffer.VECTOR: vector // SLOTS // ADDR_UNIT * ADDR_UNIT,
         }
         self.slot = slot
         self.used = {buf: 0 for buf in Buffer}
@@ -63,9 +67,9 @@ def blocks(shape: tuple[int, ...]) -> Iterator[tuple[int, ...]]:
 class Tiler:
     """Tile shapes for one config."""
 
-    def __init__(self, config: AccelConfig) -> None:
+    def __init__(self, config: AccelConfig, *, vector_bytes: int | None = None) -> None:
         self.config = config
-        self.capacity = SlotPlan(config, 0).capacity
+        self.capacity = SlotPlan(config, 0, vector_bytes=vector_bytes).capacity
 
     def weight_bytes(self, k: int, n: int, nm: tuple[int, int] | None = None) -> int:
         """WEIGHT bytes of a ``k x n`` B tile: dense, or N:M compressed (values and indices,
@@ -73,21 +77,25 @@ class Tiler:
         return align(nm_weight_layout(k, n, nm).nbytes) if nm is not None else align(n * k)
 
     def gemm_tile(self, m: int, k: int, n: int, *, requant: bool, has_params: bool,
-                  nm: tuple[int, int] | None = None) -> tuple[int, int]:
+                  nm: tuple[int, int] | None = None, a_in_input: bool = True,
+                  out_in_slot: bool = True) -> tuple[int, int]:
         """Largest ``(m_tile, n_tile)`` whose operands, parameters and outputs fit one slot;
         ``(0, 0)`` if not even one row fits. Wide tiles first: A rows are re-read per N tile.
-        ``nm = (N, M)``: B is stored N:M compressed (``k`` stays the dense depth)."""
+        ``nm = (N, M)``: B is stored N:M compressed (``k`` stays the dense depth). Without
+        ``a_in_input`` A is read in place (GEMM ``a_vector``), without ``out_in_slot`` the
+        requantized output is written in place: neither takes slot room."""
         cap = self.capacity
 
         def fits(mt: int, nt: int) -> bool:
             acc = (align(12 * nt) if has_params else 0) + (0 if requant else align(mt * nt * 4))
-            vec = align(mt * nt) if requant else 0
-            return (align(mt * k) <= cap[Buffer.INPUT] and self.weight_bytes(k, nt, nm) <= cap[Buffer.WEIGHT]
+            vec = align(mt * nt) if requant and out_in_slot else 0
+            return ((not a_in_input or align(mt * k) <= cap[Buffer.INPUT])
+                    and self.weight_bytes(k, nt, nm) <= cap[Buffer.WEIGHT]
                     and acc <= cap[Buffer.ACC] and vec <= cap[Buffer.VECTOR])
 
         # WEIGHT bytes per B column: k dense, or a value and an index per kept row.
         column_bytes = k if nm is None else 2 * nm_weight_layout(k, 1, nm).rows
-        m_tile = min(m, MAX_M, cap[Buffer.INPUT] // max(k, 1))
+        m_tile = min(m, MAX_M, cap[Buffer.INPUT] // max(k, 1) if a_in_input else m)
         while m_tile >= 1:
             n_tile = min(n, MAX_N, cap[Buffer.WEIGHT] // max(column_bytes, 1))
             while n_tile >= 1 and not fits(m_tile, n_tile):

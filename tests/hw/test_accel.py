@@ -300,15 +300,25 @@ RAW_GEMM_CASES = [
 ]
 
 
+#: GEMMs reading A from VECTOR (a_vector): requantized and raw, unsigned A, transposed B,
+#: accumulate, range limits.
+A_VECTOR_GEMM_CASES = [
+    (5, 7, 6, dict(bias=True, a_vector=True)),
+    (3, 9, 5, dict(bias=True, unsigned_a=True, b_transposed=True, extreme=True, a_vector=True)),
+    (6, 5, 9, dict(requant=False, bias=True, accumulate=True, a_vector=True)),
+    (7, 16, 3, dict(requant=False, bias=False, unsigned_a=True, a_vector=True)),
+]
+
+
 #: A weight scratchpad of 1 KiB holds 4 tiles of a k=64 panel: n=20 (5 tiles) needs two B
 #: blocks, the second one partial.
 SMALL_SPAD = dataclasses.replace(TINY, name="tiny-small-spad", max_k=64, weight_spad_kib=1, input_spad_kib=1)
 
 
 @pytest.mark.parametrize("config, cases", [
-    (TINY, GEMM_CASES), (TINY, RAW_GEMM_CASES),
+    (TINY, GEMM_CASES), (TINY, RAW_GEMM_CASES), (TINY, A_VECTOR_GEMM_CASES),
     (SMALL_SPAD, [(5, 64, 20, dict(bias=True)), (5, 64, 20, dict(requant=False, bias=True, accumulate=True))]),
-], ids=["tiny", "tiny-raw", "two-blocks"])
+], ids=["tiny", "tiny-raw", "tiny-a-vector", "two-blocks"])
 def test_gemm_programs_match_golden_machine(config, cases):
     rng = random.Random(11)
     ddr_size = 4096
@@ -354,6 +364,24 @@ def test_raw_gemm_bad_programs_stop():
     golden_outcomes(TINY, bad)
     assert {p.golden["code"] for p in bad} == {ErrorCode.INVALID_OPERAND, ErrorCode.ADDRESS_OUT_OF_RANGE}
     _assert_bad_programs_stop(bad, _simulate(bad, ddr_size))
+
+
+#: GEMMs with A in VECTOR that must stop (with the residual; A past VECTOR's end) and one that
+#: runs (A past INPUT's end, inside VECTOR).
+A_VECTOR_BAD = ("gemm a_vector with residual", "gemm a_vector a out of range", "gemm a_vector past input")
+
+
+def test_a_vector_gemm_bad_programs_stop():
+    ddr_size = 1024
+    bad = [p for p in bad_programs(TINY, ddr_size) if p.name in A_VECTOR_BAD]
+    assert len(bad) == len(A_VECTOR_BAD)
+    golden_outcomes(TINY, bad)
+    assert [p.golden["code"] for p in bad] == [ErrorCode.INVALID_OPERAND, ErrorCode.ADDRESS_OUT_OF_RANGE,
+                                               ErrorCode.NONE]
+    results = _simulate(bad, ddr_size)
+    for program, (out, _) in zip(bad, results):
+        assert ErrorCode(out["ERROR_CODE"]) is program.golden["code"], program.name
+        assert out["STATUS"] == (0b010 if program.golden["code"] is ErrorCode.NONE else 0b100), program.name
 
 
 # -- ADD in the controller ---------------------------------------------------------------------

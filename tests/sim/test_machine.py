@@ -125,6 +125,42 @@ def test_gemm_requant_bias_matches_linear(b_transposed, unsigned_a):
     assert stats.macs == m * k * n and stats.instructions[Opcode.GEMM] == 1
 
 
+@pytest.mark.parametrize("unsigned_a", [0, 1])
+def test_gemm_a_vector_reads_a_from_vector(unsigned_a):
+    """a_vector=1 reads A from VECTOR (INPUT holds other bytes there); a requantized output may
+    feed the next GEMM's A in place; with residual it is INVALID_OPERAND, and A is checked
+    against VECTOR's size."""
+    m, k, n = 6, 32, 5
+    a = RNG.integers(0, 256, (m, k)).astype(np.uint8) if unsigned_a else edge_int8((m, k))
+    w1, w2 = edge_int8((k, n)), edge_int8((n, 3))
+    bias, mult, shift = gemm_params(n)
+    bias2, mult2, shift2 = gemm_params(3)
+    ddr = Ddr()
+    a_addr, w1_addr, w2_addr, junk_addr = ddr.put(a), ddr.put(w1), ddr.put(w2), ddr.put(int8((m, k)))
+    p1 = isa.pack_gemm_params(bias, mult, shift)
+    p2 = isa.pack_gemm_params(bias2, mult2, shift2)
+    p1_addr, p2_addr = ddr.put(p1), ddr.put(p2)
+    out_addr = ddr.reserve(m * 3)
+    loads = [load(Buffer.VECTOR, 20, a_addr, a), load(Buffer.INPUT, 20, junk_addr, int8((m, k))),
+             load(Buffer.WEIGHT, 0, w1_addr, w1), load(Buffer.WEIGHT, 40, w2_addr, w2),
+             load(Buffer.ACC, 0, p1_addr, p1), load(Buffer.ACC, 8, p2_addr, p2)]
+    computes = [Instruction(Opcode.GEMM, requant=1, bias=1, a_vector=1, unsigned_a=unsigned_a, m=m, k=k, n=n,
+                            a_addr=20, b_addr=0, out_addr=4, param_addr=0),
+                Instruction(Opcode.GEMM, requant=1, bias=1, a_vector=1, m=m, k=n, n=3,
+                            a_addr=4, b_addr=40, out_addr=8, param_addr=8)]
+    run(ddr, loads, computes, [store(Buffer.VECTOR, 8, out_addr, m, 3)])
+    hidden = gemm.linear(a, w1, bias, mult, shift)
+    np.testing.assert_array_equal(ddr.get(out_addr, (m, 3), np.int8), gemm.linear(hidden, w2, bias2, mult2, shift2))
+    machine = GoldenMachine(CONFIG)
+    with pytest.raises(InvalidOperandError):
+        machine.run([isa.encode(Instruction(Opcode.GEMM, requant=1, residual=1, a_vector=1, m=1, k=1, n=1)),
+                     *finish_words()], np.zeros(64, np.uint8))
+    vector_units = isa.buffer_bytes(CONFIG, Buffer.VECTOR) // ADDR_UNIT
+    with pytest.raises(AddressError):
+        machine.run([isa.encode(Instruction(Opcode.GEMM, a_vector=1, m=2, k=16, n=1, a_addr=vector_units - 1)),
+                     *finish_words()], np.zeros(64, np.uint8))
+
+
 def test_gemm_accumulate_into_acc_then_residual():
     m, k, n = 4, 16, 8
     a1, a2, w1, w2 = int8((m, k)), int8((m, k)), int8((k, n)), int8((k, n))
