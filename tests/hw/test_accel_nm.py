@@ -63,3 +63,33 @@ def test_nm_gemm_bad_index_stops(corrupt):
         assert program.golden["code"] is ErrorCode.INVALID_OPERAND, program.golden
         assert ErrorCode(out["ERROR_CODE"]) is ErrorCode.INVALID_OPERAND, program.name
         assert out["STATUS"] == 0b100 and out["ERROR_PC"] == program.golden["pc"], program.name
+
+
+def test_nm_gemm_cycles_match_the_perf_model():
+    """GemmController alone (buffers in Python): the perf model's busy cycles, exactly, for
+    nm GEMMs (requant and raw, several B blocks, sizes off the array) and a dense reference."""
+    from test_accel import _gemm_alone_cycles
+
+    from vitaccel.hw.spec.isa import ADDR_UNIT, Buffer, Instruction, buffer_bytes, nm_weight_layout
+    from vitaccel.hw.spec.nm import compress, magnitude_keep_mask
+    from vitaccel.sim.perf.gemm import gemm_cycles
+
+    rng = np.random.default_rng(17)
+    for m, k, n, requant, nm in ((12, 64, 64, 1, 1), (12, 64, 64, 1, 0), (5, 30, 37, 0, 1), (9, 13, 6, 1, 1), (9, 13, 6, 0, 0)):
+        memory = {buffer: bytearray(rng.integers(0, 256, buffer_bytes(TINY_NM, buffer), dtype=np.uint8).tobytes())
+                  for buffer in Buffer}
+        params = np.array([0] * n + [1 << 30] * n + [40] * n, "<i4").tobytes()
+        memory[Buffer.ACC][:len(params)] = params
+        b_at = 3
+        if nm:
+            dense = rng.integers(-128, 128, (k, n))
+            weights = compress(np.where(magnitude_keep_mask(dense, 2, 4), dense, 0), 2, 4)
+            layout = nm_weight_layout(k, n, (2, 4))
+            base = b_at * ADDR_UNIT
+            memory[Buffer.WEIGHT][base:base + weights.values.size] = weights.values.view(np.uint8).tobytes()
+            memory[Buffer.WEIGHT][base + layout.indices_offset:base + layout.nbytes] = weights.indices.tobytes()
+        out_at = 64 if requant else 0
+        instr = Instruction(Opcode.GEMM, m=m, k=k, n=n, requant=requant, bias=1, nm=nm, a_addr=1, b_addr=b_at,
+                            param_addr=0, out_addr=out_at, acc_addr=-(-len(params) // ADDR_UNIT))
+        cycles = _gemm_alone_cycles(TINY_NM, instr, memory)
+        assert cycles + 1 == gemm_cycles(TINY_NM, instr.fields).busy, (m, k, n, requant, nm, cycles)
