@@ -59,7 +59,9 @@ from amaranth.lib.wiring import In, Out
 from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.config import AccelConfig, ConfigError
 from vitaccel.hw.spec.isa import ADDR_UNIT, Buffer, Opcode
-from vitaccel.hw.spec.matrix import COMMAND_FIELDS, PARAM_FIELDS, b_half_words, check_engine_config
+from vitaccel.hw.spec.matrix import (COMMAND_FIELDS, PARAM_FIELDS, b_half_words, check_engine_config,
+                                     nm_words_per_step)
+from vitaccel.hw.spec.nm import index_bits
 from vitaccel.hw.spec.numerics import MAX_SHIFT
 from vitaccel.hw.spec.regmap import ErrorCode
 
@@ -289,6 +291,11 @@ class GemmController(wiring.Component):
         mm, kk, nn = f("m"), f("k"), f("n")
         flags = {name: f(name) for name in ("accumulate", "bias", "requant", "residual", "unsigned_a",
                                             "b_transposed", "a_vector")}
+        # Sparse (nm=1) GEMMs: B is the compressed values [rows, n] at b_base, then their
+        # in-group indices [rows, n] at b_base + idx_offset (isa.nm_weight_layout).
+        nm = f("nm") if cfg.nm_sparsity is not None else Const(0)
+        nm_keep, nm_group = cfg.nm_sparsity or (1, 1)
+        nm_rows = ((kk + nm_group - 1) >> (nm_group.bit_length() - 1)) << (nm_keep.bit_length() - 1)
         a_base, b_base = f("a_addr") * ADDR_UNIT, f("b_addr") * ADDR_UNIT
         out_base, param_base = f("out_addr") * ADDR_UNIT, f("param_addr") * ADDR_UNIT
         acc_base = f("acc_addr") * ADDR_UNIT
@@ -303,23 +310,29 @@ class GemmController(wiring.Component):
         mk, kn, mn = (Signal(len(x) + len(y), name=name) for x, y, name in ((mm, kk, "m_k"), (kk, nn, "k_n"),
                                                                           (mm, nn, "m_n")))
         m.d.sync += [mk.eq(mm * kk), kn.eq(kk * nn), mn.eq(mm * nn)]
+        nm_values = Signal(len(kn), name="nm_values")   # bytes of the compressed values
+        m.d.sync += nm_values.eq(nm_rows * nn)
+        idx_offset = Cat(Const(0, _LANE_BITS), (nm_values + ADDR_UNIT - 1)[_LANE_BITS:])
         acc_region_out = acc_base + mn * 4 > size[Buffer.ACC]   # partials / raw output (int32)
         k_words, m_tiles, n_tiles = Signal(16), Signal(16), Signal(16)
+        a_words = Signal(16)   # A words per panel: k_words, or M / N per sparse k-step
         m.d.sync += [
-            # nm=1: this top runs no sparse GEMMs yet; the golden machine rejects nm=1 (on
-            # configs without nm_sparsity) with the shape checks, so the code and pc agree.
+            # nm=1 without nm_sparsity, or with b_transposed: with the shape checks (golden).
             invalid_shape.eq((mm == 0) | (kk == 0) | (nn == 0) | (kk > cfg.max_k)
-                             | (flags["residual"] & ~flags["requant"]) | f("nm")
+                             | (flags["residual"] & ~flags["requant"])
+                             | (f("nm") & (flags["b_transposed"] if cfg.nm_sparsity is not None else 1))
                              | (flags["a_vector"] & flags["residual"])),   # one VECTOR read port
             a_out.eq(a_base + mk > Mux(flags["a_vector"], size[Buffer.VECTOR], size[Buffer.INPUT])),
-            b_out.eq(b_base + kn > size[Buffer.WEIGHT]),
+            b_out.eq(b_base + Mux(nm, idx_offset + nm_values, kn) > size[Buffer.WEIGHT]),
             acc_out.eq(flags["accumulate"] & acc_region_out),
             param_out.eq((flags["bias"] | flags["requant"])
                          & (param_base + nn * (3 * _PARAM_BYTES) > size[Buffer.ACC])),
             unsupported.eq(flags["accumulate"] & flags["requant"]),
             out_out.eq(out_base + mn > size[Buffer.VECTOR]),
             raw_out.eq(acc_region_out),
-            k_words.eq(_ceil_div(kk, b)), m_tiles.eq(_ceil_div(mm, tr)), n_tiles.eq(_ceil_div(nn, tc)),
+            k_words.eq(Mux(nm, _ceil_div(nm_rows, b), _ceil_div(kk, b))),
+            a_words.eq(Mux(nm, _ceil_div(nm_rows, b) << (nm_words_per_step(cfg).bit_length() - 1), _ceil_div(kk, b))),
+            m_tiles.eq(_ceil_div(mm, tr)), n_tiles.eq(_ceil_div(nn, tc)),
         ]
 
         # ---- plan: block_tiles = min(n_tiles, b_half_words // k_words), n_blocks, last block
@@ -341,16 +354,19 @@ class GemmController(wiring.Component):
         m.d.comb += [cmd.k_words.eq(k_words), cmd.m_tiles.eq(m_tiles), cmd.n_blocks.eq(n_blocks),
                      cmd.block_tiles.eq(block_tiles), cmd.last_block_tiles.eq(remaining),
                      cmd.unsigned_a.eq(flags["unsigned_a"]), cmd.residual.eq(flags["residual"])]
-        for name, _ in COMMAND_FIELDS:   # fields of other modes (e.g. the sparse ``nm``): off
-            if name not in ("k_words", "m_tiles", "n_blocks", "block_tiles", "last_block_tiles", "unsigned_a",
-                            "residual"):
+        for name, _ in COMMAND_FIELDS:   # fields of other modes: off
+            if name == "nm" and cfg.nm_sparsity is not None:
+                m.d.comb += cmd.nm.eq(nm)
+            elif name not in ("k_words", "m_tiles", "n_blocks", "block_tiles", "last_block_tiles", "unsigned_a",
+                              "residual"):
                 m.d.comb += cmd[name].eq(0)
 
         def fail(code):
             return [self.error.eq(1), self.error_code.eq(code)]
 
-        # Raw GEMMs: a sum outside int32 (sticky until the end), a run that writes nothing.
-        overflow, dry = Signal(), Signal()
+        # Raw GEMMs: a sum outside int32 (sticky until the end), a run that writes nothing;
+        # nm GEMMs: an index >= M or used twice in a group (found as B streams, sticky).
+        overflow, dry, bad_index = Signal(), Signal(), Signal()
         # Without bias, 32-bit accumulators (which hold any max_k-long A @ B) cannot overflow.
         may_overflow = flags["bias"] | (cfg.acc_width > 32)
 
@@ -375,7 +391,8 @@ class GemmController(wiring.Component):
             with m.State("CALC"):
                 m.next = "CHECK"
             with m.State("CHECK"):
-                m.d.sync += [block_tiles.eq(0), block_words.eq(k_words), block_cols.eq(0), block_b_bytes.eq(0)]
+                m.d.sync += [block_tiles.eq(0), block_words.eq(k_words), block_cols.eq(0), block_b_bytes.eq(0),
+                             bad_index.eq(0)]
                 with m.If(invalid_shape):
                     m.d.comb += fail(ErrorCode.INVALID_OPERAND)
                     m.next = "IDLE"
@@ -386,13 +403,16 @@ class GemmController(wiring.Component):
                     m.d.comb += fail(ErrorCode.INVALID_OPERAND)
                     m.next = "IDLE"
                 with m.Elif(flags["requant"]):
-                    with m.If(out_out):
+                    with m.If(out_out & nm):   # dry: a bad index (golden checks it first) still wins
+                        m.d.sync += dry.eq(1)
+                        m.next = "PLAN_TILES"
+                    with m.Elif(out_out):
                         m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
                         m.next = "IDLE"
                     with m.Else():
                         m.d.sync += [scan_word.eq(nn // entries_per_word), scan_captured.eq(0), dry.eq(0)]
                         m.next = "SCAN_PARAMS"
-                with m.Elif(raw_out & ~may_overflow):
+                with m.Elif(raw_out & ~may_overflow & ~nm):
                     m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
                     m.next = "IDLE"
                 with m.Else():   # raw: no parameter values to check
@@ -427,7 +447,7 @@ class GemmController(wiring.Component):
                     m.next = "RUN"
             with m.State("RUN"):
                 with m.If(feed_done & drain_done):
-                    with m.If(overflow):
+                    with m.If(overflow | bad_index):
                         m.d.comb += fail(ErrorCode.INVALID_OPERAND)
                     with m.Elif(dry):
                         m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
@@ -477,16 +497,44 @@ class GemmController(wiring.Component):
         transposed = flags["b_transposed"]
         m.d.comb += [self.input_read.eq(a_reader.read & ~flags["a_vector"]),
                      self.input_read_addr.eq(a_reader.read_addr)]
-        for buffer, reads in ((Buffer.WEIGHT, [bt_reader, bn_reader]),):
+        b_readers = [bt_reader, bn_reader]
+        if cfg.nm_sparsity is not None:
+            # nm: the indices of the bn_reader's values, same walk from idx_offset on; it
+            # reads the WEIGHT port when the values' reader does not (see b_meta below).
+            meta_reader = _SegmentReader(m, "meta_reader", outer=b, length=tc, data=weight_data,
+                                         origin=b_base + idx_offset + b_col_base, stride=nn, step=b * nn,
+                                         valid=lambda o: b_k_left > o, valid_bytes=b_col_bytes)
+            b_readers.append(meta_reader)
+        for buffer, reads in ((Buffer.WEIGHT, b_readers),):
             read, addr, _ = self.read_port(buffer)
             m.d.comb += [read.eq(Cat(*(r.read for r in reads)).any()),
-                         addr.eq(Mux(reads[-1].read, reads[-1].read_addr, reads[0].read_addr))]
+                         addr.eq(_or_tree([Mux(r.read, r.read_addr, 0) for r in reads]))]
         bt_word = bt_reader.word   # [col][kk] -> the engine's [kk][col]
         m.d.comb += [engine.a_load.payload.eq(a_reader.word),
                      engine.b_load.payload.eq(Mux(transposed, Cat(*(bt_word.word_select(col * b + kx, 8)
                                                                     for kx in range(b) for col in range(tc))),
                                                   bn_reader.word))]
         b_ready = Mux(transposed, bt_reader.ready, bn_reader.ready)
+        if cfg.nm_sparsity is not None:
+            # The engine takes a B word and its metadata word together. Metadata: each index
+            # byte's low index_bits(M) bits, in the B word's [kk][col] order. An index is bad
+            # if a higher bit is set (>= M) or a group (N slots of a column) names a position
+            # twice; padded slots (past the rows, past n) read 0 and are skipped by group.
+            bits = index_bits(nm_group)
+            index_bytes = [meta_reader.word.word_select(i, 8) for i in range(b * tc)]
+            b_ready = b_ready & (~nm | meta_reader.ready)
+            m.d.comb += [engine.b_meta.valid.eq(nm & engine.b_load.valid),
+                         engine.b_meta.payload.eq(Cat(*(byte[:bits] for byte in index_bytes)))]
+            bad = []
+            for group in range(b // nm_keep):
+                slots = range(group * nm_keep, (group + 1) * nm_keep)
+                in_range = b_k_left > group * nm_keep
+                for col in range(tc):
+                    ids = [index_bytes[slot * tc + col] for slot in slots]
+                    twice = [x == y for i, x in enumerate(ids) for y in ids[i + 1:]]
+                    bad.append(in_range & (col < b_col_bytes) & Cat(*(x[bits:] != 0 for x in ids), *twice).any())
+            with m.If(nm & engine.b_load.valid & engine.b_load.ready & Cat(*bad).any()):
+                m.d.sync += bad_index.eq(1)
         a_feed_done, b_feed_done = Signal(), Signal()
         m.d.comb += feed_done.eq(a_feed_done & b_feed_done)
 
@@ -505,7 +553,7 @@ class GemmController(wiring.Component):
                 with m.If(engine.a_load.valid & engine.a_load.ready):
                     m.d.comb += a_reader.advance.eq(1)
                     m.d.sync += [a_k.eq(a_k + 1), *set_kofs(a_kofs, a_kvalid, a_kofs + b)]
-                    with m.If(a_k == k_words - 1):
+                    with m.If(a_k == a_words - 1):
                         m.d.sync += [a_band.eq(a_band + 1), a_origin.eq(a_origin + band_a_bytes),
                                      a_rows_left.eq(a_rows_left - tr)]
                         m.next = "PANEL"
@@ -523,14 +571,16 @@ class GemmController(wiring.Component):
                                  bt_origin.eq(b_base), bt_block_origin.eq(b_base)]
                     m.next = "TILE"
             with m.State("TILE"):
-                m.d.comb += [bt_reader.restart.eq(1), bn_reader.restart.eq(1)]
-                m.d.sync += [b_k.eq(0), *set_kofs(b_kofs, b_kvalid, Const(0, 16)), b_k_left.eq(kk)]
+                m.d.comb += [r.restart.eq(1) for r in b_readers]
+                m.d.sync += [b_k.eq(0), *set_kofs(b_kofs, b_kvalid, Const(0, 16)), b_k_left.eq(Mux(nm, nm_rows, kk))]
                 m.next = "SEND"
             with m.State("SEND"):
                 m.d.comb += [bt_reader.enable.eq(transposed), bn_reader.enable.eq(~transposed),
                              engine.b_load.valid.eq(b_ready)]
+                if cfg.nm_sparsity is not None:   # the values' reads first
+                    m.d.comb += meta_reader.enable.eq(nm & ~bn_reader.read)
                 with m.If(engine.b_load.valid & engine.b_load.ready):
-                    m.d.comb += [bt_reader.advance.eq(1), bn_reader.advance.eq(1)]
+                    m.d.comb += [r.advance.eq(1) for r in b_readers]
                     m.d.sync += [b_k.eq(b_k + 1), *set_kofs(b_kofs, b_kvalid, b_kofs + b), b_k_left.eq(b_k_left - b)]
                     with m.If(b_k == k_words - 1):
                         m.d.sync += [b_tile.eq(b_tile + 1), *set_b_col(b_col_base + tc),
@@ -607,7 +657,7 @@ class GemmController(wiring.Component):
         raw_keep = []
         for lane in range(tc):
             before = raw_overflows[:lane + 1].any()
-            raw_keep.append((col_in[lane] & ~before & ~dry & ~overflow).replicate(4))
+            raw_keep.append((col_in[lane] & ~before & ~dry & ~overflow & ~bad_index).replicate(4))
         row_words = -(-(tc * 4 + ADDR_UNIT - 1) // ADDR_UNIT)   # an int32 row at any 4-byte alignment
         w_index = Signal(range(max(row_words, 2)))
         vec_row = _row_write(out_base + d_row_index, engine.output.payload.as_value(), col_in, w_index,
@@ -646,7 +696,7 @@ class GemmController(wiring.Component):
                 m.d.comb += [residual.enable.eq(1), partials.enable.eq(1),
                              engine.residual.valid.eq(flags["residual"] & residual.ready & ~engine.output.valid)]
                 with m.If(engine.output.valid & partials.ready):   # one 16-byte word per cycle
-                    m.d.comb += [self.vector_write.eq(Mux(requant, vec_row[2], 0)),
+                    m.d.comb += [self.vector_write.eq(Mux(requant & ~dry & ~bad_index, vec_row[2], 0)),
                                  self.acc_write.eq(Mux(requant, 0, acc_row[2]))]
                     m.d.sync += w_index.eq(w_index + 1)
                     with m.If(row_last):

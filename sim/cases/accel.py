@@ -259,10 +259,15 @@ def layernorm_program(rng: random.Random, config: AccelConfig, ddr_size: int, *,
 def gemm_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, m: int, k: int, n: int,
                  bias: bool = True, residual: bool = False, unsigned_a: bool = False, b_transposed: bool = False,
                  extreme: bool = False, requant: bool = True, accumulate: bool = False,
-                 bias_limit: int = 1 << 14, a_vector: bool = False) -> tuple[list[int], np.ndarray]:
+                 bias_limit: int = 1 << 14, a_vector: bool = False, nm: bool = False,
+                 nm_corrupt: str | None = None) -> tuple[list[int], np.ndarray]:
     """LOAD A (INPUT, or VECTOR with ``a_vector``, after the output region), B (WEIGHT), a
     parameter block (ACC) and, with ``residual``, the residual (VECTOR); one GEMM; STORE its
     result. Returns (words, DDR).
+
+    With ``nm`` B is pruned to ``config.nm_sparsity`` (largest magnitudes kept) and stored
+    compressed (values, then indices: ``isa.nm_weight_layout``) for an ``nm=1`` GEMM;
+    ``nm_corrupt`` ("range": an index M, "duplicate": a position used twice) spoils one group.
 
     With ``requant`` the result is int8 in VECTOR. Without it the GEMM is raw: int32 sums
     to ACC (after the parameter block), with ``accumulate`` added to random int32 partials
@@ -281,6 +286,22 @@ def gemm_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, m: i
         a = np.array([[rng.randint(a_lo, a_hi) for _ in range(k)] for _ in range(m)], np.int64)
         b = np.array([[rng.randint(-128, 127) for _ in range(n)] for _ in range(k)], np.int64)
     b_stored = b.T if b_transposed else b
+    if nm:
+        from vitaccel.hw.spec.nm import compress, magnitude_keep_mask
+
+        keep, group = config.nm_sparsity
+        b = np.where(magnitude_keep_mask(b, keep, group), b, 0)
+        weights = compress(b, keep, group)
+        indices = weights.indices.copy()
+        row, col = rng.randrange(weights.groups) * keep, rng.randrange(n)
+        if nm_corrupt == "range":
+            indices[row + rng.randrange(keep), col] = group
+        elif nm_corrupt == "duplicate":
+            indices[row + 1, col] = indices[row, col]
+        layout = isa.nm_weight_layout(k, n, config.nm_sparsity)
+        b_stored = np.zeros(layout.nbytes, np.uint8)
+        b_stored[:weights.values.size] = weights.values.view(np.uint8).ravel()
+        b_stored[layout.indices_offset:] = indices.ravel()
     biases = [rng.randint(-bias_limit, bias_limit - 1) for _ in range(n)]
     multipliers = [rng.randrange(1 << 30, 1 << 31) for _ in range(n)]
     shifts = [rng.randrange(36, 44) for _ in range(n)]
@@ -314,7 +335,7 @@ def gemm_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, m: i
                for j, (buffer, sram, i) in enumerate(transfers)] + [
         Instruction(Opcode.GEMM, m=m, k=k, n=n, requant=int(requant), accumulate=int(accumulate), bias=int(bias),
                     residual=int(residual), unsigned_a=int(unsigned_a), b_transposed=int(b_transposed),
-                    a_vector=int(a_vector), a_addr=a_at, b_addr=b_at, param_addr=p_at, out_addr=out_at, acc_addr=acc_at,
+                    a_vector=int(a_vector), nm=int(nm), a_addr=a_at, b_addr=b_at, param_addr=p_at, out_addr=out_at, acc_addr=acc_at,
                     pop_prev=1, push_next=1),
         dma(Opcode.STORE, out_buffer, out_unit, free_at, out_bytes, pop_prev=1, push_prev=1),
         Instruction(Opcode.FINISH, pop_next=1),

@@ -44,8 +44,8 @@ from vitaccel.hw.accel.gemm import MAX_BLOCK_TILES
 from vitaccel.hw.matrix.block_unit import block_unit_latency
 from vitaccel.hw.matrix.postprocess import PostProcessor
 from vitaccel.hw.spec.config import AccelConfig
-from vitaccel.hw.spec.isa import ADDR_UNIT
-from vitaccel.hw.spec.matrix import b_half_words
+from vitaccel.hw.spec.isa import ADDR_UNIT, nm_weight_layout
+from vitaccel.hw.spec.matrix import b_half_words, nm_words_per_step
 
 __all__ = ["GemmTiming", "gemm_cycles", "MAX_BLOCK_TILES", "GRID_EXTRA", "POST_LATENCY", "POST_DEPTH"]
 
@@ -72,6 +72,20 @@ def _span(addr: int, length: int) -> int:
     return (addr + length - 1) // ADDR_UNIT - addr // ADDR_UNIT + 1
 
 
+def _window_reads(windows: dict, segment, addr: int, length: int) -> int:
+    """Words a walking ``_SegmentReader`` segment reads for its run of ``length`` bytes at
+    ``addr``: its window (``windows[segment]``: newest word, words held) keeps the last
+    ``ceil(length / 16) + 1`` words it read, and only words not in it are read."""
+    first, last = addr // ADDR_UNIT, (addr + length - 1) // ADDR_UNIT
+    held = _ceil(length, ADDR_UNIT) + 1
+    tag, count = windows.get(segment, (-1, 0))
+    if not (count and tag - count < first <= tag):
+        tag, count = first - 1, 0   # the window starts over at the run's first word
+    reads = max(0, last - tag)
+    windows[segment] = (max(tag, last), min(held, count + reads))
+    return reads
+
+
 @dataclass(frozen=True)
 class GemmTiming:
     """Cycles of one GEMM instruction: ``busy`` (DECIDE to done, what BUSY_CYCLES_COMPUTE
@@ -85,16 +99,24 @@ def gemm_cycles(config: AccelConfig, f: dict) -> GemmTiming:
     """Cycles of the GEMM with instruction fields ``f``."""
     # Buffer addresses count 16-byte words: every base is word-aligned, so the shape and the
     # flags decide the cycles (the cache makes a model's repeated layers free).
-    key = (f["m"], f["k"], f["n"], f["bias"], f["requant"], f["residual"], f["accumulate"], f["b_transposed"])
+    key = (f["m"], f["k"], f["n"], f["bias"], f["requant"], f["residual"], f["accumulate"], f["b_transposed"],
+           f["nm"])
     return _gemm_cycles(config, key)
 
 
 @lru_cache(maxsize=4096)
 def _gemm_cycles(config: AccelConfig, key: tuple) -> GemmTiming:
-    mm, kk, nn, bias, requant, residual, accumulate, transposed = key
+    mm, kk, nn, bias, requant, residual, accumulate, transposed, nm = key
     tr, tc, b = config.tile_rows, config.tile_cols, config.block_size
     a_base = b_base = out_base = param_base = acc_base = 0   # word-aligned bases
-    k_words, m_tiles, n_tiles = _ceil(kk, b), _ceil(mm, tr), _ceil(nn, tc)
+    # nm: B rows are the compressed rows (values, then their indices at idx_offset), k_words
+    # counts sparse k-steps, an A panel holds M / N A words per step.
+    b_rows, idx_offset, steps = kk, 0, 1
+    if nm:
+        layout = nm_weight_layout(kk, nn, config.nm_sparsity)
+        b_rows, idx_offset, steps = layout.rows, layout.indices_offset, nm_words_per_step(config)
+    k_words, m_tiles, n_tiles = _ceil(b_rows, b), _ceil(mm, tr), _ceil(nn, tc)
+    a_words = k_words * steps
     block_tiles = max(1, min(n_tiles, b_half_words(config) // k_words, MAX_BLOCK_TILES))
     n_blocks = _ceil(n_tiles, block_tiles)
 
@@ -109,7 +131,7 @@ def _gemm_cycles(config: AccelConfig, key: tuple) -> GemmTiming:
     def a_panel(band: int) -> int:
         rows = min(tr, mm - band * tr)
         reads = sum(_span(a_base + (band * tr + r) * kk, kk) for r in range(rows))
-        return 1 + max(k_words + rows, reads) + 1
+        return 1 + max(a_words + rows, reads) + 1
 
     def b_tile(col_base: int) -> int:
         cols = min(tc, nn - col_base)
@@ -117,10 +139,13 @@ def _gemm_cycles(config: AccelConfig, key: tuple) -> GemmTiming:
             reads = sum(_span(b_base + (col_base + c) * kk, kk) for c in range(cols))
             return 1 + max(k_words + cols, reads) + 1
         cycles = 1
+        windows = {}
         for step in range(k_words):
-            rows = min(b, kk - step * b)
-            # reads, the capture of the last, ``ready`` the cycle after: then the handshake
-            cycles += sum(_span(b_base + (step * b + r) * nn + col_base, cols) for r in range(rows)) + 2
+            rows = min(b, b_rows - step * b)
+            # reads (values, then indices), the capture of the last, ``ready`` the cycle after:
+            # then the handshake
+            cycles += sum(_window_reads(windows, (base, r), base + (step * b + r) * nn + col_base, cols)
+                          for r in range(rows) for base in ((b_base, b_base + idx_offset) if nm else (b_base,))) + 2
         return cycles
 
     def params_cycles(col_base: int) -> int:

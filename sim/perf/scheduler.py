@@ -123,8 +123,11 @@ def simulate_program(config: AccelConfig, words: list[int], ddr: DdrModel, *, pr
         except isa.IllegalInstruction as err:
             raise PerfModelError(f"instruction {pc} is illegal: {err}", code="ILLEGAL_INSTRUCTION", pc=pc) from None
     for pc, instr in enumerate(instrs):
-        # What this top does not run stops it with INVALID_OPERAND (hw.accel.UNSUPPORTED_OPCODES).
-        if instr.opcode is Opcode.SPARSE_ATTN or (instr.opcode is Opcode.GEMM and instr.fields["nm"]):
+        # What this top does not run stops it with INVALID_OPERAND (hw.accel.UNSUPPORTED_OPCODES),
+        # and so does an nm GEMM without nm_sparsity or with a transposed B (as golden).
+        bad_nm = instr.opcode is Opcode.GEMM and instr.fields["nm"] and (
+            config.nm_sparsity is None or instr.fields["b_transposed"])
+        if instr.opcode is Opcode.SPARSE_ATTN or bad_nm:
             raise PerfModelError(f"instruction {pc} ({instr.opcode.name}{' nm' if instr.opcode is Opcode.GEMM else ''}) "
                                  "is not run by this accelerator (INVALID_OPERAND)", code="INVALID_OPERAND", pc=pc)
     queue_of = [instr.fields["queue"] if instr.opcode is Opcode.SYNC else isa.QUEUE[instr.opcode]
