@@ -88,7 +88,7 @@ def test_read_latency_and_bandwidth():
 
 def test_gemm_engine_steps_and_monotonic():
     config = load_config("tiny")
-    fields = dict(m=17, k=64, n=64, bias=1, requant=1, residual=0, accumulate=0, b_transposed=1)
+    fields = dict(m=17, k=64, n=64, bias=1, requant=1, residual=0, accumulate=0, b_transposed=1, nm=0)
     timing = gemm_cycles(config, fields)
     tiles = -(-17 // config.tile_rows) * -(-64 // config.tile_cols)
     assert timing.engine == tiles * -(-64 // config.block_size)
