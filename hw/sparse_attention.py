@@ -9,14 +9,14 @@ memory, from the SDDMM through the softmax (where it is replaced by its exponent
 SpMM. Phases, each a loop over the waves:
 
 ``CLEAR``   per-query state (row max, row sum, output accumulators), one query per cycle.
-``SDDMM``   ``head_dim`` cycles per wave: ``q_i[t]`` is broadcast along PE row ``r``, the
+``SDDMM``   ``d`` cycles per wave (the run's ``head_dim``): ``q_i[t]`` is broadcast along PE row ``r``, the
             ``W = mask_block_cols`` keys of the row's column block arrive on ``W`` lanes
             (``K`` is stored block-transposed) and each PE picks its key by its offset.
 ``MAX``     one cycle per wave: per PE row, the max of its valid scores folds into the row max.
 ``EXPSUM``  one cycle per wave (pipelined :class:`~vitaccel.hw.nonlinear.arith.ExpStage`):
             ``e = exp(score - max)`` replaces the score in place; the row sums accumulate.
 ``RECIP``   one :class:`~vitaccel.hw.nonlinear.arith.Reciprocal` per PE row, per query.
-``SPMM``    ``head_dim + 2`` cycles per wave: the PE turns its ``e`` into the uint8
+``SPMM``    ``d + 2`` cycles per wave: the PE turns its ``e`` into the uint8
             probability ``p`` (reciprocal broadcast), then multiplies ``p`` by ``v_j[t]``; the
             PE row's adder tree sums the ``sparse_pe_cols`` products into the query's output.
 ``READOUT`` one output row per cycle, requantized to int8.
@@ -75,47 +75,56 @@ class SparseAttention(wiring.Component):
     ----------
     config : AccelConfig
         PE array shape, ``max_tokens``, exp/reciprocal table sizes.
-    head_dim : int
-        Elements per Q/K/V row (fixed at elaboration), 1..256.
+    max_head_dim : int, optional
+        Widest Q/K/V row the memories hold, 1..256 (default ``config.sparse_max_head_dim``).
+        The head dim of a run (``head_dim``) is any ``1..max_head_dim``; K and V words stay
+        ``block * max_head_dim + t`` (:class:`AttentionLoad` with ``head_dim = max_head_dim``).
 
     Attributes
     ----------
-    load_en, load_target, load_addr, load_data : in
-        One memory word written per cycle while idle (see :class:`LoadTarget`).
+    load_en, load_target, load_addr, load_data, load_mask : in
+        One memory word written per cycle while idle (see :class:`LoadTarget`); ``load_mask``
+        has a bit per int8 element (Q, K, V) or per PE row (WAVES): only those are written.
     start : in
         Pulse: run on the loaded operands with the parameters below (sampled at ``start``).
-    tokens, waves : in
-        Sequence length (``1..max_tokens``) and the number of waves in the wave memory.
+    tokens, waves, head_dim : in
+        Sequence length (``1..max_tokens``), the number of waves in the wave memory and the
+        elements per row of this run (``1..max_head_dim``; output elements past it are
+        meaningless).
     softmax_multiplier, softmax_shift, out_multiplier, out_shift : in
         :class:`~vitaccel.hw.spec.nonlinear.SoftmaxParams` and the output requantization.
     busy : out
         High from ``start`` until the last output row is accepted.
     out : stream, out
-        One row of ``head_dim`` int8 per query in order, ``last`` on the final one.
+        One row of ``max_head_dim`` int8 per query in order, ``last`` on the final one.
     """
 
-    def __init__(self, *, config: AccelConfig, head_dim: int) -> None:
+    def __init__(self, *, config: AccelConfig, max_head_dim: int | None = None) -> None:
         self._MustUse__silence = True  # until constructed: a rejected unit is not "unused"
         if not isinstance(config, AccelConfig):
             raise TypeError(f"config must be an AccelConfig, got {type(config).__name__}")
+        head_dim = config.sparse_max_head_dim if max_head_dim is None else max_head_dim
         if isinstance(head_dim, bool) or not isinstance(head_dim, int) or not 1 <= head_dim <= 256:
-            raise ValueError(f"head_dim: must be an integer in 1..256, got {head_dim!r}")
+            raise ValueError(f"max_head_dim: must be an integer in 1..256, got {head_dim!r}")
         self._MustUse__silence = False
         self.config = config
-        self.head_dim = head_dim
+        self.max_head_dim = head_dim
         self.rows, self.cols = config.sparse_pe_rows, config.sparse_pe_cols
         self.block_cols = mask_block_cols(self.cols)
         self.n_blocks = math.ceil(config.max_tokens / self.block_cols)
         self.max_waves = max_waves_for(config)
         self.row_layout = packed_row_layout(config)
         self.load_bits = max(8 * head_dim, 8 * self.block_cols, self.rows * self.row_layout.size)
+        self.load_lanes = max(head_dim, self.block_cols, self.rows)
         super().__init__({
             "load_en": In(1),
             "load_target": In(LoadTarget),
             "load_addr": In(range(max(self.max_waves, config.max_tokens, self.n_blocks * head_dim))),
             "load_data": In(self.load_bits),
+            "load_mask": In(self.load_lanes),
             "start": In(1),
             "tokens": In(count_bits(config.max_tokens)),
+            "head_dim": In(range(head_dim + 1)),
             "waves": In(range(self.max_waves + 1)),
             "softmax_multiplier": In(SOFTMAX_MULT_BITS),
             "softmax_shift": In(SHIFT_BITS),
@@ -128,7 +137,7 @@ class SparseAttention(wiring.Component):
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        cfg, d, rows, cols, width = self.config, self.head_dim, self.rows, self.cols, self.block_cols
+        cfg, d, rows, cols, width = self.config, self.max_head_dim, self.rows, self.cols, self.block_cols
         n_max = cfg.max_tokens
         sbits = max(score_bits(d), EXP_VALUE_BITS + 1)        # a score, later its exp, in place
         sum_bits = EXP_VALUE_BITS + count_bits(n_max)
@@ -138,9 +147,10 @@ class SparseAttention(wiring.Component):
         def operand_memory(name, shape, depth, target):
             mem = Memory(shape=shape, depth=depth, init=[])
             m.submodules[name] = mem
-            wr = mem.write_port()
+            wr = mem.write_port(granularity=1)   # one enable per array element
+            selected = self.load_en & (self.load_target == target) & ~self.busy
             m.d.comb += [wr.addr.eq(self.load_addr), wr.data.eq(self.load_data[:wr.data.shape().size]),
-                         wr.en.eq(self.load_en & (self.load_target == target) & ~self.busy)]
+                         wr.en.eq(Mux(selected, self.load_mask[:len(wr.en)], 0))]
             return mem
 
         q_mem = operand_memory("q_mem", data.ArrayLayout(int8, d), n_max, LoadTarget.Q)
@@ -154,6 +164,7 @@ class SparseAttention(wiring.Component):
 
         # -- control state -------------------------------------------------------------------
         tokens = Signal.like(self.tokens)
+        d_last = Signal(range(d))                                 # run-time head dim - 1
         n_waves = Signal.like(self.waves)
         sm_mult, sm_shift = Signal.like(self.softmax_multiplier), Signal.like(self.softmax_shift)
         out_mult, out_shift = Signal.like(self.out_multiplier), Signal.like(self.out_shift)
@@ -240,7 +251,7 @@ class SparseAttention(wiring.Component):
                              partial.eq(Mux(t == 0, 0, dot) + product)]
                 with m.If(phase_sddmm):
                     m.d.sync += dot.eq(partial)
-                    m.d.comb += [s_wr.addr.eq(w), s_wr.data.eq(partial), s_wr.en.eq(valid & (t == d - 1))]
+                    m.d.comb += [s_wr.addr.eq(w), s_wr.data.eq(partial), s_wr.en.eq(valid & (t == d_last))]
                 # EXPSUM: diff to the row max into the exp pipeline; its output replaces the score.
                 diff = row_max - s_rd.data
                 m.d.comb += stage.diff[c].eq(Mux(diff > (1 << SOFTMAX_DIFF_BITS) - 1,
@@ -289,9 +300,8 @@ class SparseAttention(wiring.Component):
                 m.d.comb += [recip_rd.addr.eq(packed.query), acc_rd.addr.eq(packed.query)]
             row_partial = Signal(signed(32), name=f"pv_{r}")  # sign-extended before it is packed
             m.d.comb += row_partial.eq(sum(products))
-            with m.If(phase_mac):
-                # Output partials shift in, so that after head_dim steps slot t holds step t.
-                m.d.sync += acc_vec.eq(Cat(acc_vec[32:], row_partial))
+            with m.If(phase_mac):   # step t's output partial into slot t
+                m.d.sync += acc_vec.word_select(t, 32).eq(row_partial)
             with m.If(phase_writeback):
                 m.d.comb += [acc_wr.addr.eq(packed.query), acc_wr.en.eq(any_valid)]
                 for e in range(d):
@@ -317,7 +327,7 @@ class SparseAttention(wiring.Component):
                     m.d.sync += [tokens.eq(self.tokens), n_waves.eq(self.waves),
                                  sm_mult.eq(self.softmax_multiplier), sm_shift.eq(self.softmax_shift),
                                  out_mult.eq(self.out_multiplier), out_shift.eq(self.out_shift),
-                                 i.eq(0), w.eq(0), t.eq(0)]
+                                 d_last.eq(self.head_dim - 1), i.eq(0), w.eq(0), t.eq(0)]
                     with m.If(self.tokens != 0):
                         m.next = "CLEAR"
             with m.State("CLEAR"):
@@ -330,7 +340,7 @@ class SparseAttention(wiring.Component):
                 with m.If(w == n_waves):
                     m.d.sync += w.eq(0)
                     m.next = "MAX"
-                with m.Elif(t == d - 1):
+                with m.Elif(t == d_last):
                     m.d.sync += [t.eq(0), w.eq(w + 1)]
                 with m.Else():
                     m.d.sync += t.eq(t + 1)
@@ -368,7 +378,7 @@ class SparseAttention(wiring.Component):
             with m.State("MAC"):
                 m.d.comb += [phase_mac.eq(1)]
                 m.d.sync += t.eq(t + 1)
-                with m.If(t == d - 1):
+                with m.If(t == d_last):
                     m.next = "WRITEBACK"
             with m.State("WRITEBACK"):
                 m.d.comb += [phase_writeback.eq(1)]
