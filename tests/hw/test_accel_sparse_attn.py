@@ -180,3 +180,18 @@ def test_sparse_attn_tiny_digits_head():
     """digits-vit's head on the tiny preset: 17 tokens, head dim 16."""
     instr, vector, acc, used = make_case(TINY, seed=13, n=17, d=16, predict=1, margin=30)
     check(TINY, instr, vector, acc, used)
+
+
+def test_perf_model_runs_sparse_attn_programs():
+    """The scheduler takes SPARSE_ATTN (no longer an INVALID_OPERAND stop) with the estimated
+    wave count; the estimate of a density-0.5 random mask is near the exact count."""
+    from vitaccel.sim.perf import estimate
+    from vitaccel.sim.perf.units import SPARSE_ESTIMATE_DENSITY, sparse_attention_cycles
+
+    instr, *_ = make_case(TINY, seed=14, n=17, d=16, predict=1)
+    result = estimate(TINY, [encode(instr), encode(Instruction(Opcode.FINISH))], 4096)
+    estimated = sparse_attention_waves(TINY, tokens=17)
+    assert result.by_opcode["SPARSE_ATTN"] == sparse_attention_cycles(TINY, instr.fields, estimated)
+    rng = np.random.default_rng(15)
+    exact = sparse_attention_waves(TINY, rng.random((197, 197)) < SPARSE_ESTIMATE_DENSITY)
+    assert abs(sparse_attention_waves(TINY, tokens=197) - exact) <= 0.1 * exact
