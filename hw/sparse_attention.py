@@ -185,11 +185,14 @@ class SparseAttention(wiring.Component):
         phase_recip_start, phase_recip_write, phase_latch, phase_mac, phase_writeback = (
             Signal(name=f"in_{p}") for p in ("recip_start", "recip_write", "latch", "mac", "writeback"))
 
+        slots = -(-n_max // rows)       # queries a PE row owns
+        i_slot = i // rows              # CLEAR, READOUT: the slot of query i
         readout_rows = []
         recip_done = Signal()
         # -- one PE row at a time: its memories, its PEs ---------------------------------------
         for r in range(rows):
             packed = wave[r]
+            slot = packed.query // rows
             any_valid = packed.valid.any()
             q_port = q_mem.read_port(domain="comb")
             k_port = k_mem.read_port(domain="comb")
@@ -199,8 +202,10 @@ class SparseAttention(wiring.Component):
             q_value = q_port.data[t]
 
             # Per-query state of the queries this PE row owns.
+            # Per-query state of the queries this PE row owns (query i at slot i // rows): a
+            # memory as deep as the row's share of the queries, not as all of them.
             def state_memory(name, shape):
-                mem = Memory(shape=shape, depth=n_max, init=[])
+                mem = Memory(shape=shape, depth=slots, init=[])
                 m.submodules[f"{name}_{r}"] = mem
                 return mem.write_port(), mem.read_port(domain="comb")
 
@@ -232,7 +237,7 @@ class SparseAttention(wiring.Component):
             stage = exp_stages[r]
             m.d.comb += stage.valid.eq(feeding)
             # SpMM state: probabilities latched per wave, this row's output partials per t.
-            acc_vec = Signal(32 * d, name=f"acc_vec_{r}")
+            acc_vec = [Signal(signed(32), name=f"acc_vec_{r}_{e}") for e in range(d)]
             products = []
             row_max = max_rd.data
             scores, exps = [], []
@@ -271,7 +276,7 @@ class SparseAttention(wiring.Component):
                 products.append(prob * v_port.data[packed.offset[c]])
 
             # Row max: fold this wave's valid scores into the stored max.
-            m.d.comb += max_rd.addr.eq(packed.query)
+            m.d.comb += max_rd.addr.eq(slot)
             folded = row_max
             for valid, score in scores:
                 folded = Mux(valid & (score > folded), score, folded)
@@ -279,40 +284,41 @@ class SparseAttention(wiring.Component):
             exp_total = sum(exps)
             # Port addressing per phase.
             with m.If(phase_clear):
-                m.d.comb += [max_wr.addr.eq(i), max_wr.data.eq(-(1 << (sbits - 1))), max_wr.en.eq(i < tokens),
-                             sum_wr.addr.eq(i), sum_wr.data.eq(0), sum_wr.en.eq(i < tokens),
-                             acc_wr.addr.eq(i), acc_wr.data.eq(0), acc_wr.en.eq(i < tokens)]
+                m.d.comb += [max_wr.addr.eq(i_slot), max_wr.data.eq(-(1 << (sbits - 1))), max_wr.en.eq(i < tokens),
+                             sum_wr.addr.eq(i_slot), sum_wr.data.eq(0), sum_wr.en.eq(i < tokens),
+                             acc_wr.addr.eq(i_slot), acc_wr.data.eq(0), acc_wr.en.eq(i < tokens)]
             with m.If(phase_max):
-                m.d.comb += [max_wr.addr.eq(packed.query), max_wr.data.eq(folded),
+                m.d.comb += [max_wr.addr.eq(slot), max_wr.data.eq(folded),
                              max_wr.en.eq(any_valid & (w < n_waves))]
             with m.If(phase_expsum):
-                m.d.comb += [sum_rd.addr.eq(exp_out_query), sum_wr.addr.eq(exp_out_query),
+                m.d.comb += [sum_rd.addr.eq(exp_out_query // rows), sum_wr.addr.eq(exp_out_query // rows),
                              sum_wr.data.eq(sum_rd.data + exp_total), sum_wr.en.eq(exp_out_valid.any())]
             # RECIP: query i * rows + r of this PE row; start, then store the answer when done.
             query_r = i * rows + r
             with m.If(phase_recip_start):
-                m.d.comb += [sum_rd.addr.eq(query_r), recip.start.eq(1),
+                m.d.comb += [sum_rd.addr.eq(i), recip.start.eq(1),
                              recip.value.eq(Mux(sum_rd.data == 0, 1, sum_rd.data))]
             with m.If(phase_recip_write):
-                m.d.comb += [recip_wr.addr.eq(query_r), recip_wr.data.y.eq(recip.result),
+                m.d.comb += [recip_wr.addr.eq(i), recip_wr.data.y.eq(recip.result),
                              recip_wr.data.k.eq(recip.exponent), recip_wr.en.eq(recip.done & (query_r < tokens))]
             with m.If(phase_latch | phase_mac | phase_writeback):
-                m.d.comb += [recip_rd.addr.eq(packed.query), acc_rd.addr.eq(packed.query)]
+                m.d.comb += [recip_rd.addr.eq(slot), acc_rd.addr.eq(slot)]
             row_partial = Signal(signed(32), name=f"pv_{r}")  # sign-extended before it is packed
             m.d.comb += row_partial.eq(sum(products))
-            with m.If(phase_mac):   # step t's output partial into slot t
-                m.d.sync += acc_vec.word_select(t, 32).eq(row_partial)
+            for e, slot_partial in enumerate(acc_vec):   # step t's output partial into slot t
+                with m.If(phase_mac & (t == e)):
+                    m.d.sync += slot_partial.eq(row_partial)
             with m.If(phase_writeback):
-                m.d.comb += [acc_wr.addr.eq(packed.query), acc_wr.en.eq(any_valid)]
+                m.d.comb += [acc_wr.addr.eq(slot), acc_wr.en.eq(any_valid)]
                 for e in range(d):
-                    m.d.comb += acc_wr.data[e].eq(acc_rd.data[e] + acc_vec[32 * e:32 * (e + 1)].as_signed())
+                    m.d.comb += acc_wr.data[e].eq(acc_rd.data[e] + acc_vec[e])
 
         # -- readout: requantize the accumulators of query i, owned by PE row i % rows ------
         out_row = data.ArrayLayout(signed(32), d)
         selected = Signal(out_row)
         for r, port in enumerate(readout_rows):
             with m.If(~(phase_latch | phase_mac | phase_writeback)):
-                m.d.comb += port.addr.eq(i)
+                m.d.comb += port.addr.eq(i_slot)
             with m.If(i % rows == r):
                 m.d.comb += selected.eq(port.data)
         for e in range(d):
