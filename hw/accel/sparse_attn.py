@@ -25,7 +25,8 @@ score-stationary unit (:class:`~vitaccel.hw.sparse_attention.SparseAttention`, b
             unit's wave memory, at the next free wave of PE row ``i % sparse_pe_rows``. After the
             last group of a ``mask_block_cols`` block, one cycle flushes the partly filled row
             (a sub-row never shares a packed row with another block; empty sub-rows give none).
-            The result is :func:`~vitaccel.sim.golden.attention.encode_waves` word for word.
+            The packed rows and their waves are those of
+            :func:`~vitaccel.sim.golden.attention.encode_waves` (same split, order and slots).
 ``FILL``    one cycle per wave: the slots of PE rows that ran out of packed rows become bubbles.
 ``RUN``     the unit (SDDMM, softmax, SpMM); each output row is written to VECTOR, a byte per cycle.
 """
@@ -40,7 +41,7 @@ from amaranth.lib.wiring import In, Out
 from vitaccel.hw.nonlinear.arith import SHIFT_BITS, register
 from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.config import AccelConfig, ConfigError
-from vitaccel.hw.spec.isa import ADDR_UNIT, Buffer, Opcode
+from vitaccel.hw.spec.isa import ADDR_UNIT, Buffer
 from vitaccel.hw.spec.nonlinear import SOFTMAX_MULT_BITS
 from vitaccel.hw.spec.numerics import MAX_SHIFT, MULTIPLIER_BITS
 from vitaccel.hw.spec.regmap import ErrorCode

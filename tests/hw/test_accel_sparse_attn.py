@@ -3,9 +3,10 @@ attention unit) alone in Amaranth's simulator.
 
 The buffers are modelled in Python (synchronous, non-transparent reads as the core's
 ``Memory`` ports). Each instruction's VECTOR is compared with the golden machine's handler on
-the same buffers, its error code with the golden machine's, its wave memory with the golden
-packing (:func:`~vitaccel.sim.golden.attention.encode_waves`) and its cycles with the
-performance model (``sim/perf/units.py``).
+the same buffers, its error code with the golden machine's, and its cycles with the
+performance model (``sim/perf/units.py``) given the wave count of the golden packing
+(:func:`~vitaccel.sim.perf.units.sparse_attention_waves`): the cycles pin the number of waves the
+on-chip packer wrote.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from vitaccel.hw.spec.nonlinear import softmax_params
 from vitaccel.hw.spec.numerics import quantize_multiplier
 from vitaccel.hw.spec.regmap import ErrorCode
 from vitaccel.hw.spec.sparse import PREDICT_MARGIN_LIMIT, MaskPredictParams
-from vitaccel.sim.golden.attention import encode_waves, pack_mask_for, predict_mask, schedule_waves
+from vitaccel.sim.golden.attention import predict_mask
 from vitaccel.sim.golden.machine import GoldenMachine, MachineError
 from vitaccel.sim.perf.units import compute_cycles, sparse_attention_waves
 

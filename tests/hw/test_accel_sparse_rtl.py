@@ -58,3 +58,23 @@ def test_sparse_attn_top_verilator():
     for program, record in zip(programs, result["programs"]):
         if record["error_code"] == "NONE" and "good" not in program.name:
             assert record["busy_cycles_compute"] == _sparse_cycles(program), program.name
+
+
+@pytest.mark.slow
+def test_sparse_attn_top_deit_length_verilator():
+    """digits-vit-197's head shape on tiny: 197 tokens (four mask blocks of 64, the last
+    partial), d = 64, predicted and given masks."""
+    import random
+
+    from vitaccel.sim.cases.accel import Program, sparse_attn_program
+
+    rng = random.Random(21)
+    programs = []
+    for predict, margin in ((1, 60), (0, 0)):
+        words, ddr = sparse_attn_program(rng, TINY, 1 << 17, n=197, d=64, predict=predict, margin=margin)
+        programs.append(Program(f"sparse_attn 197x64 predict={predict}", words, ddr))
+    result = run_program_case(TINY, programs=programs, simulator="verilator", backpressure=0.3, max_latency=4,
+                              max_cycles=2_000_000)
+    _check(result)
+    for program, record in zip(programs, result["programs"]):
+        assert record["busy_cycles_compute"] == _sparse_cycles(program), program.name
