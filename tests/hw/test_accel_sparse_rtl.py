@@ -63,16 +63,16 @@ def test_sparse_attn_top_verilator():
 @pytest.mark.slow
 def test_sparse_attn_top_deit_length_verilator():
     """digits-vit-197's head shape on tiny: 197 tokens (four mask blocks of 64, the last
-    partial), d = 64, predicted and given masks."""
+    partial), d = 64 with a predicted mask, d = 32 with a given one."""
     import random
 
     from vitaccel.sim.cases.accel import Program, sparse_attn_program
 
     rng = random.Random(21)
     programs = []
-    for predict, margin in ((1, 60), (0, 0)):
-        words, ddr = sparse_attn_program(rng, TINY, 1 << 17, n=197, d=64, predict=predict, margin=margin)
-        programs.append(Program(f"sparse_attn 197x64 predict={predict}", words, ddr))
+    for predict, margin, d in ((1, 60, 64), (0, 0, 32)):   # a 197 x 197 mask leaves room for d = 32
+        words, ddr = sparse_attn_program(rng, TINY, 1 << 17, n=197, d=d, predict=predict, margin=margin)
+        programs.append(Program(f"sparse_attn 197x{d} predict={predict}", words, ddr))
     result = run_program_case(TINY, programs=programs, simulator="verilator", backpressure=0.3, max_latency=4,
                               max_cycles=2_000_000)
     _check(result)
