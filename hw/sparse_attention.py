@@ -9,14 +9,14 @@ memory, from the SDDMM through the softmax (where it is replaced by its exponent
 SpMM. Phases, each a loop over the waves:
 
 ``CLEAR``   per-query state (row max, row sum, output accumulators), one query per cycle.
-``SDDMM``   ``head_dim`` cycles per wave: ``q_i[t]`` is broadcast along PE row ``r``, the
+``SDDMM``   ``d`` cycles per wave (the run's ``head_dim``): ``q_i[t]`` is broadcast along PE row ``r``, the
             ``W = mask_block_cols`` keys of the row's column block arrive on ``W`` lanes
             (``K`` is stored block-transposed) and each PE picks its key by its offset.
 ``MAX``     one cycle per wave: per PE row, the max of its valid scores folds into the row max.
 ``EXPSUM``  one cycle per wave (pipelined :class:`~vitaccel.hw.nonlinear.arith.ExpStage`):
             ``e = exp(score - max)`` replaces the score in place; the row sums accumulate.
 ``RECIP``   one :class:`~vitaccel.hw.nonlinear.arith.Reciprocal` per PE row, per query.
-``SPMM``    ``head_dim + 2`` cycles per wave: the PE turns its ``e`` into the uint8
+``SPMM``    ``d + 2`` cycles per wave: the PE turns its ``e`` into the uint8
             probability ``p`` (reciprocal broadcast), then multiplies ``p`` by ``v_j[t]``; the
             PE row's adder tree sums the ``sparse_pe_cols`` products into the query's output.
 ``READOUT`` one output row per cycle, requantized to int8.
@@ -75,47 +75,56 @@ class SparseAttention(wiring.Component):
     ----------
     config : AccelConfig
         PE array shape, ``max_tokens``, exp/reciprocal table sizes.
-    head_dim : int
-        Elements per Q/K/V row (fixed at elaboration), 1..256.
+    max_head_dim : int, optional
+        Widest Q/K/V row the memories hold, 1..256 (default ``config.sparse_max_head_dim``).
+        The head dim of a run (``head_dim``) is any ``1..max_head_dim``; K and V words stay
+        ``block * max_head_dim + t`` (:class:`AttentionLoad` with ``head_dim = max_head_dim``).
 
     Attributes
     ----------
-    load_en, load_target, load_addr, load_data : in
-        One memory word written per cycle while idle (see :class:`LoadTarget`).
+    load_en, load_target, load_addr, load_data, load_mask : in
+        One memory word written per cycle while idle (see :class:`LoadTarget`); ``load_mask``
+        has a bit per int8 element (Q, K, V) or per PE row (WAVES): only those are written.
     start : in
         Pulse: run on the loaded operands with the parameters below (sampled at ``start``).
-    tokens, waves : in
-        Sequence length (``1..max_tokens``) and the number of waves in the wave memory.
+    tokens, waves, head_dim : in
+        Sequence length (``1..max_tokens``), the number of waves in the wave memory and the
+        elements per row of this run (``1..max_head_dim``; output elements past it are
+        meaningless).
     softmax_multiplier, softmax_shift, out_multiplier, out_shift : in
         :class:`~vitaccel.hw.spec.nonlinear.SoftmaxParams` and the output requantization.
     busy : out
         High from ``start`` until the last output row is accepted.
     out : stream, out
-        One row of ``head_dim`` int8 per query in order, ``last`` on the final one.
+        One row of ``max_head_dim`` int8 per query in order, ``last`` on the final one.
     """
 
-    def __init__(self, *, config: AccelConfig, head_dim: int) -> None:
+    def __init__(self, *, config: AccelConfig, max_head_dim: int | None = None) -> None:
         self._MustUse__silence = True  # until constructed: a rejected unit is not "unused"
         if not isinstance(config, AccelConfig):
             raise TypeError(f"config must be an AccelConfig, got {type(config).__name__}")
+        head_dim = config.sparse_max_head_dim if max_head_dim is None else max_head_dim
         if isinstance(head_dim, bool) or not isinstance(head_dim, int) or not 1 <= head_dim <= 256:
-            raise ValueError(f"head_dim: must be an integer in 1..256, got {head_dim!r}")
+            raise ValueError(f"max_head_dim: must be an integer in 1..256, got {head_dim!r}")
         self._MustUse__silence = False
         self.config = config
-        self.head_dim = head_dim
+        self.max_head_dim = head_dim
         self.rows, self.cols = config.sparse_pe_rows, config.sparse_pe_cols
         self.block_cols = mask_block_cols(self.cols)
         self.n_blocks = math.ceil(config.max_tokens / self.block_cols)
         self.max_waves = max_waves_for(config)
         self.row_layout = packed_row_layout(config)
         self.load_bits = max(8 * head_dim, 8 * self.block_cols, self.rows * self.row_layout.size)
+        self.load_lanes = max(head_dim, self.block_cols, self.rows)
         super().__init__({
             "load_en": In(1),
             "load_target": In(LoadTarget),
             "load_addr": In(range(max(self.max_waves, config.max_tokens, self.n_blocks * head_dim))),
             "load_data": In(self.load_bits),
+            "load_mask": In(self.load_lanes),
             "start": In(1),
             "tokens": In(count_bits(config.max_tokens)),
+            "head_dim": In(range(head_dim + 1)),
             "waves": In(range(self.max_waves + 1)),
             "softmax_multiplier": In(SOFTMAX_MULT_BITS),
             "softmax_shift": In(SHIFT_BITS),
@@ -128,7 +137,7 @@ class SparseAttention(wiring.Component):
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        cfg, d, rows, cols, width = self.config, self.head_dim, self.rows, self.cols, self.block_cols
+        cfg, d, rows, cols, width = self.config, self.max_head_dim, self.rows, self.cols, self.block_cols
         n_max = cfg.max_tokens
         sbits = max(score_bits(d), EXP_VALUE_BITS + 1)        # a score, later its exp, in place
         sum_bits = EXP_VALUE_BITS + count_bits(n_max)
@@ -138,9 +147,10 @@ class SparseAttention(wiring.Component):
         def operand_memory(name, shape, depth, target):
             mem = Memory(shape=shape, depth=depth, init=[])
             m.submodules[name] = mem
-            wr = mem.write_port()
+            wr = mem.write_port(granularity=1)   # one enable per array element
+            selected = self.load_en & (self.load_target == target) & ~self.busy
             m.d.comb += [wr.addr.eq(self.load_addr), wr.data.eq(self.load_data[:wr.data.shape().size]),
-                         wr.en.eq(self.load_en & (self.load_target == target) & ~self.busy)]
+                         wr.en.eq(Mux(selected, self.load_mask[:len(wr.en)], 0))]
             return mem
 
         q_mem = operand_memory("q_mem", data.ArrayLayout(int8, d), n_max, LoadTarget.Q)
@@ -154,6 +164,7 @@ class SparseAttention(wiring.Component):
 
         # -- control state -------------------------------------------------------------------
         tokens = Signal.like(self.tokens)
+        d_last = Signal(range(d))                                 # run-time head dim - 1
         n_waves = Signal.like(self.waves)
         sm_mult, sm_shift = Signal.like(self.softmax_multiplier), Signal.like(self.softmax_shift)
         out_mult, out_shift = Signal.like(self.out_multiplier), Signal.like(self.out_shift)
@@ -174,11 +185,14 @@ class SparseAttention(wiring.Component):
         phase_recip_start, phase_recip_write, phase_latch, phase_mac, phase_writeback = (
             Signal(name=f"in_{p}") for p in ("recip_start", "recip_write", "latch", "mac", "writeback"))
 
+        slots = -(-n_max // rows)       # queries a PE row owns
+        i_slot = i // rows              # CLEAR, READOUT: the slot of query i
         readout_rows = []
         recip_done = Signal()
         # -- one PE row at a time: its memories, its PEs ---------------------------------------
         for r in range(rows):
             packed = wave[r]
+            slot = packed.query // rows
             any_valid = packed.valid.any()
             q_port = q_mem.read_port(domain="comb")
             k_port = k_mem.read_port(domain="comb")
@@ -188,8 +202,10 @@ class SparseAttention(wiring.Component):
             q_value = q_port.data[t]
 
             # Per-query state of the queries this PE row owns.
+            # Per-query state of the queries this PE row owns (query i at slot i // rows): a
+            # memory as deep as the row's share of the queries, not as all of them.
             def state_memory(name, shape):
-                mem = Memory(shape=shape, depth=n_max, init=[])
+                mem = Memory(shape=shape, depth=slots, init=[])
                 m.submodules[f"{name}_{r}"] = mem
                 return mem.write_port(), mem.read_port(domain="comb")
 
@@ -221,7 +237,7 @@ class SparseAttention(wiring.Component):
             stage = exp_stages[r]
             m.d.comb += stage.valid.eq(feeding)
             # SpMM state: probabilities latched per wave, this row's output partials per t.
-            acc_vec = Signal(32 * d, name=f"acc_vec_{r}")
+            acc_vec = [Signal(signed(32), name=f"acc_vec_{r}_{e}") for e in range(d)]
             products = []
             row_max = max_rd.data
             scores, exps = [], []
@@ -240,7 +256,7 @@ class SparseAttention(wiring.Component):
                              partial.eq(Mux(t == 0, 0, dot) + product)]
                 with m.If(phase_sddmm):
                     m.d.sync += dot.eq(partial)
-                    m.d.comb += [s_wr.addr.eq(w), s_wr.data.eq(partial), s_wr.en.eq(valid & (t == d - 1))]
+                    m.d.comb += [s_wr.addr.eq(w), s_wr.data.eq(partial), s_wr.en.eq(valid & (t == d_last))]
                 # EXPSUM: diff to the row max into the exp pipeline; its output replaces the score.
                 diff = row_max - s_rd.data
                 m.d.comb += stage.diff[c].eq(Mux(diff > (1 << SOFTMAX_DIFF_BITS) - 1,
@@ -260,7 +276,7 @@ class SparseAttention(wiring.Component):
                 products.append(prob * v_port.data[packed.offset[c]])
 
             # Row max: fold this wave's valid scores into the stored max.
-            m.d.comb += max_rd.addr.eq(packed.query)
+            m.d.comb += max_rd.addr.eq(slot)
             folded = row_max
             for valid, score in scores:
                 folded = Mux(valid & (score > folded), score, folded)
@@ -268,41 +284,41 @@ class SparseAttention(wiring.Component):
             exp_total = sum(exps)
             # Port addressing per phase.
             with m.If(phase_clear):
-                m.d.comb += [max_wr.addr.eq(i), max_wr.data.eq(-(1 << (sbits - 1))), max_wr.en.eq(i < tokens),
-                             sum_wr.addr.eq(i), sum_wr.data.eq(0), sum_wr.en.eq(i < tokens),
-                             acc_wr.addr.eq(i), acc_wr.data.eq(0), acc_wr.en.eq(i < tokens)]
+                m.d.comb += [max_wr.addr.eq(i_slot), max_wr.data.eq(-(1 << (sbits - 1))), max_wr.en.eq(i < tokens),
+                             sum_wr.addr.eq(i_slot), sum_wr.data.eq(0), sum_wr.en.eq(i < tokens),
+                             acc_wr.addr.eq(i_slot), acc_wr.data.eq(0), acc_wr.en.eq(i < tokens)]
             with m.If(phase_max):
-                m.d.comb += [max_wr.addr.eq(packed.query), max_wr.data.eq(folded),
+                m.d.comb += [max_wr.addr.eq(slot), max_wr.data.eq(folded),
                              max_wr.en.eq(any_valid & (w < n_waves))]
             with m.If(phase_expsum):
-                m.d.comb += [sum_rd.addr.eq(exp_out_query), sum_wr.addr.eq(exp_out_query),
+                m.d.comb += [sum_rd.addr.eq(exp_out_query // rows), sum_wr.addr.eq(exp_out_query // rows),
                              sum_wr.data.eq(sum_rd.data + exp_total), sum_wr.en.eq(exp_out_valid.any())]
             # RECIP: query i * rows + r of this PE row; start, then store the answer when done.
             query_r = i * rows + r
             with m.If(phase_recip_start):
-                m.d.comb += [sum_rd.addr.eq(query_r), recip.start.eq(1),
+                m.d.comb += [sum_rd.addr.eq(i), recip.start.eq(1),
                              recip.value.eq(Mux(sum_rd.data == 0, 1, sum_rd.data))]
             with m.If(phase_recip_write):
-                m.d.comb += [recip_wr.addr.eq(query_r), recip_wr.data.y.eq(recip.result),
+                m.d.comb += [recip_wr.addr.eq(i), recip_wr.data.y.eq(recip.result),
                              recip_wr.data.k.eq(recip.exponent), recip_wr.en.eq(recip.done & (query_r < tokens))]
             with m.If(phase_latch | phase_mac | phase_writeback):
-                m.d.comb += [recip_rd.addr.eq(packed.query), acc_rd.addr.eq(packed.query)]
+                m.d.comb += [recip_rd.addr.eq(slot), acc_rd.addr.eq(slot)]
             row_partial = Signal(signed(32), name=f"pv_{r}")  # sign-extended before it is packed
             m.d.comb += row_partial.eq(sum(products))
-            with m.If(phase_mac):
-                # Output partials shift in, so that after head_dim steps slot t holds step t.
-                m.d.sync += acc_vec.eq(Cat(acc_vec[32:], row_partial))
+            for e, slot_partial in enumerate(acc_vec):   # step t's output partial into slot t
+                with m.If(phase_mac & (t == e)):
+                    m.d.sync += slot_partial.eq(row_partial)
             with m.If(phase_writeback):
-                m.d.comb += [acc_wr.addr.eq(packed.query), acc_wr.en.eq(any_valid)]
+                m.d.comb += [acc_wr.addr.eq(slot), acc_wr.en.eq(any_valid)]
                 for e in range(d):
-                    m.d.comb += acc_wr.data[e].eq(acc_rd.data[e] + acc_vec[32 * e:32 * (e + 1)].as_signed())
+                    m.d.comb += acc_wr.data[e].eq(acc_rd.data[e] + acc_vec[e])
 
         # -- readout: requantize the accumulators of query i, owned by PE row i % rows ------
         out_row = data.ArrayLayout(signed(32), d)
         selected = Signal(out_row)
         for r, port in enumerate(readout_rows):
             with m.If(~(phase_latch | phase_mac | phase_writeback)):
-                m.d.comb += port.addr.eq(i)
+                m.d.comb += port.addr.eq(i_slot)
             with m.If(i % rows == r):
                 m.d.comb += selected.eq(port.data)
         for e in range(d):
@@ -317,7 +333,7 @@ class SparseAttention(wiring.Component):
                     m.d.sync += [tokens.eq(self.tokens), n_waves.eq(self.waves),
                                  sm_mult.eq(self.softmax_multiplier), sm_shift.eq(self.softmax_shift),
                                  out_mult.eq(self.out_multiplier), out_shift.eq(self.out_shift),
-                                 i.eq(0), w.eq(0), t.eq(0)]
+                                 d_last.eq(self.head_dim - 1), i.eq(0), w.eq(0), t.eq(0)]
                     with m.If(self.tokens != 0):
                         m.next = "CLEAR"
             with m.State("CLEAR"):
@@ -330,7 +346,7 @@ class SparseAttention(wiring.Component):
                 with m.If(w == n_waves):
                     m.d.sync += w.eq(0)
                     m.next = "MAX"
-                with m.Elif(t == d - 1):
+                with m.Elif(t == d_last):
                     m.d.sync += [t.eq(0), w.eq(w + 1)]
                 with m.Else():
                     m.d.sync += t.eq(t + 1)
@@ -368,7 +384,7 @@ class SparseAttention(wiring.Component):
             with m.State("MAC"):
                 m.d.comb += [phase_mac.eq(1)]
                 m.d.sync += t.eq(t + 1)
-                with m.If(t == d - 1):
+                with m.If(t == d_last):
                     m.next = "WRITEBACK"
             with m.State("WRITEBACK"):
                 m.d.comb += [phase_writeback.eq(1)]

@@ -29,8 +29,9 @@ controller and the non-linear units) and GEMM
 ``INVALID_OPERAND``. REQUANT (ACC int32 -> VECTOR int8 per column) runs in
 :mod:`vitaccel.hw.accel.requant`; with ``config.has_topk``, TOPK (with its ``sum_rows`` front
 end), GATHER and PACKAGE run on the top-k engine through :mod:`vitaccel.hw.accel.tokens`
-(without it they stop with ``INVALID_OPERAND``, as the golden machine's unit check). SPARSE_ATTN
-is not implemented yet and stops with ``INVALID_OPERAND`` too (:data:`UNSUPPORTED_OPCODES`).
+(without it they stop with ``INVALID_OPERAND``, as the golden machine's unit check); with
+``config.has_sparse_attention``, SPARSE_ATTN runs through :mod:`vitaccel.hw.accel.sparse_attn`
+(mask prediction and packing on chip, then the sparse attention unit).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from .crc import CRC_BITS, CRC_FINAL_XOR, CRC_INIT, crc32_next
 from .decode import InstructionChecker, field_slice
 from .gemm import GemmController, engine_supported
 from .requant import RequantController
+from .sparse_attn import SparseAttentionController
 from .tokens import TOKEN_OPCODES, TokenController
 from .vector import VectorController
 
@@ -67,7 +69,8 @@ QUEUE_DEPTH = 32
 #: GEMM runs on the matrix engine with any flags except ``accumulate`` together with
 #: ``requant`` (INVALID_OPERAND; see :mod:`vitaccel.hw.accel.gemm`).
 IMPLEMENTED_OPCODES = (Opcode.LOAD, Opcode.STORE, Opcode.SYNC, Opcode.FINISH, Opcode.LUT_LOAD, Opcode.GELU,
-                       Opcode.GEMM, Opcode.ADD, Opcode.SOFTMAX, Opcode.LAYERNORM, *TOKEN_OPCODES, Opcode.REQUANT)
+                       Opcode.GEMM, Opcode.ADD, Opcode.SOFTMAX, Opcode.LAYERNORM, *TOKEN_OPCODES, Opcode.REQUANT,
+                       Opcode.SPARSE_ATTN)
 UNSUPPORTED_OPCODES = tuple(op for op in Opcode if op not in IMPLEMENTED_OPCODES)
 _ADDR_WIDTH = 40          # the ZCU102's DDR and PL apertures
 _PC_WIDTH = 32
@@ -499,8 +502,9 @@ class AcceleratorCore(wiring.Component):
         (:class:`~vitaccel.hw.accel.vector.VectorController`), GEMM (:class:`~vitaccel.hw.accel.gemm.GemmController`, which
         writes VECTOR bytes and ACC int32 elements through ``vector``), REQUANT
         (:class:`~vitaccel.hw.accel.requant.RequantController`) and TOPK / GATHER / PACKAGE
-        (:class:`~vitaccel.hw.accel.tokens.TokenController`, with ``has_topk``); any other opcode
-        stops with INVALID_OPERAND. ``engine_step`` is driven high in the cycles the matrix
+        (:class:`~vitaccel.hw.accel.tokens.TokenController`, with ``has_topk``) and SPARSE_ATTN
+        (:class:`~vitaccel.hw.accel.sparse_attn.SparseAttentionController`, with
+        ``has_sparse_attention``); any other opcode stops with INVALID_OPERAND. ``engine_step`` is driven high in the cycles the matrix
         engine takes a k-step."""
         config = self.config
         gemm = None
@@ -534,6 +538,19 @@ class AcceleratorCore(wiring.Component):
             with m.If(tokens.write):
                 m.d.comb += [vector.write.eq(1), vector.write_addr.eq(tokens.write_addr),
                              vector.write_data.eq(tokens.write_data)]
+        sparse = None   # SPARSE_ATTN (hw/accel/sparse_attn.py): VECTOR operands, ACC parameters
+        if config.has_sparse_attention:
+            m.submodules.sparse_attn = sparse = SparseAttentionController(config=config)
+            m.d.comb += [sparse.word.eq(port.word), sparse.read_data.eq(reads[Buffer.VECTOR].data),
+                         sparse.acc_read_data.eq(reads[Buffer.ACC].data)]
+            for buffer, enable, address in ((Buffer.VECTOR, sparse.read, sparse.read_addr),
+                                            (Buffer.ACC, sparse.acc_read, sparse.acc_read_addr)):
+                compute_read, compute_addr = vector.reads[buffer]
+                with m.If(enable):
+                    m.d.comb += [compute_read.eq(1), compute_addr.eq(address)]
+            with m.If(sparse.write):
+                m.d.comb += [vector.write.eq(1), vector.write_addr.eq(sparse.write_addr),
+                             vector.write_data.eq(sparse.write_data)]
         # LUT_LOAD, GELU, ADD, SOFTMAX, LAYERNORM (hw/accel/vector.py)
         m.submodules.vector = vector_unit = VectorController(config=config)
         m.d.comb += [vector_unit.word.eq(port.word), vector_unit.vector_read_data.eq(reads[Buffer.VECTOR].data),
@@ -580,12 +597,16 @@ class AcceleratorCore(wiring.Component):
                                 | (opcode_bits == Opcode.PACKAGE)):
                         m.d.comb += tokens.start.eq(1)
                         m.next = "TOKENS_RUN"
+                if sparse is not None:   # without the unit: INVALID_OPERAND below, as golden
+                    with m.Elif(opcode_bits == Opcode.SPARSE_ATTN):
+                        m.d.comb += sparse.start.eq(1)
+                        m.next = "SPARSE_RUN"
                 with m.Else():
                     m.d.comb += fail(ErrorCode.INVALID_OPERAND)
                     m.next = "IDLE"
             # Controllers in their own files: wait for done / error.
             for state, unit in (("GEMM_RUN", gemm), ("TOKENS_RUN", tokens), ("REQUANT_RUN", requant),
-                                ("VECTOR_RUN", vector_unit)):
+                                ("VECTOR_RUN", vector_unit), ("SPARSE_RUN", sparse)):
                 if unit is not None:
                     with m.State(state):
                         with m.If(unit.error):

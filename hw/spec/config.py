@@ -66,6 +66,9 @@ class AccelConfig:
         Largest token count (top-k ``n``, attention sequence length) the units accept.
     sparse_pe_rows, sparse_pe_cols : int
         Shape of the score-stationary sparse attention PE array.
+    sparse_max_head_dim : int
+        Largest head dimension ``d`` a SPARSE_ATTN accepts (the unit's Q/K/V words are this
+        wide; any ``1 <= d <= sparse_max_head_dim`` runs). At most 255, the ISA's ``d`` field.
     exp_lut_bits, recip_lut_bits, rsqrt_lut_bits : int
         Index widths of the exp, reciprocal and inverse-square-root tables.
     has_softmax, has_gelu, has_layernorm, has_topk, has_sparse_attention : bool
@@ -98,6 +101,7 @@ class AccelConfig:
     max_tokens: int = 256
     sparse_pe_rows: int = 4
     sparse_pe_cols: int = 4
+    sparse_max_head_dim: int = 64
     exp_lut_bits: int = 6
     recip_lut_bits: int = 8
     rsqrt_lut_bits: int = 8
@@ -132,7 +136,7 @@ class AccelConfig:
             "block_rows": 64, "block_cols": 64, "block_size": 16, "max_k": 65536,
             "input_spad_kib": 4096, "weight_spad_kib": 4096, "acc_kib": 4096,
             "vector_kib": 4096, "vector_lanes": 64, "topk_lanes": 64, "max_tokens": 4096,
-            "sparse_pe_rows": 64, "sparse_pe_cols": 64, "exp_lut_bits": 12,
+            "sparse_pe_rows": 64, "sparse_pe_cols": 64, "sparse_max_head_dim": 255, "exp_lut_bits": 12,
             "recip_lut_bits": 12, "rsqrt_lut_bits": 12,
         }
         for name, upper in positive.items():
@@ -272,7 +276,7 @@ PRESETS: dict[str, AccelConfig] = {
         name="tiny", block_rows=2, block_cols=2, block_size=2, operand_width=8, acc_width=32,
         max_k=4096, input_spad_kib=16, weight_spad_kib=16, acc_kib=16, vector_kib=64,
         vector_lanes=4, topk_lanes=4, max_tokens=256, sparse_pe_rows=4, sparse_pe_cols=4,
-        dma_data_width=64, clock_mhz=100.0,
+        sparse_max_head_dim=64, dma_data_width=64, clock_mhz=100.0,
     ),
     # Sized for an XCZU9EG (ZCU102): 3072 multipliers, two per DSP48E2 (dsp_packing 2), so
     # 1536 of its 2520 DSP48E2 (61%); buffers well inside 912 BRAM36; 128-bit AXI for the HP
@@ -281,7 +285,7 @@ PRESETS: dict[str, AccelConfig] = {
         name="zcu102", block_rows=2, block_cols=3, block_size=8, operand_width=8, acc_width=32, dsp_packing=2,
         max_k=4096, input_spad_kib=128, weight_spad_kib=256, acc_kib=256, vector_kib=512,
         vector_lanes=16, topk_lanes=16, max_tokens=256, sparse_pe_rows=16, sparse_pe_cols=16,
-        dma_data_width=128, clock_mhz=300.0,
+        sparse_max_head_dim=64, dma_data_width=128, clock_mhz=300.0,
     ),
 }
 

@@ -174,6 +174,9 @@ _BODIES: dict[Opcode, dict[str, Any]] = {
         "m": _u(9), "n": _u(9), "d": _u(8), "q_addr": _u(_SRAM_ADDR_BITS), "k_addr": _u(_SRAM_ADDR_BITS),
         "v_addr": _u(_SRAM_ADDR_BITS), "mask_addr": _u(_SRAM_ADDR_BITS), "out_addr": _u(_SRAM_ADDR_BITS),
         "param_addr": _u(_SRAM_ADDR_BITS),
+        # predict comes after the original fields (a bit that used to be reserved): words with
+        # predict=0 keep their meaning (mask read from VECTOR).
+        "predict": _u(1),
     },
     Opcode.SYNC: {"queue": Queue},
     Opcode.FINISH: {},
@@ -276,8 +279,15 @@ else:              # the front end first sums rows x n uint8 values column-wise 
     s[j] = sum(VECTOR[src_addr][i, j] for i in range(rows))       # uint8 in, uint16 sum
     VECTOR[dst_addr][0, :k] = sorted(indices of the k largest of s[:n])""",
     Opcode.SPARSE_ATTN: """Masked (sparse) attention, score-stationary (attention.masked_attention).
-Q[m,d], K[n,d], V[n,d] int8 and mask[m,n] (uint8 0/1) in VECTOR (m == n);
-P = ACC[param_addr]: softmax parameters, out_multiplier, out_shift
+Q[m,d], K[n,d], V[n,d] int8 in VECTOR; requires m == n <= max_tokens and
+1 <= d <= config.sparse_max_head_dim (else INVALID_OPERAND).
+P = ACC[param_addr]: softmax parameters, out_multiplier, out_shift, margin (uint32)
+if predict:   # Sanger's run-time prediction (attention.predict_mask); mask_addr is ignored
+    if P.margin >= PREDICT_MARGIN_LIMIT: error INVALID_OPERAND
+    q4 = sat4(round_shift(Q, 4)); k4 = sat4(round_shift(K, 4)); pred = q4 @ k4.T
+    mask[i, j] = pred[i, j] >= max(pred[i, :]) - P.margin     # every row keeps its maximum
+else:         # mask[m,n] (uint8 0/1) in VECTOR at mask_addr; P.margin is ignored
+    mask = VECTOR[mask_addr] != 0
 for i in range(m):
     s[j] = Q[i] . K[j]  for j where mask[i, j]                # SDDMM
     p = softmax(s over the set j)                             # uint8
@@ -638,17 +648,26 @@ def unpack_layernorm_params(words: np.ndarray) -> Any:
     return LayerNormParams(n, header[1], gamma, beta, header[2], header[3])
 
 
-#: SPARSE_ATTN block: the softmax parameters, then the output multiplier and shift.
-SPARSE_ATTN_PARAM_WORDS = SOFTMAX_PARAM_WORDS + 2
+#: SPARSE_ATTN block: the softmax parameters, then the output multiplier and shift, then the
+#: prediction margin (uint32, read only when ``predict=1``; see :mod:`vitaccel.hw.spec.sparse`).
+SPARSE_ATTN_PARAM_WORDS = SOFTMAX_PARAM_WORDS + 3
 
 
-def pack_sparse_attn_params(softmax_params: Any, out_multiplier: int, out_shift: int) -> np.ndarray:
-    """SPARSE_ATTN parameter block (see :data:`SPARSE_ATTN_PARAM_WORDS`)."""
-    return np.concatenate([pack_softmax_params(softmax_params), _words([out_multiplier, out_shift])])
+def pack_sparse_attn_params(softmax_params: Any, out_multiplier: int, out_shift: int, margin: int = 0) -> np.ndarray:
+    """SPARSE_ATTN parameter block (see :data:`SPARSE_ATTN_PARAM_WORDS`).
+
+    ``margin`` is the mask-prediction margin a ``predict=1`` instruction uses (a uint32 word;
+    the instruction requires it below :data:`~vitaccel.hw.spec.sparse.PREDICT_MARGIN_LIMIT`).
+    """
+    if isinstance(margin, bool) or not isinstance(margin, (int, np.integer)) or not 0 <= margin < 1 << 32:
+        raise ValueError(f"margin: must be a uint32, got {margin!r}")
+    return np.concatenate([pack_softmax_params(softmax_params), _words([out_multiplier, out_shift, int(margin)])])
 
 
 def unpack_sparse_attn_params(words: np.ndarray) -> dict[str, Any]:
-    """Keyword arguments ``softmax_params``, ``out_multiplier``, ``out_shift`` of masked attention."""
+    """``softmax_params``, ``out_multiplier``, ``out_shift`` (the keyword arguments of masked
+    attention) and ``margin`` (uint32, not range-checked) of a SPARSE_ATTN block."""
     tail = [int(v) for v in np.asarray(words[SOFTMAX_PARAM_WORDS:SPARSE_ATTN_PARAM_WORDS],
                                        dtype=np.int32).view(np.uint32)]
-    return {"softmax_params": unpack_softmax_params(words), "out_multiplier": tail[0], "out_shift": tail[1]}
+    return {"softmax_params": unpack_softmax_params(words), "out_multiplier": tail[0], "out_shift": tail[1],
+            "margin": tail[2]}

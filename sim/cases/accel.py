@@ -33,7 +33,8 @@ from vitaccel.hw.spec.regmap import ErrorCode, program_crc32
 
 __all__ = ["Program", "random_dma_program", "gelu_program", "add_program", "softmax_program", "layernorm_program", "gemm_program", "default_programs", "bad_programs", "random_word_programs", "golden_outcomes",
            "run_program_case", "STATUS_DONE", "STATUS_ERROR", "topk_program", "gather_program", "package_program",
-           "token_programs", "token_bad_programs", "requant_program", "requant_programs", "requant_bad_programs"]
+           "token_programs", "token_bad_programs", "requant_program", "requant_programs", "requant_bad_programs",
+           "sparse_attn_program", "sparse_attn_programs", "sparse_attn_bad_programs"]
 
 STATUS_DONE, STATUS_ERROR = 0b010, 0b100
 _DDR_BASE = 0x0
@@ -964,3 +965,82 @@ def requant_bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
         out.append(Program(name, [encode(load), encode(Instruction(Opcode.REQUANT, pop_prev=1, **fields)),
                                   encode(Instruction(Opcode.FINISH))], ddr))
     return out
+
+
+def sparse_attn_program(rng: random.Random, config: AccelConfig, ddr_size: int, *, n: int, d: int, predict: int,
+                        margin: int = 40, kind: str = "random", density: float = 0.3) -> tuple[list[int], np.ndarray]:
+    """LOAD Q, K, V, a mask (uint8 0/1) into VECTOR and the SPARSE_ATTN block (softmax, output
+    scale, ``margin``) into ACC, SPARSE_ATTN with ``predict``, STORE the int8 output.
+    ``kind``: ``random``; ``equal`` (every Q row and every K row the same: ties at the predicted
+    maximum); ``min`` (-128 everywhere); ``empty_rows`` (every third mask row empty)."""
+    from vitaccel.hw.spec.nonlinear import softmax_params
+    from vitaccel.hw.spec.numerics import quantize_multiplier
+
+    q, k, v = (np.array([[rng.randrange(-128, 128) for _ in range(d)] for _ in range(n)], np.int64)
+               for _ in range(3))
+    mask = np.array([[rng.random() < density for _ in range(n)] for _ in range(n)])
+    if kind == "equal":
+        q[:], k[:] = q[0], k[0]
+    elif kind == "min":
+        q[:], k[:], v[:] = -128, -128, -128
+    elif kind == "empty_rows":
+        mask[::3] = False
+    sm = softmax_params(2.0 / (5500.0 * np.sqrt(d)), exp_lut_bits=config.exp_lut_bits,
+                        recip_lut_bits=config.recip_lut_bits)
+    out_scale = quantize_multiplier(1.0 / 256.0)
+    params = isa.pack_sparse_attn_params(sm, out_scale.multiplier, out_scale.shift, margin).astype("<i4")
+    # predict=1 never reads the mask: none is loaded (Q, K, V of 197 x 64 and a mask outgrow tiny's VECTOR).
+    chunks = [q.astype(np.int8).tobytes(), k.astype(np.int8).tobytes(), v.astype(np.int8).tobytes(),
+              b"" if predict else mask.astype(np.uint8).tobytes(), params.tobytes()]
+    return _vector_program(rng, ddr_size, chunks, lambda at, out: Instruction(
+        Opcode.SPARSE_ATTN, m=n, n=n, d=d, q_addr=at[0], k_addr=at[1], v_addr=at[2], mask_addr=at[3],
+        param_addr=at[4], out_addr=out, predict=predict), n * d, what=f"SPARSE_ATTN {n}x{d}",
+        buffers=[Buffer.VECTOR] * 4 + [Buffer.ACC])
+
+
+#: (n, d, predict, margin, kind): n off the PE array and the mask block, d of 16, 17 and 64,
+#: margins 0 and the largest, ties at the maximum, -128 everywhere, empty mask rows.
+SPARSE_ATTN_CASES = [(17, 16, 1, 30, "random"), (13, 17, 0, 0, "empty_rows"), (9, 64, 1, 0, "random"),
+                     (11, 5, 1, 65535, "equal"), (6, 8, 1, 7, "min"), (70, 3, 1, 50, "random")]
+
+
+def sparse_attn_programs(config: AccelConfig, *, seed: int, quick: bool = False,
+                         ddr_size: int = 16384) -> list[Program]:
+    """SPARSE_ATTN programs of :data:`SPARSE_ATTN_CASES` (the first two when ``quick``)."""
+    rng = random.Random(seed)
+    programs = []
+    for n, d, predict, margin, kind in SPARSE_ATTN_CASES[:2 if quick else None]:
+        words, ddr = sparse_attn_program(rng, config, ddr_size, n=n, d=d, predict=predict, margin=margin, kind=kind)
+        programs.append(Program(f"sparse_attn {n}x{d} predict={predict} margin={margin} {kind}", words, ddr))
+    return programs
+
+
+def sparse_attn_bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
+    """SPARSE_ATTN programs that must stop, each check in the golden machine's order: a head
+    dim of 0 and above ``sparse_max_head_dim``, ``m != n``, V and the mask out of VECTOR, the
+    margin (zeros in ACC but a margin of ``PREDICT_MARGIN_LIMIT`` loaded at unit 0), the
+    output out of VECTOR."""
+    from vitaccel.hw.spec.nonlinear import softmax_params
+    from vitaccel.hw.spec.numerics import quantize_multiplier
+    from vitaccel.hw.spec.sparse import PREDICT_MARGIN_LIMIT
+
+    last = isa.buffer_bytes(config, Buffer.VECTOR) // isa.ADDR_UNIT - 1
+    sm = softmax_params(0.001, exp_lut_bits=config.exp_lut_bits, recip_lut_bits=config.recip_lut_bits)
+    out_scale = quantize_multiplier(1.0 / 256.0)
+    ddr = np.zeros(ddr_size, np.uint8)
+    for unit, margin in ((0, 10), (1, PREDICT_MARGIN_LIMIT)):
+        raw = isa.pack_sparse_attn_params(sm, out_scale.multiplier, out_scale.shift, margin).astype("<i4").tobytes()
+        ddr[64 * unit:64 * unit + len(raw)] = np.frombuffer(raw, np.uint8)
+    load = encode(Instruction(Opcode.LOAD, buffer=Buffer.ACC, sram_addr=0, dram_addr=0, rows=1, row_bytes=128,
+                              dram_stride=128, sram_stride=128, push_next=1))
+    finish = encode(Instruction(Opcode.FINISH))
+    # 18-byte matrices and a 36-byte mask: none fits the last 16-byte unit of VECTOR.
+    good = dict(m=6, n=6, d=3, q_addr=0, k_addr=2, v_addr=4, mask_addr=6, out_addr=10, param_addr=0, predict=1)
+    cases = [("d 0", dict(d=0)), ("d above sparse_max_head_dim", dict(d=config.sparse_max_head_dim + 1)),
+             ("m != n", dict(m=5)), ("v out of range", dict(v_addr=last)),
+             ("mask out of range", dict(predict=0, mask_addr=last)),
+             ("margin too large", dict(param_addr=4)), ("output out of range", dict(out_addr=last)),
+             ("good", dict())]
+    return [Program(f"sparse_attn {name}", [load, encode(Instruction(Opcode.SPARSE_ATTN, **{**good, **change},
+                                                                     pop_prev=1)), finish], ddr.copy())
+            for name, change in cases]

@@ -148,9 +148,10 @@ def attention_case(config: AccelConfig, *, seed: int, tokens: int, head_dim: int
             "out_shift": out_scale.shift, "expected": expected}
 
 
-def attention_program(config: AccelConfig, case: dict[str, Any]) -> dict[str, Any]:
+def attention_program(config: AccelConfig, case: dict[str, Any], max_head_dim: int | None = None) -> dict[str, Any]:
     """What the host writes into the unit: ``loads`` as ``(target, addr, word)`` and the
-    run parameters (``tokens``, ``waves``, softmax and output scales)."""
+    run parameters (``tokens``, ``waves``, ``head_dim``, softmax and output scales), for a
+    unit built with ``max_head_dim`` (default: the case's head dim)."""
     from vitaccel.hw.spec.sparse import mask_block_cols
     from vitaccel.sim.golden.attention import encode_waves, pack_mask_for, schedule_waves
 
@@ -170,11 +171,11 @@ def attention_program(config: AccelConfig, case: dict[str, Any]) -> dict[str, An
         padded[:tokens] = mat
         for block in range(n_blocks):
             for t in range(head_dim):
-                loads.append((target, block * head_dim + t, row_word(padded[block * width:(block + 1) * width, t])))
+                loads.append((target, block * (max_head_dim or head_dim) + t, row_word(padded[block * width:(block + 1) * width, t])))
     loads += [(int(AttentionLoad.WAVES), wave, word)
               for wave, word in enumerate(encode_waves(config, packed, schedule))]
     sm = case["softmax"]
-    return {"loads": loads, "tokens": int(tokens), "waves": int(schedule.shape[0]),
+    return {"loads": loads, "tokens": int(tokens), "waves": int(schedule.shape[0]), "head_dim": int(head_dim),
             "softmax_multiplier": sm.multiplier, "softmax_shift": sm.shift,
             "out_multiplier": case["out_multiplier"], "out_shift": case["out_shift"],
             "packed_rows": packed.rows}
@@ -209,7 +210,7 @@ def _run_programs(config: AccelConfig, head_dim: int, runs: list[tuple[dict[str,
     with tempfile.TemporaryDirectory(prefix="vitaccel-sparse-") as tmp:
         program_file = Path(tmp) / "program.json"
         program_file.write_text(json.dumps(params))
-        result = run_testbench(verilog=emit_verilog(SparseAttention(config=config, head_dim=head_dim), name),
+        result = run_testbench(verilog=emit_verilog(SparseAttention(config=config, max_head_dim=head_dim), name),
                                toplevel=name, test_module="vitaccel.sim.cocotb.tb_sparse_attention",
                                simulator=simulator, seed=seed, waves=waves, check=False,
                                params={"program_file": str(program_file)})

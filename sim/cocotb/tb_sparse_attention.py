@@ -18,13 +18,14 @@ PERIOD_NS = 10
 async def run_one(dut, p: dict, head_dim: int) -> tuple[list[int], int]:
     """Load one program, run it, return the output row words and the cycles start -> last row."""
     dut.load_en.value = 1
+    dut.load_mask.value = (1 << len(dut.load_mask)) - 1   # whole words
     for target, addr, word in p["loads"]:
         dut.load_target.value = target
         dut.load_addr.value = addr
         dut.load_data.value = word
         await RisingEdge(dut.clk)
     dut.load_en.value = 0
-    for name in ("tokens", "waves", "softmax_multiplier", "softmax_shift", "out_multiplier", "out_shift"):
+    for name in ("tokens", "waves", "head_dim", "softmax_multiplier", "softmax_shift", "out_multiplier", "out_shift"):
         getattr(dut, name).value = p[name]
     dut.start.value = 1
     await RisingEdge(dut.clk)

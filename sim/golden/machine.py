@@ -868,21 +868,31 @@ class GoldenMachine:
         self._macs += pruned.size * cols
 
     def _sparse_attn(self, instr: Instruction, pc: int) -> None:
+        from vitaccel.hw.spec.sparse import PREDICT_MARGIN_LIMIT, MaskPredictParams
         from vitaccel.sim.golden import attention
 
         self._require_unit("has_sparse_attention", instr.opcode, pc)
         m, n, d = instr.m, instr.n, instr.d
-        self._require(m == n and 0 < n <= self.config.max_tokens and d > 0,
-                      f"SPARSE_ATTN: need 0 < m == n <= max_tokens and d > 0; got m={m} n={n} d={d}", pc)
+        max_d = self.config.sparse_max_head_dim
+        self._require(m == n and 0 < n <= self.config.max_tokens and 1 <= d <= max_d,
+                      f"SPARSE_ATTN: need 0 < m == n <= max_tokens and 1 <= d <= sparse_max_head_dim ({max_d}); "
+                      f"got m={m} n={n} d={d}", pc)
         q = self._matrix(Buffer.VECTOR, instr.q_addr, m, d, np.int8, pc)
         k = self._matrix(Buffer.VECTOR, instr.k_addr, n, d, np.int8, pc)
         v = self._matrix(Buffer.VECTOR, instr.v_addr, n, d, np.int8, pc)
-        mask = self._matrix(Buffer.VECTOR, instr.mask_addr, m, n, np.uint8, pc).astype(bool)
+        predict = bool(instr.predict)
+        if not predict:
+            mask = self._matrix(Buffer.VECTOR, instr.mask_addr, m, n, np.uint8, pc).astype(bool)
         params = self._words(instr.param_addr, isa.SPARSE_ATTN_PARAM_WORDS, pc)
         if q.shape[0] > 1:
             raise _PerImage   # the kernel takes one image's matrices
-        y = self._nonlinear(instr.opcode, pc, lambda: attention.masked_attention(
-            q[0], k[0], v[0], mask[0], **isa.unpack_sparse_attn_params(params[0])))
+        kwargs = isa.unpack_sparse_attn_params(params[0])
+        margin = kwargs.pop("margin")
+        if predict:
+            self._require(margin < PREDICT_MARGIN_LIMIT,
+                          f"SPARSE_ATTN: margin must be below {PREDICT_MARGIN_LIMIT} with predict=1, got {margin}", pc)
+            mask = attention.predict_mask(q[0], k[0], MaskPredictParams(margin))[None]
+        y = self._nonlinear(instr.opcode, pc, lambda: attention.masked_attention(q[0], k[0], v[0], mask[0], **kwargs))
         self._matrix(Buffer.VECTOR, instr.out_addr, m, d, np.int8, pc, write=True)[0] = y
         self._macs += 2 * int(mask.sum()) * d
 

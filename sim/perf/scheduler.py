@@ -21,7 +21,8 @@ It composes the other modules the way ``hw/accel/core.py`` composes the units:
   small FIFO), WAIT_DONE (the last B response: :func:`~vitaccel.sim.perf.dma.write_transfer`).
 * **Compute unit**: :func:`~vitaccel.sim.perf.units.compute_cycles` and
   :func:`~vitaccel.sim.perf.gemm.gemm_cycles`. FINISH completes in its DECIDE cycle and
-  ends the run.
+  ends the run. A SPARSE_ATTN's cycles depend on its mask (the packed waves), which the
+  program alone does not give: they are estimated at ``units.SPARSE_ESTIMATE_DENSITY``.
 
 The busy and stall figures mirror the RTL counters (``hw/spec/regmap.py``).
 """
@@ -123,13 +124,11 @@ def simulate_program(config: AccelConfig, words: list[int], ddr: DdrModel, *, pr
         except isa.IllegalInstruction as err:
             raise PerfModelError(f"instruction {pc} is illegal: {err}", code="ILLEGAL_INSTRUCTION", pc=pc) from None
     for pc, instr in enumerate(instrs):
-        # What this top does not run stops it with INVALID_OPERAND (hw.accel.UNSUPPORTED_OPCODES),
-        # and so does an nm GEMM without nm_sparsity or with a transposed B (as golden).
-        bad_nm = instr.opcode is Opcode.GEMM and instr.fields["nm"] and (
-            config.nm_sparsity is None or instr.fields["b_transposed"])
-        if instr.opcode is Opcode.SPARSE_ATTN or bad_nm:
-            raise PerfModelError(f"instruction {pc} ({instr.opcode.name}{' nm' if instr.opcode is Opcode.GEMM else ''}) "
-                                 "is not run by this accelerator (INVALID_OPERAND)", code="INVALID_OPERAND", pc=pc)
+        # A malformed nm GEMM (no nm_sparsity, or a transposed B) stops it with INVALID_OPERAND, as golden.
+        if instr.opcode is Opcode.GEMM and instr.fields["nm"] and (
+                config.nm_sparsity is None or instr.fields["b_transposed"]):
+            raise PerfModelError(f"instruction {pc} (GEMM nm) is not run by this accelerator (INVALID_OPERAND)",
+                                 code="INVALID_OPERAND", pc=pc)
     queue_of = [instr.fields["queue"] if instr.opcode is Opcode.SYNC else isa.QUEUE[instr.opcode]
                 for instr in instrs]
     length = len(instrs)

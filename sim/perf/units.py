@@ -34,6 +34,9 @@ for SYNC and FINISH; other files named):
   to back, the compute pipeline's latency and FINISH.
 * TOPK, GATHER, PACKAGE (``hw/accel/tokens.py``, top-k engine ``hw/topk.py``): see
   :func:`topk_cycles`, :func:`gather_cycles`, :func:`package_cycles`.
+* SPARSE_ATTN (``hw/accel/sparse_attn.py`` and the unit ``hw/sparse_attention.py``): see
+  :func:`sparse_attention_cycles`; exact given the packed mask's wave count
+  (:func:`sparse_attention_waves`), which depends on the data; without it an estimate.
 """
 
 from __future__ import annotations
@@ -48,7 +51,8 @@ from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.hw.spec.isa import ADDR_UNIT, Instruction, Opcode
 from vitaccel.hw.topk import topk_engine_cycles
 
-__all__ = ["compute_cycles", "word_beats", "row_chunks", "layernorm_row_wait", "softmax_row_wait"]
+__all__ = ["compute_cycles", "word_beats", "row_chunks", "layernorm_row_wait", "softmax_row_wait",
+           "sparse_attention_cycles", "sparse_attention_waves", "SPARSE_ESTIMATE_DENSITY"]
 
 def _tree_levels(lanes: int) -> int:
     """Levels of the units' pipelined adder / compare trees over ``lanes`` values."""
@@ -159,8 +163,56 @@ def package_cycles(f: dict) -> int:
     return _TOKEN_HEAD + (n + 1) + (3 * k + 1) + 1 + (n * (3 * heads + 1) + 1) + 1 + cols * per_column + 1
 
 
-def compute_cycles(config: AccelConfig, instr: Instruction) -> int:
-    """Busy cycles of a compute-queue instruction other than GEMM (see the module docstring)."""
+#: Mask density :func:`sparse_attention_cycles` assumes when it is not given the wave count.
+SPARSE_ESTIMATE_DENSITY = 0.5
+
+
+def sparse_attention_waves(config: AccelConfig, mask=None, *, tokens: int | None = None,
+                           density: float = SPARSE_ESTIMATE_DENSITY) -> int:
+    """Waves of the packed mask: exact for a bool ``mask`` (the golden packing and schedule, as
+    the controller packs), else an estimate for ``tokens`` at ``density`` (every sub-row holding
+    ``density`` of its keys, every PE row as many queries as the busiest)."""
+    if mask is not None:
+        from vitaccel.sim.golden.attention import pack_mask_for, schedule_waves
+
+        return int(schedule_waves(pack_mask_for(config, mask), config.sparse_pe_rows).shape[0])
+    from vitaccel.hw.spec.sparse import mask_block_cols
+
+    width, cols = mask_block_cols(config.sparse_pe_cols), config.sparse_pe_cols
+    per_query = sum(_ceil(max(1, round(density * min(width, tokens - start))), cols)
+                    for start in range(0, tokens, width))
+    return _ceil(tokens, config.sparse_pe_rows) * per_query
+
+
+def sparse_attention_cycles(config: AccelConfig, f: dict, waves: int) -> int:
+    """SPARSE_ATTN that retires, with ``waves`` waves of packed rows (``SparseAttentionController``):
+
+    DECIDE, SETTLE (``CHECK_STAGES``), CHECK, PARAMS_0, PARAMS_1, PARAMS_CHECK; LOAD a byte per
+    cycle of Q, K, V (``3 n d``) and LOAD_LAST; per query ROW, then with ``predict`` the max
+    pass (a cycle per group of ``sparse_pe_cols`` keys and one to fold the last) and the keep
+    pass (a cycle per group and a gap per mask block), without it a cycle per mask byte and a
+    gap per block; ROW_FLUSH. FILL a cycle per wave and one to start the unit; the unit
+    (``SparseAttention``): CLEAR per query, SDDMM ``d`` per wave + 1, MAX and EXPSUM a cycle per
+    wave (+ 1, + the ExpStage latency + 1), per group of ``sparse_pe_rows`` queries a
+    reciprocal start and its latency, SPMM ``d + 2`` per wave + 1; the output rows a byte per
+    cycle."""
+    from vitaccel.hw.accel.sparse_attn import SparseAttentionController
+    from vitaccel.hw.spec.sparse import mask_block_cols
+
+    n, d = f["n"], f["d"]
+    cols, rows = config.sparse_pe_cols, config.sparse_pe_rows
+    groups, blocks = _ceil(n, cols), _ceil(n, mask_block_cols(cols))
+    per_row = (2 * groups + 1 + blocks if f["predict"] else n + blocks) + 2   # + ROW, ROW_FLUSH
+    head = 1 + SparseAttentionController.CHECK_STAGES + 1 + 3 + 3 * n * d + 1
+    unit = (n + (waves * d + 1) + (waves + 1) + (waves + ExpStage.LATENCY + 1)
+            + _ceil(n, rows) * (1 + Reciprocal.LATENCY) + waves * (d + 2) + 1)
+    return head + n * per_row + waves + 1 + unit + n * d
+
+
+def compute_cycles(config: AccelConfig, instr: Instruction, *, sparse_waves: int | None = None) -> int:
+    """Busy cycles of a compute-queue instruction other than GEMM (see the module docstring).
+    ``sparse_waves``: a SPARSE_ATTN's wave count (:func:`sparse_attention_waves`); without it the
+    count is estimated at :data:`SPARSE_ESTIMATE_DENSITY`."""
     op, f = instr.opcode, instr.fields
     lanes = config.vector_lanes
     if op in (Opcode.SYNC, Opcode.FINISH):
@@ -188,4 +240,8 @@ def compute_cycles(config: AccelConfig, instr: Instruction) -> int:
         return gather_cycles(f)
     if op is Opcode.PACKAGE:
         return package_cycles(f)
+    if op is Opcode.SPARSE_ATTN:
+        if sparse_waves is None:
+            sparse_waves = sparse_attention_waves(config, tokens=f["n"])
+        return sparse_attention_cycles(config, f, sparse_waves)
     raise ValueError(f"no cycle formula for {op.name}")

@@ -179,7 +179,8 @@ def _footprint(instr: isa.Instruction) -> list[tuple[str, int, int, bool]]:
     if op is Opcode.SPARSE_ATTN:
         m, n, d = f["m"], f["n"], f["d"]
         size = max(m, n) * max(n, d)
-        return [("VECTOR", *span(f[name], size), False) for name in ("q_addr", "k_addr", "v_addr", "mask_addr")] + \
+        operands = ("q_addr", "k_addr", "v_addr") if f["predict"] else ("q_addr", "k_addr", "v_addr", "mask_addr")
+        return [("VECTOR", *span(f[name], size), False) for name in operands] + \
                [("ACC", *span(f["param_addr"], 4 * isa.SPARSE_ATTN_PARAM_WORDS), False),
                 ("VECTOR", *span(f["out_addr"], m * d), True)]
     return []

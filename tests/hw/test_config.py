@@ -40,6 +40,9 @@ def test_derived_geometry():
     ({"has_softmax": False}, "has_sparse_attention: the sparse attention unit needs has_softmax"),
     ({"has_gelu": "yes"}, "has_gelu: must be true or false"),
     ({"clock_mhz": 0}, "clock_mhz"),
+    ({"sparse_max_head_dim": 0}, "sparse_max_head_dim: must be in 1..255, got 0"),
+    ({"sparse_max_head_dim": 256}, "sparse_max_head_dim: must be in 1..255, got 256"),
+    ({"sparse_max_head_dim": 64.0}, "sparse_max_head_dim: must be an integer"),
 ])
 def test_invalid_configs_name_the_field(changes, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -66,3 +69,8 @@ def test_load_config_by_name_file_and_errors(tmp_path):
     bad.write_text(json.dumps([1, 2]))
     with pytest.raises(ConfigError, match="JSON object"):
         load_config(bad)
+
+
+def test_sparse_max_head_dim_default_and_presets_cover_deit():
+    assert AccelConfig().sparse_max_head_dim == 64
+    assert PRESETS["tiny"].sparse_max_head_dim == PRESETS["zcu102"].sparse_max_head_dim == 64

@@ -144,3 +144,28 @@ def test_regmap_describe_has_required_registers():
     assert len(offsets) == len(set(offsets)) and all(o % 4 == 0 for o in offsets)
     assert {"ILLEGAL_INSTRUCTION", "ADDRESS_OUT_OF_RANGE", "WATCHDOG", "DEPENDENCY_DEADLOCK"} \
         <= set(desc["error_codes"])
+
+
+def test_sparse_attn_predict_bit_takes_a_reserved_bit():
+    fields = {name: (f.offset, f.width) for name, f in isa.LAYOUTS[Opcode.SPARSE_ATTN]}
+    assert fields["predict"] == (fields["param_addr"][0] + fields["param_addr"][1], 1)
+    # A word written before the field existed (predict bit zero) decodes as predict=0.
+    old = isa.encode(Instruction(Opcode.SPARSE_ATTN, m=3, n=3, d=2, mask_addr=7))
+    assert isa.decode(old).predict == 0
+    word = isa.encode(Instruction(Opcode.SPARSE_ATTN, m=3, n=3, d=2, predict=1))
+    assert word >> fields["predict"][0] & 1 == 1
+
+
+def test_sparse_attn_params_round_trip_with_margin():
+    from vitaccel.hw.spec.nonlinear import SoftmaxParams
+
+    sm = SoftmaxParams(123, 9, 6, 8)
+    words = isa.pack_sparse_attn_params(sm, 1 << 30, 37, margin=65535)
+    assert words.size == isa.SPARSE_ATTN_PARAM_WORDS == isa.SOFTMAX_PARAM_WORDS + 3
+    assert isa.unpack_sparse_attn_params(words) == {"softmax_params": sm, "out_multiplier": 1 << 30,
+                                                     "out_shift": 37, "margin": 65535}
+    assert isa.unpack_sparse_attn_params(isa.pack_sparse_attn_params(sm, 1, 2))["margin"] == 0
+    assert isa.unpack_sparse_attn_params(isa.pack_sparse_attn_params(sm, 1, 2, (1 << 32) - 1))["margin"] == (1 << 32) - 1
+    for bad in (-1, 1 << 32, True, 1.5):
+        with pytest.raises(ValueError, match="margin"):
+            isa.pack_sparse_attn_params(sm, 1, 2, bad)

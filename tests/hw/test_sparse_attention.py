@@ -17,18 +17,19 @@ HEAD_DIM = 4
 
 def simulate_attention(config, head_dim: int, program: dict) -> tuple[np.ndarray, int]:
     """Load the program, run, return the output rows and the cycles from start to the last row."""
-    dut = SparseAttention(config=config, head_dim=head_dim)
+    dut = SparseAttention(config=config, max_head_dim=head_dim)
     out: dict = {}
 
     async def bench(ctx):
         ctx.set(dut.load_en, 1)
+        ctx.set(dut.load_mask, (1 << len(dut.load_mask)) - 1)
         for target, addr, word in program["loads"]:
             ctx.set(dut.load_target, target)
             ctx.set(dut.load_addr, addr)
             ctx.set(dut.load_data, word)
             await ctx.tick()
         ctx.set(dut.load_en, 0)
-        for name in ("tokens", "waves", "softmax_multiplier", "softmax_shift", "out_multiplier", "out_shift"):
+        for name in ("tokens", "waves", "head_dim", "softmax_multiplier", "softmax_shift", "out_multiplier", "out_shift"):
             ctx.set(getattr(dut, name), program[name])
         ctx.set(dut.start, 1)
         await ctx.tick()
@@ -62,6 +63,14 @@ def test_sparse_attention_matches_golden(tokens, density, kind, seed):
     np.testing.assert_array_equal(got, case["expected"])
 
 
+@pytest.mark.parametrize("head_dim", [1, 3, 6])
+def test_run_time_head_dim_below_the_built_one(head_dim):
+    """One unit built for 6-element rows runs heads of 1, 3 and 6 bit-exact."""
+    case = attention_case(SMALL, seed=10 + head_dim, tokens=11, head_dim=head_dim, density=0.4)
+    got, _ = simulate_attention(SMALL, 6, attention_program(SMALL, case, max_head_dim=6))
+    np.testing.assert_array_equal(got[:, :head_dim], case["expected"])
+
+
 def test_sparse_cycles_shrink_with_density():
     full = attention_case(SMALL, seed=7, tokens=20, head_dim=HEAD_DIM, density=1.0, mask_kind="full")
     sparse = dict(full, mask=np.eye(20, dtype=bool))
@@ -71,6 +80,6 @@ def test_sparse_cycles_shrink_with_density():
 
 
 def test_sparse_attention_validates_arguments():
-    with pytest.raises(ValueError, match="head_dim"):
-        SparseAttention(config=SMALL, head_dim=0)
+    with pytest.raises(ValueError, match="max_head_dim"):
+        SparseAttention(config=SMALL, max_head_dim=0)
     assert max_waves_for(SMALL) >= 12 * 24 // 2

@@ -197,9 +197,9 @@ def test_compare_accepts_only_what_the_hardware_may_do():
     for words, status in ((loose, "racy"), (tied, "failed")):
         program = FuzzProgram(0, 0, "mutation", "gemm", "", tuple(words), ddr, crc_of(words))
         assert compare(program, golden, Outcome("ADDRESS_OUT_OF_RANGE", 1), TINY)[0] == status
-    # SPARSE_ATTN is documented as unsupported in the RTL: INVALID_OPERAND there is accepted
-    # when the golden run gets there, not when a token wait keeps it from running.
-    attn = Instruction(Opcode.SPARSE_ATTN, m=1, n=1, d=1)
+    # A GEMM with accumulate and requant is documented as unsupported in the RTL: INVALID_OPERAND
+    # there is accepted when the golden run gets there, not when a token wait keeps it from running.
+    attn = Instruction(Opcode.GEMM, m=1, k=1, n=1, accumulate=1, requant=1)
     words = [encode(attn), encode(finish)]
     program = FuzzProgram(0, 0, "random", "fields", "", tuple(words), ddr, None)
     assert compare(program, Outcome("NONE", None, ddr), Outcome("INVALID_OPERAND", 0), TINY)[0] == "unsupported"

@@ -375,6 +375,99 @@ def test_sparse_attention_matches_kernel(density):
     np.testing.assert_array_equal(ddr.get(out_addr, (n, d), np.int8), want)
 
 
+def run_sparse_attention(q, k, v, *, predict, margin=0, mask=None, config=CONFIG, d=None):
+    """SPARSE_ATTN on (q, k, v) through the machine; the output and the softmax/requant params."""
+    n = q.shape[0]
+    d = q.shape[1] if d is None else d
+    sm = nlspec.softmax_params(0.004, exp_lut_bits=CONFIG.exp_lut_bits, recip_lut_bits=CONFIG.recip_lut_bits)
+    out_scale = quantize_multiplier(0.02)
+    words = isa.pack_sparse_attn_params(sm, out_scale.multiplier, out_scale.shift, margin)
+    garbage = RNG.integers(0, 2, (n, n)).astype(np.uint8)   # predict=1 ignores what mask_addr holds
+    ddr = Ddr()
+    operands = (q, k, v, garbage if mask is None else mask.astype(np.uint8))
+    addrs = [ddr.put(x) for x in operands]
+    p_addr, out_addr = ddr.put(words), ddr.reserve(n * q.shape[1])
+    stride = 128   # units of 16 bytes between operands: room for 32 x 64 int8
+    loads = [load(Buffer.VECTOR, stride * i, addr, x) for i, (addr, x) in enumerate(zip(addrs, operands))]
+    loads.append(load(Buffer.ACC, 0, p_addr, words))
+    run(ddr, loads, [Instruction(Opcode.SPARSE_ATTN, m=n, n=n, d=d, q_addr=0, k_addr=stride, v_addr=2 * stride,
+                                 mask_addr=3 * stride, out_addr=4 * stride, param_addr=0, predict=int(predict))],
+        [store(Buffer.VECTOR, 4 * stride, out_addr, n, q.shape[1])], config=config)
+    return ddr.get(out_addr, (n, q.shape[1]), np.int8), sm, out_scale
+
+
+def numpy_predicted_mask(q, k, margin):
+    """Sanger's keep rule written out independently of the golden kernel."""
+    q4 = np.clip((q.astype(np.int64) + 8) >> 4, -8, 7)   # round half up by 16, saturate to int4
+    k4 = np.clip((k.astype(np.int64) + 8) >> 4, -8, 7)
+    pred = q4 @ k4.T
+    return pred >= pred.max(axis=1, keepdims=True) - margin
+
+
+@pytest.mark.parametrize("margin", [0, 5, 40])
+def test_sparse_attention_predict_uses_the_run_time_mask(margin):
+    n, d = 20, 16
+    q, k, v = edge_int8((n, d)), edge_int8((n, d)), int8((n, d))
+    got, sm, out_scale = run_sparse_attention(q, k, v, predict=True, margin=margin)
+    mask = numpy_predicted_mask(q, k, margin)
+    assert mask.all(axis=1).sum() < n and mask.any(axis=1).all()   # sparse, never an empty row
+    want = attention.masked_attention(q, k, v, mask, sm, out_scale.multiplier, out_scale.shift)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_sparse_attention_predict_margin_zero_keeps_only_row_maxima_with_ties():
+    n, d = 8, 4
+    q = np.full((n, d), 16, np.int8)                  # q4 = 1 everywhere
+    k = np.zeros((n, d), np.int8)
+    k[[2, 5]] = 32                                    # keys 2 and 5 tie for every row's maximum
+    k[3] = 24                                         # 24 rounds to 2 as well: a tie in int4
+    k[6] = 23                                         # 23 rounds to 1: just below
+    v = int8((n, d))
+    got, sm, out_scale = run_sparse_attention(q, k, v, predict=True, margin=0)
+    mask = np.zeros((n, n), bool)
+    mask[:, [2, 3, 5]] = True
+    np.testing.assert_array_equal(numpy_predicted_mask(q, k, 0), mask)
+    want = attention.masked_attention(q, k, v, mask, sm, out_scale.multiplier, out_scale.shift)
+    np.testing.assert_array_equal(got, want)
+    unmasked = attention.masked_attention(q, k, v, np.ones((n, n), bool), sm, out_scale.multiplier,
+                                          out_scale.shift)
+    assert not np.array_equal(want, unmasked)         # the mask mattered
+
+
+def test_sparse_attention_predict_large_margin_is_dense_attention():
+    n, d = 16, 64                                     # d = the presets' sparse_max_head_dim
+    q, k, v = edge_int8((n, d)), edge_int8((n, d)), edge_int8((n, d))
+    got, sm, out_scale = run_sparse_attention(q, k, v, predict=True, margin=isa_margin_limit() - 1)
+    probs = nonlinear.softmax(q.astype(np.int64) @ k.astype(np.int64).T, sm).astype(np.int64)
+    np.testing.assert_array_equal(got, requantize(probs @ v.astype(np.int64), out_scale.multiplier, out_scale.shift))
+
+
+def isa_margin_limit():
+    from vitaccel.hw.spec.sparse import PREDICT_MARGIN_LIMIT
+    return PREDICT_MARGIN_LIMIT
+
+
+def test_sparse_attention_predict_zero_reads_the_mask_and_ignores_the_margin():
+    n, d = 10, 8
+    q, k, v = int8((n, d)), int8((n, d)), int8((n, d))
+    mask = RNG.random((n, n)) < 0.4
+    got, sm, out_scale = run_sparse_attention(q, k, v, predict=False, margin=(1 << 32) - 1, mask=mask)
+    np.testing.assert_array_equal(got, attention.masked_attention(q, k, v, mask, sm, out_scale.multiplier,
+                                                                  out_scale.shift))
+
+
+def test_sparse_attention_rejects_bad_margin_and_head_dim():
+    q = int8((4, 8))
+    with pytest.raises(InvalidOperandError, match="margin must be below 65536") as err:
+        run_sparse_attention(q, q, q, predict=True, margin=isa_margin_limit())
+    assert err.value.code is ErrorCode.INVALID_OPERAND
+    narrow = CONFIG.replace(sparse_max_head_dim=4)
+    with pytest.raises(InvalidOperandError, match=r"1 <= d <= sparse_max_head_dim \(4\); got m=4 n=4 d=8"):
+        run_sparse_attention(q, q, q, predict=True, config=narrow)
+    with pytest.raises(InvalidOperandError, match="d=0"):
+        run_sparse_attention(q, q, q, predict=False, d=0)
+
+
 # -- malformed programs ----------------------------------------------------------------------------
 
 def finish_words():
