@@ -170,7 +170,7 @@ class SparseAttention(wiring.Component):
         out_mult, out_shift = Signal.like(self.out_multiplier), Signal.like(self.out_shift)
         w = Signal(range(self.max_waves + ExpStage.LATENCY + 1))   # wave counter
         t = Signal(range(d))                                      # head-dim counter
-        i = Signal(range(n_max + rows + 1))                       # query counter
+        i = Signal(range(n_max + rows + 1), name="query")       # query counter; not "i": Verilog `integer i`
         m.d.comb += wave_port.addr.eq(w)
 
         exp_stages = []
