@@ -10,7 +10,7 @@ from vitaccel.hw.spec.config import AccelConfig, load_config
 from vitaccel.sw.commands import UserError
 from vitaccel.sw.program import CompiledProgram, write_program
 
-__all__ = ["compile_model", "token_pruning_model", "nm_pruning_pattern", "default_calibration", "DEFAULT_CALIB",
+__all__ = ["compile_model", "token_pruning_model", "nm_pruning_pattern", "sparse_attention_spec", "default_calibration", "DEFAULT_CALIB",
            "DEFAULT_CALIB_LARGE", "reference_outputs", "reference_image_count", "TORCH_TIMED_IMAGES"]
 
 #: Calibration images used when ``--calib`` is not given, for small inputs (digits-vit) ...
@@ -136,11 +136,32 @@ def nm_pruning_pattern(nm: str | tuple[int, int], config: AccelConfig) -> tuple[
     return pattern
 
 
+def sparse_attention_spec(spec: str | float, config: AccelConfig) -> Any:
+    """The :class:`~vitaccel.sw.prune.sparse_attention.SparseAttentionSpec` of the
+    ``--sparse-attention`` option ``spec``, checked against ``config``.
+
+    Raises
+    ------
+    UserError
+        For a malformed SPEC or a config without the sparse attention unit.
+    """
+    from vitaccel.sw.prune.sparse_attention import SparseAttentionSpec
+
+    try:
+        parsed = SparseAttentionSpec.parse(spec)
+    except ValueError as err:
+        raise UserError(f"--sparse-attention: {err}") from None
+    if not config.has_sparse_attention:
+        raise UserError(f"--sparse-attention: config {config.name!r} has no sparse attention unit "
+                        f"(has_sparse_attention is false)")
+    return parsed
+
+
 def compile_model(model: str, config: str | AccelConfig, output: str | Path, *, weights: str | None = None,
                   calib: int | None = None, method: str = "minmax", prune_tokens: str | float | None = None,
                   prune_points: Sequence[int] | None = None, package_token: bool = False,
-                  nm: str | tuple[int, int] | None = None, force: bool = False,
-                  progress: Progress | None = None) -> CompiledProgram:
+                  nm: str | tuple[int, int] | None = None, sparse_attention: str | float | None = None,
+                  force: bool = False, progress: Progress | None = None) -> CompiledProgram:
     """Compile ``model`` (zoo name or ``file.py:function``) for ``config`` into ``output``.
 
     With ``prune_tokens`` (a keep ratio, or ``"KEEP[@P1,P2,...]"``; ``prune_points`` and
@@ -156,6 +177,14 @@ def compile_model(model: str, config: str | AccelConfig, output: str | Path, *, 
     ``nm_sparsity`` every linear layer whose int8 weights are N:M sparse (e.g. weights pruned
     and fine-tuned with :func:`~vitaccel.sw.prune.nm.prune_nm` beforehand) is stored
     compressed and runs as ``nm=1`` GEMMs.
+
+    With ``sparse_attention`` (a SPEC of :class:`~vitaccel.sw.prune.sparse_attention.SparseAttentionSpec`:
+    a target density such as ``0.5`` or ``"density=0.5"``, or ``"margin=N"``) every attention
+    whose probabilities nothing else reads becomes Sanger sparse attention with the mask
+    predicted on chip (:func:`~vitaccel.sw.prune.sparse_attention.sparsify_attention`,
+    calibrated on the calibration images); the manifest's ``sparse_attention`` records each
+    layer's margin and calibration density. Attentions that token pruning ranks tokens by stay
+    dense (named in the record).
 
     ``output`` is checked before any work (:func:`~vitaccel.sw.program.check_output_dir`: not
     a file, not a non-empty directory other than a program unless ``force``) and written
@@ -192,6 +221,7 @@ def compile_model(model: str, config: str | AccelConfig, output: str | Path, *, 
     if prune_points is not None and prune_tokens is None:
         raise UserError("prune_points needs token pruning (prune_tokens)")
     pattern = nm_pruning_pattern(nm, cfg) if nm is not None else None
+    attention_spec = sparse_attention_spec(sparse_attention, cfg) if sparse_attention is not None else None
     net, shape = get_model(model, weights)
     nm_meta: dict[str, Any] | None = None
     if pattern is not None:
@@ -212,11 +242,19 @@ def compile_model(model: str, config: str | AccelConfig, output: str | Path, *, 
     calib = len(calib_images)   # a data set may hold fewer: the manifest records what was used
     try:
         qgraph = quantize_model(net, shape, calib_images, method, config=cfg, name=Path(model).name,
-                                progress=_stage(progress, 0.05, 0.7))
+                                progress=_stage(progress, 0.05, 0.6 if attention_spec else 0.7))
+        sparse_meta = None
+        if attention_spec is not None:
+            from vitaccel.sw.prune.sparse_attention import sparsify_attention
+            from vitaccel.sw.reference import quantize_images
+
+            qgraph, sparse_meta = sparsify_attention(qgraph, attention_spec, quantize_images(qgraph, calib_images),
+                                                     progress=_stage(progress, 0.6, 0.7))
         meta = {"spec": model, "weights": str(Path(weights).resolve()) if weights else None,
                 "input_shape": list(shape), "calib_images": int(calib),
                 **({"token_pruning": pruning} if pruning is not None else {}),
-                **({"nm_pruning": nm_meta} if nm_meta is not None else {})}
+                **({"nm_pruning": nm_meta} if nm_meta is not None else {}),
+                **({"sparse_attention": sparse_meta} if sparse_meta is not None else {})}
         if calib < requested:
             meta["calib_requested"] = int(requested)
         program = compile_qgraph(qgraph, cfg, progress=_stage(progress, 0.7, 0.9), meta=meta)

@@ -42,6 +42,15 @@ in order; ``...`` is any number of leading (head) dimensions.
     ``hw.spec.nonlinear.softmax_params(input_scale)`` where ``input_scale`` is the real value of
     one score LSB (including the attention ``1/sqrt(d)`` factor).
     ``out = nl.softmax(scores, params)`` -> uint8 along the last axis.
+``sparse_attention``
+    inputs ``[q int8 [H, T, d], k int8 [H, T, d], v int8 [H, T, d]]`` -> int8 ``[H, T, d]``;
+    attrs ``params`` (softmax, as for ``softmax``), scalar ``multiplier``/``shift`` (the
+    output requantization) and ``margin``. Per head ``h``, with ``attention`` =
+    ``vitaccel.sim.golden.attention``: ``mask = attention.predict_mask(q[h], k[h],
+    MaskPredictParams(margin))``, ``out[h] = attention.masked_attention(q[h], k[h], v[h], mask,
+    params, multiplier, shift)``: Sanger's mask predicted from the image's own Q and K. With a
+    mask of all ones it equals the dense ``matmul`` -> ``softmax`` -> ``matmul``
+    (:mod:`vitaccel.sw.prune.sparse_attention` makes it from one).
 ``gelu``
     inputs ``[x int8]``; attrs ``table`` = ``hw.spec.nonlinear.gelu_table(in_scale, out_scale)``
     (256 entries). ``out = nl.gelu(x, table)`` -> int8.
@@ -120,7 +129,7 @@ LAYOUT_KINDS = frozenset({
 })
 #: Every op kind a QGraph may contain (see the module docstring for semantics).
 OP_KINDS = frozenset({"linear", "matmul", "softmax", "gelu", "layernorm", "add", "token_scores",
-                      "topk", "package_token"}) | LAYOUT_KINDS
+                      "topk", "package_token", "sparse_attention"}) | LAYOUT_KINDS
 #: Heads whose uint8 CLS-row probabilities ``token_scores`` can sum into a uint16 score.
 MAX_SCORE_HEADS = 0xFFFF // 0xFF
 
@@ -197,6 +206,10 @@ def _expected_shape(op: QOp, shapes: list[tuple[int, ...]]) -> tuple[int, ...] |
         return sa[:-1] + (sb[-1],)
     if k in ("softmax", "gelu", "layernorm"):
         return shapes[0]
+    if k == "sparse_attention":
+        if len(set(shapes)) != 1 or len(shapes[0]) != 3:
+            raise QGraphError(f"{op!r}: q, k and v must all be [heads, tokens, head_dim], got {shapes}")
+        return shapes[0]
     if k == "add":
         if shapes[0] != shapes[1]:
             raise QGraphError(f"{op!r}: operand shapes differ: {shapes[0]} vs {shapes[1]}")
@@ -263,7 +276,8 @@ def _expected_shape(op: QOp, shapes: list[tuple[int, ...]]) -> tuple[int, ...] |
 
 #: Required output dtype per kind (None: same as the first input, or checked separately).
 _OUTPUT_DTYPE = {"linear": "int8", "softmax": "uint8", "gelu": "int8", "layernorm": "int8",
-                 "add": "int8", "token_scores": "uint16", "topk": "uint16", "package_token": "int8"}
+                 "add": "int8", "token_scores": "uint16", "topk": "uint16", "package_token": "int8",
+                 "sparse_attention": "int8"}
 #: Required input dtypes per kind (a tuple of allowed dtypes per input position).
 _INPUT_DTYPES = {
     "linear": (("int8",), ("int8",), ("int32",), ("int8",)),
@@ -277,10 +291,11 @@ _INPUT_DTYPES = {
     "token_scores": (("uint8",),),
     "topk": (("uint16",),),
     "package_token": (("int8",), ("uint16",), ("uint16",)),
+    "sparse_attention": (("int8",), ("int8",), ("int8",)),
 }
 _ARITY = {"linear": (3, 4), "matmul": (2, 2), "softmax": (1, 1), "gelu": (1, 1),
           "layernorm": (1, 1), "add": (2, 2), "gather_tokens": (2, 2), "concat": (1, 64),
-          "package_token": (3, 3)}
+          "package_token": (3, 3), "sparse_attention": (3, 3)}
 
 
 @dataclass

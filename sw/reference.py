@@ -10,7 +10,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from vitaccel.hw.spec.numerics import requantize
-from vitaccel.sim.golden import gemm, nonlinear, topk
+from vitaccel.sim.golden import attention, gemm, nonlinear, topk
 from vitaccel.sw.qgraph import QGraph, QGraphError, QOp
 
 __all__ = ["run_reference", "quantize_images", "OP_SEMANTICS"]
@@ -79,6 +79,20 @@ def _package_token(op: QOp, x: np.ndarray, scores: np.ndarray, kept: np.ndarray)
                      for b in range(batch)])
 
 
+def _sparse_attention(op: QOp, q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
+    from vitaccel.hw.spec.sparse import MaskPredictParams
+
+    predict = MaskPredictParams(op.attrs["margin"])
+    batch = max(q.shape[0], k.shape[0], v.shape[0])
+    q, k, v = (np.broadcast_to(x, (batch, *x.shape[1:])) for x in (q, k, v))
+    out = np.empty(q.shape, np.int8)
+    for b, h in np.ndindex(q.shape[:2]):
+        mask = attention.predict_mask(q[b, h], k[b, h], predict)
+        out[b, h] = attention.masked_attention(q[b, h], k[b, h], v[b, h], mask, op.attrs["params"],
+                                               op.attrs["multiplier"], op.attrs["shift"])
+    return out
+
+
 def _topk(op: QOp, scores: np.ndarray) -> np.ndarray:
     k = op.attrs["k"]
     return np.stack([topk.topk(row, k)[0] for row in scores]).reshape(len(scores), k)
@@ -104,6 +118,7 @@ OP_SEMANTICS: dict[str, Callable[..., np.ndarray]] = {
     "token_scores": _token_scores,
     "topk": _topk,
     "package_token": _package_token,
+    "sparse_attention": _sparse_attention,
 }
 
 

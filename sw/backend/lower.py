@@ -16,6 +16,9 @@ Token pruning runs on the top-k engine: ``token_scores`` emits nothing (TOPK and
 the CLS rows of the attention probabilities over heads as they read them), ``topk`` is one
 TOPK, ``gather_tokens`` and ``package_token`` are GATHER / PACKAGE tiled by columns.
 
+Sparse attention (``sparse_attention`` ops, ``--sparse-attention``) is one SPARSE_ATTN per
+head with ``predict=1``: the unit predicts and packs each image's mask on chip.
+
 N:M sparse weights: on a config with ``nm_sparsity = (N, M)``, a linear layer whose int8
 weight ``[K, N_out]`` is N:M sparse along K is stored compressed (``hw/spec/nm.py``: values,
 then indices, each ``[ceil(K/M)*N, N_out]``) and runs as ``nm=1`` GEMMs, each tile's values and
@@ -710,6 +713,44 @@ class Lowering:
     def _op_select_token(self, op: QOp, record: LayerRecord) -> None:
         index = op.attrs["index"]
         self.views[op.output] = self.views[op.inputs[0]].slice(0, index, index + 1)
+
+    # -- sparse attention ------------------------------------------------------------------------
+
+    def _op_sparse_attention(self, op: QOp, record: LayerRecord) -> None:
+        """One SPARSE_ATTN per head with ``predict=1`` (the mask is predicted on chip from the
+        image's Q and K): the head's Q, K and V loaded into a VECTOR slot, the parameter block
+        (softmax, output scale, margin) into ACC, the int8 output stored. The layer's ``macs``
+        are the dense equivalent (``2 T^2 d`` per head): what runs depends on each image's mask."""
+        cfg = self.config
+        if not cfg.has_sparse_attention:
+            raise BackendError(f"{op!r}: config {cfg.name!r} has no sparse attention unit (has_sparse_attention "
+                               f"is false) ({op.source or 'no source'})")
+        q, k, v = (self._input(name) for name in op.inputs)
+        heads, tokens, d = q.shape
+        if tokens > cfg.max_tokens or d > cfg.sparse_max_head_dim:
+            raise ValueError(f"attention of {tokens} tokens x head dim {d} exceeds config {cfg.name!r}'s "
+                             f"max_tokens={cfg.max_tokens} / sparse_max_head_dim={cfg.sparse_max_head_dim}")
+        words = isa.pack_sparse_attn_params(op.attrs["params"], op.attrs["multiplier"], op.attrs["shift"],
+                                            op.attrs["margin"])
+        p_addr, p_bytes = self._constant(op.output + ".params", words), 4 * words.size
+        out = self._new_tensor(op.output)
+        self.views[op.output] = out
+        for head in range(heads):
+            slot = self._slot()
+            loads, at = [], []
+            for src in (q, k, v):
+                block = src.index(0, head)
+                at.append(slot.take(Buffer.VECTOR, tokens * d))
+                loads.append(_load(Buffer.VECTOR, at[-1], block, tokens, d, block.strides[0]))
+            param_addr = slot.take(Buffer.ACC, p_bytes)
+            loads.append(Instruction(Opcode.LOAD, buffer=Buffer.ACC, sram_addr=param_addr, dram_addr=p_addr, rows=1,
+                                     row_bytes=p_bytes, dram_stride=p_bytes, sram_stride=p_bytes))
+            out_addr = slot.take(Buffer.VECTOR, tokens * d)
+            attend = Instruction(Opcode.SPARSE_ATTN, m=tokens, n=tokens, d=d, q_addr=at[0], k_addr=at[1],
+                                 v_addr=at[2], mask_addr=0, out_addr=out_addr, param_addr=param_addr, predict=1)
+            dst = out.index(0, head)
+            self.pipeline.tile(loads, [attend], [_store(Buffer.VECTOR, out_addr, dst.base, tokens, d, dst.strides[0])])
+            record.macs += 2 * tokens * tokens * d
 
     # -- token pruning (top-k engine) -----------------------------------------------------------
 

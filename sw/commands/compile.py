@@ -14,7 +14,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                "  vitaccel compile deit-small --config zcu102 --weights deit_small.pth -o out/deit-s\n"
                "  vitaccel compile my_model.py:build --config tiny -o out/mine\n"
                "  vitaccel compile digits-vit --prune-tokens 0.7@1,2,3 -o out/digits-pruned\n"
-               "  vitaccel compile digits-vit --config tiny_nm24.json --nm 2:4 -o out/digits-nm",
+               "  vitaccel compile digits-vit --config tiny_nm24.json --nm 2:4 -o out/digits-nm\n"
+               "  vitaccel compile digits-vit --sparse-attention 0.5 -o out/digits-sparse",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", metavar="MODEL", help="zoo name (digits-vit, digits-vit-197, deit-tiny, deit-small, "
                                                        "deit-base) or path/to/file.py:function")
@@ -32,6 +33,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--nm", metavar="N:M", default=None,
                         help="prune every block linear layer to N:M along its input by magnitude (no fine-tuning) "
                              "and run it on the sparse matrix engine; needs a config whose nm_sparsity is [N, M]")
+    parser.add_argument("--sparse-attention", metavar="SPEC", default=None,
+                        help="Sanger sparse attention, the mask predicted on chip from each image's Q and K. SPEC: "
+                             "D or density=D, a target mean density 0 < D <= 1 that calibration turns into a margin "
+                             "per layer (e.g. 0.5); or margin=N, one margin for every layer (0 <= N < 65536; "
+                             "entries within N of the row's predicted maximum are kept). Attentions whose "
+                             "probabilities token pruning reads stay dense")
     parser.add_argument("-o", "--output", required=True, metavar="DIR",
                         help="output directory: new, empty, or holding a program (replaced atomically)")
     parser.add_argument("--force", action="store_true",
@@ -60,7 +67,8 @@ def run(args: argparse.Namespace) -> int:
         task = bar.add_task("compiling", total=1.0)
         program = compile_model(args.model, args.config, args.output, weights=args.weights, calib=args.calib,
                                 method=args.method, prune_tokens=args.prune_tokens,
-                                package_token=args.package_token, nm=args.nm, force=args.force,
+                                package_token=args.package_token, nm=args.nm,
+                                sparse_attention=args.sparse_attention, force=args.force,
                                 progress=lambda text, fraction: bar.update(task, description=text, completed=fraction))
     m = program.manifest
     console.print(f"wrote {args.output}: {m['instructions']} instructions, {m['macs'] / 1e6:.1f} MMAC per image, "
