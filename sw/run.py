@@ -232,6 +232,7 @@ def run_program_dir(directory: str | Path, *, backend: str = "golden", images: i
         "device_vs_torch": round(device_seconds / torch_seconds, 2) if torch_seconds else None,
         "timing": timing,
         "instructions": program.manifest["instructions"],
+        "instruction_counts": program.manifest.get("instruction_counts"),
         "macs_per_image": stats.get("macs"),
         "dma_bytes_per_image": (stats.get("dma_read_bytes", 0) + stats.get("dma_write_bytes", 0)) or None,
     }

@@ -143,6 +143,10 @@ def test_compile_cli_sparse_attention_writes_the_record(tmp_path, capsys):
     assert record["spec"] == "density=0.5" and len(record["layers"]) == 4
     assert all(set(layer) >= {"name", "margin", "density", "heads", "tokens", "head_dim"} for layer in record["layers"])
     assert manifest["instruction_counts"]["SPARSE_ATTN"] == 16
+    capsys.readouterr()
+    assert main(["run", str(out), "--images", "4", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["instruction_counts"]["SPARSE_ATTN"] == 16 and result["images"] == 4
 
 
 def test_composes_with_token_pruning(tmp_path):

@@ -58,6 +58,26 @@ def test_deit_tiny_block_17_tokens_bit_exact():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("option", [["--sparse-attention", "0.5"], ["--nm", "2:4"]], ids=["sparse-attention", "nm"])
+def test_digits_vit_sparse_programs_rtl_bit_exact(tmp_path, capsys, option):
+    """Issue 16's acceptance commands: SPARSE_ATTN with on-chip mask prediction, and nm=1
+    GEMMs on a tiny config with nm_sparsity [2, 4], bit-exact in the top."""
+    from vitaccel.hw.spec.config import PRESETS
+    from vitaccel.sw.cli import main
+
+    config = tmp_path / "tiny_nm24.json"
+    config.write_text(PRESETS["tiny"].replace(name="tiny_nm24", nm_sparsity=(2, 4)).to_json())
+    out = tmp_path / "D"
+    assert main(["compile", "digits-vit", "--config", str(config), *option, "--quiet", "-o", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["run", str(out), "--backend", "rtl", "--images", "1", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["bit_exact_vs_golden"] is True, result["problems"]
+    opcode = "SPARSE_ATTN" if option[0] == "--sparse-attention" else "GEMM"
+    assert result["instruction_counts"][opcode] > 0 and result["cycles"] > 0
+
+
+@pytest.mark.slow
 def test_digits_vit_icarus_bit_exact(digits_dir):
     _passed(run_system_case(program_dir=digits_dir, images=1, simulator="icarus", seed=5))
 
