@@ -281,10 +281,13 @@ PRESETS: dict[str, AccelConfig] = {
     # Sized for an XCZU9EG (ZCU102): 3072 multipliers, two per DSP48E2 (dsp_packing 2), so
     # 1536 of its 2520 DSP48E2 (61%); buffers well inside 912 BRAM36; 128-bit AXI for the HP
     # ports. See docs/perf.md for measured use, docs/dsp_packing.md for the packing.
+    # Sparse attention on 16 x 4 PEs: each PE selects its key among mask_block_cols = 16 x
+    # sparse_pe_cols lanes, so the selects grow as cols^2 per PE row; 16 x 16 (256-lane selects
+    # on 256 PEs) would not emit in reasonable time, nor fit the LUTs (docs/sparse_attention.md).
     "zcu102": AccelConfig(
         name="zcu102", block_rows=2, block_cols=3, block_size=8, operand_width=8, acc_width=32, dsp_packing=2,
         max_k=4096, input_spad_kib=128, weight_spad_kib=256, acc_kib=256, vector_kib=512,
-        vector_lanes=16, topk_lanes=16, max_tokens=256, sparse_pe_rows=16, sparse_pe_cols=16,
+        vector_lanes=16, topk_lanes=16, max_tokens=256, sparse_pe_rows=16, sparse_pe_cols=4,
         sparse_max_head_dim=64, dma_data_width=128, clock_mhz=300.0,
     ),
 }
