@@ -19,7 +19,7 @@ from vitaccel.hw.spec.sparse import (PREDICT_BITS, PREDICT_SHIFT, MaskPredictPar
                                      mask_block_cols, packed_row_fields, pe_row_of_query)
 from vitaccel.sim.golden.nonlinear import softmax
 
-__all__ = ["PackedMask", "predict_mask", "pack_mask", "pack_mask_for", "schedule_waves", "encode_waves",
+__all__ = ["PackedMask", "predict_mask", "predicted_scores", "pack_mask", "pack_mask_for", "schedule_waves", "encode_waves",
            "masked_attention", "check_attention_operands"]
 
 
@@ -55,10 +55,16 @@ def predict_mask(q: np.ndarray, k: np.ndarray, params: MaskPredictParams) -> np.
     if not isinstance(params, MaskPredictParams):
         raise ValueError(f"params: must be a MaskPredictParams, got {type(params).__name__}")
     q, k, _ = check_attention_operands(q, k)
+    pred = predicted_scores(q, k)
+    return pred >= pred.max(axis=1, keepdims=True) - params.margin
+
+
+def predicted_scores(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """The predictor's low-precision scores ``q4 k4^T`` of int8 ``q``, ``k`` ``[..., T, d]``
+    (any leading axes, unchecked): ``x4 = sat4(round_shift(x, PREDICT_SHIFT))``."""
     q4 = saturate(round_shift(q, PREDICT_SHIFT), PREDICT_BITS)
     k4 = saturate(round_shift(k, PREDICT_SHIFT), PREDICT_BITS)
-    pred = q4 @ k4.T
-    return pred >= pred.max(axis=1, keepdims=True) - params.margin
+    return q4 @ np.swapaxes(k4, -1, -2)
 
 
 @dataclass(frozen=True)

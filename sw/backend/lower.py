@@ -75,6 +75,12 @@ def _load(buffer: Buffer, sram_addr: int, view: TensorView, rows: int, row_bytes
                        sram_stride=row_bytes if sram_stride is None else sram_stride)
 
 
+def _load_words(sram_addr: int, dram_addr: int, nbytes: int) -> Instruction:
+    """LOAD of a parameter block of ``nbytes`` at ``dram_addr`` into ACC, as one row."""
+    return Instruction(Opcode.LOAD, buffer=Buffer.ACC, sram_addr=sram_addr, dram_addr=dram_addr, rows=1,
+                       row_bytes=nbytes, dram_stride=nbytes, sram_stride=nbytes)
+
+
 def _store(buffer: Buffer, sram_addr: int, base: int, rows: int, row_bytes: int, row_stride: int) -> Instruction:
     return Instruction(Opcode.STORE, buffer=buffer, sram_addr=sram_addr, dram_addr=base, rows=rows,
                        row_bytes=row_bytes, dram_stride=row_stride, sram_stride=row_bytes)
@@ -540,9 +546,7 @@ class Lowering:
                 fields["src2_addr"] = src_addrs[1]
             if params_addr is not None:
                 fields["param_addr"] = slot.take(Buffer.ACC, 4 * param_words)
-                loads.append(Instruction(Opcode.LOAD, buffer=Buffer.ACC, sram_addr=fields["param_addr"],
-                                         dram_addr=params_addr, rows=1, row_bytes=4 * param_words,
-                                         dram_stride=4 * param_words, sram_stride=4 * param_words))
+                loads.append(_load_words(fields["param_addr"], params_addr, 4 * param_words))
             block = _block(out, index).slice(0, r0, r0 + rows)
             stores = []
             if op.output in self.resident:
@@ -743,8 +747,7 @@ class Lowering:
                 at.append(slot.take(Buffer.VECTOR, tokens * d))
                 loads.append(_load(Buffer.VECTOR, at[-1], block, tokens, d, block.strides[0]))
             param_addr = slot.take(Buffer.ACC, p_bytes)
-            loads.append(Instruction(Opcode.LOAD, buffer=Buffer.ACC, sram_addr=param_addr, dram_addr=p_addr, rows=1,
-                                     row_bytes=p_bytes, dram_stride=p_bytes, sram_stride=p_bytes))
+            loads.append(_load_words(param_addr, p_addr, p_bytes))
             out_addr = slot.take(Buffer.VECTOR, tokens * d)
             attend = Instruction(Opcode.SPARSE_ATTN, m=tokens, n=tokens, d=d, q_addr=at[0], k_addr=at[1],
                                  v_addr=at[2], mask_addr=0, out_addr=out_addr, param_addr=param_addr, predict=1)

@@ -30,8 +30,8 @@ the same program. Where the top cannot run a program (the performance model stop
 the top would), ``cycles`` falls back to the sum over the program's GEMM instructions of the
 matrix-engine cycles measured in Verilator per shape
 (:func:`vitaccel.sim.bench.nm_cycles.gemm_cycles`; ``cycles_source: "engine"``, and
-``rtl_unavailable`` says why); since ``nm=1`` GEMMs run in the top, no record here needs it. Every record also has that sum
-as ``engine_cycles``. ``cycles_ratio`` is to dense, ``program_macs`` the program's executed
+``rtl_unavailable`` says why); since ``nm=1`` GEMMs run in the top, no record here needs it.
+Every record also has that sum as ``engine_cycles``. ``cycles_ratio`` is to dense, ``program_macs`` the program's executed
 MACs. The N:M and token records also run :data:`GOLDEN_CHECK_IMAGES` test images of their
 program on the golden machine against the integer reference (``golden_bit_exact_images``).
 ``sparse-attention`` and ``sparse-attention+tokens`` (the latter with token pruning as
@@ -143,16 +143,15 @@ DEIT_S_SETTINGS = (
 )
 
 
-def _int8_top1(model, shape, config: AccelConfig, sparse_density: float | None = None):
-    """Top-1 of ``model`` through the compile pipeline's quantizer and integer reference, and
-    its QGraph. With ``sparse_density``, every attention the compiler can make sparse is (as
-    ``vitaccel compile --sparse-attention D``); ``qgraph.meta["sparse_attention"]`` then holds
-    the calibration record."""
+def _quantized(model, shape, config: AccelConfig, sparse_density: float | None = None):
+    """``model``'s QGraph as ``vitaccel compile`` makes it (default calibration). With
+    ``sparse_density``, every attention the compiler can make sparse is (as ``--sparse-attention
+    D``); ``qgraph.meta["sparse_attention"]`` then holds the calibration record."""
     from vitaccel.sw.compile import default_calibration
     from vitaccel.sw.data import images_for
     from vitaccel.sw.prune.sparse_attention import SparseAttentionSpec, sparsify_attention
     from vitaccel.sw.quantize import quantize_model
-    from vitaccel.sw.reference import quantize_images, run_reference
+    from vitaccel.sw.reference import quantize_images
 
     calib = default_calibration(shape)
     calib_images = images_for(shape, calib, split="train").images[:calib]
@@ -161,31 +160,41 @@ def _int8_top1(model, shape, config: AccelConfig, sparse_density: float | None =
         qgraph, record = sparsify_attention(qgraph, SparseAttentionSpec(density=sparse_density),
                                             quantize_images(qgraph, calib_images))
         qgraph.meta["sparse_attention"] = record
+    return qgraph
+
+
+def _int8_top1(model, shape, config: AccelConfig, sparse_density: float | None = None):
+    """Top-1 of ``model`` through the compile pipeline's quantizer and integer reference, and
+    its QGraph (:func:`_quantized`)."""
+    from vitaccel.sw.data import images_for
+    from vitaccel.sw.reference import quantize_images, run_reference
+
+    qgraph = _quantized(model, shape, config, sparse_density)
     test = images_for(shape)
     [logits] = run_reference(qgraph, quantize_images(qgraph, test.images), keep_all=False).values()
     return float(np.mean(logits.reshape(len(test), -1).argmax(1) == test.labels)), qgraph
 
 
-def attention_compute_cycles(program, qgraph, image_int8: np.ndarray) -> int:
+def attention_compute_cycles(program, qgraph, masks: dict[str, np.ndarray]) -> int:
     """Compute-unit busy cycles of one image's attention instructions, from the performance
     model's per-instruction formulas (calibrated against the RTL; DMA and the overlap of the
     queues left out): the score and context GEMMs and the SOFTMAXes of dense attentions, and
-    the SPARSE_ATTNs, each with the waves of the mask the image's own Q and K predict."""
+    the SPARSE_ATTNs, each with the waves of the image's mask. ``masks``: per sparse op, the
+    image's masks ``[heads, T, T]`` (one image of :func:`~vitaccel.sw.prune.sparse_attention.image_masks`)."""
     from vitaccel.hw.spec import isa
     from vitaccel.sim.perf.gemm import gemm_cycles
     from vitaccel.sim.perf.units import compute_cycles, sparse_attention_waves
-    from vitaccel.sw.prune.sparse_attention import find_attentions, image_masks
+    from vitaccel.sw.prune.sparse_attention import find_attentions
 
     config = program.config
     dense = {name for site in find_attentions(qgraph)
              for name in (site.scores.output, site.softmax.output, site.context.output)}
-    masks = image_masks(qgraph, np.asarray(image_int8)[None])
     heads_seen = dict.fromkeys(masks, 0)
     total = 0
     for word, tag in zip(program.words, program.tags):
         instr = isa.decode(word)
         if instr.opcode is isa.Opcode.SPARSE_ATTN:
-            waves = sparse_attention_waves(config, masks[tag][0, heads_seen[tag]])
+            waves = sparse_attention_waves(config, masks[tag][heads_seen[tag]])
             heads_seen[tag] += 1
             total += compute_cycles(config, instr, sparse_waves=waves)
         elif tag in dense and instr.opcode is isa.Opcode.GEMM:
@@ -195,15 +204,22 @@ def attention_compute_cycles(program, qgraph, image_int8: np.ndarray) -> int:
     return total
 
 
-def _sparse_fields(qgraph, program, test_int8: np.ndarray) -> dict[str, Any]:
-    """The sparse-attention figures of a record: calibration and test-image densities, margins,
-    and the attention compute cycles of the first test image."""
-    from vitaccel.sw.prune.sparse_attention import measured_density
+def _sparse_fields(qgraph, program, test_images: np.ndarray, dense: dict[str, Any] | None) -> dict[str, Any]:
+    """The attention figures of a record: the attention compute cycles of the first test image
+    (and their ratio to ``dense``'s record, if given) and, for sparse attention, the density
+    over the first :data:`DENSITY_IMAGES` float ``test_images``, the calibration density and the
+    margins."""
+    from vitaccel.sw.prune.sparse_attention import image_masks, measured_density
+    from vitaccel.sw.reference import quantize_images
 
+    masks = image_masks(qgraph, quantize_images(qgraph, test_images[:DENSITY_IMAGES]))
+    cycles = attention_compute_cycles(program, qgraph, {name: mask[0] for name, mask in masks.items()})
+    fields: dict[str, Any] = {"attention_compute_cycles": cycles}
+    if dense is not None:
+        fields["attention_cycles_ratio"] = round(cycles / dense["attention_compute_cycles"], 4)
     record = qgraph.meta.get("sparse_attention")
-    fields: dict[str, Any] = {"attention_compute_cycles": attention_compute_cycles(program, qgraph, test_int8[0])}
     if record is not None:
-        density, _ = measured_density(qgraph, test_int8[:DENSITY_IMAGES])
+        density, _ = measured_density(masks)
         fields.update(attention_density=round(density, 4) if density is not None else None,
                       attention_density_calibration=record["mean_density"],
                       attention_margins=[layer.get("margin") for layer in record["layers"]],
@@ -310,7 +326,6 @@ def digits_197_records(simulator: str = "verilator") -> list[dict[str, Any]]:
     from vitaccel.sw.data import images_for
     from vitaccel.sw.models.zoo import get_model
     from vitaccel.sw.prune import count_macs
-    from vitaccel.sw.reference import quantize_images
 
     config = load_config(DIGITS_197_CONFIG)
     model, shape = get_model(DIGITS_197)
@@ -328,13 +343,8 @@ def digits_197_records(simulator: str = "verilator") -> list[dict[str, Any]]:
                  "macs": macs, "program_macs": program.manifest["macs"], "cycles": whole["cycles"],
                  "cycles_source": CYCLES_SOURCE, "rtl_bit_exact": whole["bit_exact"],
                  "perf_cycles": whole["perf_cycles"], "rtl_seconds": whole["rtl_seconds"], "macs_ratio": 1.0,
-                 **_sparse_fields(qgraph, program, quantize_images(qgraph, test.images[:DENSITY_IMAGES]))}
-        if records:
-            entry["cycles_ratio"] = round(entry["cycles"] / records[0]["cycles"], 4)
-            entry["attention_cycles_ratio"] = round(
-                entry["attention_compute_cycles"] / records[0]["attention_compute_cycles"], 4)
-        else:
-            entry["cycles_ratio"] = 1.0
+                 "cycles_ratio": round(whole["cycles"] / records[0]["cycles"], 4) if records else 1.0,
+                 **_sparse_fields(qgraph, program, test.images, records[0] if records else None)}
         records.append(entry)
     return records
 
@@ -425,7 +435,6 @@ def run(config: AccelConfig, *, simulator: str = "verilator", quick: bool = Fals
                                    prune_heads, prune_nm)
     from vitaccel.sw.prune.nm import compress_qgraph_weights
     from vitaccel.sw.prune.predicted_attention import predicted_masks
-    from vitaccel.sw.reference import quantize_images
 
     methods = (["dense", "nm-2:4", "nm-1:4", "heads", "tokens", "tokens+package", "sparse-attention",
                 "sparse-attention+tokens"] + ([] if quick else [DIGITS_197, "deit-s"]))
@@ -449,10 +458,7 @@ def run(config: AccelConfig, *, simulator: str = "verilator", quick: bool = Fals
         macs = count_macs(macs_model, shape)
         program = compile_qgraph(qgraph, cfg)
         if attention:
-            extra.update(_sparse_fields(qgraph, program, quantize_images(qgraph, test.images)))
-            if records and "attention_compute_cycles" in records[0]:
-                extra["attention_cycles_ratio"] = round(
-                    extra["attention_compute_cycles"] / records[0]["attention_compute_cycles"], 4)
+            extra.update(_sparse_fields(qgraph, program, test.images, records[0] if records else None))
         gemms = program_gemms(program)
         entry = {"method": method, "parameter": parameter, "model": "digits-vit", "config": base_config.name,
                  "float_top1": train.evaluate_float(macs_model, test),
@@ -515,7 +521,7 @@ def run(config: AccelConfig, *, simulator: str = "verilator", quick: bool = Fals
     for method, with_tokens in (("sparse-attention", False), ("sparse-attention+tokens", True)):
         report(method)
         model = TokenPruningViT(copy.deepcopy(base), keep=TOKEN_KEEP) if with_tokens else copy.deepcopy(base)
-        _, calibrated = _int8_top1(model, shape, base_config, SPARSE_ATTENTION_DENSITY)
+        calibrated = _quantized(model, shape, base_config, SPARSE_ATTENTION_DENSITY)
         with predicted_masks(model, calibrated, calibrated.meta["sparse_attention"]):   # as Sanger trains
             before = train.evaluate_float(model, test)
             finetune_digits(model, epochs(method), lr=FINETUNE_LR[method])

@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from vitaccel.hw.spec.sparse import PREDICT_BITS, PREDICT_MARGIN_LIMIT, PREDICT_SHIFT
+from vitaccel.hw.spec.sparse import PREDICT_MARGIN_LIMIT
 from vitaccel.sw.qgraph import QGraph, QOp
 
 __all__ = ["SparseAttentionSpec", "AttentionSite", "find_attentions", "predicted_gaps", "margin_for_density",
@@ -146,11 +146,9 @@ def predicted_gaps(q: np.ndarray, k: np.ndarray) -> np.ndarray:
     """``rowmax - pred`` of the predicted scores of int8 ``q``, ``k`` ``[..., T, d]``: entry
     ``(i, j)`` is kept by a margin ``m`` iff its gap is at most ``m`` (the rule of
     :func:`vitaccel.sim.golden.attention.predict_mask`, vectorised over the leading axes)."""
-    from vitaccel.hw.spec.numerics import round_shift, saturate
+    from vitaccel.sim.golden.attention import predicted_scores
 
-    q4 = saturate(round_shift(np.asarray(q, np.int64), PREDICT_SHIFT), PREDICT_BITS)
-    k4 = saturate(round_shift(np.asarray(k, np.int64), PREDICT_SHIFT), PREDICT_BITS)
-    pred = q4 @ np.swapaxes(k4, -1, -2)
+    pred = predicted_scores(np.asarray(q, np.int64), np.asarray(k, np.int64))
     return pred.max(axis=-1, keepdims=True) - pred
 
 
@@ -245,14 +243,16 @@ def image_masks(qgraph: QGraph, images_int8: np.ndarray) -> dict[str, np.ndarray
     ``images_int8`` ``[B, C, H, W]``: ``[B, heads, T, T]``."""
     from vitaccel.sw.reference import run_reference
 
+    ops = [op for op in qgraph.ops if op.kind == "sparse_attention"]
+    if not ops:
+        return {}
     values = run_reference(qgraph, images_int8)
     return {op.output: predicted_gaps(values[op.inputs[0]], values[op.inputs[1]]) <= op.attrs["margin"]
-            for op in qgraph.ops if op.kind == "sparse_attention"}
+            for op in ops}
 
 
-def measured_density(qgraph: QGraph, images_int8: np.ndarray) -> tuple[float | None, dict[str, float]]:
-    """The mean mask density over every sparse attention's scores on ``images_int8``, and per op."""
-    masks = image_masks(qgraph, images_int8)
+def measured_density(masks: dict[str, np.ndarray]) -> tuple[float | None, dict[str, float]]:
+    """The mean density over all of ``masks`` (:func:`image_masks`), and per op."""
     kept = sum(int(mask.sum()) for mask in masks.values())
     total = sum(mask.size for mask in masks.values())
     return (kept / total if total else None), {name: float(mask.mean()) for name, mask in masks.items()}
