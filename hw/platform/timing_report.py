@@ -1,0 +1,92 @@
+"""Which registers of one part of the accelerator top miss the clock: the tool for pipelining.
+
+``resources.json`` names one worst path per part; closing timing needs every failing end point,
+grouped by register, with the named nets along each path and the Amaranth source line of the
+end cell. This synthesizes one part of the emitted top as ``vitaccel emit`` does (same
+``synth_xilinx`` run, same black boxes and cut memories) but keeps net names, then lists them::
+
+    python -m vitaccel.hw.platform.timing_report zcu102 tokens            # 300 MHz: the preset's clock
+    python -m vitaccel.hw.platform.timing_report zcu102 logic --clock 250 --netlist /tmp/logic.json
+    python -m vitaccel.hw.platform.timing_report --from-netlist /tmp/logic.json logic --clock 300
+
+Parts: ``logic`` and those of :func:`vitaccel.hw.platform.synth.split_modules`. Output is JSON
+(``fmax_mhz_estimate``, ``failing``: one group per register). An estimate, not sign-off
+(docs/timing.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+__all__ = ["part_timing_report"]
+
+
+def part_timing_report(config: Any, part: str, *, clock_mhz: float | None = None, netlist: Path | None = None,
+                       limit: int = 40, timeout: float | None = None) -> dict[str, Any]:
+    """Synthesize ``part`` of ``config``'s accelerator top and list its end points that miss
+    ``clock_mhz`` (default: the config's clock), worst register first (at most ``limit``)."""
+    from vitaccel.hw.accel import ACCEL_TOP_NAME
+    from vitaccel.hw.platform.synth import part_runs, split_memories, split_modules, synthesize
+    from vitaccel.hw.platform.verilog import accelerator_verilog
+
+    runs, _ = part_runs(accelerator_verilog(config), ACCEL_TOP_NAME, modules=split_modules(config),
+                        memories=split_memories(config))
+    if part not in runs:
+        raise ValueError(f"part must be one of {', '.join(sorted(runs))}, got {part!r}")
+    verilog, top, extra = runs[part]
+    with tempfile.TemporaryDirectory(prefix="vitaccel-timing-") as tmp:
+        out = netlist or Path(tmp) / "netlist.json"
+        result = synthesize(verilog, top, "xcup", timeout=timeout, netlist_out=out, **extra)
+        return _report(json.loads(Path(out).read_text()), top, clock_mhz or config.clock_mhz, limit,
+                       {key: result[key] for key in ("LUT", "FF", "DSP48E2", "BRAM36")})
+
+
+def _report(netlist: dict[str, Any], top: str, clock_mhz: float, limit: int,
+            counts: dict[str, Any] | None = None) -> dict[str, Any]:
+    from vitaccel.hw.platform.timing import estimate_timing, failing_endpoints
+
+    timing = estimate_timing(netlist, top, clock_mhz=clock_mhz)
+    failing = failing_endpoints(netlist, top, clock_mhz)
+    return {"top": top, "clock_mhz": clock_mhz, **(counts or {}),
+            "fmax_mhz_estimate": timing["fmax_mhz_estimate"], "lut_levels": timing["lut_levels"],
+            "failing_bits": sum(group["bits"] for group in failing), "failing_registers": len(failing),
+            "failing": failing[:limit], "note": timing["note"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m vitaccel.hw.platform.timing_report",
+                                     description=__doc__.split("\n\n")[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", nargs="?", help="preset or JSON config (not with --from-netlist)")
+    parser.add_argument("part", help="logic, tokens, requant, softmax, layernorm, gelu, block_unit, ...")
+    parser.add_argument("--clock", type=float, default=None, metavar="MHZ",
+                        help="target clock (default: the config's clock_mhz; 300 with --from-netlist)")
+    parser.add_argument("--netlist", type=Path, default=None, help="also keep the mapped netlist here")
+    parser.add_argument("--from-netlist", type=Path, default=None, metavar="FILE",
+                        help="analyse a netlist kept by an earlier run instead of synthesizing")
+    parser.add_argument("--limit", type=int, default=40, help="registers listed (default: 40)")
+    args = parser.parse_args(argv)
+    try:
+        if args.from_netlist is not None:
+            report = _report(json.loads(args.from_netlist.read_text()), args.part, args.clock or 300.0, args.limit)
+        else:
+            from vitaccel.hw.spec.config import load_config
+
+            if args.config is None:
+                parser.error("give a config, or --from-netlist")
+            report = part_timing_report(load_config(args.config), args.part, clock_mhz=args.clock,
+                                        netlist=args.netlist, limit=args.limit)
+    except (OSError, ValueError, RuntimeError) as err:
+        print(f"timing_report: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
