@@ -108,8 +108,8 @@ def _script(src: str, top: str, family: str, cut_memories: tuple[str, ...], keep
         head += "proc; splitnets; "
     # The netlist for the timing estimate: the top alone (not the cell library), without
     # source attributes and dead wires, keeps the file about 20x smaller.
-    # keep_names (timing analysis by hand) keeps net names and source attributes instead.
-    tidy = "opt_clean" if keep_names else "opt_clean -purge; setattr -unset src"
+    # keep_names (timing analysis by hand) keeps the public net names.
+    tidy = "opt_clean; setattr -unset src" if keep_names else "opt_clean -purge; setattr -unset src"
     return head + (f"synth_xilinx -flatten -family {family} -top {top}; tee -q -o stat.json stat -json; "
                    f"{tidy}; select {top}; write_json -selected -noscopeinfo netlist.json")
 
@@ -232,6 +232,8 @@ def _run_yosys(verilog: str, top: str, script: str, cut_memories: tuple[str, ...
                                   timeout=timeout)
         except subprocess.TimeoutExpired:
             raise RuntimeError(f"yosys did not finish {top} within {timeout:g} s") from None
+        if proc.returncode != 0 or not stat.exists():   # first: a crash leaves no cut list either
+            raise RuntimeError(f"yosys failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-2000:]}")
         if cut_memories:
             found = [line.rsplit("/", 1)[-1] for line in (cut.read_text().split() if cut.exists() else [])]
             for name in cut_memories:
@@ -239,8 +241,6 @@ def _run_yosys(verilog: str, top: str, script: str, cut_memories: tuple[str, ...
                 if len(hits) != 1:
                     raise RuntimeError(f"cut_memories: memory {name!r} found {len(hits)} times in {top} "
                                        f"(memories cut: {found})")
-        if proc.returncode != 0 or not stat.exists():
-            raise RuntimeError(f"yosys failed ({proc.returncode}): {(proc.stderr or proc.stdout)[-2000:]}")
         report = json.loads(stat.read_text())
         timing = _timing(netlist, top)
         if netlist_out is not None:

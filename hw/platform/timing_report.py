@@ -1,8 +1,7 @@
 """Which registers of one part of the accelerator top miss the clock: the tool for pipelining.
 
 ``resources.json`` names one worst path per part; closing timing needs every failing end point,
-grouped by register, with the named nets along each path and the Amaranth source line of the
-end cell. This synthesizes one part of the emitted top as ``vitaccel emit`` does (same
+grouped by register, with the named nets along each path. This synthesizes one part of the emitted top as ``vitaccel emit`` does (same
 ``synth_xilinx`` run, same black boxes and cut memories) but keeps net names, then lists them::
 
     python -m vitaccel.hw.platform.timing_report zcu102 tokens            # 300 MHz: the preset's clock

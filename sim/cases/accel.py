@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from amaranth.hdl import Shape
 
 from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.config import AccelConfig
@@ -847,11 +848,19 @@ def token_programs(config: AccelConfig, *, seed: int, quick: bool = False, ddr_s
     return programs
 
 
+def _past_end(units: int) -> int:
+    """An on-chip address at or past the end of a buffer of ``units`` units, where the ISA's
+    address field reaches one; else the field's largest value (a buffer that fills the field,
+    zcu102's VECTOR, has no encodable address past its end)."""
+    largest = (1 << Shape.cast(isa.LAYOUTS[Opcode.LOAD].members["sram_addr"]).width) - 1
+    return min(units, largest)
+
+
 def token_bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
     """TOPK, GATHER and PACKAGE programs that must stop, each check in the golden machine's
     order (the same programs on a config without ``has_topk`` stop at the unit check)."""
     vector_units = isa.buffer_bytes(config, Buffer.VECTOR) // isa.ADDR_UNIT
-    last = vector_units - 1
+    last, beyond = vector_units - 1, _past_end(vector_units)
     finish = encode(Instruction(Opcode.FINISH))
     # VECTOR unit 0: indices 0, 1, 2, 300 (uint16); unit 1: index 3, then more.
     ddr = np.zeros(ddr_size, np.uint8)
@@ -870,9 +879,9 @@ def token_bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
         ("topk indices out of range", Instruction(Opcode.TOPK, rows=3, n=4, k=3, dst_addr=last)),
         ("topk summed indices out of range", Instruction(Opcode.TOPK, rows=3, n=9, k=9, sum_rows=1, dst_addr=last)),
         ("topk empty rows, destination past the end", Instruction(Opcode.TOPK, rows=0, n=5, k=2, src_addr=3,
-                                                                         dst_addr=vector_units + 1)),
+                                                                         dst_addr=_past_end(vector_units + 1))),
         ("gather source out of range", Instruction(Opcode.GATHER, rows=3, n=4, cols=5, src_addr=last,
-                                                   index_addr=vector_units)),
+                                                   index_addr=beyond)),
         ("gather index list out of range", Instruction(Opcode.GATHER, rows=9, n=4, cols=5, index_addr=last)),
         ("gather index >= n", Instruction(Opcode.GATHER, rows=4, n=300, cols=2, src_addr=2, dst_addr=last)),
         ("gather index > n", Instruction(Opcode.GATHER, rows=5, n=3, cols=2, index_addr=0, src_addr=2)),
@@ -880,14 +889,14 @@ def token_bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
                                                         dst_addr=last)),
         ("package k > n", Instruction(Opcode.PACKAGE, n=3, k=4, cols=2, heads=1)),
         ("package n > max_tokens", Instruction(Opcode.PACKAGE, n=m + 1, k=1, cols=2, heads=1)),
-        ("package no heads", Instruction(Opcode.PACKAGE, n=3, k=1, cols=2, heads=0, prob_addr=vector_units)),
+        ("package no heads", Instruction(Opcode.PACKAGE, n=3, k=1, cols=2, heads=0, prob_addr=beyond)),
         ("package 258 heads", Instruction(Opcode.PACKAGE, n=3, k=1, cols=2, heads=258)),
         ("package probabilities out of range", Instruction(Opcode.PACKAGE, n=9, k=1, cols=2, heads=2,
                                                            prob_addr=last)),
         ("package tokens out of range", Instruction(Opcode.PACKAGE, n=9, k=1, cols=2, heads=1, src_addr=last)),
         ("package index list out of range", Instruction(Opcode.PACKAGE, n=9, k=9, cols=2, heads=1, index_addr=last)),
         ("package index >= n", Instruction(Opcode.PACKAGE, n=4, k=4, cols=2, heads=1, src_addr=4, prob_addr=4,
-                                           dst_addr=vector_units)),
+                                           dst_addr=beyond)),
         ("package destination out of range", Instruction(Opcode.PACKAGE, n=5, k=4, cols=17, heads=2, src_addr=4,
                                                          prob_addr=4, index_addr=1, dst_addr=last)),
     ]
@@ -946,11 +955,11 @@ def requant_bad_programs(config: AccelConfig, ddr_size: int) -> list[Program]:
                                                                param_addr=acc_units)),
         ("requant parameters out of range", good, [0, 0], dict(rows=1, cols=2, src_addr=2, param_addr=acc_units - 1)),
         ("requant negative multiplier", [5, -7, -1, 3, 20, 30], [0, 0], dict(rows=1, cols=2, src_addr=2,
-                                                                              dst_addr=vector_units)),
+                                                                              dst_addr=_past_end(vector_units))),
         ("requant zero shift", [5, -7, 1, 3, 0, 30], [0, 0], dict(rows=0, cols=2, src_addr=2)),
         ("requant shift too large", [5, -7, 1, 3, 20, 63], [0, 0], dict(rows=1, cols=2, src_addr=2)),
         ("requant accumulator + bias above 2^31", [(1 << 31) - 1, 0, 1, 1, 20, 20], [2, 0],
-         dict(rows=1, cols=2, src_addr=2, dst_addr=vector_units)),
+         dict(rows=1, cols=2, src_addr=2, dst_addr=_past_end(vector_units))),
         ("requant accumulator + bias below -2^31", [-(1 << 31), 0, 1, 1, 20, 20], [-1, 0], dict(rows=1, cols=2,
                                                                                               src_addr=2)),
         ("requant destination out of range", good, [0, 0], dict(rows=9, cols=2, src_addr=2, dst_addr=vector_units - 1)),
