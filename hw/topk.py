@@ -15,8 +15,11 @@ Dataflow
    and emits per lane group the keep mask and the kept indices packed in ascending order.
 
 Pipelining (the zcu102's 300 MHz, docs/timing.md): the score memory is read synchronously and
-every step after it is one register stage: the comparisons, the lane counts (4-lane table
-look-ups, then an adder tree with one level per cycle), the running counts; the digit choice
+every step after it is one register stage: per lane whether its bits above the pass's digit
+are above / equal to the prefix's (two compares against registers; the same two are "above"
+and "tie" of the threshold in the compaction) and its digit's thermometer code; the lane
+counts of every candidate (a LUT per lane and candidate into 4-lane table look-ups, then an
+adder tree with one level per cycle), the running counts; the digit choice
 takes three cycles at the end of a pass. In the compaction the only state carried from one
 lane group to the next is the number of ties still to keep (``ties_left``): the keep mask and
 each lane's slot come from the lanes' prefix counts of "above" and "tie" (computed ahead,
@@ -225,18 +228,23 @@ class TopKEngine(wiring.Component):
         # -- state -----------------------------------------------------------------------
         k = Signal(cbits)
         last_group = Signal(gbits)
+        before_last_group = Signal(gbits)             # last_group - 1 (issue_last's compare, no adder)
         tail_mask = Signal(lanes)                     # lanes below n in the last group
-        shift_pass = Signal(range(passes))
         digit = [Signal(TOPK_RADIX_BITS, name=f"digit_{p}") for p in range(passes)]  # per pass
         prefix = Cat(*reversed(digit))                # pass p's digit is bits [16-4(p+1), 16-4p)
-        candidates = [Signal(TOPK_SCORE_BITS, name=f"candidate_{d}") for d in range(digits)]  # [0] unused
+        # A score reaches candidate ``prefix + d * 2^shift`` iff its bits above this pass's digit
+        # are above the prefix's, or equal to them with its digit >= d (the prefix is 0 from the
+        # digit down). "Above" is ``score > prefix_top`` (the prefix with the bits from the digit
+        # down set; the prefix itself in the compaction), "equal" ``prefix <= score <= prefix_top``.
+        prefix_top = Signal(TOPK_SCORE_BITS)
+        digit_at = Signal(range(passes))   # the digit is bits [4 digit_at, 4 digit_at + 4)
         counts = [Signal(cbits, name=f"count_{d}") for d in range(digits)]                    # [0] unused
         count_above = Signal(cbits)   # scores above every value with the current prefix
         reaches_k = Signal(digits)    # bit d: counts[d] >= k (a thermometer: counts fall with d)
         choice_onehot = Signal(digits)
-        ties_left = Signal(cbits)
-        ties_usable = Signal(range(lanes + 1))        # min(ties_left, lanes)
-        ties_excess = Signal(signed(cbits + 1))       # ties_left - lanes
+        ties_left = Signal(signed(cbits + 1))         # ties still to keep, not clamped: < 0 once none are
+        ties_usable = Signal(range(lanes + 1))        # ties_left clamped to 0..lanes
+        ties_excess = Signal(signed(cbits + 2))       # ties_left - lanes
 
         out_valid = Signal()
         advance = Signal()
@@ -250,15 +258,26 @@ class TopKEngine(wiring.Component):
         compacting = Signal()    # the reads in flight are the compaction's (else the search's)
         m.d.comb += [rd.addr.eq(issue), rd.en.eq(advance)]
         with m.If(advance & issuing):   # issue_last is kept as a register: issue + 1 == last_group
-            m.d.sync += [issue.eq(issue + 1), issue_last.eq(issue + 1 == last_group)]
+            m.d.sync += [issue.eq(issue + 1), issue_last.eq(issue == before_last_group)]
         valid1 = pipe.reg(issuing, "valid1")
         last1 = pipe.reg(issuing & issue_last, "last1")
         group1 = pipe.reg(issue, "group1")
         mask1 = pipe.reg(Mux(issue_last, tail_mask, (1 << lanes) - 1), "mask1")
         scores = rd.data
 
-        # -- search: comparisons, lane counts, running counts ------------------------------
-        ge = [pipe.reg(Cat(*(mask1[lane] & (scores[lane] >= candidates[d]) for lane in range(lanes))), f"ge_{d}")
+        # -- per lane: high bits above / equal to the prefix's, the digit's thermometer code ----
+        # (one register stage: two carry chains against registers, a digit mux and a LUT). In
+        # the compaction these are "above" and "tie" of the threshold.
+        above_top = [scores[lane] > prefix_top for lane in range(lanes)]
+        above2 = pipe.reg(Cat(*(mask1[lane] & above_top[lane] for lane in range(lanes))), "above2")
+        tie2 = pipe.reg(Cat(*(mask1[lane] & ~above_top[lane] & (scores[lane] >= prefix) for lane in range(lanes))),
+                        "tie2")
+        digit_reaches = [pipe.reg(Cat(*(scores[lane].word_select(digit_at, TOPK_RADIX_BITS) >= d
+                                        for d in range(1, digits))), f"digit_reaches2_{lane}")
+                         for lane in range(lanes)]   # bit d - 1: the digit is >= d
+
+        # -- search: comparisons (a LUT each, into the lane counts), running counts ----------
+        ge = [Cat(*(above2[lane] | (tie2[lane] & digit_reaches[lane][d - 1]) for lane in range(lanes)))
               if d else None for d in range(digits)]
         valid2 = pipe.reg(valid1, "valid2")
         lane_counts, levels = zip(*(pipe.count(ge[d], f"ge_count_{d}") for d in range(1, digits)))
@@ -268,8 +287,6 @@ class TopKEngine(wiring.Component):
         assert 2 + levels[0] + 1 == self.search_latency()
 
         # -- compaction: above / tie, their prefix counts, keep, slots -------------------
-        above2 = pipe.reg(Cat(*(mask1[lane] & (scores[lane] > prefix) for lane in range(lanes))), "above2")
-        tie2 = pipe.reg(Cat(*(mask1[lane] & (scores[lane] == prefix) for lane in range(lanes))), "tie2")
         compact1 = pipe.reg(issuing & compacting, "compact1")
         tags2 = pipe.reg(Cat(compact1, last1, group1), "tags2")
         above_before, above_count, latency = pipe.prefix_counts(above2, "above")
@@ -286,14 +303,14 @@ class TopKEngine(wiring.Component):
         above4 = [pipe.reg(v, f"above_before4_{lane}") for lane, v in enumerate(above_before)]
         above_count4 = pipe.reg(above_count, "above_count4")
         tags4 = pipe.reg(tags3, "tags4")
-        # ties_left - tie_count clamped to 0, and its minimum with lanes, from parallel carry
-        # chains (ties_excess = ties_left - lanes is kept beside ties_left) and one mux.
+        # ties_left and ties_excess (= ties_left - lanes) count down without a clamp (two carry
+        # chains, nothing after them); ties_usable clamps the new ties_left to 0..lanes from the
+        # two chains' signs, one LUT.
         with m.If(advance & valid3):
-            under = tie_count >= ties_left
             left = ties_left - tie_count
             excess = ties_excess - tie_count
-            m.d.sync += [ties_left.eq(Mux(under, 0, left)), ties_excess.eq(Mux(under, -lanes, excess)),
-                         ties_usable.eq(Mux(under, 0, Mux(ties_excess > tie_count, lanes, left)))]
+            m.d.sync += [ties_left.eq(left), ties_excess.eq(excess),
+                         ties_usable.eq(Mux(left < 0, 0, Mux(excess >= 0, lanes, left)))]
         kept_before5 = [pipe.reg(above4[lane] + ties_kept[lane], f"kept_before5_{lane}") for lane in range(lanes)]
         kept_count5 = pipe.reg(above_count4 + ties_kept_total, "kept_count5")
         keep5, tags5 = pipe.reg(keep4, "keep5"), pipe.reg(tags4, "tags5")
@@ -336,13 +353,15 @@ class TopKEngine(wiring.Component):
         with m.If(state["PREPARE"]):   # from registers: k clamped to n, the last group and its lanes
             tail = n_last[:lane_bits] if lane_bits else Const(0, 1)
             m.d.sync += [k.eq(Mux(k_raw > n_raw, n_raw, k_raw)), last_group.eq(n_last >> lane_bits),
+                         before_last_group.eq((n_last >> lane_bits) - 1),
                          tail_mask.eq(Cat(Const(1, 1), *(tail >= lane for lane in range(1, lanes))))]
             goto("PREPARE", "SETUP")
-        with m.If(state["SETUP"]):   # this pass's candidates, counts cleared
+        with m.If(state["SETUP"]):   # this pass's digit position, counts cleared
             for p in range(passes):
                 with m.If(pass_onehot[p]):
                     shift = TOPK_SCORE_BITS - TOPK_RADIX_BITS * (p + 1)
-                    m.d.sync += [candidates[d].eq(prefix | (d << shift)) for d in range(1, digits)]
+                    m.d.sync += [prefix_top.eq(prefix | ((1 << (shift + TOPK_RADIX_BITS)) - 1)),
+                                 digit_at.eq(shift // TOPK_RADIX_BITS)]
             m.d.sync += [*[c.eq(0) for c in counts], *restart_issue()]
             goto("SETUP", "SEARCH")
         with m.If(state["SEARCH"] & issue_last):   # one group read per cycle, then the drain
@@ -374,7 +393,7 @@ class TopKEngine(wiring.Component):
             with m.Else():
                 goto("DECIDE", "SETUP")
         with m.If(state["COMPACT_SETUP"]):
-            m.d.sync += ties_left.eq(k - count_above)
+            m.d.sync += [ties_left.eq(k - count_above), prefix_top.eq(prefix)]
             goto("COMPACT_SETUP", "COMPACT_SETUP2")
         with m.If(state["COMPACT_SETUP2"]):
             m.d.sync += [ties_excess.eq(ties_left - lanes), ties_usable.eq(Mux(ties_left > lanes, lanes, ties_left)),
