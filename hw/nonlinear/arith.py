@@ -95,7 +95,7 @@ class ExpStage(wiring.Component):
     :data:`DSP_B_UNSIGNED_BITS`), their sum, the rounding shift by ``shift``
     (:func:`pipelined_round_shift`, three cycles) into the fixed-point base-2 exponent ``t``;
     the exp table read at the fractional part of ``t``; the rounding right shift by the
-    integer part (three cycles). Invalid lanes output 0. One beat per cycle, no stall.
+    integer part (three cycles). Invalid lanes output 0. ``exp`` comes from registers. One beat per cycle, no stall.
 
     Parameters
     ----------
@@ -126,6 +126,7 @@ class ExpStage(wiring.Component):
         bits, split = self.exp_lut_bits, DSP_B_UNSIGNED_BITS
         exponent_bits = SOFTMAX_DIFF_BITS + SOFTMAX_MULT_BITS
         multiplier, shift = self.multiplier, self.shift
+        assert EXP_VALUE_BITS < EXP_ZERO_SHIFT   # a shift by EXP_ZERO_SHIFT rounds every table value to 0
         for lane in range(self.lanes):
             table = Memory(shape=unsigned(EXP_VALUE_BITS), depth=1 << bits,
                            init=[int(v) for v in self.table])
@@ -140,16 +141,17 @@ class ExpStage(wiring.Component):
             product = register(m, (high << split) + low, f"exp_product_{lane}", exponent_bits)
             # 3, 4, 5: round_shift(product, shift)
             exponent = pipelined_round_shift(m, product, shift, register, f"exponent_{lane}", exponent_bits)
-            # 6: the table read at the fraction; the whole part decides zero
+            # 6: the table read at the fraction; the shift by the whole part, at most
+            # EXP_ZERO_SHIFT: table values are below 2^(EXP_ZERO_SHIFT - 1), so that shift
+            # rounds it to exactly the 0 of a large whole part or an invalid lane (no zero flag
+            # and output mux in front of the row sum's adders)
             whole = exponent >> bits
             m.d.comb += port.addr.eq(exponent[:bits])
             value = register(m, port.data, f"exp_value_{lane}")
-            zero = register(m, ~valid[4] | (whole >= EXP_ZERO_SHIFT), f"exp_zero_{lane}")
-            amount = register(m, whole[:5], f"exp_whole_{lane}")
-            # 7, 8, 9: round_shift(value, whole), zero for a large whole part or an invalid lane
-            zero = _delay_line(m, zero, 3, f"exp_zero_late_{lane}")[-1]
-            rounded = pipelined_round_shift(m, value, amount, register, f"exp_value_{lane}")
-            m.d.comb += self.exp[lane].eq(Mux(zero, 0, rounded))
+            amount = register(m, Mux(~valid[4] | (whole >= EXP_ZERO_SHIFT), EXP_ZERO_SHIFT, whole),
+                              f"exp_whole_{lane}", range(EXP_ZERO_SHIFT + 1))
+            # 7, 8, 9: round_shift(value, amount)
+            m.d.comb += self.exp[lane].eq(pipelined_round_shift(m, value, amount, register, f"exp_value_{lane}"))
         return m
 
 
@@ -225,9 +227,18 @@ class _NewtonUnit(wiring.Component):
     def elaborate(self, platform) -> Module:
         m = Module()
         bits, y_bits = self.lut_bits, self._result_frac_bits
-        table = Memory(shape=unsigned(y_bits + 1), depth=1 << bits, init=[int(v) for v in self._table()])
-        m.submodules.table = table
-        port = table.read_port()
+        # The seed table over the two cycles READ and SEED: 64-entry parts (a LUT6 per bit) read
+        # at the index's low bits, then the part its high bits choose. One table of 2^bits
+        # entries read in one cycle was a mux tree that abc chained to four LUT levels.
+        part_bits = min(bits, 6)
+        values = [int(v) for v in self._table()]
+        parts = []
+        for part in range(1 << (bits - part_bits)):
+            table = Memory(shape=unsigned(y_bits + 1), depth=1 << part_bits,
+                           init=values[part << part_bits:(part + 1) << part_bits])
+            m.submodules[f"table_{part}"] = table
+            parts.append(table.read_port())
+        chosen_part = Signal(bits - part_bits, reset_less=True)
         frac = self._frac_bits()
         value = Signal(self.value_bits, reset_less=True)
         log2 = Signal(range(max(self.value_bits, 2)), reset_less=True)
@@ -255,66 +266,60 @@ class _NewtonUnit(wiring.Component):
                 m.d.comb += leading.eq(8 * i + chunk_one[i])   # later (higher) bytes take priority
         result_exponent, normalise_exponent = self._log2(leading)
         raw_index = self._index(mantissa)
-        m.d.comb += port.addr.eq(index)
+        for port in parts:
+            m.d.comb += port.addr.eq(index[:part_bits])
         steps = self._newton(mantissa, seed)
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.start):
-                    m.d.sync += value.eq(self.value)
-                    m.next = "LOG2_BYTES"
-            with m.State("LOG2_BYTES"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += [chunk_any.eq(Cat(*(c.any() for c in chunks))),
-                             *(one.eq(byte_one) for one, byte_one in zip(chunk_one, byte_ones))]
-                m.next = "LOG2"
-            with m.State("LOG2"):          # priority encoder
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += [self.exponent.eq(result_exponent), norm_exponent.eq(normalise_exponent)]
-                m.next = "AMOUNT"
-            with m.State("AMOUNT"):        # shift amounts of value * 2^(frac - exponent)
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += [use_right.eq(norm_exponent >= frac), right.eq((norm_exponent - frac)[:SHIFT_BITS]),
-                             left.eq((frac - norm_exponent)[:SHIFT_BITS])]
-                m.next = "COARSE"
-            with m.State("COARSE"):        # shifts by the amounts' multiples of 8
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += [coarse_right.eq(value >> Cat(Const(0, 3), right[3:])),
-                             coarse_left.eq(value << Cat(Const(0, 3), left[3:])),
-                             doubled.eq((value << 1) >> Cat(Const(0, 3), right[3:]))]   # used under use_right
-                m.next = "SHIFT"
-            with m.State("SHIFT"):         # the rest (right shifts round in the next state)
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += [base.eq(Mux(use_right, coarse_right >> right[:3],
-                                         (coarse_left << left[:3])[:self._mantissa_bits])),
-                             bit.eq(use_right & (doubled >> right[:3])[0])]
-                m.next = "ROUND"
-            with m.State("ROUND"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += mantissa.eq(base + bit)
-                m.next = "INDEX"
-            with m.State("INDEX"):         # table index from the mantissa's top bits
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += index.eq(Mux(raw_index > (1 << bits) - 1, (1 << bits) - 1, raw_index))
-                m.next = "READ"
-            with m.State("READ"):          # synchronous table read
-                m.d.comb += self.busy.eq(1)
-                m.next = "SEED"
-            with m.State("SEED"):
-                m.d.comb += self.busy.eq(1)
-                m.d.sync += seed.eq(port.data)
-                m.next = "NEWTON_0"
-            previous = None
-            for step, (name, shape, function) in enumerate(steps):
-                last = step == len(steps) - 1
-                reg = self.result if last else Signal(shape, name=f"newton_{name}", reset_less=True)
-                with m.State(f"NEWTON_{step}"):   # one multiply, add or subtract each
-                    m.d.comb += self.busy.eq(1)
-                    m.d.sync += reg.eq(function(previous))
-                    m.next = "DONE" if last else f"NEWTON_{step + 1}"
-                previous = reg
-            with m.State("DONE"):
-                m.d.comb += self.done.eq(1)
-                m.next = "IDLE"
+        # The states follow each other in a fixed order, so they are one-hot flags in a shift
+        # register (``phase[k]``: the k-th state after IDLE, the last DONE): every state's
+        # register enables and ``done`` are flip-flops, where a binary-encoded FSM put a
+        # state decode (several LUT levels) in front of every register of the unit.
+        states = ["LOG2_BYTES", "LOG2", "AMOUNT", "COARSE", "SHIFT", "ROUND", "INDEX", "READ", "SEED",
+                  *(f"NEWTON_{step}" for step in range(len(steps))), "DONE"]
+        assert len(states) == self.LATENCY
+        phase = Signal(len(states), name="phase")
+        state = {name: phase[k] for k, name in enumerate(states)}
+        idle = Signal(init=1, name="idle")
+        busy = Signal(name="busy_flag")
+        accept = Signal()
+        m.d.comb += [accept.eq(idle & self.start), self.busy.eq(busy), self.done.eq(state["DONE"])]
+        m.d.sync += phase.eq(Cat(accept, phase[:-1]))
+        with m.If(accept):
+            m.d.sync += [value.eq(self.value), idle.eq(0), busy.eq(1)]
+        with m.If(phase[-2]):              # the last Newton step: not busy in DONE
+            m.d.sync += busy.eq(0)
+        with m.If(state["DONE"]):
+            m.d.sync += idle.eq(1)
+        with m.If(state["LOG2_BYTES"]):
+            m.d.sync += [chunk_any.eq(Cat(*(c.any() for c in chunks))),
+                         *(one.eq(byte_one) for one, byte_one in zip(chunk_one, byte_ones))]
+        with m.If(state["LOG2"]):          # priority encoder
+            m.d.sync += [self.exponent.eq(result_exponent), norm_exponent.eq(normalise_exponent)]
+        with m.If(state["AMOUNT"]):        # shift amounts of value * 2^(frac - exponent)
+            m.d.sync += [use_right.eq(norm_exponent >= frac), right.eq((norm_exponent - frac)[:SHIFT_BITS]),
+                         left.eq((frac - norm_exponent)[:SHIFT_BITS])]
+        with m.If(state["COARSE"]):        # shifts by the amounts' multiples of 8
+            m.d.sync += [coarse_right.eq(value >> Cat(Const(0, 3), right[3:])),
+                         coarse_left.eq(value << Cat(Const(0, 3), left[3:])),
+                         doubled.eq((value << 1) >> Cat(Const(0, 3), right[3:]))]   # used under use_right
+        with m.If(state["SHIFT"]):         # the rest (right shifts round in the next state)
+            m.d.sync += [base.eq(Mux(use_right, coarse_right >> right[:3],
+                                     (coarse_left << left[:3])[:self._mantissa_bits])),
+                         bit.eq(use_right & (doubled >> right[:3])[0])]
+        with m.If(state["ROUND"]):
+            m.d.sync += mantissa.eq(base + bit)
+        with m.If(state["INDEX"]):         # table index from the mantissa's top bits
+            m.d.sync += index.eq(Mux(raw_index > (1 << bits) - 1, (1 << bits) - 1, raw_index))
+        with m.If(state["READ"]):          # the parts' synchronous reads
+            m.d.sync += chosen_part.eq(index[part_bits:])
+        with m.If(state["SEED"]):
+            m.d.sync += seed.eq(Cat(*(port.data for port in parts)).word_select(chosen_part, y_bits + 1)
+                                if len(parts) > 1 else parts[0].data)
+        previous = None
+        for step, (name, shape, function) in enumerate(steps):   # one multiply, add or subtract each
+            reg = self.result if step == len(steps) - 1 else Signal(shape, name=f"newton_{name}", reset_less=True)
+            with m.If(state[f"NEWTON_{step}"]):
+                m.d.sync += reg.eq(function(previous))
+            previous = reg
         return m
 
 

@@ -79,15 +79,17 @@ def _tags(name: str, count: int, depth: int) -> list[_Tag]:
     return [_Tag(f"{name}_{stage}", depth) for stage in range(count)]
 
 
-def _delay(m: Module, value, cycles: int, name: str, enable=None, *, keep: bool = False):
+def _delay(m: Module, value, cycles: int, name: str, enable=None, *, keep: bool | str = False):
     """``value`` ``cycles`` cycles later through reset-less registers (advancing on ``enable``).
 
     ``keep`` gives the registers a reset, so that they stay flip-flops: yosys folds a chain of
     reset-less copies into an SRL16E, whose clock-to-out (0.72 ns in docs/timing.md's model)
-    is too slow in front of a value broadcast to every lane."""
+    is too slow in front of a value broadcast to every lane. ``keep="last"``: only the last
+    register (for a wide value in front of a carry chain, where an SRL16E before it is fine)."""
     for stage in range(cycles):
-        reg = Signal.like(value, name=f"{name}_{stage}", reset_less=not keep) if isinstance(value, Signal) \
-            else Signal(Value.cast(value).shape(), name=f"{name}_{stage}", reset_less=not keep)
+        kept = keep is True or (keep == "last" and stage == cycles - 1)
+        reg = Signal.like(value, name=f"{name}_{stage}", reset_less=not kept) if isinstance(value, Signal) \
+            else Signal(Value.cast(value).shape(), name=f"{name}_{stage}", reset_less=not kept)
         statement = reg.eq(value)
         if enable is None:
             m.d.sync += statement
@@ -136,22 +138,25 @@ class _BeatCounter:
 
     ``step`` is only a clock enable (the next values come from registers alone), so a late
     ``step`` (the OUT pipeline's ``advance`` reaches every stage register) adds one LUT at
-    most. ``idle`` (never high with ``step``) re-reads ``last_beat`` between rows.
+    most. ``last`` follows from a down counter of the beats after this one (``remaining``)
+    compared with constants (one LUT each), not from an equality of the index with a
+    register (a chain of LUTs after abc's area recovery). Between rows (index 0, no step)
+    both re-read ``last_beat``, which may change only then.
     """
 
-    def __init__(self, m: Module, name: str, last_beat: Signal, depth: int, idle) -> None:
+    def __init__(self, m: Module, name: str, last_beat: Signal, depth: int) -> None:
         self.step = Signal(name=f"{name}_step")
         self.value = Signal(range(max(depth, 2)), name=name)
         self.last = Signal(name=f"{name}_last")
-        # value + 1 == last_beat as an equality with a register: no incrementer before it
-        before_last = Signal(signed(len(last_beat) + 1), name=f"{name}_before_last")
-        m.d.sync += before_last.eq(last_beat - 1)
+        remaining = Signal(range(max(depth, 2)), name=f"{name}_remaining")   # last_beat - value
+        at_start = Signal(init=1, name=f"{name}_at_start")                   # value == 0
         with m.If(self.step):
-            m.d.sync += self.value.eq(Mux(self.last, 0, self.value + 1))
-        with m.If(idle):
-            m.d.sync += self.last.eq(self.value == last_beat)
-        with m.Elif(self.step):
-            m.d.sync += self.last.eq(Mux(self.last, last_beat == 0, self.value == before_last))
+            m.d.sync += [self.value.eq(Mux(self.last, 0, self.value + 1)),
+                         remaining.eq(Mux(self.last, last_beat, remaining - 1)),
+                         self.last.eq(Mux(self.last, last_beat == 0, remaining == 1)),
+                         at_start.eq(self.last)]
+        with m.Elif(at_start):
+            m.d.sync += [remaining.eq(last_beat), self.last.eq(last_beat == 0)]
 
 
 class _OutPipeline:
@@ -181,7 +186,7 @@ class _OutPipeline:
         skid_valid, skid_last = Signal(name=f"{name}_skid_valid"), Signal(name=f"{name}_skid_last")
         skid = Signal(out.payload.shape(), name=f"{name}_skid", reset_less=True)
         read_slot = _slot_signal(f"{name}_read_slot")
-        pointer = _BeatCounter(m, f"{name}_pointer", last_beat, depth, idle=~rows.any)
+        pointer = _BeatCounter(m, f"{name}_pointer", last_beat, depth)
         issue = rows.any
         m.d.comb += [advance.eq(~skid_valid), out.valid.eq(skid_valid | tags[-1].valid),
                      out.payload.eq(Mux(skid_valid, skid.as_value(), payload.as_value())),
@@ -351,8 +356,7 @@ class Softmax(wiring.Component):
         # -- LOAD: store the row; running max through a pipelined compare tree -----------------
         started = _started(m)
         load_slot = _slot_signal("load_slot")
-        # idle: no beat offered, or before ``started`` (the valid port is early in the cycle)
-        load_beat = _BeatCounter(m, "load_beat", last_beat, depth, idle=~(self.i.valid & started))
+        load_beat = _BeatCounter(m, "load_beat", last_beat, depth)
         lowest = -(1 << 31)
         accepted = self.i.valid & self.i.ready
         m.d.comb += [self.i.ready.eq(started & scores_held.room), load_beat.step.eq(accepted),
@@ -388,7 +392,7 @@ class Softmax(wiring.Component):
         # (written back), then the adder tree of the row sum.
         exp_slot = _slot_signal("exp_slot")  # slot being read
         issuing = Signal()
-        issue = _BeatCounter(m, "exp_issue", last_beat, depth, idle=~issuing)
+        issue = _BeatCounter(m, "exp_issue", last_beat, depth)
         total = Signal(sum_bits)
         write_stage = self.EXP_INPUT_STAGES + ExpStage.LATENCY
         beat_total, sum_levels = _sum_tree(m, [exp.exp[lane] for lane in range(lanes)], "exp_sum")
@@ -419,6 +423,9 @@ class Softmax(wiring.Component):
         # -- RECIPROCAL: one per row, overlapping the next row's EXP -------------------------
         recip_pending, recip_slot = Signal(), _slot_signal("recip_slot")
         recip_total = Signal(sum_bits)
+        # recip_total == 0 per 6 bits (a LUT each after the row sum's adder), registered with it:
+        # the compare over all of it chained into the FSM's hand-over strobes
+        recip_zero_parts = Signal(-(-sum_bits // 6), name="recip_zero_parts")
         # A long row (more beats than the reciprocal takes cycles) hands its sum over only
         # after the previous reciprocal is done, so it may start at once; a short row waits
         # until the previous row has drained and its reciprocal is done.
@@ -436,12 +443,13 @@ class Softmax(wiring.Component):
             with m.If(tail.last):
                 m.d.comb += scores_held.remove.eq(1)
                 m.d.sync += [total.eq(0), recip_pending.eq(1), recip_slot.eq(tail.slot),
-                             recip_total.eq(row_total)]
+                             recip_total.eq(row_total),
+                             recip_zero_parts.eq(Cat(*(row_total[i:i + 6] == 0 for i in range(0, sum_bits, 6))))]
         m.d.comb += recip.value.eq(recip_total)
         with m.FSM(name="recip_fsm"):
             with m.State("IDLE"):
                 with m.If(recip_pending):
-                    with m.If(recip_total == 0):
+                    with m.If(recip_zero_parts.all()):
                         empty_rows.set(m, recip_slot, 1)
                         m.d.comb += exps_ready.add.eq(1)
                         m.d.sync += recip_pending.eq(0)
@@ -644,8 +652,7 @@ class LayerNorm(wiring.Component):
         # -- LOAD: store the row; sum and sum of squares through a pipelined adder tree ----------
         started = _started(m)
         load_slot = _slot_signal("load_slot")
-        # idle: no beat offered, or before ``started`` (the valid port is early in the cycle)
-        load_beat = _BeatCounter(m, "load_beat", last_beat, depth, idle=~(self.i.valid & started))
+        load_beat = _BeatCounter(m, "load_beat", last_beat, depth)
         accepted = self.i.valid & self.i.ready
         m.d.comb += [self.i.ready.eq(started & rows_in.room), load_beat.step.eq(accepted),
                      rows_in.add.eq(accepted & load_beat.last)]
@@ -680,6 +687,10 @@ class LayerNorm(wiring.Component):
         scaled_xx = Signal(variance_bits, reset_less=True)
         squared_x = Signal(variance_bits, reset_less=True)
         spread = Signal(signed(variance_bits + 1), reset_less=True)
+        # n sum x^2 == (sum x)^2, over two cycles: per 3 bits (a LUT each), then all of them
+        equal_parts = Signal(-(-variance_bits // 3), reset_less=True)
+        no_spread = Signal(reset_less=True)
+        eps_zero = register(m, self.eps_term == 0, "eps_zero")   # settled long before a row's CLAMP
         variance = Signal(variance_bits)
         m.d.comb += rsqrt.value.eq(variance)
         with m.FSM(name="stats_fsm"):
@@ -691,13 +702,17 @@ class LayerNorm(wiring.Component):
                 m.d.sync += [scaled_xx.eq(self.length * operand_xx), squared_x.eq(operand_x * operand_x)]
                 m.next = "SUBTRACT"
             with m.State("SUBTRACT"):
-                m.d.sync += spread.eq(scaled_xx - squared_x)
+                m.d.sync += [spread.eq(scaled_xx - squared_x),
+                             equal_parts.eq(Cat(*(scaled_xx[i:i + 3] == squared_x[i:i + 3]
+                                                  for i in range(0, variance_bits, 3))))]
                 m.next = "EPS"
             with m.State("EPS"):
-                m.d.sync += spread.eq(spread + self.eps_term)
+                m.d.sync += [spread.eq(spread + self.eps_term), no_spread.eq(equal_parts.all())]
                 m.next = "CLAMP"
             with m.State("CLAMP"):
-                m.d.sync += variance.eq(Mux(spread < 1, 1, spread))
+                # max(spread, 1): spread >= 0 (n sum x^2 >= (sum x)^2, eps_term unsigned), so only a
+                # zero becomes 1, known from registers (no 40-bit compare of the sum just made)
+                m.d.sync += variance.eq(Cat(spread[0] | (no_spread & eps_zero), spread[1:variance_bits]))
                 m.next = "START"
             with m.State("START"):
                 m.d.comb += rsqrt.start.eq(1)
@@ -735,7 +750,8 @@ class LayerNorm(wiring.Component):
             normalised = pipelined_round_shift(m, product, norm_shift, stage, f"out_normalised_{lane}",
                                                signed(norm_bits))                                # 5, 6, 7
             gamma = stage(m, param_read.data.gamma[lane], f"out_gamma_{lane}")                  # 7
-            beta = _delay(m, param_read.data.beta[lane], 2, f"out_beta_{lane}", out.advance)   # 7, 8
+            beta = _delay(m, param_read.data.beta[lane], 2, f"out_beta_{lane}", out.advance,
+                          keep="last")                                                        # 7, 8
             weighted = stage(m, normalised * gamma, f"out_weighted_{lane}")                     # 8
             total = stage(m, weighted + beta, f"out_total_{lane}")                              # 9
             scaled = pipelined_round_shift(m, total, self.out_shift, stage, f"out_scaled_{lane}")  # 10, 11, 12
