@@ -481,7 +481,7 @@ def failing_endpoints(netlist: Mapping[str, Any], top: str, clock_mhz: float,
         if total > group["worst_ns"]:
             path, step = [], net
             while step in came_from:
-                if step in names:
+                if step in names and not names[step].startswith("$"):   # yosys's own names say nothing
                     path.append((names[step], round(arrival[step], 3)))
                 step = came_from[step][0]
             start = graph.starts.get(step)

@@ -6,7 +6,7 @@ grouped by register, with the named nets along each path. This synthesizes one p
 
     python -m vitaccel.hw.platform.timing_report zcu102 tokens            # 300 MHz: the preset's clock
     python -m vitaccel.hw.platform.timing_report zcu102 logic --clock 250 --netlist /tmp/logic.json
-    python -m vitaccel.hw.platform.timing_report --from-netlist /tmp/logic.json logic --clock 300
+    python -m vitaccel.hw.platform.timing_report --from-netlist /tmp/logic.json vitaccel_top --clock 300
 
 Parts: ``logic`` and those of :func:`vitaccel.hw.platform.synth.split_modules`. Output is JSON
 (``fmax_mhz_estimate``, ``failing``: one group per register). An estimate, not sign-off
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", help="preset or JSON config (not with --from-netlist)")
-    parser.add_argument("part", help="logic, tokens, requant, softmax, layernorm, gelu, block_unit, ...")
+    parser.add_argument("part", help="logic, tokens, requant, softmax, layernorm, gelu, block_unit, ... (with --from-netlist: the module, vitaccel_top for logic)")
     parser.add_argument("--clock", type=float, default=None, metavar="MHZ",
                         help="target clock (default: the config's clock_mhz; 300 with --from-netlist)")
     parser.add_argument("--netlist", type=Path, default=None, help="also keep the mapped netlist here")
