@@ -31,7 +31,8 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any, Mapping
 
-__all__ = ["DelayModel", "ULTRASCALE_PLUS_2", "estimate_timing", "failing_endpoints", "worst_of", "TimingError"]
+__all__ = ["DelayModel", "ULTRASCALE_PLUS_2", "estimate_timing", "failing_endpoints", "timing_with_failures", "worst_of",
+           "TimingError"]
 
 
 class TimingError(ValueError):
@@ -228,6 +229,7 @@ class _Graph:
 
     def __init__(self, module: Mapping[str, Any], model: DelayModel) -> None:
         self.model = model
+        self.module = module
         self.cells = module.get("cells", {})
         self.starts: dict[Any, tuple[float, str]] = {}        # net -> (arrival ns, cell)
         self.ends: list[tuple[Any, float, str, str]] = []       # (net, setup ns, cell, pin)
@@ -389,7 +391,12 @@ def estimate_timing(netlist: Mapping[str, Any], top: str, model: DelayModel = UL
     TimingError
         If ``top`` is missing or the netlist has a combinational loop.
     """
-    graph, arrival, came_from = _propagate(netlist, top, model)
+    return _worst(*_propagate(netlist, top, model), model, clock_mhz)
+
+
+def _worst(graph: _Graph, arrival: Mapping[Any, float], came_from: Mapping[Any, tuple[Any, str]],
+           model: DelayModel, clock_mhz: float | None) -> dict[str, Any]:
+    """:func:`estimate_timing` of a propagated graph."""
     worst = (0.0, None, "", "")
     for net, setup, cell, pin in graph.ends:
         if isinstance(net, str) or net not in arrival:
@@ -464,9 +471,20 @@ def failing_endpoints(netlist: Mapping[str, Any], top: str, clock_mhz: float,
     ``worst_ns``, ``cell`` / ``pin`` / ``src`` of the worst end, and ``path``: the names of
     the named nets along its path, start first, with each one's arrival.
     """
-    graph, arrival, came_from = _propagate(netlist, top, model)
-    module = netlist["modules"].get(top) or netlist["modules"].get(f"\\{top}")
-    names = _net_names(module)
+    return _failing(*_propagate(netlist, top, model), model, clock_mhz)
+
+
+def timing_with_failures(netlist: Mapping[str, Any], top: str, clock_mhz: float,
+                         model: DelayModel = ULTRASCALE_PLUS_2) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """:func:`estimate_timing` and :func:`failing_endpoints` from one walk of the netlist."""
+    walk = _propagate(netlist, top, model)
+    return _worst(*walk, model, clock_mhz), _failing(*walk, model, clock_mhz)
+
+
+def _failing(graph: _Graph, arrival: Mapping[Any, float], came_from: Mapping[Any, tuple[Any, str]],
+             model: DelayModel, clock_mhz: float) -> list[dict[str, Any]]:
+    """:func:`failing_endpoints` of a propagated graph."""
+    names = _net_names(graph.module)
     period = 1000.0 / clock_mhz
     groups: dict[str, dict[str, Any]] = {}
     for net, setup, cell, pin in graph.ends:

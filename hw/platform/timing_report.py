@@ -47,10 +47,9 @@ def part_timing_report(config: Any, part: str, *, clock_mhz: float | None = None
 
 def _report(netlist: dict[str, Any], top: str, clock_mhz: float, limit: int,
             counts: dict[str, Any] | None = None) -> dict[str, Any]:
-    from vitaccel.hw.platform.timing import estimate_timing, failing_endpoints
+    from vitaccel.hw.platform.timing import timing_with_failures
 
-    timing = estimate_timing(netlist, top, clock_mhz=clock_mhz)
-    failing = failing_endpoints(netlist, top, clock_mhz)
+    timing, failing = timing_with_failures(netlist, top, clock_mhz)
     return {"top": top, "clock_mhz": clock_mhz, **(counts or {}),
             "fmax_mhz_estimate": timing["fmax_mhz_estimate"], "lut_levels": timing["lut_levels"],
             "failing_bits": sum(group["bits"] for group in failing), "failing_registers": len(failing),
