@@ -39,7 +39,7 @@ from vitaccel.hw.spec.isa import ADDR_UNIT, Buffer, Opcode
 from vitaccel.hw.spec.numerics import MAX_SHIFT, MULTIPLIER_BITS
 from vitaccel.hw.spec.regmap import ErrorCode
 
-from .decode import field_slice, instruction_unit_members
+from .decode import field_slice, first_failure, instruction_unit_members
 
 __all__ = ["RequantController"]
 
@@ -304,11 +304,11 @@ class RequantController(wiring.Component):
             with m.If(scanned):
                 goto("SCAN_DRAIN", "DST")
         with m.If(state["DST"]):
-            with m.If(failed):
-                m.d.comb += fail(ErrorCode.INVALID_OPERAND)
-                goto("DST", "IDLE")
-            with m.Elif(dst_out):
-                m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+            # golden order: the scans' INVALID_OPERAND before the destination's range
+            rejected, code = first_failure([(failed, ErrorCode.INVALID_OPERAND),
+                                            (dst_out, ErrorCode.ADDRESS_OUT_OF_RANGE)])
+            with m.If(rejected):
+                m.d.comb += fail(code)
                 goto("DST", "IDLE")
             with m.Elif(empty):
                 m.d.comb += self.done.eq(1)

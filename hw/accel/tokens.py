@@ -59,7 +59,7 @@ from vitaccel.hw.spec.isa import ADDR_UNIT, Buffer, Opcode
 from vitaccel.hw.spec.regmap import ErrorCode
 from vitaccel.hw.spec.sparse import TOPK_SCORE_BITS
 
-from .decode import field_slice, instruction_unit_members
+from .decode import field_slice, first_failure, instruction_unit_members
 
 __all__ = ["TokenController", "TOKEN_OPCODES", "SUM_ROWS_LIMIT"]
 
@@ -359,11 +359,10 @@ class TokenController(wiring.Component):
                          token_n.eq(Mux(is_gather, g_n, p_n)),
                          index_base.eq(Mux(is_gather, g_index, p_index)),
                          index_address.eq(Mux(is_gather, g_index, p_index))]
-            with m.If(check_invalid):
-                m.d.comb += fail(ErrorCode.INVALID_OPERAND)
-                goto("CHECK", "IDLE")
-            with m.Elif(check_out):
-                m.d.comb += fail(ErrorCode.ADDRESS_OUT_OF_RANGE)
+            failed, code = first_failure([(check_invalid, ErrorCode.INVALID_OPERAND),
+                                          (check_out, ErrorCode.ADDRESS_OUT_OF_RANGE)])
+            with m.If(failed):
+                m.d.comb += fail(code)
                 goto("CHECK", "IDLE")
             with m.Elif(is_topk):
                 goto("CHECK", "TOPK_ROW")
