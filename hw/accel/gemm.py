@@ -52,6 +52,8 @@ through ``vector_write`` and ``acc_write`` (16 byte enables of the 16-byte word 
 
 from __future__ import annotations
 
+import math
+
 from amaranth import Cat, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
@@ -118,6 +120,15 @@ class _SegmentReader:
     away. The requesting segment is picked one-hot (the lowest that needs a word, else the
     lowest with a spare slot), its address through an OR tree.
 
+    Bytes reach a segment in two steps, so that no segment holds a barrel shifter of its own:
+    every captured word is rotated once, by the capturing segment's start modulo ``align``
+    (``gcd(16, step_multiple)``: advances never change it), in one rotator the segments
+    share; a segment then merges each rotated word with the next at a fixed byte boundary
+    (one 2:1 multiplexer per byte) and picks its bytes at a multiple of ``align`` (a
+    multiplexer of ``nw * 16 / align`` inputs; none at all for a filling reader).
+    ``step_multiple``: a number ``step`` is always a multiple of (default: ``step`` itself,
+    which must then be an int).
+
     ``restart`` (comb) sets ``start[o] = origin + o * stride`` and empties the windows;
     ``advance`` (comb) adds ``step`` to every start. While ``enable`` is 1 the reader reads
     the words the segments need (lowest segment first); ``ready`` is 1 (whether enabled or
@@ -126,7 +137,7 @@ class _SegmentReader:
     """
 
     def __init__(self, m: Module, name: str, *, outer: int, length: int, data, origin, stride, step,
-                 valid, valid_bytes, prefetch: bool = False):
+                 valid, valid_bytes, prefetch: bool = False, step_multiple: int | None = None):
         self.restart = Signal(name=f"{name}_restart")
         self.advance = Signal(name=f"{name}_advance")
         self.enable = Signal(name=f"{name}_enable")
@@ -137,9 +148,16 @@ class _SegmentReader:
         nw = -(-length // ADDR_UNIT) + 1
         # A reader that never advances (``step == 0``: one fetch of each segment per restart,
         # its words in address order) fills each window from slot 0, so a segment's first
-        # word is always in slot 0 and its bytes are a shift by the start lane (16 places);
-        # a walking reader's window slides, and its bytes move by slot and lane.
+        # word is always in slot 0 and, its words rotated by the start lane, its bytes need no
+        # further selection; a walking reader's window slides, and its bytes move by slot and
+        # by the lane's multiple of ``align``.
         fills = isinstance(step, int) and step == 0 and not prefetch
+        if step_multiple is None:
+            if not isinstance(step, int):
+                raise TypeError(f"{name}: a step that is not an int needs step_multiple")
+            step_multiple = step
+        align = math.gcd(ADDR_UNIT, step_multiple)   # a power of two; gcd(16, 0) == 16
+        rot_bits = align.bit_length() - 1
         # Signals, not expressions: Amaranth would rebuild an expression at each of its uses.
         shared = {}
         for key, value, shape in (("valid_bytes", valid_bytes, range(length + 1)), ("origin", origin, _ADDR_BITS),
@@ -152,6 +170,10 @@ class _SegmentReader:
         cap_valid, cap_prefetch = Signal(name=f"{name}_cap_valid"), Signal(name=f"{name}_cap_prefetch")
         cap_seg = Signal(range(max(outer, 2)), name=f"{name}_cap_seg")
         cap_target = Signal(tag_bits, name=f"{name}_cap_target")
+        # The shared rotator: rotated byte j is the read word's byte (j + cap_rot) mod 16.
+        cap_rot, rot = Signal(rot_bits, name=f"{name}_cap_rot"), Signal(rot_bits, name=f"{name}_rot")
+        rotated = Signal(_WORD_BITS, name=f"{name}_rotated")
+        m.d.comb += rotated.eq(Cat(data, data).bit_select(cap_rot * 8, _WORD_BITS) if rot_bits else data)
         pick = Signal(range(max(outer, 2)), name=f"{name}_pick")
         target = Signal(tag_bits, name=f"{name}_target")
         cap_needed = Value.cast(0)
@@ -160,7 +182,7 @@ class _SegmentReader:
         # a priority chain through every segment).
         needs, spares = Signal(outer, name=f"{name}_needs"), Signal(outer, name=f"{name}_spares")
         lowest = Signal(outer, name=f"{name}_lowest")
-        targets = []
+        targets, rots = [], []
         for o in range(outer):
             start = Signal(_ADDR_BITS, name=f"{name}_start{o}")
             tag = Signal(tag_bits, name=f"{name}_tag{o}")
@@ -180,37 +202,53 @@ class _SegmentReader:
             if prefetch:   # the oldest slot holds none of the segment's bytes: fetch ahead
                 m.d.comb += spares[o].eq(active & ~need & (first + (nw - 1) > tag))
             targets.append(Mux(need & ~in_window, first, tag + 1)[:tag_bits])
+            rots.append(start[:rot_bits])
             with m.If(self.read & lowest[o]):
                 m.d.sync += [tag.eq(target), count.eq(Mux(in_window, Mux(count == nw, nw, count + 1), 1))]
             if fills:
                 fill = Signal(range(nw + 1), name=f"{name}_fill{o}")   # words captured since the restart
                 with m.If(cap_valid & (cap_seg == o)):
-                    m.d.sync += [window.word_select(fill, _WORD_BITS).eq(data), fill.eq(fill + 1)]
-                offset = Cat(Const(0, 3), start[:_LANE_BITS])
+                    m.d.sync += [window.word_select(fill, _WORD_BITS).eq(rotated), fill.eq(fill + 1)]
+                pick_at = Const(0)   # the segment starts at virtual byte 0 (align 16: rot is the lane)
             else:
                 with m.If(cap_valid & (cap_seg == o)):
-                    m.d.sync += [window.eq(Cat(window[_WORD_BITS:], data)), wtag.eq(cap_target)]
-                # The segment's first word sits in slot first - (wtag - nw + 1) of the window.
+                    m.d.sync += [window.eq(Cat(window[_WORD_BITS:], rotated)), wtag.eq(cap_target)]
+                # The segment's first word sits in slot first - (wtag - nw + 1) of the window;
+                # its first byte at virtual byte slot * 16 + (lane - rot), a multiple of align.
                 slot = (first + (nw - 1) - wtag)[:slot_bits]
-                offset = Cat(Const(0, 3), start[:_LANE_BITS], slot)
+                pick_at = Cat(start[rot_bits:_LANE_BITS], slot)
             with m.If(self.advance):
                 m.d.sync += start.eq(start + step)
             with m.If(self.restart):
                 m.d.sync += [start.eq(origin + stride * o), count.eq(0)]
                 if fills:
                     m.d.sync += fill.eq(0)
-            seg = window.bit_select(offset, length * 8)
-            m.d.comb += self.word[o * length * 8:(o + 1) * length * 8].eq(
-                Cat(*(Mux(active & (i < valid_bytes), seg[i * 8:(i + 1) * 8], 0) for i in range(length))))
+            # Virtual byte p is the byte ``rot`` places after window byte p: rotated word p // 16
+            # while p % 16 + rot < 16, else the next one (whose rotation wrapped that byte round).
+            window_bytes = [window[p * 8:(p + 1) * 8] for p in range(nw * ADDR_UNIT)] + [Const(0, 8)] * ADDR_UNIT
+            seg_rot = start[:rot_bits]
+            virtual = [window_bytes[p] if p % ADDR_UNIT <= ADDR_UNIT - align
+                       else Mux(seg_rot < ADDR_UNIT - p % ADDR_UNIT, window_bytes[p], window_bytes[p + ADDR_UNIT])
+                       for p in range(nw * ADDR_UNIT)]
+            choices = nw * ADDR_UNIT // align if not fills else 1
+            seg_bytes = []
+            for i in range(length):
+                picks = [virtual[q * align + i] if q * align + i < len(virtual) else Const(0, 8) for q in range(choices)]
+                byte = Cat(*picks).word_select(pick_at, 8) if len(picks) > 1 else picks[0]
+                seg_bytes.append(Mux(active & (i < valid_bytes), byte, 0))
+            m.d.comb += self.word[o * length * 8:(o + 1) * length * 8].eq(Cat(*seg_bytes))
         any_need, any_spare = needs.any(), spares.any()
         chosen = Signal(outer, name=f"{name}_chosen")
         m.d.comb += [chosen.eq(Mux(any_need, needs, spares)), lowest.eq(chosen & (~chosen + 1)),
                      pick.eq(_or_tree([Mux(lowest[o], o, 0) for o in range(outer)])),
                      target.eq(_or_tree([Mux(lowest[o], targets[o], 0) for o in range(outer)]))]
+        if rot_bits:
+            m.d.comb += rot.eq(_or_tree([Mux(lowest[o], rots[o], 0) for o in range(outer)]))
         m.d.comb += [self.read.eq(self.enable & (any_need | any_spare)),
                      self.read_addr.eq(Cat(Const(0, _LANE_BITS), target)),
                      self.ready.eq(~any_need & ~(cap_valid & (~cap_prefetch | cap_needed)))]
-        m.d.sync += [cap_valid.eq(self.read), cap_seg.eq(pick), cap_target.eq(target), cap_prefetch.eq(~any_need)]
+        m.d.sync += [cap_valid.eq(self.read), cap_seg.eq(pick), cap_target.eq(target), cap_prefetch.eq(~any_need),
+                     cap_rot.eq(rot)]
 
 
 def _or_tree(values: list) -> Value:
@@ -492,7 +530,7 @@ class GemmController(wiring.Component):
                                    origin=bt_origin, stride=kk, step=b,
                                    valid=lambda o: b_cols_left > o, valid_bytes=b_kvalid, prefetch=True)
         bn_reader = _SegmentReader(m, "bn_reader", outer=b, length=tc, data=weight_data,
-                                   origin=b_base + b_col_base, stride=nn, step=b * nn,
+                                   origin=b_base + b_col_base, stride=nn, step=b * nn, step_multiple=b,
                                    valid=lambda o: b_k_left > o, valid_bytes=b_col_bytes)
         transposed = flags["b_transposed"]
         m.d.comb += [self.input_read.eq(a_reader.read & ~flags["a_vector"]),
@@ -503,7 +541,7 @@ class GemmController(wiring.Component):
             # reads the WEIGHT port when the values' reader does not (see b_meta below).
             meta_reader = _SegmentReader(m, "meta_reader", outer=b, length=tc, data=weight_data,
                                          origin=b_base + idx_offset + b_col_base, stride=nn, step=b * nn,
-                                         valid=lambda o: b_k_left > o, valid_bytes=b_col_bytes)
+                                         step_multiple=b, valid=lambda o: b_k_left > o, valid_bytes=b_col_bytes)
             b_readers.append(meta_reader)
         for buffer, reads in ((Buffer.WEIGHT, b_readers),):
             read, addr, _ = self.read_port(buffer)

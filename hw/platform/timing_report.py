@@ -7,6 +7,7 @@ grouped by register, with the named nets along each path. This synthesizes one p
     python -m vitaccel.hw.platform.timing_report zcu102 tokens            # 300 MHz: the preset's clock
     python -m vitaccel.hw.platform.timing_report zcu102 logic --clock 250 --netlist /tmp/logic.json
     python -m vitaccel.hw.platform.timing_report --from-netlist /tmp/logic.json vitaccel_top --clock 300
+    python -m vitaccel.hw.platform.timing_report zcu102 core.gemm         # one module of the logic
 
 Parts: ``logic`` and those of :func:`vitaccel.hw.platform.synth.split_modules`. Output is JSON
 (``fmax_mhz_estimate``, ``failing``: one group per register). An estimate, not sign-off
@@ -35,14 +36,37 @@ def part_timing_report(config: Any, part: str, *, clock_mhz: float | None = None
 
     runs, _ = part_runs(accelerator_verilog(config), ACCEL_TOP_NAME, modules=split_modules(config),
                         memories=split_memories(config))
-    if part not in runs:
-        raise ValueError(f"part must be one of {', '.join(sorted(runs))}, got {part!r}")
-    verilog, top, extra = runs[part]
+    if part.startswith("core."):
+        verilog, top, extra = _submodule_run(config, runs["logic"][0], part)
+    elif part in runs:
+        verilog, top, extra = runs[part]
+    else:
+        raise ValueError(f"part must be one of {', '.join(sorted(runs))} or a module of the logic "
+                         f"(core.gemm, core.vector, ...), got {part!r}")
     with tempfile.TemporaryDirectory(prefix="vitaccel-timing-") as tmp:
         out = netlist or Path(tmp) / "netlist.json"
         result = synthesize(verilog, top, "xcup", timeout=timeout, netlist_out=out, **extra)
         return _report(json.loads(Path(out).read_text()), top, clock_mhz or config.clock_mhz, limit,
                        {key: result[key] for key in ("LUT", "FF", "DSP48E2", "BRAM36")})
+
+
+def _submodule_run(config: Any, logic_verilog: str, module: str) -> tuple[str, str, dict]:
+    """One module of the logic part alone (``core.gemm``: the GEMM controller and the engine's
+    control), with the logic part's black boxes and cut memories: minutes of yosys where the
+    whole logic part takes an hour."""
+    from vitaccel.hw.accel import ACCEL_TOP_NAME
+    from vitaccel.hw.platform.synth import (_extract, black_box, memory_declarations, module_parts,
+                                            split_memories, split_modules, verilog_modules)
+
+    full = f"{ACCEL_TOP_NAME}.{module}"
+    if full not in verilog_modules(logic_verilog):
+        raise ValueError(f"no module {module!r} in the logic part")
+    top = module.replace(".", "_")
+    text = _extract(logic_verilog, full, top)   # drops the black boxes' attributes: set again
+    _, boxed = module_parts(logic_verilog, split_modules(config))
+    text = black_box(text, [top + name[len(full):] for name in boxed if name.startswith(full + ".")])
+    declared = {memory for _, memory, _, _ in memory_declarations(text)}
+    return text, top, {"cut_memories": tuple(m for m in split_memories(config) if m in declared)}
 
 
 def _report(netlist: dict[str, Any], top: str, clock_mhz: float, limit: int,
@@ -61,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("config", nargs="?", help="preset or JSON config (not with --from-netlist)")
-    parser.add_argument("part", help="logic, tokens, requant, softmax, layernorm, gelu, block_unit, ... (with --from-netlist: the module, vitaccel_top for logic)")
+    parser.add_argument("part", help="logic, tokens, requant, softmax, layernorm, gelu, block_unit, ..., or a "
+                        "module of the logic alone (core.gemm, core.vector, core.dma); with --from-netlist: "
+                        "the module (vitaccel_top for logic, core_gemm for core.gemm)")
     parser.add_argument("--clock", type=float, default=None, metavar="MHZ",
                         help="target clock (default: the config's clock_mhz; 300 with --from-netlist)")
     parser.add_argument("--netlist", type=Path, default=None, help="also keep the mapped netlist here")
