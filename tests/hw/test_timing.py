@@ -167,3 +167,27 @@ def test_failing_endpoints_groups_a_registers_bits_and_names_the_path():
     assert [name for name, _ in groups[0]["path"]][0] == "start_q"
     assert "middle[0]" in [name for name, _ in groups[0]["path"]] or "middle[1]" in [n for n, _ in groups[0]["path"]]
     assert failing_endpoints(netlist, "top", 1000 / (worst + 0.01)) == []
+
+
+def test_timing_report_takes_one_module_of_the_logic_with_its_black_boxes():
+    """``timing_report CONFIG core.gemm``: the module and its submodules alone, renamed, the
+    split units inside it still black boxes, only its own memories cut; an unknown module is
+    a one-line error."""
+    from vitaccel.hw.platform.synth import verilog_modules
+    from vitaccel.hw.platform.timing_report import _submodule_run
+    from vitaccel.hw.spec.config import load_config
+
+    unit = "vitaccel_top.core.gemm.engine.grid.unit_0_0"
+    logic = (f"module vitaccel_top (input clk);\n  \\vitaccel_top.core.gemm  gemm (.clk(clk));\nendmodule\n"
+             f"module \\vitaccel_top.core.gemm (input clk);\n  \\vitaccel_top.core.gemm.engine  engine (.clk(clk));\n"
+             f"endmodule\n"
+             f"module \\vitaccel_top.core.gemm.engine (input clk);\n  reg [7:0] a_spad [3:0];\n"
+             f"  \\{unit}  unit_0_0 (.clk(clk));\nendmodule\n"
+             f"(* blackbox *)\nmodule \\{unit} (input clk);\nendmodule\n"
+             f"module \\vitaccel_top.core.vector (input clk);\nendmodule\n")
+    text, top, extra = _submodule_run(load_config("tiny"), logic, "core.gemm")
+    assert top == "core_gemm" and extra == {"cut_memories": ("a_spad",)}
+    assert sorted(verilog_modules(text)) == ["core_gemm", "core_gemm.engine", "core_gemm.engine.grid.unit_0_0"]
+    assert "(* blackbox *)\nmodule \\core_gemm.engine.grid.unit_0_0 " in text
+    with pytest.raises(ValueError, match="no module 'core.nope'"):
+        _submodule_run(load_config("tiny"), logic, "core.nope")
