@@ -28,19 +28,20 @@ on :class:`~vitaccel.hw.matrix.engine.MatrixEngine`:
    tile's parameter word (int32 bias / multiplier / shift from ACC, one run per field; bias 0
    without the ``bias`` flag) and each row's residual (VECTOR at ``out_addr``) the same way,
    and writes each output row's in-range bytes to VECTOR at ``out_addr`` with byte-enabled
-   16-byte writes (one per cycle, a row takes one or two). Feeders and drain run
-   concurrently, so the engine's double buffers never deadlock.
+   16-byte writes (one per cycle, a row takes one or two) through a pipeline of its own
+   (:class:`_RowWriter`), taking the next row while one is written. Feeders and drain
+   run concurrently, so the engine's double buffers never deadlock.
 4. **Raw int32 output** (no ``requant``): the drain takes the engine's ``output_acc`` row
    (A @ B before bias), adds the tile's biases (``bias``) and, with ``accumulate``, the
    row's ACC partials at ``acc_addr`` (read before the row), and writes the row to ACC at
    ``acc_addr`` with byte-enabled 16-byte writes (``acc_write``). A sum outside int32 stops
    the GEMM with INVALID_OPERAND when it ends (as the golden machine's check); from that
-   element on (in drain order: rows, then columns) nothing more is written.
+   element's row on nothing more is written.
 
 Differences from the golden machine (programs that break them are malformed anyway): the
 parameter block is read per tile while outputs are written, so a raw GEMM whose ACC output
 overlaps its own bias block reads biases it already overwrote (the golden machine reads the
-block first); after an int32 overflow the ACC output region holds the elements drained
+block first); after an int32 overflow the ACC output region holds the rows drained
 before the overflowing one (the golden machine writes nothing).
 
 Every buffer is read through a synchronous read port (address this cycle, data the next);
@@ -258,22 +259,50 @@ def _or_tree(values: list) -> Value:
     return Value.cast(values[0])
 
 
-def _row_write(start, row, byte_mask, index, *, words: int):
-    """The ``index``-th of at most ``words`` 16-byte writes that store the bytes of ``row``
-    (a multiple of 8 bits) ``byte_mask`` selects at byte address ``start``: (the word's byte
-    address, data, byte enables, 1 if no selected byte is left for later writes)."""
-    # Write ``index`` holds the row's bytes [16 * index - lane, 16 * index - lane + 16): pick the
-    # two 16-byte chunks it overlaps (a word mux), then one 16-byte rotator by ``lane``, instead
-    # of shifting the whole row (a ``words * 16``-byte barrel shifter).
-    lane = start[:_LANE_BITS]
-    back = (ADDR_UNIT - lane)[:_LANE_BITS + 1]   # 1..16: where the write's bytes start in the pair
-    padded = Cat(Const(0, _WORD_BITS), row, Const(0, words * _WORD_BITS - len(row)))   # chunk -1: zeros
-    data = padded.bit_select(index * _WORD_BITS, 2 * _WORD_BITS).bit_select(back * 8, _WORD_BITS)
-    mask_padded = Cat(Const(0, ADDR_UNIT), byte_mask, Const(0, words * ADDR_UNIT - len(byte_mask)))
-    enables = mask_padded.bit_select(index * ADDR_UNIT, 2 * ADDR_UNIT).bit_select(back, ADDR_UNIT)
-    # No selected byte after this write: none of the mask's from 16 * (index + 1) - lane on.
-    last = (Cat(byte_mask, Const(0, ADDR_UNIT)) >> (index * ADDR_UNIT + back)) == 0
-    return Cat(Const(0, _LANE_BITS), start[_LANE_BITS:] + index), data, enables, last
+class _RowWriter:
+    """Stores rows with byte-enabled 16-byte writes, one per cycle, from a row register.
+
+    ``load`` (comb; only while ``free``) takes ``row`` (``row_bytes`` bytes), ``mask`` (the
+    bytes to store), ``start`` (the row's byte address) and ``last_index`` (its writes - 1:
+    the 16-byte words it spans). The register holds the row behind a zero word and shifts
+    by 16 bytes per write, so write ``i`` is always the register's low 32 bytes rotated by
+    the start lane: one rotator, no word select. ``write`` (byte enables), ``write_addr`` and
+    ``write_data`` are registers, a cycle after the write's turn; ``free``: a row may load
+    this cycle (none is held, or its last write is under way); ``busy``: a row is held or
+    its last write not yet out.
+    """
+
+    def __init__(self, m: Module, name: str, *, row_bytes: int):
+        words = -(-(row_bytes + ADDR_UNIT - 1) // ADDR_UNIT)   # a row at any alignment
+        self.load = Signal(name=f"{name}_load")
+        self.row = Signal(row_bytes * 8, name=f"{name}_row")
+        self.mask = Signal(row_bytes, name=f"{name}_mask")
+        self.start = Signal(_ADDR_BITS, name=f"{name}_start")
+        self.last_index = Signal(range(words), name=f"{name}_last_index")
+        self.free, self.busy = Signal(name=f"{name}_free"), Signal(name=f"{name}_busy")
+        self.write = Signal(ADDR_UNIT, name=f"{name}_write")
+        self.write_addr = Signal(_ADDR_BITS, name=f"{name}_write_addr")
+        self.write_data = Signal(_WORD_BITS, name=f"{name}_write_data")
+        data = Signal((words + 1) * _WORD_BITS, name=f"{name}_data")   # word -1 (zeros), the row, zeros
+        enables = Signal((words + 1) * ADDR_UNIT, name=f"{name}_enables")
+        back = Signal(range(ADDR_UNIT + 1), name=f"{name}_back")   # 16 - lane: the row's first byte in the pair
+        word = Signal(_ADDR_BITS - _LANE_BITS, name=f"{name}_word")
+        left = Signal(range(words), name=f"{name}_left")   # writes after this one
+        held, pending = Signal(name=f"{name}_held"), Signal(name=f"{name}_pending")
+        m.d.comb += [self.free.eq(~held | (left == 0)), self.busy.eq(held | pending)]
+        m.d.sync += [pending.eq(held), self.write.eq(0)]
+        with m.If(held):
+            m.d.sync += [self.write.eq(enables[:2 * ADDR_UNIT].bit_select(back, ADDR_UNIT)),
+                         self.write_data.eq(data[:2 * _WORD_BITS].bit_select(back * 8, _WORD_BITS)),
+                         self.write_addr.eq(Cat(Const(0, _LANE_BITS), word)),
+                         data.eq(data[_WORD_BITS:]), enables.eq(enables[ADDR_UNIT:]), word.eq(word + 1),
+                         left.eq(left - 1)]
+            with m.If(left == 0):
+                m.d.sync += held.eq(0)
+        with m.If(self.load):
+            m.d.sync += [data.eq(Cat(Const(0, _WORD_BITS), self.row)), enables.eq(Cat(Const(0, ADDR_UNIT), self.mask)),
+                         back.eq(ADDR_UNIT - self.start[:_LANE_BITS]), word.eq(self.start[_LANE_BITS:]),
+                         left.eq(self.last_index), held.eq(1)]
 
 
 class GemmController(wiring.Component):
@@ -679,37 +708,62 @@ class GemmController(wiring.Component):
         with m.If(engine.params.valid & engine.params.ready):
             m.d.sync += params_valid.eq(0)
 
-        # Raw output: A @ B (+ bias) (+ partials), checked against int32 (golden order): a row
-        # writes its in-range elements before the first one that overflows.
+        # Output rows leave the engine into a pipeline, at most one per cycle (``take``, in
+        # WRITE): the taken row (its int8 bytes, or output_acc + bias and the partials), the
+        # raw sum and its int32 overflow test, then the row writer, so that the adders, the
+        # overflow test and the rotator each have a cycle of their own. Raw output: A @ B
+        # (+ bias) (+ partials), checked against int32 (golden order); a row with an element
+        # outside int32 writes nothing, and no row after it does.
+        requant = flags["requant"]
         col_in = Signal(tc)
         m.d.comb += col_in.eq(Cat(*(d_row_in & (lane < d_cols) for lane in range(tc))))
-        raw_lanes, raw_overflows = [], Signal(tc)
-        for lane in range(tc):
-            raw_sum = Signal(signed(cfg.acc_width + 2), name=f"raw_sum{lane}")
-            m.d.comb += raw_sum.eq(engine.output_acc[lane]
-                                   + Mux(flags["bias"], entry_word[lane].as_signed(), 0)
-                                   + Mux(flags["accumulate"], partials.word.word_select(lane, 32).as_signed(), 0))
-            raw_lanes.append(raw_sum[:32])
-            m.d.comb += raw_overflows[lane].eq(col_in[lane] & ((raw_sum < -(1 << 31)) | (raw_sum >= (1 << 31))))
-        row_overflows = raw_overflows.any()
-        raw_keep = []
-        for lane in range(tc):
-            before = raw_overflows[:lane + 1].any()
-            raw_keep.append((col_in[lane] & ~before & ~dry & ~overflow & ~bad_index).replicate(4))
-        row_words = -(-(tc * 4 + ADDR_UNIT - 1) // ADDR_UNIT)   # an int32 row at any 4-byte alignment
-        w_index = Signal(range(max(row_words, 2)))
-        vec_row = _row_write(out_base + d_row_index, engine.output.payload.as_value(), col_in, w_index,
-                             words=-(-(tc + ADDR_UNIT - 1) // ADDR_UNIT))   # an int8 row at any alignment
-        acc_row = _row_write(acc_base + d_row_index * 4, Cat(*raw_lanes), Cat(*raw_keep), w_index, words=row_words)
-        requant = flags["requant"]
-        m.d.comb += [self.vector_write_addr.eq(vec_row[0]), self.vector_write_data.eq(vec_row[1]),
-                     self.acc_write_addr.eq(acc_row[0]), self.acc_write_data.eq(acc_row[1])]
-        row_last = Mux(requant, vec_row[3], acc_row[3])
+        take = Signal()
+        writer = _RowWriter(m, "row_writer", row_bytes=tc * 4)
+        t_valid, s_valid = Signal(), Signal()
+        s_free = Signal()   # the summed row moves on (or there is none)
+        t_free = Signal()   # the taken row moves on (or there is none)
+        m.d.comb += [s_free.eq(~s_valid | writer.free), t_free.eq(~t_valid | s_free)]
+        t_row, s_row = Signal(tc * 8), Signal(tc * 8)
+        t_cols, s_cols, s_overflows = Signal(tc), Signal(tc), Signal(tc)
+        t_start, s_start = Signal(_ADDR_BITS), Signal(_ADDR_BITS)
+        t_bytes = Signal(range(tc * 4 + 1))   # the row's in-range bytes
+        s_last_index = Signal.like(writer.last_index)
+        sum_bits = max(cfg.acc_width, 32) + 2   # output_acc + bias + partial, exactly
+        t_sums = [Signal(signed(sum_bits - 1), name=f"taken_sum{lane}") for lane in range(tc)]
+        t_partials = [Signal(signed(32), name=f"taken_partial{lane}") for lane in range(tc)]
+        s_sums = [Signal(signed(sum_bits), name=f"raw_sum{lane}") for lane in range(tc)]
+        with m.If(t_free):
+            m.d.sync += [t_valid.eq(take), t_row.eq(engine.output.payload.as_value()), t_cols.eq(col_in),
+                         t_start.eq(Mux(requant, out_base + d_row_index, acc_base + d_row_index * 4)),
+                         t_bytes.eq(Mux(d_row_in, Mux(requant, d_cols, d_cols * 4), 0))]
+            for lane in range(tc):
+                m.d.sync += [t_sums[lane].eq(engine.output_acc[lane] + Mux(flags["bias"], entry_word[lane].as_signed(), 0)),
+                             t_partials[lane].eq(Mux(flags["accumulate"], partials.word.word_select(lane, 32), 0))]
+        with m.If(s_free):
+            m.d.sync += [s_valid.eq(t_valid), s_row.eq(t_row), s_cols.eq(t_cols), s_start.eq(t_start),
+                         # the words the row spans from its start lane (one for a row out of range)
+                         s_last_index.eq(Mux(t_bytes == 0, 0, (t_start[:_LANE_BITS] + t_bytes - 1) >> _LANE_BITS))]
+            for lane in range(tc):
+                raw_sum = t_sums[lane] + t_partials[lane]
+                m.d.sync += [s_sums[lane].eq(raw_sum),
+                             s_overflows[lane].eq(t_cols[lane] & ((raw_sum < -(1 << 31)) | (raw_sum >= (1 << 31))))]
+        row_overflows = s_overflows.any()
+        stopped = dry | bad_index
+        raw_keep = s_cols & ~Mux(row_overflows | overflow | stopped, (1 << tc) - 1, 0)
+        m.d.comb += [writer.load.eq(s_valid & writer.free), writer.start.eq(s_start),
+                     writer.last_index.eq(s_last_index),
+                     writer.row.eq(Mux(requant, s_row, Cat(*(total[:32] for total in s_sums)))),
+                     writer.mask.eq(Mux(requant, Mux(stopped, 0, s_cols), Cat(*(keep.replicate(4) for keep in raw_keep))))]
+        with m.If(writer.load & ~requant & row_overflows):
+            m.d.sync += overflow.eq(1)
+        m.d.comb += [self.vector_write.eq(Mux(requant, writer.write, 0)), self.acc_write.eq(Mux(requant, 0, writer.write)),
+                     self.vector_write_addr.eq(writer.write_addr), self.vector_write_data.eq(writer.write_data),
+                     self.acc_write_addr.eq(writer.write_addr), self.acc_write_data.eq(writer.write_data)]
         row_reads = flags["residual"] | flags["accumulate"]
 
         with m.FSM(name="gemm_drain"):
             with m.State("IDLE"):
-                m.d.comb += drain_done.eq(1)
+                m.d.comb += drain_done.eq(~t_valid & ~s_valid & ~writer.busy)
                 with m.If(drain_start):
                     m.d.sync += [d_block.eq(0), d_band.eq(0), d_tile.eq(0), d_row.eq(0), params_valid.eq(0),
                                  overflow.eq(0), *set_d_col(Const(0, 16)), d_block_col.eq(0), *set_d_row(Const(0, 16)),
@@ -717,7 +771,6 @@ class GemmController(wiring.Component):
                     m.next = "PARAMS"
             with m.State("PARAMS"):   # a raw GEMM without bias reads none (the engine's word is unused)
                 m.d.comb += params.restart.eq(1)
-                m.d.sync += w_index.eq(0)
                 m.next = "WAIT_PARAMS"
             with m.State("WAIT_PARAMS"):
                 m.d.comb += params.enable.eq(1)
@@ -728,41 +781,33 @@ class GemmController(wiring.Component):
                         m.next = "WRITE"
             with m.State("ROW"):   # residual (requant) and accumulate (raw) exclude each other
                 m.d.comb += [residual.restart.eq(1), partials.restart.eq(1)]
-                m.d.sync += w_index.eq(0)
                 m.next = "WRITE"
             with m.State("WRITE"):   # the engine emits a row once its tile is done (and the residual offered)
                 m.d.comb += [residual.enable.eq(1), partials.enable.eq(1),
                              engine.residual.valid.eq(flags["residual"] & residual.ready & ~engine.output.valid)]
-                with m.If(engine.output.valid & partials.ready):   # one 16-byte word per cycle
-                    m.d.comb += [self.vector_write.eq(Mux(requant & ~dry & ~bad_index, vec_row[2], 0)),
-                                 self.acc_write.eq(Mux(requant, 0, acc_row[2]))]
-                    m.d.sync += w_index.eq(w_index + 1)
-                    with m.If(row_last):
-                        m.d.comb += engine.output.ready.eq(1)
-                        m.d.sync += [w_index.eq(0), d_row.eq(d_row + 1), *set_d_row(d_row_abs + 1),
-                                     d_row_index.eq(d_row_index + nn)]
-                        with m.If(~requant & row_overflows):
-                            m.d.sync += overflow.eq(1)
-                        with m.If(row_reads):
-                            m.next = "ROW"
-                        with m.If(d_row == tr - 1):
-                            m.d.sync += [d_row.eq(0), d_tile.eq(d_tile + 1), *set_d_col(d_col_base + tc),
-                                         *set_d_row(d_band_row), d_tile_index.eq(d_tile_index + tc),
-                                         d_row_index.eq(d_tile_index + tc)]
-                            m.next = "PARAMS"
-                            with m.If(d_tile == tiles_in_block(d_block) - 1):
-                                m.d.sync += [d_tile.eq(0), d_band.eq(d_band + 1), *set_d_col(d_block_col),
-                                             d_band_row.eq(d_band_row + tr), *set_d_row(d_band_row + tr),
-                                             d_band_index.eq(d_band_index + band_elems),
-                                             d_tile_index.eq(d_band_index + band_elems),
-                                             d_row_index.eq(d_band_index + band_elems)]
-                                with m.If(d_band == m_tiles - 1):
-                                    m.d.sync += [d_band.eq(0), d_block.eq(d_block + 1),
-                                                 d_block_col.eq(d_block_col + block_cols),
-                                                 *set_d_col(d_block_col + block_cols), d_band_row.eq(0),
-                                                 *set_d_row(Const(0, 16)), d_band_index.eq(d_block_col + block_cols),
-                                                 d_tile_index.eq(d_block_col + block_cols),
-                                                 d_row_index.eq(d_block_col + block_cols)]
-                                    with m.If(d_block == n_blocks - 1):
-                                        m.next = "IDLE"
+                with m.If(engine.output.valid & partials.ready & t_free):   # a row per cycle at most
+                    m.d.comb += [engine.output.ready.eq(1), take.eq(1)]
+                    m.d.sync += [d_row.eq(d_row + 1), *set_d_row(d_row_abs + 1), d_row_index.eq(d_row_index + nn)]
+                    with m.If(row_reads):
+                        m.next = "ROW"
+                    with m.If(d_row == tr - 1):
+                        m.d.sync += [d_row.eq(0), d_tile.eq(d_tile + 1), *set_d_col(d_col_base + tc),
+                                     *set_d_row(d_band_row), d_tile_index.eq(d_tile_index + tc),
+                                     d_row_index.eq(d_tile_index + tc)]
+                        m.next = "PARAMS"
+                        with m.If(d_tile == tiles_in_block(d_block) - 1):
+                            m.d.sync += [d_tile.eq(0), d_band.eq(d_band + 1), *set_d_col(d_block_col),
+                                         d_band_row.eq(d_band_row + tr), *set_d_row(d_band_row + tr),
+                                         d_band_index.eq(d_band_index + band_elems),
+                                         d_tile_index.eq(d_band_index + band_elems),
+                                         d_row_index.eq(d_band_index + band_elems)]
+                            with m.If(d_band == m_tiles - 1):
+                                m.d.sync += [d_band.eq(0), d_block.eq(d_block + 1),
+                                             d_block_col.eq(d_block_col + block_cols),
+                                             *set_d_col(d_block_col + block_cols), d_band_row.eq(0),
+                                             *set_d_row(Const(0, 16)), d_band_index.eq(d_block_col + block_cols),
+                                             d_tile_index.eq(d_block_col + block_cols),
+                                             d_row_index.eq(d_block_col + block_cols)]
+                                with m.If(d_block == n_blocks - 1):
+                                    m.next = "IDLE"
         return m

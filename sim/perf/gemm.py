@@ -30,9 +30,12 @@ earliest; the tile's buffer is free once its last row has entered.
 
 **Drain** (FSM ``gemm_drain``): per tile PARAMS and WAIT_PARAMS (the tile's bias /
 multiplier / shift runs of ``tile_cols`` int32 from ACC: their words plus a capture cycle);
-per row one 16-byte write per buffer word the row spans (a row out of M: one cycle); with a
-residual (or ACC partials) a ROW state and the row's reads first. The engine emits the next
-row in the cycle the previous one's last write ends, or when it leaves the post-processor.
+per row a take (one cycle; with a residual, or ACC partials, a ROW state and the row's reads
+first), after which the row passes two register stages (taken, summed: each frees as its row
+moves on) into the row writer, which writes one 16-byte word per cycle, a word per buffer
+word the row spans (a row out of M: one), and takes the next row in its last write's cycle.
+The engine emits a row when the drain takes it, once it has left the post-processor. The
+GEMM is done when the drain is idle and the last write has left the writer's register.
 """
 
 from __future__ import annotations
@@ -182,6 +185,10 @@ def _gemm_cycles(config: AccelConfig, key: tuple) -> GemmTiming:
     step_t = start
     in_flight_clear = start
     drain_t = start
+    # The drain's row pipeline (hw/accel/gemm.py): the first cycle the previous row held
+    # its summed stage and its row writer, and the writes that row took.
+    prev_summed = prev_writer = start - 1
+    prev_writes = 0
     panel = 0
     engine_steps = 0
     for block in range(n_blocks):
@@ -216,14 +223,20 @@ def _gemm_cycles(config: AccelConfig, key: tuple) -> GemmTiming:
                         emit += reads
                     elif reads:
                         emit = max(emit, params_ready + 1 + reads)
-                    emit = max(emit, entries[r] + POST_LATENCY)
+                    emit = max(emit, entries[r] + POST_LATENCY,
+                               prev_summed - 1)   # the taken row's stage frees as its row moves on
                     emits.append(emit)
+                    # taken at emit; summed from emit + 2 once the last row reached the writer;
+                    # in the writer once the last row's writes are done
+                    prev_summed = max(emit + 2, prev_writer)
+                    prev_writer = max(prev_summed + 1, prev_writer + prev_writes)
+                    prev_writes = writes
                     if r == tr - 1:
                         in_flight_clear = entries[r] + 1
-                        drain_t = emit + writes
-                    else:
-                        emit += writes
+                    emit += 1
+                drain_t = emit   # PARAMS of the next tile, the cycle after the last row's take
             a_half_free[panel % 2] = step_t
             panel += 1
         b_half_free[block % 2] = step_t
-    return GemmTiming(busy=drain_t + 1, engine=engine_steps)
+    # done once the drain is idle and its last write is out of the writer's register
+    return GemmTiming(busy=max(drain_t, prev_writer + prev_writes + 1) + 1, engine=engine_steps)
