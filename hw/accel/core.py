@@ -586,9 +586,10 @@ class AcceleratorCore(wiring.Component):
                 with m.Elif(vector_unit.executes(opcode_bits)):
                     m.d.comb += vector_unit.start.eq(1)
                     m.next = "VECTOR_RUN"
-                with m.Elif((opcode_bits == Opcode.GEMM) & (gemm is not None)):
-                    m.d.comb += gemm.start.eq(1)
-                    m.next = "GEMM_RUN"
+                if gemm is not None:   # without an engine: INVALID_OPERAND below, as golden
+                    with m.Elif(opcode_bits == Opcode.GEMM):
+                        m.d.comb += gemm.start.eq(1)
+                        m.next = "GEMM_RUN"
                 with m.Elif(opcode_bits == Opcode.REQUANT):
                     m.d.comb += requant.start.eq(1)
                     m.next = "REQUANT_RUN"

@@ -98,10 +98,33 @@ def engine_supported(config: AccelConfig) -> str | None:
 
 
 def _ceil_div(value, divisor: int):
+    """``ceil(value / divisor)`` for a power-of-two ``divisor``: an adder and a shift."""
+    assert divisor & (divisor - 1) == 0, divisor
+    return (value + divisor - 1) >> (divisor.bit_length() - 1)
+
+
+def reciprocal(divisor: int, bits: int) -> tuple[int, int]:
+    """``(multiplier, shift)`` with ``floor(x / divisor) == (x * multiplier) >> shift`` for every
+    ``0 <= x < 2**bits``: ``multiplier = ceil(2**shift / divisor)`` with ``shift = bits +
+    ceil(log2(divisor))``; exact since ``x * (multiplier * divisor - 2**shift) < x * divisor
+    <= 2**shift``."""
+    shift = bits + (divisor - 1).bit_length()
+    return -(-(1 << shift) // divisor), shift
+
+
+def _ceil_div_register(m: Module, value, divisor: int, name: str) -> Signal:
+    """A register that holds ``ceil(value / divisor)`` one cycle after ``value`` for a power of
+    two, two cycles after otherwise: ``value + divisor - 1`` into a register, then a multiply
+    by the :func:`reciprocal` (a DSP48E2), with no divider and no adder before the multiply."""
+    value = Value.cast(value)
+    result = Signal(len(value), name=name)
     if divisor & (divisor - 1) == 0:
-        shift = divisor.bit_length() - 1
-        return (value + divisor - 1) >> shift
-    return (value + divisor - 1) // divisor
+        m.d.sync += result.eq(_ceil_div(value, divisor))
+        return result
+    rounded_up = Signal(len(value) + 1, name=f"{name}_rounded_up")
+    multiplier, shift = reciprocal(divisor, len(rounded_up))
+    m.d.sync += [rounded_up.eq(value + divisor - 1), result.eq((rounded_up * multiplier) >> shift)]
+    return result
 
 
 class _SegmentReader:
@@ -381,7 +404,9 @@ class GemmController(wiring.Component):
         m.d.sync += nm_values.eq(nm_rows * nn)
         idx_offset = Cat(Const(0, _LANE_BITS), (nm_values + ADDR_UNIT - 1)[_LANE_BITS:])
         acc_region_out = acc_base + mn * 4 > size[Buffer.ACC]   # partials / raw output (int32)
-        k_words, m_tiles, n_tiles = Signal(16), Signal(16), Signal(16)
+        k_words = Signal(16)
+        # Tile counts: read from PLAN_TILES on, at least three cycles after the word.
+        m_tiles, n_tiles = _ceil_div_register(m, mm, tr, "m_tiles"), _ceil_div_register(m, nn, tc, "n_tiles")
         a_words = Signal(16)   # A words per panel: k_words, or M / N per sparse k-step
         m.d.sync += [
             # nm=1 without nm_sparsity, or with b_transposed: with the shape checks (golden).
@@ -399,7 +424,6 @@ class GemmController(wiring.Component):
             raw_out.eq(acc_region_out),
             k_words.eq(Mux(nm, _ceil_div(nm_rows, b), _ceil_div(kk, b))),
             a_words.eq(Mux(nm, _ceil_div(nm_rows, b) << (nm_words_per_step(cfg).bit_length() - 1), _ceil_div(kk, b))),
-            m_tiles.eq(_ceil_div(mm, tr)), n_tiles.eq(_ceil_div(nn, tc)),
         ]
 
         # ---- plan: block_tiles = min(n_tiles, b_half_words // k_words), n_blocks, last block

@@ -585,6 +585,34 @@ def test_gemm_walking_runs_match_golden_machine():
     _assert_match_golden(programs, _simulate(programs, ddr_size))
 
 
+#: Tiles of 4 x 6 (three block columns): the tile counts are not shifts.
+THREE_COLS = dataclasses.replace(TINY, name="tiny-3-cols", block_cols=3, max_k=1024)
+
+
+def test_gemm_tile_count_without_a_divider_is_exact():
+    """The GEMM controller divides by a tile width that is not a power of two with a multiply by
+    the rounded-up reciprocal: exact for every value of the width, for every divisor a preset
+    can have (tile_cols = block_cols * block_size); and whole GEMMs on 4 x 6 tiles (n = 1, 5,
+    6, 7, 13, 37 columns: partial, exact and several tiles) match the golden machine."""
+    from vitaccel.hw.accel.gemm import reciprocal
+
+    values = np.arange(1 << 17, dtype=np.int64)
+    for divisor in (3, 5, 6, 7, 12, 24, 40, 48, 96, 100, 192):
+        multiplier, shift = reciprocal(divisor, 17)
+        assert multiplier < 1 << 18   # a DSP48E2's 18-bit input
+        assert np.array_equal((values * multiplier) >> shift, values // divisor), divisor
+    rng = random.Random(37)
+    programs = []
+    for m, k, n, flags in [(5, 9, 1, dict(bias=True)), (3, 7, 5, dict(bias=True, b_transposed=True)),
+                           (6, 4, 6, dict(requant=False, bias=True)), (4, 5, 7, dict(bias=True, residual=True)),
+                           (2, 3, 13, dict(requant=False, bias=False)), (5, 6, 37, dict(bias=True))]:
+        words, ddr = gemm_program(rng, THREE_COLS, 4096, m=m, k=k, n=n, **flags)
+        programs.append(Program(f"gemm {m}x{k}x{n} {sorted(flags)}", words, ddr))
+    golden_outcomes(THREE_COLS, programs)
+    assert all(p.golden["code"] is ErrorCode.NONE for p in programs)
+    _assert_match_golden(programs, _simulate(programs, 4096, THREE_COLS))
+
+
 def _gemm_alone_cycles(config, instr: Instruction, memory: dict) -> int:
     """Cycles from ``start`` to ``done`` of :class:`GemmController` alone, its buffers modelled
     in Python (``memory``: bytearray by Buffer; read data one cycle after the address)."""
