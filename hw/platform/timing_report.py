@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -55,15 +56,16 @@ def _submodule_run(config: Any, logic_verilog: str, module: str) -> tuple[str, s
     control), with the logic part's black boxes and cut memories: minutes of yosys where the
     whole logic part takes an hour."""
     from vitaccel.hw.accel import ACCEL_TOP_NAME
-    from vitaccel.hw.platform.synth import (_extract, black_box, memory_declarations, module_parts,
-                                            split_memories, split_modules, verilog_modules)
+    from vitaccel.hw.platform.synth import _extract, black_box, memory_declarations, split_memories, verilog_modules
 
     full = f"{ACCEL_TOP_NAME}.{module}"
     if full not in verilog_modules(logic_verilog):
         raise ValueError(f"no module {module!r} in the logic part")
     top = module.replace(".", "_")
     text = _extract(logic_verilog, full, top)   # drops the black boxes' attributes: set again
-    _, boxed = module_parts(logic_verilog, split_modules(config))
+    # The logic part marks its black boxes already (synth.black_box): read them, not the
+    # split patterns over the whole Verilog again.
+    boxed = re.findall(r"^\(\* blackbox \*\)\nmodule\s+\\?(\S+)", logic_verilog, flags=re.M)
     text = black_box(text, [top + name[len(full):] for name in boxed if name.startswith(full + ".")])
     declared = {memory for _, memory, _, _ in memory_declarations(text)}
     return text, top, {"cut_memories": tuple(m for m in split_memories(config) if m in declared)}
