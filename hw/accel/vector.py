@@ -166,6 +166,10 @@ class VectorController(wiring.Component):
             checks["softmax_src_out"].eq(src * ADDR_UNIT + rows * cols * 4 > acc_bytes),
             checks["softmax_param_out"].eq(param * ADDR_UNIT + 4 * isa.SOFTMAX_PARAM_WORDS > acc_bytes),
         ]
+        # A LAYERNORM destination that starts inside its source after the source's first byte:
+        # a row's output may overwrite a later row's input (the row stream's ``serial``).
+        dst_ahead = Signal()
+        m.d.sync += dst_ahead.eq((dst > src) & (dst * ADDR_UNIT < src * ADDR_UNIT + rows * cols))
         index = Signal(25)
         read_lane = Signal(_LANE_BITS)
         byte = self.vector_read_data.word_select(read_lane, 8)
@@ -214,7 +218,7 @@ class VectorController(wiring.Component):
                 self._layernorm_states(m, layernorm, elements, cols, src, dst, param,
                                        header_out=checks["layernorm_header_out"],
                                        block_out=checks["layernorm_block_out"],
-                                       src_out=checks["src_out"], dst_out=checks["dst_out"])
+                                       src_out=checks["src_out"], dst_out=checks["dst_out"], dst_ahead=dst_ahead)
             if softmax is not None:
                 self._softmax_states(m, softmax, elements, cols, src, dst, param,
                                      src_out=checks["softmax_src_out"], param_out=checks["softmax_param_out"],
@@ -397,7 +401,8 @@ class VectorController(wiring.Component):
         m.d.comb += softmax.i.payload.mask.eq((1 << lanes) - 1)
         stream_reset = self._row_stream_states(m, "SOFTMAX", softmax, softmax.i.payload.scores, elements, cols,
                                                read=(self.acc_read, self.acc_read_addr),
-                                               read_data=self.acc_read_data, element_bits=32, src=src, dst=dst)
+                                               read_data=self.acc_read_data, element_bits=32, src=src, dst=dst,
+                                               serial=Const(0))   # ACC into VECTOR: no overlap
 
         with m.State("SOFTMAX_CHECK"):
             m.d.sync += stream_reset
@@ -417,12 +422,12 @@ class VectorController(wiring.Component):
                        | (multiplier >= 1 << SOFTMAX_MULT_BITS) | (cols > config.max_tokens))
             self._start_or_retire(m, [((shift > MAX_SHIFT) | unbuilt, ErrorCode.INVALID_OPERAND),
                                       (dst_out, ErrorCode.ADDRESS_OUT_OF_RANGE)],
-                                  elements=elements, first_state="SOFTMAX_READ")
+                                  elements=elements, first_state="SOFTMAX_STREAM")
 
     # -- LAYERNORM -----------------------------------------------------------------------------
 
     def _layernorm_states(self, m: Module, layernorm, elements, cols, src, dst, param, *,
-                          header_out, block_out, src_out, dst_out) -> None:
+                          header_out, block_out, src_out, dst_out, dst_ahead) -> None:
         """FSM states of LAYERNORM through the non-linear unit's ``LayerNorm``: read the header
         (``isa.pack_layernorm_params``), copy gamma / beta into the unit (three ACC words per
         channel), then stream the rows (:meth:`_row_stream_states`).
@@ -447,7 +452,8 @@ class VectorController(wiring.Component):
                      layernorm.out_shift.eq(out_shift[:SHIFT_BITS])]
         stream_reset = self._row_stream_states(m, "LAYERNORM", layernorm, layernorm.i.payload, elements, cols,
                                                read=(self.vector_read, self.vector_read_addr),
-                                               read_data=self.vector_read_data, element_bits=8, src=src, dst=dst)
+                                               read_data=self.vector_read_data, element_bits=8, src=src, dst=dst,
+                                               serial=dst_ahead)
         # Parameter copy: channel, word (0 gamma, 1 beta low, 2 beta high), lane, unit address.
         write = layernorm.param_write
         channel = Signal(13)
@@ -511,25 +517,31 @@ class VectorController(wiring.Component):
                 m.d.comb += self._fail(ErrorCode.INVALID_OPERAND)
                 m.next = "IDLE"
             with m.Else():
-                m.next = "LAYERNORM_READ"
+                m.next = "LAYERNORM_STREAM"
 
     # -- row stream (SOFTMAX, LAYERNORM) -------------------------------------------------------
 
     def _row_stream_states(self, m: Module, prefix: str, unit, payload, elements: Signal, cols, *, read,
-                           read_data, element_bits: int, src, dst) -> list:
-        """FSM states ``<prefix>_READ`` (the entry) .. ``<prefix>_WRITE`` that stream ``elements``
-        (rows of ``cols``) through a row unit (``i`` / ``o`` streams of ``unit.lanes`` lanes),
-        one row at a time.
+                           read_data, element_bits: int, src, dst, serial) -> list:
+        """FSM state ``<prefix>_STREAM`` (the entry): stream ``elements`` (rows of ``cols``)
+        through a row unit (``i`` / ``o`` streams of ``unit.lanes`` lanes) with a *sender* and a
+        *receiver* that work at once, so the unit holds several rows (its row slots) and a row's
+        reads, the unit's pipelines and an earlier row's writes overlap.
 
-        Gather: each READ cycle reads the 16-byte word (of the buffer ``read`` / ``read_data``
-        belong to) holding the row's next element, ``element_bits`` wide, dense from unit
-        address ``src``, and takes the chunk of it that fits: what is left of the word, of the
-        beat and of the row (:func:`row_chunks`); the chunk lands in the beat the cycle after
-        (the next word's address is already out). SEND offers the beat (``payload``) the cycle
-        after its last chunk was read. Write: RECEIVE takes an output beat, then each WRITE
-        cycle writes the chunk of it that fits in the current 16-byte VECTOR word (byte
-        enables) at ``dst``. Rows need no alignment. Returns the statements that reset the
-        counters."""
+        Sender: each cycle it may, it reads the 16-byte word (of the buffer ``read`` /
+        ``read_data`` belong to) holding the next element, ``element_bits`` wide, dense from
+        unit address ``src``, and takes the chunk of it that fits: what is left of the word, of
+        the beat and of the row; the chunk lands in the beat the cycle
+        after. A beat is offered to the unit (``payload``) the cycle after its last chunk was
+        read, while the next beat's first word is read; the sender waits only while the unit
+        does not take an offered beat. Receiver: it takes an output beat and writes the chunk of
+        it that fits in the current 16-byte VECTOR word (byte enables) at ``dst`` each cycle,
+        taking the next beat in the cycle of a beat's last write. Rows need no alignment.
+
+        ``serial`` (registered): the destination starts inside the source after its start, so
+        a row's output may land on a later row's input; the sender then reads a row only once
+        the previous row is written, which keeps the ISA's row-by-row meaning. Returns the
+        statements that reset the stream."""
         lanes = unit.lanes
         read_enable, read_addr = read
         element_bytes = element_bits // 8
@@ -538,10 +550,14 @@ class VectorController(wiring.Component):
         name = prefix.lower()
         lane_bits = max(1, (lanes - 1).bit_length())
         chunk_bits = max(lanes, per_word, ADDR_UNIT).bit_length()
-        # -- gather -------------------------------------------------------------------------
+        # -- sender -------------------------------------------------------------------------
         row_addr = Signal(_ADDR_BITS, name=f"{name}_row_addr")      # byte address of the row's first element
         col = Signal(13, name=f"{name}_col")
         lane = Signal(range(lanes + 1), name=f"{name}_lane")
+        in_index = Signal(25, name=f"{name}_in_index")               # elements read
+        reads_done = Signal(name=f"{name}_reads_done")
+        offered = Signal(name=f"{name}_offered")                     # a whole beat is offered to the unit
+        row_wait = Signal(name=f"{name}_row_wait")                   # serial: the row read is not yet written
         address = Signal(_ADDR_BITS, name=f"{name}_element_addr")
         m.d.comb += address.eq(row_addr + (col << log_bytes))
         offset = address[log_bytes:_LANE_BITS] if per_word > 1 else Value.cast(0)
@@ -551,7 +567,8 @@ class VectorController(wiring.Component):
         first = Mux(in_word < in_beat, in_word, in_beat)
         count = Signal(chunk_bits, name=f"{name}_chunk")
         m.d.comb += count.eq(Mux(in_row < first, in_row, first))
-        beat_full = (lane + count == lanes) | (col + count == cols)
+        row_read = col + count == cols
+        beat_full = (lane + count == lanes) | row_read
         # The chunk in flight: its element offset in the word, first beat lane and count.
         pending = Signal(name=f"{name}_pending")
         pending_offset = Signal(max(1, _LANE_BITS - log_bytes), name=f"{name}_pending_offset")
@@ -567,8 +584,9 @@ class VectorController(wiring.Component):
                                          else read_data[:element_bits], beat[j]))
         m.d.sync += beat.eq(merged)
         m.d.comb += payload.eq(merged)
-        # -- write --------------------------------------------------------------------------
+        # -- receiver -----------------------------------------------------------------------
         outputs = Signal(unit.o.payload.shape(), name=f"{name}_outputs")
+        holding = Signal(name=f"{name}_holding")                     # ``outputs`` has bytes to write
         out_row_addr = Signal(_ADDR_BITS, name=f"{name}_out_row_addr")
         out_col = Signal(13, name=f"{name}_out_col")
         out_lane = Signal(range(lanes + 1), name=f"{name}_out_lane")
@@ -587,40 +605,40 @@ class VectorController(wiring.Component):
             word_bytes.append(out_bytes.word_select(source, 8) if lanes > 1 else out_bytes[:8])
             enables.append(_at_least(k, out_offset) & (k < out_offset + out_count))
         row_done = out_col + out_count == cols
-        with m.State(f"{prefix}_READ"):
-            m.d.comb += [read_enable.eq(1), read_addr.eq(address)]
-            m.d.sync += [pending.eq(1), pending_offset.eq(offset), pending_lane.eq(lane), pending_count.eq(count),
-                         col.eq(col + count), lane.eq(lane + count)]
-            with m.If(beat_full):
-                m.next = f"{prefix}_SEND"
-        with m.State(f"{prefix}_SEND"):   # lanes past the row's end are masked by the unit
-            m.d.comb += unit.i.valid.eq(1)
+        beat_done = row_done | (out_lane + out_count == lanes)
+        with m.State(f"{prefix}_STREAM"):
+            # send (lanes past the row's end are masked by the unit)
+            can_read = ~reads_done & (~offered | unit.i.ready) & ~row_wait
+            m.d.comb += unit.i.valid.eq(offered)
             m.d.sync += pending.eq(0)
             with m.If(unit.i.ready):
-                m.d.sync += lane.eq(0)
-                with m.If(col == cols):
-                    m.next = f"{prefix}_RECEIVE"
+                m.d.sync += offered.eq(0)
+            with m.If(can_read):
+                m.d.comb += [read_enable.eq(1), read_addr.eq(address)]
+                m.d.sync += [pending.eq(1), pending_offset.eq(offset), pending_lane.eq(lane),
+                             pending_count.eq(count), in_index.eq(in_index + count),
+                             lane.eq(Mux(beat_full, 0, lane + count)), offered.eq(beat_full),
+                             reads_done.eq(in_index + count == elements)]
+                with m.If(row_read):
+                    m.d.sync += [col.eq(0), row_addr.eq(row_addr + (cols << log_bytes)), row_wait.eq(serial)]
                 with m.Else():
-                    m.next = f"{prefix}_READ"
-        with m.State(f"{prefix}_RECEIVE"):
-            m.d.comb += unit.o.ready.eq(1)
-            with m.If(unit.o.valid):
-                m.d.sync += [outputs.eq(unit.o.payload), out_lane.eq(0)]
-                m.next = f"{prefix}_WRITE"
-        with m.State(f"{prefix}_WRITE"):
-            m.d.comb += [self.vector_write.eq(Cat(*enables)), self.vector_write_addr.eq(out_address),
-                         self.vector_write_data.eq(Cat(*word_bytes))]
-            m.d.sync += [out_col.eq(out_col + out_count), out_lane.eq(out_lane + out_count),
-                         out_index.eq(out_index + out_count)]
-            with m.If(row_done):
-                m.d.sync += [col.eq(0), out_col.eq(0), row_addr.eq(row_addr + (cols << log_bytes)),
-                             out_row_addr.eq(out_row_addr + cols)]
-                with m.If(out_index + out_count == elements):
-                    m.d.comb += self.done.eq(1)
-                    m.next = "IDLE"
-                with m.Else():
-                    m.next = f"{prefix}_READ"
-            with m.Elif(out_lane + out_count == lanes):
-                m.next = f"{prefix}_RECEIVE"
-        return [row_addr.eq(src * ADDR_UNIT), out_row_addr.eq(dst * ADDR_UNIT), out_index.eq(0), col.eq(0),
-                out_col.eq(0), lane.eq(0), pending.eq(0)]
+                    m.d.sync += col.eq(col + count)
+            # receive and write
+            m.d.comb += unit.o.ready.eq(~holding | beat_done)
+            with m.If(holding):
+                m.d.comb += [self.vector_write.eq(Cat(*enables)), self.vector_write_addr.eq(out_address),
+                             self.vector_write_data.eq(Cat(*word_bytes))]
+                m.d.sync += [out_col.eq(out_col + out_count), out_lane.eq(out_lane + out_count),
+                             out_index.eq(out_index + out_count)]
+                with m.If(beat_done):
+                    m.d.sync += holding.eq(0)
+                with m.If(row_done):
+                    m.d.sync += [out_col.eq(0), out_row_addr.eq(out_row_addr + cols), row_wait.eq(0)]
+                    with m.If(out_index + out_count == elements):
+                        m.d.comb += self.done.eq(1)
+                        m.next = "IDLE"
+            with m.If(unit.o.valid & unit.o.ready):
+                m.d.sync += [outputs.eq(unit.o.payload), out_lane.eq(0), holding.eq(1)]
+        return [row_addr.eq(src * ADDR_UNIT), out_row_addr.eq(dst * ADDR_UNIT), in_index.eq(0), out_index.eq(0),
+                col.eq(0), out_col.eq(0), lane.eq(0), pending.eq(0), reads_done.eq(0), offered.eq(0),
+                row_wait.eq(0), holding.eq(0)]

@@ -22,12 +22,9 @@ for SYNC and FINISH; other files named):
   PARAM_WRITE per beat of channels; then the rows (``_row_stream_states``).
 * SOFTMAX (``_softmax_states``): DECIDE, CHECK, PARAMS, PARAMS_TAKE, PARAMS_CHECK; then
   the rows.
-* Row stream, per row: a READ per source chunk (:func:`row_chunks`: what is left of the
-  16-byte word, the beat and the row), SEND per beat; RECEIVE waits for the unit's first
-  output beat; then per output beat RECEIVE + a WRITE per destination chunk:
-  ``chunks_in + chunks_out + 2 beats + wait``. The wait is the unit's hand-over of one row through its
-  pipelines (the controller sends one row and waits for it): :func:`layernorm_row_wait`
-  and :func:`softmax_row_wait`, counted from the stage constants of the units.
+* Row stream: the controller's sender and receiver around the unit, which holds several rows
+  at once; no closed formula follows their waits, so :mod:`.rowstream` steps their control
+  registers cycle by cycle (exact against RTL; cached per shape).
 * REQUANT (``hw/accel/requant.py``, ``RequantController.cycles``): DECIDE, the check
   registers (SETTLE, CHECK), two reads per column (multiplier, shift) and two per element
   (accumulator, bias) back to back, the scans' drain, DST; then four reads per element back
@@ -41,42 +38,17 @@ for SYNC and FINISH; other files named):
 
 from __future__ import annotations
 
-import functools
-
 from vitaccel.hw.accel.requant import RequantController
 from vitaccel.hw.accel.tokens import TokenController
-from vitaccel.hw.nonlinear.arith import ExpStage, InvSqrt, Reciprocal
-from vitaccel.hw.nonlinear.units import LayerNorm, Softmax
+from vitaccel.hw.nonlinear.arith import ExpStage, Reciprocal
 from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.hw.spec.isa import ADDR_UNIT, Instruction, Opcode
 from vitaccel.hw.topk import topk_engine_cycles
 
-__all__ = ["compute_cycles", "word_beats", "row_chunks", "layernorm_row_wait", "softmax_row_wait",
-           "sparse_attention_cycles", "sparse_attention_waves", "SPARSE_ESTIMATE_DENSITY"]
+from .rowstream import row_stream_cycles
 
-def _tree_levels(lanes: int) -> int:
-    """Levels of the units' pipelined adder / compare trees over ``lanes`` values."""
-    return (lanes - 1).bit_length()
-
-
-def layernorm_row_wait(lanes: int) -> int:
-    """LayerNorm: cycles RECEIVE waits after a row's last beat went in (``LayerNorm`` in
-    ``hw/nonlinear/units.py``): the LOAD pipeline and its adder tree to the row's sums, the
-    ``loaded`` flag, the STATS states, the inverse square root, the ``ready`` flag, then the
-    OUT pipeline up to its output register (whose cycle is the first RECEIVE beat)."""
-    return (LayerNorm.LOAD_STAGES + _tree_levels(lanes) + 1 + LayerNorm.STATS_STATES + InvSqrt.LATENCY + 1
-            + LayerNorm.OUT_STAGES - 1)
-
-
-def softmax_row_wait(lanes: int, beats: int) -> int:
-    """Softmax: cycles RECEIVE waits after a row's last beat went in (``Softmax``): the LOAD
-    pipeline and its compare tree to the row max, the ``scores_full`` flag and the EXP issue
-    flag, one issue per beat, the EXP pipeline (input stages, ``ExpStage``, the sum tree) to
-    the row total, the ``pending`` flag, the reciprocal, the ``ready`` flag, then the OUT
-    pipeline up to its output register."""
-    levels = _tree_levels(lanes)
-    return (Softmax.LOAD_STAGES + levels + 2 + beats + Softmax.EXP_INPUT_STAGES + ExpStage.LATENCY + levels
-            + 1 + Reciprocal.LATENCY + 1 + Softmax.OUT_STAGES - 1)
+__all__ = ["compute_cycles", "word_beats", "sparse_attention_cycles", "sparse_attention_waves",
+           "SPARSE_ESTIMATE_DENSITY"]
 
 
 def _ceil(a: int, b: int) -> int:
@@ -89,34 +61,13 @@ def word_beats(config: AccelConfig) -> int:
     return min(config.vector_lanes, ADDR_UNIT)
 
 
-@functools.lru_cache(maxsize=4096)
-def row_chunks(start: int, cols: int, element_bytes: int, lanes: int) -> int:
-    """Chunks of a row of ``cols`` elements of ``element_bytes`` from byte address ``start``
-    (only ``start % 16`` matters) in beats of ``lanes``: each chunk is what is left of the
-    16-byte word, of the beat and of the row (``VectorController._row_stream_states``, READ
-    and WRITE)."""
-    per_word = ADDR_UNIT // element_bytes
-    chunks = col = lane = 0
-    while col < cols:
-        offset = (start + col * element_bytes) % ADDR_UNIT // element_bytes
-        count = min(per_word - offset, lanes - lane, cols - col)
-        chunks += 1
-        col += count
-        lane = 0 if lane + count == lanes else lane + count
-    return chunks
-
-
-def _row_stream(f: dict, element_bytes: int, lanes: int, wait: int) -> int:
-    """Rows through a row unit: per row a READ per source chunk, a SEND and a RECEIVE per
-    beat, the unit's ``wait``, a WRITE per destination chunk."""
+def _row_stream(unit: str, f: dict, element_bytes: int, lanes: int, *, serial: bool = False) -> int:
+    """Cycles of a row stream (:func:`~.rowstream.row_stream_cycles`); none without elements."""
     rows, cols = f["rows"], f["cols"]
-    beats = _ceil(cols, lanes)
-    src, dst = f["src_addr"] * ADDR_UNIT, f["dst_addr"] * ADDR_UNIT
-    total = 0
-    for row in range(rows):
-        total += (row_chunks((src + row * cols * element_bytes) % ADDR_UNIT, cols, element_bytes, lanes)
-                  + row_chunks((dst + row * cols) % ADDR_UNIT, cols, 1, lanes))
-    return total + rows * (2 * beats + wait)
+    if not rows * cols:
+        return 0
+    return row_stream_cycles(unit, lanes, rows, cols, element_bytes, f["src_addr"] * ADDR_UNIT % ADDR_UNIT,
+                             f["dst_addr"] * ADDR_UNIT % ADDR_UNIT, serial)
 
 
 #: DECIDE, the token controller's check registers (SETTLE) and CHECK.
@@ -228,10 +179,11 @@ def compute_cycles(config: AccelConfig, instr: Instruction, *, sparse_waves: int
     if op is Opcode.LAYERNORM:
         cols = f["cols"]
         params = 6 * cols + _ceil(cols, lanes)
-        return 5 + params + _row_stream(f, 1, lanes, layernorm_row_wait(lanes))
+        # a destination inside the source after its start: row by row (``dst_ahead``)
+        serial = f["src_addr"] < f["dst_addr"] < f["src_addr"] + _ceil(elements, ADDR_UNIT)
+        return 5 + params + _row_stream("layernorm", f, 1, lanes, serial=serial)
     if op is Opcode.SOFTMAX:
-        cols = f["cols"]
-        return 5 + _row_stream(f, 4, lanes, softmax_row_wait(lanes, _ceil(cols, lanes)))
+        return 5 + _row_stream("softmax", f, 4, lanes)
     if op is Opcode.REQUANT:
         return RequantController.cycles(f["rows"], f["cols"])
     if op is Opcode.TOPK:

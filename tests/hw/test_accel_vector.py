@@ -245,6 +245,67 @@ def test_layernorm_edges_match_golden(name):
     _check(config, steps, vector, acc, expected)
 
 
+#: (rows, cols, src unit, dst unit): rows streaming while earlier rows' outputs are written --
+#: a destination apart, one word behind the source (rows still stream), in place, one and
+#: two words ahead inside the source (a row's output lands on a later row's input: the
+#: controller waits for each row's writes), rows of one element, long rows.
+OVERLAP_CASES = [(6, 21, 2, 100), (5, 19, 10, 9), (7, 13, 20, 20), (6, 17, 30, 31), (4, 33, 40, 42),
+                 (9, 1, 60, 61), (3, 60, 70, 71)]
+
+
+@pytest.mark.parametrize("name", ["lanes4", "lanes16"])
+def test_layernorm_rows_overlap_with_writes(name):
+    """Several rows in flight at once, and source / destination overlaps: each row reads what
+    the rows before it wrote, as ``for i in range(rows)`` in the ISA says."""
+    config = CONFIGS[name]
+    rng = np.random.default_rng(5)
+    vector, acc = bytearray(rng.integers(0, 256, VECTOR_BYTES, dtype=np.uint8).tobytes()), bytearray(ACC_BYTES)
+    expected = bytearray(vector)
+    steps = []
+    param_unit = 0
+    for rows, cols, src, dst in OVERLAP_CASES:
+        gamma, beta = rng.uniform(-2, 2, cols), rng.uniform(-1, 1, cols)
+        params = layernorm_params(0.05, gamma, beta, 0.02, 1e-5, rsqrt_lut_bits=config.rsqrt_lut_bits)
+        block = isa.pack_layernorm_params(params).astype("<i4")
+        _words(acc, param_unit, block)
+        x = _int8(rng, rows * cols)
+        _words(vector, src, x)
+        _words(expected, src, x)
+        for row in range(rows):   # on the state the earlier rows left
+            start = src * ADDR_UNIT + row * cols
+            xs = np.frombuffer(bytes(expected[start:start + cols]), np.int8).astype(np.int64).reshape(1, cols)
+            out = dst * ADDR_UNIT + row * cols
+            expected[out:out + cols] = nonlinear.layernorm(xs, params).astype(np.int8).tobytes()
+        steps.append((Instruction(Opcode.LAYERNORM, rows=rows, cols=cols, src_addr=src, dst_addr=dst,
+                                  param_addr=param_unit), False))
+        param_unit += -(-len(block) * 4 // ADDR_UNIT)
+    _check(config, steps, vector, acc, expected)
+
+
+@pytest.mark.parametrize("name", ["lanes4", "lanes16"])
+def test_softmax_many_rows_stream(name):
+    """More rows than the unit's row slots, short and long: the sender runs ahead of the
+    writes while the unit holds rows in each stage."""
+    config = CONFIGS[name]
+    rng = np.random.default_rng(6)
+    vector, acc = bytearray(rng.integers(0, 256, VECTOR_BYTES, dtype=np.uint8).tobytes()), bytearray(ACC_BYTES)
+    expected = bytearray(vector)
+    params = softmax_params(0.01, exp_lut_bits=config.exp_lut_bits, recip_lut_bits=config.recip_lut_bits)
+    _words(acc, 0, isa.pack_softmax_params(params).astype("<i4"))
+    steps = []
+    unit, dst = 1, 7
+    for rows, cols in ((12, 1), (9, 3), (7, 18), (5, 37)):
+        scores = rng.integers(-5000, 5000, (rows, cols)).astype(np.int64)
+        scores[0] = 42   # an all-equal row
+        _words(acc, unit, scores.astype("<i4"))
+        _words(expected, dst, nonlinear.softmax(scores, params).astype(np.uint8))
+        steps.append((Instruction(Opcode.SOFTMAX, rows=rows, cols=cols, src_addr=unit, dst_addr=dst,
+                                  param_addr=0), False))
+        unit += -(-4 * rows * cols // ADDR_UNIT) + 1
+        dst += -(-rows * cols // ADDR_UNIT) + 3
+    _check(config, steps, vector, acc, expected)
+
+
 # -- checks --------------------------------------------------------------------------------------
 
 def test_bad_operands_stop_in_golden_order():
