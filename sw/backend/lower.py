@@ -42,8 +42,8 @@ from vitaccel.hw.spec.nm import NMWeights, compress, magnitude_keep_mask
 from vitaccel.sw.backend.emitter import Pipeline, ProgramBuilder
 from vitaccel.sw.backend.memory import DdrAllocator, TensorView, align
 from vitaccel.sw.backend.onchip import Arena, Resident
-from vitaccel.sw.backend.tiling import (MAX_COLS, MAX_GATHER_BYTES, MAX_PACKAGE_COLS, MAX_ROWS, SlotPlan, Tiler,
-                                        blocks)
+from vitaccel.sw.backend.tiling import (MAX_COLS, MAX_GATHER_BYTES, MAX_M, MAX_N, MAX_PACKAGE_COLS, MAX_ROWS, SlotPlan,
+                                        Tiler, blocks)
 from vitaccel.sw.qgraph import QGraph, QOp
 
 __all__ = ["BackendError", "Lowering", "LayerRecord"]
@@ -170,6 +170,8 @@ class Lowering:
         # Tensors never written to DDR: token scores, which the top-k engine sums from the
         # attention probabilities (TOPK sum_rows, PACKAGE) as it reads them; views of those rows.
         self.deferred: dict[str, TensorView] = {}
+        #: Outputs of ops lowered together with the op before them (a softmax of scores).
+        self.fused: set[str] = set()
         self.init: list[tuple[int, bytes]] = []
         self.layers: list[LayerRecord] = []
         self.op_constants: dict[tuple[str, str], int] = {}
@@ -494,6 +496,10 @@ class Lowering:
         return compress(weight, n, m)
 
     def _op_matmul(self, op: QOp, record: LayerRecord) -> None:
+        fused = self._scores_softmax(op)
+        if fused is not None:
+            self._matmul_softmax(op, *fused, record)
+            return
         a, a_onchip = self._operand(op.inputs[0])
         b = self._input(op.inputs[1])
         transpose_b = bool(op.attrs.get("transpose_b"))
@@ -509,6 +515,92 @@ class Lowering:
         for index in blocks(out.shape):
             self._gemm_tiles(op, record, _block(a, index), _block(b, index), transpose_b, _block(out, index),
                              p_addr, requant, unsigned_a, a_onchip=a_onchip)
+
+    # -- attention scores and their softmax, tile by tile ------------------------------------------
+
+    def _scores_softmax(self, op: QOp) -> tuple[QOp, int] | None:
+        """``(softmax, rows per tile)`` if ``op`` is a raw (int32) matmul whose only reader is
+        the softmax right after it and a tile of whole score rows fits beside the softmax
+        parameters in one ACC slot; else None. Tiles of more than one take a multiple of 16
+        rows, so every tile's A rows and probabilities start on a 16-byte boundary."""
+        g = self.graph
+        number = g.ops.index(op)
+        if not self.onchip or op.attrs.get("requant") or number + 1 >= len(g.ops):
+            return None
+        softmax = g.ops[number + 1]
+        if (softmax.kind != "softmax" or softmax.inputs[0] != op.output or op.output in g.outputs
+                or [reader for reader in g.consumers(op.output)] != [softmax]):
+            return None
+        a, out = g.tensors[op.inputs[0]], g.tensors[op.output]
+        m, k, n = out.shape[-2], a.shape[-1], out.shape[-1]
+        cap = self.tiler.capacity
+        if n > min(self.config.max_tokens, MAX_COLS, MAX_N) or k > self.config.max_k \
+                or self.tiler.weight_bytes(k, n) > cap[Buffer.WEIGHT]:
+            return None
+        params = align(4 * isa.SOFTMAX_PARAM_WORDS)
+        # (probabilities stored from the VECTOR slot in the worst case; alignment slack)
+        rows = min(m, MAX_M, MAX_ROWS, cap[Buffer.INPUT] // k, (cap[Buffer.ACC] - params - ADDR_UNIT) // (4 * n),
+                   (cap[Buffer.VECTOR] - ADDR_UNIT) // n)
+        if rows < m:
+            rows -= rows % ADDR_UNIT
+        return (softmax, rows) if rows >= 1 else None
+
+    def _matmul_softmax(self, op: QOp, softmax: QOp, m_tile: int, record: LayerRecord) -> None:
+        """``softmax(a @ b)`` per tile of ``m_tile`` rows: LOAD A (unless on chip), B and the
+        softmax parameters; GEMM writes the int32 scores into the tile's ACC slot, SOFTMAX reads
+        them there and writes the uint8 probabilities to the arena (when they stay on chip) or
+        to the VECTOR slot, stored from there. The scores never leave the chip; the softmax's
+        layer record keeps no instructions (they are this op's)."""
+        a, a_onchip = self._operand(op.inputs[0])
+        b = self._input(op.inputs[1])
+        transpose_b = bool(op.attrs.get("transpose_b"))
+        unsigned_a = self.graph.tensors[op.inputs[0]].dtype == "uint8"
+        shape = tuple(self.graph.tensors[softmax.output].shape)
+        m, n, k = shape[-2], shape[-1], a.shape[-1]
+        words = isa.pack_softmax_params(softmax.attrs["params"])
+        p_addr = self._constant(softmax.output + ".params", words)
+        tiles = [(index, m0, min(m_tile, m - m0)) for index in blocks(shape) for m0 in range(0, m, m_tile)]
+        resident = self._keep_on_chip(softmax)
+        if resident is not None and not all(resident.row_aligned(m0) for _, m0, _ in tiles):
+            self._drop_on_chip(softmax.output)
+            resident = None
+        if resident is not None:
+            out = resident.view()
+        else:
+            out = self._new_tensor(softmax.output)
+            self.views[softmax.output] = out
+        self.fused.add(softmax.output)
+        for index, m0, mt in tiles:
+            a_block, b_block = _block(a, index), _block(b, index)
+            out_rows = _block(out, index).slice(0, m0, m0 + mt)
+            slot = self._slot()
+            loads = []
+            if a_onchip:
+                a_addr = _unit(a_block.slice(0, m0, m0 + mt).base)
+            else:
+                a_addr = slot.take(Buffer.INPUT, mt * k)
+                loads.append(_load(Buffer.INPUT, a_addr, a_block.slice(0, m0, m0 + mt), mt, k * a.itemsize,
+                                   a_block.strides[0]))
+            b_addr = slot.take(Buffer.WEIGHT, self.tiler.weight_bytes(k, n))
+            if transpose_b:
+                loads.append(_load(Buffer.WEIGHT, b_addr, b_block, n, k, b_block.strides[0]))
+            else:
+                loads.append(_load(Buffer.WEIGHT, b_addr, b_block, k, n, b_block.strides[0]))
+            scores = slot.take(Buffer.ACC, mt * n * 4)
+            params = slot.take(Buffer.ACC, 4 * words.size)
+            loads.append(_load_words(params, p_addr, 4 * words.size))
+            stores = []
+            if resident is not None:
+                dst = _unit(out_rows.base)
+            else:
+                dst = slot.take(Buffer.VECTOR, mt * n)
+                stores.append(_store(Buffer.VECTOR, dst, out_rows.base, mt, n, out_rows.strides[0]))
+            gemm = Instruction(Opcode.GEMM, unsigned_a=int(unsigned_a), b_transposed=int(transpose_b), m=mt, k=k,
+                               n=n, a_vector=int(a_onchip), a_addr=a_addr, b_addr=b_addr, acc_addr=scores)
+            probabilities = Instruction(Opcode.SOFTMAX, rows=mt, cols=n, src_addr=scores, dst_addr=dst,
+                                        param_addr=params)
+            self.pipeline.tile(loads, [gemm, probabilities], stores)
+            record.macs += mt * k * n
 
     # -- vector unit -----------------------------------------------------------------------------
 
@@ -577,6 +669,8 @@ class Lowering:
         return out, tiles(True)
 
     def _op_softmax(self, op: QOp, record: LayerRecord) -> None:
+        if op.output in self.fused:   # lowered with the matmul before it (:meth:`_matmul_softmax`)
+            return
         cols = self.graph.tensors[op.output].shape[-1]
         if cols > self.config.max_tokens:   # the unit holds one row of at most max_tokens scores
             raise ValueError(f"softmax rows of {cols} tokens exceed config {self.config.name!r}'s "

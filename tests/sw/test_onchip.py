@@ -94,6 +94,33 @@ def test_digits_vit_on_chip_is_bit_exact_and_skips_ddr_round_trips(digits_qgraph
     assert fast.dma_read_bytes + fast.dma_write_bytes < slow.dma_read_bytes + slow.dma_write_bytes
 
 
+def test_attention_scores_stay_in_acc_when_tiles_split():
+    """DeiT-T's attention at its 197 tokens on zcu102: each head's QK^T and softmax run tile
+    by tile (160 + 37 score rows: a tile's rows fill an ACC slot, in multiples of 16), the
+    int32 scores are never stored, the probabilities stay in the arena; bit-exact."""
+    from vitaccel.sw.models.blocks import deit_tiny_block_196
+
+    config = PRESETS["zcu102"]
+    net, shape = deit_tiny_block_196()
+    images = images_for(shape, 1).images
+    qgraph = quantize_model(net, shape, images, config=config)
+    lowering, program = _lower(qgraph, config)
+    softmax = [op.output for op in qgraph.ops if op.kind == "softmax"]
+    assert lowering.fused == set(softmax) and len(softmax) == 1
+    assert softmax[0] in lowering.resident or softmax[0] not in lowering.views
+    instrs = [isa.decode(w) for w in program.words]
+    assert not any(i.opcode is Opcode.STORE and i.buffer is Buffer.ACC for i in instrs)
+    rows = [i.rows for i in instrs if i.opcode is Opcode.SOFTMAX]
+    assert rows == [160, 37] * 3
+    codes = quantize_images(qgraph, images)
+    want = run_reference(qgraph, codes)
+    device = GoldenDevice(program)
+    np.testing.assert_array_equal(device.infer_batch(codes), want[qgraph.outputs[0]])
+    # the debug lowering keeps every tensor in DDR: the scores too
+    debug, _ = _lower(qgraph, config, onchip=False)
+    assert not debug.fused
+
+
 def test_small_vector_buffer_compiles_every_activation_through_ddr(digits_qgraph):
     small = dataclasses.replace(CONFIG, name="tiny-small-vector", vector_kib=1)
     with pytest.raises(BackendError, match="does not fit"):   # half of VECTOR holds no GELU row tile
