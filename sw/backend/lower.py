@@ -504,7 +504,7 @@ class Lowering:
         b = self._input(op.inputs[1])
         transpose_b = bool(op.attrs.get("transpose_b"))
         requant = bool(op.attrs.get("requant"))
-        out = self._new_tensor(op.output)
+        out = self._heads_output(op)
         self.views[op.output] = out
         n = out.shape[-1]
         p_addr = None
@@ -515,6 +515,20 @@ class Lowering:
         for index in blocks(out.shape):
             self._gemm_tiles(op, record, _block(a, index), _block(b, index), transpose_b, _block(out, index),
                              p_addr, requant, unsigned_a, a_onchip=a_onchip)
+
+    def _heads_output(self, op: QOp) -> TensorView:
+        """A new DDR tensor for ``op``'s output; a per-head output ``[heads, t, d]`` whose only
+        reader is a merge_heads is laid out as the merged ``[t, heads * d]`` tensor (each head's
+        rows ``heads * d`` apart), so that the GEMMs store it merged and the merge is a view."""
+        g = self.graph
+        readers = g.consumers(op.output)
+        shape = tuple(g.tensors[op.output].shape)
+        if (len(shape) != 3 or op.output in g.outputs or len(readers) != 1 or readers[0].kind != "merge_heads"
+                or tuple(g.tensors[readers[0].output].shape) != (shape[1], shape[0] * shape[2])):
+            return self._new_tensor(op.output)
+        heads, t, d = shape
+        merged = self._new_tensor(readers[0].output)
+        return TensorView(merged.base, shape, (d * merged.itemsize, merged.strides[0], merged.itemsize), merged.dtype)
 
     # -- attention scores and their softmax, tile by tile ------------------------------------------
 

@@ -97,7 +97,8 @@ def test_digits_vit_on_chip_is_bit_exact_and_skips_ddr_round_trips(digits_qgraph
 def test_attention_scores_stay_in_acc_when_tiles_split():
     """DeiT-T's attention at its 197 tokens on zcu102: each head's QK^T and softmax run tile
     by tile (160 + 37 score rows: a tile's rows fill an ACC slot, in multiples of 16), the
-    int32 scores are never stored, the probabilities stay in the arena; bit-exact."""
+    int32 scores are never stored, the probabilities stay in the arena, and the heads' outputs
+    are stored merged; bit-exact."""
     from vitaccel.sw.models.blocks import deit_tiny_block_196
 
     config = PRESETS["zcu102"]
@@ -119,6 +120,9 @@ def test_attention_scores_stay_in_acc_when_tiles_split():
     # the debug lowering keeps every tensor in DDR: the scores too
     debug, _ = _lower(qgraph, config, onchip=False)
     assert not debug.fused
+    # attn @ v stores each head's rows into the merged [t, heads * d] tensor: the merge is a view
+    merges = [layer for layer in lowering.layers if layer.kind == "merge_heads"]
+    assert len(merges) == 1 and merges[0].instructions == 0
 
 
 def test_small_vector_buffer_compiles_every_activation_through_ddr(digits_qgraph):
