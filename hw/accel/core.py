@@ -74,6 +74,9 @@ IMPLEMENTED_OPCODES = (Opcode.LOAD, Opcode.STORE, Opcode.SYNC, Opcode.FINISH, Op
 UNSUPPORTED_OPCODES = tuple(op for op in Opcode if op not in IMPLEMENTED_OPCODES)
 _ADDR_WIDTH = 40          # the ZCU102's DDR and PL apertures
 _PC_WIDTH = 32
+#: DMA descriptor length: a LOAD/STORE's rows of contiguous DDR bytes go as one row of
+#: ``rows * row_bytes`` bytes (:meth:`AcceleratorCore._dram_transfer`).
+_DMA_LENGTH_BITS = sum(field.width for name, field in isa.LAYOUTS[Opcode.LOAD] if name in ("rows", "row_bytes"))
 _STATUS_BUSY, _STATUS_DONE, _STATUS_ERROR = 0, 1, 2
 _IRQ_DONE, _IRQ_ERROR = 0, 1
 _UNIT_BITS = ADDR_UNIT * 8
@@ -173,7 +176,7 @@ class AcceleratorCore(wiring.Component):
         _check_config(config)
         self.config = config
         self.regfile = AxiLiteRegisters(accelerator_register_map())
-        self.dma = AxiDma(data_width=config.dma_data_width, addr_width=_ADDR_WIDTH, length_width=16,
+        self.dma = AxiDma(data_width=config.dma_data_width, addr_width=_ADDR_WIDTH, length_width=_DMA_LENGTH_BITS,
                           rows_width=_PC_WIDTH, counter_width=64)
         super().__init__({
             "control": Out(self.regfile.signature.members["bus"].signature),
@@ -256,9 +259,9 @@ class AcceleratorCore(wiring.Component):
         owner_fetch, owner_load = Signal(), Signal()
         fetch_req, load_req = Signal(), Signal()
         fetch_desc = {k: Signal(w, name=f"fetch_desc_{k}") for k, w in
-                      (("addr", _ADDR_WIDTH), ("rows", _PC_WIDTH), ("row_bytes", 16), ("stride", _ADDR_WIDTH))}
+                      (("addr", _ADDR_WIDTH), ("rows", _PC_WIDTH), ("row_bytes", _DMA_LENGTH_BITS), ("stride", _ADDR_WIDTH))}
         load_desc = {k: Signal(w, name=f"load_desc_{k}") for k, w in
-                     (("addr", _ADDR_WIDTH), ("rows", _PC_WIDTH), ("row_bytes", 16), ("stride", _ADDR_WIDTH))}
+                     (("addr", _ADDR_WIDTH), ("rows", _PC_WIDTH), ("row_bytes", _DMA_LENGTH_BITS), ("stride", _ADDR_WIDTH))}
         read_free = ~owner_fetch & ~owner_load
         grant_load = read_free & load_req
         grant_fetch = read_free & fetch_req & ~load_req
@@ -631,6 +634,19 @@ class AcceleratorCore(wiring.Component):
 
     # -- load and store queues ------------------------------------------------------------------
 
+    def _dram_transfer(self, m: Module, port: _QueuePort, opcode: Opcode) -> tuple[Signal, Signal]:
+        """The DMA descriptor's (rows, row_bytes) of a LOAD/STORE, registered one cycle after
+        ``port.issue``: rows whose DDR side is contiguous (``dram_stride == row_bytes``) go as one
+        row of ``rows * row_bytes`` bytes, so the DMA's bursts run across them (the packed word
+        stream is the same); others as they are."""
+        f = {name: port.field(opcode, name) for name in ("rows", "row_bytes", "dram_stride")}
+        name = opcode.name.lower()
+        rows, row_bytes = Signal(_PC_WIDTH, name=f"{name}_dma_rows"), Signal(_DMA_LENGTH_BITS, name=f"{name}_dma_row_bytes")
+        contiguous = f["dram_stride"] == f["row_bytes"]
+        m.d.sync += [rows.eq(Mux(contiguous, 1, f["rows"])),
+                     row_bytes.eq(Mux(contiguous, f["rows"] * f["row_bytes"], f["row_bytes"]))]
+        return rows, row_bytes
+
     def _dma_checks(self, m: Module, port: _QueuePort, dma_opcode: Opcode, ddr_size, error_sources: list):
         """Bounds checks of a LOAD/STORE and the unit's error report: (checks, error, code)."""
         checks = self._dma_bounds(m, port, dma_opcode, ddr_size)
@@ -703,8 +719,9 @@ class AcceleratorCore(wiring.Component):
         _, error, code = checks
         f = {name: port.field(Opcode.LOAD, name) for name in
              ("rows", "row_bytes", "dram_addr", "dram_stride", "sram_addr", "sram_stride", "buffer")}
-        m.d.comb += [desc["addr"].eq(ddr_base + f["dram_addr"]), desc["rows"].eq(f["rows"]),
-                     desc["row_bytes"].eq(f["row_bytes"]), desc["stride"].eq(f["dram_stride"])]
+        dma_rows, dma_row_bytes = self._dram_transfer(m, port, Opcode.LOAD)
+        m.d.comb += [desc["addr"].eq(ddr_base + f["dram_addr"]), desc["rows"].eq(dma_rows),
+                     desc["row_bytes"].eq(dma_row_bytes), desc["stride"].eq(f["dram_stride"])]
         word = Signal(self.config.dma_data_width)
         word_valid = Signal()
         lane = Signal(range(lanes))
@@ -767,9 +784,10 @@ class AcceleratorCore(wiring.Component):
         f = {name: port.field(Opcode.STORE, name) for name in
              ("rows", "row_bytes", "dram_addr", "dram_stride", "sram_addr", "sram_stride", "buffer")}
         desc_valid = Signal()
+        dma_rows, dma_row_bytes = self._dram_transfer(m, port, Opcode.STORE)
         m.d.comb += [dma.wr_desc.valid.eq(desc_valid),
                      dma.wr_desc.payload.addr.eq(ddr_base + f["dram_addr"]),
-                     dma.wr_desc.payload.rows.eq(f["rows"]), dma.wr_desc.payload.row_bytes.eq(f["row_bytes"]),
+                     dma.wr_desc.payload.rows.eq(dma_rows), dma.wr_desc.payload.row_bytes.eq(dma_row_bytes),
                      dma.wr_desc.payload.stride.eq(f["dram_stride"])]
         with m.If(dma.wr_desc.valid & dma.wr_desc.ready):
             m.d.sync += desc_valid.eq(0)

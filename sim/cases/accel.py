@@ -81,7 +81,9 @@ def random_dma_program(rng: random.Random, config: AccelConfig, ddr_size: int, *
             for i in range(count):
                 buffer = rng.choice(list(Buffer))
                 rows, row_bytes = rng.randint(1, max_rows), rng.randint(1, max_row_bytes)
-                dram_stride = row_bytes + rng.randint(0, 40) if kind is Opcode.STORE else rng.randint(0, 200)
+                # a third of the transfers with contiguous DDR rows (one DMA row of them all)
+                dram_stride = (row_bytes if rng.random() < 1 / 3 else
+                               row_bytes + rng.randint(0, 40) if kind is Opcode.STORE else rng.randint(0, 200))
                 sram_stride = row_bytes + rng.randint(0, 40) if kind is Opcode.LOAD else rng.randint(0, 200)
                 size = isa.buffer_bytes(config, buffer)
                 sram_byte = region(min(size, 4096), rows, row_bytes, sram_stride)

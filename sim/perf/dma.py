@@ -3,7 +3,8 @@
 Follows :mod:`vitaccel.hw.axi.dma` (``AxiDma``) and the board-like DDR of
 :mod:`vitaccel.sim.perf.ddr` (what ``board_ram`` of the RTL testbench does):
 
-* **Bursts** are :func:`~vitaccel.hw.axi.dma.split_bursts`'s: every row on its own, INCR, at
+* **Bursts** are :func:`~vitaccel.hw.axi.dma.split_bursts`'s: every row on its own (a LOAD or
+  STORE whose DDR rows are contiguous is one row: :func:`dram_rows`), INCR, at
   most 256 beats, never across 4 KiB. The burst splitter issues one AR per cycle from the
   cycle after the descriptor is accepted; at most ``DMA_OUTSTANDING`` bursts are in flight
   (the DMA's ``rd_info`` FIFO, popped with a burst's last beat).
@@ -31,7 +32,7 @@ from vitaccel.hw.spec.isa import ADDR_UNIT
 
 from .ddr import DdrModel
 
-__all__ = ["ReadTiming", "burst_beats", "read_transfer", "write_transfer", "chunk_counts", "DMA_OUTSTANDING",
+__all__ = ["ReadTiming", "dram_rows", "burst_beats", "read_transfer", "write_transfer", "chunk_counts", "DMA_OUTSTANDING",
            "AR_QUEUE", "MAX_BURST_BEATS", "BOUNDARY_BYTES", "AR_DELAY", "AR_READY_DELAY", "R_SOURCE_DELAY"]
 
 #: Bursts in flight per direction (``AxiDma(max_outstanding=4)``, the core's default).
@@ -53,6 +54,13 @@ AR_READY_DELAY = 2
 R_SOURCE_DELAY = 2
 #: Cycles from a beat on the R channel to the packed word in the DMA's output register.
 OUTPUT_REGISTER = 1
+
+
+def dram_rows(rows: int, row_bytes: int, stride: int) -> tuple[int, int, int]:
+    """The DMA descriptor ``(rows, row_bytes, stride)`` of a LOAD/STORE: rows whose DDR bytes
+    are contiguous (``stride == row_bytes``) go as one row (``AcceleratorCore._dram_transfer``),
+    so bursts run across them."""
+    return (1, rows * row_bytes, stride) if stride == row_bytes else (rows, row_bytes, stride)
 
 
 def burst_beats(addr: int, rows: int, row_bytes: int, stride: int, bus_bytes: int) -> tuple[np.ndarray, np.ndarray]:

@@ -42,7 +42,7 @@ from vitaccel.hw.spec.config import AccelConfig
 from vitaccel.hw.spec.isa import ADDR_UNIT, Opcode, Queue
 
 from .ddr import DdrModel
-from .dma import chunk_counts, consume, read_transfer, write_transfer
+from .dma import chunk_counts, consume, dram_rows, read_transfer, write_transfer
 from .gemm import gemm_cycles
 from .units import compute_cycles
 
@@ -189,7 +189,7 @@ def simulate_program(config: AccelConfig, words: list[int], ddr: DdrModel, *, pr
     def start_load(pc: int, grant: int, issue: int) -> None:
         nonlocal read_bytes
         f = instrs[pc].fields
-        timing = read_transfer(grant, ddr_base + f["dram_addr"], f["rows"], f["row_bytes"], f["dram_stride"],
+        timing = read_transfer(grant, ddr_base + f["dram_addr"], *dram_rows(f["rows"], f["row_bytes"], f["dram_stride"]),
                                bus_bytes=bus, ddr=ddr)
         chunks = chunk_counts(f["sram_addr"] * ADDR_UNIT, f["rows"], f["row_bytes"], f["sram_stride"], bus)
         ready = np.maximum(timing.word_ready, grant + 2)
@@ -205,8 +205,9 @@ def simulate_program(config: AccelConfig, words: list[int], ddr: DdrModel, *, pr
         chunks = chunk_counts(f["sram_addr"] * ADDR_UNIT, f["rows"], f["row_bytes"], f["sram_stride"], bus)
         produced = issue + _STORE_FRONT + np.cumsum(chunks)
         write_bytes += f["rows"] * f["row_bytes"]
-        return write_transfer(issue + _STORE_FRONT, ddr_base + f["dram_addr"], f["rows"], f["row_bytes"],
-                              f["dram_stride"], bus_bytes=bus, produced=produced, ddr=ddr)
+        return write_transfer(issue + _STORE_FRONT, ddr_base + f["dram_addr"],
+                              *dram_rows(f["rows"], f["row_bytes"], f["dram_stride"]), bus_bytes=bus,
+                              produced=produced, ddr=ddr)
 
     now = 0
     while finished_at is None:

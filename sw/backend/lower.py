@@ -115,9 +115,12 @@ def _copy_pieces(src: TensorView, dst: TensorView, cap: int) -> list[tuple[int, 
     # (src offset, src row stride, dst offset, dst row stride, rows, row bytes, element bytes)
     pieces: list[tuple[int, int, int, int, int, int, int]] = []
     if src.strides[-1] == isz and dst.strides[-1] == isz:
-        # Rows along the longest non-last axis; iterate the others.
+        # Rows along an axis whose rows are contiguous in the source, else in the destination
+        # (the DMA then bursts across them), else the longest non-last axis; iterate the others.
         axes = list(range(len(src.shape) - 1))
-        row_axis = max(axes, key=lambda ax: src.shape[ax])
+        row_bytes = src.shape[-1] * isz
+        row_axis = max(axes, key=lambda ax: (src.shape[ax] > 1 and src.strides[ax] == row_bytes,
+                                             src.shape[ax] > 1 and dst.strides[ax] == row_bytes, src.shape[ax]))
         others = [ax for ax in axes if ax != row_axis]
         for index in itertools.product(*(range(src.shape[ax]) for ax in others)):
             s_off = src.base + sum(i * src.strides[ax] for i, ax in zip(index, others))

@@ -13,7 +13,7 @@ from amaranth.sim import Simulator
 from vitaccel.hw.accel import AcceleratorCore, InstructionChecker
 from vitaccel.hw.spec import isa
 from vitaccel.hw.spec.config import PRESETS, ConfigError
-from vitaccel.hw.spec.isa import Instruction, Opcode, Queue, encode
+from vitaccel.hw.spec.isa import Buffer, Instruction, Opcode, Queue, encode
 from vitaccel.hw.spec.regmap import ErrorCode, register
 from vitaccel.sim.cases.accel import (Program, add_program, bad_programs, gelu_program, layernorm_program,
                                      softmax_program, gemm_program, golden_outcomes,
@@ -174,10 +174,10 @@ class _Harness:
         ctx.set(bus.rready, 0)
         return value
 
-    async def run(self, words: list[int], ddr_size: int, max_cycles: int, checksum: int | None = None) -> dict:
-        self.ram[self.PROGRAM_ADDR:self.PROGRAM_ADDR + 16 * len(words)] = b"".join(
-            w.to_bytes(16, "little") for w in words)
-        for name, value in (("PROGRAM_ADDR_LO", self.PROGRAM_ADDR), ("PROGRAM_LENGTH", len(words)),
+    async def run(self, words: list[int], ddr_size: int, max_cycles: int, checksum: int | None = None,
+                  program_addr: int = PROGRAM_ADDR) -> dict:
+        self.ram[program_addr:program_addr + 16 * len(words)] = b"".join(w.to_bytes(16, "little") for w in words)
+        for name, value in (("PROGRAM_ADDR_LO", program_addr), ("PROGRAM_LENGTH", len(words)),
                             ("DDR_BASE_LO", 0), ("DDR_SIZE", ddr_size), ("INTERRUPT_ENABLE", 0b11),
                             ("PROGRAM_CRC", checksum or 0), ("PROGRAM_CHECK", int(checksum is not None)),
                             ("CONTROL", 1)):
@@ -202,16 +202,18 @@ def _engine_steps(config, words: list[int]) -> int:
     return sum(gemm_cycles(config, i.fields).engine for i in instrs if i.opcode is Opcode.GEMM)
 
 
-def _simulate(programs: list[Program], ddr_size: int, config=TINY) -> list[tuple[dict, bytes]]:
+def _simulate(programs: list[Program], ddr_size: int, config=TINY, *, max_cycles: int = 40_000) -> list[tuple[dict, bytes]]:
     core = AcceleratorCore(config)
-    ram = bytearray(0x10000)
+    program_addr = max(_Harness.PROGRAM_ADDR, -(-ddr_size // 4096) * 4096)   # after the DDR window
+    ram = bytearray(program_addr + 0x8000)
     results = []
 
     async def bench(ctx):
         harness = _Harness(ctx, core, ram)
         for program in programs:
             ram[:ddr_size] = program.ddr.tobytes()
-            out = await harness.run(program.words, ddr_size, max_cycles=40_000, checksum=program.checksum)
+            out = await harness.run(program.words, ddr_size, max_cycles=max_cycles, checksum=program.checksum,
+                                    program_addr=program_addr)
             results.append((out, bytes(ram[:ddr_size])))
         print(f"{harness.cycles} cycles")
 
@@ -690,6 +692,34 @@ def test_dma_programs_other_dma_widths(width):
     for program, (out, ddr) in zip(programs, _simulate(programs, ddr_size, config), strict=True):
         assert ErrorCode(out["ERROR_CODE"]) is program.golden["code"] is ErrorCode.NONE, program.name
         assert ddr == program.golden["ddr"].tobytes(), f"{program.name}: DDR differs from the golden machine"
+
+
+@pytest.mark.parametrize("rows", [20, pytest.param(300, marks=pytest.mark.slow)])
+def test_contiguous_dram_rows_move_as_one_transfer(rows):
+    """A LOAD / STORE whose DDR rows are contiguous goes to the DMA as one row of
+    ``rows * row_bytes`` bytes (with 300 rows more than 16 bits' worth, 90,000 bytes), into
+    and out of spaced buffer rows; next to it rows spaced in DDR (a descriptor of many rows)."""
+    config = dataclasses.replace(TINY, name="tiny-dma-long", vector_kib=128, dma_data_width=128)
+    row_bytes, spaced = 300, 304
+    ddr_size = 4 * rows * spaced
+    rng = random.Random(11)
+    words = [encode(instr) for instr in (
+        Instruction(Opcode.LOAD, buffer=Buffer.VECTOR, sram_addr=0, dram_addr=5, rows=rows, row_bytes=row_bytes,
+                    dram_stride=row_bytes, sram_stride=spaced),
+        Instruction(Opcode.LOAD, buffer=Buffer.ACC, sram_addr=1, dram_addr=3, rows=40, row_bytes=row_bytes,
+                    dram_stride=spaced, sram_stride=row_bytes, push_next=1),
+        Instruction(Opcode.SYNC, queue=Queue.COMPUTE, pop_prev=1, push_next=1),
+        Instruction(Opcode.STORE, buffer=Buffer.VECTOR, sram_addr=0, dram_addr=2 * rows * spaced + 7, rows=rows,
+                    row_bytes=row_bytes, dram_stride=row_bytes, sram_stride=spaced, pop_prev=1),
+        Instruction(Opcode.STORE, buffer=Buffer.ACC, sram_addr=1, dram_addr=rows * spaced + 1, rows=40,
+                    row_bytes=row_bytes, dram_stride=spaced, sram_stride=row_bytes, push_prev=1),
+        Instruction(Opcode.FINISH, pop_next=1))]
+    program = Program("contiguous rows", words, np.frombuffer(rng.randbytes(ddr_size), np.uint8).copy())
+    golden_outcomes(config, [program])
+    assert program.golden["code"] is ErrorCode.NONE
+    [(out, ddr)] = _simulate([program], ddr_size, config, max_cycles=100_000)
+    assert ErrorCode(out["ERROR_CODE"]) is ErrorCode.NONE and out["STATUS"] == 0b010
+    assert ddr == program.golden["ddr"].tobytes()
 
 
 @pytest.mark.parametrize("row_bytes", [24, 96, 2])
