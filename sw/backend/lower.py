@@ -102,10 +102,22 @@ def _block(view: TensorView, index: tuple[int, ...]) -> TensorView:
     return view
 
 
-def _copy_pieces(src: TensorView, dst: TensorView, cap: int) -> list[tuple[int, int, int, int, int, int, int]]:
+def _a_rows(slot: SlotPlan, rows: TensorView, onchip: bool) -> tuple[int, list[Instruction]]:
+    """A GEMM tile's A rows (``rows``: ``m x k``): their unit address in the VECTOR arena, read
+    in place (``a_vector``), or a LOAD of them into the slot's INPUT region."""
+    if onchip:
+        return _unit(rows.base), []
+    m, k = rows.shape
+    addr = slot.take(Buffer.INPUT, m * k)
+    return addr, [_load(Buffer.INPUT, addr, rows, m, k * rows.itemsize, rows.strides[0])]
+
+
+def _copy_pieces(src: TensorView, dst: TensorView, cap: int, *,
+                 contiguous_rows: bool = True) -> list[tuple[int, int, int, int, int, int, int]]:
     """The DMA pieces of copying ``src`` into ``dst`` (same shape), each at most ``cap`` bytes
     where rows allow: (src offset, src row stride, dst offset, dst row stride, rows, row bytes,
-    element bytes)."""
+    element bytes). ``contiguous_rows``: prefer rows contiguous in the source, else in the
+    destination (the DMA bursts across them); else rows along the longest axis."""
     if src.shape != dst.shape:
         raise AssertionError(f"copy of {src.shape} into {dst.shape}")
     isz = src.itemsize
@@ -119,8 +131,9 @@ def _copy_pieces(src: TensorView, dst: TensorView, cap: int) -> list[tuple[int, 
         # (the DMA then bursts across them), else the longest non-last axis; iterate the others.
         axes = list(range(len(src.shape) - 1))
         row_bytes = src.shape[-1] * isz
-        row_axis = max(axes, key=lambda ax: (src.shape[ax] > 1 and src.strides[ax] == row_bytes,
-                                             src.shape[ax] > 1 and dst.strides[ax] == row_bytes, src.shape[ax]))
+        row_axis = max(axes, key=lambda ax: (contiguous_rows and src.shape[ax] > 1 and src.strides[ax] == row_bytes,
+                                             contiguous_rows and src.shape[ax] > 1 and dst.strides[ax] == row_bytes,
+                                             src.shape[ax]))
         others = [ax for ax in axes if ax != row_axis]
         for index in itertools.product(*(range(src.shape[ax]) for ax in others)):
             s_off = src.base + sum(i * src.strides[ax] for i, ax in zip(index, others))
@@ -402,13 +415,7 @@ class Lowering:
             for m0 in range(0, m_total, m_tile):
                 mt = min(m_tile, m_total - m0)
                 slot = self._slot()
-                loads = []
-                if a_onchip:
-                    a_addr = _unit(a.slice(0, m0, m0 + mt).base)
-                else:
-                    a_addr = slot.take(Buffer.INPUT, mt * k)
-                    loads.append(_load(Buffer.INPUT, a_addr, a.slice(0, m0, m0 + mt), mt, k * a.itemsize,
-                                       a.strides[0]))
+                a_addr, loads = _a_rows(slot, a.slice(0, m0, m0 + mt), a_onchip)
                 b_addr = slot.take(Buffer.WEIGHT, self.tiler.weight_bytes(k, nt, nm))
                 depth = k  # rows of B the GEMM multiplies
                 if nm is not None:
@@ -591,13 +598,7 @@ class Lowering:
             a_block, b_block = _block(a, index), _block(b, index)
             out_rows = _block(out, index).slice(0, m0, m0 + mt)
             slot = self._slot()
-            loads = []
-            if a_onchip:
-                a_addr = _unit(a_block.slice(0, m0, m0 + mt).base)
-            else:
-                a_addr = slot.take(Buffer.INPUT, mt * k)
-                loads.append(_load(Buffer.INPUT, a_addr, a_block.slice(0, m0, m0 + mt), mt, k * a.itemsize,
-                                   a_block.strides[0]))
+            a_addr, loads = _a_rows(slot, a_block.slice(0, m0, m0 + mt), a_onchip)
             b_addr = slot.take(Buffer.WEIGHT, self.tiler.weight_bytes(k, n))
             if transpose_b:
                 loads.append(_load(Buffer.WEIGHT, b_addr, b_block, n, k, b_block.strides[0]))
@@ -769,8 +770,13 @@ class Lowering:
         if resident is None:
             return False
         dst = TensorView.contiguous(resident.base, src.shape, src.dtype)
-        pieces = _copy_pieces(src, dst, resident.nbytes)
-        if any(d_off % ADDR_UNIT for _, _, d_off, *_ in pieces):
+        # every piece must start on a 16-byte boundary in the arena: rows contiguous in DDR if
+        # that allows it, else the longest axis' rows
+        for contiguous in (True, False):
+            pieces = _copy_pieces(src, dst, resident.nbytes, contiguous_rows=contiguous)
+            if not any(d_off % ADDR_UNIT for _, _, d_off, *_ in pieces):
+                break
+        else:
             self._drop_on_chip(op.output)
             return False
         loads = [Instruction(Opcode.LOAD, buffer=Buffer.VECTOR, sram_addr=d_off // ADDR_UNIT, dram_addr=s_off,

@@ -188,16 +188,22 @@ def test_add_edges_match_golden(name):
 
 # -- SOFTMAX and LAYERNORM (row stream) ----------------------------------------------------------
 
+def _softmax_setup(config, seed: int):
+    """A random generator, VECTOR (random bytes), ACC with softmax parameters at unit 0, the
+    expected VECTOR (a copy) and the parameters."""
+    rng = np.random.default_rng(seed)
+    vector, acc = bytearray(rng.integers(0, 256, VECTOR_BYTES, dtype=np.uint8).tobytes()), bytearray(ACC_BYTES)
+    params = softmax_params(0.01, exp_lut_bits=config.exp_lut_bits, recip_lut_bits=config.recip_lut_bits)
+    _words(acc, 0, isa.pack_softmax_params(params).astype("<i4"))
+    return rng, vector, acc, bytearray(vector), params
+
+
 @pytest.mark.parametrize("name", ["lanes4", "lanes16"])
 def test_softmax_edges_match_golden(name):
     """All-equal rows, int32 limits (saturated differences), rows not a multiple of the lanes,
     no rows."""
     config = CONFIGS[name]
-    rng = np.random.default_rng(3)
-    vector, acc = bytearray(rng.integers(0, 256, VECTOR_BYTES, dtype=np.uint8).tobytes()), bytearray(ACC_BYTES)
-    expected = bytearray(vector)
-    params = softmax_params(0.01, exp_lut_bits=config.exp_lut_bits, recip_lut_bits=config.recip_lut_bits)
-    _words(acc, 0, isa.pack_softmax_params(params).astype("<i4"))
+    rng, vector, acc, expected, params = _softmax_setup(config, 3)
     steps = []
     unit = 1
     dst = 3
@@ -287,11 +293,7 @@ def test_softmax_many_rows_stream(name):
     """More rows than the unit's row slots, short and long: the sender runs ahead of the
     writes while the unit holds rows in each stage."""
     config = CONFIGS[name]
-    rng = np.random.default_rng(6)
-    vector, acc = bytearray(rng.integers(0, 256, VECTOR_BYTES, dtype=np.uint8).tobytes()), bytearray(ACC_BYTES)
-    expected = bytearray(vector)
-    params = softmax_params(0.01, exp_lut_bits=config.exp_lut_bits, recip_lut_bits=config.recip_lut_bits)
-    _words(acc, 0, isa.pack_softmax_params(params).astype("<i4"))
+    rng, vector, acc, expected, params = _softmax_setup(config, 6)
     steps = []
     unit, dst = 1, 7
     for rows, cols in ((12, 1), (9, 3), (7, 18), (5, 37)):

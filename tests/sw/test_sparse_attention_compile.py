@@ -129,8 +129,13 @@ def test_fixed_margin_and_perf_model(digits):
     assert {layer["margin"] for layer in record["layers"]} == {20}
     program = compile_qgraph(sparse, TINY)
     dense = compile_qgraph(qgraph, TINY)
-    cycles = [estimate(TINY, p.words, p.ddr_size).total_cycles for p in (program, dense)]
-    assert cycles[0] < cycles[1]   # one SPARSE_ATTN per head in place of three ops through DDR
+    sparse_run, dense_run = (estimate(TINY, p.words, p.ddr_size) for p in (program, dense))
+    # One SPARSE_ATTN per head in place of QK^T, softmax and attn @ v: no softmax, fewer GEMM
+    # cycles. (Not fewer cycles in all: since QK^T and its softmax run tile by tile with the
+    # scores in ACC, the dense attention of 17 tokens costs less than the unit's byte-wide
+    # loads; docs/results.md.)
+    assert sparse_run.by_opcode["SPARSE_ATTN"] > 0 and "SOFTMAX" not in sparse_run.by_opcode and dense_run.by_opcode["SOFTMAX"] > 0
+    assert sparse_run.by_opcode["GEMM"] < dense_run.by_opcode["GEMM"]
 
 
 def test_compile_cli_sparse_attention_writes_the_record(tmp_path, capsys):
