@@ -11,7 +11,7 @@ import types
 import numpy as np
 import pytest
 
-from vitaccel.hw.spec.isa import INSTRUCTION_BITS
+from vitaccel.hw.spec.isa import INSTRUCTION_BITS, IllegalInstruction, decode
 from vitaccel.hw.spec.regmap import ErrorCode, register
 from vitaccel.sw.commands import UserError
 from vitaccel.sw.device import COUNTERS, BoardDevice, DeviceError, GoldenDevice, open_device
@@ -50,11 +50,28 @@ def _images(program, count):
     return rng.integers(-128, 128, size=(count, *shape), dtype=np.int8)
 
 
-def _corrupt(program, pc):
-    """The program with a reserved bit set in instruction ``pc``: ILLEGAL_INSTRUCTION there."""
+def _top_bit_set(program, pc) -> list[int]:
     words = list(program.words)
     words[pc] |= 1 << (INSTRUCTION_BITS - 1)
+    return words
+
+
+def _corrupt(program, pc):
+    """The program with a reserved bit set in instruction ``pc``: ILLEGAL_INSTRUCTION there."""
+    words = _top_bit_set(program, pc)
+    with pytest.raises(IllegalInstruction):   # the top bit is reserved in this opcode
+        decode(words[pc])
     return program.with_words(words)   # the checksum matches: the decoder finds the word
+
+
+def _reserved_top_bit_from(program, pc) -> int:
+    """The first instruction at or after ``pc`` whose top bit is reserved (a GEMM's is not)."""
+    while True:
+        try:
+            decode(_top_bit_set(program, pc)[pc])
+        except IllegalInstruction:
+            return pc
+        pc += 1
 
 
 # -- a board made of the golden machine behind PYNQ-style MMIO ---------------------------------
@@ -150,7 +167,7 @@ def test_board_device_runs_the_shared_driver(fake_pynq, program):
 
 
 def test_board_device_reports_code_pc_and_layer(fake_pynq, program):
-    pc = len(program.words) // 2
+    pc = _reserved_top_bit_from(program, len(program.words) // 2)
     with pytest.raises(DeviceError, match=f"ILLEGAL_INSTRUCTION at instruction {pc} \\(layer ") as err:
         BoardDevice(_corrupt(program, pc)).infer(_images(program, 1)[0])
     assert err.value.code is ErrorCode.ILLEGAL_INSTRUCTION and err.value.pc == pc
