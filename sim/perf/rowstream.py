@@ -241,8 +241,11 @@ def row_stream_cycles(unit: str, lanes: int, rows: int, cols: int, element_bytes
     beat_rows_left = [beats] * rows   # receiver: beats of the current row still to write
     out_row = 0
     cycle = 0
+    limit = 100 * rows * (cols + 64)   # far beyond any stream: a model fault, not a long wait
     while True:
         cycle += 1
+        if cycle > limit:
+            raise RuntimeError(f"row stream model of {unit} ({rows} x {cols}) did not finish in {limit} cycles")
         ready_in = device.ready()
         can_read = bool(chunks) and (not offered or ready_in) and not row_wait
         # receiver
@@ -267,7 +270,7 @@ def row_stream_cycles(unit: str, lanes: int, rows: int, cols: int, element_bytes
         if row_done:
             row_wait = False
         if can_read:
-            _count, full = chunks.popleft()
+            full = chunks.popleft()[1]
             offered = full
             if not chunks:
                 row_wait = serial
