@@ -11,8 +11,8 @@ with its skid register, the sender's chunks and the receiver's writes) and nothi
 data: a reciprocal or inverse square root always runs (a softmax row's sum is never zero,
 its largest element's exp being the table's largest value).
 
-Results are cached by the stream's shape and the two addresses' offsets within a 16-byte
-word, which is all the cycles depend on: a model repeats a handful of shapes.
+Source and destination start on a 16-byte word (instruction addresses count words), so the
+cycles depend on the shape alone; results are cached by it: a model repeats a handful.
 """
 
 from __future__ import annotations
@@ -200,7 +200,8 @@ class _LayerNormUnit(_Unit):
 
 
 def _chunks(start: int, cols: int, element_bytes: int, lanes: int) -> list[tuple[int, bool]]:
-    """A row's chunks from byte offset ``start`` (``row_chunks``' walk): (count, ends a beat)."""
+    """A row's chunks from byte offset ``start`` -- what is left of the 16-byte word, of the beat
+    and of the row, as the sender reads and the receiver writes them: (count, ends a beat)."""
     per_word = ADDR_UNIT // element_bytes
     out, col, lane = [], 0, 0
     while col < cols:
@@ -214,17 +215,15 @@ def _chunks(start: int, cols: int, element_bytes: int, lanes: int) -> list[tuple
 
 
 @functools.lru_cache(maxsize=4096)
-def row_stream_cycles(unit: str, lanes: int, rows: int, cols: int, element_bytes: int, src_offset: int,
-                      dst_offset: int, serial: bool) -> int:
+def row_stream_cycles(unit: str, lanes: int, rows: int, cols: int, element_bytes: int, serial: bool) -> int:
     """Cycles of the ``<prefix>_STREAM`` state, the cycle of the last write included, for
     ``rows`` rows of ``cols`` elements through ``unit`` (``"softmax"`` or ``"layernorm"``):
-    sources ``element_bytes`` wide from byte offset ``src_offset`` of a 16-byte word,
-    destination bytes from ``dst_offset``, the sender waiting for each row's writes when
-    ``serial``."""
+    dense rows of sources ``element_bytes`` wide and of destination bytes, each from the start
+    of a 16-byte word, the sender waiting for each row's writes when ``serial``."""
     beats = -(-cols // lanes)
     device = (_SoftmaxUnit if unit == "softmax" else _LayerNormUnit)(lanes, beats)
     # sender: the chunks still to read, row by row
-    send_rows = deque(_chunks((src_offset + r * cols * element_bytes) % ADDR_UNIT, cols, element_bytes, lanes)
+    send_rows = deque(_chunks(r * cols * element_bytes % ADDR_UNIT, cols, element_bytes, lanes)
                       for r in range(rows))
     chunks = deque(send_rows.popleft())
     offered = row_wait = False
@@ -232,7 +231,7 @@ def row_stream_cycles(unit: str, lanes: int, rows: int, cols: int, element_bytes
     writes: deque[deque[int]] = deque()
     for r in range(rows):
         beat: deque[int] = deque()
-        for count, full in _chunks((dst_offset + r * cols) % ADDR_UNIT, cols, 1, lanes):
+        for count, full in _chunks(r * cols % ADDR_UNIT, cols, 1, lanes):
             beat.append(count)
             if full:
                 writes.append(beat)

@@ -66,8 +66,7 @@ def _row_stream(unit: str, f: dict, element_bytes: int, lanes: int, *, serial: b
     rows, cols = f["rows"], f["cols"]
     if not rows * cols:
         return 0
-    return row_stream_cycles(unit, lanes, rows, cols, element_bytes, f["src_addr"] * ADDR_UNIT % ADDR_UNIT,
-                             f["dst_addr"] * ADDR_UNIT % ADDR_UNIT, serial)
+    return row_stream_cycles(unit, lanes, rows, cols, element_bytes, serial)
 
 
 #: DECIDE, the token controller's check registers (SETTLE) and CHECK.

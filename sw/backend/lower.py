@@ -553,7 +553,7 @@ class Lowering:
             return None
         softmax = g.ops[number + 1]
         if (softmax.kind != "softmax" or softmax.inputs[0] != op.output or op.output in g.outputs
-                or [reader for reader in g.consumers(op.output)] != [softmax]):
+                or g.consumers(op.output) != [softmax]):
             return None
         a, out = g.tensors[op.inputs[0]], g.tensors[op.output]
         m, k, n = out.shape[-2], a.shape[-1], out.shape[-1]
